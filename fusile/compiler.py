@@ -1,0 +1,48 @@
+"""The compile pipeline: one function, one line per stage, each stage a plain function."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from fusile import config
+from fusile.dsl import ast
+from fusile.dsl.check import Binding, Typed, check
+from fusile.dsl.errors import Source
+from fusile.dsl.signature import SizeCheck, size_checks
+from fusile.dsl.types import ShapeEnv
+from fusile.lowering.graph import Graph, read_graph
+from fusile.lowering.pipeline import Stages, run_pipeline
+from fusile.lowering.to_mlir import to_mlir
+
+
+@dataclass
+class Compiled:
+    """Everything one signature compiled to, keyed by stage name where it is an artifact."""
+
+    typed: Typed
+    stages: Stages
+    reference_graph: Graph  # unfused linalg: what the oracle evaluates
+    fused_graph: Graph  # fused linalg: what kernel backends read
+    checks: list[SizeCheck]
+    runtime_params: list[int]  # parameters passed at run time (tensors and float scalars)
+
+    def artifact(self, kind: str) -> Any:
+        table = {"ast": lambda: ast.dump(self.typed.func), "mlir": lambda: self.stages.mlir,
+                 "linalg": lambda: str(self.stages.linalg), "fused": lambda: str(self.stages.fused)}
+        if kind not in table:
+            raise KeyError(f"unknown artifact {kind!r}; known: {sorted(table)}")
+        return table[kind]()
+
+
+def compile_program(func: ast.FuncDef, source: Source, globals_: dict[str, Any],
+                    params: list[Binding], env: ShapeEnv) -> Compiled:
+    if config.debug_enabled("ast"):
+        print(f"// ----- FUSILE_DEBUG ast\n{ast.dump(func)}", file=sys.stderr)
+    typed = check(func, source, globals_, params, env)  # dsl: names, types, shapes
+    module = to_mlir(typed)  # lowering: func.func of linalg on tensors
+    stages = run_pipeline(module)  # lowering: verify, generalize, fuse elementwise
+    runtime = [i for i, b in enumerate(params) if not b.is_const]
+    return Compiled(typed, stages, read_graph(stages.linalg), read_graph(stages.fused),
+                    size_checks(typed.param_types, env), runtime)

@@ -1,0 +1,92 @@
+"""The one typed registry of fusile's environment variables.
+
+Every knob is declared once here, read lazily (so a test can change the environment), and can be
+overridden for a scope with `config.override(debug="mlir")`. Nothing else in fusile reads
+`os.environ`. `python -m fusile.config` prints the table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+def _split_csv(text: str) -> frozenset[str]:
+    return frozenset(part.strip().lower() for part in text.split(",") if part.strip())
+
+
+def _as_bool(text: str) -> bool:
+    return text.strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class Knob:
+    env: str
+    parse: Callable[[str], Any]
+    default: Callable[[], Any]
+    doc: str
+
+
+KNOBS: dict[str, Knob] = {
+    "debug": Knob(
+        "FUSILE_DEBUG", _split_csv, frozenset,
+        "comma list of stages to dump to stderr: ast, mlir, linalg, plan, triton (or 'all')",
+    ),
+    "cache_dir": Knob(
+        "FUSILE_CACHE_DIR", Path, lambda: Path.home() / ".cache" / "fusile",
+        "where generated kernels and tuning results are cached",
+    ),
+    "frontend_debug": Knob(
+        "FUSILE_FRONTEND_DEBUG", _as_bool, lambda: False,
+        "re-raise the raw internal exception instead of a FusileError (for fusile developers)",
+    ),
+    "verify": Knob(
+        "FUSILE_VERIFY", _as_bool, lambda: True,
+        "verify the MLIR module after every pass (on by default; cheap at DSL sizes)",
+    ),
+}
+
+_overrides: dict[str, Any] = {}
+
+
+def get(name: str) -> Any:
+    """The current value of knob `name`: a scoped override, else the environment, else default."""
+    if name in _overrides:
+        return _overrides[name]
+    knob = KNOBS[name]
+    raw = os.environ.get(knob.env)
+    return knob.parse(raw) if raw not in (None, "") else knob.default()
+
+
+def debug_enabled(stage: str) -> bool:
+    stages = get("debug")
+    return stage in stages or "all" in stages
+
+
+@contextlib.contextmanager
+def override(**values: Any) -> Iterator[None]:
+    """Temporarily set knobs (by registry name), e.g. `with override(debug="ast,mlir"):`."""
+    saved = dict(_overrides)
+    for name, value in values.items():
+        if name not in KNOBS:
+            raise KeyError(f"unknown fusile knob {name!r}; known: {sorted(KNOBS)}")
+        knob = KNOBS[name]
+        _overrides[name] = knob.parse(value) if isinstance(value, str) else value
+    try:
+        yield
+    finally:
+        _overrides.clear()
+        _overrides.update(saved)
+
+
+def table() -> str:
+    rows = [f"{k.env:<24} {k.doc}" for k in KNOBS.values()]
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(table())

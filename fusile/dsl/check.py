@@ -1,0 +1,507 @@
+"""Type and shape inference: AST + argument types -> `Typed`, the checked program.
+
+The checker resolves every name (parameter, local, builtin, global constant, another @fused
+function, which is inlined), binds builtin arguments, folds constants, and records each
+expression's type. Lowering reads `Typed` and never re-derives a type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fusile.dsl import ast
+from fusile.dsl.builtins import BUILTINS, CONSTANTS, OPTION, BoundCall, bind, signature
+from fusile.dsl.errors import (
+    AxisError,
+    BuiltinCallError,
+    DTypeError,
+    FusileError,
+    RankError,
+    ShapeMismatchError,
+    Source,
+    Span,
+    UnknownNameError,
+    UnsupportedSyntaxError,
+)
+from fusile.dsl.resolve import dtype_of, resolve_global
+from fusile.dsl.types import (
+    DType,
+    ScalarType,
+    ShapeEnv,
+    TensorType,
+    ValueType,
+    bool_,
+    f32,
+    i64,
+    result_dtype,
+    show_shape,
+)
+
+MultiType = tuple[ValueType, ...]
+
+
+@dataclass
+class Typed:
+    """A checked function body: types, bindings and constants, keyed by id() of AST nodes."""
+
+    func: ast.FuncDef
+    source: Source
+    env: ShapeEnv
+    param_types: list[ValueType] = field(default_factory=list)
+    param_is_const: list[bool] = field(default_factory=list)
+    types: dict[int, ValueType | MultiType] = field(default_factory=dict)
+    consts: dict[int, Any] = field(default_factory=dict)
+    builtins: dict[int, BoundCall] = field(default_factory=dict)
+    builtin_args: dict[int, list[ast.Expr]] = field(default_factory=dict)
+    inlined: dict[int, tuple[Typed, list[ast.Expr | None]]] = field(default_factory=dict)
+    views: dict[int, tuple[int | None, ...]] = field(default_factory=dict)
+    results: list[ast.Expr] = field(default_factory=list)
+    result_types: list[TensorType] = field(default_factory=list)
+
+    def type_of(self, e: ast.Expr) -> ValueType:
+        t = self.types[id(e)]
+        assert not isinstance(t, tuple)
+        return t
+
+
+@dataclass(frozen=True)
+class Binding:
+    type: ValueType | MultiType
+    const: Any = None  # a Python value when the name is a compile-time constant
+    is_const: bool = False
+
+
+_ARITH = {"add", "sub", "mul", "div", "floordiv", "pow"}
+_BITWISE = {"and_", "or_", "xor"}
+_PY_BINOP = {
+    "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
+    "div": lambda a, b: a / b, "floordiv": lambda a, b: a // b, "pow": lambda a, b: a**b,
+    "and_": lambda a, b: a & b, "or_": lambda a, b: a | b, "xor": lambda a, b: a ^ b,
+}
+_PY_CMP = {
+    "<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b, "==": lambda a, b: a == b, "!=": lambda a, b: a != b,
+}
+
+
+def _scalar_of(value: Any) -> ScalarType:
+    if isinstance(value, bool):
+        return ScalarType(bool_)
+    if isinstance(value, int):
+        return ScalarType(i64)
+    return ScalarType(f32)
+
+
+class Checker:
+    def __init__(self, typed: Typed, globals_: dict[str, Any], depth: int = 0):
+        self.t = typed
+        self.globals = globals_
+        self.scope: dict[str, Binding] = {}
+        self.depth = depth
+
+    # ------------------------------------------------------------------ statements
+    def run(self, params: list[Binding]) -> Typed:
+        func = self.t.func
+        for p, b in zip(func.params, params, strict=True):
+            self.scope[p.name] = b
+        self.t.param_types = [b.type for b in params]  # type: ignore[misc]
+        self.t.param_is_const = [b.is_const for b in params]
+        returned = False
+        for stmt in func.body:
+            if returned:
+                raise UnsupportedSyntaxError("code after return is never run", stmt.span)
+            if isinstance(stmt, ast.Assign):
+                self.assign(stmt)
+            else:
+                self.ret(stmt)
+                returned = True
+        if not returned:
+            raise UnsupportedSyntaxError(
+                f"{func.name}() has no return statement; a fused function returns its results",
+                func.span)
+        return self.t
+
+    def assign(self, stmt: ast.Assign) -> None:
+        value = stmt.value
+        if isinstance(value, ast.TupleExpr):
+            types: list[Binding] = [self.binding(v) for v in value.items]
+        else:
+            b = self.binding(value)
+            types = [Binding(t) for t in b.type] if isinstance(b.type, tuple) else [b]
+        if len(stmt.targets) != len(types):
+            raise ShapeMismatchError(
+                f"cannot unpack {len(types)} value(s) into {len(stmt.targets)} name(s)", stmt.span)
+        for name, sp, b in zip(stmt.targets, stmt.target_spans, types, strict=True):
+            if name in BUILTINS or name in CONSTANTS:
+                raise UnsupportedSyntaxError(f"cannot assign to builtin name {name!r}", sp)
+            self.scope[name] = b
+
+    def ret(self, stmt: ast.Return) -> None:
+        for v in stmt.values:
+            t = self.expr(v)
+            for one in t if isinstance(t, tuple) else (t,):
+                if not isinstance(one, TensorType):
+                    raise RankError(
+                        "a fused function returns tensors; this is a scalar "
+                        "(broadcast it against a tensor first)", v.span)
+                self.t.result_types.append(one)
+            self.t.results.append(v)
+
+    # ------------------------------------------------------------------ expressions
+    def binding(self, e: ast.Expr) -> Binding:
+        t = self.expr(e)
+        if id(e) in self.t.consts:
+            return Binding(t, self.t.consts[id(e)], True)
+        return Binding(t)
+
+    def value(self, e: ast.Expr) -> ValueType:
+        t = self.expr(e)
+        if isinstance(t, tuple):
+            raise ShapeMismatchError(
+                f"this call returns {len(t)} values; unpack them first (a, b = ...)", e.span)
+        return t
+
+    def expr(self, e: ast.Expr) -> ValueType | MultiType:
+        try:
+            t = self._expr(e)
+        except FusileError as err:
+            raise err.located(e.span, self.t.source) from None
+        self.t.types[id(e)] = t
+        return t
+
+    def _const(self, e: ast.Expr, value: Any) -> ValueType:
+        self.t.consts[id(e)] = value
+        return _scalar_of(value)
+
+    def _expr(self, e: ast.Expr) -> ValueType | MultiType:
+        if isinstance(e, ast.Num):
+            return self._const(e, e.value)
+        if isinstance(e, ast.Const):
+            if e.value is None:
+                raise UnsupportedSyntaxError("None is only allowed in indexing (x[:, None])",
+                                             e.span)
+            return self._const(e, e.value)
+        if isinstance(e, ast.Str):
+            raise DTypeError("a string is not a value here", e.span)
+        if isinstance(e, ast.Name):
+            return self.name(e)
+        if isinstance(e, ast.BinOp):
+            return self.binop(e)
+        if isinstance(e, ast.UnaryOp):
+            return self.unary(e)
+        if isinstance(e, ast.Compare):
+            return self.compare(e)
+        if isinstance(e, ast.Call):
+            return self.call(e)
+        if isinstance(e, ast.Subscript):
+            return self.subscript(e)
+        if isinstance(e, ast.Attribute):
+            return self.attribute(e)
+        if isinstance(e, ast.TupleExpr):
+            raise UnsupportedSyntaxError("a tuple is only allowed in return and assignment",
+                                         e.span)
+        raise UnsupportedSyntaxError(f"{type(e).__name__} is not supported here", e.span)
+
+    def name(self, e: ast.Name) -> ValueType | MultiType:
+        b = self.scope.get(e.id)
+        if b is not None:
+            if b.is_const:
+                self.t.consts[id(e)] = b.const
+            return b.type
+        if e.id in CONSTANTS:
+            return self._const(e, CONSTANTS[e.id])
+        if e.id in BUILTINS:
+            raise UnsupportedSyntaxError(f"builtin {e.id!r} must be called: {signature(e.id)}",
+                                         e.span)
+        params = [p.name for p in self.t.func.params]
+        if e.id in [n for s in self.t.func.body if isinstance(s, ast.Assign) for n in s.targets]:
+            raise UnknownNameError(f"name {e.id!r} is used before it is assigned", e.span)
+        found, obj = resolve_global(e.id, self.globals)
+        if found and isinstance(obj, bool | int | float):
+            return self._const(e, obj)
+        if found:
+            raise UnknownNameError(
+                f"name {e.id!r} refers to a Python {type(obj).__name__}, which fusile cannot use "
+                "as a value (numbers, tensors passed as arguments and @fused functions can be)",
+                e.span)
+        raise UnknownNameError(
+            f"unknown name {e.id!r} (parameters: {', '.join(params) or 'none'})", e.span)
+
+    def binop(self, e: ast.BinOp) -> ValueType:
+        if e.op == "matmul":
+            return self.builtin_call(e, "matmul", [e.left, e.right], {})
+        lt, rt = self.value(e.left), self.value(e.right)
+        if e.op in ("mod", "lshift", "rshift"):
+            sym = {"mod": "%", "lshift": "<<", "rshift": ">>"}[e.op]
+            raise UnsupportedSyntaxError(f"operator {sym!r} is not supported in fusile", e.span)
+        dtype = result_dtype([lt, rt])
+        if e.op in _ARITH and dtype == bool_:
+            raise DTypeError(f"arithmetic ({e.op}) on bool values; use & | ~, or astype first",
+                             e.span)
+        if e.op in _BITWISE and dtype.is_float:
+            raise DTypeError(
+                f"& | ^ need bool or integer operands, got {lt.dtype} and {rt.dtype}", e.span)
+        if e.op == "div" or (e.op == "pow" and not dtype.is_float):
+            dtype = dtype if dtype.is_float else f32
+        out = self._broadcast([lt, rt], dtype, e.span)
+        self._fold(e, [e.left, e.right], lambda a, b: _PY_BINOP[e.op](a, b))
+        return out
+
+    def unary(self, e: ast.UnaryOp) -> ValueType:
+        t = self.value(e.operand)
+        if e.op == "neg" and t.dtype == bool_:
+            raise DTypeError("negation of a bool value; use ~", e.span)
+        if e.op == "invert" and t.dtype.is_float:
+            raise DTypeError(f"~ needs a bool or integer operand, got {t.dtype}", e.span)
+        fn = {"neg": lambda a: -a, "pos": lambda a: a,
+              "invert": lambda a: (not a) if isinstance(a, bool) else ~a}[e.op]
+        self._fold(e, [e.operand], fn)
+        return t
+
+    def compare(self, e: ast.Compare) -> ValueType:
+        lt, rt = self.value(e.left), self.value(e.right)
+        self._fold(e, [e.left, e.right], _PY_CMP[e.op])
+        return self._broadcast([lt, rt], bool_, e.span)
+
+    def _fold(self, e: ast.Expr, operands: list[ast.Expr], fn: Any) -> None:
+        if all(id(o) in self.t.consts for o in operands):
+            try:
+                self.t.consts[id(e)] = fn(*(self.t.consts[id(o)] for o in operands))
+            except (ArithmeticError, ValueError):
+                pass  # leave it to run time (e.g. 1/0 gives inf there, as in torch)
+
+    def _broadcast(self, types: list[ValueType], dtype: DType, span: Span) -> ValueType:
+        shapes = [t.shape for t in types if isinstance(t, TensorType)]
+        if not shapes:
+            return ScalarType(dtype, all(isinstance(t, ScalarType) and t.weak for t in types))
+        return TensorType(dtype, self.t.env.broadcast(shapes, span))
+
+    # ------------------------------------------------------------------ calls
+    def call(self, e: ast.Call) -> ValueType | MultiType:
+        kwargs = {k.name: k.value for k in e.kwargs}
+        if isinstance(e.func, ast.Name) and e.func.id not in self.scope:
+            if e.func.id in BUILTINS:
+                return self.builtin_call(e, e.func.id, list(e.args), kwargs)
+            found, obj = resolve_global(e.func.id, self.globals)
+        elif isinstance(e.func, ast.Attribute) and _dotted(e.func) is not None:
+            found, obj = resolve_global(_dotted(e.func) or "", self.globals)
+        else:
+            raise UnsupportedSyntaxError("only builtins and @fused functions can be called",
+                                         e.func.span)
+        if not found:
+            name = _dotted(e.func) or "?"
+            raise UnknownNameError(f"unknown function {name!r}{_suggest(name)}", e.func.span)
+        builtin_name = getattr(obj, "__fusile_builtin__", None)
+        if builtin_name is not None:
+            return self.builtin_call(e, builtin_name, list(e.args), kwargs)
+        if hasattr(obj, "__fusile_funcdef__"):
+            return self.inline(e, obj, kwargs)
+        raise UnsupportedSyntaxError(
+            f"{_dotted(e.func)!r} is a Python {type(obj).__name__}, not a fusile builtin or an "
+            "@fused function", e.func.span)
+
+    def builtin_call(self, e: ast.Expr, name: str, args: list[ast.Expr],
+                     kwargs: dict[str, ast.Expr]) -> ValueType:
+        b = BUILTINS[name]
+        spans = {k: v.span for k, v in kwargs.items()}
+        bound = bind(b, e.span, args, kwargs, spans)
+        values: list[ast.Expr] = []
+        options: dict[str, Any] = {}
+        for p in b.params:
+            arg = bound[p.name]
+            is_expr = isinstance(arg, ast.Node)
+            if p.kind == OPTION:
+                options[p.name] = self.option(name, p.name, arg) if is_expr else arg
+            else:
+                values.append(arg)
+        types = [self.value(v) for v in values]
+        call = BoundCall(name, e.span, types, [v.span for v in values], options)
+        out = b.infer(call, self.t.env)
+        self.t.builtins[id(e)] = call
+        self.t.builtin_args[id(e)] = values
+        return out
+
+    def option(self, fn: str, pname: str, arg: ast.Expr) -> Any:
+        if pname == "dtype":
+            return self.dtype_option(arg)
+        if fn == "arange" and isinstance(arg, ast.Call):
+            self.expr(arg)
+            bound = self.t.builtins.get(id(arg))
+            if bound is None or bound.name != "size":
+                raise BuiltinCallError("arange(n): n must be a constant or size(x, axis)",
+                                       arg.span)
+            x = self.t.type_of(self.t.builtin_args[id(arg)][0])
+            assert isinstance(x, TensorType)
+            return x.shape[bound.axes[0]]
+        if isinstance(arg, ast.TupleExpr):
+            return tuple(self.option(fn, pname, item) for item in arg.items)
+        if isinstance(arg, ast.Const) and arg.value is None:
+            return None
+        self.expr(arg)
+        if id(arg) not in self.t.consts:
+            kind = "an integer" if pname in ("axis", "n") else "a"
+            raise AxisError(f"{fn}(): {pname} must be {kind} constant known when compiling",
+                            arg.span)
+        value = self.t.consts[id(arg)]
+        if fn == "arange" and (not isinstance(value, int) or isinstance(value, bool) or
+                               value < 1):
+            raise BuiltinCallError(f"arange(n): n must be a positive integer, got {value!r}",
+                                   arg.span)
+        return value
+
+    def dtype_option(self, arg: ast.Expr) -> DType:
+        if isinstance(arg, ast.Str):
+            text = arg.value
+        elif isinstance(arg, ast.Name) and arg.id not in self.scope:
+            text = arg.id
+        elif isinstance(arg, ast.Attribute) and _dotted(arg):
+            found, obj = resolve_global(_dotted(arg) or "", self.globals)
+            d = dtype_of(obj) if found else None
+            if d is None:
+                raise DTypeError(f"{_dotted(arg)!r} is not a dtype", arg.span)
+            return d
+        else:
+            raise DTypeError("astype(): dtype must be a dtype name such as bf16 or f32",
+                             arg.span)
+        d = dtype_of(text)
+        if d is None:
+            found, obj = resolve_global(text, self.globals)
+            d = dtype_of(obj) if found else None
+        if d is None:
+            raise DTypeError(f"unknown dtype {text!r}; fusile knows bf16, f16, f32, f64, i32, "
+                             "i64, bool", arg.span)
+        return d
+
+    def inline(self, e: ast.Call, fused_fn: Any, kwargs: dict[str, ast.Expr]) -> ValueType | MultiType:
+        if self.depth > 32:
+            raise UnsupportedSyntaxError("@fused calls nest too deeply (recursion?)", e.span)
+        func: ast.FuncDef = fused_fn.__fusile_funcdef__
+        source: Source = fused_fn.__fusile_source__
+        params = [p.name for p in func.params]
+        if len(e.args) > len(params):
+            raise BuiltinCallError(
+                f"{func.name}() takes {len(params)} arguments, got {len(e.args)}", e.span)
+        args: list[ast.Expr | None] = [*e.args, *([None] * (len(params) - len(e.args)))]
+        for k, v in kwargs.items():
+            if k not in params:
+                raise BuiltinCallError(f"{func.name}() got an unexpected keyword argument {k!r}",
+                                       v.span)
+            if args[params.index(k)] is not None:
+                raise BuiltinCallError(f"{func.name}() got two values for {k!r}", v.span)
+            args[params.index(k)] = v
+        callee = Typed(func, source, self.t.env)
+        inner = Checker(callee, fused_fn.__fusile_globals__, self.depth + 1)
+        bindings: list[Binding] = []
+        for p, a in zip(func.params, args, strict=True):
+            if a is None:
+                if p.default is None:
+                    raise BuiltinCallError(f"{func.name}() is missing argument {p.name!r}",
+                                           e.span)
+                b = inner.binding(p.default)
+                if not b.is_const:
+                    raise UnsupportedSyntaxError("a parameter default must be a constant",
+                                                 p.default.span)
+            else:
+                b = self.binding(a)
+                if isinstance(b.type, tuple):
+                    raise ShapeMismatchError("cannot pass several values as one argument",
+                                             a.span)
+            bindings.append(b)
+        inner.run(bindings)
+        self.t.inlined[id(e)] = (callee, args)
+        types = tuple(callee.result_types)
+        return types[0] if len(types) == 1 else types
+
+    # ------------------------------------------------------------------ views
+    def subscript(self, e: ast.Subscript) -> ValueType:
+        t = self.value(e.value)
+        if not isinstance(t, TensorType):
+            raise RankError("only tensors can be indexed", e.value.span)
+        items = list(e.items)
+        n_ell = sum(isinstance(i, ast.EllipsisLit) for i in items)
+        if n_ell > 1:
+            raise UnsupportedSyntaxError("at most one '...' in an index", e.span)
+        for i in items:
+            if isinstance(i, ast.Slice) and not i.is_full:
+                raise UnsupportedSyntaxError(
+                    "slicing with bounds is not supported; fusile indexing accepts ':', None "
+                    "and '...' (to add broadcast dims)", i.span)
+            if not isinstance(i, ast.Slice | ast.EllipsisLit | ast.Const) or (
+                    isinstance(i, ast.Const) and i.value is not None):
+                raise UnsupportedSyntaxError(
+                    "indexing by position is not supported; fusile indexing accepts ':', None "
+                    "and '...' (to add broadcast dims)", i.span)
+        n_slices = sum(isinstance(i, ast.Slice) for i in items)
+        if n_slices > t.rank:
+            raise RankError(f"too many indices for a tensor of rank {t.rank}", e.span)
+        dims: list[int | None] = []
+        src = 0
+        for i in items:
+            if isinstance(i, ast.Slice):
+                dims.append(src)
+                src += 1
+            elif isinstance(i, ast.EllipsisLit):
+                fill = t.rank - n_slices
+                dims.extend(range(src, src + fill))
+                src += fill
+            else:
+                dims.append(None)
+        dims.extend(range(src, t.rank))
+        self.t.views[id(e)] = tuple(dims)
+        return TensorType(t.dtype, tuple(1 if d is None else t.shape[d] for d in dims))
+
+    def attribute(self, e: ast.Attribute) -> ValueType:
+        if e.attr == "T" and not (_dotted(e) and _root_is_global(e, self.scope)):
+            t = self.value(e.value)
+            if not isinstance(t, TensorType) or t.rank < 2:
+                raise RankError(".T needs a tensor of rank 2 or more", e.span)
+            dims = (*range(t.rank - 2), t.rank - 1, t.rank - 2)
+            self.t.views[id(e)] = dims
+            return TensorType(t.dtype, tuple(t.shape[d] for d in dims))
+        dotted = _dotted(e)
+        if dotted and _root_is_global(e, self.scope):
+            found, obj = resolve_global(dotted, self.globals)
+            if found and isinstance(obj, bool | int | float):
+                return self._const(e, obj)
+        hint = "; use size(x, axis)" if e.attr == "shape" else ""
+        hint = "; use astype(x, dtype)" if e.attr in ("astype", "to", "float", "half") else hint
+        raise UnsupportedSyntaxError(f"attribute access ('.{e.attr}') is not supported{hint}",
+                                     e.span)
+
+
+def _dotted(e: ast.Expr) -> str | None:
+    if isinstance(e, ast.Name):
+        return e.id
+    if isinstance(e, ast.Attribute):
+        base = _dotted(e.value)
+        return None if base is None else f"{base}.{e.attr}"
+    return None
+
+
+def _root_is_global(e: ast.Expr, scope: dict[str, Binding]) -> bool:
+    while isinstance(e, ast.Attribute):
+        e = e.value
+    return isinstance(e, ast.Name) and e.id not in scope
+
+
+def _suggest(name: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name.split(".")[-1], list(BUILTINS), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def check(func: ast.FuncDef, source: Source, globals_: dict[str, Any],
+          params: list[Binding], env: ShapeEnv | None = None) -> Typed:
+    """Check `func` for the given parameter bindings; raises FusileError on a bad program."""
+    typed = Typed(func, source, env or ShapeEnv())
+    return Checker(typed, globals_).run(params)
+
+
+def describe(t: ValueType) -> str:
+    if isinstance(t, TensorType):
+        return f"{t.dtype}{show_shape(t.shape)}"
+    return repr(t)
+
+

@@ -1,0 +1,122 @@
+"""User-facing errors. Each problem has its own class; the base class quotes the user's line.
+
+A message looks like:
+
+    fusile.dsl.errors.ShapeMismatchError: cannot broadcast shapes (M, 64) and (32,)
+      --> model.py:12:9
+       |
+    12 |     y = x + w
+       |         ^^^^^
+"""
+
+from __future__ import annotations
+
+import linecache
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Span:
+    """A source range: 1-based lines, 1-based columns, end column exclusive."""
+
+    line: int
+    col: int
+    end_line: int
+    end_col: int
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a program's text came from, so spans can be mapped back to the user's file."""
+
+    filename: str
+    text: str  # the (dedented) text fusile parsed
+    line_offset: int = 0  # added to a parsed line to get the file's line
+    col_offset: int = 0  # added to a parsed column to get the file's column (dedent)
+
+    def file_line(self, line: int) -> str:
+        """The user's line as it stands in the file (falls back to the parsed text)."""
+        real = linecache.getline(self.filename, line + self.line_offset)
+        if real:
+            return real.rstrip("\n")
+        lines = self.text.splitlines()
+        text = lines[line - 1] if 0 < line <= len(lines) else ""
+        return " " * self.col_offset + text
+
+
+class FusileError(Exception):
+    """Base class of every error fusile reports to a user."""
+
+    def __init__(self, message: str, span: Span | None = None, source: Source | None = None):
+        self.message = message
+        self.span = span
+        self.source = source
+        super().__init__(self._render())
+
+    def located(self, span: Span | None, source: Source | None) -> FusileError:
+        """Attach a location if the error has none yet (used when an inner check raised)."""
+        if self.span is None and span is not None:
+            self.span, self.source = span, source
+            self.args = (self._render(),)
+        return self
+
+    def _render(self) -> str:
+        if self.span is None or self.source is None:
+            return self.message
+        src, sp = self.source, self.span
+        line_no = sp.line + src.line_offset
+        col = sp.col + src.col_offset
+        text = src.file_line(sp.line)
+        width = (sp.end_col - sp.col) if sp.end_line == sp.line else len(text) - col + 1
+        gutter = " " * len(str(line_no))
+        return (
+            f"{self.message}\n"
+            f"{gutter}--> {src.filename}:{line_no}:{col}\n"
+            f"{gutter} |\n"
+            f"{line_no} | {text}\n"
+            f"{gutter} | {' ' * (col - 1)}{'^' * max(1, width)}"
+        )
+
+
+class FusileSyntaxError(FusileError):
+    """The text is not valid in fusile's language."""
+
+
+class UnsupportedSyntaxError(FusileError):
+    """Valid Python that fusile's language does not accept (loops, if, lambdas, ...)."""
+
+
+class UnknownNameError(FusileError):
+    """A name that is neither a parameter, a local, a builtin nor a usable global."""
+
+
+class BuiltinCallError(FusileError):
+    """A builtin called with the wrong arguments."""
+
+
+class ShapeMismatchError(FusileError):
+    """Shapes that do not broadcast, or a runtime size that breaks a compile-time assumption."""
+
+
+class RankError(FusileError):
+    """A tensor of the wrong rank for an operation."""
+
+
+class AxisError(FusileError):
+    """A reduction or index axis out of range, or not a constant."""
+
+
+class DTypeError(FusileError):
+    """An operation applied to a dtype it does not accept."""
+
+
+class SignatureError(FusileError):
+    """A call of an @fused function with arguments that do not fit its parameters."""
+
+
+class LoweringError(FusileError):
+    """An internal failure while lowering to MLIR; reported with the user's line and a repro."""
+
+
+class BackendError(FusileError):
+    """A backend could not run or compile a program."""

@@ -1,0 +1,186 @@
+"""The @fused decorator: parse once, compile once per signature, run on torch tensors."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from fusile import config
+from fusile.dsl import ast
+from fusile.dsl.errors import FusileError, SignatureError, Source
+from fusile.dsl.parser import parse, source_of
+from fusile.dsl.signature import (
+    Annotation,
+    ArgInfo,
+    bindings,
+    cache_key,
+    check_sizes,
+    describe_arg,
+    parse_annotation,
+)
+from fusile.dsl.types import ShapeEnv
+
+
+class FusedFunction:
+    """A function written in fusile's DSL. Call it on torch tensors."""
+
+    def __init__(self, fn: Callable[..., Any] | None = None, *, source: Source | None = None,
+                 globals_: dict[str, Any] | None = None):
+        self._fn = fn
+        self._source = source
+        self._globals = dict(globals_ or {})
+        if fn is not None:
+            functools.update_wrapper(self, fn)
+            self._globals = {**fn.__globals__, **_closure_vars(fn)}
+        self._func: ast.FuncDef | None = None
+        self._annotations: list[Annotation] | None = None
+        self._cache: dict[tuple, Any] = {}
+
+    # ------------------------------------------------------------------ the front end, once
+    @property
+    def __fusile_source__(self) -> Source:
+        if self._source is None:
+            assert self._fn is not None
+            self._source = source_of(self._fn)
+        return self._source
+
+    @property
+    def __fusile_funcdef__(self) -> ast.FuncDef:
+        if self._func is None:
+            self._func = _guard(lambda: parse(self.__fusile_source__))
+        return self._func
+
+    @property
+    def __fusile_globals__(self) -> dict[str, Any]:
+        return self._globals
+
+    @property
+    def params(self) -> list[str]:
+        return [p.name for p in self.__fusile_funcdef__.params]
+
+    def _annots(self) -> list[Annotation]:
+        if self._annotations is None:
+            src = self.__fusile_source__
+            self._annotations = [parse_annotation(p.annotation, self._globals, src)
+                                 for p in self.__fusile_funcdef__.params]
+        return self._annotations
+
+    # ------------------------------------------------------------------ signatures
+    def _bind_args(self, args: tuple, kwargs: dict[str, Any]) -> list[Any]:
+        func = self.__fusile_funcdef__
+        names = [p.name for p in func.params]
+        if len(args) > len(names):
+            raise SignatureError(f"{func.name}() takes {len(names)} arguments, got {len(args)}")
+        values: list[Any] = list(args) + [_MISSING] * (len(names) - len(args))
+        for k, v in kwargs.items():
+            if k not in names:
+                raise SignatureError(f"{func.name}() got an unexpected keyword argument {k!r}")
+            if values[names.index(k)] is not _MISSING:
+                raise SignatureError(f"{func.name}() got two values for {k!r}")
+            values[names.index(k)] = v
+        for i, p in enumerate(func.params):
+            if values[i] is _MISSING:
+                if p.default is None:
+                    raise SignatureError(f"{func.name}() is missing argument {p.name!r}")
+                values[i] = _default_value(p, self._globals, self.__fusile_source__)
+        return values
+
+    def compiled(self, *args: Any, **kwargs: Any) -> Any:
+        """The compiled program for these arguments (compiling on first use)."""
+        return self._lookup(self._bind_args(args, kwargs))[0]
+
+    def _lookup(self, values: list[Any]) -> tuple[Any, list[ArgInfo]]:
+        infos = [describe_arg(v) for v in values]
+        key = cache_key(infos)
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = _guard(lambda: self._compile(infos))
+            self._cache[key] = hit
+        return hit, infos
+
+    def _compile(self, infos: list[ArgInfo]) -> Any:
+        from fusile.compiler import compile_program
+
+        func, src = self.__fusile_funcdef__, self.__fusile_source__
+        env = ShapeEnv()
+        params = bindings(func, self._annots(), infos, src, env)
+        return compile_program(func, src, self._globals, params, env)
+
+    # ------------------------------------------------------------------ running
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        values = self._bind_args(args, kwargs)
+        compiled, _infos = self._lookup(values)
+        from fusile.backends import run
+
+        shapes = {i: tuple(v.shape) for i, v in enumerate(values) if hasattr(v, "shape")}
+        check_sizes(compiled.checks, shapes, self.params, self.__fusile_source__)
+        outs = run.run(compiled, [values[i] for i in compiled.runtime_params])
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def mlir(self, *args: Any, stage: str = "mlir", **kwargs: Any) -> str:
+        """The MLIR module for these arguments: stage "mlir" (as emitted), "linalg"
+        (generalized, what the reference evaluates) or "fused" (after elementwise fusion)."""
+        if stage not in ("mlir", "linalg", "fused"):
+            raise ValueError(f"stage must be 'mlir', 'linalg' or 'fused', got {stage!r}")
+        return str(self.compiled(*args, **kwargs).artifact(stage))
+
+    def reference(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the float64 numpy reference (the oracle); returns float64/int64 numpy arrays."""
+        values = self._bind_args(args, kwargs)
+        compiled, _ = self._lookup(values)
+        from fusile.backends import run
+
+        outs = run.run_reference(compiled, [values[i] for i in compiled.runtime_params])
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def __repr__(self) -> str:
+        return f"<fusile.fused {getattr(self, '__name__', '?')}>"
+
+
+_MISSING = object()
+
+
+def _default_value(p: ast.Param, globals_: dict[str, Any], source: Source) -> Any:
+    from fusile.dsl.check import Checker, Typed
+
+    assert p.default is not None
+    checker = Checker(Typed(ast.FuncDef(p.span, "", (), ()), source, ShapeEnv()), globals_)
+    b = _guard(lambda: checker.binding(p.default))  # type: ignore[arg-type]
+    if not b.is_const:
+        raise SignatureError("a parameter default must be a constant", p.default.span, source)
+    return b.const
+
+
+def _closure_vars(fn: Callable[..., Any]) -> dict[str, Any]:
+    try:
+        return dict(inspect.getclosurevars(fn).nonlocals)
+    except (TypeError, ValueError):
+        return {}
+
+
+def _guard(thunk: Callable[[], Any]) -> Any:
+    """Run a front-end step; internal errors become FusileErrors unless FUSILE_FRONTEND_DEBUG."""
+    try:
+        return thunk()
+    except FusileError:
+        raise
+    except Exception as exc:
+        if config.get("frontend_debug"):
+            raise
+        raise FusileError(f"internal error in fusile: {exc!r} (set FUSILE_FRONTEND_DEBUG=1 for "
+                          "the full traceback, and please report it)") from exc
+
+
+def fused(fn: Callable[..., Any]) -> FusedFunction:
+    """Mark a function as fusile DSL: `@fused def f(x, w): ...`."""
+    return FusedFunction(fn)
+
+
+def from_source(text: str, globals_: dict[str, Any] | None = None,
+                filename: str = "<fusile>") -> FusedFunction:
+    """A fused function from source text (what tests and generated programs use)."""
+    import textwrap
+
+    return FusedFunction(source=Source(filename, textwrap.dedent(text)), globals_=globals_)

@@ -1,0 +1,227 @@
+"""Call arguments -> parameter bindings, the per-signature cache key, and runtime size checks.
+
+A signature is specialised on dtypes, ranks, which dims are 1 (broadcasting depends on it) and
+the values of int/bool parameters (compile-time constants, like tl.constexpr); every other size
+and every float parameter is a runtime value, so new sizes reuse the compiled program.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fusile.dsl import ast
+from fusile.dsl.check import Binding
+from fusile.dsl.errors import ShapeMismatchError, SignatureError, Source, Span
+from fusile.dsl.resolve import dtype_of, resolve_global
+from fusile.dsl.types import (
+    DType,
+    ScalarType,
+    ShapeEnv,
+    Sym,
+    TensorSpec,
+    TensorType,
+    f32,
+    show_shape,
+)
+
+
+@dataclass(frozen=True)
+class Annotation:
+    kind: str  # "tensor" | "float" | "int" | "bool" | "any"
+    spec: TensorSpec | None = None
+
+
+def parse_annotation(expr: ast.Expr | None, globals_: dict[str, Any], source: Source
+                     ) -> Annotation:
+    if expr is None:
+        return Annotation("any")
+    if isinstance(expr, ast.Name) and expr.id in ("float", "int", "bool"):
+        return Annotation(expr.id)
+    if isinstance(expr, ast.Name | ast.Attribute | ast.Str):
+        d = _dtype(expr, globals_)
+        if d is not None:
+            return Annotation("tensor", TensorSpec(d, None))
+        if isinstance(expr, ast.Name) and expr.id in ("Tensor", "tensor"):
+            return Annotation("tensor")
+        if isinstance(expr, ast.Attribute) and expr.attr == "Tensor":
+            return Annotation("tensor")
+    if isinstance(expr, ast.Subscript):
+        d = _dtype(expr.value, globals_)
+        if d is not None:
+            dims: list[int | str] = []
+            for item in expr.items:
+                if isinstance(item, ast.Str):
+                    dims.append(item.value)
+                elif isinstance(item, ast.Num) and isinstance(item.value, int):
+                    dims.append(item.value)
+                else:
+                    raise SignatureError("a dim in an annotation is a name in quotes or an int",
+                                         item.span, source)
+            return Annotation("tensor", TensorSpec(d, tuple(dims)))
+    raise SignatureError("annotation must be a dtype with dims (bf16['M', 'N']), a dtype, or "
+                         "float / int / bool", expr.span, source)
+
+
+def _dtype(expr: ast.Expr, globals_: dict[str, Any]) -> DType | None:
+    if isinstance(expr, ast.Str):
+        return dtype_of(expr.value)
+    name = expr.id if isinstance(expr, ast.Name) else None
+    if name is not None and dtype_of(name) is not None:
+        return dtype_of(name)
+    parts = []
+    e: ast.Expr = expr
+    while isinstance(e, ast.Attribute):
+        parts.append(e.attr)
+        e = e.value
+    if isinstance(e, ast.Name):
+        found, obj = resolve_global(".".join([e.id, *reversed(parts)]), globals_)
+        if found:
+            return dtype_of(obj)
+    return None
+
+
+@dataclass(frozen=True)
+class SizeCheck:
+    param: int
+    axis: int
+    dim: int | Sym  # resolved class after checking
+    span: Span | None
+
+
+@dataclass(frozen=True)
+class ArgInfo:
+    """What the caller passed for one parameter, as much as the cache key needs."""
+
+    kind: str  # "tensor" | "float" | "const"
+    dtype: DType | None = None
+    shape: tuple[int, ...] = ()
+    value: Any = None
+
+
+def describe_arg(a: Any) -> ArgInfo:
+    import torch
+
+    if isinstance(a, torch.Tensor):
+        d = dtype_of(a.dtype)
+        if d is None:
+            raise SignatureError(f"fusile does not support tensors of dtype {a.dtype}")
+        return ArgInfo("tensor", d, tuple(a.shape))
+    if isinstance(a, TensorSpec):
+        return ArgInfo("spec", a.dtype, value=a)
+    if isinstance(a, bool | int):
+        return ArgInfo("const", value=a)
+    if isinstance(a, float):
+        return ArgInfo("float", value=a)
+    raise SignatureError(f"fusile cannot take an argument of type {type(a).__name__}; pass "
+                         "torch tensors, floats, ints or bools")
+
+
+def cache_key(infos: list[ArgInfo]) -> tuple:
+    key: list[Any] = []
+    for a in infos:
+        if a.kind == "tensor":
+            key.append(("t", a.dtype, tuple(s == 1 for s in a.shape)))
+        elif a.kind == "spec":
+            key.append(("s", a.value))
+        elif a.kind == "const":
+            key.append(("c", type(a.value), a.value))
+        else:
+            key.append(("f",))
+    return tuple(key)
+
+
+def bindings(func: ast.FuncDef, annotations: list[Annotation], infos: list[ArgInfo],
+             source: Source, env: ShapeEnv) -> list[Binding]:
+    """Parameter bindings for the checker, from what the caller passed."""
+    out: list[Binding] = []
+    for p, ann, a in zip(func.params, annotations, infos, strict=True):
+        if ann.kind in ("float", "int", "bool") and a.kind in ("tensor", "spec"):
+            raise SignatureError(f"parameter {p.name!r} is annotated {ann.kind} but got a tensor",
+                                 p.span, source)
+        if a.kind in ("tensor", "spec"):
+            out.append(Binding(_tensor_type(p, ann, a, source)))
+        elif a.kind == "float":
+            if ann.kind in ("int", "bool"):
+                raise SignatureError(f"parameter {p.name!r} is annotated {ann.kind} but got "
+                                     f"{a.value!r}", p.span, source)
+            out.append(Binding(ScalarType(f32)))
+        elif ann.kind == "tensor":
+            raise SignatureError(f"parameter {p.name!r} needs a tensor, got {a.value!r}",
+                                 p.span, source)
+        elif ann.kind == "float":  # an int passed where the function declares a float
+            out.append(Binding(ScalarType(f32)))
+        else:  # ints and bools are compile-time constants
+            out.append(Binding(_scalar_type(a.value), a.value, is_const=True))
+    return out
+
+
+def _scalar_type(v: Any) -> ScalarType:
+    from fusile.dsl.types import bool_, i64
+
+    if isinstance(v, bool):
+        return ScalarType(bool_)
+    return ScalarType(i64) if isinstance(v, int) else ScalarType(f32)
+
+
+def _tensor_type(p: ast.Param, ann: Annotation, a: ArgInfo, source: Source) -> TensorType:
+    spec = ann.spec
+    assert a.dtype is not None
+    if spec is not None and spec.dtype != a.dtype:
+        raise SignatureError(f"parameter {p.name!r} is annotated {spec.dtype} but got a "
+                             f"{a.dtype} tensor", p.span, source)
+    if a.kind == "spec":
+        given: TensorSpec = a.value
+        if given.dims is None:
+            raise SignatureError(f"parameter {p.name!r}: give dims, e.g. {given.dtype}['M', 64]",
+                                 p.span, source)
+        dims = [Sym(d) if isinstance(d, str) else d for d in given.dims]
+        return TensorType(a.dtype, tuple(dims))
+    shape: list[int | Sym] = []
+    if spec is not None and spec.dims is not None and len(spec.dims) != len(a.shape):
+        raise SignatureError(
+            f"parameter {p.name!r} is annotated with rank {len(spec.dims)} but got a tensor of "
+            f"shape {show_shape(a.shape)}", p.span, source)
+    for i, s in enumerate(a.shape):
+        named = spec.dims[i] if spec is not None and spec.dims is not None else None
+        if s == 1:
+            shape.append(1)
+        elif isinstance(named, int):
+            shape.append(named)
+        else:
+            shape.append(Sym(named if isinstance(named, str) else f"{p.name}.{i}"))
+    return TensorType(a.dtype, tuple(shape))
+
+
+def size_checks(param_types: list[Any], env: ShapeEnv) -> list[SizeCheck]:
+    checks = []
+    for pi, t in enumerate(param_types):
+        if isinstance(t, TensorType):
+            for axis, d in enumerate(t.shape):
+                origin = env.origin.get(d) if isinstance(d, Sym) else None
+                checks.append(SizeCheck(pi, axis, env.find(d), origin))
+    return checks
+
+
+def check_sizes(checks: list[SizeCheck], shapes: dict[int, tuple[int, ...]],
+                names: list[str], source: Source) -> dict[Sym, int]:
+    """Bind each symbolic size from the real shapes; raise if an equality the program needs
+    (from broadcasting, matmul or an annotation) does not hold."""
+    bound: dict[Sym, tuple[int, int, int]] = {}
+    sizes: dict[Sym, int] = {}
+    for c in checks:
+        actual = shapes[c.param][c.axis]
+        if isinstance(c.dim, int):
+            if actual != c.dim:
+                raise ShapeMismatchError(
+                    f"{names[c.param]} has size {actual} along axis {c.axis}, but the program "
+                    f"needs {c.dim} there", c.span, source)
+            continue
+        if c.dim in bound and bound[c.dim][0] != actual:
+            other_size, op, oa = bound[c.dim]
+            raise ShapeMismatchError(
+                f"{names[c.param]} has size {actual} along axis {c.axis} but {names[op]} has "
+                f"size {other_size} along axis {oa}; the program needs them equal", c.span, source)
+        bound.setdefault(c.dim, (actual, c.param, c.axis))
+        sizes[c.dim] = actual
+    return sizes

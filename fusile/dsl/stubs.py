@@ -1,0 +1,28 @@
+"""Python-visible names for the builtins, so `from fusile import rsqrt, mean` reads naturally.
+
+Inside an @fused function these names are the DSL's builtins. Called from ordinary Python, they
+explain themselves instead of computing something subtly different.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fusile.dsl.builtins import BUILTINS, signature
+
+
+class Builtin:
+    def __init__(self, name: str):
+        self.__fusile_builtin__ = name
+        self.__name__ = name
+        self.__doc__ = f"{signature(name)}: {BUILTINS[name].doc} (a fusile DSL builtin)"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"fusile.{self.__name__} is a DSL builtin: call it inside an @fused "
+                        "function")
+
+    def __repr__(self) -> str:
+        return f"<fusile builtin {signature(self.__name__)}>"
+
+
+STUBS = {name: Builtin(name) for name in BUILTINS}
