@@ -247,7 +247,7 @@ def _reduce_steps(node: Generic, env: dict[int, Any], ins: list[Any], inits: lis
     accs = [np.array(np.broadcast_to(i, [1 if d in red else ext[d] for d in range(len(ext))]))
             for i in inits]
     for point in np.ndindex(*[ext[d] for d in red]):
-        def at(a: Any) -> Any:
+        def at(a: Any, point: tuple[int, ...] = point) -> Any:
             if np.ndim(a) == 0:
                 return a
             idx = [slice(None)] * len(ext)
@@ -270,7 +270,7 @@ def _eval_body_at(node: Generic, env: dict[int, Any], args: list[Any], ext: list
 
     def loop_index(d: int) -> Array:
         if d in fixed:
-            return np.int64(fixed[d])
+            return np.array(fixed[d], dtype=np.int64)
         shape = [1] * node.n_loops
         shape[d] = ext[d]
         return np.arange(ext[d], dtype=np.int64).reshape(shape)

@@ -20,6 +20,10 @@ def _to_numpy(v: Any) -> Any:
     return v
 
 
+def backend_name() -> str:
+    return "the float64 reference backend"
+
+
 def run_reference(compiled: Any, args: list[Any]) -> list[np.ndarray]:
     return reference.evaluate(compiled.reference_graph, [_to_numpy(a) for a in args])
 
@@ -33,5 +37,5 @@ def run(compiled: Any, args: list[Any]) -> list[Any]:
 
     device = next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
     outs = run_reference(compiled, args)
-    return [torch.from_numpy(np.ascontiguousarray(o)).to(device=device, dtype=to_torch(t.dtype))
+    return [torch.from_numpy(np.array(o, order="C")).to(device=device, dtype=to_torch(t.dtype))
             for o, t in zip(outs, compiled.typed.result_types, strict=True)]

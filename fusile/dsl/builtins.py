@@ -253,7 +253,7 @@ BUILTINS["index"] = _b("index", [_X, Param("axis", OPTION)], _index,
 BUILTINS["size"] = _b("size", [_X, Param("axis", OPTION)], _size, "the size of x along axis")
 
 CONSTANTS: dict[str, float] = {"inf": float("inf"), "nan": float("nan"),
-                               "pi": 3.141592653589793, "e": 2.718281828459045}
+                               "pi": 3.141592653589793}
 
 
 def bind(b: Builtin, span: Span, args: list[Any], kwargs: dict[str, Any],

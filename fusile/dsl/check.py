@@ -7,6 +7,7 @@ expression's type. Lowering reads `Typed` and never re-derives a type.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,6 +103,12 @@ class Checker:
 
     # ------------------------------------------------------------------ statements
     def run(self, params: list[Binding]) -> Typed:
+        try:
+            return self._run(params)
+        except FusileError as err:
+            raise err.located(self.t.func.span, self.t.source) from None
+
+    def _run(self, params: list[Binding]) -> Typed:
         func = self.t.func
         for p, b in zip(func.params, params, strict=True):
             self.scope[p.name] = b
@@ -131,9 +138,13 @@ class Checker:
             types = [Binding(t) for t in b.type] if isinstance(b.type, tuple) else [b]
         if len(stmt.targets) != len(types):
             raise ShapeMismatchError(
-                f"cannot unpack {len(types)} value(s) into {len(stmt.targets)} name(s)", stmt.span)
+                f"cannot unpack {len(types)} value(s) into {len(stmt.targets)} name(s)",
+                stmt.span, self.t.source)
         for name, sp, b in zip(stmt.targets, stmt.target_spans, types, strict=True):
-            if name in BUILTINS or name in CONSTANTS:
+            if name in BUILTINS:
+                raise UnsupportedSyntaxError(f"cannot assign to builtin name {name!r}", sp)
+
+            if name in BUILTINS:
                 raise UnsupportedSyntaxError(f"cannot assign to builtin name {name!r}", sp)
             self.scope[name] = b
 
@@ -266,10 +277,9 @@ class Checker:
 
     def _fold(self, e: ast.Expr, operands: list[ast.Expr], fn: Any) -> None:
         if all(id(o) in self.t.consts for o in operands):
-            try:
+            # a constant that fails in Python (1/0) is left to run time, where it gives inf
+            with contextlib.suppress(ArithmeticError, ValueError):
                 self.t.consts[id(e)] = fn(*(self.t.consts[id(o)] for o in operands))
-            except (ArithmeticError, ValueError):
-                pass  # leave it to run time (e.g. 1/0 gives inf there, as in torch)
 
     def _broadcast(self, types: list[ValueType], dtype: DType, span: Span) -> ValueType:
         shapes = [t.shape for t in types if isinstance(t, TensorType)]
@@ -284,6 +294,11 @@ class Checker:
             if e.func.id in BUILTINS:
                 return self.builtin_call(e, e.func.id, list(e.args), kwargs)
             found, obj = resolve_global(e.func.id, self.globals)
+        elif isinstance(e.func, ast.Attribute) and not _root_is_global(e.func, self.scope):
+            hint = "; use astype(x, dtype)" if e.func.attr in ("astype", "to", "float",
+                                                              "half") else ""
+            raise UnsupportedSyntaxError(
+                f"methods ('.{e.func.attr}(...)') are not supported{hint}", e.func.span)
         elif isinstance(e.func, ast.Attribute) and _dotted(e.func) is not None:
             found, obj = resolve_global(_dotted(e.func) or "", self.globals)
         else:
@@ -297,9 +312,27 @@ class Checker:
             return self.builtin_call(e, builtin_name, list(e.args), kwargs)
         if hasattr(obj, "__fusile_funcdef__"):
             return self.inline(e, obj, kwargs)
+        if getattr(obj, "__module__", None) == "math" and callable(obj) and not kwargs:
+            return self.fold_math(e, obj)
         raise UnsupportedSyntaxError(
             f"{_dotted(e.func)!r} is a Python {type(obj).__name__}, not a fusile builtin or an "
             "@fused function", e.func.span)
+
+    def fold_math(self, e: ast.Call, fn: Any) -> ValueType:
+        """math.sqrt(2.0) and friends on constants are folded when compiling."""
+        values = []
+        for a in e.args:
+            self.value(a)
+            if id(a) not in self.t.consts:
+                raise UnsupportedSyntaxError(
+                    f"{_dotted(e.func)}() runs in Python, so its arguments must be constants; "
+                    "use the fusile builtin of the same name on tensors", a.span)
+            values.append(self.t.consts[id(a)])
+        try:
+            return self._const(e, fn(*values))
+        except (ValueError, TypeError, ArithmeticError) as exc:
+            raise BuiltinCallError(f"{_dotted(e.func)}() failed on constants: {exc}",
+                                   e.span) from None
 
     def builtin_call(self, e: ast.Expr, name: str, args: list[ast.Expr],
                      kwargs: dict[str, ast.Expr]) -> ValueType:
@@ -373,7 +406,8 @@ class Checker:
                              "i64, bool", arg.span)
         return d
 
-    def inline(self, e: ast.Call, fused_fn: Any, kwargs: dict[str, ast.Expr]) -> ValueType | MultiType:
+    def inline(self, e: ast.Call, fused_fn: Any,
+               kwargs: dict[str, ast.Expr]) -> ValueType | MultiType:
         if self.depth > 32:
             raise UnsupportedSyntaxError("@fused calls nest too deeply (recursion?)", e.span)
         func: ast.FuncDef = fused_fn.__fusile_funcdef__

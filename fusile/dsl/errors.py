@@ -55,8 +55,10 @@ class FusileError(Exception):
 
     def located(self, span: Span | None, source: Source | None) -> FusileError:
         """Attach a location if the error has none yet (used when an inner check raised)."""
-        if self.span is None and span is not None:
-            self.span, self.source = span, source
+        if self.source is None and source is not None:
+            self.source = source
+            if self.span is None:
+                self.span = span
             self.args = (self._render(),)
         return self
 

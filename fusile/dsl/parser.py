@@ -51,9 +51,8 @@ def _unsupported(what: str, hint: str = "") -> Callable[..., Any]:
     return rule
 
 
-_BINOPS = (
-    "add sub mul div floordiv mod matmul pow and_ or_ xor lshift rshift".split()
-)
+_BINOPS = ["add", "sub", "mul", "div", "floordiv", "mod", "matmul", "pow", "and_", "or_", "xor",
+           "lshift", "rshift"]
 
 
 @v_args(meta=True)
@@ -72,6 +71,10 @@ class _ToAst(Transformer[Token, Any]):
         if stmts and isinstance(stmts[0], _Docstring):
             doc = stmts.pop(0).text
         for s in stmts:
+            if isinstance(s, ast.FuncDef):
+                raise UnsupportedSyntaxError(
+                    "a nested function definition is not supported in fusile; define it at "
+                    "module level with @fused and call it", s.span)
             if isinstance(s, _Docstring | _BareExpr):
                 raise UnsupportedSyntaxError(
                     "a bare expression has no effect; assign it to a name or return it", s.span
@@ -145,8 +148,7 @@ class _ToAst(Transformer[Token, Any]):
     bool_and = _unsupported("'and'", "; use & on boolean tensors")
     bool_not = _unsupported("'not'", "; use ~ on boolean tensors")
     star_arg = _unsupported("star-arguments (*args, **kwargs) in a call")
-    list = _unsupported("a list literal", "; fusile values are tensors and scalars")
-    string_concat = _unsupported("string concatenation")
+    list_lit = _unsupported("a list literal", "; fusile values are tensors and scalars")
 
     def compare(self, meta: Any, children: list[Any]) -> ast.Compare:
         if len(children) != 3:
@@ -231,7 +233,7 @@ class _ToAst(Transformer[Token, Any]):
     def false(self, meta: Any, children: list[Any]) -> ast.Const:
         return ast.Const(_span(meta), False)
 
-    def tuple(self, meta: Any, children: list[Any]) -> ast.TupleExpr:
+    def tuple_lit(self, meta: Any, children: list[Any]) -> ast.TupleExpr:
         return ast.TupleExpr(_span(meta), tuple(c for c in children if c is not None))
 
 

@@ -207,7 +207,7 @@ def check_sizes(checks: list[SizeCheck], shapes: dict[int, tuple[int, ...]],
                 names: list[str], source: Source) -> dict[Sym, int]:
     """Bind each symbolic size from the real shapes; raise if an equality the program needs
     (from broadcasting, matmul or an annotation) does not hold."""
-    bound: dict[Sym, tuple[int, int, int]] = {}
+    bound: dict[Sym, tuple[int, int, int, Span | None]] = {}
     sizes: dict[Sym, int] = {}
     for c in checks:
         actual = shapes[c.param][c.axis]
@@ -218,10 +218,11 @@ def check_sizes(checks: list[SizeCheck], shapes: dict[int, tuple[int, ...]],
                     f"needs {c.dim} there", c.span, source)
             continue
         if c.dim in bound and bound[c.dim][0] != actual:
-            other_size, op, oa = bound[c.dim]
+            other_size, op, oa, other_span = bound[c.dim]
             raise ShapeMismatchError(
                 f"{names[c.param]} has size {actual} along axis {c.axis} but {names[op]} has "
-                f"size {other_size} along axis {oa}; the program needs them equal", c.span, source)
-        bound.setdefault(c.dim, (actual, c.param, c.axis))
+                f"size {other_size} along axis {oa}; the program needs them equal",
+                c.span or other_span, source)
+        bound.setdefault(c.dim, (actual, c.param, c.axis, c.span))
         sizes[c.dim] = actual
     return sizes

@@ -101,7 +101,7 @@ class Emitter:
         self.env = env
         self.dim_sources: dict[Sym, tuple[ir.Value, int]] = {}
         self.dim_values: dict[Sym, ir.Value] = {}
-        self.index_consts: dict[int, ir.Value] = {}
+        self.entry: ir.Block | None = None  # the function's entry block, set by to_mlir
 
     def add_dim_source(self, sym: Sym, tensor_value: ir.Value, axis: int) -> None:
         self.dim_sources.setdefault(sym, (tensor_value, axis))
@@ -112,6 +112,7 @@ class Emitter:
         assert isinstance(d, Sym), d
         if d not in self.dim_values:
             src, axis = self.dim_sources[d]
+            assert self.entry is not None
             with ir.InsertionPoint.at_block_begin(self.entry):
                 c = arith.ConstantOp(ir.IndexType.get(), axis)
                 self.dim_values[d] = tensor.DimOp(src, c.result).result
@@ -169,8 +170,7 @@ class Emitter:
         r = len(shape)
         elem = out.dtype.compute
         tensors = [(o, d) for o, d in zip(operands, in_dtypes, strict=True) if isinstance(o, LV)]
-        maps = [self.operand_map(x, shape, r, lambda i, x=x: r - x.type.rank + i)
-                for x, _ in tensors]
+        maps = [self.operand_map(x, shape, r, _right_aligned(r, x.type.rank)) for x, _ in tensors]
         init = self.empty(shape, elem)
 
         def region(args: list[ir.Value], _acc: ir.Value) -> ir.Value:
@@ -277,6 +277,10 @@ class Emitter:
         return self.generic([x], [in_map], self.empty(shape, dtype), ir.AffineMap.get_identity(r),
                             ["parallel"] * r, [x.elem], dtype,
                             lambda args, _acc: cast(args[0], x.elem, dtype))
+
+
+def _right_aligned(n_loops: int, rank: int) -> Callable[[int], int]:
+    return lambda i: n_loops - rank + i
 
 
 _COMBINE: dict[str, Callable[[ir.Value, ir.Value], ir.Value]] = {

@@ -25,7 +25,6 @@ from fusile.dsl.types import (
     TensorType,
     ValueType,
     bool_,
-    f32,
     i64,
     result_dtype,
 )
@@ -121,11 +120,11 @@ class Lowerer:
                     vals = [self.expr(v) for v in value.items]
                 else:
                     vals = self.multi(value)
-                for name, v in zip(stmt.targets, vals, strict=True):
-                    self.scope[name] = v
+                for name, val in zip(stmt.targets, vals, strict=True):
+                    self.scope[name] = val
             else:
-                for v in stmt.values:
-                    for r in self.multi(v):
+                for e in stmt.values:
+                    for r in self.multi(e):
                         assert isinstance(r, LV)
                         results.append(r)
         return results
@@ -472,6 +471,10 @@ def _out(lo: Lowerer, call: BoundCall) -> Any:
 # ----------------------------------------------------------------------------- entry point
 
 
+def _scalar_arg(arg: ir.Value, src: DType) -> Callable[[DType], ir.Value]:
+    return lambda dt: cast(arg, src, dt)
+
+
 def to_mlir(typed: Typed, name: str | None = None) -> ir.Module:
     """Emit the module for a checked top-level function (a fresh MLIR context per module)."""
     ctx = ir.Context()
@@ -505,7 +508,7 @@ def to_mlir(typed: Typed, name: str | None = None) -> ir.Module:
                     if isinstance(d, Sym):
                         em.add_dim_source(d, arg, axis)
             else:
-                scope[pname] = SV(t.dtype, lambda dt, a=arg, s=t.dtype: cast(a, s, dt))
+                scope[pname] = SV(t.dtype, _scalar_arg(arg, t.dtype))
         with ir.InsertionPoint(em.entry):
             lo = Lowerer(typed, em, scope)
             results = lo.body()

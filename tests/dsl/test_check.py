@@ -1,0 +1,100 @@
+"""Type and shape inference, promotion and the parser's AST."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fusile
+from fusile.dsl import ast
+from fusile.dsl.errors import Source
+from fusile.dsl.parser import parse
+from fusile.dsl.types import (
+    ShapeEnv,
+    Sym,
+    bf16,
+    bool_,
+    f16,
+    f32,
+    f64,
+    i32,
+    i64,
+    promote,
+    promote_weak,
+)
+
+
+def test_parse_keeps_spans_and_structure() -> None:
+    fdef = parse(Source("m.py", "def f(x, eps: float = 1e-6):\n    a, b = x, -x.T\n"
+                                "    return a @ b + eps\n"))
+    assert fdef.name == "f"
+    assert [p.name for p in fdef.params] == ["x", "eps"]
+    assign, ret = fdef.body
+    assert isinstance(assign, ast.Assign) and assign.targets == ("a", "b")
+    assert isinstance(ret, ast.Return)
+    (value,) = ret.values
+    assert isinstance(value, ast.BinOp) and value.op == "add"
+    assert isinstance(value.left, ast.BinOp) and value.left.op == "matmul"
+    assert (value.span.line, value.span.col) == (3, 12)
+
+
+def test_python_precedence_for_comparisons_and_bitwise() -> None:
+    fdef = parse(Source("m.py", "def f(a, b):\n    return (a < b) & (b > 0) | ~(a == b)\n"))
+    (ret,) = fdef.body
+    assert isinstance(ret, ast.Return)
+    top = ret.values[0]
+    assert isinstance(top, ast.BinOp) and top.op == "or_"
+
+
+@pytest.mark.parametrize("a,b,out", [
+    (bf16, bf16, bf16), (bf16, f16, f32), (bf16, f32, f32), (f32, f64, f64), (i32, i64, i64),
+    (i32, f16, f16), (bool_, i32, i32), (bool_, bool_, bool_),
+])
+def test_promotion(a, b, out) -> None:
+    assert promote(a, b) == out == promote(b, a)
+
+
+def test_weak_scalars_do_not_widen_tensors() -> None:
+    assert promote_weak(bf16, f32) == bf16
+    assert promote_weak(i32, f32) == f32
+    assert promote_weak(bool_, i64) == i64
+
+
+def test_broadcast_unifies_symbols() -> None:
+    env = ShapeEnv()
+    m, n, k = Sym("M"), Sym("N"), Sym("K")
+    assert env.broadcast([(m, n), (k,)], None) == (m, env.find(n))
+    assert env.find(k) == env.find(n)
+    assert env.broadcast([(m, 1), (1, 7)], None) == (m, 7)
+
+
+def test_result_dtypes_and_shapes() -> None:
+    @fusile.fused
+    def f(x, y):
+        s = fusile.sum(x, axis=0)
+        m = fusile.mean(y, axis=(0, 1), keepdims=True)
+        return s, m, x > 0, fusile.astype(x, f16), x / 2
+
+    x = torch.randn(3, 4, dtype=torch.bfloat16)
+    y = torch.randint(0, 5, (2, 3), dtype=torch.int32)
+    s, m, mask, h, half = f(x, y)
+    assert (s.dtype, s.shape) == (torch.bfloat16, (4,))
+    assert (m.dtype, m.shape) == (torch.float32, (1, 1))
+    assert mask.dtype == torch.bool
+    assert h.dtype == torch.float16
+    assert half.dtype == torch.bfloat16
+
+
+def test_annotations_name_shared_sizes() -> None:
+    @fusile.fused
+    def f(x: f32["M", "N"], w: f32["N"]):
+        return x * w
+
+    f(torch.randn(2, 3), torch.randn(3))
+    with pytest.raises(fusile.FusileError, match="needs them equal"):
+        f(torch.randn(2, 3), torch.randn(4))
+
+
+def test_dtype_subscript_makes_a_spec() -> None:
+    spec = bf16["M", 4096]
+    assert spec.dtype == bf16 and spec.dims == ("M", 4096)

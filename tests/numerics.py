@@ -1,0 +1,32 @@
+"""Numerics helpers: relative norm error against a float64 reference, dtype-derived bounds."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+# Relative-norm tolerance per result dtype (DESIGN.md, Numerics). float64 results are
+# still computed by a different evaluation order than the reference, hence not 0.
+REL_TOL = {torch.float64: 1e-12, torch.float32: 2e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+def rel_err(out: torch.Tensor | np.ndarray, ref: torch.Tensor | np.ndarray) -> float:
+    o = torch.as_tensor(np.asarray(out) if isinstance(out, np.ndarray) else out).double().cpu()
+    r = torch.as_tensor(np.asarray(ref) if isinstance(ref, np.ndarray) else ref).double().cpu()
+    assert o.shape == r.shape, f"shape {tuple(o.shape)} != reference {tuple(r.shape)}"
+    if torch.isnan(o).any() and not torch.isnan(r).any():
+        return float("inf")
+    finite = torch.isfinite(r)
+    if not torch.equal(torch.isfinite(o), finite) or not torch.equal(o[~finite], r[~finite]):
+        return float("inf")
+    diff = (o[finite] - r[finite]).norm()
+    denom = r[finite].norm()
+    return float(diff / denom) if denom > 0 else float(diff)
+
+
+def assert_close(out: torch.Tensor, ref: torch.Tensor | np.ndarray,
+                 dtype: torch.dtype | None = None, scale: float = 1.0) -> None:
+    dtype = dtype or (out.dtype if isinstance(out, torch.Tensor) else torch.float64)
+    err = rel_err(out, ref)
+    tol = REL_TOL[dtype] * scale
+    assert err <= tol, f"relative error {err:.3g} exceeds {tol:.3g} for {dtype}"
