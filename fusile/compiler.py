@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fusile import config
@@ -27,6 +27,7 @@ class Compiled:
     fused_graph: Graph  # fused linalg: what kernel backends read
     checks: list[SizeCheck]
     runtime_params: list[int]  # parameters passed at run time (tensors and float scalars)
+    programs: dict[str, Any] = field(default_factory=dict)  # target name -> launchable program
 
     def artifact(self, kind: str) -> Any:
         table = {"ast": lambda: ast.dump(self.typed.func), "mlir": lambda: self.stages.mlir,

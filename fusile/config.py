@@ -44,6 +44,14 @@ KNOBS: dict[str, Knob] = {
         "FUSILE_FRONTEND_DEBUG", _as_bool, lambda: False,
         "re-raise the raw internal exception instead of a FusileError (for fusile developers)",
     ),
+    "max_row_block": Knob(
+        "FUSILE_MAX_ROW_BLOCK", int, lambda: 0,
+        "longest row a reduction keeps in registers before it loops (0: per-target default)",
+    ),
+    "target": Knob(
+        "FUSILE_TARGET", str, lambda: "auto",
+        "target for calls on tensors: auto (from the device), or a name from `fusile targets`",
+    ),
     "verify": Knob(
         "FUSILE_VERIFY", _as_bool, lambda: True,
         "verify the MLIR module after every pass (on by default; cheap at DSL sizes)",

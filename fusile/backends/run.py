@@ -6,7 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from fusile.backends import reference
+from fusile import config
+from fusile.backends import reference, targets
 
 
 def _to_numpy(v: Any) -> Any:
@@ -20,8 +21,12 @@ def _to_numpy(v: Any) -> Any:
     return v
 
 
-def backend_name() -> str:
-    return "the float64 reference backend"
+def backend_name(device: str = "cpu") -> str:
+    name = config.get("target")
+    if name == "reference":
+        return "the float64 reference backend"
+    t = targets.for_device(device) if name == "auto" else targets.get(name)
+    return "the Triton interpreter (CPU)" if t.backend == "interpreter" else f"{t.name} ({t.backend})"
 
 
 def run_reference(compiled: Any, args: list[Any]) -> list[np.ndarray]:
@@ -29,13 +34,23 @@ def run_reference(compiled: Any, args: list[Any]) -> list[np.ndarray]:
 
 
 def run(compiled: Any, args: list[Any]) -> list[Any]:
-    """Evaluate on the reference backend and return torch tensors of the result dtypes, on the
-    inputs' device. (Kernel backends plug in here.)"""
+    """Run on the target for the inputs' device (FUSILE_TARGET overrides): Triton kernels on a
+    GPU, the Triton interpreter on the CPU, or the float64 reference ("reference")."""
     import torch
 
     from fusile.backends.torch_dtypes import to_torch
 
     device = next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
-    outs = run_reference(compiled, args)
-    return [torch.from_numpy(np.array(o, order="C")).to(device=device, dtype=to_torch(t.dtype))
-            for o, t in zip(outs, compiled.typed.result_types, strict=True)]
+    name = config.get("target")
+    if name == "reference":
+        outs = run_reference(compiled, args)
+        return [torch.from_numpy(np.array(o, order="C")).to(device=device,
+                                                             dtype=to_torch(t.dtype))
+                for o, t in zip(outs, compiled.typed.result_types, strict=True)]
+    target = targets.for_device(device) if name == "auto" else targets.get(name)
+    program = compiled.programs.get(target.name)
+    if program is None:
+        from fusile.backends.triton.runtime import TritonProgram
+
+        program = compiled.programs[target.name] = TritonProgram(compiled, target)
+    return program(args)

@@ -1,0 +1,84 @@
+"""Named targets and their numbers. Adding a target is adding a row here (and, where its
+tuning differs, a rule in lowering/schedule.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fusile.dsl.errors import BackendError
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    backend: str  # "cuda" | "hip" | "interpreter"
+    arch: int | str  # 90 for sm_90, "gfx942", ...
+    warp_size: int
+    compute_units: int  # SMs or CUs
+    smem_kib: int  # shared memory / LDS per block usable by a kernel
+    hbm_tb_s: float  # datasheet HBM bandwidth
+    bf16_tflops: float  # dense bf16 matrix peak
+    fp32_tflops: float  # fp32 vector peak
+
+    @property
+    def max_threads(self) -> int:
+        return 1024
+
+    @property
+    def max_warps(self) -> int:
+        return self.max_threads // self.warp_size
+
+    def gpu_target(self) -> Any:
+        from triton.backends.compiler import GPUTarget
+
+        if self.backend == "interpreter":
+            raise BackendError("the cpu target runs on the Triton interpreter; nothing to "
+                               "compile ahead of time")
+        return GPUTarget(self.backend, self.arch, self.warp_size)
+
+    def describe(self) -> str:
+        if self.backend == "interpreter":
+            return f"{self.name:<8} Triton interpreter on the CPU (tests, machines without a GPU)"
+        return (f"{self.name:<8} {self.backend} {self.arch}, warp {self.warp_size}, "
+                f"{self.compute_units} CUs/SMs, {self.smem_kib} KiB smem/LDS, "
+                f"{self.hbm_tb_s} TB/s, {self.bf16_tflops:g} bf16 TFLOP/s")
+
+
+TARGETS: dict[str, Target] = {t.name: t for t in [
+    Target("h100", "cuda", 90, 32, 132, 227, 3.35, 989.0, 67.0),
+    Target("a100", "cuda", 80, 32, 108, 163, 2.04, 312.0, 19.5),
+    Target("mi300x", "hip", "gfx942", 64, 304, 64, 5.3, 1307.0, 163.4),
+    Target("mi250x", "hip", "gfx90a", 64, 220, 64, 3.2, 383.0, 47.9),
+    Target("cpu", "interpreter", "cpu", 32, 1, 1024, 0.02, 0.0, 0.1),
+]}
+
+
+def get(name: str) -> Target:
+    if name not in TARGETS:
+        raise BackendError(f"unknown target {name!r}; known: {', '.join(TARGETS)} (or 'auto')")
+    return TARGETS[name]
+
+
+def for_device(device: Any) -> Target:
+    """The target for a torch device ('auto')."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        return TARGETS["cpu"]
+    if dev.type != "cuda":
+        raise BackendError(f"fusile cannot run on device {dev}")
+    props = torch.cuda.get_device_properties(dev)
+    if getattr(torch.version, "hip", None):
+        arch = str(getattr(props, "gcnArchName", "")).split(":")[0]
+        for t in TARGETS.values():
+            if t.arch == arch:
+                return t
+        return Target(f"hip-{arch}", "hip", arch, 64, props.multi_processor_count, 64, 0.0,
+                      0.0, 0.0)
+    cap = props.major * 10 + props.minor
+    for t in TARGETS.values():
+        if t.arch == cap:
+            return t
+    return Target(f"sm{cap}", "cuda", cap, 32, props.multi_processor_count, 99, 0.0, 0.0, 0.0)

@@ -1,0 +1,453 @@
+"""Kernel plan -> readable Triton source, one @triton.jit function per kernel (and a looped
+variant for reductions whose rows do not fit one block).
+
+Tiles are 2-D: axis 0 ("p") runs over the kernel's parallel classes flattened (rows), axis 1
+("r") over the reduced classes flattened (or, in a pointwise kernel, the innermost class).
+A value's tile shape follows from the classes it depends on, so a row statistic is
+[BLOCK_P, 1] and broadcasts back over the row for free. Each line carries the user's
+file:line from the MLIR location.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from fusile.backends.triton.ops import REDUCE, RULES, int_identity, literal
+from fusile.dsl.errors import BackendError
+from fusile.dsl.types import DType
+from fusile.lowering.graph import Generic, Graph, Op
+from fusile.lowering.partition import POINTWISE, Kernel, Plan
+
+
+@dataclass
+class TensorArg:
+    tid: int
+    name: str
+    classes: list[tuple | None]  # class per axis; None for a static size-1 axis
+    dtype: DType
+    is_output: bool
+
+
+@dataclass
+class KernelSource:
+    name: str
+    kind: str
+    index: int
+    source: str
+    tensors: list[TensorArg]
+    classes: list[tuple]  # one size argument each, in order
+    p_classes: list[tuple]
+    r_classes: list[tuple]
+    scalars: list[int]  # function-level values passed as arguments
+    looped_name: str | None = None
+
+
+@dataclass
+class Scope:
+    parent: Scope | None
+    indent: str
+    lines: list[str] = field(default_factory=list)
+    values: dict[object, str] = field(default_factory=dict)
+    tiles: dict[str, frozenset[str]] = field(default_factory=dict)  # var -> tile axes
+
+    def get(self, key: object) -> str | None:
+        s: Scope | None = self
+        while s is not None:
+            if key in s.values:
+                return s.values[key]
+            s = s.parent
+        return None
+
+    def axes_of(self, var: str) -> frozenset[str] | None:
+        """The tile axes of var, or None when var is a scalar (literal or argument)."""
+        s: Scope | None = self
+        while s is not None:
+            if var in s.tiles:
+                return s.tiles[var]
+            s = s.parent
+        return None
+
+    def tile(self, var: str, axes: frozenset[str]) -> None:
+        self.tiles[var] = axes
+
+    def derived(self, var: str, args: list[str]) -> None:
+        """var = op(args): a tile if any argument is one."""
+        axes = [a for a in (self.axes_of(x) for x in args) if a is not None]
+        if axes:
+            self.tiles[var] = frozenset().union(*axes)
+
+    def emit(self, line: str) -> None:
+        self.lines.append(self.indent + line)
+
+
+def _short_loc(loc: str) -> str:
+    m = re.search(r'loc\("([^"]*)":(\d+):\d+\)', loc)
+    if not m:
+        return ""
+    return f"{m.group(1).rsplit('/', 1)[-1]}:{m.group(2)}"
+
+
+class KernelWriter:
+    def __init__(self, plan: Plan, kernel: Kernel, target: str, names: dict[int, str]):
+        self.plan, self.k, self.target = plan, kernel, target
+        self.g: Graph = plan.graph
+        self.names = names
+        self.producer: dict[int, int] = {}
+        for gi in kernel.generics:
+            node = self._gen(gi)
+            for r in node.results:
+                self.producer[r] = gi
+        self.func_ops: dict[int, Op] = {op.results[0]: op for op in self.g.nodes
+                                        if isinstance(op, Op)}
+        self.scalars: list[int] = []
+        self._order_classes()
+
+    def _gen(self, gi: int) -> Generic:
+        node = self.g.nodes[gi]
+        assert isinstance(node, Generic)
+        return node
+
+    # ------------------------------------------------------------------ classes and tensors
+    def _order_classes(self) -> None:
+        k, plan = self.k, self.plan
+        tensors = [*k.writes, *k.reads]
+        main = max(tensors, key=lambda t: len(self.g.tensors[t].shape)) if tensors else None
+        order: list[tuple] = []
+        if main is not None:
+            for axis in range(len(self.g.tensors[main].shape)):
+                c = plan.tensor_class(main, axis)
+                if c in k.domain and c not in order:
+                    order.append(c)
+        order += [c for c in k.domain if c not in order]
+        if k.kind == POINTWISE:
+            inner = order[-1:] if order else []
+            self.r_classes = inner
+        else:
+            self.r_classes = [c for c in order if c in k.reduced]
+        self.p_classes = [c for c in order if c not in self.r_classes]
+        self.cname = {c: f"n{i}" for i, c in enumerate(order)}
+        self.classes = order
+
+    def tensor_arg(self, t: int, is_output: bool) -> TensorArg:
+        info = self.g.tensors[t]
+        classes: list[tuple | None] = []
+        for axis, s in enumerate(info.shape):
+            c = self.plan.tensor_class(t, axis)
+            classes.append(None if s == 1 or c not in self.cname else c)
+        return TensorArg(t, self.names[t], classes, info.dtype, is_output)
+
+    def _axes_of_classes(self, classes: list[tuple | None]) -> frozenset[str]:
+        ax = set()
+        for c in classes:
+            if c in self.p_classes:
+                ax.add("p")
+            elif c in self.r_classes:
+                ax.add("r")
+        return frozenset(ax)
+
+    def _offset(self, ta: TensorArg) -> str:
+        terms = [f"i{self.cname[c][1:]} * {ta.name}_s{axis}"
+                 for axis, c in enumerate(ta.classes) if c is not None]
+        return " + ".join(terms) if terms else "0"
+
+    def _mask(self, axes: frozenset[str]) -> str | None:
+        return {frozenset(): None, frozenset("p"): "mask_p", frozenset("r"): "mask_r",
+                frozenset("pr"): "mask"}[axes]
+
+    # ------------------------------------------------------------------ values
+    def resolve(self, v: int, local: dict[int, str], scope: Scope) -> str:
+        if v in local:
+            return local[v]
+        op = self.func_ops.get(v)
+        if op is not None and op.name == "arith.constant":
+            return literal(op.attrs["value"], op.dtype)
+        if v not in self.scalars:
+            self.scalars.append(v)
+        return f"a{v}"
+
+    def tensor_value(self, t: int, scope: Scope, allow_reduce: bool) -> str:
+        got = scope.get(t)
+        if got is not None:
+            return got
+        if t in self.plan.fills:
+            return self.resolve(self.plan.fills[t], {}, scope)
+        if t in self.producer:
+            self.emit_generic(self.producer[t], scope, allow_reduce)
+            got = scope.get(t)
+            assert got is not None
+            return got
+        ta = self.tensor_arg(t, False)
+        axes = self._axes_of_classes(ta.classes)
+        mask = self._mask(axes)
+        var = f"{ta.name}_{len(scope.lines)}"
+        masked = f", mask={mask}, other=0" if mask else ""
+        scope.emit(f"{var} = tl.load({ta.name}_ptr + {self._offset(ta)}{masked})")
+        scope.values[t] = var
+        scope.tile(var, axes)
+        return var
+
+    def emit_generic(self, gi: int, scope: Scope, allow_reduce: bool,
+                     accumulate: dict[int, str] | None = None) -> None:
+        """Emit generic gi's region over tiles. A reduction either reduces its tile now
+        (single pass) or, with `accumulate` (yield -> accumulator), folds one chunk into an
+        accumulator tile (looped)."""
+        node = self._gen(gi)
+        if node.reduction_loops and not (allow_reduce or accumulate is not None):
+            raise AssertionError("a reduction must be computed in an earlier phase")
+        n_in = len(node.inputs)
+        local: dict[int, str] = {}
+        for bid, t in zip(node.block_args[:n_in], node.inputs, strict=True):
+            local[bid] = self.tensor_value(t, scope, allow_reduce)
+        if not node.reduction_loops:
+            for bid, t in zip(node.block_args[n_in:], node.outputs, strict=True):
+                if t in self.plan.fills or t in self.producer or t in self.k.reads:
+                    local[bid] = self.tensor_value(t, scope, allow_reduce)
+        combiners = self._combiners(node) if node.reduction_loops else {}
+        loc = _short_loc(node.loc)
+        for op in node.body:
+            if op.results[0] in combiners:
+                continue
+            if op.name == "linalg.index":
+                local[op.results[0]] = self._loop_index(gi, op.attrs["dim"])
+                continue
+            if op.name not in RULES:
+                raise BackendError(f"the Triton backend has no rule for {op.name}")
+            args = [self.resolve(o, local, scope) for o in op.operands]
+            var = f"v{op.results[0]}"
+            where = _short_loc(op.loc) or loc
+            comment = f"  # {where}" if where else ""
+            scope.emit(f"{var} = {RULES[op.name](args, op, self.target)}{comment}")
+            scope.derived(var, args)
+            local[op.results[0]] = var
+        for r, y, init in zip(node.results, node.yields, node.outputs, strict=True):
+            if y not in combiners:
+                scope.values[r] = self.resolve(y, local, scope)
+                continue
+            op, f = combiners[y]
+            fv = f"tl.where(mask_r, {self.resolve(f, local, scope)}, {self._identity(op)})"
+            if accumulate is not None:
+                acc = accumulate[y]
+                scope.emit(f"{acc} = {RULES[op.name]([acc, fv], op, self.target)}")
+                continue
+            var = f"red{r}"
+            scope.emit(f"{var} = {self._reduce_call(op, fv)}")
+            scope.tile(var, (scope.axes_of(self.resolve(f, local, scope)) or frozenset())
+                       & frozenset("p"))
+            self._finish_reduce(r, op, var, scope, init)
+
+    def _loop_index(self, gi: int, loop: int) -> str:
+        c = self.plan.loop_class(gi, loop)
+        return f"i{self.cname[c][1:]}" if c in self.cname else "0"
+
+    def _combiners(self, node: Generic) -> dict[int, tuple[Op, int]]:
+        """yield value -> (combiner op, the value it folds in), checked to be acc-free."""
+        n_in = len(node.inputs)
+        accs = node.block_args[n_in:]
+        by = {op.results[0]: op for op in node.body}
+        out = {}
+        for y, acc in zip(node.yields, accs, strict=True):
+            op = by.get(y)
+            if op is None or op.name not in REDUCE or acc not in op.operands:
+                raise BackendError("unsupported reduction body (not a known combiner)")
+            other = op.operands[1] if op.operands[0] == acc else op.operands[0]
+            out[y] = (op, other)
+        return out
+
+    def _reduce_call(self, op: Op, tile: str) -> str:
+        fn = REDUCE[op.name][0]
+        if self.target == "interpreter":  # tl.sum & co. are jit functions it cannot call
+            combine = {"tl.sum": "_sum_combine", "tl.max": "_elementwise_max",
+                       "tl.min": "_elementwise_min"}[fn]
+            return f"tl.reduce({tile}, 1, tl.standard.{combine}, keep_dims=True)"
+        return f"{fn}({tile}, axis=1, keep_dims=True)"
+
+    def _identity(self, op: Op) -> str:
+        fn, ident = REDUCE[op.name]
+        if ident is None:
+            ident = int_identity(op.name, op.dtype)
+        return literal(ident, op.dtype)
+
+    def _finish_reduce(self, r: int, op: Op, var: str, scope: Scope, init: int) -> None:
+        init_v = self.tensor_value(init, scope, True) if (
+            init in self.plan.fills or init in self.producer or init in self.k.reads) else None
+        if init_v is not None and init_v != self._identity(op):
+            out = f"res{r}"
+            scope.emit(f"{out} = {RULES[op.name]([init_v, var], op, self.target)}")
+            scope.derived(out, [init_v, var])
+            var = out
+        scope.values[r] = var
+
+    # ------------------------------------------------------------------ kernels
+    def header(self, name: str, tensors: list[TensorArg], looped: bool) -> list[str]:
+        params = []
+        for ta in tensors:
+            params.append(f"{ta.name}_ptr")
+        for ta in tensors:
+            params += [f"{ta.name}_s{axis}" for axis, c in enumerate(ta.classes)
+                       if c is not None]
+        params += [self.cname[c] for c in self.classes]
+        params += [f"a{v}" for v in self.scalars]
+        params += ["BLOCK_P: tl.constexpr", "BLOCK_R: tl.constexpr", "USE_I64: tl.constexpr"]
+        locs = sorted({_short_loc(x) for x in self.k.locs if _short_loc(x)})
+        doc = f"{self.k.kind} kernel {self.k.index}" + (" (looped)" if looped else "")
+        if locs:
+            doc += ": " + ", ".join(locs)
+        return ["@triton.jit", f"def {name}({', '.join(params)}):", f'    """{doc}"""']
+
+    def _prologue(self, s: Scope, pointwise: bool) -> None:
+        p = " * ".join(self.cname[c] for c in self.p_classes) or "1"
+        r = " * ".join(self.cname[c] for c in self.r_classes) or "1"
+        s.emit(f"P = {p}")
+        s.emit(f"R = {r}")
+        s.emit("pid = tl.program_id(0)")
+        s.emit("if USE_I64:  # offsets past 2**31 elements")
+        s.emit("    pid = pid.to(tl.int64)")
+        if pointwise:
+            s.emit("blocks_r = (R + BLOCK_R - 1) // BLOCK_R")
+            s.emit("offs_p = (pid // blocks_r) * BLOCK_P + tl.arange(0, BLOCK_P)[:, None]")
+        else:
+            s.emit("offs_p = pid * BLOCK_P + tl.arange(0, BLOCK_P)[:, None]")
+        s.emit("mask_p = offs_p < P")
+        self._unflatten(s, "offs_p", self.p_classes)
+
+    def _r_index(self, s: Scope, start: str) -> None:
+        s.emit(f"offs_r = {start}tl.arange(0, BLOCK_R)[None, :]")
+        s.emit("mask_r = offs_r < R")
+        s.emit("mask = mask_p & mask_r")
+        self._unflatten(s, "offs_r", self.r_classes)
+
+    def _unflatten(self, s: Scope, flat: str, classes: list[tuple]) -> None:
+        axis = "p" if flat == "offs_p" else "r"
+        if len(classes) == 1:
+            var = f"i{self.cname[classes[0]][1:]}"
+            s.emit(f"{var} = {flat}")
+            s.tile(var, frozenset(axis))
+            return
+        rem = flat
+        for c in reversed(classes):
+            var = f"i{self.cname[c][1:]}"
+            if c is classes[0]:
+                s.emit(f"{var} = {rem}")
+            else:
+                s.emit(f"{var} = {rem} % {self.cname[c]}")
+                s.emit(f"rem_{axis} = {rem} // {self.cname[c]}")
+                rem = f"rem_{axis}"
+            s.tile(var, frozenset(axis))
+
+    def _store(self, t: int, scope: Scope) -> None:
+        ta = self.tensor_arg(t, True)
+        val = self.tensor_value(t, scope, True)
+        axes = self._axes_of_classes(ta.classes)
+        have = scope.axes_of(val)
+        shape = f"[{'BLOCK_P' if 'p' in axes else 1}, {'BLOCK_R' if 'r' in axes else 1}]"
+        if have is None:
+            val = f"tl.full({shape}, {val}, {ta.name}_ptr.dtype.element_ty)"
+        elif have != axes:
+            val = f"tl.broadcast_to({val}, {shape})"
+        mask = self._mask(axes)
+        masked = f", mask={mask}" if mask else ""
+        offset = self._offset(ta) if axes else "tl.full([1, 1], 0, tl.int32)"  # a 1-element tensor
+        scope.emit(f"tl.store({ta.name}_ptr + {offset}, "
+                   f"({val}).to({ta.name}_ptr.dtype.element_ty){masked})")
+
+    def write_single(self, name: str, tensors: list[TensorArg]) -> list[str]:
+        body = Scope(None, "    ")
+        pointwise = self.k.kind == POINTWISE
+        self._prologue(body, pointwise)
+        start = "(pid % blocks_r) * BLOCK_R + " if pointwise else ""
+        self._r_index(body, start)
+        for t in self.k.writes:
+            self._store(t, body)
+        return self.header(name, tensors, False) + body.lines
+
+    def levels(self) -> dict[int, int]:
+        """Reduction generic -> phase (1 + the deepest reduction it depends on)."""
+        memo: dict[int, int] = {}
+
+        def deps(gi: int, seen: set[int]) -> int:
+            node = self._gen(gi)
+            best = 0
+            for t in node.inputs:
+                p = self.producer.get(t)
+                if p is None or p in seen:
+                    continue
+                seen.add(p)
+                best = max(best, level(p) if self._gen(p).reduction_loops else deps(p, seen))
+            return best
+
+        def level(gi: int) -> int:
+            if gi not in memo:
+                memo[gi] = 1 + deps(gi, set())
+            return memo[gi]
+
+        return {gi: level(gi) for gi in self.k.generics if self._gen(gi).reduction_loops}
+
+    def write_looped(self, name: str, tensors: list[TensorArg]) -> list[str]:
+        top = Scope(None, "    ")
+        self._prologue(top, False)
+        levels = self.levels()
+        for phase in range(1, max(levels.values(), default=0) + 1):
+            gens = [gi for gi, lv in levels.items() if lv == phase]
+            accs = {}
+            for gi in gens:
+                node = self._gen(gi)
+                for y, (op, _f) in self._combiners(node).items():
+                    acc = f"acc{y}"
+                    accs[(gi, y)] = acc
+                    dtype = "tl.float32" if op.dtype.is_float else f"tl.int{op.dtype.bits}"
+                    top.emit(f"{acc} = tl.full([BLOCK_P, BLOCK_R], {self._identity(op)}, "
+                             f"{dtype})")
+            top.emit("for r0 in range(0, R, BLOCK_R):")
+            loop = Scope(top, "        ")
+            self._r_index(loop, "r0 + ")
+            for gi in gens:
+                self.emit_generic(gi, loop, False, {y: f"acc{y}" for (g, y) in accs if g == gi})
+            top.lines += loop.lines
+            for gi in gens:
+                node = self._gen(gi)
+                for r, y, init in zip(node.results, node.yields, node.outputs, strict=True):
+                    op, _ = self._combiners(node)[y]
+                    var = f"red{r}"
+                    top.emit(f"{var} = {self._reduce_call(op, f'acc{y}')}")
+                    top.tile(var, frozenset("p"))
+                    self._finish_reduce(r, op, var, top, init)
+        spanning = [t for t in self.k.writes
+                    if "r" in self._axes_of_classes(self.tensor_arg(t, True).classes)]
+        for t in self.k.writes:
+            if t not in spanning:  # row results are stored once, outside the loops
+                self._store(t, top)
+        if spanning:
+            top.emit("for r0 in range(0, R, BLOCK_R):")
+            loop = Scope(top, "        ")
+            self._r_index(loop, "r0 + ")
+            for t in spanning:
+                self._store(t, loop)
+            top.lines += loop.lines
+        return self.header(name, tensors, True) + top.lines
+
+    def source(self) -> KernelSource:
+        name = f"fusile_k{self.k.index}"
+        # generate once to learn the scalar arguments, then again with the full header
+        for _ in range(2):
+            tensors = [self.tensor_arg(t, False) for t in self.k.reads] + [
+                self.tensor_arg(t, True) for t in self.k.writes]
+            lines = self.write_single(name, tensors)
+            looped_name = None
+            if self.k.kind != POINTWISE:
+                looped_name = name + "_looped"
+                lines += ["", ""] + self.write_looped(looped_name, tensors)
+        return KernelSource(name, self.k.kind, self.k.index, "\n".join(lines), tensors,
+                            self.classes, self.p_classes, self.r_classes, list(self.scalars),
+                            looped_name)
+
+
+def generate(plan: Plan, target: str, names: dict[int, str]) -> tuple[str, list[KernelSource]]:
+    """The Triton module for a plan: its source text and one KernelSource per kernel."""
+    kernels = [KernelWriter(plan, k, target, names).source() for k in plan.kernels]
+    head = ["# Generated by fusile. Each kernel's docstring names the lines it fuses.",
+            "import triton", "import triton.language as tl"]
+    if target != "interpreter":
+        head.append("from triton.language.extra import libdevice")
+    text = "\n".join(head) + "\n\n\n" + "\n\n\n".join(k.source for k in kernels) + "\n"
+    return text, kernels

@@ -1,0 +1,60 @@
+"""Block sizes, warps and stages for a kernel on a target, from its row and column counts.
+
+Rules, not search: a row that fits one block is read once and kept in registers; a longer row
+is processed in chunks (the looped variant). Each thread should issue 16-byte loads and hold a
+bounded number of elements; AMD's wave64 gets half the warps for the same threads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fusile import config
+from fusile.backends.targets import Target
+
+
+@dataclass(frozen=True)
+class Config:
+    block_p: int
+    block_r: int
+    num_warps: int
+    num_stages: int
+    looped: bool
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _warps(elems: int, target: Target, per_thread: int) -> int:
+    """Enough warps that each thread holds about `per_thread` elements of the tile."""
+    threads = max(1, elems // per_thread)
+    return max(1, min(target.max_warps, _pow2(threads) // target.warp_size or 1))
+
+
+def reduction(p_total: int, r_total: int, target: Target, elem_bytes: int,
+              r_contiguous: bool = True) -> Config:
+    """Rows of r_total elements reduced, p_total rows."""
+    max_row = config.get("max_row_block") or (32768 if target.backend != "interpreter" else 8192)
+    vec = max(1, 16 // elem_bytes)  # elements per 16-byte access
+    if not r_contiguous:  # column reductions: the rows (P) are the contiguous axis
+        block_p = min(_pow2(p_total), 64)
+        budget = 8192
+        block_r = min(_pow2(r_total), max(1, budget // block_p))
+        looped = block_r < r_total
+        return Config(block_p, block_r, _warps(block_p * block_r, target, 16), 1, looped)
+    if _pow2(r_total) <= max_row:
+        block_r = _pow2(r_total)
+        block_p = max(1, min(_pow2(p_total), 2048 // block_r))
+        # keep ~16-32 elements per thread: registers hold the whole row
+        warps = _warps(block_p * block_r, target, 2 * vec if block_r >= 4096 else vec)
+        return Config(block_p, block_r, warps, 1, False)
+    block_r = min(max_row, 4096)
+    return Config(1, block_r, _warps(block_r, target, vec), 1, True)
+
+
+def pointwise(p_total: int, c_total: int, target: Target, elem_bytes: int) -> Config:
+    vec = max(1, 16 // elem_bytes)
+    block_c = min(_pow2(c_total), 1024)
+    block_p = max(1, min(_pow2(p_total), 4096 // block_c))
+    return Config(block_p, block_c, _warps(block_p * block_c, target, 2 * vec), 1, False)
