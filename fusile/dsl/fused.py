@@ -126,6 +126,58 @@ class FusedFunction:
             raise ValueError(f"stage must be 'mlir', 'linalg' or 'fused', got {stage!r}")
         return str(self.compiled(*args, **kwargs).artifact(stage))
 
+    def plan(self, *args: Any, **kwargs: Any) -> Any:
+        """Which ops share which kernel, and the HBM bytes each kernel reads and writes, for
+        these arguments (print it, or .to_dict())."""
+        from fusile.backends.triton.runtime import tensor_names
+        from fusile.lowering.partition import partition
+        from fusile.lowering.report import plan_report
+
+        values = self._bind_args(args, kwargs)
+        compiled, _ = self._lookup(values)
+        graph = compiled.fused_graph
+        params = [self.params[i] for i in compiled.runtime_params]
+        shapes = [tuple(values[i].shape) if hasattr(values[i], "shape") else None
+                  for i in compiled.runtime_params]
+        return plan_report(partition(graph), compiled.reference_graph, shapes,
+                           tensor_names(graph, params))
+
+    def triton(self, *args: Any, target: str = "auto", **kwargs: Any) -> str:
+        """The generated Triton source for these arguments, for `target` ("auto": the
+        inputs' device; "cpu" is the interpreter flavour)."""
+        import torch
+
+        from fusile.backends import targets
+        from fusile.backends.triton.runtime import TritonProgram
+
+        values = self._bind_args(args, kwargs)
+        compiled, _ = self._lookup(values)
+        device = next((v.device for v in values if isinstance(v, torch.Tensor)), "cpu")
+        t = targets.for_device(device) if target == "auto" else targets.get(target)
+        if t.backend != "interpreter":
+            from fusile.backends.triton.codegen import generate
+            from fusile.backends.triton.runtime import tensor_names
+            from fusile.lowering.partition import partition
+
+            graph = compiled.fused_graph
+            names = tensor_names(graph, [self.params[i] for i in compiled.runtime_params])
+            return generate(partition(graph), "gpu", names)[0]
+        return TritonProgram(compiled, t).source
+
+    def compile(self, target: str, sizes: dict[str, int] | None = None,
+                **signature: Any) -> Any:
+        """Compile ahead of time for a named target, with no GPU needed:
+        `f.compile("mi300x", x=bf16["M", 4096], w=bf16[4096], eps=1e-6)`. Named sizes are
+        symbolic; `sizes={"M": 8192}` tells the schedule what to expect. Returns the
+        artifacts (Triton, TTIR, PTX + cubin or AMDGCN + hsaco) with registers and spills."""
+        from fusile.backends import targets
+        from fusile.backends.triton.aot import compile_for
+
+        t = targets.get(target)
+        values = self._bind_args((), signature)
+        compiled, _ = self._lookup(values)
+        return _guard(lambda: compile_for(compiled, t, sizes))
+
     def reference(self, *args: Any, **kwargs: Any) -> Any:
         """Run the float64 numpy reference (the oracle); returns float64/int64 numpy arrays."""
         values = self._bind_args(args, kwargs)

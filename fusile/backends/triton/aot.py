@@ -1,0 +1,187 @@
+"""Ahead-of-time compilation for a named target, on any machine (no GPU needed).
+
+`compile_for(compiled, target, sizes)` generates the Triton module, picks each kernel's
+schedule from the sizes it knows (named sizes it does not know get a typical default), and
+runs triton.compile(ASTSource(...), target=GPUTarget(...)). Each kernel's artifacts come keyed
+by stage ("triton", "ttir", "ttgir", "llir", "ptx", "cubin" | "amdgcn", "hsaco") with its
+resources: registers, spills, shared memory / LDS.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fusile.backends.targets import Target
+from fusile.backends.triton import cache
+from fusile.backends.triton.codegen import KernelSource, generate
+from fusile.backends.triton.ops import TL_DTYPE
+from fusile.backends.triton.runtime import tensor_names
+from fusile.dsl.errors import BackendError
+from fusile.lowering import schedule
+from fusile.lowering.partition import POINTWISE, partition
+
+DEFAULT_SIZE = 4096  # for a size the signature leaves symbolic
+
+_SIG = {"bf16": "*bf16", "f16": "*fp16", "f32": "*fp32", "f64": "*fp64", "i32": "*i32",
+        "i64": "*i64", "bool": "*i1"}
+
+
+@dataclass
+class KernelArtifact:
+    name: str
+    kind: str
+    asm: dict[str, Any]
+    registers: int | None
+    spills: int | None
+    shared_bytes: int
+    num_warps: int
+    block: tuple[int, int]
+    grid: str
+
+    def summary(self) -> str:
+        return (f"{self.name}: {self.kind}, {self.num_warps} warps, block {self.block}, "
+                f"{self.registers} registers, {self.spills} spilled bytes, "
+                f"{self.shared_bytes} B shared, grid {self.grid}")
+
+
+@dataclass
+class Artifacts:
+    target: Target
+    triton: str
+    kernels: list[KernelArtifact] = field(default_factory=list)
+
+    def __getitem__(self, kind: str) -> Any:
+        if kind in ("triton", "source"):
+            return self.triton
+        found = [k.asm[kind] for k in self.kernels if kind in k.asm]
+        if not found:
+            raise KeyError(f"no {kind!r} artifact for {self.target.name}; have "
+                           f"{sorted(set().union(*[k.asm for k in self.kernels]))}")
+        return found if len(found) > 1 else found[0]
+
+    def __str__(self) -> str:
+        return "\n".join([f"fusile artifacts for {self.target.describe().strip()}"] +
+                         ["  " + k.summary() for k in self.kernels])
+
+
+def _ptxas_resources(ptx: str, arch: int) -> tuple[int | None, int | None]:
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+
+        ptxas = get_ptxas(arch).path
+    except Exception:  # an older Triton without the helper: resources unknown
+        return None, None
+    with tempfile.TemporaryDirectory() as d:
+        src = Path(d) / "k.ptx"
+        src.write_text(ptx)
+        m = re.search(r"\.target\s+(sm_\w+)", ptx)  # e.g. sm_90a: Hopper-only instructions
+        sm = m.group(1) if m else f"sm_{arch}"
+        res = subprocess.run([ptxas, "-v", f"-arch={sm}", str(src), "-o",
+                              str(Path(d) / "k.cubin")], capture_output=True, text=True)
+    text = res.stdout + res.stderr
+    regs = re.search(r"Used (\d+) registers", text)
+    spill = re.findall(r"(\d+) bytes spill (?:stores|loads)", text)
+    return (int(regs.group(1)) if regs else None,
+            sum(int(s) for s in spill) if spill else 0)
+
+
+def _amdgcn_resources(amdgcn: str) -> tuple[int | None, int | None, int]:
+    def field_(name: str) -> int:
+        m = re.search(rf"\.{name}:\s+(\d+)", amdgcn)
+        return int(m.group(1)) if m else 0
+
+    return (field_("vgpr_count"), field_("vgpr_spill_count") + field_("sgpr_spill_count"),
+            field_("group_segment_fixed_size"))
+
+
+def _signature(ks: KernelSource, fn_params: list[str]) -> dict[str, str]:
+    sig: dict[str, str] = {}
+    for p in fn_params:
+        if p.endswith("_ptr"):
+            ta = next(t for t in ks.tensors if f"{t.name}_ptr" == p)
+            sig[p] = _SIG[ta.dtype.name]
+        elif p in ("BLOCK_P", "BLOCK_R", "USE_I64"):
+            sig[p] = "constexpr"
+        elif re.fullmatch(r"a\d+", p):
+            sig[p] = "fp32"
+        else:  # strides and sizes
+            sig[p] = "i32"
+    return sig
+
+
+def compile_for(compiled: Any, target: Target, sizes: dict[str, int] | None = None,
+                scalar_dtypes: dict[int, str] | None = None) -> Artifacts:
+    """Compile every kernel of a compiled signature for `target`."""
+    import triton
+    from triton.compiler import ASTSource
+
+    graph = compiled.fused_graph
+    plan = partition(graph)
+    params = [compiled.typed.func.params[i].name for i in compiled.runtime_params]
+    names = tensor_names(graph, params)
+    source, kernels = generate(plan, "gpu", names)
+    module = cache.load_module(source)
+    out = Artifacts(target, source)
+    known = _class_sizes(compiled, plan, sizes or {})
+    for ks in kernels:
+        p_total = math.prod(known.get(c, DEFAULT_SIZE) for c in ks.p_classes)
+        r_total = math.prod(known.get(c, DEFAULT_SIZE) for c in ks.r_classes)
+        elem = max((t.dtype.bits // 8 for t in ks.tensors if t.dtype.bits >= 8), default=4)
+        if ks.kind == POINTWISE:
+            cfg = schedule.pointwise(p_total, r_total, target, elem)
+        else:
+            cfg = schedule.reduction(p_total, r_total, target, elem)
+        name = ks.looped_name if cfg.looped and ks.looped_name else ks.name
+        jit = getattr(module, name)
+        sig = _signature(ks, list(jit.arg_names))
+        for v in ks.scalars:
+            sig[f"a{v}"] = (scalar_dtypes or {}).get(v, "fp32")
+        constexprs = {"BLOCK_P": cfg.block_p, "BLOCK_R": cfg.block_r, "USE_I64": False}
+        try:
+            src = ASTSource(jit, sig, constexprs=constexprs)
+            k = triton.compile(src, target=target.gpu_target(),
+                               options={"num_warps": cfg.num_warps,
+                                        "num_stages": cfg.num_stages})
+        except Exception as exc:
+            raise BackendError(f"Triton could not compile {name} for {target.name}: {exc}") \
+                from exc
+        asm = {"triton": ks.source, **dict(k.asm)}
+        asm.pop("source", None)
+        if target.backend == "cuda":
+            regs, spills = _ptxas_resources(asm["ptx"], int(target.arch))
+            shared = int(getattr(k.metadata, "shared", 0))
+        else:
+            regs, spills, shared = _amdgcn_resources(asm["amdgcn"])
+        blocks = "ceil(P / BLOCK_P)" if ks.kind != POINTWISE else \
+            "ceil(P / BLOCK_P) * ceil(R / BLOCK_R)"
+        out.kernels.append(KernelArtifact(name, ks.kind, asm, regs, spills, shared,
+                                          cfg.num_warps, (cfg.block_p, cfg.block_r), blocks))
+    return out
+
+
+def _class_sizes(compiled: Any, plan: Any, named: dict[str, int]) -> dict[tuple, int]:
+    """Sizes of the kernels' dim classes that the signature fixes (ints, or named sizes)."""
+    graph = compiled.fused_graph
+    known: dict[tuple, int] = {}
+    for t, info in graph.tensors.items():
+        for axis, s in enumerate(info.shape):
+            if s is not None:
+                known.setdefault(plan.tensor_class(t, axis), s)
+    env = compiled.typed.env
+    for a, i in zip(graph.args, compiled.runtime_params, strict=True):
+        t = compiled.typed.param_types[i]
+        for axis, d in enumerate(getattr(t, "shape", ())):
+            d = env.find(d)
+            name = getattr(d, "name", None)
+            if name in named:
+                known.setdefault(plan.tensor_class(a, axis), named[name])
+    return known
+
+
+__all__ = ["TL_DTYPE", "Artifacts", "KernelArtifact", "compile_for"]

@@ -1,0 +1,156 @@
+"""The Triton backend: generated kernels (interpreter on CPU, CUDA with -m gpu) against the
+float64 reference, the plans they come from, and ahead-of-time builds for h100 and mi300x."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fusile import config, samples
+from tests.numerics import assert_close
+
+PROGRAMS = list(samples.cases(2, 8))
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+SIZES = [(3, 1000), (17, 4097)]
+
+
+def _check(name: str, m: int, n: int, dtype: torch.dtype, device: str,
+           strided: bool = False) -> None:
+    fn, _ref, args = samples.cases(m, n, dtype, device)[name]
+    if strided:  # the same values through non-contiguous views
+        args = tuple(_strided(a) for a in args)
+    out = fn(*args)
+    ref = fn.reference(*args)
+    outs = out if isinstance(out, tuple) else (out,)
+    refs = ref if isinstance(ref, tuple) else (ref,)
+    for o, r in zip(outs, refs, strict=True):
+        assert o.device.type == torch.device(device).type
+        assert o.dtype == dtype
+        assert_close(o, torch.from_numpy(r), dtype)
+
+
+def _strided(a: torch.Tensor) -> torch.Tensor:
+    if a.dim() == 2:  # column-major storage: stride (1, rows)
+        return a.T.contiguous().T
+    wide = torch.empty(a.shape[0] * 2, dtype=a.dtype, device=a.device)
+    wide[::2] = a
+    return wide[::2]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("m,n", SIZES)
+@pytest.mark.parametrize("name", PROGRAMS)
+def test_interpreter_matches_reference(name: str, m: int, n: int, dtype: torch.dtype) -> None:
+    _check(name, m, n, dtype, "cpu")
+
+
+@pytest.mark.parametrize("name", PROGRAMS)
+def test_strided_inputs(name: str) -> None:
+    _check(name, 5, 300, torch.float32, "cpu", strided=True)
+
+
+@pytest.mark.parametrize("name", PROGRAMS)
+def test_each_program_is_one_kernel(name: str) -> None:
+    fn, _ref, args = samples.cases(4, 64)[name]
+    report = fn.plan(*args)
+    assert len(report.kernels) == 1, str(report)
+    assert report.bytes < report.unfused_bytes or report.unfused_kernels == 1
+
+
+def test_plan_counts_hbm_bytes() -> None:
+    fn, _ref, args = samples.cases(8, 1024)["add_rms_norm"]
+    report = fn.plan(*args)
+    (k,) = report.kernels
+    # reads x, residual (8x1024 f32) and weight (1024 f32); writes y and h
+    assert k.reads == {"x": 32768, "residual": 32768, "weight": 4096}
+    assert sorted(k.writes.values()) == [32768, 32768]
+    assert "h = x + residual" in str(report)
+
+
+@pytest.mark.parametrize("name", ["layer_norm", "softmax", "logsumexp", "add_rms_norm",
+                                  "colsum_scale"])
+def test_long_rows_take_the_looped_kernel(name: str) -> None:
+    with config.override(max_row_block=256):
+        _check(name, 5, 3000, torch.float32, "cpu")
+        fn, _ref, args = samples.cases(5, 3000)[name]
+        assert "for r0 in range(0, R, BLOCK_R):" in fn.triton(*args, target="cpu")
+
+
+def test_triton_source_is_readable_and_located() -> None:
+    fn, _ref, args = samples.cases(4, 64)["layer_norm"]
+    src = fn.triton(*args, target="cpu")
+    assert "@triton.jit" in src and "def fusile_k0(" in src
+    assert "x_ptr" in src and "weight_ptr" in src
+    assert "# samples.py:" in src
+
+
+@pytest.mark.parametrize("target", ["h100", "mi300x"])
+@pytest.mark.parametrize("name", PROGRAMS)
+def test_aot_compiles_without_spills(name: str, target: str) -> None:
+    from fusile import bf16
+
+    fn, _ref, args = samples.cases(4, 64)[name]
+    sig = {p: bf16["M", 4096] if a.dim() == 2 else bf16[4096]
+           for p, a in zip(fn.params, args, strict=False)}
+    art = fn.compile(target, **sig)
+    assert art.kernels, "no kernels"
+    binary = "cubin" if target == "h100" else "hsaco"
+    for k in art.kernels:
+        assert isinstance(k.asm[binary], bytes) and len(k.asm[binary]) > 0
+        assert k.spills == 0, k.summary()
+        assert k.registers is not None and 0 < k.registers <= 255, k.summary()
+    assert "ttir" in art.kernels[0].asm
+
+
+def test_aot_rejects_unknown_target() -> None:
+    from fusile import FusileError, bf16
+
+    with pytest.raises(FusileError, match="unknown target 'h200x'"):
+        samples.rms_norm.compile("h200x", x=bf16["M", 64], weight=bf16[64])
+
+
+def test_corrupt_cache_entry_is_rewritten(tmp_path) -> None:  # noqa: ANN001
+    from fusile.backends.triton import cache
+
+    with config.override(cache_dir=tmp_path):
+        src = "import triton\nX = 1\n"
+        path = cache.module_path(src)
+        cache._loaded.clear()
+        assert cache.load_module(src).X == 1
+        path.write_text("garbage(")  # a truncated or corrupted file
+        cache._loaded.clear()
+        assert cache.load_module(src).X == 1
+        assert path.read_text().endswith(src)
+
+
+def test_new_sizes_reuse_the_compiled_program() -> None:
+    fn = samples.softmax_last
+    fn(torch.randn(3, 100))
+    before = len(fn._cache)
+    fn(torch.randn(9, 333))
+    assert len(fn._cache) == before
+
+
+# ----------------------------------------------------------------------------- GPU
+
+GPU_SIZES = [(3, 1000), (17, 4097), (64, 32768), (4, 100_000)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("m,n", GPU_SIZES)
+@pytest.mark.parametrize("name", PROGRAMS)
+def test_cuda_matches_reference(name: str, m: int, n: int, dtype: torch.dtype) -> None:
+    _check(name, m, n, dtype, "cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", PROGRAMS)
+def test_cuda_strided(name: str) -> None:
+    _check(name, 33, 2000, torch.bfloat16, "cuda", strided=True)
+
+
+@pytest.mark.gpu
+def test_cuda_rows_of_a_million() -> None:
+    _check("softmax", 2, 2**20, torch.float32, "cuda")
+    _check("layer_norm", 2, 2**20, torch.bfloat16, "cuda")
