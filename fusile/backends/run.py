@@ -21,6 +21,16 @@ def _to_numpy(v: Any) -> Any:
     return v
 
 
+_targets_by_device: dict[Any, targets.Target] = {}
+
+
+def _device_target(device: Any) -> targets.Target:
+    t = _targets_by_device.get(device)
+    if t is None:
+        t = _targets_by_device[device] = targets.for_device(device)
+    return t
+
+
 def backend_name(device: str = "cpu") -> str:
     name = config.get("target")
     if name == "reference":
@@ -47,7 +57,7 @@ def run(compiled: Any, args: list[Any]) -> list[Any]:
         return [torch.from_numpy(np.array(o, order="C")).to(device=device,
                                                              dtype=to_torch(t.dtype))
                 for o, t in zip(outs, compiled.typed.result_types, strict=True)]
-    target = targets.for_device(device) if name == "auto" else targets.get(name)
+    target = _device_target(device) if name == "auto" else targets.get(name)
     program = compiled.programs.get(target.name)
     if program is None:
         from fusile.backends.triton.runtime import TritonProgram

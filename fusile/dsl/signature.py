@@ -99,14 +99,19 @@ class ArgInfo:
     value: Any = None
 
 
+_TORCH_DTYPES: dict[Any, DType | None] = {}
+
+
 def describe_arg(a: Any) -> ArgInfo:
     import torch
 
     if isinstance(a, torch.Tensor):
-        d = dtype_of(a.dtype)
+        d = _TORCH_DTYPES.get(a.dtype, ...)
+        if d is ...:
+            d = _TORCH_DTYPES[a.dtype] = dtype_of(a.dtype)
         if d is None:
             raise SignatureError(f"fusile does not support tensors of dtype {a.dtype}")
-        return ArgInfo("tensor", d, tuple(a.shape))
+        return ArgInfo("tensor", d, a.shape)
     if isinstance(a, TensorSpec):
         return ArgInfo("spec", a.dtype, value=a)
     if isinstance(a, bool | int):

@@ -7,7 +7,7 @@ module, argument recipes); a call binds sizes, allocates outputs and launches.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fusile.backends.reference import _scalar
@@ -39,6 +39,9 @@ class _Launch:
     fn: Any
     r_contiguous: bool
     elem_bytes: int
+    stride_axes: list[list[int]]  # per tensor argument, the axes whose stride is passed
+    alloc_classes: dict[int, list[tuple]]  # output tensor -> class of each axis
+    configs: dict[tuple[int, int], Any] = field(default_factory=dict)
 
 
 class TritonProgram:
@@ -66,9 +69,16 @@ class TritonProgram:
             main = max((t for t in ks.tensors), key=lambda t: len(t.classes), default=None)
             r_contig = bool(main and main.classes and main.classes[-1] in ks.r_classes)
             elem = max((t.dtype.bits // 8 for t in ks.tensors if t.dtype.bits >= 8), default=4)
-            self.launches.append(_Launch(ks, fns, r_contig or ks.kind == POINTWISE, elem))
+            strides = [[a for a, c in enumerate(ta.classes) if c is not None]
+                       for ta in ks.tensors]
+            alloc = {ta.tid: [self.plan.tensor_class(ta.tid, a)
+                              for a in range(len(graph.tensors[ta.tid].shape))]
+                     for ta in ks.tensors if ta.is_output}
+            self.launches.append(_Launch(ks, fns, r_contig or ks.kind == POINTWISE, elem,
+                                         strides, alloc))
         self._class_source = self._size_sources()
         self._host_ops = [n for n in graph.nodes if isinstance(n, Op)]
+        self._arg_set = set(graph.args)
 
     def _size_sources(self) -> dict[tuple, tuple[int, int] | int]:
         """class -> (runtime arg position, axis) or a static size."""
@@ -86,25 +96,22 @@ class TritonProgram:
         return src
 
     def __call__(self, args: list[Any]) -> list[Any]:
-        import torch
-
         graph = self.graph
-        device = next((a.device for a in args if isinstance(a, torch.Tensor)), None)
+        device = None
+        for a in args:
+            if hasattr(a, "device"):
+                device = a.device
+                break
         if device is None:
             raise BackendError("a fused call needs at least one tensor argument")
         env: dict[int, Any] = dict(zip(graph.args, args, strict=True))
         for op in self._host_ops:  # sizes and scalar math, on the host
-            env[op.results[0]] = _scalar(op, env, None)
-        sizes: dict[tuple, int] = {}
-        for c, s in self._class_source.items():
-            sizes[c] = s if isinstance(s, int) else int(args[s[0]].shape[s[1]])
+            env[op.results[0]] = _host_scalar(op, env)
+        sizes = {c: s if isinstance(s, int) else args[s[0]].shape[s[1]]
+                 for c, s in self._class_source.items()}
         for launch in self.launches:
             self._launch(launch, env, sizes, device)
-        outs = []
-        for r in graph.results:
-            v = env[r]
-            outs.append(v.clone() if r in graph.args else v)
-        return outs
+        return [env[r].clone() if r in self._arg_set else env[r] for r in graph.results]
 
     def _launch(self, launch: _Launch, env: dict[int, Any], sizes: dict[tuple, int],
                 device: Any) -> None:
@@ -113,42 +120,70 @@ class TritonProgram:
         ks = launch.ks
         tensors = []
         for ta in ks.tensors:
-            if ta.is_output and ta.tid not in env:
+            t = env.get(ta.tid)
+            if t is None:
                 info = self.graph.tensors[ta.tid]
-                shape = [s if s is not None else sizes[self.plan.tensor_class(ta.tid, k)]
-                         for k, s in enumerate(info.shape)]
-                env[ta.tid] = torch.empty(shape, dtype=to_torch(info.dtype), device=device)
-            tensors.append(env[ta.tid])
-        strides = [t.stride(axis) for t, ta in zip(tensors, ks.tensors, strict=True)
-                   for axis, c in enumerate(ta.classes) if c is not None]
+                shape = [s if s is not None else sizes[c]
+                         for s, c in zip(info.shape, launch.alloc_classes[ta.tid], strict=True)]
+                t = env[ta.tid] = torch.empty(shape, dtype=to_torch(info.dtype), device=device)
+            tensors.append(t)
+        strides = [t.stride(axis) for t, axes in zip(tensors, launch.stride_axes, strict=True)
+                   for axis in axes]
         class_sizes = [sizes[c] for c in ks.classes]
-        scalars = [_py(env[v]) for v in ks.scalars]
+        scalars = [env[v] for v in ks.scalars]
         p_total = math.prod(sizes[c] for c in ks.p_classes)
         r_total = math.prod(sizes[c] for c in ks.r_classes)
-        if p_total == 0 or (r_total == 0 and ks.kind == POINTWISE):
+        if p_total == 0 or r_total == 0:
             return
-        if ks.kind == POINTWISE:
-            cfg = schedule.pointwise(p_total, r_total, self.target, launch.elem_bytes)
-            grid = (math.ceil(p_total / cfg.block_p) * math.ceil(r_total / cfg.block_r),)
-        else:
-            cfg = schedule.reduction(p_total, r_total, self.target, launch.elem_bytes,
-                                     launch.r_contiguous)
-            grid = (math.ceil(p_total / cfg.block_p),)
-        use_i64 = any(_extent(t) >= 2**31 - 1 for t in tensors) or \
-            p_total * r_total >= 2**31 - 1
+        key = (p_total, r_total)
+        got = launch.configs.get(key)
+        if got is None:
+            got = launch.configs[key] = self._config(launch, p_total, r_total)
+        cfg, grid = got
+        use_i64 = p_total * r_total >= 2**31 - 1 or any(_extent(t) >= 2**31 - 1
+                                                        for t in tensors)
         fn = launch.fn["looped" if cfg.looped else "single"]
         fn[grid](*tensors, *strides, *class_sizes, *scalars, BLOCK_P=cfg.block_p,
                  BLOCK_R=cfg.block_r, USE_I64=use_i64, num_warps=cfg.num_warps,
                  num_stages=cfg.num_stages)
 
+    def _config(self, launch: _Launch, p_total: int, r_total: int
+                ) -> tuple[schedule.Config, tuple[int]]:
+        if launch.ks.kind == POINTWISE:
+            cfg = schedule.pointwise(p_total, r_total, self.target, launch.elem_bytes)
+            return cfg, (math.ceil(p_total / cfg.block_p) * math.ceil(r_total / cfg.block_r),)
+        cfg = schedule.reduction(p_total, r_total, self.target, launch.elem_bytes,
+                                 launch.r_contiguous)
+        return cfg, (math.ceil(p_total / cfg.block_p),)
+
+
+_HOST = {
+    "arith.addi": lambda a, b: a + b, "arith.subi": lambda a, b: a - b,
+    "arith.muli": lambda a, b: a * b, "arith.addf": lambda a, b: a + b,
+    "arith.subf": lambda a, b: a - b, "arith.mulf": lambda a, b: a * b,
+    "arith.divf": lambda a, b: a / b if b else math.copysign(math.inf, a) if a else math.nan,
+}
+
+
+def _host_scalar(op: Op, env: dict[int, Any]) -> Any:
+    """Function-level scalar ops (constants, sizes, their arithmetic) in plain Python."""
+    name = op.name
+    if name == "arith.constant":
+        return op.attrs["value"]
+    if name == "tensor.dim":
+        return env[op.operands[0]].shape[env[op.operands[1]]]
+    if name in ("arith.index_cast", "arith.extsi", "arith.trunci", "arith.extui"):
+        return int(env[op.operands[0]])
+    if name in ("arith.sitofp", "arith.uitofp", "arith.extf", "arith.truncf"):
+        return float(env[op.operands[0]])
+    if name in _HOST:
+        return _HOST[name](env[op.operands[0]], env[op.operands[1]])
+    v = _scalar(op, env, None)
+    return v.item() if hasattr(v, "item") else v
+
 
 def _extent(t: Any) -> int:
-    return 1 + sum((s - 1) * abs(st) for s, st in zip(t.shape, t.stride(), strict=True))
+    """An upper bound on the elements an offset into t can reach: its storage."""
+    return t.untyped_storage().nbytes() // t.element_size()
 
 
-def _py(v: Any) -> Any:
-    import numpy as np
-
-    if isinstance(v, np.generic | np.ndarray):
-        v = v.item()
-    return v
