@@ -14,8 +14,8 @@ import torch
 from fusile import samples
 from fusile.lowering import schedule
 
-CASES = [("rms_norm", 16384, 4096), ("layer_norm", 16384, 4096), ("softmax", 16384, 4096),
-         ("logsumexp", 16384, 4096), ("logsumexp", 4096, 32768), ("layer_norm", 4096, 32768)]
+CASES = [("rms_norm", 16384, 4096), ("layer_norm", 16384, 4096), ("logsumexp", 16384, 4096),
+         ("logsumexp", 4096, 32768), ("layer_norm", 4096, 32768)]
 
 
 def run(name: str, m: int, n: int, cfgs: list[schedule.Config], pointwise: bool = False) -> None:
@@ -33,6 +33,9 @@ def run(name: str, m: int, n: int, cfgs: list[schedule.Config], pointwise: bool 
         else:
             schedule.reduction = fixed
         try:
+            fn(*args)
+            for launch in next(iter(fn.compiled(*args).programs.values())).launches:
+                launch.configs.clear()  # the runtime caches a config per size: drop it
             fn(*args)
             torch.cuda.synchronize()
             ms = do_bench(lambda: fn(*args), warmup=25, rep=150, return_mode="median")
@@ -59,13 +62,13 @@ def main() -> int:
     for name, m, n in CASES:
         r = min(n, 32768)
         cfgs = [schedule.Config(bp, r, w, 1, False)
-                for bp, w in itertools.product([1, 2, 4], [4, 8, 16, 32]) if bp * r <= 32768]
+                for bp, w in itertools.product([1, 2], [4, 8, 16, 32]) if bp * r <= 32768]
         run(name, m, n, cfgs)
     col = [schedule.Config(bp, br, w, 1, True)
-           for bp, br, w in itertools.product([16, 32, 64], [64, 256], [4, 8])]
+           for bp, br, w in itertools.product([16, 32, 64], [128, 512], [4, 8, 16])]
     run("colsum_scale", 16384, 4096, col)
     pw = [schedule.Config(bp, bc, w, 1, False)
-          for bp, bc, w in itertools.product([1, 4, 8], [1024, 2048], [4, 8, 16])]
+          for bp, bc, w in itertools.product([1, 4], [1024, 2048], [2, 4, 8])]
     run("gelu_bias", 16384, 4096, pw, pointwise=True)
     return 0
 
