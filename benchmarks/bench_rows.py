@@ -65,7 +65,7 @@ def bench_one(name: str, m: int, n: int, compile_: bool, copy_bw: float) -> dict
     for key, run in runs.items():
         run()
         torch.cuda.synchronize()
-        ms = do_bench(run, warmup=50, rep=300, return_mode="median")
+        ms = do_bench(run, warmup=250, rep=600, return_mode="median")  # long: clocks ramp
         row[f"{key}_ms"] = ms
         row[f"{key}_gbs"] = nbytes / (ms * 1e-3) / 1e9
         row[f"{key}_frac"] = nbytes / (ms * 1e-3) / copy_bw

@@ -52,6 +52,10 @@ KNOBS: dict[str, Knob] = {
         "FUSILE_TARGET", str, lambda: "auto",
         "target for calls on tensors: auto (from the device), or a name from `fusile targets`",
     ),
+    "fast_launch": Knob(
+        "FUSILE_FAST_LAUNCH", _as_bool, lambda: True,
+        "launch cached compiled kernels directly instead of through triton.jit's binder",
+    ),
     "verify": Knob(
         "FUSILE_VERIFY", _as_bool, lambda: True,
         "verify the MLIR module after every pass (on by default; cheap at DSL sizes)",

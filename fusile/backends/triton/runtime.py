@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from fusile import config
 from fusile.backends.reference import _scalar
 from fusile.backends.targets import Target
 from fusile.backends.torch_dtypes import to_torch
@@ -42,6 +43,7 @@ class _Launch:
     stride_axes: list[list[int]]  # per tensor argument, the axes whose stride is passed
     alloc_classes: dict[int, list[tuple]]  # output tensor -> class of each axis
     configs: dict[tuple[int, int], Any] = field(default_factory=dict)
+    compiled: dict[tuple, Any] = field(default_factory=dict)  # specialization -> kernel
 
 
 class TritonProgram:
@@ -79,6 +81,9 @@ class TritonProgram:
         self._class_source = self._size_sources()
         self._host_ops = [n for n in graph.nodes if isinstance(n, Op)]
         self._arg_set = set(graph.args)
+        # launch compiled kernels directly (skipping the JIT's argument binding) once the JIT
+        # has compiled them for an argument specialization; off if the launcher is unfamiliar
+        self._fast = config.get("fast_launch")
 
     def _size_sources(self) -> dict[tuple, tuple[int, int] | int]:
         """class -> (runtime arg position, axis) or a static size."""
@@ -142,10 +147,26 @@ class TritonProgram:
         cfg, grid = got
         use_i64 = p_total * r_total >= 2**31 - 1 or any(_extent(t) >= 2**31 - 1
                                                         for t in tensors)
-        fn = launch.fn["looped" if cfg.looped else "single"]
-        fn[grid](*tensors, *strides, *class_sizes, *scalars, BLOCK_P=cfg.block_p,
-                 BLOCK_R=cfg.block_r, USE_I64=use_i64, num_warps=cfg.num_warps,
-                 num_stages=cfg.num_stages)
+        variant = "looped" if cfg.looped else "single"
+        ints = (*strides, *class_sizes)
+        if self._fast and device.type == "cuda":
+            key = (variant, cfg, use_i64, device.index,
+                   tuple(t.data_ptr() % 16 == 0 for t in tensors),
+                   tuple((v == 1, v % 16 == 0, v >= 2**31) for v in ints),
+                   tuple(type(v) for v in scalars))
+            kernel = launch.compiled.get(key)
+            if kernel is not None:
+                try:
+                    _launch_compiled(kernel, grid, device, (*tensors, *ints, *scalars,
+                                                            cfg.block_p, cfg.block_r, use_i64))
+                    return
+                except (AttributeError, TypeError):  # another Triton's launcher: use the JIT
+                    self._fast = False
+        fn = launch.fn[variant]
+        kernel = fn[grid](*tensors, *ints, *scalars, BLOCK_P=cfg.block_p, BLOCK_R=cfg.block_r,
+                          USE_I64=use_i64, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        if self._fast and device.type == "cuda" and kernel is not None:
+            launch.compiled[key] = kernel
 
     def _config(self, launch: _Launch, p_total: int, r_total: int
                 ) -> tuple[schedule.Config, tuple[int]]:
@@ -155,6 +176,18 @@ class TritonProgram:
         cfg = schedule.reduction(p_total, r_total, self.target, launch.elem_bytes,
                                  launch.r_contiguous)
         return cfg, (math.ceil(p_total / cfg.block_p),)
+
+
+def _launch_compiled(kernel: Any, grid: tuple[int, ...], device: Any, args: tuple) -> None:
+    """Launch a Triton CompiledKernel with all its arguments, constexprs included, as
+    JITFunction.run does after binding them."""
+    from triton import knobs
+    from triton.runtime.driver import driver
+
+    stream = driver.active.get_current_stream(device.index)
+    meta = kernel.launch_metadata(grid, stream, *args)
+    kernel.run(grid[0], 1, 1, stream, kernel.function, kernel.packed_metadata, meta,
+               knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook, *args)
 
 
 _HOST = {
