@@ -43,6 +43,18 @@ def run_reference(compiled: Any, args: list[Any]) -> list[np.ndarray]:
     return reference.evaluate(compiled.reference_graph, [_to_numpy(a) for a in args])
 
 
+def runner(compiled: Any, args: list[Any]) -> Any:
+    """The launchable program `run` used for these arguments (None for the reference)."""
+    import torch
+
+    name = config.get("target")
+    if name == "reference":
+        return None
+    device = next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
+    target = _device_target(device) if name == "auto" else targets.get(name)
+    return compiled.programs.get(target.name)
+
+
 def run(compiled: Any, args: list[Any]) -> list[Any]:
     """Run on the target for the inputs' device (FUSILE_TARGET overrides): Triton kernels on a
     GPU, the Triton interpreter on the CPU, or the float64 reference ("reference")."""

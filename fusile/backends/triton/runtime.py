@@ -150,10 +150,10 @@ class TritonProgram:
         variant = "looped" if cfg.looped else "single"
         ints = (*strides, *class_sizes)
         if self._fast and device.type == "cuda":
-            key = (variant, cfg, use_i64, device.index,
-                   tuple(t.data_ptr() % 16 == 0 for t in tensors),
-                   tuple((v == 1, v % 16 == 0, v >= 2**31) for v in ints),
-                   tuple(type(v) for v in scalars))
+            # what Triton specializes on is a function of these: pointer alignment, the ints'
+            # values (== 1, divisible by 16, beyond int32) and the scalars' types
+            key = (variant, cfg, use_i64, device.index, ints,
+                   tuple(t.data_ptr() & 15 for t in tensors), tuple(map(type, scalars)))
             kernel = launch.compiled.get(key)
             if kernel is not None:
                 try:
@@ -166,6 +166,8 @@ class TritonProgram:
         kernel = fn[grid](*tensors, *ints, *scalars, BLOCK_P=cfg.block_p, BLOCK_R=cfg.block_r,
                           USE_I64=use_i64, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         if self._fast and device.type == "cuda" and kernel is not None:
+            if len(launch.compiled) > 512:
+                launch.compiled.clear()
             launch.compiled[key] = kernel
 
     def _config(self, launch: _Launch, p_total: int, r_total: int
@@ -185,9 +187,10 @@ def _launch_compiled(kernel: Any, grid: tuple[int, ...], device: Any, args: tupl
     from triton.runtime.driver import driver
 
     stream = driver.active.get_current_stream(device.index)
-    meta = kernel.launch_metadata(grid, stream, *args)
-    kernel.run(grid[0], 1, 1, stream, kernel.function, kernel.packed_metadata, meta,
-               knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook, *args)
+    enter, exit_ = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
+    meta = None if enter is None and exit_ is None else kernel.launch_metadata(grid, stream, *args)
+    kernel.run(grid[0], 1, 1, stream, kernel.function, kernel.packed_metadata, meta, enter, exit_,
+               *args)
 
 
 _HOST = {
@@ -216,7 +219,9 @@ def _host_scalar(op: Op, env: dict[int, Any]) -> Any:
 
 
 def _extent(t: Any) -> int:
-    """An upper bound on the elements an offset into t can reach: its storage."""
-    return t.untyped_storage().nbytes() // t.element_size()
+    """How many elements past its start an offset into t can reach."""
+    if t.is_contiguous():
+        return t.numel()
+    return 1 + sum((s - 1) * abs(st) for s, st in zip(t.shape, t.stride(), strict=True))
 
 
