@@ -46,7 +46,7 @@ def copy_bandwidth() -> float:
     return 2 * a.numel() * a.element_size() / (ms * 1e-3)
 
 
-def min_bytes(fn, args) -> int:  # noqa: ANN001
+def min_bytes(fn, args) -> int:
     """Each input read once and each output written once (the fused floor)."""
     return fn.plan(*args).bytes
 

@@ -15,7 +15,7 @@ import torch
 from fusile import config, samples
 
 
-def per_call_us(fn, *args, n: int = 3000) -> float:  # noqa: ANN001
+def per_call_us(fn, *args, n: int = 3000) -> float:
     for _ in range(200):
         fn(*args)
     torch.cuda.synchronize()

@@ -25,7 +25,7 @@ def run(name: str, m: int, n: int, cfgs: list[schedule.Config], pointwise: bool 
     nbytes = fn.plan(*args).bytes
     orig = schedule.pointwise if pointwise else schedule.reduction
     for cfg in cfgs:
-        def fixed(*a, cfg=cfg, **k):  # noqa: ANN002, ANN003, ANN202
+        def fixed(*a, cfg=cfg, **k):
             return cfg
 
         if pointwise:

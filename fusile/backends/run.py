@@ -36,7 +36,9 @@ def backend_name(device: str = "cpu") -> str:
     if name == "reference":
         return "the float64 reference backend"
     t = targets.for_device(device) if name == "auto" else targets.get(name)
-    return "the Triton interpreter (CPU)" if t.backend == "interpreter" else f"{t.name} ({t.backend})"
+    if t.backend == "interpreter":
+        return "the Triton interpreter (CPU)"
+    return f"{t.name} ({t.backend})"
 
 
 def run_reference(compiled: Any, args: list[Any]) -> list[np.ndarray]:

@@ -164,10 +164,7 @@ def _only_init(graph: Graph, t: int) -> bool:
     """True if tensor t is used only as the init (outs) of other generics."""
     if t in graph.results:
         return False
-    for node in graph.nodes:
-        if isinstance(node, Generic) and t in node.inputs:
-            return False
-    return True
+    return not any(isinstance(node, Generic) and t in node.inputs for node in graph.nodes)
 
 
 def _make_kernel(index: int, graph: Graph, cls: Classes, ones: set[tuple], gens: list[int],

@@ -109,7 +109,7 @@ def test_aot_rejects_unknown_target() -> None:
         samples.rms_norm.compile("h200x", x=bf16["M", 64], weight=bf16[64])
 
 
-def test_corrupt_cache_entry_is_rewritten(tmp_path) -> None:  # noqa: ANN001
+def test_corrupt_cache_entry_is_rewritten(tmp_path) -> None:
     from fusile.backends.triton import cache
 
     with config.override(cache_dir=tmp_path):

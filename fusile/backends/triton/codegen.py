@@ -263,7 +263,7 @@ class KernelWriter:
         return f"{fn}({tile}, axis=1, keep_dims=True)"
 
     def _identity(self, op: Op) -> str:
-        fn, ident = REDUCE[op.name]
+        _fn, ident = REDUCE[op.name]
         if ident is None:
             ident = int_identity(op.name, op.dtype)
         return literal(ident, op.dtype)
@@ -436,7 +436,7 @@ class KernelWriter:
             looped_name = None
             if self.k.kind != POINTWISE:
                 looped_name = name + "_looped"
-                lines += ["", ""] + self.write_looped(looped_name, tensors)
+                lines += ["", "", *self.write_looped(looped_name, tensors)]
         return KernelSource(name, self.k.kind, self.k.index, "\n".join(lines), tensors,
                             self.classes, self.p_classes, self.r_classes, list(self.scalars),
                             looped_name)

@@ -140,10 +140,9 @@ class TritonProgram:
         r_total = math.prod(sizes[c] for c in ks.r_classes)
         if p_total == 0 or r_total == 0:
             return
-        key = (p_total, r_total)
-        got = launch.configs.get(key)
+        got = launch.configs.get((p_total, r_total))
         if got is None:
-            got = launch.configs[key] = self._config(launch, p_total, r_total)
+            got = launch.configs[(p_total, r_total)] = self._config(launch, p_total, r_total)
         cfg, grid = got
         use_i64 = p_total * r_total >= 2**31 - 1 or any(_extent(t) >= 2**31 - 1
                                                         for t in tensors)
@@ -152,9 +151,9 @@ class TritonProgram:
         if self._fast and device.type == "cuda":
             # what Triton specializes on is a function of these: pointer alignment, the ints'
             # values (== 1, divisible by 16, beyond int32) and the scalars' types
-            key = (variant, cfg, use_i64, device.index, ints,
+            spec = (variant, cfg, use_i64, device.index, ints,
                    tuple(t.data_ptr() & 15 for t in tensors), tuple(map(type, scalars)))
-            kernel = launch.compiled.get(key)
+            kernel = launch.compiled.get(spec)
             if kernel is not None:
                 try:
                     _launch_compiled(kernel, grid, device, (*tensors, *ints, *scalars,
@@ -168,7 +167,7 @@ class TritonProgram:
         if self._fast and device.type == "cuda" and kernel is not None:
             if len(launch.compiled) > 512:
                 launch.compiled.clear()
-            launch.compiled[key] = kernel
+            launch.compiled[spec] = kernel
 
     def _config(self, launch: _Launch, p_total: int, r_total: int
                 ) -> tuple[schedule.Config, tuple[int]]:
