@@ -39,30 +39,47 @@ class Classes:
 
 @dataclass
 class Kernel:
-    """One launch: the generics it runs and the tensors it moves through HBM."""
+    """One launch: the generics it runs and the tensors it moves through HBM.
+
+    Index classes are the kernel's own (ints): loops of its generics that must share an index
+    (through a tensor one produces and another reads, or one both read). Each maps to a global
+    class, which gives its size."""
 
     index: int
     kind: str
     generics: list[int]  # indices into graph.nodes, in program order
-    reduced: list[tuple]  # classes reduced over (R)
-    domain: list[tuple]  # all classes the kernel touches
+    reduced: list[int]  # index classes reduced over (R)
+    domain: list[int]  # all index classes of the kernel
+    loop_class: dict[tuple[int, int], int]  # (generic, loop) -> index class; absent: extent 1
+    class_global: dict[int, tuple]  # index class -> global (size) class
     reads: list[int] = field(default_factory=list)  # tensor ids read from HBM
     writes: list[int] = field(default_factory=list)  # tensor ids written to HBM
     locs: list[str] = field(default_factory=list)
+
+    def access(self, gi: int, m: tuple[int | None, ...]) -> list[int | None]:
+        """Index class per tensor axis for generic gi reading/writing through map m."""
+        return [None if e is None else self.loop_class.get((gi, e)) for e in m]
 
 
 @dataclass
 class Plan:
     graph: Graph
-    classes: Classes
+    classes: Classes  # global: dims merged here have equal sizes
     kernels: list[Kernel]
     fills: dict[int, int]  # tensor id -> the value id a fill generic broadcasts
+    ones: set[tuple] = field(default_factory=set)  # global classes of static extent 1
 
     def tensor_class(self, t: int, axis: int) -> tuple:
         return self.classes.find(("dim", t, axis))
 
     def loop_class(self, g: int, loop: int) -> tuple:
         return self.classes.find(("loop", g, loop))
+
+    def reduces(self, gi: int) -> bool:
+        """True if generic gi reduces over a class wider than 1 (else it is elementwise)."""
+        node = self.graph.nodes[gi]
+        assert isinstance(node, Generic)
+        return any(self.loop_class(gi, i) not in self.ones for i in node.reduction_loops)
 
 
 def _is_fill(g: Generic) -> bool:
@@ -113,19 +130,97 @@ def _static_one(graph: Graph, cls: Classes) -> set[tuple]:
     return ones
 
 
+class _Group:
+    """A kernel being built: its generics and their index classes (a local union-find)."""
+
+    def __init__(self, graph: Graph, ones: set[tuple], cls: Classes):
+        self.graph, self.ones, self.cls = graph, ones, cls
+        self.gens: list[int] = []
+        self.uf = Classes()
+        self.produced: dict[int, tuple[int, tuple]] = {}  # tensor -> (generic, out map)
+        self.read: dict[int, tuple[int, tuple]] = {}  # HBM tensor -> (first reader, map)
+        self.reduced: set | None = None
+
+    def real_loops(self, gi: int) -> list[int]:
+        node = self.graph.nodes[gi]
+        assert isinstance(node, Generic)
+        return [i for i in range(node.n_loops) if self.cls.find(("loop", gi, i)) not in self.ones]
+
+    def try_add(self, gi: int) -> bool:
+        """Add generic gi if it fits; leave the group unchanged and return False if not."""
+        node = self.graph.nodes[gi]
+        assert isinstance(node, Generic)
+        uf = Classes()
+        uf.parent = dict(self.uf.parent)
+        real = set(self.real_loops(gi))
+        for i in real:
+            uf.find((gi, i))
+        n_in = len(node.inputs)
+
+        def link(other: int, om: tuple, m: tuple) -> None:
+            for a, b in zip(om, m, strict=True):
+                if a is not None and b is not None and (other, a) in uf.parent and \
+                        b in real:
+                    uf.union((other, a), (gi, b))
+
+        for t, m in zip(node.inputs, node.maps[:n_in], strict=True):
+            if t in self.produced:
+                link(*self.produced[t], m)
+            elif t in self.read and self.read[t][0] != gi:
+                link(*self.read[t], m)
+        for g in [*self.gens, gi]:  # no two loops of one generic may share an index
+            roots = [uf.find((g, i)) for i in self.real_loops(g)]
+            if len(set(roots)) != len(roots):
+                return False
+        red = {uf.find((gi, i)) for i in node.reduction_loops if i in real}
+        old = {uf.find(c) for c in self.reduced} if self.reduced else None
+        if red and old is not None and red != old:
+            return False
+        self.uf = uf
+        self.gens.append(gi)
+        if red:
+            self.reduced = red
+        for t, m in zip(node.inputs, node.maps[:n_in], strict=True):
+            if t not in self.produced:
+                self.read.setdefault(t, (gi, m))
+        for r, m in zip(node.results, node.maps[n_in:], strict=True):
+            self.produced[r] = (gi, m)
+        return True
+
+    def kernel(self, index: int, kind: str | None) -> Kernel:
+        ids: dict[tuple, int] = {}
+        loop_class: dict[tuple[int, int], int] = {}
+        class_global: dict[int, tuple] = {}
+        for gi in self.gens:
+            for i in self.real_loops(gi):
+                root = self.uf.find((gi, i))
+                c = ids.setdefault(root, len(ids))
+                loop_class[(gi, i)] = c
+                class_global.setdefault(c, self.cls.find(("loop", gi, i)))
+        reduced = sorted({ids[self.uf.find(r)] for r in self.reduced or ()})
+        if kind is None:
+            kind = REDUCTION if reduced else POINTWISE
+        locs = []
+        for gi in self.gens:
+            node = self.graph.nodes[gi]
+            assert isinstance(node, Generic)
+            locs.append(node.loc)
+        return Kernel(index, kind, list(self.gens), reduced, sorted(set(ids.values())),
+                      loop_class, class_global, locs=locs)
+
+
 def partition(graph: Graph) -> Plan:
     cls = _classes(graph)
     ones = _static_one(graph, cls)
     fills: dict[int, int] = {}
     kernels: list[Kernel] = []
-    current: list[int] = []
-    reduced: set[tuple] | None = None
+    group = _Group(graph, ones, cls)
 
     def close() -> None:
-        nonlocal current, reduced
-        if current:
-            kernels.append(_make_kernel(len(kernels), graph, cls, ones, current, reduced))
-        current, reduced = [], None
+        nonlocal group
+        if group.gens:
+            kernels.append(group.kernel(len(kernels), None))
+        group = _Group(graph, ones, cls)
 
     for gi, node in enumerate(graph.nodes):
         if not isinstance(node, Generic):
@@ -133,29 +228,18 @@ def partition(graph: Graph) -> Plan:
         if _is_fill(node) and all(_only_init(graph, r) for r in node.results):
             fills[node.results[0]] = node.yields[0]
             continue
-        loops = [cls.find(("loop", gi, i)) for i in range(node.n_loops)]
-        real = [c for c in loops if c not in ones]
-        transposed = len(set(real)) != len(real)
-        red = {cls.find(("loop", gi, i)) for i in node.reduction_loops} - ones
-        if _is_contraction(gi, node, cls) or transposed:
+        if _is_contraction(gi, node, cls):  # its own kernel (tl.dot comes with issue 7)
             close()
-            kernels.append(_make_kernel(len(kernels), graph, cls, ones, [gi], red,
-                                        kind=CONTRACTION if not transposed else None))
+            alone = _Group(graph, ones, cls)
+            alone.try_add(gi)
+            kernels.append(alone.kernel(len(kernels), CONTRACTION))
             continue
-        compatible = True
-        if red and reduced is not None and red != reduced:
-            compatible = False
-        if red and reduced is None and current:
-            # a reduction over R joins only if nothing earlier in the kernel spans R without
-            # reducing it in a way it cannot follow (elementwise over R is fine: same domain)
-            compatible = True
-        if not compatible:
+        if not group.try_add(gi):
             close()
-        current.append(gi)
-        if red:
-            reduced = red
+            added = group.try_add(gi)
+            assert added, "a single generic always fits a kernel of its own"
     close()
-    plan = Plan(graph, cls, kernels, fills)
+    plan = Plan(graph, cls, kernels, fills, ones)
     _io(plan)
     return plan
 
@@ -165,27 +249,6 @@ def _only_init(graph: Graph, t: int) -> bool:
     if t in graph.results:
         return False
     return not any(isinstance(node, Generic) and t in node.inputs for node in graph.nodes)
-
-
-def _make_kernel(index: int, graph: Graph, cls: Classes, ones: set[tuple], gens: list[int],
-                 reduced: set[tuple] | None, kind: str | None = None) -> Kernel:
-    domain: list[tuple] = []
-    for gi in gens:
-        node = graph.nodes[gi]
-        assert isinstance(node, Generic)
-        for i in range(node.n_loops):
-            c = cls.find(("loop", gi, i))
-            if c not in ones and c not in domain:
-                domain.append(c)
-    red = sorted(reduced or set())
-    if kind is None:
-        kind = REDUCTION if red else POINTWISE
-    locs = []
-    for gi in gens:
-        node = graph.nodes[gi]
-        assert isinstance(node, Generic)
-        locs.append(node.loc)
-    return Kernel(index, kind, gens, red, domain, locs=locs)
 
 
 def _io(plan: Plan) -> None:

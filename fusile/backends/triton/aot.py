@@ -130,8 +130,8 @@ def compile_for(compiled: Any, target: Target, sizes: dict[str, int] | None = No
     out = Artifacts(target, source)
     known = _class_sizes(compiled, plan, sizes or {})
     for ks in kernels:
-        p_total = math.prod(known.get(c, DEFAULT_SIZE) for c in ks.p_classes)
-        r_total = math.prod(known.get(c, DEFAULT_SIZE) for c in ks.r_classes)
+        p_total = math.prod(known.get(ks.class_global[c], DEFAULT_SIZE) for c in ks.p_classes)
+        r_total = math.prod(known.get(ks.class_global[c], DEFAULT_SIZE) for c in ks.r_classes)
         elem = max((t.dtype.bits // 8 for t in ks.tensors if t.dtype.bits >= 8), default=4)
         if ks.kind == POINTWISE:
             cfg = schedule.pointwise(p_total, r_total, target, elem)

@@ -24,7 +24,8 @@ from fusile.lowering.partition import POINTWISE, Kernel, Plan
 class TensorArg:
     tid: int
     name: str
-    classes: list[tuple | None]  # class per axis; None for a static size-1 axis
+    classes: list[int | None]  # index class per axis of its first access (None: index 0)
+    stride_axes: list[int]  # axes whose stride is an argument (every axis not of size 1)
     dtype: DType
     is_output: bool
 
@@ -36,9 +37,10 @@ class KernelSource:
     index: int
     source: str
     tensors: list[TensorArg]
-    classes: list[tuple]  # one size argument each, in order
-    p_classes: list[tuple]
-    r_classes: list[tuple]
+    classes: list[int]  # index classes, one size argument each, in order
+    p_classes: list[int]
+    r_classes: list[int]
+    class_global: dict[int, tuple]  # index class -> global class (what gives its size)
     scalars: list[int]  # function-level values passed as arguments
     looped_name: str | None = None
 
@@ -109,35 +111,45 @@ class KernelWriter:
         return node
 
     # ------------------------------------------------------------------ classes and tensors
+    def access_of(self, t: int) -> list[int | None]:
+        """Index classes of tensor t's axes as the kernel first touches it."""
+        k = self.k
+        if t in self.producer:
+            gi = self.producer[t]
+            node = self._gen(gi)
+            pos = node.results.index(t)
+            return k.access(gi, node.maps[len(node.inputs) + pos])
+        for gi in k.generics:
+            node = self._gen(gi)
+            for u, m in zip([*node.inputs, *node.outputs], node.maps, strict=True):
+                if u == t:
+                    return k.access(gi, m)
+        return [None] * len(self.g.tensors[t].shape)
+
     def _order_classes(self) -> None:
-        k, plan = self.k, self.plan
+        k = self.k
         tensors = [*k.writes, *k.reads]
         main = max(tensors, key=lambda t: len(self.g.tensors[t].shape)) if tensors else None
-        order: list[tuple] = []
+        order: list[int] = []
         if main is not None:
-            for axis in range(len(self.g.tensors[main].shape)):
-                c = plan.tensor_class(main, axis)
-                if c in k.domain and c not in order:
-                    order.append(c)
+            order = [c for c in self.access_of(main) if c is not None]
+            order = list(dict.fromkeys(order))
         order += [c for c in k.domain if c not in order]
         if k.kind == POINTWISE:
-            inner = order[-1:] if order else []
-            self.r_classes = inner
+            self.r_classes = order[-1:]
         else:
             self.r_classes = [c for c in order if c in k.reduced]
         self.p_classes = [c for c in order if c not in self.r_classes]
         self.cname = {c: f"n{i}" for i, c in enumerate(order)}
+        self.idx = {c: f"i{i}" for i, c in enumerate(order)}
         self.classes = order
 
     def tensor_arg(self, t: int, is_output: bool) -> TensorArg:
         info = self.g.tensors[t]
-        classes: list[tuple | None] = []
-        for axis, s in enumerate(info.shape):
-            c = self.plan.tensor_class(t, axis)
-            classes.append(None if s == 1 or c not in self.cname else c)
-        return TensorArg(t, self.names[t], classes, info.dtype, is_output)
+        axes = [a for a, s in enumerate(info.shape) if s != 1]
+        return TensorArg(t, self.names[t], self.access_of(t), axes, info.dtype, is_output)
 
-    def _axes_of_classes(self, classes: list[tuple | None]) -> frozenset[str]:
+    def _axes_of_classes(self, classes: list[int | None]) -> frozenset[str]:
         ax = set()
         for c in classes:
             if c in self.p_classes:
@@ -146,9 +158,9 @@ class KernelWriter:
                 ax.add("r")
         return frozenset(ax)
 
-    def _offset(self, ta: TensorArg) -> str:
-        terms = [f"i{self.cname[c][1:]} * {ta.name}_s{axis}"
-                 for axis, c in enumerate(ta.classes) if c is not None]
+    def _offset(self, ta: TensorArg, classes: list[int | None]) -> str:
+        terms = [f"{self.idx[c]} * {ta.name}_s{axis}" for axis, c in enumerate(classes)
+                 if c is not None and axis in ta.stride_axes]
         return " + ".join(terms) if terms else "0"
 
     def _mask(self, axes: frozenset[str]) -> str | None:
@@ -166,7 +178,10 @@ class KernelWriter:
             self.scalars.append(v)
         return f"a{v}"
 
-    def tensor_value(self, t: int, scope: Scope, allow_reduce: bool) -> str:
+    def tensor_value(self, t: int, scope: Scope, allow_reduce: bool,
+                     classes: list[int | None] | None = None) -> str:
+        """The tile of tensor t: computed in this kernel, a fill constant, or loaded (indexed by
+        the reading generic's map, `classes`)."""
         got = scope.get(t)
         if got is not None:
             return got
@@ -178,12 +193,17 @@ class KernelWriter:
             assert got is not None
             return got
         ta = self.tensor_arg(t, False)
-        axes = self._axes_of_classes(ta.classes)
+        classes = ta.classes if classes is None else classes
+        key = (t, tuple(classes))
+        got = scope.get(key)
+        if got is not None:
+            return got
+        axes = self._axes_of_classes(classes)
         mask = self._mask(axes)
         var = f"{ta.name}_{len(scope.lines)}"
         masked = f", mask={mask}, other=0" if mask else ""
-        scope.emit(f"{var} = tl.load({ta.name}_ptr + {self._offset(ta)}{masked})")
-        scope.values[t] = var
+        scope.emit(f"{var} = tl.load({ta.name}_ptr + {self._offset(ta, classes)}{masked})")
+        scope.values[key] = var
         scope.tile(var, axes)
         return var
 
@@ -193,17 +213,18 @@ class KernelWriter:
         (single pass) or, with `accumulate` (yield -> accumulator), folds one chunk into an
         accumulator tile (looped)."""
         node = self._gen(gi)
-        if node.reduction_loops and not (allow_reduce or accumulate is not None):
+        reduces = self.plan.reduces(gi)
+        if reduces and not (allow_reduce or accumulate is not None):
             raise AssertionError("a reduction must be computed in an earlier phase")
         n_in = len(node.inputs)
         local: dict[int, str] = {}
-        for bid, t in zip(node.block_args[:n_in], node.inputs, strict=True):
-            local[bid] = self.tensor_value(t, scope, allow_reduce)
-        if not node.reduction_loops:
+        for bid, t, m in zip(node.block_args[:n_in], node.inputs, node.maps[:n_in], strict=True):
+            local[bid] = self.tensor_value(t, scope, allow_reduce, self.k.access(gi, m))
+        if not reduces:
             for bid, t in zip(node.block_args[n_in:], node.outputs, strict=True):
                 if t in self.plan.fills or t in self.producer or t in self.k.reads:
                     local[bid] = self.tensor_value(t, scope, allow_reduce)
-        combiners = self._combiners(node) if node.reduction_loops else {}
+        combiners = self._combiners(node) if reduces else {}
         loc = _short_loc(node.loc)
         for op in node.body:
             if op.results[0] in combiners:
@@ -237,8 +258,8 @@ class KernelWriter:
             self._finish_reduce(r, op, var, scope, init)
 
     def _loop_index(self, gi: int, loop: int) -> str:
-        c = self.plan.loop_class(gi, loop)
-        return f"i{self.cname[c][1:]}" if c in self.cname else "0"
+        c = self.k.loop_class.get((gi, loop))
+        return "0" if c is None else self.idx[c]
 
     def _combiners(self, node: Generic) -> dict[int, tuple[Op, int]]:
         """yield value -> (combiner op, the value it folds in), checked to be acc-free."""
@@ -284,8 +305,7 @@ class KernelWriter:
         for ta in tensors:
             params.append(f"{ta.name}_ptr")
         for ta in tensors:
-            params += [f"{ta.name}_s{axis}" for axis, c in enumerate(ta.classes)
-                       if c is not None]
+            params += [f"{ta.name}_s{axis}" for axis in ta.stride_axes]
         params += [self.cname[c] for c in self.classes]
         params += [f"a{v}" for v in self.scalars]
         params += ["BLOCK_P: tl.constexpr", "BLOCK_R: tl.constexpr", "USE_I64: tl.constexpr"]
@@ -320,14 +340,14 @@ class KernelWriter:
     def _unflatten(self, s: Scope, flat: str, classes: list[tuple]) -> None:
         axis = "p" if flat == "offs_p" else "r"
         if len(classes) == 1:
-            var = f"i{self.cname[classes[0]][1:]}"
+            var = self.idx[classes[0]]
             s.emit(f"{var} = {flat}")
             s.tile(var, frozenset(axis))
             return
         rem = flat
         for c in reversed(classes):
-            var = f"i{self.cname[c][1:]}"
-            if c is classes[0]:
+            var = self.idx[c]
+            if c == classes[0]:
                 s.emit(f"{var} = {rem}")
             else:
                 s.emit(f"{var} = {rem} % {self.cname[c]}")
@@ -347,7 +367,7 @@ class KernelWriter:
             val = f"tl.broadcast_to({val}, {shape})"
         mask = self._mask(axes)
         masked = f", mask={mask}" if mask else ""
-        offset = self._offset(ta) if axes else "tl.full([1, 1], 0, tl.int32)"  # a 1-element tensor
+        offset = self._offset(ta, ta.classes) if axes else "tl.full([1, 1], 0, tl.int32)"
         scope.emit(f"tl.store({ta.name}_ptr + {offset}, "
                    f"({val}).to({ta.name}_ptr.dtype.element_ty){masked})")
 
@@ -373,7 +393,7 @@ class KernelWriter:
                 if p is None or p in seen:
                     continue
                 seen.add(p)
-                best = max(best, level(p) if self._gen(p).reduction_loops else deps(p, seen))
+                best = max(best, level(p) if self.plan.reduces(p) else deps(p, seen))
             return best
 
         def level(gi: int) -> int:
@@ -381,7 +401,7 @@ class KernelWriter:
                 memo[gi] = 1 + deps(gi, set())
             return memo[gi]
 
-        return {gi: level(gi) for gi in self.k.generics if self._gen(gi).reduction_loops}
+        return {gi: level(gi) for gi in self.k.generics if self.plan.reduces(gi)}
 
     def write_looped(self, name: str, tensors: list[TensorArg]) -> list[str]:
         top = Scope(None, "    ")
@@ -438,8 +458,8 @@ class KernelWriter:
                 looped_name = name + "_looped"
                 lines += ["", "", *self.write_looped(looped_name, tensors)]
         return KernelSource(name, self.k.kind, self.k.index, "\n".join(lines), tensors,
-                            self.classes, self.p_classes, self.r_classes, list(self.scalars),
-                            looped_name)
+                            self.classes, self.p_classes, self.r_classes, self.k.class_global,
+                            list(self.scalars), looped_name)
 
 
 def generate(plan: Plan, target: str, names: dict[int, str]) -> tuple[str, list[KernelSource]]:

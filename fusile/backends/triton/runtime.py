@@ -42,6 +42,7 @@ class _Launch:
     elem_bytes: int
     stride_axes: list[list[int]]  # per tensor argument, the axes whose stride is passed
     alloc_classes: dict[int, list[tuple]]  # output tensor -> class of each axis
+    sized: dict[int, tuple]  # index class -> the global class that gives its size
     configs: dict[tuple[int, int], Any] = field(default_factory=dict)
     compiled: dict[tuple, Any] = field(default_factory=dict)  # specialization -> kernel
 
@@ -70,14 +71,14 @@ class TritonProgram:
                 fns = {k: InterpretedFunction(f.fn) for k, f in fns.items()}
             main = max((t for t in ks.tensors), key=lambda t: len(t.classes), default=None)
             r_contig = bool(main and main.classes and main.classes[-1] in ks.r_classes)
+            sized = {c: ks.class_global[c] for c in ks.classes}
             elem = max((t.dtype.bits // 8 for t in ks.tensors if t.dtype.bits >= 8), default=4)
-            strides = [[a for a, c in enumerate(ta.classes) if c is not None]
-                       for ta in ks.tensors]
+            strides = [ta.stride_axes for ta in ks.tensors]
             alloc = {ta.tid: [self.plan.tensor_class(ta.tid, a)
                               for a in range(len(graph.tensors[ta.tid].shape))]
                      for ta in ks.tensors if ta.is_output}
             self.launches.append(_Launch(ks, fns, r_contig or ks.kind == POINTWISE, elem,
-                                         strides, alloc))
+                                         strides, alloc, sized))
         self._class_source = self._size_sources()
         self._host_ops = [n for n in graph.nodes if isinstance(n, Op)]
         self._arg_set = set(graph.args)
@@ -134,10 +135,11 @@ class TritonProgram:
             tensors.append(t)
         strides = [t.stride(axis) for t, axes in zip(tensors, launch.stride_axes, strict=True)
                    for axis in axes]
-        class_sizes = [sizes[c] for c in ks.classes]
+        sized = launch.sized
+        class_sizes = [sizes[sized[c]] for c in ks.classes]
         scalars = [env[v] for v in ks.scalars]
-        p_total = math.prod(sizes[c] for c in ks.p_classes)
-        r_total = math.prod(sizes[c] for c in ks.r_classes)
+        p_total = math.prod(sizes[sized[c]] for c in ks.p_classes)
+        r_total = math.prod(sizes[sized[c]] for c in ks.r_classes)
         if p_total == 0 or r_total == 0:
             return
         got = launch.configs.get((p_total, r_total))

@@ -1,0 +1,229 @@
+"""Hypothesis strategies for random, well-typed fusile programs, drawn as source text.
+
+A drawn `Program` is readable Python: when a property fails, Hypothesis shrinks it and prints
+the program, its input shapes and dtypes, which can be pasted into a file and run. Every value
+carries a bound on its magnitude; ops are only chosen where the result stays finite (logs of
+positive values, exponentials of bounded ones), so the float64 reference is finite by
+construction and NaN/inf handling is left to its own deliberate tests.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from hypothesis import strategies as st
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+DIMS = [1, 2, 3, 5, 7, 13, 31, 64, 127, 257, 1000, 1031]
+MAX_NUMEL = 16384
+BOUND_CAP = 1e3  # keeps f16 outputs (max 65504) and exp() arguments in range
+
+
+@dataclass
+class Value:
+    name: str
+    shape: tuple[int, ...]
+    bound: float  # |value| <= bound
+    reduced: int = 1  # longest chain of reduced elements behind it (for tolerances)
+
+
+@dataclass
+class Program:
+    source: str
+    shapes: list[tuple[int, ...]]
+    dtypes: list[torch.dtype]
+    bound: float
+    reduced: int
+    max_row_block: int
+    lines: list[str] = field(default_factory=list)
+
+    def __repr__(self) -> str:  # what Hypothesis prints for a failing example
+        inputs = ", ".join(f"{str(d).replace('torch.', '')}{list(s)}"
+                           for s, d in zip(self.shapes, self.dtypes, strict=True))
+        block = f"  (FUSILE_MAX_ROW_BLOCK={self.max_row_block})" if self.max_row_block else ""
+        return f"\n# inputs: {inputs}{block}\n{self.source}"
+
+    def inputs(self, device: str = "cpu", seed: int = 0) -> list[torch.Tensor]:
+        g = torch.Generator().manual_seed(seed)
+        return [(torch.rand(s, generator=g, dtype=torch.float64) * 4 - 2).to(d).to(device)
+                for s, d in zip(self.shapes, self.dtypes, strict=True)]
+
+
+def _broadcast(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...] | None:
+    try:
+        return tuple(np.broadcast_shapes(a, b))
+    except ValueError:
+        return None
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    return math.prod(shape)
+
+
+@st.composite
+def base_shapes(draw: st.DrawFn) -> tuple[int, ...]:
+    rank = draw(st.integers(1, 3))
+    dims: list[int] = []
+    for _ in range(rank):
+        room = MAX_NUMEL // max(1, _numel(tuple(dims)))
+        dims.append(draw(st.sampled_from([d for d in DIMS if d <= room] or [1])))
+    return tuple(dims)
+
+
+@st.composite
+def input_shape(draw: st.DrawFn, base: tuple[int, ...]) -> tuple[int, ...]:
+    drop = draw(st.integers(0, len(base) - 1)) if draw(st.booleans()) else 0
+    dims = list(base[drop:])
+    for i in range(len(dims)):
+        if draw(st.integers(0, 3)) == 0:
+            dims[i] = 1
+    return tuple(dims)
+
+
+UNARY = ["exp", "log", "rsqrt", "sqrt", "tanh", "erf", "sigmoid", "abs", "neg", "square"]
+BINARY = ["add", "sub", "mul", "div", "maximum", "minimum", "where"]
+REDUCE = ["sum", "mean", "max", "min", "logsumexp", "softmax", "var"]
+
+
+class _Builder:
+    def __init__(self, draw: st.DrawFn):
+        self.draw = draw
+        self.values: list[Value] = []
+        self.lines: list[str] = []
+
+    def new(self, expr: str, shape: tuple[int, ...], bound: float, reduced: int) -> Value:
+        v = Value(f"t{len(self.lines)}", shape, bound, reduced)
+        self.lines.append(f"    {v.name} = {expr}")
+        self.values.append(v)
+        return v
+
+    def pick(self) -> Value:
+        return self.draw(st.sampled_from(self.values))
+
+    def unary(self, a: Value) -> Value | None:
+        op = self.draw(st.sampled_from(UNARY))
+        b = a.bound
+        if op == "exp":
+            if b > 8:
+                return None
+            return self.new(f"exp({a.name})", a.shape, math.exp(b), a.reduced)
+        if op == "log":  # of a positive value
+            return self.new(f"log(abs({a.name}) + 0.5)", a.shape, max(math.log(b + 0.5), 0.7),
+                            a.reduced)
+        if op == "rsqrt":
+            return self.new(f"rsqrt({a.name} * {a.name} + 0.25)", a.shape, 2.0, a.reduced)
+        if op == "sqrt":
+            return self.new(f"sqrt(abs({a.name}))", a.shape, math.sqrt(b), a.reduced)
+        if op in ("tanh", "erf", "sigmoid"):
+            return self.new(f"{op}({a.name})", a.shape, 1.0, a.reduced)
+        if op == "abs":
+            return self.new(f"abs({a.name})", a.shape, b, a.reduced)
+        if op == "neg":
+            return self.new(f"-{a.name}", a.shape, b, a.reduced)
+        if b * b > BOUND_CAP:
+            return None
+        return self.new(f"{a.name} ** 2", a.shape, b * b, a.reduced)
+
+    def binary(self, a: Value, c: Value) -> Value | None:
+        shape = _broadcast(a.shape, c.shape)
+        if shape is None or _numel(shape) > MAX_NUMEL:
+            return None
+        op = self.draw(st.sampled_from(BINARY))
+        red = max(a.reduced, c.reduced)
+        if op == "add":
+            return self.new(f"{a.name} + {c.name}", shape, a.bound + c.bound, red)
+        if op == "sub":
+            return self.new(f"{a.name} - {c.name}", shape, a.bound + c.bound, red)
+        if op == "mul":
+            if a.bound * c.bound > BOUND_CAP:
+                return None
+            return self.new(f"{a.name} * {c.name}", shape, a.bound * c.bound, red)
+        if op == "div":  # by something bounded away from 0
+            return self.new(f"{a.name} / (abs({c.name}) + 1.0)", shape, a.bound, red)
+        if op == "where":
+            cmp = self.draw(st.sampled_from(["<", ">", "<=", ">="]))
+            return self.new(f"where({a.name} {cmp} {c.name}, {a.name}, {c.name} * 0.5)", shape,
+                            max(a.bound, c.bound), red)
+        return self.new(f"{op}({a.name}, {c.name})", shape, max(a.bound, c.bound), red)
+
+    def reduce(self, a: Value) -> Value | None:
+        if not a.shape:
+            return None
+        op = self.draw(st.sampled_from(REDUCE))
+        rank = len(a.shape)
+        axis = self.draw(st.integers(-rank, rank - 1))
+        n = a.shape[axis]
+        keep = self.draw(st.booleans())
+        shape = list(a.shape)
+        if keep:
+            shape[axis] = 1
+        else:
+            shape.pop(axis)
+        red = a.reduced * n
+        if op == "softmax":
+            if a.bound > 40:
+                return None
+            return self.new(f"softmax({a.name}, axis={axis})", a.shape, 1.0, red)
+        kd = f", keepdims={keep}"
+        if op == "sum":
+            if a.bound * n > BOUND_CAP:
+                return None
+            return self.new(f"sum({a.name}, axis={axis}{kd})", tuple(shape), a.bound * n, red)
+        if op == "logsumexp":
+            return self.new(f"logsumexp({a.name}, axis={axis}{kd})", tuple(shape),
+                            a.bound + math.log(n), red)
+        if op == "var":
+            return self.new(f"var({a.name}, axis={axis}{kd})", tuple(shape), a.bound * a.bound,
+                            red) if a.bound * a.bound <= BOUND_CAP else None
+        return self.new(f"{op}({a.name}, axis={axis}{kd})", tuple(shape), a.bound, red)
+
+
+@st.composite
+def programs(draw: st.DrawFn, max_ops: int = 6) -> Program:
+    base = draw(base_shapes())
+    n_in = draw(st.integers(1, 3))
+    shapes = [draw(input_shape(base)) for _ in range(n_in)]
+    dtype = draw(st.sampled_from(DTYPES))
+    mixed = draw(st.integers(0, 4)) == 0
+    dtypes = [draw(st.sampled_from(DTYPES)) if mixed else dtype for _ in range(n_in)]
+    b = _Builder(draw)
+    params = [f"x{i}" for i in range(n_in)]
+    for p, s in zip(params, shapes, strict=True):
+        b.values.append(Value(p, s, 2.0))
+    for _ in range(draw(st.integers(1, max_ops))):
+        kind = draw(st.sampled_from(["unary", "binary", "binary", "reduce"]))
+        if kind == "unary":
+            b.unary(b.pick())
+        elif kind == "binary":
+            b.binary(b.pick(), b.pick())
+        else:
+            b.reduce(b.pick())
+    made = [v for v in b.values if v.name not in params]
+    if not made:
+        made = [b.new(f"{params[0]} * 1.0", shapes[0], 2.0, 1)]
+    outs = [made[-1]]
+    if len(made) > 1 and draw(st.booleans()):
+        extra = draw(st.sampled_from(made[:-1]))
+        outs.append(extra)
+    lines = _live(b.lines, [v.name for v in outs])
+    src = "\n".join([f"def prog({', '.join(params)}):", *lines,
+                     f"    return {', '.join(v.name for v in outs)}", ""])
+    block = draw(st.sampled_from([0, 0, 64, 256]))
+    return Program(src, shapes, dtypes, max(v.bound for v in outs),
+                   max(v.reduced for v in outs), block, lines)
+
+
+def _live(lines: list[str], outputs: list[str]) -> list[str]:
+    """Only the statements the outputs depend on, so a shrunk failure reads cleanly."""
+    need = set(outputs)
+    kept: list[str] = []
+    for line in reversed(lines):
+        name, expr = line.strip().split(" = ", 1)
+        if name in need:
+            kept.append(line)
+            need |= set(re.findall(r"\bt\d+\b", expr))
+    return kept[::-1]

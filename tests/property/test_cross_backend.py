@@ -1,0 +1,78 @@
+"""Every backend computes the same numbers as the float64 reference on random programs.
+
+Profiles (tests/conftest.py): `ci` draws PROGRAMS_CI programs per property, derandomized;
+`deep` (HYPOTHESIS_PROFILE=deep) draws thousands, for the GPU and long runs.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+
+import fusile
+from fusile import config
+from tests.property.programs import Program, programs
+from tests.property.tolerance import check
+
+DEEP = os.environ.get("HYPOTHESIS_PROFILE") == "deep"
+PROGRAMS_CI = 300
+N = 2000 if DEEP else PROGRAMS_CI
+N_AOT = 2000 if DEEP else 40
+SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                     HealthCheck.data_too_large])
+
+
+def _run(p: Program, device: str) -> None:
+    fn = fusile.from_source(p.source, filename="prog.py")
+    args = p.inputs(device)
+    with config.override(max_row_block=p.max_row_block):
+        out = fn(*args)
+    ref = fn.reference(*args)
+    outs = out if isinstance(out, tuple) else (out,)
+    refs = ref if isinstance(ref, tuple) else (ref,)
+    assert len(outs) == len(refs)
+    for o, r in zip(outs, refs, strict=True):
+        r = torch.from_numpy(r)
+        assert torch.isfinite(r).all(), "the generator promised a finite reference"
+        check(o, r, p.bound, p.reduced)
+
+
+@settings(max_examples=N, **SETTINGS)
+@given(programs())
+def test_interpreter_agrees_with_reference(p: Program) -> None:
+    _run(p, "cpu")
+
+
+SHARDS = 8 if DEEP else 1  # run with pytest -n 8: each shard draws its own programs
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shard", range(SHARDS))
+@settings(max_examples=-(-N // SHARDS), derandomize=not DEEP, **SETTINGS)
+@given(p=programs())
+def test_cuda_agrees_with_reference(shard: int, p: Program) -> None:
+    _run(p, "cuda")
+
+
+@settings(max_examples=N_AOT, **SETTINGS)
+@given(programs(max_ops=4))
+def test_programs_cross_compile_without_spills(p: Program) -> None:
+    fn = fusile.from_source(p.source, filename="prog.py")
+    sig = {f"x{i}": fusile.dsl.types.DTYPES[{"float32": "f32", "float16": "f16",
+                                             "bfloat16": "bf16"}[str(d).split(".")[1]]][s]
+           for i, (s, d) in enumerate(zip(p.shapes, p.dtypes, strict=True))}
+    for target in ("h100", "mi300x"):
+        art = fn.compile(target, **sig)
+        for k in art.kernels:
+            assert k.spills == 0, f"{target}: {k.summary()}"
+
+
+@settings(max_examples=N, **SETTINGS)
+@given(programs())
+def test_fused_plan_never_moves_more_bytes(p: Program) -> None:
+    fn = fusile.from_source(p.source, filename="prog.py")
+    report = fn.plan(*p.inputs())
+    assert report.bytes <= report.unfused_bytes, str(report)
