@@ -381,6 +381,10 @@ class KernelWriter:
             self._store(t, body)
         return self.header(name, tensors, False) + body.lines
 
+    def _spans_p(self, gi: int) -> bool:
+        node = self._gen(gi)
+        return any(self.k.loop_class.get((gi, i)) in self.p_classes for i in range(node.n_loops))
+
     def levels(self) -> dict[int, int]:
         """Reduction generic -> phase (1 + the deepest reduction it depends on)."""
         memo: dict[int, int] = {}
@@ -430,7 +434,14 @@ class KernelWriter:
                     op, _ = self._combiners(node)[y]
                     var = f"red{r}"
                     top.emit(f"{var} = {self._reduce_call(op, f'acc{y}')}")
-                    top.tile(var, frozenset("p"))
+                    if self._spans_p(gi):
+                        top.tile(var, frozenset("p"))
+                    else:  # every row of the accumulator holds the same value: keep one
+                        top.emit(f"{var} = tl.max({var}, axis=0, keep_dims=True)"
+                                 if self.target != "interpreter" else
+                                 f"{var} = tl.reduce({var}, 0, tl.standard._elementwise_max, "
+                                 "keep_dims=True)")
+                        top.tile(var, frozenset())
                     self._finish_reduce(r, op, var, top, init)
         spanning = [t for t in self.k.writes
                     if "r" in self._axes_of_classes(self.tensor_arg(t, True).classes)]

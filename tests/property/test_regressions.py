@@ -1,0 +1,38 @@
+"""Programs the property tests found failing, kept as plain regression tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fusile
+from fusile import config
+from tests.property.programs import Program
+from tests.property.tolerance import check
+
+FOUND = [
+    # a reduction over a size-1 axis is elementwise, not a reduction of the tile's columns
+    ("def prog(x0):\n    t4 = sum(x0, axis=0, keepdims=False)\n    return t4\n", [(1, 2)], 0),
+    # (1, 2, 1) + (1, 2) broadcasts to (1, 2, 2): one size class on two loops of one op
+    ("def prog(x0):\n    t3 = sum(x0, axis=-1, keepdims=False)\n    t4 = x0 + t3\n"
+     "    return t4\n", [(1, 2, 1)], 0),
+    # looped kernel: a full reduction next to an op over another axis (found on CUDA)
+    ("def prog(x0, x1):\n    t0 = sum(x0, axis=0, keepdims=False)\n    t1 = exp(x1)\n"
+     "    return t1, t0\n", [(257, 1), (257, 1)], 0),
+    ("def prog(x0, x1):\n    t0 = sum(x0, axis=0, keepdims=False)\n    t1 = exp(x1)\n"
+     "    return t1, t0\n", [(257, 1), (257, 1)], 64),
+]
+
+
+@pytest.mark.parametrize("src,shapes,block", FOUND)
+def test_found_by_hypothesis(src: str, shapes: list[tuple[int, ...]], block: int) -> None:
+    p = Program(src, shapes, [torch.float32] * len(shapes), 4.0, 257, block)
+    fn = fusile.from_source(src)
+    args = p.inputs()
+    with config.override(max_row_block=block):
+        out = fn(*args)
+    outs = out if isinstance(out, tuple) else (out,)
+    ref = fn.reference(*args)
+    refs = ref if isinstance(ref, tuple) else (ref,)
+    for o, r in zip(outs, refs, strict=True):
+        check(o, torch.from_numpy(r), p.bound, p.reduced)
