@@ -1,65 +1,296 @@
-"""The `fusile` command line. `fusile --help` lists the verbs; each has its own --help."""
+"""The `fusile` command line. `fusile --help` lists the verbs; each has its own --help.
+
+    fusile compile model.py:add_rms_norm --target mi300x --shape x=bf16[M,4096] \\
+        --shape residual=bf16[M,4096] --shape weight=bf16[4096] --emit hsaco -o out/
+    fusile explain model.py:add_rms_norm --target h100 --shape ... --size M=16384
+    fusile targets
+    fusile demo
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
+import re
 import sys
 import time
+from pathlib import Path
+from typing import Any
+
+
+class CliError(Exception):
+    """A problem with what the user typed: printed as one line, exit status 2."""
+
+
+EMITS = ["mlir", "linalg", "fused", "plan", "triton", "ttir", "ttgir", "llir", "ptx", "cubin",
+         "amdgcn", "hsaco"]
+_BINARY = {"cubin", "hsaco"}
+
+
+def load_function(spec: str) -> Any:
+    """FILE.py:FUNC -> the fused function (a plain function is wrapped with @fused)."""
+    from fusile.dsl.fused import FusedFunction, fused
+
+    if ":" not in spec:
+        raise CliError(f"expected FILE.py:FUNCTION, got {spec!r}")
+    file, name = spec.rsplit(":", 1)
+    path = Path(file)
+    if not path.is_file():
+        raise CliError(f"no such file: {file}")
+    mod_name = "fusile_cli_" + re.sub(r"\W", "_", path.stem)
+    loader = importlib.util.spec_from_file_location(mod_name, path)
+    if loader is None or loader.loader is None:
+        raise CliError(f"cannot load {file} as Python")
+    module = importlib.util.module_from_spec(loader)
+    sys.modules[mod_name] = module
+    try:
+        loader.loader.exec_module(module)
+    except Exception as exc:
+        raise CliError(f"importing {file} failed: {type(exc).__name__}: {exc}") from exc
+    obj = getattr(module, name, None)
+    if obj is None:
+        defined = sorted(n for n, v in vars(module).items()
+                         if isinstance(v, FusedFunction) or (callable(v) and
+                                                             getattr(v, "__module__", "")
+                                                             == mod_name))
+        raise CliError(f"no function {name!r} in {file} (it defines: "
+                       f"{', '.join(defined) or 'nothing callable'})")
+    if isinstance(obj, FusedFunction):
+        return obj
+    if callable(obj):
+        return fused(obj)
+    raise CliError(f"{name!r} in {file} is a {type(obj).__name__}, not a function")
+
+
+_SHAPE = re.compile(r"^(\w+)=(\w+)\[([^\]]*)\]$")
+
+
+def parse_shape(text: str) -> tuple[str, Any]:
+    """x=bf16[4096,4096], x=bf16[M,4096], eps=1e-5, n=3, flag=true."""
+    from fusile.dsl.resolve import dtype_of
+
+    m = _SHAPE.match(text.replace(" ", ""))
+    if m:
+        name, dt, dims_text = m.groups()
+        dtype = dtype_of(dt)
+        if dtype is None:
+            raise CliError(f"--shape {text}: unknown dtype {dt!r} (bf16, f16, f32, f64, i32, "
+                           "i64, bool)")
+        dims: list[int | str] = []
+        for d in filter(None, dims_text.split(",")):
+            if d.isdigit():
+                dims.append(int(d))
+            elif re.fullmatch(r"[A-Za-z_]\w*", d):
+                dims.append(d)
+            else:
+                raise CliError(f"--shape {text}: dim {d!r} is neither a size nor a name")
+        return name, dtype[tuple(dims)]
+    m = re.match(r"^(\w+)=(.+)$", text)
+    if m:
+        name, value = m.groups()
+        if value.lower() in ("true", "false"):
+            return name, value.lower() == "true"
+        try:
+            return name, int(value)
+        except ValueError:
+            pass
+        try:
+            return name, float(value)
+        except ValueError:
+            pass
+    raise CliError(f"--shape {text!r}: expected NAME=DTYPE[dims] (e.g. x=bf16[M,4096]) or "
+                   "NAME=NUMBER (e.g. eps=1e-5)")
+
+
+def _signature(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, int]]:
+    sig = dict(parse_shape(s) for s in args.shape or [])
+    sizes: dict[str, int] = {}
+    for s in args.size or []:
+        m = re.match(r"^(\w+)=(\d+)$", s)
+        if not m:
+            raise CliError(f"--size {s!r}: expected NAME=INT, e.g. M=8192")
+        sizes[m.group(1)] = int(m.group(2))
+    return sig, sizes
+
+
+def _check_target(name: str) -> None:
+    from fusile.backends.targets import TARGETS
+
+    if name not in TARGETS:
+        raise CliError(f"unknown target {name!r}; known: {', '.join(TARGETS)}")
+
+
+def _compile(args: argparse.Namespace) -> int:
+    fn = load_function(args.function)
+    _check_target(args.target)
+    sig, sizes = _signature(args)
+    out_dir = Path(args.output) if args.output else None
+    if args.emit in _BINARY and out_dir is None:
+        raise CliError(f"--emit {args.emit} is binary: give -o DIR")
+    texts: dict[str, str | bytes] = {}
+    if args.emit in ("mlir", "linalg", "fused"):
+        texts[f"{fn.__name__}.{args.emit}.mlir"] = fn.mlir(stage=args.emit, **sig)
+    elif args.emit == "plan":
+        texts[f"{fn.__name__}.plan.txt"] = str(fn.explain(target=args.target, sizes=sizes,
+                                                          **sig))
+    else:
+        print(f"compiling {fn.__name__} for {args.target} ...", file=sys.stderr)
+        t0 = time.perf_counter()
+        art = fn.compile(args.target, sizes=sizes, progress=_progress, **sig)
+        print(f"done in {time.perf_counter() - t0:.1f}s: {len(art.kernels)} kernel(s)",
+              file=sys.stderr)
+        if args.emit == "triton":
+            texts[f"{fn.__name__}.triton.py"] = art.triton
+        else:
+            ext = {"ttir": "ttir", "ttgir": "ttgir", "llir": "ll", "ptx": "ptx",
+                   "cubin": "cubin", "amdgcn": "amdgcn", "hsaco": "hsaco"}[args.emit]
+            for k in art.kernels:
+                if args.emit not in k.asm:
+                    raise CliError(f"--emit {args.emit} does not exist for target "
+                                   f"{args.target} (have: {', '.join(sorted(k.asm))})")
+                texts[f"{k.name}.{ext}"] = k.asm[args.emit]
+            if out_dir is not None:
+                texts["metadata.json"] = json.dumps([{
+                    "kernel": k.name, "kind": k.kind, "registers": k.registers,
+                    "spills": k.spills, "shared_bytes": k.shared_bytes,
+                    "num_warps": k.num_warps, "block": k.block, "grid": k.grid}
+                    for k in art.kernels], indent=1)
+    if out_dir is None:
+        for text in texts.values():
+            print(text if isinstance(text, str) else text.decode(errors="replace"))
+        return 0
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in texts.items():
+        path = out_dir / name
+        if isinstance(text, bytes):
+            path.write_bytes(text)
+        else:
+            path.write_text(text)
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _progress(i: int, n: int, name: str) -> None:
+    print(f"  [{i + 1}/{n}] {name}", file=sys.stderr, flush=True)
+
+
+def _explain(args: argparse.Namespace) -> int:
+    fn = load_function(args.function)
+    _check_target(args.target)
+    sig, sizes = _signature(args)
+    ex = fn.explain(target=args.target, sizes=sizes, **sig)
+    print(json.dumps(ex.to_dict(), indent=1, default=str) if args.json else ex)
+    return 0
+
+
+def _targets(args: argparse.Namespace) -> int:
+    from fusile.backends.targets import TARGETS
+
+    for t in TARGETS.values():
+        print(t.describe())
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
     import torch
 
-    from fusile import samples
+    from fusile import bf16, samples
     from fusile.backends.run import backend_name
 
     torch.manual_seed(0)
-    m, n = args.rows, args.cols
-    print(f"fusile demo: sample programs at {m}x{n} {args.dtype} on {backend_name()}, "
-          "checked against float64 torch")
-    print(f"{'program':<14} {'generics':>8} {'compile s':>9} {'rel err':>9}  result")
+    device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
+    m, n = (args.rows, args.cols) if device == "cpu" else (4096, 4096)
     dtype = getattr(torch, args.dtype)
+    print(f"fusile demo: the sample programs at {m}x{n} {args.dtype} on "
+          f"{backend_name(device)}, checked against float64")
+    print(f"{'program':<14}{'kernels':>8}{'first call s':>13}{'rel err':>10}  result")
+    tol = {"float32": 1e-5, "bfloat16": 2e-2, "float16": 3e-3}[args.dtype]
     failures = 0
-    for name, (fn, ref, inputs) in samples.cases(m, n, dtype).items():
+    for name, (fn, _ref, inputs) in samples.cases(m, n, dtype, device).items():
         t0 = time.perf_counter()
         out = fn(*inputs)
         took = time.perf_counter() - t0
         outs = out if isinstance(out, tuple) else (out,)
-        refs = ref(*inputs)
+        refs = fn.reference(*inputs)
         refs = refs if isinstance(refs, tuple) else (refs,)
-        err = max(float((o.double() - r).norm() / r.norm()) for o, r in zip(outs, refs,
-                                                                           strict=True))
-        tol = {"float32": 1e-5, "bfloat16": 2e-2, "float16": 3e-3}[args.dtype]
+        err = max(float((o.double().cpu() - torch.from_numpy(r)).norm() /
+                        max(1e-30, float(torch.from_numpy(r).norm())))
+                  for o, r in zip(outs, refs, strict=True))
         ok = err <= tol
         failures += not ok
-        kernels = fn.mlir(*inputs, stage="fused").count("linalg.generic")
-        print(f"{name:<14} {kernels:>8} {took:>9.2f} {err:>9.2e}  {'ok' if ok else 'FAIL'}")
-    print("all programs match the reference" if not failures else f"{failures} mismatches")
+        kernels = len(fn.plan(*inputs).kernels)
+        print(f"{name:<14}{kernels:>8}{took:>13.2f}{err:>10.2e}  {'ok' if ok else 'FAIL'}",
+              flush=True)
+    print("\nahead of time, no GPU needed (add_rms_norm, bf16 rows of 4096):")
+    fn = samples.add_rms_norm
+    sig = {"x": bf16["M", 4096], "residual": bf16["M", 4096], "weight": bf16[4096]}
+    for target in ("h100", "mi300x"):
+        art = fn.compile(target, **sig)
+        for k in art.kernels:
+            binary = "cubin" if target == "h100" else "hsaco"
+            print(f"  {target:<7} {k.name}: {len(k.asm[binary])} byte {binary}, "
+                  f"{k.registers} registers, {k.spills} spilled bytes")
+    print()
+    print(fn.explain(target="h100", sizes={"M": 16384}, **sig))
+    print("\nall programs match the reference" if not failures else f"\n{failures} mismatches")
     return 1 if failures else 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fusile.dsl.errors import FusileError
+
     parser = argparse.ArgumentParser(
-        prog="fusile", description="fusile: a portable kernel DSL for deep learning")
+        prog="fusile", description="fusile: a portable kernel DSL for deep learning. "
+        "FUNCTION is FILE.py:NAME; a --shape is NAME=DTYPE[dims] (dims are ints, or names "
+        "for runtime sizes) or NAME=NUMBER for scalar parameters.")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB")
-    demo = verbs.add_parser("demo", help="compile and run the sample programs, checked against "
-                            "float64 torch", description="Compile the sample programs (norms, "
-                            "softmax, activations), run them on this machine and compare with "
-                            "torch in float64.")
-    demo.add_argument("--rows", type=int, default=17, help="rows of each problem (default 17)")
-    demo.add_argument("--cols", type=int, default=1000, help="columns (default 1000)")
-    demo.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
-    demo.set_defaults(run=_demo)
+
+    def shaped(p: argparse.ArgumentParser) -> None:
+        p.add_argument("function", metavar="FILE.py:FUNCTION")
+        p.add_argument("--shape", action="append", metavar="NAME=DTYPE[dims]",
+                       help="a parameter's dtype and shape, e.g. x=bf16[M,4096] (repeat)")
+        p.add_argument("--size", action="append", metavar="NAME=INT",
+                       help="a value for a named size, e.g. M=8192 (repeat)")
+
+    c = verbs.add_parser("compile", help="compile ahead of time for a target (no GPU needed)",
+                         description="Compile a fused function for a named target and emit "
+                         "one stage's artifact.")
+    shaped(c)
+    c.add_argument("--target", required=True, help="h100, a100, mi300x, mi250x")
+    c.add_argument("--emit", choices=EMITS, default="triton", help="artifact (default triton)")
+    c.add_argument("-o", "--output", metavar="DIR", help="write files here (needed for binaries)")
+    c.set_defaults(run=_compile)
+    e = verbs.add_parser("explain", help="kernels, bytes, FLOPs and roofline on a target",
+                         description="Show which ops share each kernel, the HBM bytes and "
+                         "FLOPs of each, and the roofline time on the target.")
+    shaped(e)
+    e.add_argument("--target", default="h100", help="target (default h100)")
+    e.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    e.set_defaults(run=_explain)
+    t = verbs.add_parser("targets", help="the known targets and their numbers")
+    t.set_defaults(run=_targets)
+    d = verbs.add_parser("demo", help="run, check and explain the sample programs",
+                         description="Compile the sample programs, run them on this machine "
+                         "(the GPU if there is one, else the Triton interpreter at small "
+                         "sizes), check them against float64, compile one for h100 and mi300x "
+                         "and print its explain table.")
+    d.add_argument("--rows", type=int, default=17, help="rows on the CPU (default 17)")
+    d.add_argument("--cols", type=int, default=1000, help="columns on the CPU (default 1000)")
+    d.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    d.add_argument("--cpu", action="store_true", help="use the interpreter even with a GPU")
+    d.set_defaults(run=_demo)
     args = parser.parse_args(argv)
     if args.verb is None:
         parser.print_help()
         return 2
-    from fusile.dsl.errors import FusileError
-
     try:
         return int(args.run(args))
+    except CliError as err:
+        print(f"fusile {args.verb}: {err}", file=sys.stderr)
+        return 2
     except FusileError as err:
-        print(f"fusile: {type(err).__name__}: {err}", file=sys.stderr)
+        print(f"fusile {args.verb}: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
 
 

@@ -158,6 +158,45 @@ class FusedFunction:
         return plan_report(partition(graph), compiled.reference_graph, shapes,
                            tensor_names(graph, params))
 
+    def explain(self, *args: Any, target: str = "h100", measure: bool = False,
+                sizes: dict[str, int] | None = None, **kwargs: Any) -> Any:
+        """Kernels, HBM bytes, FLOPs and roofline time on `target`, for these tensors, or for a
+        signature: `f.explain(x=bf16["M", 4096], w=bf16[4096], sizes={"M": 8192})`.
+        measure=True (tensors on a GPU) also times each kernel. Print it, or .to_dict()."""
+        import torch
+
+        from fusile import explain as ex
+        from fusile.backends import targets
+        from fusile.backends.triton.runtime import tensor_names
+        from fusile.dsl.signature import concrete_shape
+        from fusile.lowering.partition import partition
+        from fusile.lowering.report import plan_report
+
+        t = targets.get(target) if target != "auto" else None
+        values = self._bind_args(args, kwargs)
+        compiled, _ = self._lookup(values)
+        shapes = [concrete_shape(values[i], sizes or {}) for i in compiled.runtime_params]
+        graph = compiled.fused_graph
+        names = tensor_names(graph, [self.params[i] for i in compiled.runtime_params])
+        report = plan_report(partition(graph), compiled.reference_graph, shapes, names)
+        runtime = [values[i] for i in compiled.runtime_params]
+        device = next((v.device for v in runtime if isinstance(v, torch.Tensor)), None)
+        if t is None:
+            t = targets.for_device(device or "cpu")
+        measured = None
+        if measure:
+            if device is None or device.type != "cuda":
+                raise SignatureError("explain(measure=True) needs tensors on a GPU")
+            from fusile.backends import run
+
+            self(*args, **kwargs)
+            program = run.runner(compiled, runtime)
+            measured = program.time_kernels(runtime)
+        sixteen = any(getattr(p, "dtype", None) is not None and p.dtype.bits == 16
+                      for p in compiled.typed.param_types)
+        return ex.build(self.__name__ if hasattr(self, "__name__") else
+                        self.__fusile_funcdef__.name, report, t, sixteen, measured)
+
     def triton(self, *args: Any, target: str = "auto", **kwargs: Any) -> str:
         """The generated Triton source for these arguments, for `target` ("auto": the
         inputs' device; "cpu" is the interpreter flavour)."""
@@ -181,7 +220,7 @@ class FusedFunction:
         return TritonProgram(compiled, t).source
 
     def compile(self, target: str, sizes: dict[str, int] | None = None,
-                **signature: Any) -> Any:
+                progress: Any = None, **signature: Any) -> Any:
         """Compile ahead of time for a named target, with no GPU needed:
         `f.compile("mi300x", x=bf16["M", 4096], w=bf16[4096], eps=1e-6)`. Named sizes are
         symbolic; `sizes={"M": 8192}` tells the schedule what to expect. Returns the
@@ -192,7 +231,7 @@ class FusedFunction:
         t = targets.get(target)
         values = self._bind_args((), signature)
         compiled, _ = self._lookup(values)
-        return _guard(lambda: compile_for(compiled, t, sizes))
+        return _guard(lambda: compile_for(compiled, t, sizes, progress=progress))
 
     def reference(self, *args: Any, **kwargs: Any) -> Any:
         """Run the float64 numpy reference (the oracle); returns float64/int64 numpy arrays."""

@@ -122,6 +122,23 @@ def describe_arg(a: Any) -> ArgInfo:
                          "torch tensors, floats, ints or bools")
 
 
+def concrete_shape(value: Any, sizes: dict[str, int]) -> tuple[int, ...] | None:
+    """The shape of a tensor argument or of a TensorSpec whose named dims `sizes` gives."""
+    if isinstance(value, TensorSpec):
+        if value.dims is None:
+            raise SignatureError(f"give dims for {value!r}, e.g. {value.dtype}['M', 64]")
+        out = []
+        for d in value.dims:
+            if isinstance(d, str):
+                if d not in sizes:
+                    raise SignatureError(f"size {d!r} is symbolic: pass sizes={{{d!r}: ...}}")
+                out.append(sizes[d])
+            else:
+                out.append(d)
+        return tuple(out)
+    return tuple(value.shape) if hasattr(value, "shape") else None
+
+
 def cache_key(infos: list[ArgInfo]) -> tuple:
     key: list[Any] = []
     for a in infos:

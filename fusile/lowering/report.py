@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fusile.lowering.graph import Generic, Graph
-from fusile.lowering.partition import Classes, Plan, _classes, partition
+from fusile.lowering.partition import Classes, Plan, _classes
 
 
 def tensor_shapes(graph: Graph, cls: Classes, arg_shapes: dict[int, tuple[int, ...]]
@@ -44,6 +44,32 @@ def _source_line(loc: str) -> tuple[str, str]:
     return where, linecache.getline(m.group(1), int(m.group(2))).strip()
 
 
+# What counts as one floating-point operation: each float arithmetic, comparison or math op
+# in a region, once per point of its loop space (a multiply-add is 2; exp, erf, rsqrt are 1
+# each). Casts, selects and integer index math are free.
+FLOP_OPS = {"arith.addf", "arith.subf", "arith.mulf", "arith.divf", "arith.maximumf",
+            "arith.minimumf", "arith.cmpf", "arith.negf"}
+
+
+def generic_flops(node: Generic, loop_extents: list[int]) -> int:
+    per_point = sum(1 for op in node.body
+                    if op.name in FLOP_OPS or op.name.startswith("math."))
+    return per_point * math.prod(loop_extents)
+
+
+def loop_extents(graph: Graph, gi: int, shapes: dict[int, tuple[int, ...]]) -> list[int]:
+    node = graph.nodes[gi]
+    assert isinstance(node, Generic)
+    ext = [1] * node.n_loops
+    for t, m in zip([*node.inputs, *node.outputs], node.maps, strict=True):
+        if t not in shapes:
+            continue
+        for axis, e in enumerate(m):
+            if e is not None:
+                ext[e] = max(ext[e], shapes[t][axis])
+    return ext
+
+
 @dataclass
 class KernelReport:
     index: int
@@ -52,6 +78,7 @@ class KernelReport:
     lines: list[tuple[str, str]]
     reads: dict[str, int]  # tensor name -> bytes
     writes: dict[str, int]
+    flops: int = 0
 
     @property
     def bytes(self) -> int:
@@ -109,13 +136,15 @@ def plan_report(plan: Plan, unfused: Graph, arg_shapes: list[tuple[int, ...] | N
             assert isinstance(node, Generic)
             for op_loc in [node.loc, *[op.loc for op in node.body]]:
                 item = _source_line(op_loc)
-                if item[0] and item not in lines:
+                if item[0] and item not in lines and not item[1].startswith("def "):
                     lines.append(item)
         lines.sort(key=lambda x: (x[0].rsplit(":", 1)[0], int(x[0].rsplit(":", 1)[1])))
+        flops = sum(generic_flops(graph.nodes[gi], loop_extents(graph, gi, shapes))
+                    for gi in k.generics)  # type: ignore[arg-type]
         kernels.append(KernelReport(
             k.index, k.kind, len(k.generics), lines,
             {names[t]: _nbytes(graph, shapes, t) for t in k.reads},
-            {names[t]: _nbytes(graph, shapes, t) for t in k.writes}))
+            {names[t]: _nbytes(graph, shapes, t) for t in k.writes}, flops))
     # every generic of the unfused IR as its own kernel
     u_plan = partition_each(unfused)
     u_shapes = tensor_shapes(unfused, u_plan, {a: s for a, s in zip(unfused.args, arg_shapes,
@@ -127,11 +156,12 @@ def plan_report(plan: Plan, unfused: Graph, arg_shapes: list[tuple[int, ...] | N
         u_kernels += 1
         tensors = {t for t in node.inputs if t in unfused.tensors} | set(node.results)
         u_bytes += sum(_nbytes(unfused, u_shapes, t) for t in tensors)
-    return PlanReport(kernels, u_kernels, u_bytes)
+    report = PlanReport(kernels, u_kernels, u_bytes)
+    report.extra["unfused_flops"] = sum(
+        generic_flops(n, loop_extents(unfused, i, u_shapes)) for i, n in enumerate(unfused.nodes)
+        if isinstance(n, Generic) and (n.inputs or n.body))
+    return report
 
 
 def partition_each(graph: Graph) -> Classes:
     return _classes(graph)
-
-
-__all__ = ["PlanReport", "partition", "plan_report", "tensor_shapes"]

@@ -116,7 +116,7 @@ def _signature(ks: KernelSource, fn_params: list[str]) -> dict[str, str]:
 
 
 def compile_for(compiled: Any, target: Target, sizes: dict[str, int] | None = None,
-                scalar_dtypes: dict[int, str] | None = None) -> Artifacts:
+                scalar_dtypes: dict[int, str] | None = None, progress: Any = None) -> Artifacts:
     """Compile every kernel of a compiled signature for `target`."""
     import triton
     from triton.compiler import ASTSource
@@ -129,7 +129,9 @@ def compile_for(compiled: Any, target: Target, sizes: dict[str, int] | None = No
     module = cache.load_module(source)
     out = Artifacts(target, source)
     known = _class_sizes(compiled, plan, sizes or {})
-    for ks in kernels:
+    for i, ks in enumerate(kernels):
+        if progress is not None:
+            progress(i, len(kernels), ks.name)
         p_total = math.prod(known.get(ks.class_global[c], DEFAULT_SIZE) for c in ks.p_classes)
         r_total = math.prod(known.get(ks.class_global[c], DEFAULT_SIZE) for c in ks.r_classes)
         elem = max((t.dtype.bits // 8 for t in ks.tensors if t.dtype.bits >= 8), default=4)

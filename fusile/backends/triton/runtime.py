@@ -119,6 +119,24 @@ class TritonProgram:
             self._launch(launch, env, sizes, device)
         return [env[r].clone() if r in self._arg_set else env[r] for r in graph.results]
 
+    def time_kernels(self, args: list[Any]) -> list[float]:
+        """Median time (ms) of each kernel on these inputs (CUDA events, do_bench)."""
+        from triton.testing import do_bench
+
+        graph = self.graph
+        device = next(a.device for a in args if hasattr(a, "device"))
+        env: dict[int, Any] = dict(zip(graph.args, args, strict=True))
+        for op in self._host_ops:
+            env[op.results[0]] = _host_scalar(op, env)
+        sizes = {c: s if isinstance(s, int) else args[s[0]].shape[s[1]]
+                 for c, s in self._class_source.items()}
+        times = []
+        for launch in self.launches:  # launch in order once, so each reads real inputs
+            self._launch(launch, env, sizes, device)
+            times.append(do_bench(lambda launch=launch: self._launch(launch, env, sizes, device),
+                                  warmup=100, rep=300, return_mode="median"))
+        return times
+
     def _launch(self, launch: _Launch, env: dict[int, Any], sizes: dict[tuple, int],
                 device: Any) -> None:
         import torch

@@ -1,0 +1,78 @@
+"""explain(): exact byte and FLOP counts against hand counts, and the roofline."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fusile import bf16, f32, samples
+
+M, N, K = 8, 1024, 64
+
+
+def test_layer_norm_counts() -> None:
+    ex = samples.layer_norm.explain(torch.randn(M, N), torch.randn(N), torch.randn(N))
+    (k,) = ex.kernels
+    assert k.read_bytes == 4 * M * N + 4 * N + 4 * N  # x, weight, bias
+    assert k.write_bytes == 4 * M * N
+    # mean: MN adds + M divides; x - mu: MN; xc*xc: MN; its sum: MN; /n, +eps, rsqrt: 3M;
+    # xc * rstd * w + b: 3MN
+    assert ex.program_flops == 7 * M * N + 4 * M
+    assert ex.bytes < ex.unfused_bytes
+
+
+def test_softmax_counts() -> None:
+    ex = samples.softmax_last.explain(torch.randn(M, N))
+    (k,) = ex.kernels
+    assert (k.read_bytes, k.write_bytes) == (4 * M * N, 4 * M * N)
+    # max: MN; -inf guard: M compares; x - m: MN; exp and sum: 2MN; exp and divide: 2MN
+    assert ex.program_flops == 6 * M * N + M
+
+
+def test_add_rms_norm_counts() -> None:
+    x = torch.randn(M, N, dtype=torch.bfloat16)
+    ex = samples.add_rms_norm.explain(x, x.clone(), torch.randn(N, dtype=torch.bfloat16))
+    (k,) = ex.kernels
+    assert k.read_bytes == 2 * (2 * M * N) + 2 * N  # x, residual (bf16), weight
+    assert k.write_bytes == 2 * (2 * M * N)  # y and h
+    # x + r: MN; h*h: MN; sum: MN; /n, +eps, rsqrt: 3M; h * rstd * w: 2MN
+    assert ex.program_flops == 5 * M * N + 3 * M
+    assert ex.unfused_bytes > ex.bytes
+
+
+def test_matmul_bias_counts() -> None:
+    x, w, b = torch.randn(M, K), torch.randn(K, N), torch.randn(N)
+    ex = samples.linear_bias.explain(x, w, b)
+    assert ex.program_flops == 2 * M * N * K + M * N
+    # today the product is its own kernel and the bias add a second one (issue 7 fuses them)
+    assert [k.kind for k in ex.kernels] == ["contraction", "pointwise"]
+    assert ex.kernels[0].read_bytes == 4 * (M * K + K * N)
+    assert ex.kernels[0].write_bytes == 4 * M * N
+    assert ex.kernels[1].read_bytes == 4 * M * N + 4 * N
+    assert ex.kernels[0].flops == 2 * M * N * K
+    assert ex.kernels[0].bound == "compute" or ex.kernels[0].intensity < 20
+
+
+def test_roofline_uses_the_targets_numbers() -> None:
+    ex = samples.rms_norm.explain(x=bf16["M", 4096], weight=bf16[4096], sizes={"M": 16384},
+                                  target="mi300x")
+    (k,) = ex.kernels
+    assert k.bound == "memory"
+    expected_us = k.bytes / 5.3e12 * 1e6
+    assert k.roofline_us == pytest.approx(expected_us)
+    assert "mi300x" in str(ex) and ex.to_dict()["launches_saved"] >= 1
+
+
+def test_symbolic_sizes_need_values() -> None:
+    from fusile import FusileError
+
+    with pytest.raises(FusileError, match="sizes="):
+        samples.rms_norm.explain(x=f32["M", 64], weight=f32[64])
+
+
+@pytest.mark.gpu
+def test_measure_on_gpu() -> None:
+    fn, _ref, args = samples.cases(4096, 4096, torch.bfloat16, "cuda")["layer_norm"]
+    ex = fn.explain(*args, measure=True)
+    (k,) = ex.kernels
+    assert k.measured_us and 0.2 < (k.achieved or 0) <= 1.2
