@@ -104,7 +104,7 @@ def parse_shape(text: str) -> tuple[str, Any]:
 
 
 def _signature(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, int]]:
-    sig = dict(parse_shape(s) for s in args.shape or [])
+    sig: dict[str, Any] = dict(parse_shape(s) for s in args.shape or [])
     sizes: dict[str, int] = {}
     for s in args.size or []:
         m = re.match(r"^(\w+)=(\d+)$", s)

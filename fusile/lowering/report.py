@@ -139,8 +139,11 @@ def plan_report(plan: Plan, unfused: Graph, arg_shapes: list[tuple[int, ...] | N
                 if item[0] and item not in lines and not item[1].startswith("def "):
                     lines.append(item)
         lines.sort(key=lambda x: (x[0].rsplit(":", 1)[0], int(x[0].rsplit(":", 1)[1])))
-        flops = sum(generic_flops(graph.nodes[gi], loop_extents(graph, gi, shapes))
-                    for gi in k.generics)  # type: ignore[arg-type]
+        flops = 0
+        for gi in k.generics:
+            node = graph.nodes[gi]
+            assert isinstance(node, Generic)
+            flops += generic_flops(node, loop_extents(graph, gi, shapes))
         kernels.append(KernelReport(
             k.index, k.kind, len(k.generics), lines,
             {names[t]: _nbytes(graph, shapes, t) for t in k.reads},

@@ -337,7 +337,7 @@ class KernelWriter:
         s.emit("mask = mask_p & mask_r")
         self._unflatten(s, "offs_r", self.r_classes)
 
-    def _unflatten(self, s: Scope, flat: str, classes: list[tuple]) -> None:
+    def _unflatten(self, s: Scope, flat: str, classes: list[int]) -> None:
         axis = "p" if flat == "offs_p" else "r"
         if len(classes) == 1:
             var = self.idx[classes[0]]
