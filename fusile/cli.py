@@ -224,7 +224,8 @@ def _demo(args: argparse.Namespace) -> int:
               flush=True)
     print("\nahead of time, no GPU needed (add_rms_norm, bf16 rows of 4096):")
     fn = samples.add_rms_norm
-    sig = {"x": bf16["M", 4096], "residual": bf16["M", 4096], "weight": bf16[4096]}
+    sig: dict[str, Any] = {"x": bf16["M", 4096], "residual": bf16["M", 4096],
+                           "weight": bf16[4096]}
     for target in ("h100", "mi300x"):
         art = fn.compile(target, **sig)
         for k in art.kernels:
