@@ -162,7 +162,10 @@ def _normalize(call: BoundCall, env: ShapeEnv) -> ValueType:
 
 
 def _astype(call: BoundCall, env: ShapeEnv) -> ValueType:
-    return _like(call.values[0], call.options["dtype"])
+    d = call.options["dtype"]
+    if d == "compute":  # the dtype arithmetic runs in: f32 for 16-bit floats, else unchanged
+        d = call.options["dtype"] = call.values[0].dtype.compute
+    return _like(call.values[0], d)
 
 
 def _matmul(call: BoundCall, env: ShapeEnv) -> ValueType:
@@ -243,7 +246,7 @@ BUILTINS["softmax"] = _b("softmax", [_X, _AXIS_LAST], _normalize, "softmax over 
 BUILTINS["log_softmax"] = _b("log_softmax", [_X, _AXIS_LAST], _normalize,
                              "log of softmax over axis")
 BUILTINS["astype"] = _b("astype", [_X, Param("dtype", OPTION)], _astype,
-                        "convert to a dtype (rounds to it)")
+                        "convert to a dtype, or to the dtype of a tensor (rounds to it)")
 BUILTINS["matmul"] = _b("matmul", [Param("a", VALUE), Param("b", VALUE)], _matmul,
                         "matrix product, batch dims broadcast (same as a @ b)")
 BUILTINS["arange"] = _b("arange", [Param("n", OPTION)], _arange,

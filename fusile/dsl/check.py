@@ -384,6 +384,13 @@ class Checker:
         return value
 
     def dtype_option(self, arg: ast.Expr) -> DType:
+        if isinstance(arg, ast.Name) and arg.id in self.scope:  # astype(v, x): x's dtype
+            t = self.scope[arg.id].type
+            if isinstance(t, tuple):
+                raise DTypeError("astype(): this name holds several values", arg.span)
+            return t.dtype
+        if isinstance(arg, ast.Str) and arg.value == "compute":
+            return "compute"  # type: ignore[return-value]  # resolved by astype's rule
         if isinstance(arg, ast.Str):
             text = arg.value
         elif isinstance(arg, ast.Name) and arg.id not in self.scope:

@@ -1,0 +1,19 @@
+"""fusile's standard library: fused ops written in the DSL, usable from PyTorch (forward and
+backward, torch.compile and CUDA graphs). Signatures follow torch.nn.functional."""
+
+from fusile.stdlib.ops import (
+    add_layer_norm,
+    add_rms_norm,
+    cross_entropy,
+    geglu,
+    gelu,
+    layer_norm,
+    log_softmax,
+    rms_norm,
+    silu,
+    softmax,
+    swiglu,
+)
+
+__all__ = ["add_layer_norm", "add_rms_norm", "cross_entropy", "geglu", "gelu", "layer_norm",
+           "log_softmax", "rms_norm", "silu", "softmax", "swiglu"]

@@ -1,0 +1,499 @@
+"""torch-facing standard library: custom ops (torch.library) with fake implementations and
+autograd, so torch.compile(fullgraph=True) traces through them and CUDA graphs capture them.
+
+Each public function mirrors its torch.nn.functional counterpart's arguments and defaults.
+The kernels are the DSL functions in kernels.py; this file only validates arguments, reshapes
+to rows x features, and wires forward to backward.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from fusile.dsl.errors import SignatureError
+from fusile.stdlib import kernels as K
+
+Op = "fusile::"
+
+
+def _same_device(name: str, *tensors: Tensor | None) -> None:
+    ts = [t for t in tensors if t is not None]
+    devices = {t.device for t in ts}
+    if len(devices) > 1:
+        raise SignatureError(f"fusile.stdlib.{name}: tensors are on different devices "
+                             f"({', '.join(sorted(str(d) for d in devices))})")
+    for t in ts:
+        if not t.dtype.is_floating_point:
+            raise SignatureError(f"fusile.stdlib.{name}: expected floating-point tensors, got "
+                                 f"{t.dtype}")
+
+
+def _param(name: str, p: Tensor | None, x: Tensor, shape: tuple[int, ...], what: str) -> None:
+    if p is None:
+        return
+    if tuple(p.shape) != shape:
+        raise SignatureError(f"fusile.stdlib.{name}: {what} has shape {tuple(p.shape)}, "
+                             f"expected normalized_shape {shape}")
+    if p.dtype != x.dtype:
+        raise SignatureError(f"fusile.stdlib.{name}: {what} is {p.dtype} but input is "
+                             f"{x.dtype}; cast one of them")
+
+
+def _norm_shape(name: str, x: Tensor, normalized_shape: int | list[int] | tuple[int, ...]
+                ) -> tuple[int, ...]:
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    if tuple(x.shape[len(x.shape) - len(shape):]) != shape or len(shape) > x.dim():
+        raise SignatureError(f"fusile.stdlib.{name}: input of shape {tuple(x.shape)} does not "
+                             f"end with normalized_shape {shape}")
+    return shape
+
+
+def _rows(x: Tensor, n: int) -> Tensor:
+    return x.reshape(-1, n)
+
+
+def _compute(x: Tensor) -> torch.dtype:
+    """The dtype statistics are kept in: float32, or float64 for float64 inputs."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _ones(x: Tensor, n: int) -> Tensor:
+    return torch.ones(n, dtype=x.dtype, device=x.device)
+
+
+# ----------------------------------------------------------------------------- softmax
+
+
+@torch.library.custom_op(Op + "softmax", mutates_args=())
+def _softmax(x: Tensor, dim: int) -> Tensor:
+    return K.softmax_fwd(x, dim)
+
+
+@_softmax.register_fake
+def _(x: Tensor, dim: int) -> Tensor:
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op(Op + "softmax_backward", mutates_args=())
+def _softmax_bwd(dy: Tensor, y: Tensor, dim: int) -> Tensor:
+    return K.softmax_bwd(dy, y, dim)
+
+
+@_softmax_bwd.register_fake
+def _(dy: Tensor, y: Tensor, dim: int) -> Tensor:
+    return torch.empty_like(y)
+
+
+def _softmax_setup(ctx, inputs, output):
+    ctx.save_for_backward(output)
+    ctx.dim = inputs[1]
+
+
+def _softmax_grad(ctx, dy):
+    (y,) = ctx.saved_tensors
+    return _softmax_bwd(dy.contiguous(), y, ctx.dim), None
+
+
+_softmax.register_autograd(_softmax_grad, setup_context=_softmax_setup)
+
+
+@torch.library.custom_op(Op + "log_softmax", mutates_args=())
+def _log_softmax(x: Tensor, dim: int) -> Tensor:
+    return K.log_softmax_fwd(x, dim)
+
+
+@_log_softmax.register_fake
+def _(x: Tensor, dim: int) -> Tensor:
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op(Op + "log_softmax_backward", mutates_args=())
+def _log_softmax_bwd(dy: Tensor, y: Tensor, dim: int) -> Tensor:
+    return K.log_softmax_bwd(dy, y, dim)
+
+
+@_log_softmax_bwd.register_fake
+def _(dy: Tensor, y: Tensor, dim: int) -> Tensor:
+    return torch.empty_like(y)
+
+
+def _log_softmax_grad(ctx, dy):
+    (y,) = ctx.saved_tensors
+    return _log_softmax_bwd(dy.contiguous(), y, ctx.dim), None
+
+
+_log_softmax.register_autograd(_log_softmax_grad, setup_context=_softmax_setup)
+
+
+def softmax(input: Tensor, dim: int = -1) -> Tensor:
+    """torch.softmax(input, dim), fused (one read, one write)."""
+    _same_device("softmax", input)
+    return _softmax(input, dim)
+
+
+def log_softmax(input: Tensor, dim: int = -1) -> Tensor:
+    """torch.log_softmax(input, dim), fused."""
+    _same_device("log_softmax", input)
+    return _log_softmax(input, dim)
+
+
+# ----------------------------------------------------------------------------- norms
+
+
+@torch.library.custom_op(Op + "rms_norm", mutates_args=())
+def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    y, rstd = K.rms_norm_fwd(x, weight, eps)
+    return y, rstd
+
+
+@_rms_norm.register_fake
+def _(x: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    return torch.empty_like(x), x.new_empty((x.shape[0], 1), dtype=_compute(x))
+
+
+@torch.library.custom_op(Op + "rms_norm_backward", mutates_args=())
+def _rms_norm_bwd(dy: Tensor, x: Tensor, weight: Tensor, rstd: Tensor) -> tuple[Tensor, Tensor]:
+    dx, dw = K.rms_norm_bwd(dy, x, weight, rstd)
+    return dx, dw
+
+
+@_rms_norm_bwd.register_fake
+def _(dy: Tensor, x: Tensor, weight: Tensor, rstd: Tensor) -> tuple[Tensor, Tensor]:
+    return torch.empty_like(x), torch.empty_like(weight)
+
+
+def _rms_setup(ctx, inputs, output):
+    x, weight, _eps = inputs
+    ctx.save_for_backward(x, weight, output[1])
+
+
+def _rms_grad(ctx, dy, _drstd):
+    x, weight, rstd = ctx.saved_tensors
+    dx, dw = _rms_norm_bwd(dy.contiguous(), x, weight, rstd)
+    return dx, dw, None
+
+
+_rms_norm.register_autograd(_rms_grad, setup_context=_rms_setup)
+
+
+def rms_norm(input: Tensor, normalized_shape: int | list[int] | tuple[int, ...],
+             weight: Tensor | None = None, eps: float | None = None) -> Tensor:
+    """torch.nn.functional.rms_norm, fused; saves only a float32 rstd per row."""
+    shape = _norm_shape("rms_norm", input, normalized_shape)
+    _same_device("rms_norm", input, weight)
+    _param("rms_norm", weight, input, shape, "weight")
+    n = math.prod(shape)
+    eps = torch.finfo(input.dtype).eps if eps is None else eps
+    w = weight.reshape(n) if weight is not None else _ones(input, n)
+    y, _ = _rms_norm(_rows(input, n), w, float(eps))
+    return y.view(input.shape)
+
+
+@torch.library.custom_op(Op + "add_rms_norm", mutates_args=())
+def _add_rms_norm(x: Tensor, residual: Tensor, weight: Tensor, eps: float
+                  ) -> tuple[Tensor, Tensor, Tensor]:
+    y, h, rstd = K.add_rms_norm_fwd(x, residual, weight, eps)
+    return y, h, rstd
+
+
+@_add_rms_norm.register_fake
+def _(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    return (torch.empty_like(x), torch.empty_like(x),
+            x.new_empty((x.shape[0], 1), dtype=_compute(x)))
+
+
+@torch.library.custom_op(Op + "add_rms_norm_backward", mutates_args=())
+def _add_rms_norm_bwd(dy: Tensor, dh: Tensor, h: Tensor, weight: Tensor, rstd: Tensor
+                      ) -> tuple[Tensor, Tensor]:
+    dx, dw = K.add_rms_norm_bwd(dy, dh, h, weight, rstd)
+    return dx, dw
+
+
+@_add_rms_norm_bwd.register_fake
+def _(dy: Tensor, dh: Tensor, h: Tensor, weight: Tensor, rstd: Tensor) -> tuple[Tensor, Tensor]:
+    return torch.empty_like(h), torch.empty_like(weight)
+
+
+def _add_rms_setup(ctx, inputs, output):
+    ctx.save_for_backward(output[1], inputs[2], output[2])
+
+
+def _add_rms_grad(ctx, dy, dh, _drstd):
+    h, weight, rstd = ctx.saved_tensors
+    dh = torch.zeros_like(h) if dh is None else dh.contiguous()
+    dx, dw = _add_rms_norm_bwd(dy.contiguous(), dh, h, weight, rstd)
+    return dx, dx, dw, None
+
+
+_add_rms_norm.register_autograd(_add_rms_grad, setup_context=_add_rms_setup)
+
+
+def add_rms_norm(input: Tensor, residual: Tensor,
+                 normalized_shape: int | list[int] | tuple[int, ...],
+                 weight: Tensor | None = None, eps: float | None = None) -> tuple[Tensor, Tensor]:
+    """(rms_norm(input + residual), input + residual) in one pass: the pre-norm block's
+    residual add and norm, returning the new residual stream too."""
+    shape = _norm_shape("add_rms_norm", input, normalized_shape)
+    _same_device("add_rms_norm", input, residual, weight)
+    if residual.shape != input.shape or residual.dtype != input.dtype:
+        raise SignatureError("fusile.stdlib.add_rms_norm: residual must match input's shape "
+                             "and dtype")
+    _param("add_rms_norm", weight, input, shape, "weight")
+    n = math.prod(shape)
+    eps = torch.finfo(input.dtype).eps if eps is None else eps
+    w = weight.reshape(n) if weight is not None else _ones(input, n)
+    y, h, _ = _add_rms_norm(_rows(input, n), _rows(residual, n), w, float(eps))
+    return y.view(input.shape), h.view(input.shape)
+
+
+@torch.library.custom_op(Op + "layer_norm", mutates_args=())
+def _layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float
+                ) -> tuple[Tensor, Tensor, Tensor]:
+    y, mu, rstd = K.layer_norm_fwd(x, weight, bias, eps)
+    return y, mu, rstd
+
+
+@_layer_norm.register_fake
+def _(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    stat = x.new_empty((x.shape[0], 1), dtype=_compute(x))
+    return torch.empty_like(x), stat, torch.empty_like(stat)
+
+
+@torch.library.custom_op(Op + "layer_norm_backward", mutates_args=())
+def _layer_norm_bwd(dy: Tensor, x: Tensor, weight: Tensor, mu: Tensor, rstd: Tensor
+                    ) -> tuple[Tensor, Tensor, Tensor]:
+    dx, dw, db = K.layer_norm_bwd(dy, x, weight, mu, rstd)
+    return dx, dw, db
+
+
+@_layer_norm_bwd.register_fake
+def _(dy: Tensor, x: Tensor, weight: Tensor, mu: Tensor, rstd: Tensor
+      ) -> tuple[Tensor, Tensor, Tensor]:
+    return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(weight)
+
+
+def _ln_setup(ctx, inputs, output):
+    x, weight, _bias, _eps = inputs
+    ctx.save_for_backward(x, weight, output[1], output[2])
+
+
+def _ln_grad(ctx, dy, _dmu, _drstd):
+    x, weight, mu, rstd = ctx.saved_tensors
+    dx, dw, db = _layer_norm_bwd(dy.contiguous(), x, weight, mu, rstd)
+    return dx, dw, db, None
+
+
+_layer_norm.register_autograd(_ln_grad, setup_context=_ln_setup)
+
+
+def layer_norm(input: Tensor, normalized_shape: int | list[int] | tuple[int, ...],
+               weight: Tensor | None = None, bias: Tensor | None = None,
+               eps: float = 1e-5) -> Tensor:
+    """torch.nn.functional.layer_norm, fused; saves a float32 mean and rstd per row."""
+    shape = _norm_shape("layer_norm", input, normalized_shape)
+    _same_device("layer_norm", input, weight, bias)
+    _param("layer_norm", weight, input, shape, "weight")
+    _param("layer_norm", bias, input, shape, "bias")
+    n = math.prod(shape)
+    w = weight.reshape(n) if weight is not None else _ones(input, n)
+    b = bias.reshape(n) if bias is not None else torch.zeros_like(w)
+    y, _, _ = _layer_norm(_rows(input, n), w, b, float(eps))
+    return y.view(input.shape)
+
+
+def add_layer_norm(input: Tensor, residual: Tensor,
+                   normalized_shape: int | list[int] | tuple[int, ...],
+                   weight: Tensor | None = None, bias: Tensor | None = None,
+                   eps: float = 1e-5) -> tuple[Tensor, Tensor]:
+    """(layer_norm(input + residual), input + residual)."""
+    if residual.shape != input.shape or residual.dtype != input.dtype:
+        raise SignatureError("fusile.stdlib.add_layer_norm: residual must match input's shape "
+                             "and dtype")
+    h = _add(input, residual)
+    return layer_norm(h, normalized_shape, weight, bias, eps), h
+
+
+def _add(a: Tensor, b: Tensor) -> Tensor:
+    return a + b
+
+
+# ----------------------------------------------------------------------------- activations
+
+
+def _unary(name: str, fwd, bwd):
+    @torch.library.custom_op(Op + name, mutates_args=())
+    def op(x: Tensor) -> Tensor:
+        return fwd(x)
+
+    @op.register_fake
+    def _(x: Tensor) -> Tensor:
+        return torch.empty_like(x)
+
+    @torch.library.custom_op(Op + name + "_backward", mutates_args=())
+    def op_bwd(dy: Tensor, x: Tensor) -> Tensor:
+        return bwd(dy, x)
+
+    @op_bwd.register_fake
+    def _(dy: Tensor, x: Tensor) -> Tensor:
+        return torch.empty_like(x)
+
+    def setup(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    def grad(ctx, dy):
+        (x,) = ctx.saved_tensors
+        return op_bwd(dy.contiguous(), x)
+
+    op.register_autograd(grad, setup_context=setup)
+    return op
+
+
+_gelu = _unary("gelu", K.gelu_erf, K.gelu_bwd)
+_gelu_tanh = _unary("gelu_tanh", K.gelu_tanh, K.gelu_tanh_bwd)
+_silu = _unary("silu", K.silu_fwd, K.silu_bwd)
+
+
+def gelu(input: Tensor, approximate: str = "none") -> Tensor:
+    """torch.nn.functional.gelu, exact (erf) or approximate='tanh'."""
+    _same_device("gelu", input)
+    if approximate not in ("none", "tanh"):
+        raise SignatureError(f"fusile.stdlib.gelu: approximate must be 'none' or 'tanh', got "
+                             f"{approximate!r}")
+    return (_gelu_tanh if approximate == "tanh" else _gelu)(input)
+
+
+def silu(input: Tensor) -> Tensor:
+    """torch.nn.functional.silu."""
+    _same_device("silu", input)
+    return _silu(input)
+
+
+def _gated(name: str, fwd, bwd):
+    @torch.library.custom_op(Op + name, mutates_args=())
+    def op(a: Tensor, b: Tensor) -> Tensor:
+        return fwd(a, b)
+
+    @op.register_fake
+    def _(a: Tensor, b: Tensor) -> Tensor:
+        return torch.empty_like(a)
+
+    @torch.library.custom_op(Op + name + "_backward", mutates_args=())
+    def op_bwd(dy: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+        da, db = bwd(dy, a, b)
+        return da, db
+
+    @op_bwd.register_fake
+    def _(dy: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.empty_like(a), torch.empty_like(b)
+
+    def setup(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    def grad(ctx, dy):
+        a, b = ctx.saved_tensors
+        return op_bwd(dy.contiguous(), a, b)
+
+    op.register_autograd(grad, setup_context=setup)
+    return op
+
+
+_swiglu = _gated("swiglu", K.swiglu_fwd, K.swiglu_bwd)
+_geglu = _gated("geglu", K.geglu_fwd, K.geglu_bwd)
+_geglu_tanh = _gated("geglu_tanh", K.geglu_tanh_fwd, K.geglu_tanh_bwd)
+
+
+def _check_gated(name: str, a: Tensor, b: Tensor) -> None:
+    _same_device(name, a, b)
+    if a.shape != b.shape or a.dtype != b.dtype:
+        raise SignatureError(f"fusile.stdlib.{name}: gate and up projections must have the "
+                             f"same shape and dtype, got {tuple(a.shape)} {a.dtype} and "
+                             f"{tuple(b.shape)} {b.dtype}")
+
+
+def swiglu(gate: Tensor, up: Tensor) -> Tensor:
+    """silu(gate) * up, the LLaMA MLP's gate."""
+    _check_gated("swiglu", gate, up)
+    return _swiglu(gate, up)
+
+
+def geglu(gate: Tensor, up: Tensor, approximate: str = "none") -> Tensor:
+    """gelu(gate) * up."""
+    _check_gated("geglu", gate, up)
+    return (_geglu_tanh if approximate == "tanh" else _geglu)(gate, up)
+
+
+# ----------------------------------------------------------------------------- cross-entropy
+
+
+@torch.library.custom_op(Op + "cross_entropy", mutates_args=())
+def _cross_entropy(logits: Tensor, target: Tensor, ignore_index: int, smoothing: float
+                   ) -> tuple[Tensor, Tensor]:
+    loss, lse = K.cross_entropy_fwd(logits, target, ignore_index, smoothing)
+    return loss.view(-1), lse
+
+
+@_cross_entropy.register_fake
+def _(logits: Tensor, target: Tensor, ignore_index: int, smoothing: float
+      ) -> tuple[Tensor, Tensor]:
+    rows = logits.shape[0]
+    return (logits.new_empty(rows, dtype=_compute(logits)),
+            logits.new_empty((rows, 1), dtype=_compute(logits)))
+
+
+@torch.library.custom_op(Op + "cross_entropy_backward", mutates_args=())
+def _cross_entropy_bwd(dloss: Tensor, logits: Tensor, target: Tensor, lse: Tensor,
+                       ignore_index: int, smoothing: float) -> Tensor:
+    return K.cross_entropy_bwd(dloss.view(-1, 1), logits, target, lse, ignore_index, smoothing)
+
+
+@_cross_entropy_bwd.register_fake
+def _(dloss: Tensor, logits: Tensor, target: Tensor, lse: Tensor, ignore_index: int,
+      smoothing: float) -> Tensor:
+    return torch.empty_like(logits)
+
+
+def _ce_setup(ctx, inputs, output):
+    logits, target, ignore_index, smoothing = inputs
+    ctx.save_for_backward(logits, target, output[1])
+    ctx.ignore_index, ctx.smoothing = ignore_index, smoothing
+
+
+def _ce_grad(ctx, dloss, _dlse):
+    logits, target, lse = ctx.saved_tensors
+    g = _cross_entropy_bwd(dloss.contiguous(), logits, target, lse, ctx.ignore_index,
+                           ctx.smoothing)
+    return g, None, None, None
+
+
+_cross_entropy.register_autograd(_ce_grad, setup_context=_ce_setup)
+
+
+def cross_entropy(input: Tensor, target: Tensor, ignore_index: int = -100,
+                  reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
+    """torch.nn.functional.cross_entropy for (N, C) logits and (N,) class indices. The logits
+    are read in their own dtype, a tile at a time; no float32 copy is made. The gradient is
+    one pass over the logits using the saved per-row log-sum-exp."""
+    _same_device("cross_entropy", input)
+    if input.dim() != 2 or target.shape != input.shape[:1]:
+        raise SignatureError(f"fusile.stdlib.cross_entropy: expected logits (N, C) and target "
+                             f"(N,), got {tuple(input.shape)} and {tuple(target.shape)}")
+    if target.dtype not in (torch.int64, torch.int32):
+        raise SignatureError(f"fusile.stdlib.cross_entropy: target must hold class indices "
+                             f"(int64), got {target.dtype}")
+    if target.device != input.device:
+        raise SignatureError("fusile.stdlib.cross_entropy: target and logits are on different "
+                             "devices")
+    if reduction not in ("mean", "sum", "none"):
+        raise SignatureError(f"fusile.stdlib.cross_entropy: reduction must be 'mean', 'sum' or "
+                             f"'none', got {reduction!r}")
+    loss, _ = _cross_entropy(input, target, int(ignore_index), float(label_smoothing))
+    if reduction == "none":
+        return loss.to(input.dtype)
+    total = loss.sum()
+    if reduction == "sum":
+        return total.to(input.dtype)
+    count = (target != ignore_index).sum()
+    return (total / count).to(input.dtype)

@@ -1,0 +1,207 @@
+"""Standard library ops against torch: forward and gradients (f32, bf16, odd sizes), float64
+gradcheck on the reference path, torch.compile(fullgraph=True), argument errors; and on a GPU
+the same, plus CUDA graph capture."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fusile
+import fusile.stdlib as S
+from fusile import config
+from tests.numerics import rel_err
+
+TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2}
+
+
+def _cases(device: str, dtype: torch.dtype, m: int = 7, n: int = 129) -> dict:
+    """name -> (fusile fn, torch fn, input makers); inputs are fresh random tensors."""
+    def r(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, device=device).to(dtype)
+
+    def labels() -> torch.Tensor:
+        t = torch.randint(0, n, (m,), device=device)
+        t[1] = -100
+        return t
+
+    return {
+        "softmax": (lambda x: S.softmax(x, -1), lambda x: torch.softmax(x, -1), [r(m, n)]),
+        "softmax_dim0": (lambda x: S.softmax(x, 0), lambda x: torch.softmax(x, 0), [r(m, n)]),
+        "log_softmax": (lambda x: S.log_softmax(x), lambda x: torch.log_softmax(x, -1),
+                        [r(m, n)]),
+        "layer_norm": (lambda x, w, b: S.layer_norm(x, (n,), w, b),
+                       lambda x, w, b: F.layer_norm(x, (n,), w, b), [r(3, m, n), r(n), r(n)]),
+        "layer_norm_noaffine": (lambda x: S.layer_norm(x, (n,)),
+                                lambda x: F.layer_norm(x, (n,)), [r(m, n)]),
+        "rms_norm": (lambda x, w: S.rms_norm(x, [n], w, 1e-6),
+                     lambda x, w: F.rms_norm(x, [n], w, 1e-6), [r(m, n), r(n)]),
+        "add_rms_norm": (lambda x, res, w: S.add_rms_norm(x, res, n, w, 1e-6),
+                         lambda x, res, w: (F.rms_norm(x + res, [n], w, 1e-6), x + res),
+                         [r(m, n), r(m, n), r(n)]),
+        "add_layer_norm": (lambda x, res, w, b: S.add_layer_norm(x, res, n, w, b),
+                           lambda x, res, w, b: (F.layer_norm(x + res, [n], w, b), x + res),
+                           [r(m, n), r(m, n), r(n), r(n)]),
+        "gelu": (lambda x: S.gelu(x), lambda x: F.gelu(x), [r(m, n)]),
+        "gelu_tanh": (lambda x: S.gelu(x, approximate="tanh"),
+                      lambda x: F.gelu(x, approximate="tanh"), [r(m, n)]),
+        "silu": (lambda x: S.silu(x), lambda x: F.silu(x), [r(m, n)]),
+        "swiglu": (lambda a, b: S.swiglu(a, b), lambda a, b: F.silu(a) * b, [r(m, n), r(m, n)]),
+        "geglu": (lambda a, b: S.geglu(a, b), lambda a, b: F.gelu(a) * b, [r(m, n), r(m, n)]),
+        "cross_entropy": (lambda x, t: S.cross_entropy(x, t),
+                          lambda x, t: F.cross_entropy(x, t), [r(m, n), labels()]),
+        "cross_entropy_smooth_sum": (
+            lambda x, t: S.cross_entropy(x, t, reduction="sum", label_smoothing=0.1),
+            lambda x, t: F.cross_entropy(x, t, reduction="sum", label_smoothing=0.1),
+            [r(m, n), labels()]),
+        "cross_entropy_none": (lambda x, t: S.cross_entropy(x, t, reduction="none"),
+                               lambda x, t: F.cross_entropy(x, t, reduction="none"),
+                               [r(m, n), labels()]),
+    }
+
+
+NAMES = list(_cases("cpu", torch.float32))
+
+
+def _forward_backward(fn, inputs):
+    leaves = [i.detach().clone().requires_grad_(i.dtype.is_floating_point) for i in inputs]
+    out = fn(*leaves)
+    outs = out if isinstance(out, tuple) else (out,)
+    g = torch.Generator(device=outs[0].device).manual_seed(1)
+    loss = sum((o.float() * torch.randn(o.shape, generator=g, device=o.device)).sum()
+               for o in outs)
+    loss.backward()
+    return outs, [leaf.grad for leaf in leaves if leaf.requires_grad]
+
+
+def _compare(name: str, device: str, dtype: torch.dtype) -> None:
+    fn, ref, inputs = _cases(device, dtype)[name]
+    outs, grads = _forward_backward(fn, inputs)
+    # reference: torch in float64 on the same (rounded) inputs
+    ref_inputs = [i.double() if i.dtype.is_floating_point else i for i in inputs]
+    r_outs, r_grads = _forward_backward(ref, ref_inputs)
+    for o, r in zip(outs, r_outs, strict=True):
+        assert o.dtype == dtype and o.shape == r.shape
+        assert rel_err(o, r) <= TOL[dtype], f"{name} forward: {rel_err(o, r):.3g}"
+    for g, r in zip(grads, r_grads, strict=True):
+        assert g.dtype == dtype and g.shape == r.shape
+        assert rel_err(g, r) <= TOL[dtype] * 2, f"{name} gradient: {rel_err(g, r):.3g}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", NAMES)
+def test_matches_torch_on_cpu(name: str, dtype: torch.dtype) -> None:
+    _compare(name, "cpu", dtype)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gradcheck_float64_reference(name: str) -> None:
+    with config.override(target="reference"):
+        fn, _ref, inputs = _cases("cpu", torch.float64, m=3, n=5)[name]
+        leaves = tuple(i.detach().requires_grad_(i.dtype.is_floating_point) for i in inputs)
+        assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+def test_torch_compile_fullgraph() -> None:
+    torch._dynamo.reset()
+
+    class Block(torch.nn.Module):
+        def __init__(self, d: int):
+            super().__init__()
+            self.norm = torch.nn.Parameter(torch.randn(d))
+            self.up = torch.nn.Linear(d, 2 * d)
+            self.down = torch.nn.Linear(d, d)
+
+        def forward(self, x: torch.Tensor, r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            h, r2 = S.add_rms_norm(x, r, x.shape[-1], self.norm)
+            a, b = self.up(h).chunk(2, dim=-1)
+            y = self.down(S.swiglu(a, b)) + r2
+            return S.cross_entropy(S.log_softmax(y, -1), t)
+
+    block = Block(16)
+    compiled = torch.compile(block, fullgraph=True)
+    x, r, t = torch.randn(4, 16), torch.randn(4, 16), torch.randint(0, 16, (4,))
+    loss = compiled(x, r, t)
+    loss.backward()
+    assert torch.allclose(loss, block(x, r, t), atol=1e-5)
+    assert block.norm.grad is not None and torch.isfinite(block.norm.grad).all()
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda: S.rms_norm(torch.randn(3, 8), 8, torch.randn(4)), "weight has shape (4,)"),
+    (lambda: S.rms_norm(torch.randn(3, 8), 16), "does not end with normalized_shape"),
+    (lambda: S.layer_norm(torch.randn(3, 8), 8, torch.randn(8, dtype=torch.float64)),
+     "weight is torch.float64"),
+    (lambda: S.softmax(torch.randint(0, 3, (3, 4))), "floating-point"),
+    (lambda: S.cross_entropy(torch.randn(3, 4), torch.randn(3)), "class indices"),
+    (lambda: S.cross_entropy(torch.randn(3, 4), torch.zeros(2, dtype=torch.long)),
+     "expected logits (N, C)"),
+    (lambda: S.swiglu(torch.randn(3, 4), torch.randn(3, 5)), "same shape"),
+    (lambda: S.gelu(torch.randn(3), approximate="fast"), "approximate must be"),
+])
+def test_bad_arguments(call, message: str) -> None:
+    with pytest.raises(fusile.FusileError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        call()
+
+
+# ----------------------------------------------------------------------------- GPU
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", NAMES)
+def test_matches_torch_on_cuda(name: str, dtype: torch.dtype) -> None:
+    _compare(name, "cuda", dtype)
+
+
+@pytest.mark.gpu
+def test_wrong_device_is_an_error() -> None:
+    with pytest.raises(fusile.FusileError, match="different devices"):
+        S.rms_norm(torch.randn(3, 8, device="cuda"), 8, torch.randn(8))
+
+
+@pytest.mark.gpu
+def test_cuda_graph_capture_of_a_step_with_every_op() -> None:
+    d, m = 256, 64
+    dev = "cuda"
+    w = torch.randn(d, device=dev, requires_grad=True)
+    x, r = torch.randn(m, d, device=dev), torch.randn(m, d, device=dev)
+    t = torch.randint(0, d, (m,), device=dev)
+
+    def step() -> torch.Tensor:
+        h, r2 = S.add_rms_norm(x, r, d, w)
+        h = S.layer_norm(h, d, w, w) + S.rms_norm(r2, d, w)
+        h = S.swiglu(h, S.gelu(h)) + S.geglu(h, S.silu(h)) + S.gelu(h, "tanh")
+        h = S.softmax(h, -1) + S.log_softmax(h, -1)
+        h, _ = S.add_layer_norm(h, r2, d, w, w)
+        loss = S.cross_entropy(h, t, label_smoothing=0.1)
+        loss.backward()
+        return loss
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):  # warm up: compile every kernel outside the capture
+            w.grad = None
+            step()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    w.grad = None
+    with torch.cuda.graph(graph):
+        loss = step()
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    torch.cuda.synchronize()
+    w2 = w.detach().clone().requires_grad_()
+    eager = _eager_step(x, r, t, w2, d)
+    assert torch.allclose(loss, eager, rtol=1e-4, atol=1e-4)
+
+
+def _eager_step(x, r, t, w, d):
+    h, r2 = S.add_rms_norm(x, r, d, w)
+    h = S.layer_norm(h, d, w, w) + S.rms_norm(r2, d, w)
+    h = S.swiglu(h, S.gelu(h)) + S.geglu(h, S.silu(h)) + S.gelu(h, "tanh")
+    h = S.softmax(h, -1) + S.log_softmax(h, -1)
+    h, _ = S.add_layer_norm(h, r2, d, w, w)
+    return S.cross_entropy(h, t, label_smoothing=0.1)
