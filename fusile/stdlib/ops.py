@@ -17,6 +17,61 @@ from fusile.dsl.errors import SignatureError
 from fusile.stdlib import kernels as K
 
 Op = "fusile::"
+_RAW: dict[str, object] = {}  # op name -> the plain Python implementation
+
+
+def custom_op(name: str):
+    """torch.library.custom_op, remembering the raw implementation: eager calls use it
+    directly (torch.library's dispatch costs tens of microseconds a call, as much as a small
+    kernel), torch.compile sees the registered op."""
+    def wrap(fn):
+        _RAW[name] = fn
+        op = torch.library.custom_op(Op + name, mutates_args=())(fn)
+        op._fusile_raw = fn  # type: ignore[attr-defined]
+        return op
+
+    return wrap
+
+
+def call(op, *args):
+    """Run a registered op: through torch.library while compiling, else its raw kernel."""
+    if torch.compiler.is_compiling():
+        return op(*args)
+    return op._fusile_raw(*args)
+
+
+class _Eager(torch.autograd.Function):
+    """Eager autograd over an op's raw forward, with the op's own setup and gradient."""
+
+    @staticmethod
+    def forward(ctx, op, *args):
+        out = op._fusile_raw(*args)
+        op._fusile_setup(ctx, args, out)
+        ctx._fusile_grad = op._fusile_grad
+        return out
+
+    @staticmethod
+    def backward(ctx, *grads):
+        g = ctx._fusile_grad(ctx, *grads)
+        return (None, *(g if isinstance(g, tuple) else (g,)))
+
+
+def apply(op, *args):
+    """Call an op with autograd: the registered op while compiling; an autograd.Function
+    over the raw kernels in eager mode, or the raw kernel alone when nothing needs a grad."""
+    if torch.compiler.is_compiling():
+        return op(*args)
+    if not (torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad
+                                            for a in args)):
+        return op._fusile_raw(*args)
+    return _Eager.apply(op, *args)
+
+
+def autograd(op, grad, setup) -> None:
+    """Register an op's gradient for both paths (torch.library and eager)."""
+    op.register_autograd(grad, setup_context=setup)
+    op._fusile_setup = setup
+    op._fusile_grad = grad
 
 
 def _same_device(name: str, *tensors: Tensor | None) -> None:
@@ -67,7 +122,7 @@ def _ones(x: Tensor, n: int) -> Tensor:
 # ----------------------------------------------------------------------------- softmax
 
 
-@torch.library.custom_op(Op + "softmax", mutates_args=())
+@custom_op("softmax")
 def _softmax(x: Tensor, dim: int) -> Tensor:
     return K.softmax_fwd(x, dim)
 
@@ -77,7 +132,7 @@ def _(x: Tensor, dim: int) -> Tensor:
     return torch.empty_like(x)
 
 
-@torch.library.custom_op(Op + "softmax_backward", mutates_args=())
+@custom_op("softmax_backward")
 def _softmax_bwd(dy: Tensor, y: Tensor, dim: int) -> Tensor:
     return K.softmax_bwd(dy, y, dim)
 
@@ -94,13 +149,13 @@ def _softmax_setup(ctx, inputs, output):
 
 def _softmax_grad(ctx, dy):
     (y,) = ctx.saved_tensors
-    return _softmax_bwd(dy.contiguous(), y, ctx.dim), None
+    return call(_softmax_bwd, dy.contiguous(), y, ctx.dim), None
 
 
-_softmax.register_autograd(_softmax_grad, setup_context=_softmax_setup)
+autograd(_softmax, _softmax_grad, _softmax_setup)
 
 
-@torch.library.custom_op(Op + "log_softmax", mutates_args=())
+@custom_op("log_softmax")
 def _log_softmax(x: Tensor, dim: int) -> Tensor:
     return K.log_softmax_fwd(x, dim)
 
@@ -110,7 +165,7 @@ def _(x: Tensor, dim: int) -> Tensor:
     return torch.empty_like(x)
 
 
-@torch.library.custom_op(Op + "log_softmax_backward", mutates_args=())
+@custom_op("log_softmax_backward")
 def _log_softmax_bwd(dy: Tensor, y: Tensor, dim: int) -> Tensor:
     return K.log_softmax_bwd(dy, y, dim)
 
@@ -122,28 +177,28 @@ def _(dy: Tensor, y: Tensor, dim: int) -> Tensor:
 
 def _log_softmax_grad(ctx, dy):
     (y,) = ctx.saved_tensors
-    return _log_softmax_bwd(dy.contiguous(), y, ctx.dim), None
+    return call(_log_softmax_bwd, dy.contiguous(), y, ctx.dim), None
 
 
-_log_softmax.register_autograd(_log_softmax_grad, setup_context=_softmax_setup)
+autograd(_log_softmax, _log_softmax_grad, _softmax_setup)
 
 
 def softmax(input: Tensor, dim: int = -1) -> Tensor:
     """torch.softmax(input, dim), fused (one read, one write)."""
     _same_device("softmax", input)
-    return _softmax(input, dim)
+    return apply(_softmax, input, dim)
 
 
 def log_softmax(input: Tensor, dim: int = -1) -> Tensor:
     """torch.log_softmax(input, dim), fused."""
     _same_device("log_softmax", input)
-    return _log_softmax(input, dim)
+    return apply(_log_softmax, input, dim)
 
 
 # ----------------------------------------------------------------------------- norms
 
 
-@torch.library.custom_op(Op + "rms_norm", mutates_args=())
+@custom_op("rms_norm")
 def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     y, rstd = K.rms_norm_fwd(x, weight, eps)
     return y, rstd
@@ -154,7 +209,7 @@ def _(x: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     return torch.empty_like(x), x.new_empty((x.shape[0], 1), dtype=_compute(x))
 
 
-@torch.library.custom_op(Op + "rms_norm_backward", mutates_args=())
+@custom_op("rms_norm_backward")
 def _rms_norm_bwd(dy: Tensor, x: Tensor, weight: Tensor, rstd: Tensor) -> tuple[Tensor, Tensor]:
     dx, dw = K.rms_norm_bwd(dy, x, weight, rstd)
     return dx, dw
@@ -172,11 +227,11 @@ def _rms_setup(ctx, inputs, output):
 
 def _rms_grad(ctx, dy, _drstd):
     x, weight, rstd = ctx.saved_tensors
-    dx, dw = _rms_norm_bwd(dy.contiguous(), x, weight, rstd)
+    dx, dw = call(_rms_norm_bwd, dy.contiguous(), x, weight, rstd)
     return dx, dw, None
 
 
-_rms_norm.register_autograd(_rms_grad, setup_context=_rms_setup)
+autograd(_rms_norm, _rms_grad, _rms_setup)
 
 
 def rms_norm(input: Tensor, normalized_shape: int | list[int] | tuple[int, ...],
@@ -188,11 +243,11 @@ def rms_norm(input: Tensor, normalized_shape: int | list[int] | tuple[int, ...],
     n = math.prod(shape)
     eps = torch.finfo(input.dtype).eps if eps is None else eps
     w = weight.reshape(n) if weight is not None else _ones(input, n)
-    y, _ = _rms_norm(_rows(input, n), w, float(eps))
+    y, _ = apply(_rms_norm, _rows(input, n), w, float(eps))
     return y.view(input.shape)
 
 
-@torch.library.custom_op(Op + "add_rms_norm", mutates_args=())
+@custom_op("add_rms_norm")
 def _add_rms_norm(x: Tensor, residual: Tensor, weight: Tensor, eps: float
                   ) -> tuple[Tensor, Tensor, Tensor]:
     y, h, rstd = K.add_rms_norm_fwd(x, residual, weight, eps)
@@ -205,7 +260,7 @@ def _(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, 
             x.new_empty((x.shape[0], 1), dtype=_compute(x)))
 
 
-@torch.library.custom_op(Op + "add_rms_norm_backward", mutates_args=())
+@custom_op("add_rms_norm_backward")
 def _add_rms_norm_bwd(dy: Tensor, dh: Tensor, h: Tensor, weight: Tensor, rstd: Tensor
                       ) -> tuple[Tensor, Tensor]:
     dx, dw = K.add_rms_norm_bwd(dy, dh, h, weight, rstd)
@@ -224,11 +279,11 @@ def _add_rms_setup(ctx, inputs, output):
 def _add_rms_grad(ctx, dy, dh, _drstd):
     h, weight, rstd = ctx.saved_tensors
     dh = torch.zeros_like(h) if dh is None else dh.contiguous()
-    dx, dw = _add_rms_norm_bwd(dy.contiguous(), dh, h, weight, rstd)
+    dx, dw = call(_add_rms_norm_bwd, dy.contiguous(), dh, h, weight, rstd)
     return dx, dx, dw, None
 
 
-_add_rms_norm.register_autograd(_add_rms_grad, setup_context=_add_rms_setup)
+autograd(_add_rms_norm, _add_rms_grad, _add_rms_setup)
 
 
 def add_rms_norm(input: Tensor, residual: Tensor,
@@ -245,11 +300,11 @@ def add_rms_norm(input: Tensor, residual: Tensor,
     n = math.prod(shape)
     eps = torch.finfo(input.dtype).eps if eps is None else eps
     w = weight.reshape(n) if weight is not None else _ones(input, n)
-    y, h, _ = _add_rms_norm(_rows(input, n), _rows(residual, n), w, float(eps))
+    y, h, _ = apply(_add_rms_norm, _rows(input, n), _rows(residual, n), w, float(eps))
     return y.view(input.shape), h.view(input.shape)
 
 
-@torch.library.custom_op(Op + "layer_norm", mutates_args=())
+@custom_op("layer_norm")
 def _layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float
                 ) -> tuple[Tensor, Tensor, Tensor]:
     y, mu, rstd = K.layer_norm_fwd(x, weight, bias, eps)
@@ -262,7 +317,7 @@ def _(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> tuple[Tensor, Tens
     return torch.empty_like(x), stat, torch.empty_like(stat)
 
 
-@torch.library.custom_op(Op + "layer_norm_backward", mutates_args=())
+@custom_op("layer_norm_backward")
 def _layer_norm_bwd(dy: Tensor, x: Tensor, weight: Tensor, mu: Tensor, rstd: Tensor
                     ) -> tuple[Tensor, Tensor, Tensor]:
     dx, dw, db = K.layer_norm_bwd(dy, x, weight, mu, rstd)
@@ -282,11 +337,11 @@ def _ln_setup(ctx, inputs, output):
 
 def _ln_grad(ctx, dy, _dmu, _drstd):
     x, weight, mu, rstd = ctx.saved_tensors
-    dx, dw, db = _layer_norm_bwd(dy.contiguous(), x, weight, mu, rstd)
+    dx, dw, db = call(_layer_norm_bwd, dy.contiguous(), x, weight, mu, rstd)
     return dx, dw, db, None
 
 
-_layer_norm.register_autograd(_ln_grad, setup_context=_ln_setup)
+autograd(_layer_norm, _ln_grad, _ln_setup)
 
 
 def layer_norm(input: Tensor, normalized_shape: int | list[int] | tuple[int, ...],
@@ -300,7 +355,7 @@ def layer_norm(input: Tensor, normalized_shape: int | list[int] | tuple[int, ...
     n = math.prod(shape)
     w = weight.reshape(n) if weight is not None else _ones(input, n)
     b = bias.reshape(n) if bias is not None else torch.zeros_like(w)
-    y, _, _ = _layer_norm(_rows(input, n), w, b, float(eps))
+    y, _, _ = apply(_layer_norm, _rows(input, n), w, b, float(eps))
     return y.view(input.shape)
 
 
@@ -324,7 +379,7 @@ def _add(a: Tensor, b: Tensor) -> Tensor:
 
 
 def _unary(name: str, fwd, bwd):
-    @torch.library.custom_op(Op + name, mutates_args=())
+    @custom_op(name)
     def op(x: Tensor) -> Tensor:
         return fwd(x)
 
@@ -332,7 +387,7 @@ def _unary(name: str, fwd, bwd):
     def _(x: Tensor) -> Tensor:
         return torch.empty_like(x)
 
-    @torch.library.custom_op(Op + name + "_backward", mutates_args=())
+    @custom_op(name + "_backward")
     def op_bwd(dy: Tensor, x: Tensor) -> Tensor:
         return bwd(dy, x)
 
@@ -345,9 +400,9 @@ def _unary(name: str, fwd, bwd):
 
     def grad(ctx, dy):
         (x,) = ctx.saved_tensors
-        return op_bwd(dy.contiguous(), x)
+        return call(op_bwd, dy.contiguous(), x)
 
-    op.register_autograd(grad, setup_context=setup)
+    autograd(op, grad, setup)
     return op
 
 
@@ -362,17 +417,17 @@ def gelu(input: Tensor, approximate: str = "none") -> Tensor:
     if approximate not in ("none", "tanh"):
         raise SignatureError(f"fusile.stdlib.gelu: approximate must be 'none' or 'tanh', got "
                              f"{approximate!r}")
-    return (_gelu_tanh if approximate == "tanh" else _gelu)(input)
+    return apply(_gelu_tanh if approximate == "tanh" else _gelu, input)
 
 
 def silu(input: Tensor) -> Tensor:
     """torch.nn.functional.silu."""
     _same_device("silu", input)
-    return _silu(input)
+    return apply(_silu, input)
 
 
 def _gated(name: str, fwd, bwd):
-    @torch.library.custom_op(Op + name, mutates_args=())
+    @custom_op(name)
     def op(a: Tensor, b: Tensor) -> Tensor:
         return fwd(a, b)
 
@@ -380,7 +435,7 @@ def _gated(name: str, fwd, bwd):
     def _(a: Tensor, b: Tensor) -> Tensor:
         return torch.empty_like(a)
 
-    @torch.library.custom_op(Op + name + "_backward", mutates_args=())
+    @custom_op(name + "_backward")
     def op_bwd(dy: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
         da, db = bwd(dy, a, b)
         return da, db
@@ -394,9 +449,9 @@ def _gated(name: str, fwd, bwd):
 
     def grad(ctx, dy):
         a, b = ctx.saved_tensors
-        return op_bwd(dy.contiguous(), a, b)
+        return call(op_bwd, dy.contiguous(), a, b)
 
-    op.register_autograd(grad, setup_context=setup)
+    autograd(op, grad, setup)
     return op
 
 
@@ -416,19 +471,19 @@ def _check_gated(name: str, a: Tensor, b: Tensor) -> None:
 def swiglu(gate: Tensor, up: Tensor) -> Tensor:
     """silu(gate) * up, the LLaMA MLP's gate."""
     _check_gated("swiglu", gate, up)
-    return _swiglu(gate, up)
+    return apply(_swiglu, gate, up)
 
 
 def geglu(gate: Tensor, up: Tensor, approximate: str = "none") -> Tensor:
     """gelu(gate) * up."""
     _check_gated("geglu", gate, up)
-    return (_geglu_tanh if approximate == "tanh" else _geglu)(gate, up)
+    return apply(_geglu_tanh if approximate == "tanh" else _geglu, gate, up)
 
 
 # ----------------------------------------------------------------------------- cross-entropy
 
 
-@torch.library.custom_op(Op + "cross_entropy", mutates_args=())
+@custom_op("cross_entropy")
 def _cross_entropy(logits: Tensor, target: Tensor, ignore_index: int, smoothing: float
                    ) -> tuple[Tensor, Tensor]:
     loss, lse = K.cross_entropy_fwd(logits, target, ignore_index, smoothing)
@@ -443,7 +498,7 @@ def _(logits: Tensor, target: Tensor, ignore_index: int, smoothing: float
             logits.new_empty((rows, 1), dtype=_compute(logits)))
 
 
-@torch.library.custom_op(Op + "cross_entropy_backward", mutates_args=())
+@custom_op("cross_entropy_backward")
 def _cross_entropy_bwd(dloss: Tensor, logits: Tensor, target: Tensor, lse: Tensor,
                        ignore_index: int, smoothing: float) -> Tensor:
     return K.cross_entropy_bwd(dloss.view(-1, 1), logits, target, lse, ignore_index, smoothing)
@@ -463,12 +518,12 @@ def _ce_setup(ctx, inputs, output):
 
 def _ce_grad(ctx, dloss, _dlse):
     logits, target, lse = ctx.saved_tensors
-    g = _cross_entropy_bwd(dloss.contiguous(), logits, target, lse, ctx.ignore_index,
+    g = call(_cross_entropy_bwd, dloss.contiguous(), logits, target, lse, ctx.ignore_index,
                            ctx.smoothing)
     return g, None, None, None
 
 
-_cross_entropy.register_autograd(_ce_grad, setup_context=_ce_setup)
+autograd(_cross_entropy, _ce_grad, _ce_setup)
 
 
 def cross_entropy(input: Tensor, target: Tensor, ignore_index: int = -100,
@@ -489,7 +544,7 @@ def cross_entropy(input: Tensor, target: Tensor, ignore_index: int = -100,
     if reduction not in ("mean", "sum", "none"):
         raise SignatureError(f"fusile.stdlib.cross_entropy: reduction must be 'mean', 'sum' or "
                              f"'none', got {reduction!r}")
-    loss, _ = _cross_entropy(input, target, int(ignore_index), float(label_smoothing))
+    loss, _ = apply(_cross_entropy, input, target, int(ignore_index), float(label_smoothing))
     if reduction == "none":
         return loss.to(input.dtype)
     total = loss.sum()
