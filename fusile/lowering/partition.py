@@ -210,38 +210,74 @@ class _Group:
 
 
 def partition(graph: Graph) -> Plan:
+    """Place each generic in the earliest kernel its inputs allow that it fits (so an epilogue
+    joins the row kernel it needs, not a later column kernel), and recompute cheap elementwise
+    producers of program arguments in the kernels that read them instead of passing them
+    through HBM."""
     cls = _classes(graph)
     ones = _static_one(graph, cls)
     fills: dict[int, int] = {}
-    kernels: list[Kernel] = []
-    group = _Group(graph, ones, cls)
-
-    def close() -> None:
-        nonlocal group
-        if group.gens:
-            kernels.append(group.kernel(len(kernels), None))
-        group = _Group(graph, ones, cls)
-
+    groups: list[_Group] = []
+    kinds: list[str | None] = []
+    home: dict[int, int] = {}  # generic -> the group that computes it first
+    producer: dict[int, int] = {}  # tensor -> generic
     for gi, node in enumerate(graph.nodes):
         if not isinstance(node, Generic):
             continue
         if _is_fill(node) and all(_only_init(graph, r) for r in node.results):
             fills[node.results[0]] = node.yields[0]
             continue
+        for r in node.results:
+            producer[r] = gi
+        deps = [home[producer[t]] for t in node.inputs if producer.get(t) in home]
+        earliest = max(deps, default=0)
         if _is_contraction(gi, node, cls):  # its own kernel (tl.dot comes with issue 7)
-            close()
             alone = _Group(graph, ones, cls)
             alone.try_add(gi)
-            kernels.append(alone.kernel(len(kernels), CONTRACTION))
+            groups.append(alone)
+            kinds.append(CONTRACTION)
+            home[gi] = len(groups) - 1
             continue
-        if not group.try_add(gi):
-            close()
-            added = group.try_add(gi)
-            assert added, "a single generic always fits a kernel of its own"
-    close()
+        for gidx in range(earliest, len(groups)):
+            if kinds[gidx] is None and _add_with_producers(groups[gidx], gi, graph, producer,
+                                                           home, gidx):
+                home[gi] = gidx
+                break
+        else:
+            group = _Group(graph, ones, cls)
+            _add_with_producers(group, gi, graph, producer, home, len(groups))
+            groups.append(group)
+            kinds.append(None)
+            home[gi] = len(groups) - 1
+    kernels = [g.kernel(i, k) for i, (g, k) in enumerate(zip(groups, kinds, strict=True))]
     plan = Plan(graph, cls, kernels, fills, ones)
     _io(plan)
     return plan
+
+
+def _add_with_producers(group: _Group, gi: int, graph: Graph, producer: dict[int, int],
+                        home: dict[int, int], gidx: int) -> bool:
+    """Add gi to group, first recomputing there any elementwise producer (computed in another
+    kernel) whose own inputs are all program arguments: cheaper than a round trip through HBM.
+    Leaves the group unchanged if gi does not fit."""
+    node = graph.nodes[gi]
+    assert isinstance(node, Generic)
+    saved = (list(group.gens), dict(group.uf.parent), dict(group.produced), dict(group.read),
+             group.reduced)
+    for t in node.inputs:
+        p = producer.get(t)
+        if p is None or p in group.gens or home.get(p) == gidx:
+            continue
+        pn = graph.nodes[p]
+        assert isinstance(pn, Generic)
+        args_only = all(u in graph.args or u not in producer for u in pn.inputs)
+        if not pn.reduction_loops and args_only:
+            group.try_add(p)  # best effort: if it does not fit, the tensor is read instead
+    if group.try_add(gi):
+        return True
+    group.gens, group.uf.parent, group.produced, group.read, group.reduced = (
+        saved[0], saved[1], saved[2], saved[3], saved[4])
+    return False
 
 
 def _only_init(graph: Graph, t: int) -> bool:
@@ -252,36 +288,43 @@ def _only_init(graph: Graph, t: int) -> bool:
 
 
 def _io(plan: Plan) -> None:
-    """Decide what each kernel reads from and writes to HBM."""
+    """Decide what each kernel reads from and writes to HBM. A kernel never reads what one of
+    its own generics computes; a tensor another kernel needs is written by the first kernel
+    that computes it (producers may be recomputed in several kernels)."""
     graph = plan.graph
-    producer: dict[int, int] = {}
+    made: list[set[int]] = []
     for k in plan.kernels:
+        out: set[int] = set()
         for gi in k.generics:
             node = graph.nodes[gi]
             assert isinstance(node, Generic)
-            for r in node.results:
-                producer[r] = k.index
+            out.update(node.results)
+        made.append(out)
     args = set(graph.args)
     for k in plan.kernels:
         for gi in k.generics:
             node = graph.nodes[gi]
             assert isinstance(node, Generic)
             for t in [*node.inputs, *node.outputs]:
-                if t in plan.fills or t not in graph.tensors:
+                if t in plan.fills or t not in graph.tensors or t in made[k.index]:
                     continue
-                if (t in args or producer.get(t, k.index) != k.index) and t not in k.reads:
-                    if _is_empty(graph, t):
-                        continue
+                if (t in args or any(t in m for m in made)) and t not in k.reads and \
+                        not _is_empty(graph, t):
                     k.reads.append(t)
     for k in plan.kernels:
-        for gi in k.generics:
-            node = graph.nodes[gi]
-            assert isinstance(node, Generic)
-            for r in node.results:
-                used_elsewhere = any(r in other.reads for other in plan.kernels
-                                     if other.index != k.index)
-                if (r in graph.results or used_elsewhere) and r not in k.writes:
-                    k.writes.append(r)
+        for t in k.reads:
+            if t in args:
+                continue
+            writer = next(i for i, m in enumerate(made) if t in m)
+            assert writer < k.index, "a kernel reads a tensor no earlier kernel computes"
+            if t not in plan.kernels[writer].writes:
+                plan.kernels[writer].writes.append(t)
+    for r in graph.results:
+        if r in args:
+            continue
+        writer = next(i for i, m in enumerate(made) if r in m)
+        if r not in plan.kernels[writer].writes:
+            plan.kernels[writer].writes.append(r)
 
 
 def _is_empty(graph: Graph, t: int) -> bool:
