@@ -58,3 +58,29 @@ def pointwise(p_total: int, c_total: int, target: Target, elem_bytes: int) -> Co
     block_c = min(_pow2(c_total), 1024)
     block_p = max(1, min(_pow2(p_total), 4096 // block_c))
     return Config(block_p, block_c, _warps(block_p * block_c, target, 2 * vec), 1, False)
+
+
+@dataclass(frozen=True)
+class Split:
+    """A column reduction cut into `splits` ranges of `chunk` rows, reduced in parallel."""
+
+    partial: Config
+    combine: Config
+    splits: int
+    chunk: int
+
+
+def split(p_total: int, r_total: int, target: Target) -> Split:
+    """Enough row ranges that the grid covers the machine ~4 times over; each program streams
+    BLOCK_P contiguous columns (128 bytes of bf16) for its rows, 64 rows at a time."""
+    block_p = min(_pow2(p_total), 64)
+    block_r = min(_pow2(r_total), 64)
+    p_blocks = -(-p_total // block_p)
+    want = 4 * max(1, target.compute_units)
+    splits = min(max(1, -(-want // p_blocks)), -(-r_total // block_r), 256)
+    chunk = -(-(-(-r_total // splits)) // block_r) * block_r
+    splits = -(-r_total // chunk)
+    partial = Config(block_p, block_r, _warps(block_p * block_r, target, 16), 1, True)
+    combine = Config(block_p, _pow2(splits), _warps(block_p * _pow2(splits), target, 16), 1,
+                     False)
+    return Split(partial, combine, splits, chunk)

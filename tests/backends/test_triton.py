@@ -154,3 +154,17 @@ def test_cuda_strided(name: str) -> None:
 def test_cuda_rows_of_a_million() -> None:
     _check("softmax", 2, 2**20, torch.float32, "cuda")
     _check("layer_norm", 2, 2**20, torch.bfloat16, "cuda")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_long_column_reductions_split_across_programs(device: str) -> None:
+    import fusile
+
+    fn = fusile.from_source("def f(x, w):\n"
+                            "    return sum(x * w, axis=0), max(x, axis=0), "
+                            "mean(x, axis=0, keepdims=True), sum(w)\n")
+    x, w = torch.randn(3000, 50, device=device), torch.randn(50, device=device)
+    assert "_split(" in fn.triton(x, w, target="cpu")
+    outs = fn(x, w)
+    for o, r in zip(outs, fn.reference(x, w), strict=True):
+        assert_close(o, torch.from_numpy(r), torch.float32, scale=4)

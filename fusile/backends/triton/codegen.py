@@ -43,6 +43,9 @@ class KernelSource:
     class_global: dict[int, tuple]  # index class -> global class (what gives its size)
     scalars: list[int]  # function-level values passed as arguments
     looped_name: str | None = None
+    split_name: str | None = None  # column reductions: partial reductions over row ranges,
+    combine_name: str | None = None  # then combining them and the epilogue
+    n_parts: int = 0  # reduction results the split kernel stores partials of
 
 
 @dataclass
@@ -300,7 +303,8 @@ class KernelWriter:
         scope.values[r] = var
 
     # ------------------------------------------------------------------ kernels
-    def header(self, name: str, tensors: list[TensorArg], looped: bool) -> list[str]:
+    def header(self, name: str, tensors: list[TensorArg], looped: bool,
+               extra: tuple[str, ...] = (), note: str = "") -> list[str]:
         params = []
         for ta in tensors:
             params.append(f"{ta.name}_ptr")
@@ -308,9 +312,10 @@ class KernelWriter:
             params += [f"{ta.name}_s{axis}" for axis in ta.stride_axes]
         params += [self.cname[c] for c in self.classes]
         params += [f"a{v}" for v in self.scalars]
-        params += ["BLOCK_P: tl.constexpr", "BLOCK_R: tl.constexpr", "USE_I64: tl.constexpr"]
+        params += [*extra, "BLOCK_P: tl.constexpr", "BLOCK_R: tl.constexpr",
+                   "USE_I64: tl.constexpr"]
         locs = sorted({_short_loc(x) for x in self.k.locs if _short_loc(x)})
-        doc = f"{self.k.kind} kernel {self.k.index}" + (" (looped)" if looped else "")
+        doc = f"{self.k.kind} kernel {self.k.index}" + (" (looped)" if looped else "") + note
         if locs:
             doc += ": " + ", ".join(locs)
         return ["@triton.jit", f"def {name}({', '.join(params)}):", f'    """{doc}"""']
@@ -457,6 +462,73 @@ class KernelWriter:
             top.lines += loop.lines
         return self.header(name, tensors, True) + top.lines
 
+    def _parts(self) -> list[tuple[int, int, int, Op, int]]:
+        """(generic, result, yield, combiner, init) of each reduction, for split kernels."""
+        out = []
+        for gi, _lv in sorted(self.levels().items()):
+            node = self._gen(gi)
+            combiners = self._combiners(node)
+            for r, y, init in zip(node.results, node.yields, node.outputs, strict=True):
+                out.append((gi, r, y, combiners[y][0], init))
+        return out
+
+    def splittable(self) -> bool:
+        """One level of float reductions whose results are all the kernel writes per row: the
+        rows can be cut into ranges reduced in parallel and combined after."""
+        if self.k.kind == POINTWISE or not self.k.reduced:
+            return False
+        if set(self.levels().values()) != {1}:
+            return False
+        if any("r" in self._axes_of_classes(self.tensor_arg(t, True).classes)
+               for t in self.k.writes):
+            return False
+        return all(op.dtype.is_float for _g, _r, _y, op, _i in self._parts())
+
+    def write_split(self, name: str, tensors: list[TensorArg]) -> list[str]:
+        top = Scope(None, "    ")
+        self._prologue(top, False)
+        top.emit("sid = tl.program_id(1)  # this program's range of rows")
+        top.emit("r_lo = sid * S_CHUNK")
+        top.emit("r_hi = tl.minimum(r_lo + S_CHUNK, R)")
+        parts = self._parts()
+        for _gi, _r, y, op, _init in parts:
+            top.emit(f"acc{y} = tl.full([BLOCK_P, BLOCK_R], {self._identity(op)}, tl.float32)")
+        top.emit("for r0 in range(r_lo, r_hi, BLOCK_R):")
+        loop = Scope(top, "        ")
+        self._r_index(loop, "r0 + ")
+        for gi in dict.fromkeys(g for g, *_ in parts):
+            self.emit_generic(gi, loop, False, {y: f"acc{y}" for g, _r, y, _o, _i in parts
+                                                 if g == gi})
+        top.lines += loop.lines
+        for j, (_gi, r, y, op, _init) in enumerate(parts):
+            top.emit(f"red{r} = {self._reduce_call(op, f'acc{y}')}")
+            top.emit(f"tl.store(part_ptr + ({j} * S + sid) * P + offs_p, red{r}, mask=mask_p)")
+        return self.header(name, tensors, True, ("part_ptr", "S", "S_CHUNK"),
+                           " (split: partial reductions over a range of rows)") + top.lines
+
+    def write_combine(self, name: str, tensors: list[TensorArg]) -> list[str]:
+        top = Scope(None, "    ")
+        self._prologue(top, False)
+        top.emit("offs_s = tl.arange(0, BLOCK_R)[None, :]  # one column per row range")
+        top.emit("mask_s = offs_s < S")
+        for j, (gi, r, _y, op, init) in enumerate(self._parts()):
+            ident = self._identity(op)
+            var = f"red{r}"
+            if self._spans_p(gi):
+                top.emit(f"part{r} = tl.load(part_ptr + ({j} * S + offs_s) * P + offs_p, "
+                         f"mask=mask_p & mask_s, other={ident})")
+                top.tile(var, frozenset("p"))
+            else:  # the same for every column: the first column's partials hold it
+                top.emit(f"part{r} = tl.load(part_ptr + ({j} * S + offs_s) * P, mask=mask_s, "
+                         f"other={ident})")
+                top.tile(var, frozenset())
+            top.emit(f"{var} = {self._reduce_call(op, f'part{r}')}")
+            self._finish_reduce(r, op, var, top, init)
+        for t in self.k.writes:
+            self._store(t, top)
+        return self.header(name, tensors, True, ("part_ptr", "S", "S_CHUNK"),
+                           " (combine the partials, then the epilogue)") + top.lines
+
     def source(self) -> KernelSource:
         name = f"fusile_k{self.k.index}"
         # generate once to learn the scalar arguments, then again with the full header
@@ -464,13 +536,18 @@ class KernelWriter:
             tensors = [self.tensor_arg(t, False) for t in self.k.reads] + [
                 self.tensor_arg(t, True) for t in self.k.writes]
             lines = self.write_single(name, tensors)
-            looped_name = None
+            looped_name = split = combine = None
             if self.k.kind != POINTWISE:
                 looped_name = name + "_looped"
                 lines += ["", "", *self.write_looped(looped_name, tensors)]
+            if self.splittable():
+                split, combine = name + "_split", name + "_combine"
+                lines += ["", "", *self.write_split(split, tensors), "", "",
+                          *self.write_combine(combine, tensors)]
         return KernelSource(name, self.k.kind, self.k.index, "\n".join(lines), tensors,
                             self.classes, self.p_classes, self.r_classes, self.k.class_global,
-                            list(self.scalars), looped_name)
+                            list(self.scalars), looped_name, split, combine,
+                            len(self._parts()) if split else 0)
 
 
 def generate(plan: Plan, target: str, names: dict[int, str]) -> tuple[str, list[KernelSource]]:

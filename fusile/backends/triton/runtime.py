@@ -65,6 +65,9 @@ class TritonProgram:
             fns = {"single": getattr(module, ks.name)}
             if ks.looped_name:
                 fns["looped"] = getattr(module, ks.looped_name)
+            if ks.split_name and ks.combine_name:
+                fns["split"] = getattr(module, ks.split_name)
+                fns["combine"] = getattr(module, ks.combine_name)
             if family == "interpreter":
                 from triton.runtime.interpreter import InterpretedFunction
 
@@ -166,6 +169,10 @@ class TritonProgram:
         cfg, grid = got
         use_i64 = p_total * r_total >= 2**31 - 1 or any(_extent(t) >= 2**31 - 1
                                                         for t in tensors)
+        if cfg.looped and not launch.r_contiguous and "split" in launch.fn:
+            self._launch_split(launch, tensors, strides, class_sizes, scalars, p_total,
+                               r_total, use_i64, device)
+            return
         variant = "looped" if cfg.looped else "single"
         ints = (*strides, *class_sizes)
         if self._fast and device.type == "cuda":
@@ -188,6 +195,25 @@ class TritonProgram:
             if len(launch.compiled) > 512:
                 launch.compiled.clear()
             launch.compiled[spec] = kernel
+
+    def _launch_split(self, launch: _Launch, tensors: list[Any], strides: list[int],
+                      class_sizes: list[int], scalars: list[Any], p_total: int, r_total: int,
+                      use_i64: bool, device: Any) -> None:
+        """A long column reduction: partial reductions over row ranges in parallel, then a
+        second kernel combines them per column and runs the epilogue."""
+        import torch
+
+        plan = schedule.split(p_total, r_total, self.target)
+        parts = torch.empty((launch.ks.n_parts, plan.splits, p_total), dtype=torch.float32,
+                            device=device)
+        args = (*tensors, *strides, *class_sizes, *scalars, parts, plan.splits, plan.chunk)
+        for kind, cfg, grid in (
+                ("split", plan.partial, (math.ceil(p_total / plan.partial.block_p),
+                                         plan.splits)),
+                ("combine", plan.combine, (math.ceil(p_total / plan.combine.block_p),))):
+            launch.fn[kind][grid](*args, BLOCK_P=cfg.block_p, BLOCK_R=cfg.block_r,
+                                  USE_I64=use_i64, num_warps=cfg.num_warps,
+                                  num_stages=cfg.num_stages)
 
     def _config(self, launch: _Launch, p_total: int, r_total: int
                 ) -> tuple[schedule.Config, tuple[int]]:
