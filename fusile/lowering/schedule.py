@@ -22,6 +22,10 @@ class Config:
     looped: bool
 
 
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 def _pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
@@ -75,11 +79,11 @@ def split(p_total: int, r_total: int, target: Target) -> Split:
     BLOCK_P contiguous columns (128 bytes of bf16) for its rows, 64 rows at a time."""
     block_p = min(_pow2(p_total), 64)
     block_r = min(_pow2(r_total), 64)
-    p_blocks = -(-p_total // block_p)
+    p_blocks = _cdiv(p_total, block_p)
     want = 4 * max(1, target.compute_units)
-    splits = min(max(1, -(-want // p_blocks)), -(-r_total // block_r), 256)
-    chunk = -(-(-(-r_total // splits)) // block_r) * block_r
-    splits = -(-r_total // chunk)
+    splits = min(max(1, _cdiv(want, p_blocks)), _cdiv(r_total, block_r), 256)
+    chunk = _cdiv(_cdiv(r_total, splits), block_r) * block_r  # a whole number of blocks
+    splits = _cdiv(r_total, chunk)
     partial = Config(block_p, block_r, _warps(block_p * block_r, target, 16), 1, True)
     combine = Config(block_p, _pow2(splits), _warps(block_p * _pow2(splits), target, 16), 1,
                      False)
