@@ -45,13 +45,19 @@ class _Eager(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, op, *args):
+        ctx.set_materialize_grads(False)  # unused statistics outputs get None, not zeros
         out = op._fusile_raw(*args)
         op._fusile_setup(ctx, args, out)
         ctx._fusile_grad = op._fusile_grad
+        main = out[0] if isinstance(out, tuple) else out
+        ctx._fusile_main = (main.shape, main.dtype, main.device)
         return out
 
     @staticmethod
     def backward(ctx, *grads):
+        if grads[0] is None:  # the main output's gradient is needed even when it is zero
+            shape, dtype, device = ctx._fusile_main
+            grads = (torch.zeros(shape, dtype=dtype, device=device), *grads[1:])
         g = ctx._fusile_grad(ctx, *grads)
         return (None, *(g if isinstance(g, tuple) else (g,)))
 

@@ -45,6 +45,7 @@ class _Launch:
     sized: dict[int, tuple]  # index class -> the global class that gives its size
     configs: dict[tuple[int, int], Any] = field(default_factory=dict)
     compiled: dict[tuple, Any] = field(default_factory=dict)  # specialization -> kernel
+    splits: dict[tuple[int, int], Any] = field(default_factory=dict)  # sizes -> split plan
 
 
 class TritonProgram:
@@ -174,24 +175,32 @@ class TritonProgram:
                                r_total, use_i64, device)
             return
         variant = "looped" if cfg.looped else "single"
-        ints = (*strides, *class_sizes)
-        if self._fast and device.type == "cuda":
-            # what Triton specializes on is a function of these: pointer alignment, the ints'
-            # values (== 1, divisible by 16, beyond int32) and the scalars' types
-            spec = (variant, cfg, use_i64, device.index, ints,
-                   tuple(t.data_ptr() & 15 for t in tensors), tuple(map(type, scalars)))
+        self._run(launch, variant, grid, cfg, use_i64, device,
+                  (*tensors, *strides, *class_sizes, *scalars))
+
+    def _run(self, launch: _Launch, variant: str, grid: tuple[int, ...], cfg: schedule.Config,
+             use_i64: bool, device: Any, args: tuple) -> None:
+        """Launch one kernel variant: straight to the compiled kernel when one exists for this
+        specialization (what Triton keys on: pointer alignment, the ints' values, the scalars'
+        types), else through triton.jit, which compiles it and hands it back."""
+        fast = self._fast and device.type == "cuda"
+        spec: tuple = ()
+        if fast:
+            spec = (variant, cfg, use_i64, device.index,
+                    tuple(a.data_ptr() & 15 if hasattr(a, "data_ptr") else
+                          (a if type(a) is int else type(a)) for a in args))
             kernel = launch.compiled.get(spec)
             if kernel is not None:
                 try:
-                    _launch_compiled(kernel, grid, device, (*tensors, *ints, *scalars,
-                                                            cfg.block_p, cfg.block_r, use_i64))
+                    _launch_compiled(kernel, grid, device, (*args, cfg.block_p, cfg.block_r,
+                                                            use_i64))
                     return
                 except (AttributeError, TypeError):  # another Triton's launcher: use the JIT
-                    self._fast = False
-        fn = launch.fn[variant]
-        kernel = fn[grid](*tensors, *ints, *scalars, BLOCK_P=cfg.block_p, BLOCK_R=cfg.block_r,
-                          USE_I64=use_i64, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-        if self._fast and device.type == "cuda" and kernel is not None:
+                    self._fast = fast = False
+        kernel = launch.fn[variant][grid](*args, BLOCK_P=cfg.block_p, BLOCK_R=cfg.block_r,
+                                          USE_I64=use_i64, num_warps=cfg.num_warps,
+                                          num_stages=cfg.num_stages)
+        if fast and kernel is not None:
             if len(launch.compiled) > 512:
                 launch.compiled.clear()
             launch.compiled[spec] = kernel
@@ -203,17 +212,17 @@ class TritonProgram:
         second kernel combines them per column and runs the epilogue."""
         import torch
 
-        plan = schedule.split(p_total, r_total, self.target)
+        plan = launch.splits.get((p_total, r_total))
+        if plan is None:
+            plan = launch.splits[(p_total, r_total)] = schedule.split(p_total, r_total,
+                                                                       self.target)
         parts = torch.empty((launch.ks.n_parts, plan.splits, p_total), dtype=torch.float32,
                             device=device)
         args = (*tensors, *strides, *class_sizes, *scalars, parts, plan.splits, plan.chunk)
-        for kind, cfg, grid in (
-                ("split", plan.partial, (math.ceil(p_total / plan.partial.block_p),
-                                         plan.splits)),
-                ("combine", plan.combine, (math.ceil(p_total / plan.combine.block_p),))):
-            launch.fn[kind][grid](*args, BLOCK_P=cfg.block_p, BLOCK_R=cfg.block_r,
-                                  USE_I64=use_i64, num_warps=cfg.num_warps,
-                                  num_stages=cfg.num_stages)
+        self._run(launch, "split", (math.ceil(p_total / plan.partial.block_p), plan.splits),
+                  plan.partial, use_i64, device, args)
+        self._run(launch, "combine", (math.ceil(p_total / plan.combine.block_p),),
+                  plan.combine, use_i64, device, args)
 
     def _config(self, launch: _Launch, p_total: int, r_total: int
                 ) -> tuple[schedule.Config, tuple[int]]:
@@ -234,8 +243,8 @@ def _launch_compiled(kernel: Any, grid: tuple[int, ...], device: Any, args: tupl
     stream = driver.active.get_current_stream(device.index)
     enter, exit_ = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
     meta = None if enter is None and exit_ is None else kernel.launch_metadata(grid, stream, *args)
-    kernel.run(grid[0], 1, 1, stream, kernel.function, kernel.packed_metadata, meta, enter, exit_,
-               *args)
+    kernel.run(grid[0], grid[1] if len(grid) > 1 else 1, 1, stream, kernel.function,
+               kernel.packed_metadata, meta, enter, exit_, *args)
 
 
 _HOST = {
