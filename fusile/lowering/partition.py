@@ -1,19 +1,21 @@
 """Fused MLIR graph -> kernel plan: which linalg generics share a kernel.
 
-Every loop of every generic and every dim of every tensor is put in a *dim class* (union-find
-through the indexing maps), so a kernel's domain is a set of classes. A kernel is a run of
-generics (in program order) that:
-  - reduce, if at all, over one common set of classes R (the rest, P, index the program grid);
-  - never use two loops of one generic in the same class (a transpose inside a kernel);
-  - are not contractions (those get their own kernel; issue 7 gives them tl.dot).
-Anything else starts a new kernel, with the tensor between them in HBM, so every program runs.
+Two kinds of classes. Global *size classes* (union-find over every loop and tensor dim through
+the indexing maps) say which extents are equal. Each kernel has its own *index classes*: loops
+that must share an index because one generic produces a tensor another reads, or both read it.
+A generic joins the earliest kernel its inputs allow where:
+  - it reduces, if at all, over the kernel's one set of classes R (the rest, P, index the grid);
+  - no two loops of one generic end up in the same index class (a transpose inside a kernel);
+  - it is not a contraction (those get their own kernel; issue 7 gives them tl.dot).
+Elementwise producers of arguments are recomputed where they are read instead of stored. What
+does not fit starts a new kernel, with the tensor between them in HBM, so every program runs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fusile.lowering.graph import Empty, Generic, Graph, Op
+from fusile.lowering.graph import Empty, Generic, Graph
 
 POINTWISE, REDUCTION, CONTRACTION = "pointwise", "reduction", "contraction"
 
@@ -86,7 +88,7 @@ def _is_fill(g: Generic) -> bool:
     return not g.inputs and not g.body and len(g.yields) == 1
 
 
-def _is_contraction(gi: int, g: Generic, cls: Classes) -> bool:
+def _is_contraction(g: Generic) -> bool:
     """A reduction whose tensor inputs each miss a different parallel loop (matmul-like)."""
     if not g.reduction_loops:
         return False
@@ -231,7 +233,7 @@ def partition(graph: Graph) -> Plan:
             producer[r] = gi
         deps = [home[producer[t]] for t in node.inputs if producer.get(t) in home]
         earliest = max(deps, default=0)
-        if _is_contraction(gi, node, cls):  # its own kernel (tl.dot comes with issue 7)
+        if _is_contraction(node):  # its own kernel (tl.dot comes with issue 7)
             alone = _Group(graph, ones, cls)
             alone.try_add(gi)
             groups.append(alone)
@@ -330,6 +332,3 @@ def _io(plan: Plan) -> None:
 def _is_empty(graph: Graph, t: int) -> bool:
     return any(isinstance(n, Empty) and n.result == t for n in graph.nodes)
 
-
-def scalar_ops(graph: Graph) -> list[Op]:
-    return [n for n in graph.nodes if isinstance(n, Op)]

@@ -2,8 +2,9 @@
 autograd, so torch.compile(fullgraph=True) traces through them and CUDA graphs capture them.
 
 Each public function mirrors its torch.nn.functional counterpart's arguments and defaults.
-The kernels are the DSL functions in kernels.py; this file only validates arguments, reshapes
-to rows x features, and wires forward to backward.
+The kernels are the DSL functions in kernels.py and the registration machinery is in
+registry.py; this file validates arguments, reshapes to rows x features, and wires forward to
+backward.
 """
 
 from __future__ import annotations
@@ -15,189 +16,65 @@ from torch import Tensor
 
 from fusile.dsl.errors import SignatureError
 from fusile.stdlib import kernels as K
-
-Op = "fusile::"
-_RAW: dict[str, object] = {}  # op name -> the plain Python implementation
-
-
-def custom_op(name: str):
-    """torch.library.custom_op, remembering the raw implementation: eager calls use it
-    directly (torch.library's dispatch costs tens of microseconds a call, as much as a small
-    kernel), torch.compile sees the registered op."""
-    def wrap(fn):
-        _RAW[name] = fn
-        op = torch.library.custom_op(Op + name, mutates_args=())(fn)
-        op._fusile_raw = fn  # type: ignore[attr-defined]
-        return op
-
-    return wrap
-
-
-def call(op, *args):
-    """Run a registered op: through torch.library while compiling, else its raw kernel."""
-    if torch.compiler.is_compiling():
-        return op(*args)
-    return op._fusile_raw(*args)
-
-
-class _Eager(torch.autograd.Function):
-    """Eager autograd over an op's raw forward, with the op's own setup and gradient."""
-
-    @staticmethod
-    def forward(ctx, op, *args):
-        ctx.set_materialize_grads(False)  # unused statistics outputs get None, not zeros
-        out = op._fusile_raw(*args)
-        op._fusile_setup(ctx, args, out)
-        ctx._fusile_grad = op._fusile_grad
-        main = out[0] if isinstance(out, tuple) else out
-        ctx._fusile_main = (main.shape, main.dtype, main.device)
-        return out
-
-    @staticmethod
-    def backward(ctx, *grads):
-        if grads[0] is None:  # the main output's gradient is needed even when it is zero
-            shape, dtype, device = ctx._fusile_main
-            grads = (torch.zeros(shape, dtype=dtype, device=device), *grads[1:])
-        g = ctx._fusile_grad(ctx, *grads)
-        return (None, *(g if isinstance(g, tuple) else (g,)))
-
-
-def apply(op, *args):
-    """Call an op with autograd: the registered op while compiling; an autograd.Function
-    over the raw kernels in eager mode, or the raw kernel alone when nothing needs a grad."""
-    if torch.compiler.is_compiling():
-        return op(*args)
-    if not (torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad
-                                            for a in args)):
-        return op._fusile_raw(*args)
-    return _Eager.apply(op, *args)
-
-
-def autograd(op, grad, setup) -> None:
-    """Register an op's gradient for both paths (torch.library and eager)."""
-    op.register_autograd(grad, setup_context=setup)
-    op._fusile_setup = setup
-    op._fusile_grad = grad
-
-
-def _same_device(name: str, *tensors: Tensor | None) -> None:
-    ts = [t for t in tensors if t is not None]
-    devices = {t.device for t in ts}
-    if len(devices) > 1:
-        raise SignatureError(f"fusile.stdlib.{name}: tensors are on different devices "
-                             f"({', '.join(sorted(str(d) for d in devices))})")
-    for t in ts:
-        if not t.dtype.is_floating_point:
-            raise SignatureError(f"fusile.stdlib.{name}: expected floating-point tensors, got "
-                                 f"{t.dtype}")
-
-
-def _param(name: str, p: Tensor | None, x: Tensor, shape: tuple[int, ...], what: str) -> None:
-    if p is None:
-        return
-    if tuple(p.shape) != shape:
-        raise SignatureError(f"fusile.stdlib.{name}: {what} has shape {tuple(p.shape)}, "
-                             f"expected normalized_shape {shape}")
-    if p.dtype != x.dtype:
-        raise SignatureError(f"fusile.stdlib.{name}: {what} is {p.dtype} but input is "
-                             f"{x.dtype}; cast one of them")
-
-
-def _norm_shape(name: str, x: Tensor, normalized_shape: int | list[int] | tuple[int, ...]
-                ) -> tuple[int, ...]:
-    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
-    if tuple(x.shape[len(x.shape) - len(shape):]) != shape or len(shape) > x.dim():
-        raise SignatureError(f"fusile.stdlib.{name}: input of shape {tuple(x.shape)} does not "
-                             f"end with normalized_shape {shape}")
-    return shape
-
-
-def _rows(x: Tensor, n: int) -> Tensor:
-    return x.reshape(-1, n)
-
-
-def _compute(x: Tensor) -> torch.dtype:
-    """The dtype statistics are kept in: float32, or float64 for float64 inputs."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
-def _ones(x: Tensor, n: int) -> Tensor:
-    return torch.ones(n, dtype=x.dtype, device=x.device)
-
+from fusile.stdlib.registry import (
+    apply,
+    as_rows,
+    autograd,
+    call,
+    check_param,
+    custom_op,
+    norm_shape,
+    ones_for,
+    same_device,
+    stat_dtype,
+)
 
 # ----------------------------------------------------------------------------- softmax
 
 
-@custom_op("softmax")
-def _softmax(x: Tensor, dim: int) -> Tensor:
-    return K.softmax_fwd(x, dim)
+def _rowwise(name: str, fwd, bwd):
+    """A normalizer over `dim` whose gradient needs only its output (softmax, log_softmax)."""
+    @custom_op(name)
+    def op(x: Tensor, dim: int) -> Tensor:
+        return fwd(x, dim)
+
+    @op.register_fake
+    def _(x: Tensor, dim: int) -> Tensor:
+        return torch.empty_like(x)
+
+    @custom_op(name + "_backward")
+    def op_bwd(dy: Tensor, y: Tensor, dim: int) -> Tensor:
+        return bwd(dy, y, dim)
+
+    @op_bwd.register_fake
+    def _(dy: Tensor, y: Tensor, dim: int) -> Tensor:
+        return torch.empty_like(y)
+
+    def setup(ctx, inputs, output):
+        ctx.save_for_backward(output)
+        ctx.dim = inputs[1]
+
+    def grad(ctx, dy):
+        (y,) = ctx.saved_tensors
+        return call(op_bwd, dy.contiguous(), y, ctx.dim), None
+
+    autograd(op, grad, setup)
+    return op
 
 
-@_softmax.register_fake
-def _(x: Tensor, dim: int) -> Tensor:
-    return torch.empty_like(x)
-
-
-@custom_op("softmax_backward")
-def _softmax_bwd(dy: Tensor, y: Tensor, dim: int) -> Tensor:
-    return K.softmax_bwd(dy, y, dim)
-
-
-@_softmax_bwd.register_fake
-def _(dy: Tensor, y: Tensor, dim: int) -> Tensor:
-    return torch.empty_like(y)
-
-
-def _softmax_setup(ctx, inputs, output):
-    ctx.save_for_backward(output)
-    ctx.dim = inputs[1]
-
-
-def _softmax_grad(ctx, dy):
-    (y,) = ctx.saved_tensors
-    return call(_softmax_bwd, dy.contiguous(), y, ctx.dim), None
-
-
-autograd(_softmax, _softmax_grad, _softmax_setup)
-
-
-@custom_op("log_softmax")
-def _log_softmax(x: Tensor, dim: int) -> Tensor:
-    return K.log_softmax_fwd(x, dim)
-
-
-@_log_softmax.register_fake
-def _(x: Tensor, dim: int) -> Tensor:
-    return torch.empty_like(x)
-
-
-@custom_op("log_softmax_backward")
-def _log_softmax_bwd(dy: Tensor, y: Tensor, dim: int) -> Tensor:
-    return K.log_softmax_bwd(dy, y, dim)
-
-
-@_log_softmax_bwd.register_fake
-def _(dy: Tensor, y: Tensor, dim: int) -> Tensor:
-    return torch.empty_like(y)
-
-
-def _log_softmax_grad(ctx, dy):
-    (y,) = ctx.saved_tensors
-    return call(_log_softmax_bwd, dy.contiguous(), y, ctx.dim), None
-
-
-autograd(_log_softmax, _log_softmax_grad, _softmax_setup)
+_softmax = _rowwise("softmax", K.softmax_fwd, K.softmax_bwd)
+_log_softmax = _rowwise("log_softmax", K.log_softmax_fwd, K.log_softmax_bwd)
 
 
 def softmax(input: Tensor, dim: int = -1) -> Tensor:
     """torch.softmax(input, dim), fused (one read, one write)."""
-    _same_device("softmax", input)
+    same_device("softmax", input)
     return apply(_softmax, input, dim)
 
 
 def log_softmax(input: Tensor, dim: int = -1) -> Tensor:
     """torch.log_softmax(input, dim), fused."""
-    _same_device("log_softmax", input)
+    same_device("log_softmax", input)
     return apply(_log_softmax, input, dim)
 
 
@@ -212,7 +89,7 @@ def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
 
 @_rms_norm.register_fake
 def _(x: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    return torch.empty_like(x), x.new_empty((x.shape[0], 1), dtype=_compute(x))
+    return torch.empty_like(x), x.new_empty((x.shape[0], 1), dtype=stat_dtype(x))
 
 
 @custom_op("rms_norm_backward")
@@ -243,13 +120,13 @@ autograd(_rms_norm, _rms_grad, _rms_setup)
 def rms_norm(input: Tensor, normalized_shape: int | list[int] | tuple[int, ...],
              weight: Tensor | None = None, eps: float | None = None) -> Tensor:
     """torch.nn.functional.rms_norm, fused; saves only a float32 rstd per row."""
-    shape = _norm_shape("rms_norm", input, normalized_shape)
-    _same_device("rms_norm", input, weight)
-    _param("rms_norm", weight, input, shape, "weight")
+    shape = norm_shape("rms_norm", input, normalized_shape)
+    same_device("rms_norm", input, weight)
+    check_param("rms_norm", weight, input, shape, "weight")
     n = math.prod(shape)
     eps = torch.finfo(input.dtype).eps if eps is None else eps
-    w = weight.reshape(n) if weight is not None else _ones(input, n)
-    y, _ = apply(_rms_norm, _rows(input, n), w, float(eps))
+    w = weight.reshape(n) if weight is not None else ones_for(input, n)
+    y, _ = apply(_rms_norm, as_rows(input, n), w, float(eps))
     return y.view(input.shape)
 
 
@@ -263,7 +140,7 @@ def _add_rms_norm(x: Tensor, residual: Tensor, weight: Tensor, eps: float
 @_add_rms_norm.register_fake
 def _(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     return (torch.empty_like(x), torch.empty_like(x),
-            x.new_empty((x.shape[0], 1), dtype=_compute(x)))
+            x.new_empty((x.shape[0], 1), dtype=stat_dtype(x)))
 
 
 @custom_op("add_rms_norm_backward")
@@ -297,16 +174,16 @@ def add_rms_norm(input: Tensor, residual: Tensor,
                  weight: Tensor | None = None, eps: float | None = None) -> tuple[Tensor, Tensor]:
     """(rms_norm(input + residual), input + residual) in one pass: the pre-norm block's
     residual add and norm, returning the new residual stream too."""
-    shape = _norm_shape("add_rms_norm", input, normalized_shape)
-    _same_device("add_rms_norm", input, residual, weight)
+    shape = norm_shape("add_rms_norm", input, normalized_shape)
+    same_device("add_rms_norm", input, residual, weight)
     if residual.shape != input.shape or residual.dtype != input.dtype:
         raise SignatureError("fusile.stdlib.add_rms_norm: residual must match input's shape "
                              "and dtype")
-    _param("add_rms_norm", weight, input, shape, "weight")
+    check_param("add_rms_norm", weight, input, shape, "weight")
     n = math.prod(shape)
     eps = torch.finfo(input.dtype).eps if eps is None else eps
-    w = weight.reshape(n) if weight is not None else _ones(input, n)
-    y, h, _ = apply(_add_rms_norm, _rows(input, n), _rows(residual, n), w, float(eps))
+    w = weight.reshape(n) if weight is not None else ones_for(input, n)
+    y, h, _ = apply(_add_rms_norm, as_rows(input, n), as_rows(residual, n), w, float(eps))
     return y.view(input.shape), h.view(input.shape)
 
 
@@ -319,7 +196,7 @@ def _layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float
 
 @_layer_norm.register_fake
 def _(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    stat = x.new_empty((x.shape[0], 1), dtype=_compute(x))
+    stat = x.new_empty((x.shape[0], 1), dtype=stat_dtype(x))
     return torch.empty_like(x), stat, torch.empty_like(stat)
 
 
@@ -354,14 +231,14 @@ def layer_norm(input: Tensor, normalized_shape: int | list[int] | tuple[int, ...
                weight: Tensor | None = None, bias: Tensor | None = None,
                eps: float = 1e-5) -> Tensor:
     """torch.nn.functional.layer_norm, fused; saves a float32 mean and rstd per row."""
-    shape = _norm_shape("layer_norm", input, normalized_shape)
-    _same_device("layer_norm", input, weight, bias)
-    _param("layer_norm", weight, input, shape, "weight")
-    _param("layer_norm", bias, input, shape, "bias")
+    shape = norm_shape("layer_norm", input, normalized_shape)
+    same_device("layer_norm", input, weight, bias)
+    check_param("layer_norm", weight, input, shape, "weight")
+    check_param("layer_norm", bias, input, shape, "bias")
     n = math.prod(shape)
-    w = weight.reshape(n) if weight is not None else _ones(input, n)
+    w = weight.reshape(n) if weight is not None else ones_for(input, n)
     b = bias.reshape(n) if bias is not None else torch.zeros_like(w)
-    y, _, _ = apply(_layer_norm, _rows(input, n), w, b, float(eps))
+    y, _, _ = apply(_layer_norm, as_rows(input, n), w, b, float(eps))
     return y.view(input.shape)
 
 
@@ -419,7 +296,7 @@ _silu = _unary("silu", K.silu_fwd, K.silu_bwd)
 
 def gelu(input: Tensor, approximate: str = "none") -> Tensor:
     """torch.nn.functional.gelu, exact (erf) or approximate='tanh'."""
-    _same_device("gelu", input)
+    same_device("gelu", input)
     if approximate not in ("none", "tanh"):
         raise SignatureError(f"fusile.stdlib.gelu: approximate must be 'none' or 'tanh', got "
                              f"{approximate!r}")
@@ -428,7 +305,7 @@ def gelu(input: Tensor, approximate: str = "none") -> Tensor:
 
 def silu(input: Tensor) -> Tensor:
     """torch.nn.functional.silu."""
-    _same_device("silu", input)
+    same_device("silu", input)
     return apply(_silu, input)
 
 
@@ -467,7 +344,7 @@ _geglu_tanh = _gated("geglu_tanh", K.geglu_tanh_fwd, K.geglu_tanh_bwd)
 
 
 def _check_gated(name: str, a: Tensor, b: Tensor) -> None:
-    _same_device(name, a, b)
+    same_device(name, a, b)
     if a.shape != b.shape or a.dtype != b.dtype:
         raise SignatureError(f"fusile.stdlib.{name}: gate and up projections must have the "
                              f"same shape and dtype, got {tuple(a.shape)} {a.dtype} and "
@@ -500,8 +377,8 @@ def _cross_entropy(logits: Tensor, target: Tensor, ignore_index: int, smoothing:
 def _(logits: Tensor, target: Tensor, ignore_index: int, smoothing: float
       ) -> tuple[Tensor, Tensor]:
     rows = logits.shape[0]
-    return (logits.new_empty(rows, dtype=_compute(logits)),
-            logits.new_empty((rows, 1), dtype=_compute(logits)))
+    return (logits.new_empty(rows, dtype=stat_dtype(logits)),
+            logits.new_empty((rows, 1), dtype=stat_dtype(logits)))
 
 
 @custom_op("cross_entropy_backward")
@@ -537,7 +414,7 @@ def cross_entropy(input: Tensor, target: Tensor, ignore_index: int = -100,
     """torch.nn.functional.cross_entropy for (N, C) logits and (N,) class indices. The logits
     are read in their own dtype, a tile at a time; no float32 copy is made. The gradient is
     one pass over the logits using the saved per-row log-sum-exp."""
-    _same_device("cross_entropy", input)
+    same_device("cross_entropy", input)
     if input.dim() != 2 or target.shape != input.shape[:1]:
         raise SignatureError(f"fusile.stdlib.cross_entropy: expected logits (N, C) and target "
                              f"(N,), got {tuple(input.shape)} and {tuple(target.shape)}")

@@ -20,7 +20,6 @@ from typing import Any
 from fusile.backends.targets import Target
 from fusile.backends.triton import cache
 from fusile.backends.triton.codegen import KernelSource, generate
-from fusile.backends.triton.ops import TL_DTYPE
 from fusile.backends.triton.runtime import tensor_names
 from fusile.dsl.errors import BackendError
 from fusile.lowering import schedule
@@ -185,5 +184,3 @@ def _class_sizes(compiled: Any, plan: Any, named: dict[str, int]) -> dict[tuple,
                 known.setdefault(plan.tensor_class(a, axis), named[name])
     return known
 
-
-__all__ = ["TL_DTYPE", "Artifacts", "KernelArtifact", "compile_for"]

@@ -1,0 +1,119 @@
+"""How standard-library ops meet PyTorch: custom ops for torch.compile, a cheap eager path,
+autograd for both, and the argument checks every op shares."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from fusile.dsl.errors import SignatureError
+
+Op = "fusile::"
+_RAW: dict[str, object] = {}  # op name -> the plain Python implementation
+
+
+def custom_op(name: str):
+    """torch.library.custom_op, remembering the raw implementation: eager calls use it
+    directly (torch.library's dispatch costs tens of microseconds a call, as much as a small
+    kernel), torch.compile sees the registered op."""
+    def wrap(fn):
+        _RAW[name] = fn
+        op = torch.library.custom_op(Op + name, mutates_args=())(fn)
+        op._fusile_raw = fn  # type: ignore[attr-defined]
+        return op
+
+    return wrap
+
+
+def call(op, *args):
+    """Run a registered op: through torch.library while compiling, else its raw kernel."""
+    if torch.compiler.is_compiling():
+        return op(*args)
+    return op._fusile_raw(*args)
+
+
+class _Eager(torch.autograd.Function):
+    """Eager autograd over an op's raw forward, with the op's own setup and gradient."""
+
+    @staticmethod
+    def forward(ctx, op, *args):
+        ctx.set_materialize_grads(False)  # unused statistics outputs get None, not zeros
+        out = op._fusile_raw(*args)
+        op._fusile_setup(ctx, args, out)
+        ctx._fusile_grad = op._fusile_grad
+        main = out[0] if isinstance(out, tuple) else out
+        ctx._fusile_main = (main.shape, main.dtype, main.device)
+        return out
+
+    @staticmethod
+    def backward(ctx, *grads):
+        if grads[0] is None:  # the main output's gradient is needed even when it is zero
+            shape, dtype, device = ctx._fusile_main
+            grads = (torch.zeros(shape, dtype=dtype, device=device), *grads[1:])
+        g = ctx._fusile_grad(ctx, *grads)
+        return (None, *(g if isinstance(g, tuple) else (g,)))
+
+
+def apply(op, *args):
+    """Call an op with autograd: the registered op while compiling; an autograd.Function
+    over the raw kernels in eager mode, or the raw kernel alone when nothing needs a grad."""
+    if torch.compiler.is_compiling():
+        return op(*args)
+    if not (torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad
+                                            for a in args)):
+        return op._fusile_raw(*args)
+    return _Eager.apply(op, *args)
+
+
+def autograd(op, grad, setup) -> None:
+    """Register an op's gradient for both paths (torch.library and eager)."""
+    op.register_autograd(grad, setup_context=setup)
+    op._fusile_setup = setup
+    op._fusile_grad = grad
+
+
+def same_device(name: str, *tensors: Tensor | None) -> None:
+    ts = [t for t in tensors if t is not None]
+    devices = {t.device for t in ts}
+    if len(devices) > 1:
+        raise SignatureError(f"fusile.stdlib.{name}: tensors are on different devices "
+                             f"({', '.join(sorted(str(d) for d in devices))})")
+    for t in ts:
+        if not t.dtype.is_floating_point:
+            raise SignatureError(f"fusile.stdlib.{name}: expected floating-point tensors, got "
+                                 f"{t.dtype}")
+
+
+def check_param(name: str, p: Tensor | None, x: Tensor, shape: tuple[int, ...], what: str) -> None:
+    if p is None:
+        return
+    if tuple(p.shape) != shape:
+        raise SignatureError(f"fusile.stdlib.{name}: {what} has shape {tuple(p.shape)}, "
+                             f"expected normalized_shape {shape}")
+    if p.dtype != x.dtype:
+        raise SignatureError(f"fusile.stdlib.{name}: {what} is {p.dtype} but input is "
+                             f"{x.dtype}; cast one of them")
+
+
+def norm_shape(name: str, x: Tensor, normalized_shape: int | list[int] | tuple[int, ...]
+                ) -> tuple[int, ...]:
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    if tuple(x.shape[len(x.shape) - len(shape):]) != shape or len(shape) > x.dim():
+        raise SignatureError(f"fusile.stdlib.{name}: input of shape {tuple(x.shape)} does not "
+                             f"end with normalized_shape {shape}")
+    return shape
+
+
+def as_rows(x: Tensor, n: int) -> Tensor:
+    return x.reshape(-1, n)
+
+
+def stat_dtype(x: Tensor) -> torch.dtype:
+    """The dtype statistics are kept in: float32, or float64 for float64 inputs."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def ones_for(x: Tensor, n: int) -> Tensor:
+    return torch.ones(n, dtype=x.dtype, device=x.device)
+
+
