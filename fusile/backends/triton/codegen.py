@@ -11,9 +11,17 @@ file:line from the MLIR location.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from fusile.backends.triton.codegen_loops import (
+    parts,
+    splittable,
+    write_combine,
+    write_looped,
+    write_split,
+)
 from fusile.backends.triton.ops import REDUCE, RULES, int_identity, literal
+from fusile.backends.triton.scope import Scope
 from fusile.dsl.errors import BackendError
 from fusile.dsl.types import DType
 from fusile.lowering.graph import Generic, Graph, Op
@@ -46,44 +54,6 @@ class KernelSource:
     split_name: str | None = None  # column reductions: partial reductions over row ranges,
     combine_name: str | None = None  # then combining them and the epilogue
     n_parts: int = 0  # reduction results the split kernel stores partials of
-
-
-@dataclass
-class Scope:
-    parent: Scope | None
-    indent: str
-    lines: list[str] = field(default_factory=list)
-    values: dict[object, str] = field(default_factory=dict)
-    tiles: dict[str, frozenset[str]] = field(default_factory=dict)  # var -> tile axes
-
-    def get(self, key: object) -> str | None:
-        s: Scope | None = self
-        while s is not None:
-            if key in s.values:
-                return s.values[key]
-            s = s.parent
-        return None
-
-    def axes_of(self, var: str) -> frozenset[str] | None:
-        """The tile axes of var, or None when var is a scalar (literal or argument)."""
-        s: Scope | None = self
-        while s is not None:
-            if var in s.tiles:
-                return s.tiles[var]
-            s = s.parent
-        return None
-
-    def tile(self, var: str, axes: frozenset[str]) -> None:
-        self.tiles[var] = axes
-
-    def derived(self, var: str, args: list[str]) -> None:
-        """var = op(args): a tile if any argument is one."""
-        axes = [a for a in (self.axes_of(x) for x in args) if a is not None]
-        if axes:
-            self.tiles[var] = frozenset().union(*axes)
-
-    def emit(self, line: str) -> None:
-        self.lines.append(self.indent + line)
 
 
 def _short_loc(loc: str) -> str:
@@ -390,145 +360,6 @@ class KernelWriter:
         node = self._gen(gi)
         return any(self.k.loop_class.get((gi, i)) in self.p_classes for i in range(node.n_loops))
 
-    def levels(self) -> dict[int, int]:
-        """Reduction generic -> phase (1 + the deepest reduction it depends on)."""
-        memo: dict[int, int] = {}
-
-        def deps(gi: int, seen: set[int]) -> int:
-            node = self._gen(gi)
-            best = 0
-            for t in node.inputs:
-                p = self.producer.get(t)
-                if p is None or p in seen:
-                    continue
-                seen.add(p)
-                best = max(best, level(p) if self.plan.reduces(p) else deps(p, seen))
-            return best
-
-        def level(gi: int) -> int:
-            if gi not in memo:
-                memo[gi] = 1 + deps(gi, set())
-            return memo[gi]
-
-        return {gi: level(gi) for gi in self.k.generics if self.plan.reduces(gi)}
-
-    def write_looped(self, name: str, tensors: list[TensorArg]) -> list[str]:
-        top = Scope(None, "    ")
-        self._prologue(top, False)
-        levels = self.levels()
-        for phase in range(1, max(levels.values(), default=0) + 1):
-            gens = [gi for gi, lv in levels.items() if lv == phase]
-            accs = {}
-            for gi in gens:
-                node = self._gen(gi)
-                for y, (op, _f) in self._combiners(node).items():
-                    acc = f"acc{y}"
-                    accs[(gi, y)] = acc
-                    dtype = "tl.float32" if op.dtype.is_float else f"tl.int{op.dtype.bits}"
-                    top.emit(f"{acc} = tl.full([BLOCK_P, BLOCK_R], {self._identity(op)}, "
-                             f"{dtype})")
-            top.emit("for r0 in range(0, R, BLOCK_R):")
-            loop = Scope(top, "        ")
-            self._r_index(loop, "r0 + ")
-            for gi in gens:
-                self.emit_generic(gi, loop, False, {y: f"acc{y}" for (g, y) in accs if g == gi})
-            top.lines += loop.lines
-            for gi in gens:
-                node = self._gen(gi)
-                for r, y, init in zip(node.results, node.yields, node.outputs, strict=True):
-                    op, _ = self._combiners(node)[y]
-                    var = f"red{r}"
-                    top.emit(f"{var} = {self._reduce_call(op, f'acc{y}')}")
-                    if self._spans_p(gi):
-                        top.tile(var, frozenset("p"))
-                    else:  # every row of the accumulator holds the same value: keep one
-                        top.emit(f"{var} = tl.max({var}, axis=0, keep_dims=True)"
-                                 if self.target != "interpreter" else
-                                 f"{var} = tl.reduce({var}, 0, tl.standard._elementwise_max, "
-                                 "keep_dims=True)")
-                        top.tile(var, frozenset())
-                    self._finish_reduce(r, op, var, top, init)
-        spanning = [t for t in self.k.writes
-                    if "r" in self._axes_of_classes(self.tensor_arg(t, True).classes)]
-        for t in self.k.writes:
-            if t not in spanning:  # row results are stored once, outside the loops
-                self._store(t, top)
-        if spanning:
-            top.emit("for r0 in range(0, R, BLOCK_R):")
-            loop = Scope(top, "        ")
-            self._r_index(loop, "r0 + ")
-            for t in spanning:
-                self._store(t, loop)
-            top.lines += loop.lines
-        return self.header(name, tensors, True) + top.lines
-
-    def _parts(self) -> list[tuple[int, int, int, Op, int]]:
-        """(generic, result, yield, combiner, init) of each reduction, for split kernels."""
-        out = []
-        for gi, _lv in sorted(self.levels().items()):
-            node = self._gen(gi)
-            combiners = self._combiners(node)
-            for r, y, init in zip(node.results, node.yields, node.outputs, strict=True):
-                out.append((gi, r, y, combiners[y][0], init))
-        return out
-
-    def splittable(self) -> bool:
-        """One level of float reductions whose results are all the kernel writes per row: the
-        rows can be cut into ranges reduced in parallel and combined after."""
-        if self.k.kind == POINTWISE or not self.k.reduced:
-            return False
-        if set(self.levels().values()) != {1}:
-            return False
-        if any("r" in self._axes_of_classes(self.tensor_arg(t, True).classes)
-               for t in self.k.writes):
-            return False
-        return all(op.dtype.is_float for _g, _r, _y, op, _i in self._parts())
-
-    def write_split(self, name: str, tensors: list[TensorArg]) -> list[str]:
-        top = Scope(None, "    ")
-        self._prologue(top, False)
-        top.emit("sid = tl.program_id(1)  # this program's range of rows")
-        top.emit("r_lo = sid * S_CHUNK")
-        top.emit("r_hi = tl.minimum(r_lo + S_CHUNK, R)")
-        parts = self._parts()
-        for _gi, _r, y, op, _init in parts:
-            top.emit(f"acc{y} = tl.full([BLOCK_P, BLOCK_R], {self._identity(op)}, tl.float32)")
-        top.emit("for r0 in range(r_lo, r_hi, BLOCK_R):")
-        loop = Scope(top, "        ")
-        self._r_index(loop, "r0 + ")
-        for gi in dict.fromkeys(g for g, *_ in parts):
-            self.emit_generic(gi, loop, False, {y: f"acc{y}" for g, _r, y, _o, _i in parts
-                                                 if g == gi})
-        top.lines += loop.lines
-        for j, (_gi, r, y, op, _init) in enumerate(parts):
-            top.emit(f"red{r} = {self._reduce_call(op, f'acc{y}')}")
-            top.emit(f"tl.store(part_ptr + ({j} * S + sid) * P + offs_p, red{r}, mask=mask_p)")
-        return self.header(name, tensors, True, ("part_ptr", "S", "S_CHUNK"),
-                           " (split: partial reductions over a range of rows)") + top.lines
-
-    def write_combine(self, name: str, tensors: list[TensorArg]) -> list[str]:
-        top = Scope(None, "    ")
-        self._prologue(top, False)
-        top.emit("offs_s = tl.arange(0, BLOCK_R)[None, :]  # one column per row range")
-        top.emit("mask_s = offs_s < S")
-        for j, (gi, r, _y, op, init) in enumerate(self._parts()):
-            ident = self._identity(op)
-            var = f"red{r}"
-            if self._spans_p(gi):
-                top.emit(f"part{r} = tl.load(part_ptr + ({j} * S + offs_s) * P + offs_p, "
-                         f"mask=mask_p & mask_s, other={ident})")
-                top.tile(var, frozenset("p"))
-            else:  # the same for every column: the first column's partials hold it
-                top.emit(f"part{r} = tl.load(part_ptr + ({j} * S + offs_s) * P, mask=mask_s, "
-                         f"other={ident})")
-                top.tile(var, frozenset())
-            top.emit(f"{var} = {self._reduce_call(op, f'part{r}')}")
-            self._finish_reduce(r, op, var, top, init)
-        for t in self.k.writes:
-            self._store(t, top)
-        return self.header(name, tensors, True, ("part_ptr", "S", "S_CHUNK"),
-                           " (combine the partials, then the epilogue)") + top.lines
-
     def source(self) -> KernelSource:
         name = f"fusile_k{self.k.index}"
         # generate once to learn the scalar arguments, then again with the full header
@@ -539,15 +370,15 @@ class KernelWriter:
             looped_name = split = combine = None
             if self.k.kind != POINTWISE:
                 looped_name = name + "_looped"
-                lines += ["", "", *self.write_looped(looped_name, tensors)]
-            if self.splittable():
+                lines += ["", "", *write_looped(self, looped_name, tensors)]
+            if splittable(self):
                 split, combine = name + "_split", name + "_combine"
-                lines += ["", "", *self.write_split(split, tensors), "", "",
-                          *self.write_combine(combine, tensors)]
+                lines += ["", "", *write_split(self, split, tensors), "", "",
+                          *write_combine(self, combine, tensors)]
         return KernelSource(name, self.k.kind, self.k.index, "\n".join(lines), tensors,
                             self.classes, self.p_classes, self.r_classes, self.k.class_global,
                             list(self.scalars), looped_name, split, combine,
-                            len(self._parts()) if split else 0)
+                            len(parts(self)) if split else 0)
 
 
 def generate(plan: Plan, target: str, names: dict[int, str]) -> tuple[str, list[KernelSource]]:

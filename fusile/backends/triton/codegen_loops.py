@@ -1,0 +1,160 @@
+"""The multi-pass kernel variants of a reduction kernel, written over a KernelWriter:
+looped (rows longer than one block: one loop over the row per reduction level, then a loop
+for the outputs), and split/combine (long column reductions: partial reductions over row
+ranges in parallel, then one kernel combines them and runs the epilogue)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fusile.backends.triton.scope import Scope
+from fusile.lowering.graph import Op
+from fusile.lowering.partition import POINTWISE
+
+if TYPE_CHECKING:
+    from fusile.backends.triton.codegen import KernelWriter, TensorArg
+
+
+def levels(w: KernelWriter) -> dict[int, int]:
+    """Reduction generic -> phase (1 + the deepest reduction it depends on)."""
+    memo: dict[int, int] = {}
+
+    def deps(gi: int, seen: set[int]) -> int:
+        node = w._gen(gi)
+        best = 0
+        for t in node.inputs:
+            p = w.producer.get(t)
+            if p is None or p in seen:
+                continue
+            seen.add(p)
+            best = max(best, level(p) if w.plan.reduces(p) else deps(p, seen))
+        return best
+
+    def level(gi: int) -> int:
+        if gi not in memo:
+            memo[gi] = 1 + deps(gi, set())
+        return memo[gi]
+
+    return {gi: level(gi) for gi in w.k.generics if w.plan.reduces(gi)}
+
+
+def write_looped(w: KernelWriter, name: str, tensors: list[TensorArg]) -> list[str]:
+    top = Scope(None, "    ")
+    w._prologue(top, False)
+    by_level = levels(w)
+    for phase in range(1, max(by_level.values(), default=0) + 1):
+        gens = [gi for gi, lv in by_level.items() if lv == phase]
+        accs = {}
+        for gi in gens:
+            node = w._gen(gi)
+            for y, (op, _f) in w._combiners(node).items():
+                acc = f"acc{y}"
+                accs[(gi, y)] = acc
+                dtype = "tl.float32" if op.dtype.is_float else f"tl.int{op.dtype.bits}"
+                top.emit(f"{acc} = tl.full([BLOCK_P, BLOCK_R], {w._identity(op)}, "
+                         f"{dtype})")
+        top.emit("for r0 in range(0, R, BLOCK_R):")
+        loop = Scope(top, "        ")
+        w._r_index(loop, "r0 + ")
+        for gi in gens:
+            w.emit_generic(gi, loop, False, {y: f"acc{y}" for (g, y) in accs if g == gi})
+        top.lines += loop.lines
+        for gi in gens:
+            node = w._gen(gi)
+            for r, y, init in zip(node.results, node.yields, node.outputs, strict=True):
+                op, _ = w._combiners(node)[y]
+                var = f"red{r}"
+                top.emit(f"{var} = {w._reduce_call(op, f'acc{y}')}")
+                if w._spans_p(gi):
+                    top.tile(var, frozenset("p"))
+                else:  # every row of the accumulator holds the same value: keep one
+                    top.emit(f"{var} = tl.max({var}, axis=0, keep_dims=True)"
+                             if w.target != "interpreter" else
+                             f"{var} = tl.reduce({var}, 0, tl.standard._elementwise_max, "
+                             "keep_dims=True)")
+                    top.tile(var, frozenset())
+                w._finish_reduce(r, op, var, top, init)
+    spanning = [t for t in w.k.writes
+                if "r" in w._axes_of_classes(w.tensor_arg(t, True).classes)]
+    for t in w.k.writes:
+        if t not in spanning:  # row results are stored once, outside the loops
+            w._store(t, top)
+    if spanning:
+        top.emit("for r0 in range(0, R, BLOCK_R):")
+        loop = Scope(top, "        ")
+        w._r_index(loop, "r0 + ")
+        for t in spanning:
+            w._store(t, loop)
+        top.lines += loop.lines
+    return w.header(name, tensors, True) + top.lines
+
+
+def parts(w: KernelWriter) -> list[tuple[int, int, int, Op, int]]:
+    """(generic, result, yield, combiner, init) of each reduction, for split kernels."""
+    out = []
+    for gi, _lv in sorted(levels(w).items()):
+        node = w._gen(gi)
+        combiners = w._combiners(node)
+        for r, y, init in zip(node.results, node.yields, node.outputs, strict=True):
+            out.append((gi, r, y, combiners[y][0], init))
+    return out
+
+
+def splittable(w: KernelWriter) -> bool:
+    """One level of float reductions whose results are all the kernel writes per row: the
+    rows can be cut into ranges reduced in parallel and combined after."""
+    if w.k.kind == POINTWISE or not w.k.reduced:
+        return False
+    if set(levels(w).values()) != {1}:
+        return False
+    if any("r" in w._axes_of_classes(w.tensor_arg(t, True).classes)
+           for t in w.k.writes):
+        return False
+    return all(op.dtype.is_float for _g, _r, _y, op, _i in parts(w))
+
+
+def write_split(w: KernelWriter, name: str, tensors: list[TensorArg]) -> list[str]:
+    top = Scope(None, "    ")
+    w._prologue(top, False)
+    top.emit("sid = tl.program_id(1)  # this program's range of rows")
+    top.emit("r_lo = sid * S_CHUNK")
+    top.emit("r_hi = tl.minimum(r_lo + S_CHUNK, R)")
+    items = parts(w)
+    for _gi, _r, y, op, _init in items:
+        top.emit(f"acc{y} = tl.full([BLOCK_P, BLOCK_R], {w._identity(op)}, tl.float32)")
+    top.emit("for r0 in range(r_lo, r_hi, BLOCK_R):")
+    loop = Scope(top, "        ")
+    w._r_index(loop, "r0 + ")
+    for gi in dict.fromkeys(g for g, *_ in items):
+        w.emit_generic(gi, loop, False, {y: f"acc{y}" for g, _r, y, _o, _i in items
+                                             if g == gi})
+    top.lines += loop.lines
+    for j, (_gi, r, y, op, _init) in enumerate(items):
+        top.emit(f"red{r} = {w._reduce_call(op, f'acc{y}')}")
+        top.emit(f"tl.store(part_ptr + ({j} * S + sid) * P + offs_p, red{r}, mask=mask_p)")
+    return w.header(name, tensors, True, ("part_ptr", "S", "S_CHUNK"),
+                       " (split: partial reductions over a range of rows)") + top.lines
+
+
+def write_combine(w: KernelWriter, name: str, tensors: list[TensorArg]) -> list[str]:
+    top = Scope(None, "    ")
+    w._prologue(top, False)
+    top.emit("offs_s = tl.arange(0, BLOCK_R)[None, :]  # one column per row range")
+    top.emit("mask_s = offs_s < S")
+    for j, (gi, r, _y, op, init) in enumerate(parts(w)):
+        ident = w._identity(op)
+        var = f"red{r}"
+        if w._spans_p(gi):
+            top.emit(f"part{r} = tl.load(part_ptr + ({j} * S + offs_s) * P + offs_p, "
+                     f"mask=mask_p & mask_s, other={ident})")
+            top.tile(var, frozenset("p"))
+        else:  # the same for every column: the first column's partials hold it
+            top.emit(f"part{r} = tl.load(part_ptr + ({j} * S + offs_s) * P, mask=mask_s, "
+                     f"other={ident})")
+            top.tile(var, frozenset())
+        top.emit(f"{var} = {w._reduce_call(op, f'part{r}')}")
+        w._finish_reduce(r, op, var, top, init)
+    for t in w.k.writes:
+        w._store(t, top)
+    return w.header(name, tensors, True, ("part_ptr", "S", "S_CHUNK"),
+                       " (combine the partials, then the epilogue)") + top.lines

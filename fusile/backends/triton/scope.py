@@ -1,0 +1,44 @@
+"""A scope of generated Triton code: its lines, the values computed in it (looked up through
+enclosing scopes), and which of them are tiles and along which axes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Scope:
+    parent: Scope | None
+    indent: str
+    lines: list[str] = field(default_factory=list)
+    values: dict[object, str] = field(default_factory=dict)
+    tiles: dict[str, frozenset[str]] = field(default_factory=dict)  # var -> tile axes
+
+    def get(self, key: object) -> str | None:
+        s: Scope | None = self
+        while s is not None:
+            if key in s.values:
+                return s.values[key]
+            s = s.parent
+        return None
+
+    def axes_of(self, var: str) -> frozenset[str] | None:
+        """The tile axes of var, or None when var is a scalar (literal or argument)."""
+        s: Scope | None = self
+        while s is not None:
+            if var in s.tiles:
+                return s.tiles[var]
+            s = s.parent
+        return None
+
+    def tile(self, var: str, axes: frozenset[str]) -> None:
+        self.tiles[var] = axes
+
+    def derived(self, var: str, args: list[str]) -> None:
+        """var = op(args): a tile if any argument is one."""
+        axes = [a for a in (self.axes_of(x) for x in args) if a is not None]
+        if axes:
+            self.tiles[var] = frozenset().union(*axes)
+
+    def emit(self, line: str) -> None:
+        self.lines.append(self.indent + line)
