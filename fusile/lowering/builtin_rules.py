@@ -217,28 +217,22 @@ def _sum_exp(lo: Lowerer, sh: LV, axes: tuple[int, ...], keepdims: bool, d: DTyp
                         pre=lambda v: mmath.ExpOp(v).result)
 
 
-@rule("softmax")
-def _softmax(lo: Lowerer, call: BoundCall, args: list[Value]) -> Value:
+_NORMALIZED: dict[str, Callable[[ir.Value, ir.Value], ir.Value]] = {  # (x - max, sum exp)
+    "softmax": lambda sh, s: arith.DivFOp(mmath.ExpOp(sh).result, s).result,
+    "log_softmax": lambda sh, s: arith.SubFOp(sh, mmath.LogOp(s).result).result,
+}
+
+
+@rule("softmax", "log_softmax")
+def _normalize(lo: Lowerer, call: BoundCall, args: list[Value]) -> Value:
     (x,) = args
     assert isinstance(x, LV)
     d = _out(lo, call).dtype
     c = d.compute
     _, sh = _shifted(lo, x, call.axes, d)
     s = _sum_exp(lo, sh, call.axes, True, d)
-    return lo.pointwise([sh, s], sh.type, [c, c],
-                        lambda v: arith.DivFOp(mmath.ExpOp(v[0]).result, v[1]).result)
-
-
-@rule("log_softmax")
-def _log_softmax(lo: Lowerer, call: BoundCall, args: list[Value]) -> Value:
-    (x,) = args
-    assert isinstance(x, LV)
-    d = _out(lo, call).dtype
-    c = d.compute
-    _, sh = _shifted(lo, x, call.axes, d)
-    s = _sum_exp(lo, sh, call.axes, True, d)
-    return lo.pointwise([sh, s], sh.type, [c, c],
-                        lambda v: arith.SubFOp(v[0], mmath.LogOp(v[1]).result).result)
+    final = _NORMALIZED[call.name]
+    return lo.pointwise([sh, s], sh.type, [c, c], lambda v: final(v[0], v[1]))
 
 
 @rule("logsumexp")
