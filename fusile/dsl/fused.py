@@ -123,6 +123,10 @@ class FusedFunction:
                 outs = runner([args[i] if i < len(args) else tail[i] for i in positions])
                 return outs[0] if len(outs) == 1 else tuple(outs)
         values = self._bind_args(args, kwargs)
+        devices = {str(v.device) for v in values if hasattr(v, "device")}
+        if len(devices) > 1:
+            raise SignatureError(f"{self.__fusile_funcdef__.name}() got tensors on different "
+                                 f"devices: {', '.join(sorted(devices))}")
         compiled, _infos = self._lookup(values)
         shapes = {i: tuple(v.shape) for i, v in enumerate(values) if hasattr(v, "shape")}
         check_sizes(compiled.checks, shapes, self.params, self.__fusile_source__)
@@ -132,7 +136,9 @@ class FusedFunction:
         if key is not None and runner is not None:
             if len(self._recent) > 256:
                 self._recent.clear()
-            self._recent[key] = (runner, compiled.runtime_params, values)
+            # keep only the defaults of parameters the call left out, never its tensors
+            defaults = [None] * len(args) + values[len(args):]
+            self._recent[key] = (runner, compiled.runtime_params, defaults)
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     def mlir(self, *args: Any, stage: str = "mlir", **kwargs: Any) -> str:

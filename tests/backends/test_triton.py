@@ -168,3 +168,25 @@ def test_long_column_reductions_split_across_programs(device: str) -> None:
     outs = fn(x, w)
     for o, r in zip(outs, fn.reference(x, w), strict=True):
         assert_close(o, torch.from_numpy(r), torch.float32, scale=4)
+
+
+def test_repeated_calls_keep_no_reference_to_earlier_tensors() -> None:
+    import gc
+    import weakref
+
+    fn = samples.rms_norm
+    x, w = torch.randn(4, 64), torch.randn(64)
+    fn(x, w)
+    ref = weakref.ref(x)
+    del x
+    gc.collect()
+    assert ref() is None
+    assert fn(torch.randn(4, 64), w).shape == (4, 64)  # the fast path, with the default eps
+
+
+@pytest.mark.gpu
+def test_mixed_devices_is_an_error() -> None:
+    import fusile
+
+    with pytest.raises(fusile.FusileError, match="different devices"):
+        samples.rms_norm(torch.randn(4, 64, device="cuda"), torch.randn(64))
