@@ -11,7 +11,7 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from fusile.dsl import ast
+from fusile.dsl import ast, inline, views
 from fusile.dsl.builtins import BUILTINS, CONSTANTS, OPTION, BoundCall, bind, signature
 from fusile.dsl.errors import (
     AxisError,
@@ -38,6 +38,8 @@ from fusile.dsl.types import (
     result_dtype,
     show_shape,
 )
+from fusile.dsl.views import dotted as _dotted
+from fusile.dsl.views import root_is_global as _root_is_global
 
 MultiType = tuple[ValueType, ...]
 
@@ -206,9 +208,9 @@ class Checker:
         if isinstance(e, ast.Call):
             return self.call(e)
         if isinstance(e, ast.Subscript):
-            return self.subscript(e)
+            return views.subscript(self, e)
         if isinstance(e, ast.Attribute):
-            return self.attribute(e)
+            return views.attribute(self, e)
         if isinstance(e, ast.TupleExpr):
             raise UnsupportedSyntaxError("a tuple is only allowed in return and assignment",
                                          e.span)
@@ -311,7 +313,7 @@ class Checker:
         if builtin_name is not None:
             return self.builtin_call(e, builtin_name, list(e.args), kwargs)
         if hasattr(obj, "__fusile_funcdef__"):
-            return self.inline(e, obj, kwargs)
+            return inline.inline(self, e, obj, kwargs)
         if getattr(obj, "__module__", None) == "math" and callable(obj) and not kwargs:
             return self.fold_math(e, obj)
         raise UnsupportedSyntaxError(
@@ -413,117 +415,7 @@ class Checker:
                              "i64, bool", arg.span)
         return d
 
-    def inline(self, e: ast.Call, fused_fn: Any,
-               kwargs: dict[str, ast.Expr]) -> ValueType | MultiType:
-        if self.depth > 32:
-            raise UnsupportedSyntaxError("@fused calls nest too deeply (recursion?)", e.span)
-        func: ast.FuncDef = fused_fn.__fusile_funcdef__
-        source: Source = fused_fn.__fusile_source__
-        params = [p.name for p in func.params]
-        if len(e.args) > len(params):
-            raise BuiltinCallError(
-                f"{func.name}() takes {len(params)} arguments, got {len(e.args)}", e.span)
-        args: list[ast.Expr | None] = [*e.args, *([None] * (len(params) - len(e.args)))]
-        for k, v in kwargs.items():
-            if k not in params:
-                raise BuiltinCallError(f"{func.name}() got an unexpected keyword argument {k!r}",
-                                       v.span)
-            if args[params.index(k)] is not None:
-                raise BuiltinCallError(f"{func.name}() got two values for {k!r}", v.span)
-            args[params.index(k)] = v
-        callee = Typed(func, source, self.t.env)
-        inner = Checker(callee, fused_fn.__fusile_globals__, self.depth + 1)
-        bindings: list[Binding] = []
-        for p, a in zip(func.params, args, strict=True):
-            if a is None:
-                if p.default is None:
-                    raise BuiltinCallError(f"{func.name}() is missing argument {p.name!r}",
-                                           e.span)
-                b = inner.binding(p.default)
-                if not b.is_const:
-                    raise UnsupportedSyntaxError("a parameter default must be a constant",
-                                                 p.default.span)
-            else:
-                b = self.binding(a)
-                if isinstance(b.type, tuple):
-                    raise ShapeMismatchError("cannot pass several values as one argument",
-                                             a.span)
-            bindings.append(b)
-        inner.run(bindings)
-        self.t.inlined[id(e)] = (callee, args)
-        types = tuple(callee.result_types)
-        return types[0] if len(types) == 1 else types
 
-    # ------------------------------------------------------------------ views
-    def subscript(self, e: ast.Subscript) -> ValueType:
-        t = self.value(e.value)
-        if not isinstance(t, TensorType):
-            raise RankError("only tensors can be indexed", e.value.span)
-        items = list(e.items)
-        n_ell = sum(isinstance(i, ast.EllipsisLit) for i in items)
-        if n_ell > 1:
-            raise UnsupportedSyntaxError("at most one '...' in an index", e.span)
-        for i in items:
-            if isinstance(i, ast.Slice) and not i.is_full:
-                raise UnsupportedSyntaxError(
-                    "slicing with bounds is not supported; fusile indexing accepts ':', None "
-                    "and '...' (to add broadcast dims)", i.span)
-            if not isinstance(i, ast.Slice | ast.EllipsisLit | ast.Const) or (
-                    isinstance(i, ast.Const) and i.value is not None):
-                raise UnsupportedSyntaxError(
-                    "indexing by position is not supported; fusile indexing accepts ':', None "
-                    "and '...' (to add broadcast dims)", i.span)
-        n_slices = sum(isinstance(i, ast.Slice) for i in items)
-        if n_slices > t.rank:
-            raise RankError(f"too many indices for a tensor of rank {t.rank}", e.span)
-        dims: list[int | None] = []
-        src = 0
-        for i in items:
-            if isinstance(i, ast.Slice):
-                dims.append(src)
-                src += 1
-            elif isinstance(i, ast.EllipsisLit):
-                fill = t.rank - n_slices
-                dims.extend(range(src, src + fill))
-                src += fill
-            else:
-                dims.append(None)
-        dims.extend(range(src, t.rank))
-        self.t.views[id(e)] = tuple(dims)
-        return TensorType(t.dtype, tuple(1 if d is None else t.shape[d] for d in dims))
-
-    def attribute(self, e: ast.Attribute) -> ValueType:
-        if e.attr == "T" and not (_dotted(e) and _root_is_global(e, self.scope)):
-            t = self.value(e.value)
-            if not isinstance(t, TensorType) or t.rank < 2:
-                raise RankError(".T needs a tensor of rank 2 or more", e.span)
-            dims = (*range(t.rank - 2), t.rank - 1, t.rank - 2)
-            self.t.views[id(e)] = dims
-            return TensorType(t.dtype, tuple(t.shape[d] for d in dims))
-        dotted = _dotted(e)
-        if dotted and _root_is_global(e, self.scope):
-            found, obj = resolve_global(dotted, self.globals)
-            if found and isinstance(obj, bool | int | float):
-                return self._const(e, obj)
-        hint = "; use size(x, axis)" if e.attr == "shape" else ""
-        hint = "; use astype(x, dtype)" if e.attr in ("astype", "to", "float", "half") else hint
-        raise UnsupportedSyntaxError(f"attribute access ('.{e.attr}') is not supported{hint}",
-                                     e.span)
-
-
-def _dotted(e: ast.Expr) -> str | None:
-    if isinstance(e, ast.Name):
-        return e.id
-    if isinstance(e, ast.Attribute):
-        base = _dotted(e.value)
-        return None if base is None else f"{base}.{e.attr}"
-    return None
-
-
-def _root_is_global(e: ast.Expr, scope: dict[str, Binding]) -> bool:
-    while isinstance(e, ast.Attribute):
-        e = e.value
-    return isinstance(e, ast.Name) and e.id not in scope
 
 
 def _suggest(name: str) -> str:

@@ -98,3 +98,17 @@ def test_annotations_name_shared_sizes() -> None:
 def test_dtype_subscript_makes_a_spec() -> None:
     spec = bf16["M", 4096]
     assert spec.dtype == bf16 and spec.dims == ("M", 4096)
+
+
+def test_astype_to_a_tensors_dtype_and_to_the_compute_dtype() -> None:
+    @fusile.fused
+    def f(x, y):
+        s = fusile.sum(x, axis=-1, keepdims=True)
+        return fusile.astype(s, "compute"), fusile.astype(x * 2.0, y)
+
+    x = torch.randn(3, 4, dtype=torch.bfloat16)
+    stat, cast = f(x, torch.randn(2, dtype=torch.float16))
+    assert stat.dtype == torch.float32  # bf16 computes in f32, and the statistic stays there
+    assert cast.dtype == torch.float16
+    x64 = torch.randn(3, 4, dtype=torch.float64)
+    assert f(x64, x64)[0].dtype == torch.float64

@@ -1,0 +1,88 @@
+"""Indexing and attributes in the checker: `x[:, None]`, `x[..., None]`, `.T` (views, not
+copies: lowering turns them into indexing maps) and dotted names that resolve to globals."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fusile.dsl import ast
+from fusile.dsl.errors import RankError, UnsupportedSyntaxError
+from fusile.dsl.resolve import resolve_global
+from fusile.dsl.types import TensorType, ValueType
+
+if TYPE_CHECKING:
+    from fusile.dsl.check import Binding, Checker
+
+
+def dotted(e: ast.Expr) -> str | None:
+    if isinstance(e, ast.Name):
+        return e.id
+    if isinstance(e, ast.Attribute):
+        base = dotted(e.value)
+        return None if base is None else f"{base}.{e.attr}"
+    return None
+
+
+
+def root_is_global(e: ast.Expr, scope: dict[str, Binding]) -> bool:
+    while isinstance(e, ast.Attribute):
+        e = e.value
+    return isinstance(e, ast.Name) and e.id not in scope
+
+
+
+def subscript(ck: Checker, e: ast.Subscript) -> ValueType:
+    t = ck.value(e.value)
+    if not isinstance(t, TensorType):
+        raise RankError("only tensors can be indexed", e.value.span)
+    items = list(e.items)
+    n_ell = sum(isinstance(i, ast.EllipsisLit) for i in items)
+    if n_ell > 1:
+        raise UnsupportedSyntaxError("at most one '...' in an index", e.span)
+    for i in items:
+        if isinstance(i, ast.Slice) and not i.is_full:
+            raise UnsupportedSyntaxError(
+                "slicing with bounds is not supported; fusile indexing accepts ':', None "
+                "and '...' (to add broadcast dims)", i.span)
+        if not isinstance(i, ast.Slice | ast.EllipsisLit | ast.Const) or (
+                isinstance(i, ast.Const) and i.value is not None):
+            raise UnsupportedSyntaxError(
+                "indexing by position is not supported; fusile indexing accepts ':', None "
+                "and '...' (to add broadcast dims)", i.span)
+    n_slices = sum(isinstance(i, ast.Slice) for i in items)
+    if n_slices > t.rank:
+        raise RankError(f"too many indices for a tensor of rank {t.rank}", e.span)
+    dims: list[int | None] = []
+    src = 0
+    for i in items:
+        if isinstance(i, ast.Slice):
+            dims.append(src)
+            src += 1
+        elif isinstance(i, ast.EllipsisLit):
+            fill = t.rank - n_slices
+            dims.extend(range(src, src + fill))
+            src += fill
+        else:
+            dims.append(None)
+    dims.extend(range(src, t.rank))
+    ck.t.views[id(e)] = tuple(dims)
+    return TensorType(t.dtype, tuple(1 if d is None else t.shape[d] for d in dims))
+
+
+def attribute(ck: Checker, e: ast.Attribute) -> ValueType:
+    if e.attr == "T" and not (dotted(e) and root_is_global(e, ck.scope)):
+        t = ck.value(e.value)
+        if not isinstance(t, TensorType) or t.rank < 2:
+            raise RankError(".T needs a tensor of rank 2 or more", e.span)
+        dims = (*range(t.rank - 2), t.rank - 1, t.rank - 2)
+        ck.t.views[id(e)] = dims
+        return TensorType(t.dtype, tuple(t.shape[d] for d in dims))
+    name = dotted(e)
+    if name and root_is_global(e, ck.scope):
+        found, obj = resolve_global(name, ck.globals)
+        if found and isinstance(obj, bool | int | float):
+            return ck._const(e, obj)
+    hint = "; use size(x, axis)" if e.attr == "shape" else ""
+    hint = "; use astype(x, dtype)" if e.attr in ("astype", "to", "float", "half") else hint
+    raise UnsupportedSyntaxError(f"attribute access ('.{e.attr}') is not supported{hint}",
+                                 e.span)
