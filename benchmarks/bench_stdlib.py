@@ -34,7 +34,14 @@ OPS = {  # name -> (fusile fn, torch fn, number of float inputs, extra)
     "geglu": (lambda a, b: S.geglu(a, b), lambda a, b: F.gelu(a) * b, "xr"),
     "cross_entropy": (lambda x, t: S.cross_entropy(x, t), lambda x, t: F.cross_entropy(x, t),
                       "xt"),
+    "rope": (lambda x, c, s: S.rope(x, c, s), lambda x, c, s: x * c + _rotate_half(x) * s,
+             "xcs"),
 }
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    h = x.shape[-1] // 2
+    return torch.cat((-x[..., h:], x[..., :h]), -1)
 
 
 def make(kind: str, m: int, n: int) -> list[torch.Tensor]:
@@ -42,6 +49,8 @@ def make(kind: str, m: int, n: int) -> list[torch.Tensor]:
     for k in kind:
         if k in "xr":
             out.append(torch.randn(m, n, device="cuda", dtype=torch.bfloat16))
+        elif k in "cs":  # rope tables: (seq, head_dim) for x viewed as (batch*heads, seq, 128)
+            out.append(torch.randn(m * n // 128 // 32, 128, device="cuda", dtype=torch.bfloat16))
         elif k in "wb":
             out.append(torch.randn(n, device="cuda", dtype=torch.bfloat16))
         else:
@@ -92,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         for size in sizes:
             m, n = (int(v) for v in size.split("x"))
             inputs = make(kind, m, n)
+            if name == "rope":  # (batch*heads=32, seq, head_dim=128), same element count
+                inputs[0] = inputs[0].view(32, -1, 128)
             floats = [t for t in inputs if t.dtype.is_floating_point]
             with torch.no_grad():
                 out = fus(*inputs)

@@ -10,10 +10,11 @@ from fusile.stdlib.ops import (
     layer_norm,
     log_softmax,
     rms_norm,
+    rope,
     silu,
     softmax,
     swiglu,
 )
 
 __all__ = ["add_layer_norm", "add_rms_norm", "cross_entropy", "geglu", "gelu", "layer_norm",
-           "log_softmax", "rms_norm", "silu", "softmax", "swiglu"]
+           "log_softmax", "rms_norm", "rope", "silu", "softmax", "swiglu"]

@@ -26,6 +26,7 @@ def _cases(device: str, dtype: torch.dtype, m: int = 7, n: int = 129) -> dict:
         t[1] = -100
         return t
 
+    cs = (torch.randn(m, n - 1, device=device), torch.randn(m, n - 1, device=device))
     return {
         "softmax": (lambda x: S.softmax(x, -1), lambda x: torch.softmax(x, -1), [r(m, n)]),
         "softmax_dim0": (lambda x: S.softmax(x, 0), lambda x: torch.softmax(x, 0), [r(m, n)]),
@@ -49,6 +50,9 @@ def _cases(device: str, dtype: torch.dtype, m: int = 7, n: int = 129) -> dict:
         "silu": (lambda x: S.silu(x), lambda x: F.silu(x), [r(m, n)]),
         "swiglu": (lambda a, b: S.swiglu(a, b), lambda a, b: F.silu(a) * b, [r(m, n), r(m, n)]),
         "geglu": (lambda a, b: S.geglu(a, b), lambda a, b: F.gelu(a) * b, [r(m, n), r(m, n)]),
+        "rope": (lambda x: S.rope(x, cs[0].to(x.dtype), cs[1].to(x.dtype)),
+                 lambda x: x * cs[0].to(x.dtype) + _rotate_half(x) * cs[1].to(x.dtype),
+                 [r(2, 3, m, n - 1)]),
         "cross_entropy": (lambda x, t: S.cross_entropy(x, t),
                           lambda x, t: F.cross_entropy(x, t), [r(m, n), labels()]),
         "cross_entropy_smooth_sum": (
@@ -62,6 +66,11 @@ def _cases(device: str, dtype: torch.dtype, m: int = 7, n: int = 129) -> dict:
 
 
 NAMES = list(_cases("cpu", torch.float32))
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    h = x.shape[-1] // 2
+    return torch.cat((-x[..., h:], x[..., :h]), -1)
 
 
 def _forward_backward(fn, inputs):
@@ -112,11 +121,14 @@ def test_torch_compile_fullgraph() -> None:
             self.norm = torch.nn.Parameter(torch.randn(d))
             self.up = torch.nn.Linear(d, 2 * d)
             self.down = torch.nn.Linear(d, d)
+            self.register_buffer("cos", torch.randn(4, d))
+            self.register_buffer("sin", torch.randn(4, d))
 
         def forward(self, x: torch.Tensor, r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             h, r2 = S.add_rms_norm(x, r, x.shape[-1], self.norm)
             a, b = self.up(h).chunk(2, dim=-1)
             y = self.down(S.swiglu(a, b)) + r2
+            y = S.rope(y, self.cos, self.sin)
             return S.cross_entropy(S.log_softmax(y, -1), t)
 
     block = Block(16)
@@ -139,6 +151,9 @@ def test_torch_compile_fullgraph() -> None:
      "expected logits (N, C)"),
     (lambda: S.swiglu(torch.randn(3, 4), torch.randn(3, 5)), "same shape"),
     (lambda: S.gelu(torch.randn(3), approximate="fast"), "approximate must be"),
+    (lambda: S.rope(torch.randn(2, 4, 7), torch.randn(4, 7), torch.randn(4, 7)), "even"),
+    (lambda: S.rope(torch.randn(2, 4, 8), torch.randn(5, 8), torch.randn(5, 8)),
+     "cos and sin must be"),
 ])
 def test_bad_arguments(call, message: str) -> None:
     with pytest.raises(fusile.FusileError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -168,12 +183,13 @@ def test_cuda_graph_capture_of_a_step_with_every_op() -> None:
     w = torch.randn(d, device=dev, requires_grad=True)
     x, r = torch.randn(m, d, device=dev), torch.randn(m, d, device=dev)
     t = torch.randint(0, d, (m,), device=dev)
+    cos, sin = torch.randn(m, d, device=dev), torch.randn(m, d, device=dev)
 
     def step() -> torch.Tensor:
         h, r2 = S.add_rms_norm(x, r, d, w)
         h = S.layer_norm(h, d, w, w) + S.rms_norm(r2, d, w)
         h = S.swiglu(h, S.gelu(h)) + S.geglu(h, S.silu(h)) + S.gelu(h, "tanh")
-        h = S.softmax(h, -1) + S.log_softmax(h, -1)
+        h = S.softmax(h, -1) + S.log_softmax(h, -1) + S.rope(h, cos, sin)
         h, _ = S.add_layer_norm(h, r2, d, w, w)
         loss = S.cross_entropy(h, t, label_smoothing=0.1)
         loss.backward()
@@ -194,7 +210,7 @@ def test_cuda_graph_capture_of_a_step_with_every_op() -> None:
     graph.replay()
     torch.cuda.synchronize()
     w2 = w.detach().clone().requires_grad_()
-    eager = _eager_step(x, r, t, w2, d)
+    eager = _eager_step(x, r, t, w2, d, cos, sin)
     assert torch.allclose(loss, eager, rtol=1e-4, atol=1e-4)
 
 
@@ -202,6 +218,6 @@ def _eager_step(x, r, t, w, d):
     h, r2 = S.add_rms_norm(x, r, d, w)
     h = S.layer_norm(h, d, w, w) + S.rms_norm(r2, d, w)
     h = S.swiglu(h, S.gelu(h)) + S.geglu(h, S.silu(h)) + S.gelu(h, "tanh")
-    h = S.softmax(h, -1) + S.log_softmax(h, -1)
+    h = S.softmax(h, -1) + S.log_softmax(h, -1) + S.rope(h, cos, sin)
     h, _ = S.add_layer_norm(h, r2, d, w, w)
     return S.cross_entropy(h, t, label_smoothing=0.1)
