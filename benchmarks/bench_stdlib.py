@@ -34,7 +34,8 @@ OPS = {  # name -> (fusile fn, torch fn, number of float inputs, extra)
     "geglu": (lambda a, b: S.geglu(a, b), lambda a, b: F.gelu(a) * b, "xr"),
     "cross_entropy": (lambda x, t: S.cross_entropy(x, t), lambda x, t: F.cross_entropy(x, t),
                       "xt"),
-    "rope": (lambda x, c, s: S.rope(x, c, s), lambda x, c, s: x * c + _rotate_half(x) * s,
+    "rope": (lambda x, c, s: S.rope(x, c.detach(), s.detach()),
+             lambda x, c, s: x * c.detach() + _rotate_half(x) * s.detach(),
              "xcs"),
 }
 

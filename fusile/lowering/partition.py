@@ -88,13 +88,16 @@ def _is_fill(g: Generic) -> bool:
     return not g.inputs and not g.body and len(g.yields) == 1
 
 
-def _is_contraction(g: Generic) -> bool:
-    """A reduction whose tensor inputs each miss a different parallel loop (matmul-like)."""
+def _is_contraction(g: Generic, free: set[int]) -> bool:
+    """A reduction whose tensor inputs each miss a different parallel loop (matmul-like).
+    Inputs in `free` (positions computed from nothing) do not count: they are recomputed."""
     if not g.reduction_loops:
         return False
     parallel = {i for i, it in enumerate(g.iterators) if it == "parallel"}
     missing = []
-    for m in g.maps[: len(g.inputs)]:
+    for t, m in zip(g.inputs, g.maps[: len(g.inputs)], strict=True):
+        if t in free:
+            continue
         present = {e for e in m if e is not None}
         missing.append(frozenset(parallel - present))
     nonempty = {mi for mi in missing if mi}
@@ -222,6 +225,7 @@ def partition(graph: Graph) -> Plan:
     groups: list[_Group] = []
     kinds: list[str | None] = []
     home: dict[int, int] = {}  # generic -> the group that computes it first
+    free: set[int] = set()  # tensors computed from no tensor at all
     producer: dict[int, int] = {}  # tensor -> generic
     for gi, node in enumerate(graph.nodes):
         if not isinstance(node, Generic):
@@ -231,9 +235,11 @@ def partition(graph: Graph) -> Plan:
             continue
         for r in node.results:
             producer[r] = gi
+            if not node.inputs:  # positions (arange/index): recomputable anywhere
+                free.add(r)
         deps = [home[producer[t]] for t in node.inputs if producer.get(t) in home]
         earliest = max(deps, default=0)
-        if _is_contraction(node):  # its own kernel (tl.dot comes with issue 7)
+        if _is_contraction(node, free):  # its own kernel (tl.dot comes with issue 7)
             alone = _Group(graph, ones, cls)
             alone.try_add(gi)
             groups.append(alone)
