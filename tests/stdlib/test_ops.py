@@ -214,7 +214,7 @@ def test_cuda_graph_capture_of_a_step_with_every_op() -> None:
     assert torch.allclose(loss, eager, rtol=1e-4, atol=1e-4)
 
 
-def _eager_step(x, r, t, w, d):
+def _eager_step(x, r, t, w, d, cos, sin):
     h, r2 = S.add_rms_norm(x, r, d, w)
     h = S.layer_norm(h, d, w, w) + S.rms_norm(r2, d, w)
     h = S.swiglu(h, S.gelu(h)) + S.geglu(h, S.silu(h)) + S.gelu(h, "tanh")
