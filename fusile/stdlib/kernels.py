@@ -66,21 +66,10 @@ def rms_norm_fwd(x, weight, eps: float):
 
 
 @fused
-def rms_norm_fwd_nw(x, eps: float):
-    rstd = rsqrt(mean(x * x, axis=-1, keepdims=True) + eps)
-    return x * rstd, astype(rstd, "compute")
-
-
-@fused
 def rms_norm_bwd(dy, x, weight, rstd):
     g = dy * weight
     dx = rstd * (g - x * (rstd * rstd) * mean(g * x, axis=-1, keepdims=True))
     return astype(dx, x), astype(sum(dy * x * rstd, axis=0), weight)
-
-
-@fused
-def rms_norm_bwd_nw(dy, x, rstd):
-    return astype(rstd * (dy - x * (rstd * rstd) * mean(dy * x, axis=-1, keepdims=True)), x)
 
 
 @fused
@@ -108,27 +97,12 @@ def layer_norm_fwd(x, weight, bias, eps: float):
 
 
 @fused
-def layer_norm_fwd_nw(x, eps: float):
-    mu = mean(x, axis=-1, keepdims=True)
-    xc = x - mu
-    rstd = rsqrt(mean(xc * xc, axis=-1, keepdims=True) + eps)
-    return xc * rstd, astype(mu, "compute"), astype(rstd, "compute")
-
-
-@fused
 def layer_norm_bwd(dy, x, weight, mu, rstd):
     xhat = (x - mu) * rstd
     g = dy * weight
     dx = rstd * (g - mean(g, axis=-1, keepdims=True) -
                  xhat * mean(g * xhat, axis=-1, keepdims=True))
     return astype(dx, x), astype(sum(dy * xhat, axis=0), weight), astype(sum(dy, axis=0), weight)
-
-
-@fused
-def layer_norm_bwd_nw(dy, x, mu, rstd):
-    xhat = (x - mu) * rstd
-    return astype(rstd * (dy - mean(dy, axis=-1, keepdims=True) -
-                          xhat * mean(dy * xhat, axis=-1, keepdims=True)), x)
 
 
 @fused

@@ -242,20 +242,64 @@ def layer_norm(input: Tensor, normalized_shape: int | list[int] | tuple[int, ...
     return y.view(input.shape)
 
 
+@custom_op("add_layer_norm")
+def _add_layer_norm(x: Tensor, residual: Tensor, weight: Tensor, bias: Tensor, eps: float
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    y, h, mu, rstd = K.add_layer_norm_fwd(x, residual, weight, bias, eps)
+    return y, h, mu, rstd
+
+
+@_add_layer_norm.register_fake
+def _(x: Tensor, residual: Tensor, weight: Tensor, bias: Tensor, eps: float
+      ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    stat = x.new_empty((x.shape[0], 1), dtype=stat_dtype(x))
+    return torch.empty_like(x), torch.empty_like(x), stat, torch.empty_like(stat)
+
+
+@custom_op("add_layer_norm_backward")
+def _add_layer_norm_bwd(dy: Tensor, dh: Tensor, h: Tensor, weight: Tensor, mu: Tensor,
+                        rstd: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    dx, dw, db = K.add_layer_norm_bwd(dy, dh, h, weight, mu, rstd)
+    return dx, dw, db
+
+
+@_add_layer_norm_bwd.register_fake
+def _(dy: Tensor, dh: Tensor, h: Tensor, weight: Tensor, mu: Tensor, rstd: Tensor
+      ) -> tuple[Tensor, Tensor, Tensor]:
+    return torch.empty_like(h), torch.empty_like(weight), torch.empty_like(weight)
+
+
+def _add_ln_setup(ctx, inputs, output):
+    ctx.save_for_backward(output[1], inputs[2], output[2], output[3])
+
+
+def _add_ln_grad(ctx, dy, dh, _dmu, _drstd):
+    h, weight, mu, rstd = ctx.saved_tensors
+    dh = torch.zeros_like(h) if dh is None else dh.contiguous()
+    dx, dw, db = call(_add_layer_norm_bwd, dy.contiguous(), dh, h, weight, mu, rstd)
+    return dx, dx, dw, db, None
+
+
+autograd(_add_layer_norm, _add_ln_grad, _add_ln_setup)
+
+
 def add_layer_norm(input: Tensor, residual: Tensor,
                    normalized_shape: int | list[int] | tuple[int, ...],
                    weight: Tensor | None = None, bias: Tensor | None = None,
                    eps: float = 1e-5) -> tuple[Tensor, Tensor]:
-    """(layer_norm(input + residual), input + residual)."""
+    """(layer_norm(input + residual), input + residual) in one pass."""
+    shape = norm_shape("add_layer_norm", input, normalized_shape)
+    same_device("add_layer_norm", input, residual, weight, bias)
     if residual.shape != input.shape or residual.dtype != input.dtype:
         raise SignatureError("fusile.stdlib.add_layer_norm: residual must match input's shape "
                              "and dtype")
-    h = _add(input, residual)
-    return layer_norm(h, normalized_shape, weight, bias, eps), h
-
-
-def _add(a: Tensor, b: Tensor) -> Tensor:
-    return a + b
+    check_param("add_layer_norm", weight, input, shape, "weight")
+    check_param("add_layer_norm", bias, input, shape, "bias")
+    n = math.prod(shape)
+    w = weight.reshape(n) if weight is not None else ones_for(input, n)
+    b = bias.reshape(n) if bias is not None else torch.zeros_like(w)
+    y, h, _, _ = apply(_add_layer_norm, as_rows(input, n), as_rows(residual, n), w, b, float(eps))
+    return y.view(input.shape), h.view(input.shape)
 
 
 # ----------------------------------------------------------------------------- activations
