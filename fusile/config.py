@@ -23,6 +23,16 @@ def _as_bool(text: str) -> bool:
     return text.strip().lower() in {"1", "true", "yes", "on"}
 
 
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        v = text.strip().lower()
+        if v not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}, got {text!r}")
+        return v
+
+    return parse
+
+
 @dataclass(frozen=True)
 class Knob:
     env: str
@@ -55,6 +65,15 @@ KNOBS: dict[str, Knob] = {
     "fast_launch": Knob(
         "FUSILE_FAST_LAUNCH", _as_bool, lambda: True,
         "launch cached compiled kernels directly instead of through triton.jit's binder",
+    ),
+    "tune": Knob(
+        "FUSILE_TUNE", _choice("on", "quiet", "off"), lambda: "on",
+        "contraction configs: on (time candidates on first use of a shape, say so on stderr), "
+        "quiet (the same, silently) or off (the rule-based pick)",
+    ),
+    "tf32": Knob(
+        "FUSILE_TF32", _as_bool, lambda: False,
+        "let float32 matmuls run at TF32 precision on tensor cores (IEEE float32 by default)",
     ),
     "verify": Knob(
         "FUSILE_VERIFY", _as_bool, lambda: True,

@@ -54,7 +54,12 @@ def runner(compiled: Any, args: list[Any]) -> Any:
         return None
     device = next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
     target = _device_target(device) if name == "auto" else targets.get(name)
-    return compiled.programs.get(target.name)
+    return compiled.programs.get(_program_key(target))
+
+
+def _program_key(target: targets.Target) -> str:
+    """Programs differ by target, and by the TF32 opt-in (it changes the generated dots)."""
+    return target.name + ("+tf32" if config.get("tf32") else "")
 
 
 def run(compiled: Any, args: list[Any]) -> list[Any]:
@@ -72,9 +77,10 @@ def run(compiled: Any, args: list[Any]) -> list[Any]:
                                                              dtype=to_torch(t.dtype))
                 for o, t in zip(outs, compiled.typed.result_types, strict=True)]
     target = _device_target(device) if name == "auto" else targets.get(name)
-    program = compiled.programs.get(target.name)
+    key = _program_key(target)
+    program = compiled.programs.get(key)
     if program is None:
         from fusile.backends.triton.runtime import TritonProgram
 
-        program = compiled.programs[target.name] = TritonProgram(compiled, target)
+        program = compiled.programs[key] = TritonProgram(compiled, target)
     return program(args)

@@ -6,7 +6,10 @@ that must share an index because one generic produces a tensor another reads, or
 A generic joins the earliest kernel its inputs allow where:
   - it reduces, if at all, over the kernel's one set of classes R (the rest, P, index the grid);
   - no two loops of one generic end up in the same index class (a transpose inside a kernel);
-  - it is not a contraction (those get their own kernel; issue 7 gives them tl.dot).
+  - it is not a contraction. A contraction in dot form (lowering/contraction.py) starts a
+    contraction kernel that elementwise consumers of its result over its parallel loops join
+    (the epilogue: bias, activation, residual, row and column scales, casts); other
+    contractions get a kernel of their own (a reduction over gathered products).
 Elementwise producers of arguments are recomputed where they are read instead of stored. What
 does not fit starts a new kernel, with the tensor between them in HBM, so every program runs.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fusile.lowering.contraction import DotForm, dot_form
 from fusile.lowering.graph import Empty, Generic, Graph
 
 POINTWISE, REDUCTION, CONTRACTION = "pointwise", "reduction", "contraction"
@@ -57,6 +61,7 @@ class Kernel:
     reads: list[int] = field(default_factory=list)  # tensor ids read from HBM
     writes: list[int] = field(default_factory=list)  # tensor ids written to HBM
     locs: list[str] = field(default_factory=list)
+    dot: DotForm | None = None  # a contraction kernel's tl.dot (None: gathered products)
 
     def access(self, gi: int, m: tuple[int | None, ...]) -> list[int | None]:
         """Index class per tensor axis for generic gi reading/writing through map m."""
@@ -145,6 +150,7 @@ class _Group:
         self.produced: dict[int, tuple[int, tuple]] = {}  # tensor -> (generic, out map)
         self.read: dict[int, tuple[int, tuple]] = {}  # HBM tensor -> (first reader, map)
         self.reduced: set | None = None
+        self.dot: DotForm | None = None  # set once the contraction is in
 
     def real_loops(self, gi: int) -> list[int]:
         node = self.graph.nodes[gi]
@@ -178,6 +184,8 @@ class _Group:
             if len(set(roots)) != len(roots):
                 return False
         red = {uf.find((gi, i)) for i in node.reduction_loops if i in real}
+        if self.dot is not None and not self._fits_dot(uf, gi, real, red):
+            return False
         old = {uf.find(c) for c in self.reduced} if self.reduced else None
         if red and old is not None and red != old:
             return False
@@ -191,6 +199,17 @@ class _Group:
         for r, m in zip(node.results, node.maps[n_in:], strict=True):
             self.produced[r] = (gi, m)
         return True
+
+    def _fits_dot(self, uf: Classes, gi: int, real: set[int], red: set) -> bool:
+        """Once a contraction kernel has its dot, a generic joins only as epilogue: elementwise
+        over the result's loops (batch, m, n). Operand producers (prologue) were added before
+        the dot, as producers recomputed per tile."""
+        d = self.dot
+        assert d is not None
+        if red:
+            return False
+        side = {uf.find((d.gi, loop)) for loop in (*d.batch, d.m, d.n)}
+        return {uf.find((gi, i)) for i in real} <= side
 
     def kernel(self, index: int, kind: str | None) -> Kernel:
         ids: dict[tuple, int] = {}
@@ -211,7 +230,7 @@ class _Group:
             assert isinstance(node, Generic)
             locs.append(node.loc)
         return Kernel(index, kind, list(self.gens), reduced, sorted(set(ids.values())),
-                      loop_class, class_global, locs=locs)
+                      loop_class, class_global, locs=locs, dot=self.dot)
 
 
 def partition(graph: Graph) -> Plan:
@@ -239,16 +258,22 @@ def partition(graph: Graph) -> Plan:
                 free.add(r)
         deps = [home[producer[t]] for t in node.inputs if producer.get(t) in home]
         earliest = max(deps, default=0)
-        if _is_contraction(node, free):  # its own kernel (tl.dot comes with issue 7)
-            alone = _Group(graph, ones, cls)
-            alone.try_add(gi)
-            groups.append(alone)
+        if _is_contraction(node, free):  # a kernel of its own, which its epilogue joins
+            group = _Group(graph, ones, cls)
+            form = dot_form(gi, node)
+            if form is not None and all(group.cls.find(("loop", gi, x)) not in ones
+                                        for x in (form.m, form.n, form.k)):
+                _add_with_producers(group, gi, graph, producer, home, len(groups))
+                group.dot = form
+            else:
+                group.try_add(gi)
+            groups.append(group)
             kinds.append(CONTRACTION)
             home[gi] = len(groups) - 1
             continue
         for gidx in range(earliest, len(groups)):
-            if kinds[gidx] is None and _add_with_producers(groups[gidx], gi, graph, producer,
-                                                           home, gidx):
+            open_ = kinds[gidx] is None or groups[gidx].dot is not None
+            if open_ and _add_with_producers(groups[gidx], gi, graph, producer, home, gidx):
                 home[gi] = gidx
                 break
         else:

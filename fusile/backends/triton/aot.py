@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fusile import config
 from fusile.backends.targets import Target
-from fusile.backends.triton import cache
+from fusile.backends.triton import cache, tune
 from fusile.backends.triton.codegen import KernelSource, generate
 from fusile.backends.triton.runtime import tensor_names
 from fusile.dsl.errors import BackendError
@@ -27,6 +28,7 @@ from fusile.lowering.partition import POINTWISE, partition
 
 DEFAULT_SIZE = 4096  # for a size the signature leaves symbolic
 
+_CONSTEXPRS = ("BLOCK_P", "BLOCK_R", "USE_I64", "BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")
 _SIG = {"bf16": "*bf16", "f16": "*fp16", "f32": "*fp32", "f64": "*fp64", "i32": "*i32",
         "i64": "*i64", "bool": "*i1"}
 
@@ -105,7 +107,7 @@ def _signature(ks: KernelSource, fn_params: list[str]) -> dict[str, str]:
         if p.endswith("_ptr"):
             ta = next(t for t in ks.tensors if f"{t.name}_ptr" == p)
             sig[p] = _SIG[ta.dtype.name]
-        elif p in ("BLOCK_P", "BLOCK_R", "USE_I64"):
+        elif p in _CONSTEXPRS:
             sig[p] = "constexpr"
         elif re.fullmatch(r"a\d+", p):
             sig[p] = "fp32"
@@ -115,16 +117,16 @@ def _signature(ks: KernelSource, fn_params: list[str]) -> dict[str, str]:
 
 
 def compile_for(compiled: Any, target: Target, sizes: dict[str, int] | None = None,
-                scalar_dtypes: dict[int, str] | None = None, progress: Any = None) -> Artifacts:
-    """Compile every kernel of a compiled signature for `target`."""
-    import triton
-    from triton.compiler import ASTSource
+                scalar_dtypes: dict[int, str] | None = None, progress: Any = None,
+                dot_configs: list[tune.DotConfig] | None = None) -> Artifacts:
+    """Compile every kernel of a compiled signature for `target`. A contraction kernel is
+    compiled with the rule-based config for the sizes, or with each of `dot_configs`."""
 
     graph = compiled.fused_graph
     plan = partition(graph)
     params = [compiled.typed.func.params[i].name for i in compiled.runtime_params]
     names = tensor_names(graph, params)
-    source, kernels = generate(plan, "gpu", names)
+    source, kernels = generate(plan, "gpu", names, config.get("tf32"))
     module = cache.load_module(source)
     out = Artifacts(target, source)
     known = _class_sizes(compiled, plan, sizes or {})
@@ -133,37 +135,90 @@ def compile_for(compiled: Any, target: Target, sizes: dict[str, int] | None = No
             progress(i, len(kernels), ks.name)
         p_total = math.prod(known.get(ks.class_global[c], DEFAULT_SIZE) for c in ks.p_classes)
         r_total = math.prod(known.get(ks.class_global[c], DEFAULT_SIZE) for c in ks.r_classes)
+        spec = _specialization(ks, graph, plan, known)
+        if ks.dot is not None:
+            m, n, k = (known.get(ks.class_global[c], DEFAULT_SIZE)
+                       for c in (ks.dot.m, ks.dot.n, ks.dot.k))
+            batch = math.prod(known.get(ks.class_global[c], DEFAULT_SIZE) for c in ks.dot.batch)
+            for dcfg in dot_configs or tune.candidates(target, ks.dot.dtype, m, n, k, batch)[:1]:
+                out.kernels.append(_compile(module, ks, ks.name, target,
+                                            {**dcfg.constexprs(False), **spec[0]}, spec[1],
+                                            dcfg.options(target.backend), scalar_dtypes,
+                                            (dcfg.block_m, dcfg.block_n),
+                                            "batch * ceil(M / BLOCK_M) * ceil(N / BLOCK_N)"))
+            continue
         elem = max((t.dtype.bits // 8 for t in ks.tensors if t.dtype.bits >= 8), default=4)
         if ks.kind == POINTWISE:
             cfg = schedule.pointwise(p_total, r_total, target, elem)
         else:
             cfg = schedule.reduction(p_total, r_total, target, elem)
         name = ks.looped_name if cfg.looped and ks.looped_name else ks.name
-        jit = getattr(module, name)
-        sig = _signature(ks, list(jit.arg_names))
-        for v in ks.scalars:
-            sig[f"a{v}"] = (scalar_dtypes or {}).get(v, "fp32")
-        constexprs = {"BLOCK_P": cfg.block_p, "BLOCK_R": cfg.block_r, "USE_I64": False}
-        try:
-            src = ASTSource(jit, sig, constexprs=constexprs)
-            k = triton.compile(src, target=target.gpu_target(),
-                               options={"num_warps": cfg.num_warps,
-                                        "num_stages": cfg.num_stages})
-        except Exception as exc:
-            raise BackendError(f"Triton could not compile {name} for {target.name}: {exc}") \
-                from exc
-        asm = {"triton": ks.source, **dict(k.asm)}
-        asm.pop("source", None)
-        if target.backend == "cuda":
-            regs, spills = _ptxas_resources(asm["ptx"], int(target.arch))
-            shared = int(getattr(k.metadata, "shared", 0))
-        else:
-            regs, spills, shared = _amdgcn_resources(asm["amdgcn"])
         blocks = "ceil(P / BLOCK_P)" if ks.kind != POINTWISE else \
             "ceil(P / BLOCK_P) * ceil(R / BLOCK_R)"
-        out.kernels.append(KernelArtifact(name, ks.kind, asm, regs, spills, shared,
-                                          cfg.num_warps, (cfg.block_p, cfg.block_r), blocks))
+        out.kernels.append(_compile(
+            module, ks, name, target, {"BLOCK_P": cfg.block_p, "BLOCK_R": cfg.block_r,
+                                       "USE_I64": False, **spec[0]}, spec[1],
+            {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}, scalar_dtypes,
+            (cfg.block_p, cfg.block_r), blocks))
     return out
+
+
+def _specialization(ks: KernelSource, graph: Any, plan: Any, known: dict[tuple, int]
+                    ) -> tuple[dict[str, int], dict[str, bool]]:
+    """What Triton's JIT specializes on for contiguous tensors of these sizes: strides of 1
+    become constants, and 16-byte aligned pointers and ints divisible by 16 are marked so (the
+    loads vectorise and pipeline as they would at run time)."""
+    values: dict[str, int] = {}
+    for ta in ks.tensors:
+        shape = [s if s is not None else known.get(plan.tensor_class(ta.tid, a), DEFAULT_SIZE)
+                 for a, s in enumerate(graph.tensors[ta.tid].shape)]
+        stride = 1
+        strides = []
+        for s in reversed(shape):
+            strides.append(stride)
+            stride *= s
+        strides.reverse()
+        for axis in ta.stride_axes:
+            values[f"{ta.name}_s{axis}"] = strides[axis]
+    for i, c in enumerate(ks.classes):
+        values[f"n{i}"] = known.get(ks.class_global[c], DEFAULT_SIZE)
+    ones = {p: 1 for p, v in values.items() if v == 1}
+    aligned = {p: True for p, v in values.items() if v % 16 == 0}
+    aligned.update({f"{ta.name}_ptr": True for ta in ks.tensors})
+    return ones, aligned
+
+
+def _compile(module: Any, ks: KernelSource, name: str, target: Target,
+             constexprs: dict[str, Any], aligned: dict[str, bool], options: dict[str, Any],
+             scalar_dtypes: dict[int, str] | None, block: tuple[int, int], grid: str
+             ) -> KernelArtifact:
+    import triton
+    from triton.compiler import ASTSource
+
+    jit = getattr(module, name)
+    sig = _signature(ks, list(jit.arg_names))
+    for v in ks.scalars:
+        sig[f"a{v}"] = (scalar_dtypes or {}).get(v, "fp32")
+    for p in constexprs:
+        sig[p] = "constexpr"
+    attrs = {(jit.arg_names.index(p),): [["tt.divisibility", 16]] for p in aligned
+             if p in jit.arg_names and p not in constexprs}
+    try:
+        src = ASTSource(jit, sig, constexprs=constexprs, attrs=attrs)
+        k = triton.compile(src, target=target.gpu_target(), options=options)
+    except Exception as exc:
+        raise BackendError(f"Triton could not compile {name} for {target.name}: {exc}") \
+            from exc
+    asm = {"triton": ks.source, **dict(k.asm)}
+    asm.pop("source", None)
+    if target.backend == "cuda":
+        regs, spills = _ptxas_resources(asm["ptx"], int(target.arch))
+        shared = int(getattr(k.metadata, "shared", 0))
+    else:
+        regs, spills, lds = _amdgcn_resources(asm["amdgcn"])
+        shared = max(lds, int(getattr(k.metadata, "shared", 0)))  # LDS is allocated dynamically
+    return KernelArtifact(name, ks.kind, asm, regs, spills, shared, options["num_warps"],
+                          block, grid)
 
 
 def _class_sizes(compiled: Any, plan: Any, named: dict[str, int]) -> dict[tuple, int]:

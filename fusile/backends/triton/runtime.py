@@ -6,6 +6,7 @@ module, argument recipes); a call binds sizes, allocates outputs and launches.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +15,7 @@ from fusile import config
 from fusile.backends.reference import _scalar
 from fusile.backends.targets import Target
 from fusile.backends.torch_dtypes import to_torch
-from fusile.backends.triton import cache
+from fusile.backends.triton import cache, tune
 from fusile.backends.triton.codegen import KernelSource, generate
 from fusile.dsl.errors import BackendError
 from fusile.lowering import schedule
@@ -43,9 +44,10 @@ class _Launch:
     stride_axes: list[list[int]]  # per tensor argument, the axes whose stride is passed
     alloc_classes: dict[int, list[tuple]]  # output tensor -> class of each axis
     sized: dict[int, tuple]  # index class -> the global class that gives its size
-    configs: dict[tuple[int, int], Any] = field(default_factory=dict)
+    configs: dict[tuple, Any] = field(default_factory=dict)  # sizes -> config
     compiled: dict[tuple, Any] = field(default_factory=dict)  # specialization -> kernel
     splits: dict[tuple[int, int], Any] = field(default_factory=dict)  # sizes -> split plan
+    key: str = ""  # the kernel's source hash: what tuning results are remembered under
 
 
 class TritonProgram:
@@ -59,11 +61,11 @@ class TritonProgram:
         params = [compiled.typed.func.params[i].name for i in compiled.runtime_params]
         self.names = tensor_names(graph, params)
         family = "interpreter" if target.backend == "interpreter" else "gpu"
-        self.source, kernels = generate(self.plan, family, self.names)
+        self.source, kernels = generate(self.plan, family, self.names, config.get("tf32"))
         module = cache.load_module(self.source)
         self.launches: list[_Launch] = []
         for ks in kernels:
-            fns = {"single": getattr(module, ks.name)}
+            fns = {"dot" if ks.dot else "single": getattr(module, ks.name)}
             if ks.looped_name:
                 fns["looped"] = getattr(module, ks.looped_name)
             if ks.split_name and ks.combine_name:
@@ -81,8 +83,9 @@ class TritonProgram:
             alloc = {ta.tid: [self.plan.tensor_class(ta.tid, a)
                               for a in range(len(graph.tensors[ta.tid].shape))]
                      for ta in ks.tensors if ta.is_output}
+            key = hashlib.sha256(ks.source.encode()).hexdigest()[:16]
             self.launches.append(_Launch(ks, fns, r_contig or ks.kind == POINTWISE, elem,
-                                         strides, alloc, sized))
+                                         strides, alloc, sized, key=key))
         self._class_source = self._size_sources()
         self._host_ops = [n for n in graph.nodes if isinstance(n, Op)]
         self._arg_set = set(graph.args)
@@ -162,6 +165,10 @@ class TritonProgram:
         scalars = [env[v] for v in ks.scalars]
         p_total = math.prod(sizes[sized[c]] for c in ks.p_classes)
         r_total = math.prod(sizes[sized[c]] for c in ks.r_classes)
+        if ks.dot is not None:
+            self._launch_dot(launch, tensors, (*tensors, *strides, *class_sizes, *scalars),
+                             sizes, device)
+            return
         if p_total == 0 or r_total == 0:
             return
         got = launch.configs.get((p_total, r_total))
@@ -175,31 +182,64 @@ class TritonProgram:
                                r_total, use_i64, device)
             return
         variant = "looped" if cfg.looped else "single"
-        self._run(launch, variant, grid, cfg, use_i64, device,
+        self._run(launch, variant, grid, _consts(cfg, use_i64), _options(cfg), device,
                   (*tensors, *strides, *class_sizes, *scalars))
 
-    def _run(self, launch: _Launch, variant: str, grid: tuple[int, ...], cfg: schedule.Config,
-             use_i64: bool, device: Any, args: tuple) -> None:
+    def _launch_dot(self, launch: _Launch, tensors: list[Any], args: tuple,
+                    sizes: dict[tuple, int], device: Any) -> None:
+        """A contraction: tiles of the result, batch flattened into the grid; the config is
+        the tuner's winner for this shape bucket (timed here on first use on a GPU)."""
+        dot, sized = launch.ks.dot, launch.sized
+        m, n, k = (sizes[sized[c]] for c in (dot.m, dot.n, dot.k))
+        batch = math.prod(sizes[sized[c]] for c in dot.batch)
+        if m == 0 or n == 0 or batch == 0:
+            return
+        use_i64 = any(_extent(t) >= 2**31 - 1 for t in tensors)
+        shape = (m, n, k, batch)
+        cfg = launch.configs.get(shape)
+        if cfg is None:
+            cands = tune.candidates(self.target, dot.dtype, m, n, k, batch)
+            if device.type == "cpu" or 2 * m * n * k * batch < 2**30:
+                cfg = cands[0]  # small: not worth timing
+            else:
+                key = f"{launch.key}|{dot.dtype}|{tune.bucket(m, n, k, batch)}"
+                size = f"{batch} x " if batch > 1 else ""
+
+                def time(c: tune.DotConfig) -> float:
+                    from triton.testing import do_bench
+
+                    def go() -> None:
+                        self._run(launch, "dot", _dot_grid(c, m, n, batch),
+                                  c.constexprs(use_i64), c.options(self.target.backend),
+                                  device, args)
+
+                    return float(do_bench(go, warmup=5, rep=25, return_mode="median"))
+
+                cfg = tune.TUNER.best(self.target, key, cands, f"{size}{m}x{k} @ {k}x{n}",
+                                      time)
+            launch.configs[shape] = cfg
+        self._run(launch, "dot", _dot_grid(cfg, m, n, batch), cfg.constexprs(use_i64),
+                  cfg.options(self.target.backend), device, args)
+
+    def _run(self, launch: _Launch, variant: str, grid: tuple[int, ...], consts: dict[str, Any],
+             opts: dict[str, Any], device: Any, args: tuple) -> None:
         """Launch one kernel variant: straight to the compiled kernel when one exists for this
         specialization (what Triton keys on: pointer alignment, the ints' values, the scalars'
         types), else through triton.jit, which compiles it and hands it back."""
         fast = self._fast and device.type == "cuda"
         spec: tuple = ()
         if fast:
-            spec = (variant, cfg, use_i64, device.index,
+            spec = (variant, tuple(consts.values()), tuple(opts.values()), device.index,
                     tuple(a.data_ptr() & 15 if hasattr(a, "data_ptr") else
                           (a if type(a) is int else type(a)) for a in args))
             kernel = launch.compiled.get(spec)
             if kernel is not None:
                 try:
-                    _launch_compiled(kernel, grid, device, (*args, cfg.block_p, cfg.block_r,
-                                                            use_i64))
+                    _launch_compiled(kernel, grid, device, (*args, *consts.values()))
                     return
                 except (AttributeError, TypeError):  # another Triton's launcher: use the JIT
                     self._fast = fast = False
-        kernel = launch.fn[variant][grid](*args, BLOCK_P=cfg.block_p, BLOCK_R=cfg.block_r,
-                                          USE_I64=use_i64, num_warps=cfg.num_warps,
-                                          num_stages=cfg.num_stages)
+        kernel = launch.fn[variant][grid](*args, **consts, **opts)
         if fast and kernel is not None:
             if len(launch.compiled) > 512:
                 launch.compiled.clear()
@@ -220,9 +260,9 @@ class TritonProgram:
                             device=device)
         args = (*tensors, *strides, *class_sizes, *scalars, parts, plan.splits, plan.chunk)
         self._run(launch, "split", (math.ceil(p_total / plan.partial.block_p), plan.splits),
-                  plan.partial, use_i64, device, args)
+                  _consts(plan.partial, use_i64), _options(plan.partial), device, args)
         self._run(launch, "combine", (math.ceil(p_total / plan.combine.block_p),),
-                  plan.combine, use_i64, device, args)
+                  _consts(plan.combine, use_i64), _options(plan.combine), device, args)
 
     def _config(self, launch: _Launch, p_total: int, r_total: int
                 ) -> tuple[schedule.Config, tuple[int]]:
@@ -232,6 +272,18 @@ class TritonProgram:
         cfg = schedule.reduction(p_total, r_total, self.target, launch.elem_bytes,
                                  launch.r_contiguous)
         return cfg, (math.ceil(p_total / cfg.block_p),)
+
+
+def _consts(cfg: schedule.Config, use_i64: bool) -> dict[str, Any]:
+    return {"BLOCK_P": cfg.block_p, "BLOCK_R": cfg.block_r, "USE_I64": use_i64}
+
+
+def _options(cfg: schedule.Config) -> dict[str, Any]:
+    return {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+
+
+def _dot_grid(cfg: tune.DotConfig, m: int, n: int, batch: int) -> tuple[int]:
+    return (batch * math.ceil(m / cfg.block_m) * math.ceil(n / cfg.block_n),)
 
 
 def _launch_compiled(kernel: Any, grid: tuple[int, ...], device: Any, args: tuple) -> None:

@@ -1,0 +1,177 @@
+"""Contraction configs per target, and a small tuner that remembers its winners on disk.
+
+`candidates(target, dtype, m, n, k)` lists the configs worth timing, the rule-based pick first.
+On a GPU the first call of a contraction kernel for a shape bucket (sizes rounded up to powers
+of two) times each candidate with triton.testing.do_bench on the call's own tensors and keeps
+the fastest in FUSILE_CACHE_DIR/tuning/<target>.json; later calls and later processes reuse it.
+FUSILE_TUNE=off uses the rule-based pick without timing. This is deliberately small: a fuller
+autotuner can replace `best` without touching the code generator or the launcher.
+
+NVIDIA (Hopper): 128x256 or 256x128 tiles with 8 warps and 3 stages for large products, as in
+Triton's matmul tutorial; smaller tiles and more stages when the grid would not fill the SMs.
+AMD (CDNA3), after AMD's Triton optimisation guide: BLOCK_K 64, num_stages 2 (the stream
+pipeliner wants 2 for a single GEMM), matrix_instr_nonkdim 16 (16x16 MFMA), kpack 2, and
+waves_per_eu to trade registers for occupancy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from fusile import config
+from fusile.backends.targets import Target
+
+
+@dataclass(frozen=True)
+class DotConfig:
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+    group_m: int = 8
+    waves_per_eu: int = 0  # AMD only
+    matrix_instr_nonkdim: int = 0  # AMD only
+    kpack: int = 1  # AMD only
+
+    def constexprs(self, use_i64: bool) -> dict[str, Any]:
+        return {"BLOCK_M": self.block_m, "BLOCK_N": self.block_n, "BLOCK_K": self.block_k,
+                "GROUP_M": self.group_m, "USE_I64": use_i64}
+
+    def options(self, backend: str) -> dict[str, Any]:
+        opts: dict[str, Any] = {"num_warps": self.num_warps, "num_stages": self.num_stages}
+        if backend == "hip":
+            opts.update(waves_per_eu=self.waves_per_eu, kpack=self.kpack,
+                        matrix_instr_nonkdim=self.matrix_instr_nonkdim)
+        return opts
+
+    def __str__(self) -> str:
+        s = (f"{self.block_m}x{self.block_n}x{self.block_k} w{self.num_warps} "
+             f"s{self.num_stages}")
+        if self.matrix_instr_nonkdim:
+            s += f" wpe{self.waves_per_eu} mfma{self.matrix_instr_nonkdim} kp{self.kpack}"
+        return s
+
+
+def _cuda(dtype: str, tiles: Callable[[int, int], int], sms: int) -> list[DotConfig]:
+    if dtype == "f32":  # IEEE float32 runs on FMA units: smaller tiles, deeper pipelines
+        return [DotConfig(64, 64, 32, 4, 3), DotConfig(128, 64, 32, 4, 3),
+                DotConfig(64, 128, 32, 4, 3), DotConfig(32, 64, 32, 4, 3)]
+    big = [DotConfig(128, 256, 64, 8, 3), DotConfig(256, 128, 64, 8, 3),
+           DotConfig(128, 128, 64, 8, 4), DotConfig(128, 128, 64, 4, 4),
+           DotConfig(128, 256, 32, 8, 4)]
+    small = [DotConfig(128, 64, 64, 4, 4), DotConfig(64, 128, 64, 4, 4),
+             DotConfig(64, 64, 64, 4, 4)]
+    if tiles(128, 256) >= sms:
+        return big + small
+    if tiles(128, 128) >= sms:
+        return big[2:4] + small + big[:2]
+    return small + big[2:4]
+
+
+def _hip(dtype: str, tiles: Callable[[int, int], int], cus: int) -> list[DotConfig]:
+    k = 32 if dtype == "f32" else 64
+    big = [DotConfig(256, 128, k, 8, 2, 8, 2, 16, 2), DotConfig(128, 256, k, 8, 2, 8, 2, 16, 2),
+           DotConfig(128, 128, k, 4, 2, 8, 2, 16, 2)]
+    small = [DotConfig(64, 64, k, 4, 2, 8, 0, 16, 1), DotConfig(128, 64, k, 4, 2, 8, 2, 16, 2)]
+    if tiles(256, 128) >= cus:
+        return big + small
+    return [big[2], *small, big[0]]
+
+
+def candidates(target: Target, dtype: str, m: int, n: int, k: int, batch: int = 1
+               ) -> list[DotConfig]:
+    """Configs to try for an (m x k) @ (k x n) product, `batch` of them; the first is the
+    rule-based pick."""
+    del k
+
+    def tiles(bm: int, bn: int) -> int:
+        return batch * -(-m // bm) * -(-n // bn)
+
+    if target.backend == "interpreter":
+        return [DotConfig(32, 32, 32, 4, 1, 4)]
+    if target.backend == "hip":
+        return _hip(dtype, tiles, target.compute_units)
+    return _cuda(dtype, tiles, target.compute_units)
+
+
+def bucket(m: int, n: int, k: int, batch: int) -> str:
+    def p2(x: int) -> int:
+        return 1 << max(0, (x - 1).bit_length())
+
+    return f"{p2(m)}x{p2(n)}x{p2(k)}" + ("b" if batch > 1 else "")
+
+
+class Tuner:
+    """Winners per (target, kernel, shape bucket), in memory and on disk."""
+
+    def __init__(self) -> None:
+        self.mem: dict[str, dict[str, DotConfig]] = {}
+
+    def _path(self, target: str) -> Path:
+        return Path(config.get("cache_dir")) / "tuning" / f"{target}.json"
+
+    def _table(self, target: str) -> dict[str, DotConfig]:
+        if target not in self.mem:
+            table: dict[str, DotConfig] = {}
+            try:
+                raw = json.loads(self._path(target).read_text())
+                table = {key: DotConfig(**v) for key, v in raw.items()}
+            except (OSError, ValueError, TypeError):
+                pass  # missing or unreadable: tune again
+            self.mem[target] = table
+        return self.mem[target]
+
+    def lookup(self, target: str, key: str) -> DotConfig | None:
+        return self._table(target).get(key)
+
+    def remember(self, target: str, key: str, cfg: DotConfig) -> None:
+        table = self._table(target)
+        table[key] = cfg
+        path = self._path(target)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            with os.fdopen(fd, "w") as f:
+                json.dump({k: asdict(v) for k, v in sorted(table.items())}, f, indent=1)
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a read-only cache: keep the winner for this process only
+
+    def best(self, target: Target, key: str, cands: list[DotConfig], size: str,
+             time: Callable[[DotConfig], float]) -> DotConfig:
+        """The remembered winner for key, else time the candidates (if tuning is on)."""
+        got = self.lookup(target.name, key)
+        if got is not None:
+            return got
+        mode = config.get("tune")
+        if mode == "off" or len(cands) == 1:
+            return cands[0]
+        loud = mode != "quiet"
+        if loud:
+            print(f"fusile: tuning a contraction for {size} on {target.name} "
+                  f"({len(cands)} configs; FUSILE_TUNE=off skips this)", file=sys.stderr)
+        results = []
+        for c in cands:
+            try:
+                results.append((time(c), c))
+            except Exception as exc:  # a config this GPU cannot run (shared memory, ...)
+                if loud:
+                    print(f"fusile:   {c}: skipped ({type(exc).__name__})", file=sys.stderr)
+        if not results:
+            return cands[0]
+        ms, winner = min(results, key=lambda r: r[0])
+        if loud:
+            print(f"fusile:   best {winner}: {ms * 1e3:.1f} us", file=sys.stderr)
+        self.remember(target.name, key, winner)
+        return winner
+
+
+TUNER = Tuner()
