@@ -140,7 +140,8 @@ def compile_for(compiled: Any, target: Target, sizes: dict[str, int] | None = No
             m, n, k = (known.get(ks.class_global[c], DEFAULT_SIZE)
                        for c in (ks.dot.m, ks.dot.n, ks.dot.k))
             batch = math.prod(known.get(ks.class_global[c], DEFAULT_SIZE) for c in ks.dot.batch)
-            for dcfg in dot_configs or tune.candidates(target, ks.dot.dtype, m, n, k, batch)[:1]:
+            for dcfg in dot_configs or tune.candidates(target, ks.dot.dtype, m, n, k, batch,
+                                                         ks.dot.prologue)[:1]:
                 out.kernels.append(_compile(module, ks, ks.name, target,
                                             {**dcfg.constexprs(False), **spec[0]}, spec[1],
                                             dcfg.options(target.backend), scalar_dtypes,

@@ -37,6 +37,7 @@ class DotInfo:
     n: int
     k: int
     dtype: str  # operand type of tl.dot: bf16, f16 or f32
+    prologue: bool = False  # operands are computed (not just loaded): more registers per tile
 
 
 _FRAMES = {  # frame -> (row index, column index, row block, column block)
@@ -55,6 +56,7 @@ class DotWriter(KernelWriter):
         assert kernel.dot is not None
         self.form: DotForm = kernel.dot
         self.tf32 = tf32
+        self.prologue = False
         super().__init__(plan, kernel, target, names)
 
     # ------------------------------------------------------------------ classes and frames
@@ -150,6 +152,8 @@ class DotWriter(KernelWriter):
                 return local[x]
             if op.name not in RULES:
                 raise BackendError(f"the Triton backend has no rule for {op.name}")
+            if op.name not in _ZERO_KEEPING[:2]:  # more than a cast
+                self.prologue = True
             args = [val(o) for o in op.operands]
             var = f"v{x}"
             where = _short_loc(op.loc)
@@ -280,7 +284,8 @@ class DotWriter(KernelWriter):
             tensors = [self.tensor_arg(t, False) for t in self.k.reads] + [
                 self.tensor_arg(t, True) for t in self.k.writes]
             lines = self.write_dot(name, tensors)
-        info = DotInfo(list(self.batch), self.m, self.n, self.kc, self.dot_dtype().name)
+        info = DotInfo(list(self.batch), self.m, self.n, self.kc, self.dot_dtype().name,
+                       self.prologue)
         return KernelSource(name, self.k.kind, self.k.index, "\n".join(lines), tensors,
                             self.classes, self.p_classes, self.r_classes, self.k.class_global,
                             list(self.scalars), dot=info)

@@ -198,7 +198,7 @@ class TritonProgram:
         shape = (m, n, k, batch)
         cfg = launch.configs.get(shape)
         if cfg is None:
-            cands = tune.candidates(self.target, dot.dtype, m, n, k, batch)
+            cands = tune.candidates(self.target, dot.dtype, m, n, k, batch, dot.prologue)
             if device.type == "cpu" or 2 * m * n * k * batch < 2**30:
                 cfg = cands[0]  # small: not worth timing
             else:

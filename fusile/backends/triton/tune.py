@@ -76,20 +76,25 @@ def _cuda(dtype: str, tiles: Callable[[int, int], int], sms: int) -> list[DotCon
     return small + big[2:4]
 
 
-def _hip(dtype: str, tiles: Callable[[int, int], int], cus: int) -> list[DotConfig]:
+def _hip(dtype: str, tiles: Callable[[int, int], int], cus: int, prologue: bool
+         ) -> list[DotConfig]:
     k = 32 if dtype == "f32" else 64
-    big = [DotConfig(256, 128, k, 8, 2, 8, 2, 16, 2), DotConfig(128, 256, k, 8, 2, 8, 2, 16, 2),
-           DotConfig(128, 128, k, 4, 2, 8, 2, 16, 2)]
+    # waves_per_eu=0 leaves the register budget to the compiler (AGPRs hold the accumulator);
+    # 2 asks for two waves per SIMD, which heavy prologues cannot always afford
+    big = [DotConfig(256, 128, k, 8, 2, 8, 0, 16, 2), DotConfig(128, 256, k, 8, 2, 8, 2, 16, 2),
+           DotConfig(128, 128, k, 4, 2, 8, 2, 16, 2), DotConfig(256, 128, k, 8, 2, 8, 2, 16, 2)]
     small = [DotConfig(64, 64, k, 4, 2, 8, 0, 16, 1), DotConfig(128, 64, k, 4, 2, 8, 2, 16, 2)]
-    if tiles(256, 128) >= cus:
+    if tiles(256, 128) >= cus and not prologue:
         return big + small
+    if prologue:  # operands computed in registers: 128x128 tiles over 8 warps
+        return [DotConfig(128, 128, k, 8, 2, 8, 0, 16, 2), *big, *small]
     return [big[2], *small, big[0]]
 
 
-def candidates(target: Target, dtype: str, m: int, n: int, k: int, batch: int = 1
-               ) -> list[DotConfig]:
+def candidates(target: Target, dtype: str, m: int, n: int, k: int, batch: int = 1,
+               prologue: bool = False) -> list[DotConfig]:
     """Configs to try for an (m x k) @ (k x n) product, `batch` of them; the first is the
-    rule-based pick."""
+    rule-based pick. `prologue`: the operands are computed from their loads (not only cast)."""
     del k
 
     def tiles(bm: int, bn: int) -> int:
@@ -98,7 +103,7 @@ def candidates(target: Target, dtype: str, m: int, n: int, k: int, batch: int = 
     if target.backend == "interpreter":
         return [DotConfig(32, 32, 32, 4, 1, 4)]
     if target.backend == "hip":
-        return _hip(dtype, tiles, target.compute_units)
+        return _hip(dtype, tiles, target.compute_units, prologue)
     return _cuda(dtype, tiles, target.compute_units)
 
 
