@@ -167,6 +167,8 @@ class Tuner:
         for c in cands:
             try:
                 results.append((time(c), c))
+                if loud:
+                    print(f"fusile:   {c}: {results[-1][0] * 1e3:.1f} us", file=sys.stderr)
             except Exception as exc:  # a config this GPU cannot run (shared memory, ...)
                 if loud:
                     print(f"fusile:   {c}: skipped ({type(exc).__name__})", file=sys.stderr)
