@@ -28,7 +28,8 @@ from fusile.lowering.partition import POINTWISE, partition
 
 DEFAULT_SIZE = 4096  # for a size the signature leaves symbolic
 
-_CONSTEXPRS = ("BLOCK_P", "BLOCK_R", "USE_I64", "BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")
+_CONSTEXPRS = ("BLOCK_P", "BLOCK_R", "USE_I64", "BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M",
+               "EVEN_K")
 _SIG = {"bf16": "*bf16", "f16": "*fp16", "f32": "*fp32", "f64": "*fp64", "i32": "*i32",
         "i64": "*i64", "bool": "*i1"}
 
@@ -97,7 +98,10 @@ def _amdgcn_resources(amdgcn: str) -> tuple[int | None, int | None, int]:
         m = re.search(rf"\.{name}:\s+(\d+)", amdgcn)
         return int(m.group(1)) if m else 0
 
-    return (field_("vgpr_count"), field_("vgpr_spill_count") + field_("sgpr_spill_count"),
+    # spills to memory: VGPR spills always go to scratch; SGPR spills go to VGPR lanes
+    # (v_writelane, no memory traffic) unless the kernel has scratch
+    sgpr = field_("sgpr_spill_count") if field_("private_segment_fixed_size") else 0
+    return (field_("vgpr_count"), field_("vgpr_spill_count") + sgpr,
             field_("group_segment_fixed_size"))
 
 
@@ -143,7 +147,7 @@ def compile_for(compiled: Any, target: Target, sizes: dict[str, int] | None = No
             for dcfg in dot_configs or tune.candidates(target, ks.dot.dtype, m, n, k, batch,
                                                          ks.dot.prologue)[:1]:
                 out.kernels.append(_compile(module, ks, ks.name, target,
-                                            {**dcfg.constexprs(False), **spec[0]}, spec[1],
+                                            {**dcfg.constexprs(k, False), **spec[0]}, spec[1],
                                             dcfg.options(target.backend), scalar_dtypes,
                                             (dcfg.block_m, dcfg.block_n),
                                             "batch * ceil(M / BLOCK_M) * ceil(N / BLOCK_N)"))

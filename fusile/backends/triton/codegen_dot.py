@@ -49,7 +49,7 @@ _ZERO_KEEPING = ("arith.extf", "arith.truncf", "arith.negf", "arith.divf")  # 0 
 
 
 class DotWriter(KernelWriter):
-    constexprs = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "USE_I64")
+    constexprs = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "EVEN_K", "USE_I64")
 
     def __init__(self, plan: Plan, kernel: Kernel, target: str, names: dict[int, str],
                  tf32: bool = False):
@@ -223,15 +223,18 @@ class DotWriter(KernelWriter):
         e("offs_k = tl.arange(0, BLOCK_K)")
         e("if USE_I64:")
         e("    offs_k = offs_k.to(tl.int64)")
-        e("am = offs_m[:, None]")
-        e(f"mask_am = am < {M}")
-        e("bn = offs_n[None, :]")
-        e(f"mask_bn = bn < {N}")
+        e(f"am = (offs_m % {M})[:, None]  # rows past the end wrap: loaded, never stored")
+        e("mask_am = tl.full([BLOCK_M, 1], 1, tl.int1)")
+        e(f"bn = (offs_n % {N})[None, :]")
+        e("mask_bn = tl.full([1, BLOCK_N], 1, tl.int1)")
         e("acc = tl.full([BLOCK_M, BLOCK_N], 0.0, tl.float32)")
         e(f"for k0 in range(0, {K}, BLOCK_K):")
         loop_a = Scope(top, "        ")
         loop_a.emit("ak = k0 + offs_k[None, :]")
-        loop_a.emit(f"mask_ak = ak < {K}")
+        loop_a.emit("if EVEN_K:  # no tail: unmasked loads")
+        loop_a.emit("    mask_ak = tl.full([1, BLOCK_K], 1, tl.int1)")
+        loop_a.emit("else:")
+        loop_a.emit(f"    mask_ak = ak < {K}")
         loop_a.emit("mask_a = mask_am & mask_ak")
         for v, axes in (("am", "p"), ("ak", "r"), ("bk", "p"), ("bn", "r")):
             top.tile(v, frozenset(axes))
@@ -239,7 +242,10 @@ class DotWriter(KernelWriter):
         lhs = self.operand(self.form.lhs, loop_a, tl_dt)
         loop_b = Scope(top, "        ")
         loop_b.emit("bk = k0 + offs_k[:, None]")
-        loop_b.emit(f"mask_bk = bk < {K}")
+        loop_b.emit("if EVEN_K:")
+        loop_b.emit("    mask_bk = tl.full([BLOCK_K, 1], 1, tl.int1)")
+        loop_b.emit("else:")
+        loop_b.emit(f"    mask_bk = bk < {K}")
         loop_b.emit("mask_b = mask_bk & mask_bn")
         self.frame("b")
         rhs = self.operand(self.form.rhs, loop_b, tl_dt)

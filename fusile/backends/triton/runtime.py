@@ -210,7 +210,7 @@ class TritonProgram:
 
                     def go() -> None:
                         self._run(launch, "dot", _dot_grid(c, m, n, batch),
-                                  c.constexprs(use_i64), c.options(self.target.backend),
+                                  c.constexprs(k, use_i64), c.options(self.target.backend),
                                   device, args)
 
                     return float(do_bench(go, warmup=5, rep=25, return_mode="median"))
@@ -218,7 +218,7 @@ class TritonProgram:
                 cfg = tune.TUNER.best(self.target, key, cands, f"{size}{m}x{k} @ {k}x{n}",
                                       time)
             launch.configs[shape] = cfg
-        self._run(launch, "dot", _dot_grid(cfg, m, n, batch), cfg.constexprs(use_i64),
+        self._run(launch, "dot", _dot_grid(cfg, m, n, batch), cfg.constexprs(k, use_i64),
                   cfg.options(self.target.backend), device, args)
 
     def _run(self, launch: _Launch, variant: str, grid: tuple[int, ...], consts: dict[str, Any],

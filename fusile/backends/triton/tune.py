@@ -7,8 +7,9 @@ the fastest in FUSILE_CACHE_DIR/tuning/<target>.json; later calls and later proc
 FUSILE_TUNE=off uses the rule-based pick without timing. This is deliberately small: a fuller
 autotuner can replace `best` without touching the code generator or the launcher.
 
-NVIDIA (Hopper): 128x256 or 256x128 tiles with 8 warps and 3 stages for large products, as in
-Triton's matmul tutorial; smaller tiles and more stages when the grid would not fill the SMs.
+NVIDIA (Hopper): 128x256 tiles with 8 warps and 3-4 stages for large products, as in Triton's
+matmul tutorial (256x128 spills with an epilogue); smaller tiles and more stages when the grid
+would not fill the SMs.
 AMD (CDNA3), after AMD's Triton optimisation guide: BLOCK_K 64, num_stages 2 (the stream
 pipeliner wants 2 for a single GEMM), matrix_instr_nonkdim 16 (16x16 MFMA), kpack 2, and
 waves_per_eu to trade registers for occupancy.
@@ -41,9 +42,9 @@ class DotConfig:
     matrix_instr_nonkdim: int = 0  # AMD only
     kpack: int = 1  # AMD only
 
-    def constexprs(self, use_i64: bool) -> dict[str, Any]:
+    def constexprs(self, k: int, use_i64: bool) -> dict[str, Any]:
         return {"BLOCK_M": self.block_m, "BLOCK_N": self.block_n, "BLOCK_K": self.block_k,
-                "GROUP_M": self.group_m, "USE_I64": use_i64}
+                "GROUP_M": self.group_m, "EVEN_K": k % self.block_k == 0, "USE_I64": use_i64}
 
     def options(self, backend: str) -> dict[str, Any]:
         opts: dict[str, Any] = {"num_warps": self.num_warps, "num_stages": self.num_stages}
@@ -64,16 +65,15 @@ def _cuda(dtype: str, tiles: Callable[[int, int], int], sms: int) -> list[DotCon
     if dtype == "f32":  # IEEE float32 runs on FMA units: smaller tiles, deeper pipelines
         return [DotConfig(64, 64, 32, 4, 3), DotConfig(128, 64, 32, 4, 3),
                 DotConfig(64, 128, 32, 4, 3), DotConfig(32, 64, 32, 4, 3)]
-    big = [DotConfig(128, 256, 64, 8, 3), DotConfig(256, 128, 64, 8, 3),
-           DotConfig(128, 128, 64, 8, 4), DotConfig(128, 128, 64, 4, 4),
-           DotConfig(128, 256, 32, 8, 4)]
+    big = [DotConfig(128, 256, 64, 8, 3), DotConfig(128, 128, 64, 8, 4),
+           DotConfig(128, 256, 32, 8, 4), DotConfig(128, 256, 64, 8, 4)]
     small = [DotConfig(128, 64, 64, 4, 4), DotConfig(64, 128, 64, 4, 4),
              DotConfig(64, 64, 64, 4, 4)]
     if tiles(128, 256) >= sms:
         return big + small
     if tiles(128, 128) >= sms:
-        return big[2:4] + small + big[:2]
-    return small + big[2:4]
+        return big[1:2] + small + big[:1] + big[2:]
+    return small + big[1:2]
 
 
 def _hip(dtype: str, tiles: Callable[[int, int], int], cus: int, prologue: bool
