@@ -18,10 +18,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fusile.lowering import attention
 from fusile.lowering.contraction import DotForm, dot_form
 from fusile.lowering.graph import Empty, Generic, Graph
 
-POINTWISE, REDUCTION, CONTRACTION = "pointwise", "reduction", "contraction"
+POINTWISE, REDUCTION = "pointwise", "reduction"
+CONTRACTION, ATTENTION = "contraction", "attention"
 
 
 class Classes:
@@ -62,6 +64,7 @@ class Kernel:
     writes: list[int] = field(default_factory=list)  # tensor ids written to HBM
     locs: list[str] = field(default_factory=list)
     dot: DotForm | None = None  # a contraction kernel's tl.dot (None: gathered products)
+    attn: attention.AttentionForm | None = None  # an attention kernel's chain
 
     def access(self, gi: int, m: tuple[int | None, ...]) -> list[int | None]:
         """Index class per tensor axis for generic gi reading/writing through map m."""
@@ -151,6 +154,7 @@ class _Group:
         self.read: dict[int, tuple[int, tuple]] = {}  # HBM tensor -> (first reader, map)
         self.reduced: set | None = None
         self.dot: DotForm | None = None  # set once the contraction is in
+        self.attn: attention.AttentionForm | None = None  # an attention chain: no R check
 
     def real_loops(self, gi: int) -> list[int]:
         node = self.graph.nodes[gi]
@@ -187,7 +191,7 @@ class _Group:
         if self.dot is not None and not self._fits_dot(uf, gi, real, red):
             return False
         old = {uf.find(c) for c in self.reduced} if self.reduced else None
-        if red and old is not None and red != old:
+        if red and old is not None and red != old and self.attn is None:
             return False
         self.uf = uf
         self.gens.append(gi)
@@ -230,7 +234,8 @@ class _Group:
             assert isinstance(node, Generic)
             locs.append(node.loc)
         return Kernel(index, kind, list(self.gens), reduced, sorted(set(ids.values())),
-                      loop_class, class_global, locs=locs, dot=self.dot)
+                      loop_class, class_global, locs=locs,
+                      dot=self.dot if self.attn is None else None, attn=self.attn)
 
 
 def partition(graph: Graph) -> Plan:
@@ -246,8 +251,22 @@ def partition(graph: Graph) -> Plan:
     home: dict[int, int] = {}  # generic -> the group that computes it first
     free: set[int] = set()  # tensors computed from no tensor at all
     producer: dict[int, int] = {}  # tensor -> generic
+    flash = _attention_forms(graph, ones)
     for gi, node in enumerate(graph.nodes):
-        if not isinstance(node, Generic):
+        if not isinstance(node, Generic) or gi in home:
+            continue
+        if gi in flash:  # the whole chain, q @ k^T to P @ v, is one kernel
+            form, members = flash[gi]
+            group = _Group(graph, ones, cls)
+            group.attn = form
+            for mi in members:
+                assert group.try_add(mi), "attention members were checked to fit"
+                home[mi] = len(groups)
+                for r in _gen_of(graph, mi).results:
+                    producer[r] = mi
+            group.dot = form.pv  # the epilogue joins over the output's loops
+            groups.append(group)
+            kinds.append(ATTENTION)
             continue
         if _is_fill(node) and all(_only_init(graph, r) for r in node.results):
             fills[node.results[0]] = node.yields[0]
@@ -286,6 +305,40 @@ def partition(graph: Graph) -> Plan:
     plan = Plan(graph, cls, kernels, fills, ones)
     _io(plan)
     return plan
+
+
+def _gen_of(graph: Graph, gi: int) -> Generic:
+    node = graph.nodes[gi]
+    assert isinstance(node, Generic)
+    return node
+
+
+_Flash = dict[int, tuple[attention.AttentionForm, list[int]]]
+
+
+def _attention_forms(graph: Graph, ones: set[tuple]) -> _Flash:
+    """Attention chains whose inner tensors (scores, row statistics) nothing else reads:
+    keyed by their first generic (q @ k^T), with every member in program order."""
+    out: _Flash = {}
+    for gi, node in enumerate(graph.nodes):
+        if not isinstance(node, Generic) or len(node.reduction_loops) != 1:
+            continue
+        form = attention.find(graph, gi)
+        if form is None:
+            continue
+        members = sorted({form.qk.gi, *form.mods, form.row_max, form.shifted, form.row_sum, gi})
+        inner = {r for mi in members if mi != gi for r in _gen_of(graph, mi).results}
+        if inner & set(graph.results):
+            continue
+        readers = [j for j, n in enumerate(graph.nodes) if isinstance(n, Generic) and
+                   j not in members and inner & set(n.inputs)]
+        if readers:
+            continue
+        trial = _Group(graph, ones, _classes(graph))
+        trial.attn = form
+        if all(trial.try_add(mi) for mi in members):
+            out[form.qk.gi] = (form, members)
+    return out
 
 
 def _add_with_producers(group: _Group, gi: int, graph: Graph, producer: dict[int, int],

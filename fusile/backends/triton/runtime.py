@@ -165,6 +165,10 @@ class TritonProgram:
         scalars = [env[v] for v in ks.scalars]
         p_total = math.prod(sizes[sized[c]] for c in ks.p_classes)
         r_total = math.prod(sizes[sized[c]] for c in ks.r_classes)
+        if ks.attn is not None:
+            self._launch_attn(launch, tensors, (*tensors, *strides, *class_sizes, *scalars),
+                              sizes, device)
+            return
         if ks.dot is not None:
             self._launch_dot(launch, tensors, (*tensors, *strides, *class_sizes, *scalars),
                              sizes, device)
@@ -221,6 +225,49 @@ class TritonProgram:
         self._run(launch, "dot", _dot_grid(cfg, m, n, batch), cfg.constexprs(k, use_i64),
                   cfg.options(self.target.backend), device, args)
 
+    def _launch_attn(self, launch: _Launch, tensors: list[Any], args: tuple,
+                     sizes: dict[tuple, int], device: Any) -> None:
+        """A flash kernel: one program per BLOCK_M query rows of each batch index."""
+        dot, sized = launch.ks.dot, launch.sized
+        li, lj, d = (sizes[sized[c]] for c in (dot.m, dot.n, dot.k))
+        e = sizes[sized[launch.ks.attn[0]]]
+        batch = math.prod(sizes[sized[c]] for c in dot.batch)
+        if li == 0 or batch == 0 or e == 0:
+            return
+        use_i64 = any(_extent(t) >= 2**31 - 1 for t in tensors)
+        shape = (li, lj, d, e, batch)
+
+        def consts(c: tune.DotConfig) -> dict[str, Any]:
+            return {"BLOCK_M": c.block_m, "BLOCK_N": c.block_n,
+                    "BLOCK_D": max(16, _pow2(d)), "BLOCK_E": max(16, _pow2(e)),
+                    "USE_I64": use_i64}
+
+        def grid(c: tune.DotConfig) -> tuple[int]:
+            return (batch * math.ceil(li / c.block_m),)
+
+        cfg = launch.configs.get(shape)
+        if cfg is None:
+            cands = tune.attention_candidates(self.target, max(d, e))
+            if device.type == "cpu" or 4 * li * lj * max(d, e) * batch < 2**30:
+                cfg = cands[0]
+            else:
+                key = f"{launch.key}|{dot.dtype}|{tune.bucket(li, lj, max(d, e), batch)}"
+
+                def time(c: tune.DotConfig) -> float:
+                    from triton.testing import do_bench
+
+                    def go() -> None:
+                        self._run(launch, "dot", grid(c), consts(c),
+                                  c.options(self.target.backend), device, args)
+
+                    return float(do_bench(go, warmup=5, rep=25, return_mode="median"))
+
+                cfg = tune.TUNER.best(self.target, key, cands,
+                                      f"attention {batch} x {li}x{lj}, d={d}", time)
+            launch.configs[shape] = cfg
+        self._run(launch, "dot", grid(cfg), consts(cfg), cfg.options(self.target.backend),
+                  device, args)
+
     def _run(self, launch: _Launch, variant: str, grid: tuple[int, ...], consts: dict[str, Any],
              opts: dict[str, Any], device: Any, args: tuple) -> None:
         """Launch one kernel variant: straight to the compiled kernel when one exists for this
@@ -272,6 +319,10 @@ class TritonProgram:
         cfg = schedule.reduction(p_total, r_total, self.target, launch.elem_bytes,
                                  launch.r_contiguous)
         return cfg, (math.ceil(p_total / cfg.block_p),)
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
 
 
 def _consts(cfg: schedule.Config, use_i64: bool) -> dict[str, Any]:

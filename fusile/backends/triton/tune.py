@@ -182,3 +182,21 @@ class Tuner:
 
 
 TUNER = Tuner()
+
+
+def attention_candidates(target: Target, d: int) -> list[DotConfig]:
+    """Flash-attention tiles (block_m query rows, block_n keys; block_k unused). Hopper: 128
+    query rows over 8 warps (4 at head dim <= 64), 64-128 keys, 2-3 stages; AMD, after AMD's
+    flash-attention guidance: 128 x 64, 4 warps, one stage, waves_per_eu 2."""
+    if target.backend == "interpreter":
+        return [DotConfig(32, 32, 0, 4, 1)]
+    if target.backend == "hip":
+        return [DotConfig(128, 64, 0, 4, 1, 1, 2, 16, 1), DotConfig(128, 32, 0, 4, 1, 1, 2, 16, 1),
+                DotConfig(64, 64, 0, 4, 1, 1, 2, 16, 1)]
+    if d <= 64:
+        return [DotConfig(128, 128, 0, 8, 3), DotConfig(128, 64, 0, 4, 3),
+                DotConfig(128, 128, 0, 4, 2), DotConfig(64, 64, 0, 4, 3)]
+    if d <= 128:
+        return [DotConfig(128, 64, 0, 8, 3), DotConfig(128, 128, 0, 8, 2),
+                DotConfig(128, 64, 0, 4, 3), DotConfig(64, 64, 0, 4, 3)]
+    return [DotConfig(64, 64, 0, 4, 2), DotConfig(128, 32, 0, 8, 2), DotConfig(64, 32, 0, 4, 2)]

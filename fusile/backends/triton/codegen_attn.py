@@ -1,0 +1,279 @@
+"""An attention kernel (lowering/attention.py) -> one flash kernel with online softmax.
+
+One program owns BLOCK_M query rows of one batch index (batch, heads, ...). It loads its q tile
+once, then for each block of BLOCK_N keys: S = q @ k^T (tl.dot, float32 accumulation), the
+DSL's score modifications on the S tile (scale, masks, soft-capping, biases: the mods
+generics, emitted as written), a running row max and sum, P = exp(T - max), and
+acc = acc * alpha + P @ v. After the loop: O = acc / sum, the epilogue, one store. S, T and P
+live in registers only.
+
+Masks that depend on positions alone (`where(j <= i + c, s, -inf)`, windows) also bound the
+key loop: when the condition is a conjunction of comparisons linear in i and j with unit
+coefficient on j, the first and last key a block of rows can see follow from its first and
+last row, and key blocks outside them are never visited (causal attention does about half the
+work). The mask is still applied in every visited tile, so the bounds only need to be
+conservative.
+
+Frames (tile axes): q (i, d), k (d, j), s (i, j), v (j, e), o (i, e).
+"""
+
+from __future__ import annotations
+
+from fusile.backends.triton.codegen import KernelSource, KernelWriter, TensorArg
+from fusile.backends.triton.codegen_dot import DotInfo, DotWriter
+from fusile.backends.triton.ops import TL_DTYPE
+from fusile.backends.triton.scope import Scope
+from fusile.dsl.errors import BackendError
+from fusile.dsl.types import DTYPES
+from fusile.lowering.attention import AttentionForm
+from fusile.lowering.partition import Kernel, Plan
+
+_FRAMES = {"q": ("qi", "qd", "BLOCK_M", "BLOCK_D"), "k": ("kd", "kj", "BLOCK_D", "BLOCK_N"),
+           "s": ("si", "sj", "BLOCK_M", "BLOCK_N"), "v": ("vj", "ve", "BLOCK_N", "BLOCK_E"),
+           "o": ("oi", "oe", "BLOCK_M", "BLOCK_E")}
+LOG2E = 1.4426950408889634
+
+
+class AttnWriter(DotWriter):
+    constexprs = ("BLOCK_M", "BLOCK_N", "BLOCK_D", "BLOCK_E", "USE_I64")
+
+    def __init__(self, plan: Plan, kernel: Kernel, target: str, names: dict[int, str],
+                 tf32: bool = False):
+        assert kernel.attn is not None
+        self.attn: AttentionForm = kernel.attn
+        self.form = self.attn.qk
+        self.tf32 = tf32
+        self.prologue = False
+        KernelWriter.__init__(self, plan, kernel, target, names)
+
+    def _order_classes(self) -> None:
+        a, lc = self.attn, self.k.loop_class
+        qk, pv = a.qk, a.pv
+        try:
+            self.i, self.j, self.d = (lc[(qk.gi, x)] for x in (qk.m, qk.n, qk.k))
+            self.e = lc[(pv.gi, pv.n)]
+            linked = lc[(pv.gi, pv.m)] == self.i and lc[(pv.gi, pv.k)] == self.j
+        except KeyError:  # a static size-1 axis among them
+            linked = False
+        if not linked:
+            raise BackendError("internal: attention loops do not line up (size-1 axes?)")
+        self.batch = list(dict.fromkeys(lc[(qk.gi, b)] for b in qk.batch if (qk.gi, b) in lc))
+        order = [*self.batch, self.i, self.j, self.d, self.e]
+        if any(c not in order for c in self.k.domain):
+            raise BackendError("internal: an attention kernel has loops outside q, k, v")
+        self.classes = order
+        self.p_classes, self.r_classes = [*self.batch, self.i, self.e], [self.j, self.d]
+        self.cname = {c: f"n{i}" for i, c in enumerate(order)}
+        self.bidx = {c: f"b{i}" for i, c in enumerate(self.batch)}
+        self.m, self.n, self.kc = self.i, self.j, self.d
+        self.frame("o")
+
+    def frame(self, f: str) -> None:
+        row, col, brow, bcol = _FRAMES[f]
+        rc, cc = {"q": (self.i, self.d), "k": (self.d, self.j), "s": (self.i, self.j),
+                  "v": (self.j, self.e), "o": (self.i, self.e)}[f]
+        self.idx = dict(self.bidx) | {rc: row, cc: col}
+        self.axis_of = {rc: "p", cc: "r"}
+        self.blocks = (brow, bcol)
+        self.masks = {frozenset(): None, frozenset("p"): f"mask_{row}",
+                      frozenset("r"): f"mask_{col}", frozenset("pr"): f"mask_{f}"}
+
+    # ------------------------------------------------------------------ key bounds
+    def _affine(self, gi: int, v: int, scope: Scope) -> dict[str, object] | None:
+        """v of generic gi as {"i": coef, "j": coef, "c": [source terms]}, or None."""
+        node = self._gen(gi)
+        by = {op.results[0]: op for op in node.body if op.results}
+        op = by.get(v)
+        if v in node.block_args:
+            return None
+        if op is None:
+            return {"i": 0, "j": 0, "c": [self.resolve(v, {}, scope)]}
+        if op.name == "linalg.index":
+            c = self.k.loop_class.get((gi, op.attrs["dim"]))
+            if c == self.i:
+                return {"i": 1, "j": 0, "c": []}
+            if c == self.j:
+                return {"i": 0, "j": 1, "c": []}
+            return None
+        if op.name in ("arith.index_cast", "arith.extsi", "arith.trunci"):
+            return self._affine(gi, op.operands[0], scope)
+        if op.name in ("arith.addi", "arith.subi"):
+            a = self._affine(gi, op.operands[0], scope)
+            b = self._affine(gi, op.operands[1], scope)
+            if a is None or b is None:
+                return None
+            s = 1 if op.name == "arith.addi" else -1
+            cb = [f"({t})" if s > 0 else f"(-({t}))" for t in b["c"]]  # type: ignore[attr-defined]
+            return {"i": a["i"] + s * b["i"], "j": a["j"] + s * b["j"],  # type: ignore[operator]
+                    "c": [*a["c"], *cb]}  # type: ignore[misc]
+        return None
+
+    def _bounds(self, gi: int, cond: int, scope: Scope, lo: list[str], hi: list[str]) -> None:
+        """Collect key bounds [lo, hi) for rows [first, last] implied by condition `cond`."""
+        node = self._gen(gi)
+        by = {op.results[0]: op for op in node.body if op.results}
+        op = by.get(cond)
+        if op is None:
+            return
+        if op.name == "arith.andi":
+            for o in op.operands:
+                self._bounds(gi, o, scope, lo, hi)
+            return
+        if op.name != "arith.cmpi" or op.attrs["predicate"] not in ("slt", "sle", "sgt", "sge"):
+            return
+        a = self._affine(gi, op.operands[0], scope)
+        b = self._affine(gi, op.operands[1], scope)
+        if a is None or b is None:
+            return
+        # a - b (pred) 0  ->  cj * j + ci * i + c (pred) 0
+        cj, ci = a["j"] - b["j"], a["i"] - b["i"]  # type: ignore[operator]
+        c = " + ".join([*a["c"], *(f"(-({t}))" for t in b["c"])]) or "0"  # type: ignore[attr-defined]
+        pred = op.attrs["predicate"]
+        if cj not in (1, -1) or ci not in (-1, 0, 1):
+            return
+        if cj == -1:  # multiply by -1: flip the predicate
+            ci, c = -ci, f"-({c})"
+            pred = {"slt": "sgt", "sle": "sge", "sgt": "slt", "sge": "sle"}[pred]
+        # j + ci * i + c (pred) 0  <=>  j (pred) -ci * i - c
+        row_hi, row_lo = "(row0 + BLOCK_M - 1)", "row0"
+        if pred in ("slt", "sle"):  # j below a bound: largest over the block's rows
+            r = row_hi if -ci > 0 else row_lo
+            bound = f"{-ci} * {r} - ({c})" if ci else f"-({c})"
+            hi.append(f"{bound} + {1 if pred == 'sle' else 0}")
+        else:
+            r = row_lo if -ci > 0 else row_hi
+            bound = f"{-ci} * {r} - ({c})" if ci else f"-({c})"
+            lo.append(f"{bound} + {1 if pred == 'sgt' else 0}")
+
+    # ------------------------------------------------------------------ the kernel
+    def write_attn(self, name: str, tensors: list[TensorArg]) -> list[str]:
+        a = self.attn
+        qk_dt = self.dot_dtype()
+        self.form = a.pv
+        pv_dt = self.dot_dtype()
+        self.form = a.qk
+        if self.target == "interpreter":
+            qk_dt = DTYPES["f32"] if qk_dt.name == "bf16" else qk_dt
+            pv_dt = DTYPES["f32"] if pv_dt.name == "bf16" else pv_dt
+        prec = {n: (', input_precision="tf32"' if self.tf32 else ', input_precision="ieee"')
+                if n == "f32" else "" for n in (qk_dt.name, pv_dt.name)}
+        top = Scope(None, "    ")
+        e = top.emit
+        LI, LJ, D, E = (self.cname[c] for c in (self.i, self.j, self.d, self.e))
+        e("pid = tl.program_id(0)")
+        e("if USE_I64:  # offsets past 2**31 elements")
+        e("    pid = pid.to(tl.int64)")
+        e(f"tiles_m = ({LI} + BLOCK_M - 1) // BLOCK_M")
+        e("pid_b = pid // tiles_m  # batch index, flattened")
+        e("pid_m = tiles_m - 1 - pid % tiles_m  # the last rows first: with a causal mask "
+          "they see the most keys")
+        rem = "pid_b"
+        for c in reversed(self.batch):
+            e(f"{self.bidx[c]} = {rem} % {self.cname[c]}")
+            e(f"{rem}_{c} = {rem} // {self.cname[c]}")
+            rem = f"{rem}_{c}"
+        e("row0 = pid_m * BLOCK_M")
+        e("offs_m = row0 + tl.arange(0, BLOCK_M)")
+        e("offs_n = tl.arange(0, BLOCK_N)")
+        e("offs_d = tl.arange(0, BLOCK_D)")
+        e("offs_e = tl.arange(0, BLOCK_E)")
+        for line in ("qi = offs_m[:, None]", "qd = offs_d[None, :]", f"mask_qi = qi < {LI}",
+                     f"mask_qd = qd < {D}", "mask_q = mask_qi & mask_qd",
+                     "si = offs_m[:, None]", f"mask_si = si < {LI}",
+                     "kd = offs_d[:, None]", f"mask_kd = kd < {D}",
+                     "ve = offs_e[None, :]", f"mask_ve = ve < {E}"):
+            e(line)
+        for v, ax in (("qi", "p"), ("qd", "r"), ("si", "p"), ("kd", "p"), ("ve", "r")):
+            top.tile(v, frozenset(ax))
+        self.frame("q")
+        self.kc = self.d
+        q = self.operand(a.qk.lhs, top, TL_DTYPE[qk_dt.name])
+        e(f"q = {q}")
+        top.tile("q", frozenset("pr"))
+        lo: list[str] = []
+        hi: list[str] = []
+        bounds_scope = Scope(top, "    ")
+        for gi, sel in a.masks:
+            sel_op = next(op for op in self._gen(gi).body if op.results[0] == sel)
+            self._bounds(gi, sel_op.operands[0], bounds_scope, lo, hi)
+        e("lo = 0")
+        for b in lo:
+            e(f"lo = tl.maximum(lo, ({b}) // BLOCK_N * BLOCK_N)  # first key any row can see")
+        e(f"hi = {LJ}")
+        for b in hi:
+            e(f"hi = tl.minimum(hi, {b})  # past the last key any row can see")
+        e("m_i = tl.full([BLOCK_M, 1], float(\"-inf\"), tl.float32)")
+        e("l_i = tl.full([BLOCK_M, 1], 0.0, tl.float32)")
+        e("acc = tl.full([BLOCK_M, BLOCK_E], 0.0, tl.float32)")
+        e("for j0 in range(lo, hi, BLOCK_N):")
+        body = Scope(top, "        ")
+        b = body.emit
+        for line in ("kj = j0 + offs_n[None, :]", f"mask_kj = kj < {LJ}",
+                     "mask_k = mask_kd & mask_kj"):
+            b(line)
+        body.tile("kj", frozenset("r"))
+        self.frame("k")
+        kt = self.operand(a.qk.rhs, body, TL_DTYPE[qk_dt.name])
+        b(f"s = tl.dot(q, {kt}{prec[qk_dt.name]})")
+        for line in ("sj = j0 + offs_n[None, :]", f"mask_sj = sj < {LJ}",
+                     "mask_s = mask_si & mask_sj"):
+            b(line)
+        body.tile("sj", frozenset("r"))
+        body.tile("s", frozenset("pr"))
+        self.frame("s")
+        qk_node = self._gen(a.qk.gi)
+        body.values[qk_node.results[0]] = "s"
+        t = self.tensor_value(a.scores, body, False)
+        red_max = self._row("tl.max", "t")
+        red_sum = self._row("tl.sum", "p")
+        for line in (f"t = tl.where(mask_sj, {t}, float(\"-inf\"))",
+                     f"m_new = tl.maximum(m_i, {red_max})",
+                     "m_use = tl.where(m_new == float(\"-inf\"), 0.0, m_new)  # all -inf so far",
+                     f"p = tl.exp2((t - m_use) * {LOG2E})",
+                     f"alpha = tl.exp2((m_i - m_use) * {LOG2E})",
+                     f"l_i = l_i * alpha + {red_sum}", "m_i = m_new",
+                     "vj = j0 + offs_n[:, None]", f"mask_vj = vj < {LJ}",
+                     "mask_v = mask_vj & mask_ve"):
+            b(line)
+        body.tile("vj", frozenset("p"))
+        self.frame("v")
+        self.form, self.kc = a.pv, self.j
+        vt = self.operand(a.pv.rhs, body, TL_DTYPE[pv_dt.name])
+        b(f"acc = tl.dot(p.to({TL_DTYPE[pv_dt.name]}), {vt}, acc * alpha{prec[pv_dt.name]})")
+        top.lines += bounds_scope.lines + body.lines
+        self.form, self.kc = a.qk, self.d
+        out = Scope(top, "    ")
+        self.frame("o")
+        for line in ("oi = offs_m[:, None]", "oe = offs_e[None, :]", f"mask_oi = oi < {LI}",
+                     f"mask_oe = oe < {E}", "mask_o = mask_oi & mask_oe", "o = acc / l_i"):
+            out.emit(line)
+        for v, ax in (("oi", "p"), ("oe", "r"), ("o", "pr")):
+            out.tile(v, frozenset(ax))
+        out.values[self._gen(a.pv.gi).results[0]] = "o"
+        for w in self.k.writes:
+            if self.j in self.access_of(w) or self.d in self.access_of(w):
+                raise BackendError("internal: an attention kernel stores a per-key tensor")
+            self._store(w, out)
+        top.lines += out.lines
+        note = f" (flash: q @ k^T on {qk_dt.name}, p @ v on {pv_dt.name})"
+        return self.header(name, tensors, False, note=note) + top.lines
+
+    def _row(self, fn: str, tile: str) -> str:
+        if self.target == "interpreter":
+            combine = {"tl.sum": "_sum_combine", "tl.max": "_elementwise_max"}[fn]
+            return f"tl.reduce({tile}, 1, tl.standard.{combine}, keep_dims=True)"
+        return f"{fn}({tile}, axis=1, keep_dims=True)"
+
+    def source(self) -> KernelSource:
+        name = f"fusile_k{self.k.index}"
+        lines: list[str] = []
+        tensors: list[TensorArg] = []
+        for _ in range(2):  # once to learn the scalar arguments, then with the full header
+            tensors = [self.tensor_arg(t, False) for t in self.k.reads] + [
+                self.tensor_arg(t, True) for t in self.k.writes]
+            lines = self.write_attn(name, tensors)
+        info = DotInfo(list(self.batch), self.i, self.j, self.d, self.dot_dtype().name,
+                       self.prologue)
+        return KernelSource(name, self.k.kind, self.k.index, "\n".join(lines), tensors,
+                            self.classes, self.p_classes, self.r_classes, self.k.class_global,
+                            list(self.scalars), dot=info, attn=(self.e,))

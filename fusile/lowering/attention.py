@@ -1,0 +1,159 @@
+"""Recognise attention in a fused graph: `softmax(mods(q @ k^T), over j) @ v`.
+
+After the MLIR passes, `softmax(s, axis=-1) @ v` is five generics: S = q @ k^T (a contraction
+in dot form over the head dim d), T = score modifications of S (zero or more elementwise
+generics: scale, masks from positions, soft-capping, biases), mx = max_j T, U = T - mx (with
+softmax's guard for an all -inf row), l = sum_j exp(U), and O = sum_j (exp(U) / l) * v (a
+contraction in dot form over j whose left operand is exp(U) / l). This module checks exactly
+that structure; anything else is left to the other kernel classes.
+
+A flash kernel computes O without S, T, U in HBM: per block of query rows it loops over key
+blocks, keeps a running max and sum (online softmax) and rescales its accumulator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fusile.lowering.contraction import DotForm, dot_form
+from fusile.lowering.graph import Generic, Graph, Op
+
+
+@dataclass(frozen=True)
+class AttentionForm:
+    qk: DotForm  # S = q @ k^T: m = query rows i, n = key rows j, k = head dim d
+    pv: DotForm  # O = P @ v: m = i, n = value dim e, k = j
+    mods: tuple[int, ...]  # elementwise generics from S to T, in program order
+    scores: int  # tensor T (the modified scores softmax runs over)
+    row_max: int  # generic mx = max_j T
+    shifted: int  # generic U = T - mx
+    row_sum: int  # generic l = sum_j exp(U)
+    masks: tuple[tuple[int, int], ...]  # (mods generic, select op result) masks of positions
+
+
+def _single(g: Generic, name: str) -> Op | None:
+    by = {op.results[0]: op for op in g.body if op.results}
+    op = by.get(g.yields[0]) if len(g.yields) == 1 else None
+    return op if op is not None and op.name == name else None
+
+
+def _producers(graph: Graph) -> dict[int, int]:
+    out = {}
+    for gi, node in enumerate(graph.nodes):
+        if isinstance(node, Generic):
+            for r in node.results:
+                out[r] = gi
+    return out
+
+
+def _gen(graph: Graph, gi: int | None) -> Generic | None:
+    if gi is None:
+        return None
+    node = graph.nodes[gi]
+    return node if isinstance(node, Generic) else None
+
+
+def find(graph: Graph, pv_gi: int) -> AttentionForm | None:
+    """The attention ending in contraction pv_gi, or None."""
+    pv_node = _gen(graph, pv_gi)
+    if pv_node is None:
+        return None
+    pv = dot_form(pv_gi, pv_node)
+    if pv is None:
+        return None
+    prod = _producers(graph)
+    by = {op.results[0]: op for op in pv_node.body if op.results}
+    div = by.get(pv.lhs)  # exp(U) / l
+    if div is None or div.name != "arith.divf":
+        return None
+    ex, lv = by.get(div.operands[0]), div.operands[1]
+    if ex is None or ex.name != "math.exp":
+        return None
+    n_in = len(pv_node.inputs)
+    args = pv_node.block_args[:n_in]
+    if ex.operands[0] not in args or lv not in args:
+        return None
+    u_t, l_t = pv_node.inputs[args.index(ex.operands[0])], pv_node.inputs[args.index(lv)]
+    sub, sm = prod.get(u_t), prod.get(l_t)
+    sub_n, sum_n = _gen(graph, sub), _gen(graph, sm)
+    if sub_n is None or sum_n is None or sub is None or sm is None:
+        return None
+    # l = sum_j exp(U)
+    if sum_n.inputs != [u_t] or len(sum_n.reduction_loops) != 1:
+        return None
+    add = _single(sum_n, "arith.addf")
+    sby = {op.results[0]: op for op in sum_n.body if op.results}
+    if add is None or not any(sby.get(o) is not None and sby[o].name == "math.exp" and
+                              sby[o].operands[0] == sum_n.block_args[0] for o in add.operands):
+        return None
+    # U = T - guard(mx)
+    if sub_n.reduction_loops or len(sub_n.inputs) != 2:
+        return None
+    t_t, mx_t = sub_n.inputs
+    subf = _single(sub_n, "arith.subf")
+    if subf is None or subf.operands[0] != sub_n.block_args[0]:
+        return None
+    mx = prod.get(mx_t)
+    mx_n = _gen(graph, mx)
+    if mx_n is None or mx is None or mx_n.inputs != [t_t] or \
+            _single(mx_n, "arith.maximumf") is None:
+        return None
+    # T = mods(S), S = q @ k^T
+    mods: list[int] = []
+    t = t_t
+    while True:
+        gi = prod.get(t)
+        node = _gen(graph, gi)
+        if node is None or gi is None:
+            return None
+        qk = dot_form(gi, node)
+        if qk is not None:
+            break
+        if node.reduction_loops:
+            return None
+        from_s = [u for u in node.inputs if prod.get(u) is not None and
+                  _gen(graph, prod[u]) is not None]
+        chain = [u for u in from_s if _reaches_dot(graph, prod, u)]
+        if len(chain) != 1:
+            return None
+        mods.insert(0, gi)
+        t = chain[0]
+    masks = tuple((gi, op.results[0]) for gi in mods for op in _index_masks(graph, gi))
+    return AttentionForm(qk, pv, tuple(mods), t_t, mx, sub, sm, masks)
+
+
+def _reaches_dot(graph: Graph, prod: dict[int, int], t: int) -> bool:
+    gi = prod.get(t)
+    node = _gen(graph, gi)
+    if node is None or gi is None:
+        return False
+    if dot_form(gi, node) is not None:
+        return True
+    return not node.reduction_loops and any(_reaches_dot(graph, prod, u) for u in node.inputs)
+
+
+def _index_masks(graph: Graph, gi: int) -> list[Op]:
+    """select(cond, x, -inf) ops of generic gi whose condition depends on loop positions and
+    scalars only: masks a kernel can evaluate per tile without loading anything."""
+    node = _gen(graph, gi)
+    assert node is not None
+    by = {op.results[0]: op for op in node.body if op.results}
+    consts = {op.results[0]: op.attrs.get("value") for op in graph.nodes
+              if isinstance(op, Op) and op.name == "arith.constant"}
+    out = []
+    for op in node.body:
+        if op.name != "arith.select" or consts.get(op.operands[2]) != float("-inf"):
+            continue
+        stack, ok, seen = [op.operands[0]], True, set()
+        while stack and ok:
+            v = stack.pop()
+            if v in seen:
+                continue
+            seen.add(v)
+            if v in node.block_args:
+                ok = False
+            elif v in by:
+                stack.extend(by[v].operands)
+        if ok:
+            out.append(op)
+    return out
