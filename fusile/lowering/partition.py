@@ -256,15 +256,15 @@ def partition(graph: Graph) -> Plan:
         if not isinstance(node, Generic) or gi in home:
             continue
         if gi in flash:  # the whole chain, q @ k^T to P @ v, is one kernel
-            form, members = flash[gi]
+            chain, members = flash[gi]
             group = _Group(graph, ones, cls)
-            group.attn = form
+            group.attn = chain
             for mi in members:
                 assert group.try_add(mi), "attention members were checked to fit"
                 home[mi] = len(groups)
                 for r in _gen_of(graph, mi).results:
                     producer[r] = mi
-            group.dot = form.pv  # the epilogue joins over the output's loops
+            group.dot = chain.pv  # the epilogue joins over the output's loops
             groups.append(group)
             kinds.append(ATTENTION)
             continue

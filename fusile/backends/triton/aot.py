@@ -24,9 +24,11 @@ from fusile.backends.triton.codegen import KernelSource, generate
 from fusile.backends.triton.runtime import tensor_names
 from fusile.dsl.errors import BackendError
 from fusile.lowering import schedule
+from fusile.lowering.graph import Op
 from fusile.lowering.partition import POINTWISE, partition
 
 DEFAULT_SIZE = 4096  # for a size the signature leaves symbolic
+DEFAULT_HEAD_DIM = 128  # for an attention head dim the signature leaves symbolic
 
 _CONSTEXPRS = ("BLOCK_P", "BLOCK_R", "USE_I64", "BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M",
                "EVEN_K")
@@ -134,12 +136,25 @@ def compile_for(compiled: Any, target: Target, sizes: dict[str, int] | None = No
     module = cache.load_module(source)
     out = Artifacts(target, source)
     known = _class_sizes(compiled, plan, sizes or {})
+    scalars = {op.results[0]: "fp32" if op.dtype.is_float else "i32" for op in graph.nodes
+               if isinstance(op, Op) and op.results}
+    scalars.update(scalar_dtypes or {})
     for i, ks in enumerate(kernels):
         if progress is not None:
             progress(i, len(kernels), ks.name)
         p_total = math.prod(known.get(ks.class_global[c], DEFAULT_SIZE) for c in ks.p_classes)
         r_total = math.prod(known.get(ks.class_global[c], DEFAULT_SIZE) for c in ks.r_classes)
         spec = _specialization(ks, graph, plan, known)
+        if ks.attn is not None:
+            d, e = (known.get(ks.class_global[c], DEFAULT_HEAD_DIM)  # not 4096 for a head dim
+                    for c in (ks.dot.k, ks.attn[0]))
+            for acfg in dot_configs or tune.attention_candidates(target, max(d, e))[:1]:
+                out.kernels.append(_compile(
+                    module, ks, ks.name, target,
+                    {**tune.attention_constexprs(acfg, d, e, False), **spec[0]}, spec[1],
+                    acfg.options(target.backend), scalars, (acfg.block_m, acfg.block_n),
+                    "batch * ceil(q_len / BLOCK_M)"))
+            continue
         if ks.dot is not None:
             m, n, k = (known.get(ks.class_global[c], DEFAULT_SIZE)
                        for c in (ks.dot.m, ks.dot.n, ks.dot.k))
@@ -148,7 +163,7 @@ def compile_for(compiled: Any, target: Target, sizes: dict[str, int] | None = No
                                                          ks.dot.prologue)[:1]:
                 out.kernels.append(_compile(module, ks, ks.name, target,
                                             {**dcfg.constexprs(k, False), **spec[0]}, spec[1],
-                                            dcfg.options(target.backend), scalar_dtypes,
+                                            dcfg.options(target.backend), scalars,
                                             (dcfg.block_m, dcfg.block_n),
                                             "batch * ceil(M / BLOCK_M) * ceil(N / BLOCK_N)"))
             continue
@@ -163,7 +178,7 @@ def compile_for(compiled: Any, target: Target, sizes: dict[str, int] | None = No
         out.kernels.append(_compile(
             module, ks, name, target, {"BLOCK_P": cfg.block_p, "BLOCK_R": cfg.block_r,
                                        "USE_I64": False, **spec[0]}, spec[1],
-            {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}, scalar_dtypes,
+            {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}, scalars,
             (cfg.block_p, cfg.block_r), blocks))
     return out
 

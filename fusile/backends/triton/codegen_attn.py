@@ -79,22 +79,18 @@ class AttnWriter(DotWriter):
                       frozenset("r"): f"mask_{col}", frozenset("pr"): f"mask_{f}"}
 
     # ------------------------------------------------------------------ key bounds
-    def _affine(self, gi: int, v: int, scope: Scope) -> dict[str, object] | None:
-        """v of generic gi as {"i": coef, "j": coef, "c": [source terms]}, or None."""
+    def _affine(self, gi: int, v: int, scope: Scope) -> tuple[int, int, list[str]] | None:
+        """v of generic gi as (coefficient of i, coefficient of j, constant source terms)."""
         node = self._gen(gi)
         by = {op.results[0]: op for op in node.body if op.results}
         op = by.get(v)
         if v in node.block_args:
             return None
         if op is None:
-            return {"i": 0, "j": 0, "c": [self.resolve(v, {}, scope)]}
+            return 0, 0, [self.resolve(v, {}, scope)]
         if op.name == "linalg.index":
             c = self.k.loop_class.get((gi, op.attrs["dim"]))
-            if c == self.i:
-                return {"i": 1, "j": 0, "c": []}
-            if c == self.j:
-                return {"i": 0, "j": 1, "c": []}
-            return None
+            return (1, 0, []) if c == self.i else (0, 1, []) if c == self.j else None
         if op.name in ("arith.index_cast", "arith.extsi", "arith.trunci"):
             return self._affine(gi, op.operands[0], scope)
         if op.name in ("arith.addi", "arith.subi"):
@@ -103,9 +99,8 @@ class AttnWriter(DotWriter):
             if a is None or b is None:
                 return None
             s = 1 if op.name == "arith.addi" else -1
-            cb = [f"({t})" if s > 0 else f"(-({t}))" for t in b["c"]]  # type: ignore[attr-defined]
-            return {"i": a["i"] + s * b["i"], "j": a["j"] + s * b["j"],  # type: ignore[operator]
-                    "c": [*a["c"], *cb]}  # type: ignore[misc]
+            cb = [f"({t})" if s > 0 else f"(-({t}))" for t in b[2]]
+            return a[0] + s * b[0], a[1] + s * b[1], [*a[2], *cb]
         return None
 
     def _bounds(self, gi: int, cond: int, scope: Scope, lo: list[str], hi: list[str]) -> None:
@@ -126,8 +121,8 @@ class AttnWriter(DotWriter):
         if a is None or b is None:
             return
         # a - b (pred) 0  ->  cj * j + ci * i + c (pred) 0
-        cj, ci = a["j"] - b["j"], a["i"] - b["i"]  # type: ignore[operator]
-        c = " + ".join([*a["c"], *(f"(-({t}))" for t in b["c"])]) or "0"  # type: ignore[attr-defined]
+        ci, cj = a[0] - b[0], a[1] - b[1]
+        c = " + ".join([*a[2], *(f"(-({t}))" for t in b[2])]) or "0"
         pred = op.attrs["predicate"]
         if cj not in (1, -1) or ci not in (-1, 0, 1):
             return
@@ -197,11 +192,11 @@ class AttnWriter(DotWriter):
             sel_op = next(op for op in self._gen(gi).body if op.results[0] == sel)
             self._bounds(gi, sel_op.operands[0], bounds_scope, lo, hi)
         e("lo = 0")
-        for b in lo:
-            e(f"lo = tl.maximum(lo, ({b}) // BLOCK_N * BLOCK_N)  # first key any row can see")
+        for bound in lo:
+            e(f"lo = tl.maximum(lo, ({bound}) // BLOCK_N * BLOCK_N)  # first key any row sees")
         e(f"hi = {LJ}")
-        for b in hi:
-            e(f"hi = tl.minimum(hi, {b})  # past the last key any row can see")
+        for bound in hi:
+            e(f"hi = tl.minimum(hi, {bound})  # past the last key any row can see")
         e("m_i = tl.full([BLOCK_M, 1], float(\"-inf\"), tl.float32)")
         e("l_i = tl.full([BLOCK_M, 1], 0.0, tl.float32)")
         e("acc = tl.full([BLOCK_M, BLOCK_E], 0.0, tl.float32)")
@@ -245,7 +240,8 @@ class AttnWriter(DotWriter):
         out = Scope(top, "    ")
         self.frame("o")
         for line in ("oi = offs_m[:, None]", "oe = offs_e[None, :]", f"mask_oi = oi < {LI}",
-                     f"mask_oe = oe < {E}", "mask_o = mask_oi & mask_oe", "o = acc / l_i"):
+                     f"mask_oe = oe < {E}", "mask_o = mask_oi & mask_oe",
+                     "o = acc / tl.where(mask_oi, l_i, 1.0)  # rows past the end: no 0 / 0"):
             out.emit(line)
         for v, ax in (("oi", "p"), ("oe", "r"), ("o", "pr")):
             out.tile(v, frozenset(ax))

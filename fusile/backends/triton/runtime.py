@@ -238,9 +238,7 @@ class TritonProgram:
         shape = (li, lj, d, e, batch)
 
         def consts(c: tune.DotConfig) -> dict[str, Any]:
-            return {"BLOCK_M": c.block_m, "BLOCK_N": c.block_n,
-                    "BLOCK_D": max(16, _pow2(d)), "BLOCK_E": max(16, _pow2(e)),
-                    "USE_I64": use_i64}
+            return tune.attention_constexprs(c, d, e, use_i64)
 
         def grid(c: tune.DotConfig) -> tuple[int]:
             return (batch * math.ceil(li / c.block_m),)
@@ -319,10 +317,6 @@ class TritonProgram:
         cfg = schedule.reduction(p_total, r_total, self.target, launch.elem_bytes,
                                  launch.r_contiguous)
         return cfg, (math.ceil(p_total / cfg.block_p),)
-
-
-def _pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
 
 
 def _consts(cfg: schedule.Config, use_i64: bool) -> dict[str, Any]:

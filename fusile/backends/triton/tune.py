@@ -200,3 +200,12 @@ def attention_candidates(target: Target, d: int) -> list[DotConfig]:
         return [DotConfig(128, 64, 0, 8, 3), DotConfig(128, 128, 0, 8, 2),
                 DotConfig(128, 64, 0, 4, 3), DotConfig(64, 64, 0, 4, 3)]
     return [DotConfig(64, 64, 0, 4, 2), DotConfig(128, 32, 0, 8, 2), DotConfig(64, 32, 0, 4, 2)]
+
+
+def attention_constexprs(cfg: DotConfig, d: int, e: int, use_i64: bool) -> dict[str, Any]:
+    """A flash kernel's constexprs: the head dims padded to powers of two (at least 16)."""
+    def p2(x: int) -> int:
+        return max(16, 1 << max(0, (x - 1).bit_length()))
+
+    return {"BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_D": p2(d), "BLOCK_E": p2(e),
+            "USE_I64": use_i64}

@@ -1,0 +1,91 @@
+"""Attention forward: fusile's flash kernel (from the DSL) against SDPA's flash and cuDNN
+backends, bf16, in one run.
+
+    python -m benchmarks.bench_attention [--seqs 1024,2048,...] [--dims 64,128] [--json PATH]
+
+16k tokens per batch (batch = 16384 / seq), 2048 hidden (32 heads of 64, 16 of 128).
+TFLOP/s counts 4 * batch * heads * seq^2 * d, halved for causal (the work a causal kernel must
+do). Backward is not implemented in fusile yet, so only the forward is timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from triton.testing import do_bench
+
+from fusile.stdlib.attention import attention
+
+
+def _sdpa(backend: SDPBackend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+          causal: bool) -> torch.Tensor:
+    with sdpa_kernel(backend):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+
+def _fns(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> dict:
+    return {"fusile": lambda: attention(q, k, v, causal=causal),
+            "flash": lambda: _sdpa(SDPBackend.FLASH_ATTENTION, q, k, v, causal),
+            "cudnn": lambda: _sdpa(SDPBackend.CUDNN_ATTENTION, q, k, v, causal)}
+
+
+def run(seqs: list[int], dims: list[int]) -> list[dict]:
+    rows = []
+    for d in dims:
+        heads = 2048 // d
+        for seq in seqs:
+            batch = max(1, 16384 // seq)
+            q, k, v = (torch.randn(batch, heads, seq, d, device="cuda", dtype=torch.bfloat16)
+                       for _ in range(3))
+            for causal in (False, True):
+                flops = 4.0 * batch * heads * seq * seq * d / (2 if causal else 1)
+                fns = _fns(q, k, v, causal)
+                row: dict = {"d": d, "seq": seq, "batch": batch, "heads": heads,
+                             "causal": causal}
+                ref = fns["flash"]()
+                for name, f in fns.items():
+                    try:
+                        out = f()
+                        if name == "fusile":
+                            err = ((out.float() - ref.float()).norm() / ref.float().norm())
+                            row["fusile_rel_err_vs_flash"] = float(err)
+                        ms = float(do_bench(f, warmup=25, rep=100, return_mode="median"))
+                        row[f"{name}_tflops"] = flops / ms / 1e9
+                    except RuntimeError as exc:  # a backend this build lacks
+                        row[f"{name}_tflops"] = None
+                        print(f"  {name}: {exc}".splitlines()[0][:100], file=sys.stderr)
+                rows.append(row)
+                fl, cu = row.get("flash_tflops"), row.get("cudnn_tflops")
+                fu = row["fusile_tflops"]
+                print(f"d={d:<3} seq={seq:<5} {'causal' if causal else 'full  '}  fusile "
+                      f"{fu:6.1f}  sdpa-flash {fl or 0:6.1f}  cudnn {cu or 0:6.1f}  "
+                      f"fusile/flash {fu / fl if fl else 0:.2f}x  "
+                      f"fusile/cudnn {fu / cu if cu else 0:.2f}x  "
+                      f"(err {row['fusile_rel_err_vs_flash']:.1e})", flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seqs", default="1024,2048,4096,8192,16384")
+    p.add_argument("--dims", default="64,128")
+    p.add_argument("--json", help="also write the rows to this file")
+    a = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_attention needs a CUDA GPU", file=sys.stderr)
+        return 2
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
+    rows = run([int(s) for s in a.seqs.split(",")], [int(d) for d in a.dims.split(",")])
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
