@@ -161,7 +161,7 @@ class Tuner:
             return cands[0]
         loud = mode != "quiet"
         if loud:
-            print(f"fusile: tuning a contraction for {size} on {target.name} "
+            print(f"fusile: tuning {size} on {target.name} "
                   f"({len(cands)} configs; FUSILE_TUNE=off skips this)", file=sys.stderr)
         results = []
         for c in cands:
