@@ -1,6 +1,7 @@
 """fusile's standard library: fused ops written in the DSL, usable from PyTorch (forward and
 backward, torch.compile and CUDA graphs). Signatures follow torch.nn.functional."""
 
+from fusile.stdlib.attention import attention
 from fusile.stdlib.ops import (
     add_layer_norm,
     add_rms_norm,
@@ -16,5 +17,18 @@ from fusile.stdlib.ops import (
     swiglu,
 )
 
-__all__ = ["add_layer_norm", "add_rms_norm", "cross_entropy", "geglu", "gelu", "layer_norm",
-           "log_softmax", "rms_norm", "rope", "silu", "softmax", "swiglu"]
+__all__ = [
+    "add_layer_norm",
+    "add_rms_norm",
+    "attention",
+    "cross_entropy",
+    "geglu",
+    "gelu",
+    "layer_norm",
+    "log_softmax",
+    "rms_norm",
+    "rope",
+    "silu",
+    "softmax",
+    "swiglu",
+]
