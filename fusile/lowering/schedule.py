@@ -26,14 +26,14 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _pow2(n: int) -> int:
+def pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
 def _warps(elems: int, target: Target, per_thread: int) -> int:
     """Enough warps that each thread holds about `per_thread` elements of the tile."""
     threads = max(1, elems // per_thread)
-    return max(1, min(target.max_warps, _pow2(threads) // target.warp_size or 1))
+    return max(1, min(target.max_warps, pow2(threads) // target.warp_size or 1))
 
 
 def reduction(p_total: int, r_total: int, target: Target, elem_bytes: int,
@@ -42,14 +42,14 @@ def reduction(p_total: int, r_total: int, target: Target, elem_bytes: int,
     max_row = config.get("max_row_block") or (32768 if target.backend != "interpreter" else 8192)
     vec = max(1, 16 // elem_bytes)  # elements per 16-byte access
     if not r_contiguous:  # column reductions: the rows (P) are the contiguous axis
-        block_p = min(_pow2(p_total), 64)
+        block_p = min(pow2(p_total), 64)
         budget = 8192
-        block_r = min(_pow2(r_total), max(1, budget // block_p))
+        block_r = min(pow2(r_total), max(1, budget // block_p))
         looped = block_r < r_total
         return Config(block_p, block_r, _warps(block_p * block_r, target, 16), 1, looped)
-    if _pow2(r_total) <= max_row:
-        block_r = _pow2(r_total)
-        block_p = max(1, min(_pow2(p_total), 2048 // block_r))
+    if pow2(r_total) <= max_row:
+        block_r = pow2(r_total)
+        block_p = max(1, min(pow2(p_total), 2048 // block_r))
         # keep ~16-32 elements per thread: registers hold the whole row
         warps = _warps(block_p * block_r, target, 2 * vec if block_r >= 4096 else vec)
         return Config(block_p, block_r, warps, 1, False)
@@ -59,8 +59,8 @@ def reduction(p_total: int, r_total: int, target: Target, elem_bytes: int,
 
 def pointwise(p_total: int, c_total: int, target: Target, elem_bytes: int) -> Config:
     vec = max(1, 16 // elem_bytes)
-    block_c = min(_pow2(c_total), 1024)
-    block_p = max(1, min(_pow2(p_total), 4096 // block_c))
+    block_c = min(pow2(c_total), 1024)
+    block_p = max(1, min(pow2(p_total), 4096 // block_c))
     return Config(block_p, block_c, _warps(block_p * block_c, target, 2 * vec), 1, False)
 
 
@@ -77,14 +77,14 @@ class Split:
 def split(p_total: int, r_total: int, target: Target) -> Split:
     """Enough row ranges that the grid covers the machine ~4 times over; each program streams
     BLOCK_P contiguous columns (128 bytes of bf16) for its rows, 64 rows at a time."""
-    block_p = min(_pow2(p_total), 64)
-    block_r = min(_pow2(r_total), 64)
+    block_p = min(pow2(p_total), 64)
+    block_r = min(pow2(r_total), 64)
     p_blocks = _cdiv(p_total, block_p)
     want = 4 * max(1, target.compute_units)
     splits = min(max(1, _cdiv(want, p_blocks)), _cdiv(r_total, block_r), 256)
     chunk = _cdiv(_cdiv(r_total, splits), block_r) * block_r  # a whole number of blocks
     splits = _cdiv(r_total, chunk)
     partial = Config(block_p, block_r, _warps(block_p * block_r, target, 16), 1, True)
-    combine = Config(block_p, _pow2(splits), _warps(block_p * _pow2(splits), target, 16), 1,
+    combine = Config(block_p, pow2(splits), _warps(block_p * pow2(splits), target, 16), 1,
                      False)
     return Split(partial, combine, splits, chunk)

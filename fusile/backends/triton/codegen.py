@@ -252,7 +252,10 @@ class KernelWriter:
         return out
 
     def _reduce_call(self, op: Op, tile: str) -> str:
-        fn = REDUCE[op.name][0]
+        return self.row_reduce(REDUCE[op.name][0], tile)
+
+    def row_reduce(self, fn: str, tile: str) -> str:
+        """tl.sum / tl.max / tl.min of a tile along axis 1, keeping the dim."""
         if self.target == "interpreter":  # tl.sum & co. are jit functions it cannot call
             combine = {"tl.sum": "_sum_combine", "tl.max": "_elementwise_max",
                        "tl.min": "_elementwise_min"}[fn]

@@ -20,7 +20,7 @@ Frames (tile axes): q (i, d), k (d, j), s (i, j), v (j, e), o (i, e).
 from __future__ import annotations
 
 from fusile.backends.triton.codegen import KernelSource, KernelWriter, TensorArg
-from fusile.backends.triton.codegen_dot import DotInfo, DotWriter
+from fusile.backends.triton.codegen_dot import DotWriter
 from fusile.backends.triton.ops import TL_DTYPE
 from fusile.backends.triton.scope import Scope
 from fusile.dsl.errors import BackendError
@@ -41,7 +41,6 @@ class AttnWriter(DotWriter):
                  tf32: bool = False):
         assert kernel.attn is not None
         self.attn: AttentionForm = kernel.attn
-        self.form = self.attn.qk
         self.tf32 = tf32
         self.prologue = False
         KernelWriter.__init__(self, plan, kernel, target, names)
@@ -143,10 +142,7 @@ class AttnWriter(DotWriter):
     # ------------------------------------------------------------------ the kernel
     def write_attn(self, name: str, tensors: list[TensorArg]) -> list[str]:
         a = self.attn
-        qk_dt = self.dot_dtype()
-        self.form = a.pv
-        pv_dt = self.dot_dtype()
-        self.form = a.qk
+        qk_dt, pv_dt = self.dot_dtype(a.qk), self.dot_dtype(a.pv)
         if self.target == "interpreter":
             qk_dt = DTYPES["f32"] if qk_dt.name == "bf16" else qk_dt
             pv_dt = DTYPES["f32"] if pv_dt.name == "bf16" else pv_dt
@@ -181,8 +177,7 @@ class AttnWriter(DotWriter):
         for v, ax in (("qi", "p"), ("qd", "r"), ("si", "p"), ("kd", "p"), ("ve", "r")):
             top.tile(v, frozenset(ax))
         self.frame("q")
-        self.kc = self.d
-        q = self.operand(a.qk.lhs, top, TL_DTYPE[qk_dt.name])
+        q = self.operand(a.qk, a.qk.lhs, top, TL_DTYPE[qk_dt.name], self.d)
         e(f"q = {q}")
         top.tile("q", frozenset("pr"))
         lo: list[str] = []
@@ -208,7 +203,7 @@ class AttnWriter(DotWriter):
             b(line)
         body.tile("kj", frozenset("r"))
         self.frame("k")
-        kt = self.operand(a.qk.rhs, body, TL_DTYPE[qk_dt.name])
+        kt = self.operand(a.qk, a.qk.rhs, body, TL_DTYPE[qk_dt.name], self.d)
         b(f"s = tl.dot(q, {kt}{prec[qk_dt.name]})")
         for line in ("sj = j0 + offs_n[None, :]", f"mask_sj = sj < {LJ}",
                      "mask_s = mask_si & mask_sj"):
@@ -219,8 +214,8 @@ class AttnWriter(DotWriter):
         qk_node = self._gen(a.qk.gi)
         body.values[qk_node.results[0]] = "s"
         t = self.tensor_value(a.scores, body, False)
-        red_max = self._row("tl.max", "t")
-        red_sum = self._row("tl.sum", "p")
+        red_max = self.row_reduce("tl.max", "t")
+        red_sum = self.row_reduce("tl.sum", "p")
         for line in (f"t = tl.where(mask_sj, {t}, float(\"-inf\"))",
                      f"m_new = tl.maximum(m_i, {red_max})",
                      "m_use = tl.where(m_new == float(\"-inf\"), 0.0, m_new)  # all -inf so far",
@@ -232,11 +227,9 @@ class AttnWriter(DotWriter):
             b(line)
         body.tile("vj", frozenset("p"))
         self.frame("v")
-        self.form, self.kc = a.pv, self.j
-        vt = self.operand(a.pv.rhs, body, TL_DTYPE[pv_dt.name])
+        vt = self.operand(a.pv, a.pv.rhs, body, TL_DTYPE[pv_dt.name], self.j)
         b(f"acc = tl.dot(p.to({TL_DTYPE[pv_dt.name]}), {vt}, acc * alpha{prec[pv_dt.name]})")
         top.lines += bounds_scope.lines + body.lines
-        self.form, self.kc = a.qk, self.d
         out = Scope(top, "    ")
         self.frame("o")
         for line in ("oi = offs_m[:, None]", "oe = offs_e[None, :]", f"mask_oi = oi < {LI}",
@@ -254,22 +247,6 @@ class AttnWriter(DotWriter):
         note = f" (flash: q @ k^T on {qk_dt.name}, p @ v on {pv_dt.name})"
         return self.header(name, tensors, False, note=note) + top.lines
 
-    def _row(self, fn: str, tile: str) -> str:
-        if self.target == "interpreter":
-            combine = {"tl.sum": "_sum_combine", "tl.max": "_elementwise_max"}[fn]
-            return f"tl.reduce({tile}, 1, tl.standard.{combine}, keep_dims=True)"
-        return f"{fn}({tile}, axis=1, keep_dims=True)"
-
     def source(self) -> KernelSource:
-        name = f"fusile_k{self.k.index}"
-        lines: list[str] = []
-        tensors: list[TensorArg] = []
-        for _ in range(2):  # once to learn the scalar arguments, then with the full header
-            tensors = [self.tensor_arg(t, False) for t in self.k.reads] + [
-                self.tensor_arg(t, True) for t in self.k.writes]
-            lines = self.write_attn(name, tensors)
-        info = DotInfo(list(self.batch), self.i, self.j, self.d, self.dot_dtype().name,
-                       self.prologue)
-        return KernelSource(name, self.k.kind, self.k.index, "\n".join(lines), tensors,
-                            self.classes, self.p_classes, self.r_classes, self.k.class_global,
-                            list(self.scalars), dot=info, attn=(self.e,))
+        return self._source(self.write_attn, self.i, self.j, self.d,
+                            self.dot_dtype(self.attn.qk), (self.e,))

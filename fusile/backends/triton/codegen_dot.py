@@ -16,6 +16,7 @@ wrongly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from fusile.backends.triton.codegen import KernelSource, KernelWriter, TensorArg, _short_loc
@@ -99,9 +100,9 @@ class DotWriter(KernelWriter):
         d = self.g.tensors[t].dtype
         return [d] if d.is_float else []
 
-    def _cone(self, v: int) -> tuple[set[int], list[DType]]:
-        """Block arguments operand value v reads, and the float dtypes they come from."""
-        node = self._contraction()
+    def _cone(self, gi: int, v: int) -> tuple[set[int], list[DType]]:
+        """Block arguments value v of generic gi reads, and the float dtypes they come from."""
+        node = self._gen(gi)
         by = {op.results[0]: op for op in node.body if op.results}
         args: set[int] = set()
         stack, seen = [v], set()
@@ -120,17 +121,19 @@ class DotWriter(KernelWriter):
                 dts += self._leaf_dtypes(t, set())
         return args, dts
 
-    def dot_dtype(self) -> DType:
-        dts = self._cone(self.form.lhs)[1] + self._cone(self.form.rhs)[1]
+    def dot_dtype(self, form: DotForm) -> DType:
+        """The operand type of form's tl.dot: the one 16-bit float both operands come from,
+        else float32."""
+        dts = self._cone(form.gi, form.lhs)[1] + self._cone(form.gi, form.rhs)[1]
         if not dts or any(d.bits > 16 for d in dts) or len({d.name for d in dts}) > 1:
             return DTYPES["f32"]
         return dts[0]
 
-    def operand(self, v: int, scope: Scope, dtype: str) -> str:
-        """Emit operand value v of the contraction's region in the current frame and return a
-        full tile of it in the dot's operand type, zero where k is past the end."""
-        node = self._contraction()
-        gi = self.form.gi
+    def operand(self, form: DotForm, v: int, scope: Scope, dtype: str, kc: int) -> str:
+        """Emit operand value v of form's region in the current frame and return a full tile
+        of it in the dot's operand type, zero where the reduced class kc is past the end."""
+        gi = form.gi
+        node = self._gen(gi)
         by = {op.results[0]: op for op in node.body if op.results}
         n_in = len(node.inputs)
         local: dict[int, str] = {}
@@ -143,7 +146,7 @@ class DotWriter(KernelWriter):
                 j = node.block_args.index(x)
                 classes = self.k.access(gi, node.maps[j])
                 local[x] = self.tensor_value(node.inputs[j], scope, False, classes)
-                zero[x] = node.inputs[j] not in self.producer and self.kc in classes
+                zero[x] = node.inputs[j] not in self.producer and kc in classes
                 return local[x]
             op = by.get(x)
             if op is None:  # defined outside the region: a scalar
@@ -169,7 +172,7 @@ class DotWriter(KernelWriter):
         op = by.get(v)
         src = v
         if op is not None and op.name == "arith.extf" and by.get(op.operands[0]) is None and \
-                TL_DTYPE[self._arg_dtype(op.operands[0]).name] == dtype:
+                TL_DTYPE[self._arg_dtype(gi, op.operands[0]).name] == dtype:
             src = op.operands[0]  # the loaded tile as is: no round trip through f32
         tile = val(src)
         rows, cols = self.blocks
@@ -178,13 +181,13 @@ class DotWriter(KernelWriter):
             tile = f"tl.full([{rows}, {cols}], {tile}, tl.float32)"
         elif have != frozenset("pr"):
             tile = f"tl.broadcast_to({tile}, [{rows}, {cols}])"
-        k_axis = "r" if self.axis_of.get(self.kc) == "r" else "p"
+        k_axis = "r" if self.axis_of.get(kc) == "r" else "p"
         if not zero.get(src, False):
             tile = f"tl.where({self.masks[frozenset(k_axis)]}, {tile}, 0.0)"
         return f"({tile}).to({dtype})"
 
-    def _arg_dtype(self, bid: int) -> DType:
-        node = self._contraction()
+    def _arg_dtype(self, gi: int, bid: int) -> DType:
+        node = self._gen(gi)
         if bid not in node.block_args[: len(node.inputs)]:
             return DTYPES["f32"]
         t = node.inputs[node.block_args.index(bid)]
@@ -192,7 +195,7 @@ class DotWriter(KernelWriter):
 
     # ------------------------------------------------------------------ the kernel
     def write_dot(self, name: str, tensors: list[TensorArg]) -> list[str]:
-        dt = self.dot_dtype()
+        dt = self.dot_dtype(self.form)
         if self.target == "interpreter" and dt.name == "bf16":
             dt = DTYPES["f32"]  # the interpreter's bf16 dot is wrong (DESIGN.md, numerics)
         tl_dt = TL_DTYPE[dt.name]
@@ -240,7 +243,7 @@ class DotWriter(KernelWriter):
         for v, axes in (("am", "p"), ("ak", "r"), ("bk", "p"), ("bn", "r")):
             top.tile(v, frozenset(axes))
         self.frame("a")
-        lhs = self.operand(self.form.lhs, loop_a, tl_dt)
+        lhs = self.operand(self.form, self.form.lhs, loop_a, tl_dt, self.kc)
         loop_b = Scope(top, "        ")
         loop_b.emit("bk = k0 + offs_k[:, None]")
         loop_b.emit("if EVEN_K:")
@@ -249,7 +252,7 @@ class DotWriter(KernelWriter):
         loop_b.emit(f"    mask_bk = bk < {K}")
         loop_b.emit("mask_b = mask_bk & mask_bn")
         self.frame("b")
-        rhs = self.operand(self.form.rhs, loop_b, tl_dt)
+        rhs = self.operand(self.form, self.form.rhs, loop_b, tl_dt, self.kc)
         loop_b.emit(f"acc = tl.dot({lhs}, {rhs}, acc{precision})")
         top.lines += loop_a.lines + loop_b.lines
         node = self._contraction()
@@ -284,15 +287,20 @@ class DotWriter(KernelWriter):
         return self.header(name, tensors, False, note=note) + top.lines
 
     def source(self) -> KernelSource:
+        return self._source(self.write_dot, self.m, self.n, self.kc, self.dot_dtype(self.form))
+
+    def _source(self, write: Callable[[str, list[TensorArg]], list[str]], m: int, n: int,
+                k: int, dtype: DType, attn: tuple[int] | None = None) -> KernelSource:
+        """Write the kernel twice (the first pass learns its scalar arguments, the second has
+        the full header) and describe it for the launcher."""
         name = f"fusile_k{self.k.index}"
         lines: list[str] = []
         tensors: list[TensorArg] = []
-        for _ in range(2):  # once to learn the scalar arguments, then with the full header
+        for _ in range(2):
             tensors = [self.tensor_arg(t, False) for t in self.k.reads] + [
                 self.tensor_arg(t, True) for t in self.k.writes]
-            lines = self.write_dot(name, tensors)
-        info = DotInfo(list(self.batch), self.m, self.n, self.kc, self.dot_dtype().name,
-                       self.prologue)
+            lines = write(name, tensors)
+        info = DotInfo(list(self.batch), m, n, k, dtype.name, self.prologue)
         return KernelSource(name, self.k.kind, self.k.index, "\n".join(lines), tensors,
                             self.classes, self.p_classes, self.r_classes, self.k.class_global,
-                            list(self.scalars), dot=info)
+                            list(self.scalars), dot=info, attn=attn)

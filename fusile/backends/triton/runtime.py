@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -199,31 +200,13 @@ class TritonProgram:
         if m == 0 or n == 0 or batch == 0:
             return
         use_i64 = any(_extent(t) >= 2**31 - 1 for t in tensors)
-        shape = (m, n, k, batch)
-        cfg = launch.configs.get(shape)
-        if cfg is None:
-            cands = tune.candidates(self.target, dot.dtype, m, n, k, batch, dot.prologue)
-            if device.type == "cpu" or 2 * m * n * k * batch < 2**30:
-                cfg = cands[0]  # small: not worth timing
-            else:
-                key = f"{launch.key}|{dot.dtype}|{tune.bucket(m, n, k, batch)}"
-                size = f"{batch} x " if batch > 1 else ""
-
-                def time(c: tune.DotConfig) -> float:
-                    from triton.testing import do_bench
-
-                    def go() -> None:
-                        self._run(launch, "dot", _dot_grid(c, m, n, batch),
-                                  c.constexprs(k, use_i64), c.options(self.target.backend),
-                                  device, args)
-
-                    return float(do_bench(go, warmup=5, rep=25, return_mode="median"))
-
-                cfg = tune.TUNER.best(self.target, key, cands, f"{size}{m}x{k} @ {k}x{n}",
-                                      time)
-            launch.configs[shape] = cfg
-        self._run(launch, "dot", _dot_grid(cfg, m, n, batch), cfg.constexprs(k, use_i64),
-                  cfg.options(self.target.backend), device, args)
+        self._launch_tuned(
+            launch, (m, n, k, batch), 2 * m * n * k * batch,
+            lambda: tune.candidates(self.target, dot.dtype, m, n, k, batch, dot.prologue),
+            f"{launch.key}|{dot.dtype}|{tune.bucket(m, n, k, batch)}",
+            f"{f'{batch} x ' if batch > 1 else ''}{m}x{k} @ {k}x{n}",
+            lambda c: _dot_grid(c, m, n, batch), lambda c: c.constexprs(k, use_i64), device,
+            args)
 
     def _launch_attn(self, launch: _Launch, tensors: list[Any], args: tuple,
                      sizes: dict[tuple, int], device: Any) -> None:
@@ -235,22 +218,27 @@ class TritonProgram:
         if li == 0 or batch == 0 or e == 0:
             return
         use_i64 = any(_extent(t) >= 2**31 - 1 for t in tensors)
-        shape = (li, lj, d, e, batch)
+        self._launch_tuned(
+            launch, (li, lj, d, e, batch), 4 * li * lj * max(d, e) * batch,
+            lambda: tune.attention_candidates(self.target, max(d, e)),
+            f"{launch.key}|{dot.dtype}|{tune.bucket(li, lj, max(d, e), batch)}",
+            f"attention {batch} x {li}x{lj}, d={d}",
+            lambda c: (batch * math.ceil(li / c.block_m),),
+            lambda c: tune.attention_constexprs(c, d, e, use_i64), device, args)
 
-        def consts(c: tune.DotConfig) -> dict[str, Any]:
-            return tune.attention_constexprs(c, d, e, use_i64)
-
-        def grid(c: tune.DotConfig) -> tuple[int]:
-            return (batch * math.ceil(li / c.block_m),)
-
+    def _launch_tuned(self, launch: _Launch, shape: tuple, flops: int,
+                      candidates: Callable[[], list[tune.DotConfig]], key: str, size: str,
+                      grid: Callable[[tune.DotConfig], tuple[int, ...]],
+                      consts: Callable[[tune.DotConfig], dict[str, Any]], device: Any,
+                      args: tuple) -> None:
+        """Launch a tiled kernel with the config for this shape: remembered, else the tuner's
+        winner (timed here on first use on a GPU), else the rule-based pick for small work."""
         cfg = launch.configs.get(shape)
         if cfg is None:
-            cands = tune.attention_candidates(self.target, max(d, e))
-            if device.type == "cpu" or 4 * li * lj * max(d, e) * batch < 2**30:
-                cfg = cands[0]
+            cands = candidates()
+            if device.type == "cpu" or flops < 2**30:
+                cfg = cands[0]  # small: not worth timing
             else:
-                key = f"{launch.key}|{dot.dtype}|{tune.bucket(li, lj, max(d, e), batch)}"
-
                 def time(c: tune.DotConfig) -> float:
                     from triton.testing import do_bench
 
@@ -260,8 +248,7 @@ class TritonProgram:
 
                     return float(do_bench(go, warmup=5, rep=25, return_mode="median"))
 
-                cfg = tune.TUNER.best(self.target, key, cands,
-                                      f"attention {batch} x {li}x{lj}, d={d}", time)
+                cfg = tune.TUNER.best(self.target, key, cands, size, time)
             launch.configs[shape] = cfg
         self._run(launch, "dot", grid(cfg), consts(cfg), cfg.options(self.target.backend),
                   device, args)

@@ -28,6 +28,7 @@ from typing import Any
 
 from fusile import config
 from fusile.backends.targets import Target
+from fusile.lowering.schedule import pow2
 
 
 @dataclass(frozen=True)
@@ -108,10 +109,7 @@ def candidates(target: Target, dtype: str, m: int, n: int, k: int, batch: int = 
 
 
 def bucket(m: int, n: int, k: int, batch: int) -> str:
-    def p2(x: int) -> int:
-        return 1 << max(0, (x - 1).bit_length())
-
-    return f"{p2(m)}x{p2(n)}x{p2(k)}" + ("b" if batch > 1 else "")
+    return f"{pow2(m)}x{pow2(n)}x{pow2(k)}" + ("b" if batch > 1 else "")
 
 
 class Tuner:
@@ -204,8 +202,5 @@ def attention_candidates(target: Target, d: int) -> list[DotConfig]:
 
 def attention_constexprs(cfg: DotConfig, d: int, e: int, use_i64: bool) -> dict[str, Any]:
     """A flash kernel's constexprs: the head dims padded to powers of two (at least 16)."""
-    def p2(x: int) -> int:
-        return max(16, 1 << max(0, (x - 1).bit_length()))
-
-    return {"BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_D": p2(d), "BLOCK_E": p2(e),
-            "USE_I64": use_i64}
+    return {"BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_D": max(16, pow2(d)),
+            "BLOCK_E": max(16, pow2(e)), "USE_I64": use_i64}
