@@ -29,6 +29,13 @@ class AttentionForm:
     shifted: int  # generic U = T - mx
     row_sum: int  # generic l = sum_j exp(U)
     masks: tuple[tuple[int, int], ...]  # (mods generic, select op result) masks of positions
+    guard: int | None = None  # generic guard(mx) between mx and U, when something else reads it
+
+    @property
+    def stats(self) -> tuple[int, ...]:
+        """Generics of the row statistics (max, guarded max, sum): a kernel may store
+        functions of them (the log-sum-exp a backward pass needs)."""
+        return tuple(g for g in (self.row_max, self.guard, self.row_sum) if g is not None)
 
 
 def _single(g: Generic, name: str) -> Op | None:
@@ -94,6 +101,12 @@ def find(graph: Graph, pv_gi: int) -> AttentionForm | None:
     if subf is None or subf.operands[0] != sub_n.block_args[0]:
         return None
     mx = prod.get(mx_t)
+    guard = mx if _is_guard(_gen(graph, mx), graph) else None
+    if guard is not None:  # softmax's guard(mx) as a generic of its own (others read it)
+        g_n = _gen(graph, guard)
+        assert g_n is not None
+        mx_t = g_n.inputs[0]
+        mx = prod.get(mx_t)
     mx_n = _gen(graph, mx)
     if mx_n is None or mx is None or mx_n.inputs != [t_t] or \
             _single(mx_n, "arith.maximumf") is None:
@@ -119,7 +132,24 @@ def find(graph: Graph, pv_gi: int) -> AttentionForm | None:
         mods.insert(0, gi)
         t = chain[0]
     masks = tuple((gi, op.results[0]) for gi in mods for op in _index_masks(graph, gi))
-    return AttentionForm(qk, pv, tuple(mods), t_t, mx, sub, sm, masks)
+    return AttentionForm(qk, pv, tuple(mods), t_t, mx, sub, sm, masks, guard)
+
+
+def _is_guard(g: Generic | None, graph: Graph) -> bool:
+    """g is exactly `select(x == -inf, 0, x)` of one input: softmax's shift for a row whose
+    scores are all -inf. It is x wherever x is finite, so a kernel's running max stands in."""
+    if g is None or g.reduction_loops or len(g.inputs) != 1:
+        return False
+    sel = _single(g, "arith.select")
+    by = {op.results[0]: op for op in g.body if op.results}
+    consts = {op.results[0]: op.attrs.get("value") for op in graph.nodes
+              if isinstance(op, Op) and op.name == "arith.constant"}
+    if sel is None or sel.operands[2] != g.block_args[0] or consts.get(sel.operands[1]) != 0.0:
+        return False
+    cmp = by.get(sel.operands[0])
+    return cmp is not None and cmp.name == "arith.cmpf" and \
+        cmp.attrs.get("predicate") == "oeq" and cmp.operands[0] == g.block_args[0] and \
+        consts.get(cmp.operands[1]) == float("-inf")
 
 
 def _reaches_dot(graph: Graph, prod: dict[int, int], t: int) -> bool:

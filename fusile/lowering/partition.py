@@ -317,8 +317,10 @@ _Flash = dict[int, tuple[attention.AttentionForm, list[int]]]
 
 
 def _attention_forms(graph: Graph, ones: set[tuple]) -> _Flash:
-    """Attention chains whose inner tensors (scores, row statistics) nothing else reads:
-    keyed by their first generic (q @ k^T), with every member in program order."""
+    """Attention chains whose inner tensors (scores, row statistics) nothing else reads, but
+    for elementwise functions of the row statistics (a log-sum-exp output), which join the
+    kernel as epilogue: keyed by their first generic (q @ k^T), with every member in program
+    order."""
     out: _Flash = {}
     for gi, node in enumerate(graph.nodes):
         if not isinstance(node, Generic) or len(node.reduction_loops) != 1:
@@ -326,13 +328,15 @@ def _attention_forms(graph: Graph, ones: set[tuple]) -> _Flash:
         form = attention.find(graph, gi)
         if form is None:
             continue
-        members = sorted({form.qk.gi, *form.mods, form.row_max, form.shifted, form.row_sum, gi})
+        members = sorted({form.qk.gi, *form.mods, form.row_max, form.shifted, form.row_sum,
+                          *form.stats, gi})
+        stats = {r for mi in form.stats for r in _gen_of(graph, mi).results}
         inner = {r for mi in members if mi != gi for r in _gen_of(graph, mi).results}
-        if inner & set(graph.results):
+        if (inner - stats) & set(graph.results):
             continue
-        readers = [j for j, n in enumerate(graph.nodes) if isinstance(n, Generic) and
+        readers = [n for j, n in enumerate(graph.nodes) if isinstance(n, Generic) and
                    j not in members and inner & set(n.inputs)]
-        if readers:
+        if any(n.reduction_loops or (inner - stats) & set(n.inputs) for n in readers):
             continue
         trial = _Group(graph, ones, _classes(graph))
         trial.attn = form

@@ -236,9 +236,11 @@ class AttnWriter(DotWriter):
                      f"mask_oe = oe < {E}", "mask_o = mask_oi & mask_oe",
                      "o = acc / tl.where(mask_oi, l_i, 1.0)  # rows past the end: no 0 / 0"):
             out.emit(line)
-        for v, ax in (("oi", "p"), ("oe", "r"), ("o", "pr")):
+        for v, ax in (("oi", "p"), ("oe", "r"), ("o", "pr"), ("m_i", "p"), ("l_i", "p")):
             out.tile(v, frozenset(ax))
         out.values[self._gen(a.pv.gi).results[0]] = "o"
+        out.values[self._gen(a.row_max).results[0]] = "m_i"  # the statistics, for epilogues
+        out.values[self._gen(a.row_sum).results[0]] = "l_i"  # such as a log-sum-exp output
         for w in self.k.writes:
             if self.j in self.access_of(w) or self.d in self.access_of(w):
                 raise BackendError("internal: an attention kernel stores a per-key tensor")
