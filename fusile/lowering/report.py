@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fusile.lowering.graph import Generic, Graph
-from fusile.lowering.partition import Classes, Plan, _classes
+from fusile.lowering.groups import Classes, Plan
+from fusile.lowering.groups import loop_classes as _classes
 
 
 def tensor_shapes(graph: Graph, cls: Classes, arg_shapes: dict[int, tuple[int, ...]]

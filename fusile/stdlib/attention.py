@@ -1,18 +1,25 @@
-"""Scaled dot-product attention written in the DSL: the compiler turns it into one flash
-kernel (fusile/lowering/attention.py, fusile/backends/triton/codegen_attn.py).
+"""Scaled dot-product attention written in the DSL, forward and backward: the compiler turns
+the forward into one flash kernel (fusile/lowering/attention.py, codegen_attn.py) and the
+backward into a row-statistics kernel plus two flash backward kernels, one for dk and dv and
+one for dq (fusile/lowering/attention_grad.py, codegen_grad.py).
 
-`attention(q, k, v, causal=, scale=, window=, softcap=)` takes the (batch, heads, seq,
-head_dim) layout of torch's scaled_dot_product_attention. Grouped-query attention (fewer K/V
-heads than query heads) views q as (batch, kv_heads, group, seq, head_dim) and K/V as
-(batch, kv_heads, 1, seq, head_dim): the DSL's batch broadcasting shares each K/V head with
-its group, and nothing is copied. With q_len != kv_len the causal mask is aligned bottom-right
-(query row i sees keys j <= i + kv_len - q_len), as in FlashAttention 2 and
-torch.nn.attention.bias.causal_lower_right. A sliding window of w keeps keys with
-i + kv_len - q_len - j < w. Soft-capping replaces the scores s by cap * tanh(s / cap) before
-the masks.
+`attention(q, k, v, causal=, scale=, window=, softcap=, alibi_slopes=)` takes the (batch,
+heads, seq, head_dim) layout of torch's scaled_dot_product_attention.
 
-Forward only for now: the fused backward (dq, dk, dv from the saved log-sum-exp) is not
-written yet, and calling backward through this op raises a clear error.
+- Grouped-query attention (fewer K/V heads than query heads) views q as (batch, kv_heads,
+  group, seq, head_dim) and K/V as (batch, kv_heads, 1, seq, head_dim): the DSL's batch
+  broadcasting shares each K/V head with its group and nothing is copied. The backward's dk
+  and dv come out per query head and are summed over the group.
+- With q_len != kv_len the causal mask is aligned bottom-right (query row i sees keys
+  j <= i + kv_len - q_len), as in FlashAttention 2 and torch.nn.attention.bias.
+  causal_lower_right. A sliding window of w keeps keys with i + kv_len - q_len - j < w.
+- Soft-capping replaces the scores s by cap * tanh(s / cap) before the masks.
+- ALiBi adds -slope[h] * |i + kv_len - q_len - j| to the scores (FlashAttention's
+  alibi_slopes); the slopes get no gradient.
+
+The forward also returns the log-sum-exp of each score row (float32), which the backward uses
+to recompute the probabilities tile by tile. Boolean and integer arguments of the DSL
+functions are compile-time constants: a variant without a feature has none of its code.
 """
 
 from __future__ import annotations
@@ -22,41 +29,100 @@ import math
 import torch
 from torch import Tensor
 
-from fusile import arange, fused, size, softmax, tanh, where
+from fusile import abs, arange, astype, exp, f32, fused, logsumexp, size, softmax, sum, tanh, where
 from fusile.dsl.errors import SignatureError
-from fusile.stdlib.registry import same_device
+from fusile.stdlib.registry import apply, autograd, call, custom_op, same_device
 
 inf = math.inf
 
 
 @fused
-def attention_core(q, k, v, scale: float, causal: bool, window: int):
+def attention_fwd(q, k, v, slopes, scale: float, cap: float, causal: bool, window: int,
+                  capped: bool, alibi: bool):
     # query row i sees key j when (causal: j <= i + off) and (window: i + off - j < window)
     off = size(k, -2) - size(q, -2)
     i = arange(size(q, -2))[:, None] + off
     j = arange(size(k, -2))[None, :]
     keep = ((j <= i) | (causal == 0)) & ((i - j < window) | (window <= 0))
-    s = where(keep, (q @ k.T) * scale, -inf)
-    return softmax(s, axis=-1) @ v
+    s = astype(q @ k.T, f32) * scale
+    s = where(capped, cap * tanh(s / cap), s)
+    s = where(alibi, s - slopes[..., None, None] * abs(astype(i - j, s)), s)
+    s = where(keep, s, -inf)
+    return astype(softmax(s, axis=-1) @ v, q), logsumexp(s, axis=-1)
 
 
 @fused
-def attention_softcap(q, k, v, scale: float, cap: float, causal: bool, window: int):
+def attention_bwd(q, k, v, o, do, lse, slopes, scale: float, cap: float, causal: bool,
+                  window: int, capped: bool, alibi: bool):
     off = size(k, -2) - size(q, -2)
     i = arange(size(q, -2))[:, None] + off
     j = arange(size(k, -2))[None, :]
     keep = ((j <= i) | (causal == 0)) & ((i - j < window) | (window <= 0))
-    s = where(keep, cap * tanh((q @ k.T) * (scale / cap)), -inf)
-    return softmax(s, axis=-1) @ v
+    delta = sum(astype(do, f32) * astype(o, f32), axis=-1)  # rowsum(dP * P) = rowsum(dO * O)
+    s = astype(q @ k.T, f32) * scale
+    t = tanh(s / cap)
+    s = where(capped, cap * t, s)
+    s = where(alibi, s - slopes[..., None, None] * abs(astype(i - j, s)), s)
+    p = exp(where(keep, s, -inf) - lse[..., None])
+    ds = p * (do @ v.T - delta[..., None])
+    ds = where(capped, ds * (1 - t * t), ds) * scale
+    return astype(ds @ k, q), astype(ds.T @ q, k), astype(p.T @ do, v)
+
+
+@custom_op("attention")
+def _attention(q: Tensor, k: Tensor, v: Tensor, slopes: Tensor, scale: float, cap: float,
+               causal: bool, window: int, alibi: bool) -> tuple[Tensor, Tensor]:
+    """q: (b, hk, g, lq, d); k, v: (b, hk, 1, lk, d|e); slopes: (hk, g)."""
+    o, lse = attention_fwd(q, k, v, slopes, scale, cap, causal, window, cap > 0, alibi)
+    return o, lse
+
+
+@_attention.register_fake
+def _(q, k, v, slopes, scale, cap, causal, window, alibi):
+    b, hk, g, lq, _ = q.shape
+    return (q.new_empty((b, hk, g, lq, v.shape[-1])),
+            q.new_empty((b, hk, g, lq), dtype=torch.float32))
+
+
+@custom_op("attention_backward")
+def _attention_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor,
+                        slopes: Tensor, scale: float, cap: float, causal: bool, window: int,
+                        alibi: bool) -> tuple[Tensor, Tensor, Tensor]:
+    dq, dk, dv = attention_bwd(q, k, v, o, do, lse, slopes, scale, cap, causal, window,
+                               cap > 0, alibi)
+    if dk.shape[2] != 1:  # grouped-query: each K/V head's gradient sums over its group
+        dk, dv = dk.sum(2, keepdim=True), dv.sum(2, keepdim=True)
+    return dq, dk, dv
+
+
+@_attention_backward.register_fake
+def _(do, q, k, v, o, lse, slopes, scale, cap, causal, window, alibi):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup(ctx, inputs, output) -> None:
+    q, k, v, slopes, *rest = inputs
+    ctx.save_for_backward(q, k, v, output[0], output[1], slopes)
+    ctx.rest = rest
+
+
+def _grad(ctx, do, _dlse):
+    q, k, v, o, lse, slopes = ctx.saved_tensors
+    dq, dk, dv = call(_attention_backward, do.contiguous(), q, k, v, o, lse, slopes, *ctx.rest)
+    return dq, dk, dv, None, None, None, None, None, None
+
+
+autograd(_attention, _grad, _setup)
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
               scale: float | None = None, window: int | None = None,
-              softcap: float | None = None) -> Tensor:
-    """softmax(mask(q @ k^T * scale)) @ v, one flash kernel. q: (batch, heads, q_len, d);
-    k: (batch, kv_heads, kv_len, d); v: (batch, kv_heads, kv_len, e); heads a multiple of
-    kv_heads. scale defaults to 1/sqrt(d)."""
-    same_device("attention", q, k, v)
+              softcap: float | None = None, alibi_slopes: Tensor | None = None) -> Tensor:
+    """softmax(mask(q @ k^T * scale)) @ v as one flash kernel, with a fused flash backward.
+    q: (batch, heads, q_len, d); k: (batch, kv_heads, kv_len, d); v: (batch, kv_heads,
+    kv_len, e); heads a multiple of kv_heads. scale defaults to 1/sqrt(d). alibi_slopes:
+    (heads,) float32, the score bias -slope * |i + kv_len - q_len - j|."""
+    same_device("attention", q, k, v, alibi_slopes)
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise SignatureError("fusile.stdlib.attention: q, k and v must be (batch, heads, seq, "
                              f"head_dim), got {tuple(q.shape)}, {tuple(k.shape)}, "
@@ -69,16 +135,23 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
     if hk == 0 or h % hk:
         raise SignatureError(f"fusile.stdlib.attention: {h} query heads is not a multiple of "
                              f"{hk} key/value heads")
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        raise NotImplementedError("fusile.stdlib.attention: backward is not implemented yet; "
-                                  "call it under torch.no_grad() or on tensors without grad")
+    if len({q.dtype, k.dtype, v.dtype}) != 1:
+        raise SignatureError(f"fusile.stdlib.attention: q, k and v have different dtypes "
+                             f"({q.dtype}, {k.dtype}, {v.dtype}); cast them to one")
+    if alibi_slopes is not None and tuple(alibi_slopes.shape) != (h,):
+        raise SignatureError(f"fusile.stdlib.attention: alibi_slopes has shape "
+                             f"{tuple(alibi_slopes.shape)}, expected ({h},)")
+    if softcap is not None and softcap <= 0:
+        raise SignatureError(f"fusile.stdlib.attention: softcap must be positive, got {softcap}")
+    if window is not None and window <= 0:
+        raise SignatureError(f"fusile.stdlib.attention: window must be positive, got {window}")
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     g = h // hk
     q5 = q.unflatten(1, (hk, g))  # (b, hk, g, lq, d): a view
     k5, v5 = k.unsqueeze(2), v.unsqueeze(2)  # (b, hk, 1, lk, d): shared by the group
-    w = int(window) if window else 0
-    if softcap:
-        out = attention_softcap(q5, k5, v5, scale, float(softcap), bool(causal), w)
-    else:
-        out = attention_core(q5, k5, v5, scale, bool(causal), w)
+    alibi = alibi_slopes is not None
+    slopes = (torch.ones(h, device=q.device) if alibi_slopes is None else
+              alibi_slopes.float()).view(hk, g)
+    out, _ = apply(_attention, q5, k5, v5, slopes, scale, float(softcap or 0.0), bool(causal),
+                   int(window or 0), alibi)
     return out.flatten(1, 2)

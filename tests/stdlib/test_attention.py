@@ -11,7 +11,7 @@ import torch
 import fusile
 from fusile.backends import targets
 from fusile.backends.triton.aot import compile_for
-from fusile.stdlib.attention import attention, attention_core
+from fusile.stdlib.attention import attention, attention_bwd, attention_fwd
 from tests.numerics import assert_close
 
 

@@ -35,7 +35,7 @@ LOG2E = 1.4426950408889634
 
 
 class AttnWriter(DotWriter):
-    constexprs = ("BLOCK_M", "BLOCK_N", "BLOCK_D", "BLOCK_E", "USE_I64")
+    constexprs: tuple[str, ...] = ("BLOCK_M", "BLOCK_N", "BLOCK_D", "BLOCK_E", "USE_I64")
 
     def __init__(self, plan: Plan, kernel: Kernel, target: str, names: dict[int, str],
                  tf32: bool = False):
@@ -234,7 +234,8 @@ class AttnWriter(DotWriter):
         self.frame("o")
         for line in ("oi = offs_m[:, None]", "oe = offs_e[None, :]", f"mask_oi = oi < {LI}",
                      f"mask_oe = oe < {E}", "mask_o = mask_oi & mask_oe",
-                     "o = acc / tl.where(mask_oi, l_i, 1.0)  # rows past the end: no 0 / 0"):
+                     "l_i = tl.where(mask_oi, l_i, 1.0)  # rows past the end: no 0 / 0",
+                     "o = acc / l_i"):
             out.emit(line)
         for v, ax in (("oi", "p"), ("oe", "r"), ("o", "pr"), ("m_i", "p"), ("l_i", "p")):
             out.tile(v, frozenset(ax))

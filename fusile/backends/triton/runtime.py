@@ -166,6 +166,10 @@ class TritonProgram:
         scalars = [env[v] for v in ks.scalars]
         p_total = math.prod(sizes[sized[c]] for c in ks.p_classes)
         r_total = math.prod(sizes[sized[c]] for c in ks.r_classes)
+        if ks.grad is not None:
+            self._launch_grad(launch, tensors, (*tensors, *strides, *class_sizes, *scalars),
+                              sizes, device)
+            return
         if ks.attn is not None:
             self._launch_attn(launch, tensors, (*tensors, *strides, *class_sizes, *scalars),
                               sizes, device)
@@ -225,6 +229,26 @@ class TritonProgram:
             f"attention {batch} x {li}x{lj}, d={d}",
             lambda c: (batch * math.ceil(li / c.block_m),),
             lambda c: tune.attention_constexprs(c, d, e, use_i64), device, args)
+
+    def _launch_grad(self, launch: _Launch, tensors: list[Any], args: tuple,
+                     sizes: dict[tuple, int], device: Any) -> None:
+        """A flash backward kernel: one program per BLOCK_M kept positions of each batch
+        index, looping over the other side."""
+        dot, sized = launch.ks.dot, launch.sized
+        keep, loop = sizes[sized[dot.m]], sizes[sized[dot.n]]
+        heads = [sizes[sized[c]] for c in launch.ks.grad]
+        batch = math.prod(sizes[sized[c]] for c in dot.batch)
+        if keep == 0 or batch == 0 or 0 in heads:
+            return
+        use_i64 = any(_extent(t) >= 2**31 - 1 for t in tensors)
+        n_dots = launch.ks.source.count("tl.dot(")
+        self._launch_tuned(
+            launch, (keep, loop, *heads, batch), 2 * n_dots * keep * loop * max(heads) * batch,
+            lambda: tune.grad_candidates(self.target, max(heads)),
+            f"{launch.key}|{dot.dtype}|{tune.bucket(keep, loop, max(heads), batch)}",
+            f"attention backward {batch} x {keep}x{loop}, d={max(heads)}",
+            lambda c: (batch * math.ceil(keep / c.block_m),),
+            lambda c: tune.grad_constexprs(c, heads, use_i64), device, args)
 
     def _launch_tuned(self, launch: _Launch, shape: tuple, flops: int,
                       candidates: Callable[[], list[tune.DotConfig]], key: str, size: str,

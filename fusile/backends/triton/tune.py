@@ -204,3 +204,30 @@ def attention_constexprs(cfg: DotConfig, d: int, e: int, use_i64: bool) -> dict[
     """A flash kernel's constexprs: the head dims padded to powers of two (at least 16)."""
     return {"BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_D": max(16, pow2(d)),
             "BLOCK_E": max(16, pow2(e)), "USE_I64": use_i64}
+
+
+def grad_candidates(target: Target, d: int) -> list[DotConfig]:
+    """Flash-backward tiles (block_m kept positions, block_n looped ones). Each program holds
+    one float32 accumulator per out dot (two for dk and dv) of block_m x d, so the kept block
+    is 64-128 with a short looped block, as in FlashAttention 2's backward; AMD: 4 warps, one
+    stage, waves_per_eu 1 (register-heavy), after AMD's Triton guidance."""
+    if target.backend == "interpreter":
+        return [DotConfig(32, 16, 0, 4, 1)]
+    if target.backend == "hip":
+        return [DotConfig(64, 32, 0, 4, 1, 1, 1, 16, 1), DotConfig(128, 32, 0, 4, 1, 1, 1, 16, 1),
+                DotConfig(64, 64, 0, 4, 1, 1, 1, 16, 1)]
+    if d <= 64:
+        return [DotConfig(128, 64, 0, 8, 2), DotConfig(128, 32, 0, 4, 3),
+                DotConfig(64, 64, 0, 4, 3), DotConfig(128, 64, 0, 4, 2)]
+    if d <= 128:
+        return [DotConfig(128, 32, 0, 8, 2), DotConfig(64, 64, 0, 4, 2),
+                DotConfig(128, 64, 0, 8, 2), DotConfig(64, 32, 0, 4, 3)]
+    return [DotConfig(64, 32, 0, 4, 1), DotConfig(32, 32, 0, 4, 2), DotConfig(64, 16, 0, 4, 1)]
+
+
+def grad_constexprs(cfg: DotConfig, heads: list[int], use_i64: bool) -> dict[str, Any]:
+    """A flash backward kernel's constexprs: each head dim padded to a power of two >= 16."""
+    out: dict[str, Any] = {"BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n}
+    for x, h in enumerate(heads):
+        out[f"BLOCK_H{x}"] = max(16, pow2(h))
+    return out | {"USE_I64": use_i64}

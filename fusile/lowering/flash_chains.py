@@ -1,0 +1,59 @@
+"""Which attention chains become flash kernels: the forward (softmax(mods(q @ k^T)) @ v, one
+kernel) and the backward (out dots over recomputed score tiles, one kernel per reduced side).
+Both are taken whole, before the generic-by-generic partition, when their inner tensors never
+need to reach HBM."""
+
+from __future__ import annotations
+
+from fusile.lowering import attention, attention_grad
+from fusile.lowering.attention_grad import GradForm
+from fusile.lowering.graph import Generic, Graph
+from fusile.lowering.groups import Classes, Group, gen_of, loop_classes
+
+Flash = dict[int, tuple[attention.AttentionForm, list[int]]]
+
+
+def attention_chains(graph: Graph, ones: set[tuple]) -> Flash:
+    """Attention chains whose inner tensors (scores, row statistics) nothing else reads, but
+    for elementwise functions of the row statistics (a log-sum-exp output), which join the
+    kernel as epilogue: keyed by their first generic (q @ k^T), with every member in program
+    order."""
+    out: Flash = {}
+    for gi, node in enumerate(graph.nodes):
+        if not isinstance(node, Generic) or len(node.reduction_loops) != 1:
+            continue
+        form = attention.find(graph, gi)
+        if form is None:
+            continue
+        members = sorted({form.qk.gi, *form.mods, form.row_max, form.shifted, form.row_sum,
+                          *form.stats, gi})
+        stats = {r for mi in form.stats for r in gen_of(graph, mi).results}
+        inner = {r for mi in members if mi != gi for r in gen_of(graph, mi).results}
+        if (inner - stats) & set(graph.results):
+            continue
+        readers = [n for j, n in enumerate(graph.nodes) if isinstance(n, Generic) and
+                   j not in members and inner & set(n.inputs)]
+        if any(n.reduction_loops or (inner - stats) & set(n.inputs) for n in readers):
+            continue
+        trial = Group(graph, ones, loop_classes(graph))
+        trial.attn = form
+        if all(trial.try_add(mi) for mi in members):
+            out[form.qk.gi] = (form, members)
+    return out
+
+
+
+def grad_kernels(graph: Graph, ones: set[tuple], cls: Classes, taken: set[int]
+                 ) -> list[GradForm]:
+    """Attention backward kernels (lowering/attention_grad.py) whose members fit one group
+    each. Generics in `taken` belong to forward chains."""
+    def same(a: tuple[int, int], b: tuple[int, int]) -> bool:
+        return cls.find(("loop", *a)) == cls.find(("loop", *b))
+
+    forms = attention_grad.find(graph, same, taken)
+    for f in forms:
+        trial = Group(graph, ones, loop_classes(graph))
+        trial.grad = f
+        if not all(trial.try_add(mi) for mi in f.members):
+            return []
+    return forms
