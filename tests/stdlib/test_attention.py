@@ -1,5 +1,6 @@
-"""Attention from the DSL: one flash kernel, against a float64 reference (interpreter on CPU,
-CUDA with -m gpu), its plan, the key-loop bounds from masks, and cross-compiles."""
+"""Attention from the DSL, forward and backward: one flash kernel forward and two flash
+backward kernels, against a float64 reference (interpreter on CPU, CUDA with -m gpu), their
+plans, the loop bounds from masks, and cross-compiles."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from tests.numerics import assert_close
 
 def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
               window: int | None = None, softcap: float | None = None,
-              scale: float | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+              scale: float | None = None, bias: torch.Tensor | None = None,
+              alibi_slopes: torch.Tensor | None = None) -> torch.Tensor:
     g = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(g, 1).double(), v.repeat_interleave(g, 1).double()
     lq, lk = q.shape[2], k.shape[2]
@@ -28,6 +30,8 @@ def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
         s = s + bias.double()
     i = torch.arange(lq, device=q.device)[:, None] + lk - lq
     j = torch.arange(lk, device=q.device)[None, :]
+    if alibi_slopes is not None:
+        s = s - alibi_slopes.double()[:, None, None] * (i - j).abs()
     keep = torch.ones(lq, lk, dtype=torch.bool, device=q.device)
     if causal:
         keep &= j <= i
@@ -45,19 +49,37 @@ CASES = {  # name -> (q heads, kv heads, q_len, kv_len, d, e, options)
     "softcap": (2, 2, 37, 37, 16, 16, {"softcap": 3.0}),
     "gqa": (4, 2, 33, 33, 16, 16, {"causal": True}),
     "head_dim_32_odd": (2, 1, 50, 70, 32, 32, {}),
+    "alibi": (4, 2, 30, 41, 16, 16, {"causal": True, "alibi": True}),
 }
 
 
-def _check(name: str, dtype: torch.dtype, device: str, scale_up: int = 1) -> None:
+def _check(name: str, dtype: torch.dtype, device: str, scale_up: int = 1,
+           grad: bool = True) -> None:
+    """Forward and (with grad) dq, dk, dv against the float64 reference."""
     h, hk, lq, lk, d, e, opts = CASES[name]
     lq, lk = lq * scale_up, lk * scale_up
     torch.manual_seed(len(name) + lq)
-    q = torch.randn(2, h, lq, d, dtype=dtype, device=device)
-    k = torch.randn(2, hk, lk, d, dtype=dtype, device=device)
-    v = torch.randn(2, hk, lk, e, dtype=dtype, device=device)
+    q = torch.randn(2, h, lq, d, dtype=dtype, device=device, requires_grad=grad)
+    k = torch.randn(2, hk, lk, d, dtype=dtype, device=device, requires_grad=grad)
+    v = torch.randn(2, hk, lk, e, dtype=dtype, device=device, requires_grad=grad)
+    opts = dict(opts)
+    if opts.pop("alibi", False):
+        opts["alibi_slopes"] = torch.rand(h, device=device)
     out = attention(q, k, v, **opts)
     assert out.shape == (2, h, lq, e) and out.dtype == dtype
-    assert_close(out, reference(q, k, v, **opts), dtype, scale=4 if dtype == torch.float32 else 1)
+    tol = 4 if dtype == torch.float32 else 1
+    ref_in = [t.detach().double().requires_grad_(grad) for t in (q, k, v)]
+    ref = reference(*ref_in, **opts)
+    assert_close(out, ref, dtype, scale=tol)
+    if not grad:
+        return
+    do = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), do)
+    ref_grads = torch.autograd.grad(ref, ref_in, do.double())
+    for got, want, what in zip(grads, ref_grads, "qkv", strict=True):
+        assert got.shape == want.shape and got.dtype == dtype, what
+        # the backward rounds P and dS to the operand type for its dots (FlashAttention 2)
+        assert_close(got, want, dtype, scale=8 if dtype == torch.float32 else 1.5)
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -98,22 +120,61 @@ def test_alibi_and_bias_tensors_from_the_dsl() -> None:
                  scale=4)
 
 
-def test_plan_is_one_kernel_with_no_score_matrix_in_hbm() -> None:
-    q, k, v = (torch.randn(2, 4, 64, 32, dtype=torch.bfloat16) for _ in range(3))
-    ex = attention_core.explain(q, k, v, 0.125, True, 0)
-    (kern,) = ex.kernels
+def _fwd_args(q: torch.Tensor, causal: bool = False, window: int = 0) -> tuple:
+    ones = torch.ones(q.shape[1], q.shape[2])
+    return (q, q, q, ones, 0.25, 0.0, causal, window, False, False)
+
+
+def _bwd_args(q: torch.Tensor, causal: bool = False, window: int = 0) -> tuple:
+    lse = torch.randn(q.shape[:-1])
+    ones = torch.ones(q.shape[1], q.shape[2])
+    return (q, q, q, q, q, lse, ones, 0.25, 0.0, causal, window, False, False)
+
+
+def test_plans_keep_the_score_matrix_on_chip() -> None:
+    """Forward: one kernel reading q, k, v and writing o and the float32 log-sum-exp.
+    Backward: the row statistics, then dk and dv in one kernel and dq in another; every
+    kernel reads and writes only (.., seq, head_dim) or (.., seq) tensors."""
+    q = torch.randn(2, 4, 1, 64, 32, dtype=torch.bfloat16)
+    (kern,) = attention_fwd.explain(*_fwd_args(q, True)).kernels
     assert kern.kind == "attention"
-    assert kern.read_bytes == 3 * q.numel() * 2 and kern.write_bytes == q.numel() * 2
+    assert kern.read_bytes == 3 * q.numel() * 2  # without ALiBi, no slopes
+    assert kern.write_bytes == q.numel() * 2 + q.numel() // 32 * 4  # o, lse
+    ex = attention_bwd.explain(*_bwd_args(q, True))
+    assert [k.kind for k in ex.kernels] == ["reduction", "attention-grad", "attention-grad"]
+    rows = q.numel() // 32 * 4  # a float32 (.., seq) tensor: lse, delta
+    assert ex.kernels[0].read_bytes == 2 * q.numel() * 2 and ex.kernels[0].write_bytes == rows
+    for kern in ex.kernels[1:]:  # q, k, v, do, lse and delta; a score matrix would be 4x q
+        assert kern.read_bytes == 4 * q.numel() * 2 + 2 * rows
+    assert ex.kernels[1].write_bytes == 2 * q.numel() * 2  # dk and dv (bf16)
+    assert ex.kernels[2].write_bytes == q.numel() * 2  # dq
 
 
-def test_masks_bound_the_key_loop() -> None:
-    q = torch.randn(1, 1, 40, 16)
-    causal = attention_core.triton(q, q, q, 0.25, True, 0, target="cpu")
+def test_masks_bound_the_loops() -> None:
+    q = torch.randn(1, 1, 1, 40, 16)
+    causal = attention_fwd.triton(*_fwd_args(q, True), target="cpu")
     assert "hi = tl.minimum(hi," in causal and "lo = tl.maximum" not in causal
-    window = attention_core.triton(q, q, q, 0.25, False, 8, target="cpu")
+    window = attention_fwd.triton(*_fwd_args(q, False, 8), target="cpu")
     assert "lo = tl.maximum(lo," in window and "hi = tl.minimum" not in window
-    plain = attention_core.triton(q, q, q, 0.25, False, 0, target="cpu")
+    plain = attention_fwd.triton(*_fwd_args(q), target="cpu")
     assert "tl.minimum(hi" not in plain and "tl.maximum(lo" not in plain
+    # backward: the dk/dv kernel loops over queries i >= j (a lower bound), the dq kernel
+    # over keys j <= i (an upper bound)
+    src = attention_bwd.triton(*_bwd_args(q, True), target="cpu")
+    dkdv, dq = src.split("def fusile_k1")[1].split("def fusile_k2")
+    assert "lo = tl.maximum(lo," in dkdv and "tl.minimum(hi" not in dkdv
+    assert "hi = tl.minimum(hi," in dq and "tl.maximum(lo" not in dq
+    plain = attention_bwd.triton(*_bwd_args(q), target="cpu")
+    assert "tl.minimum(hi" not in plain and "tl.maximum(lo" not in plain
+
+
+def test_chained_matmuls_are_not_attention_backward() -> None:
+    """(a @ b) * 2 @ c has no probability tile: it stays two contraction kernels."""
+    fn = fusile.from_source("def f(a, b, c):\n    return ((a @ b) * 2.0) @ c\n")
+    a, b, c = (torch.randn(3, 20, 20) for _ in range(3))
+    ex = fn.explain(a, b, c)
+    assert [k.kind for k in ex.kernels] == ["contraction", "contraction"]
+    assert_close(fn(a, b, c), (a.double() @ b.double() * 2) @ c.double(), torch.float32, 4)
 
 
 def test_argument_errors() -> None:
@@ -122,19 +183,32 @@ def test_argument_errors() -> None:
         attention(q, torch.randn(1, 2, 8, 16), torch.randn(1, 2, 8, 16))
     with pytest.raises(fusile.FusileError, match="batch, heads, seq"):
         attention(q[0], q[0], q[0])
-    with pytest.raises(NotImplementedError, match="backward"):
-        attention(q.requires_grad_(), q, q)
+    with pytest.raises(fusile.FusileError, match="different dtypes"):
+        attention(q, q.double(), q)
+    with pytest.raises(fusile.FusileError, match="alibi_slopes"):
+        attention(q, q, q, alibi_slopes=torch.ones(2))
+    with pytest.raises(fusile.FusileError, match="softcap"):
+        attention(q, q, q, softcap=-1.0)
 
 
 @pytest.mark.parametrize("target", ["h100", "mi300x"])
 @pytest.mark.parametrize("d", [64, 128])
 def test_cross_compiles_without_spills(target: str, d: int) -> None:
+    """Forward and backward kernels, causal or not, with soft-capping and ALiBi."""
     q = torch.randn(1, 2, 1, 8, d, dtype=torch.bfloat16)
-    for causal in (False, True):
-        compiled = attention_core.compiled(q, q, q, 0.1, causal, 0)
-        sizes = {"q.4": d, "k.4": d, "v.4": d}
-        for k in compile_for(compiled, targets.get(target), sizes=sizes).kernels:
-            assert k.spills == 0, k.summary()
+    sizes = {f"{t}.4": d for t in ("q", "k", "v", "o", "do")}
+    for causal, capped, alibi in ((False, False, False), (True, False, False),
+                                  (True, True, True)):
+        fwd = list(_fwd_args(q, causal))
+        fwd[-2:] = [capped, alibi]
+        bwd = list(_bwd_args(q, causal))
+        bwd[-2:] = [capped, alibi]
+        kinds = []
+        for compiled in (attention_fwd.compiled(*fwd), attention_bwd.compiled(*bwd)):
+            for k in compile_for(compiled, targets.get(target), sizes=sizes).kernels:
+                assert k.spills == 0, k.summary()
+                kinds.append(k.name)
+        assert len(kinds) == 4
 
 
 # ----------------------------------------------------------------------------- GPU
@@ -145,3 +219,21 @@ def test_cross_compiles_without_spills(target: str, d: int) -> None:
 def test_cuda_matches_reference(name: str, dtype: torch.dtype) -> None:
     _check(name, dtype, "cuda")
     _check(name, dtype, "cuda", scale_up=9)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("d", [64, 96, 128, 256])
+def test_cuda_head_dims(d: int) -> None:
+    """Head dims 64 and 128 (tuned), 96 (padded to 128) and 256 (small tiles), causal, bf16,
+    at a length that is not a multiple of any block."""
+    torch.manual_seed(d)
+    q, k, v = (torch.randn(2, 4, 1000, d, dtype=torch.bfloat16, device="cuda",
+                           requires_grad=True) for _ in range(3))
+    out = attention(q, k, v, causal=True)
+    ref_in = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    ref = reference(*ref_in, causal=True)
+    assert_close(out, ref, torch.bfloat16)
+    do = torch.randn_like(out)
+    for got, want in zip(torch.autograd.grad(out, (q, k, v), do),
+                         torch.autograd.grad(ref, ref_in, do.double()), strict=True):
+        assert_close(got, want, torch.bfloat16, scale=1.5)

@@ -126,7 +126,9 @@ def compile_for(compiled: Any, target: Target, sizes: dict[str, int] | None = No
                 scalar_dtypes: dict[int, str] | None = None, progress: Any = None,
                 dot_configs: list[tune.DotConfig] | None = None) -> Artifacts:
     """Compile every kernel of a compiled signature for `target`. A contraction kernel is
-    compiled with the rule-based config for the sizes, or with each of `dot_configs`."""
+    compiled with the rule-based config for the sizes, an attention kernel (forward or
+    backward) with its first candidate config that compiles without spills; either with each
+    of `dot_configs` instead when given."""
 
     graph = compiled.fused_graph
     plan = partition(graph)
@@ -145,15 +147,26 @@ def compile_for(compiled: Any, target: Target, sizes: dict[str, int] | None = No
         p_total = math.prod(known.get(ks.class_global[c], DEFAULT_SIZE) for c in ks.p_classes)
         r_total = math.prod(known.get(ks.class_global[c], DEFAULT_SIZE) for c in ks.r_classes)
         spec = _specialization(ks, graph, plan, known)
-        if ks.attn is not None:
-            d, e = (known.get(ks.class_global[c], DEFAULT_HEAD_DIM)  # not 4096 for a head dim
-                    for c in (ks.dot.k, ks.attn[0]))
-            for acfg in dot_configs or tune.attention_candidates(target, max(d, e))[:1]:
-                out.kernels.append(_compile(
-                    module, ks, ks.name, target,
-                    {**tune.attention_constexprs(acfg, d, e, False), **spec[0]}, spec[1],
-                    acfg.options(target.backend), scalars, (acfg.block_m, acfg.block_n),
-                    "batch * ceil(q_len / BLOCK_M)"))
+        if ks.grad is not None or ks.attn is not None:
+            if ks.grad is not None:
+                heads = [known.get(ks.class_global[c], DEFAULT_HEAD_DIM) for c in ks.grad]
+                cands = tune.grad_candidates(target, max(heads))
+                grid = "batch * ceil(kept_len / BLOCK_M)"
+            else:  # a head dim the signature leaves symbolic is 128, not 4096
+                heads = [known.get(ks.class_global[c], DEFAULT_HEAD_DIM)
+                         for c in (ks.dot.k, ks.attn[0])]
+                cands = tune.attention_candidates(target, max(heads))
+                grid = "batch * ceil(q_len / BLOCK_M)"
+            for fcfg in dot_configs or cands:  # without dot_configs: the first that fits
+                consts = tune.grad_constexprs(fcfg, heads, False) if ks.grad is not None \
+                    else tune.attention_constexprs(fcfg, heads[0], heads[1], False)
+                art = _compile(module, ks, ks.name, target, {**consts, **spec[0]}, spec[1],
+                               fcfg.options(target.backend), scalars,
+                               (fcfg.block_m, fcfg.block_n), grid)
+                if dot_configs or not art.spills or fcfg == cands[-1]:
+                    out.kernels.append(art)
+                    if not dot_configs:
+                        break
             continue
         if ks.dot is not None:
             m, n, k = (known.get(ks.class_global[c], DEFAULT_SIZE)

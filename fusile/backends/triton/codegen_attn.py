@@ -142,7 +142,7 @@ class AttnWriter(DotWriter):
     # ------------------------------------------------------------------ the kernel
     def write_attn(self, name: str, tensors: list[TensorArg]) -> list[str]:
         a = self.attn
-        qk_dt, pv_dt = self.dot_dtype(a.qk), self.dot_dtype(a.pv)
+        qk_dt, pv_dt = self.dot_dtype(a.qk), self.rhs_dtype(a.pv)
         if self.target == "interpreter":
             qk_dt = DTYPES["f32"] if qk_dt.name == "bf16" else qk_dt
             pv_dt = DTYPES["f32"] if pv_dt.name == "bf16" else pv_dt

@@ -129,6 +129,15 @@ class DotWriter(KernelWriter):
             return DTYPES["f32"]
         return dts[0]
 
+    def rhs_dtype(self, form: DotForm) -> DType:
+        """The operand type of a dot whose left operand is computed in float32 on chip
+        (probabilities, score gradients): the 16-bit float the right operand comes from, to
+        which the left tile is rounded (as in FlashAttention), else float32."""
+        dts = self._cone(form.gi, form.rhs)[1]
+        if dts and all(d.bits == 16 and d.name == dts[0].name for d in dts):
+            return dts[0]
+        return DTYPES["f32"]
+
     def operand(self, form: DotForm, v: int, scope: Scope, dtype: str, kc: int) -> str:
         """Emit operand value v of form's region in the current frame and return a full tile
         of it in the dot's operand type, zero where the reduced class kc is past the end."""

@@ -100,11 +100,7 @@ class GradWriter(AttnWriter):
     def _dtype(self, form: DotForm, out: bool = False) -> DType:
         """tl.dot operand type: a score dot's own; an out dot's from its right operand (the
         cone's tile is rounded to it)."""
-        dt = self.dot_dtype(form)
-        if out:
-            dts = self._cone(form.gi, form.rhs)[1]
-            same16 = dts and all(d.bits == 16 and d.name == dts[0].name for d in dts)
-            dt = dts[0] if same16 else DTYPES["f32"]
+        dt = self.rhs_dtype(form) if out else self.dot_dtype(form)
         return DTYPES["f32"] if self.target == "interpreter" and dt.name == "bf16" else dt
 
     def _prec(self, dt: DType) -> str:
