@@ -151,21 +151,29 @@ def test_plans_keep_the_score_matrix_on_chip() -> None:
 
 
 def test_masks_bound_the_loops() -> None:
+    """Position masks bound the loop (tiles no row sees are never visited) and split it: the
+    tiles every row sees whole run without masks, between masked stages."""
     q = torch.randn(1, 1, 1, 40, 16)
     causal = attention_fwd.triton(*_fwd_args(q, True), target="cpu")
     assert "hi = tl.minimum(hi," in causal and "lo = tl.maximum" not in causal
+    assert "hi_all = tl.minimum(hi_all," in causal and "lo_all = tl.maximum" not in causal
     window = attention_fwd.triton(*_fwd_args(q, False, 8), target="cpu")
-    assert "lo = tl.maximum(lo," in window and "hi = tl.minimum" not in window
+    assert "lo = tl.maximum(lo," in window and "hi = tl.minimum(hi," not in window
+    assert "lo_all = tl.maximum(lo_all," in window
     plain = attention_fwd.triton(*_fwd_args(q), target="cpu")
-    assert "tl.minimum(hi" not in plain and "tl.maximum(lo" not in plain
+    assert "hi = tl.minimum(hi," not in plain and "lo = tl.maximum(lo," not in plain
+    for src in (causal, window, plain):
+        assert src.count("for j0 in range(") == 3
+        whole = src.split("# whole tiles: no masks")[1].split("for j0")[0]
+        assert "-inf\"))" not in whole.replace("m_new == float(\"-inf\")", "")  # no select
     # backward: the dk/dv kernel loops over queries i >= j (a lower bound), the dq kernel
     # over keys j <= i (an upper bound)
     src = attention_bwd.triton(*_bwd_args(q, True), target="cpu")
     dkdv, dq = src.split("def fusile_k1")[1].split("def fusile_k2")
-    assert "lo = tl.maximum(lo," in dkdv and "tl.minimum(hi" not in dkdv
-    assert "hi = tl.minimum(hi," in dq and "tl.maximum(lo" not in dq
+    assert "lo = tl.maximum(lo," in dkdv and "hi = tl.minimum(hi," not in dkdv
+    assert "hi = tl.minimum(hi," in dq and "lo = tl.maximum(lo," not in dq
     plain = attention_bwd.triton(*_bwd_args(q), target="cpu")
-    assert "tl.minimum(hi" not in plain and "tl.maximum(lo" not in plain
+    assert "hi = tl.minimum(hi," not in plain and "lo = tl.maximum(lo," not in plain
 
 
 def test_chained_matmuls_are_not_attention_backward() -> None:

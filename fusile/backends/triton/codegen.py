@@ -80,6 +80,8 @@ class KernelWriter:
         self.func_ops: dict[int, Op] = {op.results[0]: op for op in self.g.nodes
                                         if isinstance(op, Op)}
         self.scalars: list[int] = []
+        self.unmasked: set[int] = set()  # select results whose condition holds on this tile
+        self.factor: dict[int, str] = {}  # mulf results to scale by a constant factor too
         self._order_classes()
 
     def _gen(self, gi: int) -> Generic:
@@ -209,9 +211,15 @@ class KernelWriter:
             if op.name == "linalg.index":
                 local[op.results[0]] = self._loop_index(gi, op.attrs["dim"])
                 continue
+            if op.results[0] in self.unmasked:  # a mask known to be all true on this tile
+                local[op.results[0]] = self.resolve(op.operands[1], local, scope)
+                continue
             if op.name not in RULES:
                 raise BackendError(f"the Triton backend has no rule for {op.name}")
             args = [self.resolve(o, local, scope) for o in op.operands]
+            if op.results[0] in self.factor:  # x * c -> x * (c * factor): c is the scalar
+                k = 1 if scope.axes_of(args[1]) is None else 0
+                args[k] = f"({args[k]} * {self.factor[op.results[0]]})"
             var = f"v{op.results[0]}"
             where = _short_loc(op.loc) or loc
             comment = f"  # {where}" if where else ""

@@ -24,7 +24,7 @@ from fusile.backends.triton.codegen_dot import DotWriter
 from fusile.backends.triton.ops import TL_DTYPE
 from fusile.backends.triton.scope import Scope
 from fusile.dsl.errors import BackendError
-from fusile.dsl.types import DTYPES
+from fusile.dsl.types import DTYPES, DType
 from fusile.lowering.attention import AttentionForm
 from fusile.lowering.partition import Kernel, Plan
 
@@ -32,6 +32,7 @@ _FRAMES = {"q": ("qi", "qd", "BLOCK_M", "BLOCK_D"), "k": ("kd", "kj", "BLOCK_D",
            "s": ("si", "sj", "BLOCK_M", "BLOCK_N"), "v": ("vj", "ve", "BLOCK_N", "BLOCK_E"),
            "o": ("oi", "oe", "BLOCK_M", "BLOCK_E")}
 LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
 
 
 class AttnWriter(DotWriter):
@@ -102,42 +103,114 @@ class AttnWriter(DotWriter):
             return a[0] + s * b[0], a[1] + s * b[1], [*a[2], *cb]
         return None
 
-    def _bounds(self, gi: int, cond: int, scope: Scope, lo: list[str], hi: list[str]) -> None:
-        """Collect key bounds [lo, hi) for rows [first, last] implied by condition `cond`."""
+    def _bounds(self, gi: int, cond: int, scope: Scope, lo: list[str], hi: list[str],
+                lo_all: list[str], hi_all: list[str]) -> bool:
+        """Collect the key bounds implied by condition `cond` for rows [first, last]: where
+        any row may see keys ([lo, hi)) and where every row sees them all ([lo_all, hi_all)).
+        True when the condition is exactly the conjunction of those bounds."""
         node = self._gen(gi)
         by = {op.results[0]: op for op in node.body if op.results}
         op = by.get(cond)
         if op is None:
-            return
+            return False
         if op.name == "arith.andi":
-            for o in op.operands:
-                self._bounds(gi, o, scope, lo, hi)
-            return
+            done = [self._bounds(gi, o, scope, lo, hi, lo_all, hi_all) for o in op.operands]
+            return all(done)
         if op.name != "arith.cmpi" or op.attrs["predicate"] not in ("slt", "sle", "sgt", "sge"):
-            return
+            return False
         a = self._affine(gi, op.operands[0], scope)
         b = self._affine(gi, op.operands[1], scope)
         if a is None or b is None:
-            return
+            return False
         # a - b (pred) 0  ->  cj * j + ci * i + c (pred) 0
         ci, cj = a[0] - b[0], a[1] - b[1]
         c = " + ".join([*a[2], *(f"(-({t}))" for t in b[2])]) or "0"
         pred = op.attrs["predicate"]
         if cj not in (1, -1) or ci not in (-1, 0, 1):
-            return
+            return False
         if cj == -1:  # multiply by -1: flip the predicate
             ci, c = -ci, f"-({c})"
             pred = {"slt": "sgt", "sle": "sge", "sgt": "slt", "sge": "sle"}[pred]
         # j + ci * i + c (pred) 0  <=>  j (pred) -ci * i - c
-        row_hi, row_lo = "(row0 + BLOCK_M - 1)", "row0"
-        if pred in ("slt", "sle"):  # j below a bound: largest over the block's rows
-            r = row_hi if -ci > 0 else row_lo
-            bound = f"{-ci} * {r} - ({c})" if ci else f"-({c})"
-            hi.append(f"{bound} + {1 if pred == 'sle' else 0}")
+        first, last = "row0", "(row0 + BLOCK_M - 1)"
+
+        def bound(row: str) -> str:
+            return f"{-ci} * {row} - ({c})" if ci else f"-({c})"
+
+        if pred in ("slt", "sle"):  # j below a bound: any row (largest), all rows (smallest)
+            one = 1 if pred == "sle" else 0
+            hi.append(f"{bound(last if -ci > 0 else first)} + {one}")
+            hi_all.append(f"{bound(first if -ci > 0 else last)} + {one}")
         else:
-            r = row_lo if -ci > 0 else row_hi
-            bound = f"{-ci} * {r} - ({c})" if ci else f"-({c})"
-            lo.append(f"{bound} + {1 if pred == 'sgt' else 0}")
+            one = 1 if pred == "sgt" else 0
+            lo.append(f"{bound(first if -ci > 0 else last)} + {one}")
+            lo_all.append(f"{bound(last if -ci > 0 else first)} + {one}")
+        return True
+
+    def loop_stages(self, top: Scope, masks: tuple[tuple[int, int], ...], n: str
+                    ) -> list[tuple[str, str, bool]]:
+        """Emit the loop bounds and return the loop's stages (start, stop, full): tiles
+        partly visible (masks applied) before and after the tiles every row sees whole, where
+        masks and the ragged end are skipped. One masked stage when a mask is not exactly a
+        conjunction of affine bounds. `n` is the looped extent."""
+        e = top.emit
+        lo: list[str] = []
+        hi: list[str] = []
+        lo_all: list[str] = []
+        hi_all: list[str] = []
+        bounds = Scope(top, "    ")
+        exact = True
+        for gi, sel in masks:
+            sel_op = next(op for op in self._gen(gi).body if op.results[0] == sel)
+            exact &= self._bounds(gi, sel_op.operands[0], bounds, lo, hi, lo_all, hi_all)
+        top.lines += bounds.lines
+        e("lo = 0")
+        for b in lo:
+            e(f"lo = tl.maximum(lo, ({b}) // BLOCK_N * BLOCK_N)  # the first tile any row sees")
+        e(f"hi = {n}")
+        for b in hi:
+            e(f"hi = tl.minimum(hi, {b})  # past the last one")
+        if not exact:
+            return [("lo", "hi", False)]
+        e("lo_all = lo")
+        for b in lo_all:
+            e(f"lo_all = tl.maximum(lo_all, {b})  # from here every row sees every key ...")
+        e(f"hi_all = tl.minimum(hi, {n} // BLOCK_N * BLOCK_N)")
+        for b in hi_all:
+            e(f"hi_all = tl.minimum(hi_all, {b})  # ... up to here")
+        e("mid_lo = tl.minimum((lo_all + BLOCK_N - 1) // BLOCK_N * BLOCK_N, hi)")
+        e("mid_hi = tl.maximum(mid_lo, hi_all // BLOCK_N * BLOCK_N)")
+        return [("lo", "mid_lo", False), ("mid_lo", "mid_hi", True), ("mid_hi", "hi", False)]
+
+    def _log2_scale(self) -> int | None:
+        """The `s * scale` op of the score modifications when the scores are that product,
+        masked or not: the online softmax then runs in base 2 with scale * log2(e) folded
+        into that one multiply."""
+        a = self.attn
+        if len(a.mods) != 1:
+            return None
+        node = self._gen(a.mods[0])
+        s_t = self._gen(a.qk.gi).results[0]
+        if s_t not in node.inputs:
+            return None
+        s_arg = node.block_args[node.inputs.index(s_t)]
+        users: dict[int, list] = {}
+        for op in node.body:
+            for o in op.operands:
+                users.setdefault(o, []).append(op)
+        inside = set(node.block_args) | {r for op in node.body for r in op.results}
+        mul = next((op for op in users.get(s_arg, []) if op.name == "arith.mulf"), None)
+        if mul is None or len(users.get(s_arg, [])) != 1 or \
+                any(o in inside for o in mul.operands if o != s_arg):
+            return None
+        masks = {sel for _, sel in a.masks}
+        v = mul.results[0]
+        while v != node.yields[0]:
+            use = users.get(v, [])
+            if len(use) != 1 or use[0].results[0] not in masks or use[0].operands[1] != v:
+                return None
+            v = use[0].results[0]
+        return mul.results[0]
 
     # ------------------------------------------------------------------ the kernel
     def write_attn(self, name: str, tensors: list[TensorArg]) -> list[str]:
@@ -180,56 +253,15 @@ class AttnWriter(DotWriter):
         q = self.operand(a.qk, a.qk.lhs, top, TL_DTYPE[qk_dt.name], self.d)
         e(f"q = {q}")
         top.tile("q", frozenset("pr"))
-        lo: list[str] = []
-        hi: list[str] = []
-        bounds_scope = Scope(top, "    ")
-        for gi, sel in a.masks:
-            sel_op = next(op for op in self._gen(gi).body if op.results[0] == sel)
-            self._bounds(gi, sel_op.operands[0], bounds_scope, lo, hi)
-        e("lo = 0")
-        for bound in lo:
-            e(f"lo = tl.maximum(lo, ({bound}) // BLOCK_N * BLOCK_N)  # first key any row sees")
-        e(f"hi = {LJ}")
-        for bound in hi:
-            e(f"hi = tl.minimum(hi, {bound})  # past the last key any row can see")
-        e("m_i = tl.full([BLOCK_M, 1], float(\"-inf\"), tl.float32)")
+        stages = self.loop_stages(top, a.masks, LJ)
+        e("m_i = tl.full([BLOCK_M, 1], float(\"-inf\"), tl.float32)  # running max, base 2")
         e("l_i = tl.full([BLOCK_M, 1], 0.0, tl.float32)")
         e("acc = tl.full([BLOCK_M, BLOCK_E], 0.0, tl.float32)")
-        e("for j0 in range(lo, hi, BLOCK_N):")
-        body = Scope(top, "        ")
-        b = body.emit
-        for line in ("kj = j0 + offs_n[None, :]", f"mask_kj = kj < {LJ}",
-                     "mask_k = mask_kd & mask_kj"):
-            b(line)
-        body.tile("kj", frozenset("r"))
-        self.frame("k")
-        kt = self.operand(a.qk, a.qk.rhs, body, TL_DTYPE[qk_dt.name], self.d)
-        b(f"s = tl.dot(q, {kt}{prec[qk_dt.name]})")
-        for line in ("sj = j0 + offs_n[None, :]", f"mask_sj = sj < {LJ}",
-                     "mask_s = mask_si & mask_sj"):
-            b(line)
-        body.tile("sj", frozenset("r"))
-        body.tile("s", frozenset("pr"))
-        self.frame("s")
-        qk_node = self._gen(a.qk.gi)
-        body.values[qk_node.results[0]] = "s"
-        t = self.tensor_value(a.scores, body, False)
-        red_max = self.row_reduce("tl.max", "t")
-        red_sum = self.row_reduce("tl.sum", "p")
-        for line in (f"t = tl.where(mask_sj, {t}, float(\"-inf\"))",
-                     f"m_new = tl.maximum(m_i, {red_max})",
-                     "m_use = tl.where(m_new == float(\"-inf\"), 0.0, m_new)  # all -inf so far",
-                     f"p = tl.exp2((t - m_use) * {LOG2E})",
-                     f"alpha = tl.exp2((m_i - m_use) * {LOG2E})",
-                     f"l_i = l_i * alpha + {red_sum}", "m_i = m_new",
-                     "vj = j0 + offs_n[:, None]", f"mask_vj = vj < {LJ}",
-                     "mask_v = mask_vj & mask_ve"):
-            b(line)
-        body.tile("vj", frozenset("p"))
-        self.frame("v")
-        vt = self.operand(a.pv, a.pv.rhs, body, TL_DTYPE[pv_dt.name], self.j)
-        b(f"acc = tl.dot(p.to({TL_DTYPE[pv_dt.name]}), {vt}, acc * alpha{prec[pv_dt.name]})")
-        top.lines += bounds_scope.lines + body.lines
+        scale_op = self._log2_scale()
+        for start, stop, full in stages:
+            why = "  # whole tiles: no masks" if full else "  # tiles a mask or the end cuts"
+            e(f"for j0 in range({start}, {stop}, BLOCK_N):{why}")
+            top.lines += self._attn_body(top, full, scale_op, qk_dt, pv_dt, prec, LJ)
         out = Scope(top, "    ")
         self.frame("o")
         for line in ("oi = offs_m[:, None]", "oe = offs_e[None, :]", f"mask_oi = oi < {LI}",
@@ -240,7 +272,9 @@ class AttnWriter(DotWriter):
         for v, ax in (("oi", "p"), ("oe", "r"), ("o", "pr"), ("m_i", "p"), ("l_i", "p")):
             out.tile(v, frozenset(ax))
         out.values[self._gen(a.pv.gi).results[0]] = "o"
-        out.values[self._gen(a.row_max).results[0]] = "m_i"  # the statistics, for epilogues
+        out.emit(f"m_nat = m_i * {LN2}  # the max in natural units")
+        out.tile("m_nat", frozenset("p"))
+        out.values[self._gen(a.row_max).results[0]] = "m_nat"  # the statistics, for epilogues
         out.values[self._gen(a.row_sum).results[0]] = "l_i"  # such as a log-sum-exp output
         for w in self.k.writes:
             if self.j in self.access_of(w) or self.d in self.access_of(w):
@@ -249,6 +283,55 @@ class AttnWriter(DotWriter):
         top.lines += out.lines
         note = f" (flash: q @ k^T on {qk_dt.name}, p @ v on {pv_dt.name})"
         return self.header(name, tensors, False, note=note) + top.lines
+
+    def _attn_body(self, top: Scope, full: bool, scale_op: int | None, qk_dt: DType,
+                   pv_dt: DType, prec: dict[str, str], LJ: str) -> list[str]:
+        """One key block: S = q @ k^T, the score modifications in base 2, the online softmax
+        update and acc += P @ v. `full`: every row sees every key of the tile (no masks)."""
+        a = self.attn
+        body = Scope(top, "        ")
+        b = body.emit
+        self.unmasked = {sel for _, sel in a.masks} if full else set()
+        self.factor = {scale_op: str(LOG2E)} if scale_op is not None else {}
+        every = "tl.full([1, BLOCK_N], 1, tl.int1)"
+        for line in ("kj = j0 + offs_n[None, :]",
+                     f"mask_kj = {every}" if full else f"mask_kj = kj < {LJ}",
+                     "mask_k = mask_kd & mask_kj"):
+            b(line)
+        body.tile("kj", frozenset("r"))
+        self.frame("k")
+        kt = self.operand(a.qk, a.qk.rhs, body, TL_DTYPE[qk_dt.name], self.d)
+        b(f"s = tl.dot(q, {kt}{prec[qk_dt.name]})")
+        for line in ("sj = j0 + offs_n[None, :]",
+                     f"mask_sj = {every}" if full else f"mask_sj = sj < {LJ}",
+                     "mask_s = mask_si & mask_sj"):
+            b(line)
+        body.tile("sj", frozenset("r"))
+        body.tile("s", frozenset("pr"))
+        self.frame("s")
+        body.values[self._gen(a.qk.gi).results[0]] = "s"
+        t = self.tensor_value(a.scores, body, False)
+        if scale_op is None:  # base 2: one multiply (else folded into the scale)
+            t = f"({t}) * {LOG2E}"
+        red_max = self.row_reduce("tl.max", "t")
+        red_sum = self.row_reduce("tl.sum", "p")
+        for line in (f"t = {t}" if full else f"t = tl.where(mask_sj, {t}, float(\"-inf\"))",
+                     f"m_new = tl.maximum(m_i, {red_max})",
+                     "m_use = tl.where(m_new == float(\"-inf\"), 0.0, m_new)  # all -inf so far",
+                     "p = tl.exp2(t - m_use)",
+                     "alpha = tl.exp2(m_i - m_use)",
+                     f"l_i = l_i * alpha + {red_sum}", "m_i = m_new",
+                     "vj = j0 + offs_n[:, None]",
+                     "mask_vj = tl.full([BLOCK_N, 1], 1, tl.int1)" if full else
+                     f"mask_vj = vj < {LJ}",
+                     "mask_v = mask_vj & mask_ve"):
+            b(line)
+        body.tile("vj", frozenset("p"))
+        self.frame("v")
+        vt = self.operand(a.pv, a.pv.rhs, body, TL_DTYPE[pv_dt.name], self.j)
+        b(f"acc = tl.dot(p.to({TL_DTYPE[pv_dt.name]}), {vt}, acc * alpha{prec[pv_dt.name]})")
+        self.unmasked, self.factor = set(), {}
+        return body.lines
 
     def source(self) -> KernelSource:
         return self._source(self.write_attn, self.i, self.j, self.d,

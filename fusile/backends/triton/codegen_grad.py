@@ -40,6 +40,7 @@ class GradWriter(AttnWriter):
         self.grad: GradForm = kernel.grad
         self.tf32 = tf32
         self.prologue = False
+        self.full = False  # emitting a block every kept position sees whole
         KernelWriter.__init__(self, plan, kernel, target, names)
 
     # ------------------------------------------------------------------ classes and frames
@@ -90,7 +91,11 @@ class GradWriter(AttnWriter):
             if scope.get(("index", var)) is None:
                 base = var[:-2]
                 scope.emit(f"{var} = offs_{base}{shape}")
-                scope.emit(f"mask_{var} = {var} < {self.cname[rc if axis == 'p' else cc]}")
+                if base == "ln" and self.full:  # a whole block: a constant mask folds away
+                    ones = "[BLOCK_N, 1]" if axis == "p" else "[1, BLOCK_N]"
+                    scope.emit(f"mask_{var} = tl.full({ones}, 1, tl.int1)")
+                else:
+                    scope.emit(f"mask_{var} = {var} < {self.cname[rc if axis == 'p' else cc]}")
                 scope.tile(var, frozenset(axis))
                 scope.values[("index", var)] = var
         scope.emit(f"mask_{r}{c} = mask_{row} & mask_{col}")
@@ -138,62 +143,14 @@ class GradWriter(AttnWriter):
             pre.emit(f"a{x} = {a}")
             pre.tile(f"a{x}", frozenset("pr"))
             top.lines += pre.lines
-        lo: list[str] = []
-        hi: list[str] = []
-        bounds = Scope(top, "    ")
-        for gi, sel in f.masks:
-            sel_op = next(op for op in self._gen(gi).body if op.results[0] == sel)
-            self._bounds(gi, sel_op.operands[0], bounds, lo, hi)
-        top.lines += bounds.lines
-        e("lo = 0")
-        for bound in lo:
-            e(f"lo = tl.maximum(lo, ({bound}) // BLOCK_N * BLOCK_N)  # first position with "
-              "a nonzero tile")
-        e(f"hi = {LOOP}")
-        for bound in hi:
-            e(f"hi = tl.minimum(hi, {bound})  # past the last one")
+        stages = self.loop_stages(top, f.masks, LOOP)
         for x, o in enumerate(f.outs):
             e(f"acc{x} = tl.full([BLOCK_M, {self.block[lc[(o.gi, o.n)]]}], 0.0, tl.float32)")
         e("offs_ln0 = tl.arange(0, BLOCK_N)")
-        e("for l0 in range(lo, hi, BLOCK_N):")
-        body = Scope(top, "        ")
-        body.emit("offs_ln = l0 + offs_ln0")
-        loaded: dict[tuple[int, int], list[tuple[object, str]]] = {}  # frame -> full tiles
-        for x, s in enumerate(f.scores):
-            kc = lc[(s.gi, s.k)]
-            kept_lhs = lc[(s.gi, s.m)] == self.keep
-            bs = Scope(body, "        ")
-            self.enter(bs, kc, self.loop)
-            dt = self._dtype(s)
-            b = self.operand(s, s.rhs if kept_lhs else s.lhs, bs, TL_DTYPE[dt.name], kc)
-            bs.emit(f"s{x} = tl.dot(a{x}, {b}{self._prec(dt)})")
-            loaded[(kc, self.loop)] = [
-                (k, v) for k, v in bs.values.items() if isinstance(k, tuple) and
-                isinstance(k[0], int) and bs.tiles.get(v) == frozenset("pr")]
-            body.lines += bs.lines
-            body.tile(f"s{x}", frozenset("pr"))
-            body.values[self._gen(s.gi).results[0]] = f"s{x}"
-        cone = Scope(body, "        ")
-        self.enter(cone, self.keep, self.loop)
-        lhs = []
-        for o in f.outs:
-            self.enter(cone, self.keep, self.loop)
-            lhs.append(self.operand(o, o.lhs, cone, TL_DTYPE[self._dtype(o, True).name],
-                                    self.loop))
-        body.lines += cone.lines
-        for x, o in enumerate(f.outs):
-            nc = lc[(o.gi, o.n)]
-            rs = Scope(body, "        ")
-            self.enter(rs, self.loop, nc)
-            for key, var in loaded.get((nc, self.loop), []):
-                rs.emit(f"{var}_t = tl.trans({var})  # loaded once, used in both frames")
-                rs.values[key] = f"{var}_t"
-                rs.tile(f"{var}_t", frozenset("pr"))
-            dt = self._dtype(o, True)
-            rhs = self.operand(o, o.rhs, rs, TL_DTYPE[dt.name], self.loop)
-            rs.emit(f"acc{x} = tl.dot({lhs[x]}, {rhs}, acc{x}{self._prec(dt)})")
-            body.lines += rs.lines
-        top.lines += body.lines
+        for start, stop, full in stages:
+            why = "  # whole tiles: no masks" if full else "  # tiles a mask or the end cuts"
+            e(f"for l0 in range({start}, {stop}, BLOCK_N):{why}")
+            top.lines += self._grad_body(top, full)
         stored: set[int] = set()
         for x, o in enumerate(f.outs):
             nc = lc[(o.gi, o.n)]
@@ -214,6 +171,51 @@ class GradWriter(AttnWriter):
         kinds = ", ".join(self._dtype(o, True).name for o in f.outs)
         note = f" (flash backward over {'queries' if f.loop_i else 'keys'}: dots on {kinds})"
         return self.header(name, tensors, False, note=note) + top.lines
+
+    def _grad_body(self, top: Scope, full: bool) -> list[str]:
+        """One block of the looped side: the score tiles, the cone and each out dot's
+        update. `full`: every kept position sees the whole block (no masks, no ragged end)."""
+        f, lc = self.grad, self.k.loop_class
+        self.full = full
+        self.unmasked = {sel for _, sel in f.masks} if full else set()
+        body = Scope(top, "        ")
+        body.emit("offs_ln = l0 + offs_ln0")
+        loaded: dict[tuple[int, int], list[tuple[object, str]]] = {}  # frame -> full tiles
+        for x, s in enumerate(f.scores):
+            kc = lc[(s.gi, s.k)]
+            kept_lhs = lc[(s.gi, s.m)] == self.keep
+            bs = Scope(body, "        ")
+            self.enter(bs, kc, self.loop)
+            dt = self._dtype(s)
+            b = self.operand(s, s.rhs if kept_lhs else s.lhs, bs, TL_DTYPE[dt.name], kc)
+            bs.emit(f"s{x} = tl.dot(a{x}, {b}{self._prec(dt)})")
+            loaded[(kc, self.loop)] = [
+                (k, v) for k, v in bs.values.items() if isinstance(k, tuple) and
+                isinstance(k[0], int) and bs.tiles.get(v) == frozenset("pr")]
+            body.lines += bs.lines
+            body.tile(f"s{x}", frozenset("pr"))
+            body.values[self._gen(s.gi).results[0]] = f"s{x}"
+        cone = Scope(body, "        ")
+        lhs = []
+        for o in f.outs:
+            self.enter(cone, self.keep, self.loop)
+            lhs.append(self.operand(o, o.lhs, cone, TL_DTYPE[self._dtype(o, True).name],
+                                    self.loop))
+        body.lines += cone.lines
+        for x, o in enumerate(f.outs):
+            nc = lc[(o.gi, o.n)]
+            rs = Scope(body, "        ")
+            self.enter(rs, self.loop, nc)
+            for key, var in loaded.get((nc, self.loop), []):
+                rs.emit(f"{var}_t = tl.trans({var})  # loaded once, used in both frames")
+                rs.values[key] = f"{var}_t"
+                rs.tile(f"{var}_t", frozenset("pr"))
+            dt = self._dtype(o, True)
+            rhs = self.operand(o, o.rhs, rs, TL_DTYPE[dt.name], self.loop)
+            rs.emit(f"acc{x} = tl.dot({lhs[x]}, {rhs}, acc{x}{self._prec(dt)})")
+            body.lines += rs.lines
+        self.full, self.unmasked = False, set()
+        return body.lines
 
     def source(self) -> KernelSource:
         ks = self._source(self.write_grad, self.keep, self.loop, self.heads[0],
