@@ -50,6 +50,7 @@ CASES = {  # name -> (q heads, kv heads, q_len, kv_len, d, e, options)
     "gqa": (4, 2, 33, 33, 16, 16, {"causal": True}),
     "head_dim_32_odd": (2, 1, 50, 70, 32, 32, {}),
     "alibi": (4, 2, 30, 41, 16, 16, {"causal": True, "alibi": True}),
+    "negative_scale": (2, 2, 37, 70, 16, 16, {"scale": -0.3}),  # max(s * c) != c * max(s)
 }
 
 

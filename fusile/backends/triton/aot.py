@@ -160,6 +160,8 @@ def compile_for(compiled: Any, target: Target, sizes: dict[str, int] | None = No
             for fcfg in dot_configs or cands:  # without dot_configs: the first that fits
                 consts = tune.grad_constexprs(fcfg, heads, False) if ks.grad is not None \
                     else tune.attention_constexprs(fcfg, heads[0], heads[1], False)
+                if ks.attn is not None and ks.attn[1] is not None:
+                    consts["POS_SCALE"] = True  # a positive score scale (the usual one)
                 art = _compile(module, ks, ks.name, target, {**consts, **spec[0]}, spec[1],
                                fcfg.options(target.backend), scalars,
                                (fcfg.block_m, fcfg.block_n), grid)

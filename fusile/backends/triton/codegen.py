@@ -56,7 +56,7 @@ class KernelSource:
     combine_name: str | None = None  # then combining them and the epilogue
     n_parts: int = 0  # reduction results the split kernel stores partials of
     dot: Any = None  # a contraction kernel's DotInfo (codegen_dot)
-    attn: Any = None  # an attention kernel's value-dim class (codegen_attn); dot holds i, j, d
+    attn: Any = None  # an attention kernel's (value-dim class, runtime scale or None); dot: i, j, d
     grad: Any = None  # an attention backward kernel's head classes (codegen_grad)
 
 

@@ -44,6 +44,8 @@ class AttnWriter(DotWriter):
         self.attn: AttentionForm = kernel.attn
         self.tf32 = tf32
         self.prologue = False
+        self.scale: tuple[str, str] | None = None
+        self.scale_scalar: int | None = None  # a runtime scale: the launch tells its sign
         KernelWriter.__init__(self, plan, kernel, target, names)
 
     def _order_classes(self) -> None:
@@ -182,6 +184,22 @@ class AttnWriter(DotWriter):
         e("mid_hi = tl.maximum(mid_lo, hi_all // BLOCK_N * BLOCK_N)")
         return [("lo", "mid_lo", False), ("mid_lo", "mid_hi", True), ("mid_hi", "hi", False)]
 
+    def _scale_sign(self, scale_op: int | None) -> tuple[str, str] | None:
+        """(the scale's Triton name, what its sign is: "pos", "neg" or "POS_SCALE", a
+        constexpr the launch sets) for the `s * scale` op, or None."""
+        if scale_op is None:
+            return None
+        node = self._gen(self.attn.mods[0])
+        op = next(o for o in node.body if o.results and o.results[0] == scale_op)
+        s_arg = node.block_args[node.inputs.index(self._gen(self.attn.qk.gi).results[0])]
+        c = next(o for o in op.operands if o != s_arg)
+        const = self.func_ops.get(c)
+        if const is not None and const.name == "arith.constant":
+            return self.resolve(c, {}, Scope(None, "")), \
+                "pos" if float(const.attrs["value"]) >= 0 else "neg"
+        self.scale_scalar = c
+        return self.resolve(c, {}, Scope(None, "")), "POS_SCALE"
+
     def _log2_scale(self) -> int | None:
         """The `s * scale` op of the score modifications when the scores are that product,
         masked or not: the online softmax then runs in base 2 with scale * log2(e) folded
@@ -258,6 +276,7 @@ class AttnWriter(DotWriter):
         e("l_i = tl.full([BLOCK_M, 1], 0.0, tl.float32)")
         e("acc = tl.full([BLOCK_M, BLOCK_E], 0.0, tl.float32)")
         scale_op = self._log2_scale()
+        self.scale = self._scale_sign(scale_op)
         for start, stop, full in stages:
             why = "  # whole tiles: no masks" if full else "  # tiles a mask or the end cuts"
             e(f"for j0 in range({start}, {stop}, BLOCK_N):{why}")
@@ -313,13 +332,29 @@ class AttnWriter(DotWriter):
         t = self.tensor_value(a.scores, body, False)
         if scale_op is None:  # base 2: one multiply (else folded into the scale)
             t = f"({t}) * {LOG2E}"
-        red_max = self.row_reduce("tl.max", "t")
         red_sum = self.row_reduce("tl.sum", "p")
-        for line in (f"t = {t}" if full else f"t = tl.where(mask_sj, {t}, float(\"-inf\"))",
-                     f"m_new = tl.maximum(m_i, {red_max})",
-                     "m_use = tl.where(m_new == float(\"-inf\"), 0.0, m_new)  # all -inf so far",
-                     "p = tl.exp2(t - m_use)",
-                     "alpha = tl.exp2(m_i - m_use)",
+        guard = "m_use = tl.where(m_new == float(\"-inf\"), 0.0, m_new)  # all -inf so far"
+        b(f"t = {t}" if full else f"t = tl.where(mask_sj, {t}, float(\"-inf\"))")
+        general = [f"m_new = tl.maximum(m_i, {self.row_reduce('tl.max', 't')})", guard,
+                   "p = tl.exp2(t - m_use)"]
+        if full and self.scale is not None:  # t = s * c: for c >= 0, max(t) = c * max(s)
+            c = f"({self.scale[0]} * {LOG2E})"
+            fma = [f"m_new = tl.maximum(m_i, {self.row_reduce('tl.max', 's')} * {c})", guard,
+                   f"p = tl.exp2(s * {c} - m_use)  # one multiply-add per score"]
+            if self.scale[1] == "POS_SCALE":
+                b("if POS_SCALE:  # the scale is not negative (the launch checks)")
+                for line in fma:
+                    b("    " + line)
+                b("else:")
+                for line in general:
+                    b("    " + line)
+            else:
+                for line in fma if self.scale[1] == "pos" else general:
+                    b(line)
+        else:
+            for line in general:
+                b(line)
+        for line in ("alpha = tl.exp2(m_i - m_use)",
                      f"l_i = l_i * alpha + {red_sum}", "m_i = m_new",
                      "vj = j0 + offs_n[:, None]",
                      "mask_vj = tl.full([BLOCK_N, 1], 1, tl.int1)" if full else
@@ -334,5 +369,11 @@ class AttnWriter(DotWriter):
         return body.lines
 
     def source(self) -> KernelSource:
-        return self._source(self.write_attn, self.i, self.j, self.d,
-                            self.dot_dtype(self.attn.qk), (self.e,))
+        sign = self._scale_sign(self._log2_scale())
+        if sign is not None and sign[1] == "POS_SCALE":
+            self.constexprs = (*type(self).constexprs, "POS_SCALE")
+        ks = self._source(self.write_attn, self.i, self.j, self.d,
+                          self.dot_dtype(self.attn.qk), (self.e, None))
+        if self.scale_scalar is not None:
+            ks.attn = (self.e, self.scale_scalar)
+        return ks

@@ -299,7 +299,8 @@ class DotWriter(KernelWriter):
         return self._source(self.write_dot, self.m, self.n, self.kc, self.dot_dtype(self.form))
 
     def _source(self, write: Callable[[str, list[TensorArg]], list[str]], m: int, n: int,
-                k: int, dtype: DType, attn: tuple[int] | None = None) -> KernelSource:
+                k: int, dtype: DType, attn: tuple[int, int | None] | None = None
+                ) -> KernelSource:
         """Write the kernel twice (the first pass learns its scalar arguments, the second has
         the full header) and describe it for the launcher."""
         name = f"fusile_k{self.k.index}"

@@ -222,13 +222,18 @@ class TritonProgram:
         if li == 0 or batch == 0 or e == 0:
             return
         use_i64 = any(_extent(t) >= 2**31 - 1 for t in tensors)
+        extra = {}
+        if launch.ks.attn[1] is not None:  # the sign of a runtime score scale
+            scalars = launch.ks.scalars
+            extra["POS_SCALE"] = args[len(args) - len(scalars) +
+                                      scalars.index(launch.ks.attn[1])] >= 0
         self._launch_tuned(
-            launch, (li, lj, d, e, batch), 4 * li * lj * max(d, e) * batch,
+            launch, (li, lj, d, e, batch, *extra.values()), 4 * li * lj * max(d, e) * batch,
             lambda: tune.attention_candidates(self.target, max(d, e)),
             f"{launch.key}|{dot.dtype}|{tune.bucket(li, lj, max(d, e), batch)}",
             f"attention {batch} x {li}x{lj}, d={d}",
             lambda c: (batch * math.ceil(li / c.block_m),),
-            lambda c: tune.attention_constexprs(c, d, e, use_i64), device, args)
+            lambda c: tune.attention_constexprs(c, d, e, use_i64) | extra, device, args)
 
     def _launch_grad(self, launch: _Launch, tensors: list[Any], args: tuple,
                      sizes: dict[tuple, int], device: Any) -> None:
