@@ -8,12 +8,12 @@ from __future__ import annotations
 from fusile.lowering import attention, attention_grad
 from fusile.lowering.attention_grad import GradForm
 from fusile.lowering.graph import Generic, Graph
-from fusile.lowering.groups import Classes, Group, gen_of, loop_classes
+from fusile.lowering.groups import Classes, Group, gen_of
 
 Flash = dict[int, tuple[attention.AttentionForm, list[int]]]
 
 
-def attention_chains(graph: Graph, ones: set[tuple]) -> Flash:
+def attention_chains(graph: Graph, ones: set[tuple], cls: Classes) -> Flash:
     """Attention chains whose inner tensors (scores, row statistics) nothing else reads, but
     for elementwise functions of the row statistics (a log-sum-exp output), which join the
     kernel as epilogue: keyed by their first generic (q @ k^T), with every member in program
@@ -35,7 +35,7 @@ def attention_chains(graph: Graph, ones: set[tuple]) -> Flash:
                    j not in members and inner & set(n.inputs)]
         if any(n.reduction_loops or (inner - stats) & set(n.inputs) for n in readers):
             continue
-        trial = Group(graph, ones, loop_classes(graph))
+        trial = Group(graph, ones, cls)
         trial.attn = form
         if all(trial.try_add(mi) for mi in members):
             out[form.qk.gi] = (form, members)
@@ -52,7 +52,7 @@ def grad_kernels(graph: Graph, ones: set[tuple], cls: Classes, taken: set[int]
 
     forms = attention_grad.find(graph, same, taken)
     for f in forms:
-        trial = Group(graph, ones, loop_classes(graph))
+        trial = Group(graph, ones, cls)
         trial.grad = f
         if not all(trial.try_add(mi) for mi in f.members):
             return []

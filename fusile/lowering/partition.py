@@ -53,7 +53,7 @@ def partition(graph: Graph) -> Plan:
     home: dict[int, int] = {}  # generic -> the group that computes it first
     free: set[int] = set()  # tensors computed from no tensor at all
     producer: dict[int, int] = {}  # tensor -> generic
-    flash = attention_chains(graph, ones)
+    flash = attention_chains(graph, ones, cls)
     taken = {mi for _, members in flash.values() for mi in members}
     grads = grad_kernels(graph, ones, cls, taken)
     grad_members = {mi for f in grads for mi in f.members}

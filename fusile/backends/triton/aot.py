@@ -149,7 +149,7 @@ def compile_for(compiled: Any, target: Target, sizes: dict[str, int] | None = No
         spec = _specialization(ks, graph, plan, known)
         if ks.grad is not None or ks.attn is not None:
             if ks.grad is not None:
-                heads = [known.get(ks.class_global[c], DEFAULT_HEAD_DIM) for c in ks.grad]
+                heads = [known.get(ks.class_global[c], DEFAULT_HEAD_DIM) for c in ks.grad[0]]
                 cands = tune.grad_candidates(target, max(heads))
                 grid = "batch * ceil(kept_len / BLOCK_M)"
             else:  # a head dim the signature leaves symbolic is 128, not 4096

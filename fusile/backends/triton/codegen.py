@@ -57,7 +57,7 @@ class KernelSource:
     n_parts: int = 0  # reduction results the split kernel stores partials of
     dot: Any = None  # a contraction kernel's DotInfo (codegen_dot)
     attn: Any = None  # an attention kernel's (value-dim class, runtime scale or None); dot: i, j, d
-    grad: Any = None  # an attention backward kernel's head classes (codegen_grad)
+    grad: Any = None  # an attention backward kernel's (head classes, each dot's head class)
 
 
 def _short_loc(loc: str) -> str:

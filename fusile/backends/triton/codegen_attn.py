@@ -44,7 +44,8 @@ class AttnWriter(DotWriter):
         self.attn: AttentionForm = kernel.attn
         self.tf32 = tf32
         self.prologue = False
-        self.scale: tuple[str, str] | None = None
+        self.scale_op: int | None = None  # the `s * scale` op the base-2 factor folds into
+        self.scale: tuple[str, str] | None = None  # its scale and sign (_scale_sign)
         self.scale_scalar: int | None = None  # a runtime scale: the launch tells its sign
         KernelWriter.__init__(self, plan, kernel, target, names)
 
@@ -200,6 +201,23 @@ class AttnWriter(DotWriter):
         self.scale_scalar = c
         return self.resolve(c, {}, Scope(None, "")), "POS_SCALE"
 
+    def row_program(self, scope: Scope, rows: str, last_first: bool) -> None:
+        """This program's batch indices and first row `row0`: one program per BLOCK_M of
+        `rows` per batch index."""
+        e = scope.emit
+        e("pid = tl.program_id(0)")
+        e("if USE_I64:  # offsets past 2**31 elements")
+        e("    pid = pid.to(tl.int64)")
+        e(f"tiles_m = ({rows} + BLOCK_M - 1) // BLOCK_M")
+        e("pid_b = pid // tiles_m  # batch index, flattened")
+        if last_first:
+            e("pid_m = tiles_m - 1 - pid % tiles_m  # the last rows first: with a causal mask "
+              "they see the most keys")
+        else:
+            e("pid_m = pid % tiles_m")
+        self.batch_index(scope)
+        e("row0 = pid_m * BLOCK_M")
+
     def _log2_scale(self) -> int | None:
         """The `s * scale` op of the score modifications when the scores are that product,
         masked or not: the online softmax then runs in base 2 with scale * log2(e) folded
@@ -242,19 +260,7 @@ class AttnWriter(DotWriter):
         top = Scope(None, "    ")
         e = top.emit
         LI, LJ, D, E = (self.cname[c] for c in (self.i, self.j, self.d, self.e))
-        e("pid = tl.program_id(0)")
-        e("if USE_I64:  # offsets past 2**31 elements")
-        e("    pid = pid.to(tl.int64)")
-        e(f"tiles_m = ({LI} + BLOCK_M - 1) // BLOCK_M")
-        e("pid_b = pid // tiles_m  # batch index, flattened")
-        e("pid_m = tiles_m - 1 - pid % tiles_m  # the last rows first: with a causal mask "
-          "they see the most keys")
-        rem = "pid_b"
-        for c in reversed(self.batch):
-            e(f"{self.bidx[c]} = {rem} % {self.cname[c]}")
-            e(f"{rem}_{c} = {rem} // {self.cname[c]}")
-            rem = f"{rem}_{c}"
-        e("row0 = pid_m * BLOCK_M")
+        self.row_program(top, LI, last_first=True)
         e("offs_m = row0 + tl.arange(0, BLOCK_M)")
         e("offs_n = tl.arange(0, BLOCK_N)")
         e("offs_d = tl.arange(0, BLOCK_D)")
@@ -275,12 +281,10 @@ class AttnWriter(DotWriter):
         e("m_i = tl.full([BLOCK_M, 1], float(\"-inf\"), tl.float32)  # running max, base 2")
         e("l_i = tl.full([BLOCK_M, 1], 0.0, tl.float32)")
         e("acc = tl.full([BLOCK_M, BLOCK_E], 0.0, tl.float32)")
-        scale_op = self._log2_scale()
-        self.scale = self._scale_sign(scale_op)
         for start, stop, full in stages:
             why = "  # whole tiles: no masks" if full else "  # tiles a mask or the end cuts"
             e(f"for j0 in range({start}, {stop}, BLOCK_N):{why}")
-            top.lines += self._attn_body(top, full, scale_op, qk_dt, pv_dt, prec, LJ)
+            top.lines += self._attn_body(top, full, qk_dt, pv_dt, prec, LJ)
         out = Scope(top, "    ")
         self.frame("o")
         for line in ("oi = offs_m[:, None]", "oe = offs_e[None, :]", f"mask_oi = oi < {LI}",
@@ -303,15 +307,15 @@ class AttnWriter(DotWriter):
         note = f" (flash: q @ k^T on {qk_dt.name}, p @ v on {pv_dt.name})"
         return self.header(name, tensors, False, note=note) + top.lines
 
-    def _attn_body(self, top: Scope, full: bool, scale_op: int | None, qk_dt: DType,
-                   pv_dt: DType, prec: dict[str, str], LJ: str) -> list[str]:
+    def _attn_body(self, top: Scope, full: bool, qk_dt: DType, pv_dt: DType,
+                   prec: dict[str, str], LJ: str) -> list[str]:
         """One key block: S = q @ k^T, the score modifications in base 2, the online softmax
         update and acc += P @ v. `full`: every row sees every key of the tile (no masks)."""
         a = self.attn
         body = Scope(top, "        ")
         b = body.emit
         self.unmasked = {sel for _, sel in a.masks} if full else set()
-        self.factor = {scale_op: str(LOG2E)} if scale_op is not None else {}
+        self.factor = {self.scale_op: str(LOG2E)} if self.scale_op is not None else {}
         every = "tl.full([1, BLOCK_N], 1, tl.int1)"
         for line in ("kj = j0 + offs_n[None, :]",
                      f"mask_kj = {every}" if full else f"mask_kj = kj < {LJ}",
@@ -330,7 +334,7 @@ class AttnWriter(DotWriter):
         self.frame("s")
         body.values[self._gen(a.qk.gi).results[0]] = "s"
         t = self.tensor_value(a.scores, body, False)
-        if scale_op is None:  # base 2: one multiply (else folded into the scale)
+        if self.scale_op is None:  # base 2: one multiply (else folded into the scale)
             t = f"({t}) * {LOG2E}"
         red_sum = self.row_reduce("tl.sum", "p")
         guard = "m_use = tl.where(m_new == float(\"-inf\"), 0.0, m_new)  # all -inf so far"
@@ -369,11 +373,9 @@ class AttnWriter(DotWriter):
         return body.lines
 
     def source(self) -> KernelSource:
-        sign = self._scale_sign(self._log2_scale())
-        if sign is not None and sign[1] == "POS_SCALE":
+        self.scale_op = self._log2_scale()
+        self.scale = self._scale_sign(self.scale_op)
+        if self.scale is not None and self.scale[1] == "POS_SCALE":
             self.constexprs = (*type(self).constexprs, "POS_SCALE")
-        ks = self._source(self.write_attn, self.i, self.j, self.d,
-                          self.dot_dtype(self.attn.qk), (self.e, None))
-        if self.scale_scalar is not None:
-            ks.attn = (self.e, self.scale_scalar)
-        return ks
+        return self._source(self.write_attn, self.i, self.j, self.d,
+                            self.dot_dtype(self.attn.qk), (self.e, self.scale_scalar))

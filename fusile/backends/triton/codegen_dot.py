@@ -195,6 +195,14 @@ class DotWriter(KernelWriter):
             tile = f"tl.where({self.masks[frozenset(k_axis)]}, {tile}, 0.0)"
         return f"({tile}).to({dtype})"
 
+    def batch_index(self, scope: Scope) -> None:
+        """Each batch class's index from the flattened batch index `pid_b`."""
+        rem = "pid_b"
+        for c in reversed(self.batch):
+            scope.emit(f"{self.bidx[c]} = {rem} % {self.cname[c]}")
+            scope.emit(f"{rem}_{c} = {rem} // {self.cname[c]}")
+            rem = f"{rem}_{c}"
+
     def _arg_dtype(self, gi: int, bid: int) -> DType:
         node = self._gen(gi)
         if bid not in node.block_args[: len(node.inputs)]:
@@ -226,11 +234,7 @@ class DotWriter(KernelWriter):
         e("rows = tl.minimum(tiles_m - first_m, GROUP_M)")
         e("pid_m = first_m + (tile % group) % rows")
         e("pid_n = (tile % group) // rows")
-        rem = "pid_b"
-        for c in reversed(self.batch):
-            e(f"{self.bidx[c]} = {rem} % {self.cname[c]}")
-            e(f"{rem}_{c} = {rem} // {self.cname[c]}")
-            rem = f"{rem}_{c}"
+        self.batch_index(top)
         e("offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)")
         e("offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)")
         e("offs_k = tl.arange(0, BLOCK_K)")

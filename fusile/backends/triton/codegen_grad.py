@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from fusile.backends.triton.codegen import KernelSource, KernelWriter, TensorArg
 from fusile.backends.triton.codegen_attn import AttnWriter
-from fusile.backends.triton.codegen_dot import DotInfo
 from fusile.backends.triton.ops import TL_DTYPE
 from fusile.backends.triton.scope import Scope
 from fusile.dsl.errors import BackendError
@@ -118,18 +117,7 @@ class GradWriter(AttnWriter):
         top = Scope(None, "    ")
         e = top.emit
         KEEP, LOOP = self.cname[self.keep], self.cname[self.loop]
-        e("pid = tl.program_id(0)")
-        e("if USE_I64:  # offsets past 2**31 elements")
-        e("    pid = pid.to(tl.int64)")
-        e(f"tiles_m = ({KEEP} + BLOCK_M - 1) // BLOCK_M")
-        e("pid_b = pid // tiles_m  # batch index, flattened")
-        e("pid_m = pid % tiles_m")
-        rem = "pid_b"
-        for c in reversed(self.batch):
-            e(f"{self.bidx[c]} = {rem} % {self.cname[c]}")
-            e(f"{rem}_{c} = {rem} // {self.cname[c]}")
-            rem = f"{rem}_{c}"
-        e("row0 = pid_m * BLOCK_M")
+        self.row_program(top, KEEP, last_first=False)
         e("offs_om = row0 + tl.arange(0, BLOCK_M)")
         for c in self.heads:
             e(f"offs_{self.base[c]} = tl.arange(0, {self.block[c]})")
@@ -220,7 +208,8 @@ class GradWriter(AttnWriter):
     def source(self) -> KernelSource:
         ks = self._source(self.write_grad, self.keep, self.loop, self.heads[0],
                           self._dtype(self.grad.scores[0]))
-        ks.dot = DotInfo(list(self.batch), self.keep, self.loop, self.heads[0],
-                         ks.dot.dtype, self.prologue)
-        ks.grad = tuple(self.heads)
+        lc = self.k.loop_class
+        per_dot = [lc[(s.gi, s.k)] for s in self.grad.scores] + [
+            lc[(o.gi, o.n)] for o in self.grad.outs]
+        ks.grad = (tuple(self.heads), tuple(per_dot))
         return ks

@@ -241,14 +241,14 @@ class TritonProgram:
         index, looping over the other side."""
         dot, sized = launch.ks.dot, launch.sized
         keep, loop = sizes[sized[dot.m]], sizes[sized[dot.n]]
-        heads = [sizes[sized[c]] for c in launch.ks.grad]
+        heads = [sizes[sized[c]] for c in launch.ks.grad[0]]
         batch = math.prod(sizes[sized[c]] for c in dot.batch)
         if keep == 0 or batch == 0 or 0 in heads:
             return
         use_i64 = any(_extent(t) >= 2**31 - 1 for t in tensors)
-        n_dots = launch.ks.source.count("tl.dot(")
+        flops = 2 * keep * loop * batch * sum(sizes[sized[c]] for c in launch.ks.grad[1])
         self._launch_tuned(
-            launch, (keep, loop, *heads, batch), 2 * n_dots * keep * loop * max(heads) * batch,
+            launch, (keep, loop, *heads, batch), flops,
             lambda: tune.grad_candidates(self.target, max(heads)),
             f"{launch.key}|{dot.dtype}|{tune.bucket(keep, loop, max(heads), batch)}",
             f"attention backward {batch} x {keep}x{loop}, d={max(heads)}",
