@@ -35,8 +35,17 @@ LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 
 
+def head_mask(var: str, bound: str, shape: str) -> str:
+    """The mask of a head-dim index tile. EVEN_HEADS (every head dim is its power-of-two block,
+    set at launch) makes it a constant, so the head-dim compares fold out of the loads: with
+    them the whole-tile loop's K and V loads stay predicated (measured 8-20% of forward
+    throughput at 8 warps on the H100)."""
+    return f"mask_{var} = tl.full({shape}, 1, tl.int1) if EVEN_HEADS else {var} < {bound}"
+
+
 class AttnWriter(DotWriter):
-    constexprs: tuple[str, ...] = ("BLOCK_M", "BLOCK_N", "BLOCK_D", "BLOCK_E", "USE_I64")
+    constexprs: tuple[str, ...] = ("BLOCK_M", "BLOCK_N", "BLOCK_D", "BLOCK_E", "EVEN_HEADS",
+                                   "USE_I64")
 
     def __init__(self, plan: Plan, kernel: Kernel, target: str, names: dict[int, str],
                  tf32: bool = False):
@@ -266,10 +275,10 @@ class AttnWriter(DotWriter):
         e("offs_d = tl.arange(0, BLOCK_D)")
         e("offs_e = tl.arange(0, BLOCK_E)")
         for line in ("qi = offs_m[:, None]", "qd = offs_d[None, :]", f"mask_qi = qi < {LI}",
-                     f"mask_qd = qd < {D}", "mask_q = mask_qi & mask_qd",
+                     head_mask("qd", D, "[1, BLOCK_D]"), "mask_q = mask_qi & mask_qd",
                      "si = offs_m[:, None]", f"mask_si = si < {LI}",
-                     "kd = offs_d[:, None]", f"mask_kd = kd < {D}",
-                     "ve = offs_e[None, :]", f"mask_ve = ve < {E}"):
+                     "kd = offs_d[:, None]", head_mask("kd", D, "[BLOCK_D, 1]"),
+                     "ve = offs_e[None, :]", head_mask("ve", E, "[1, BLOCK_E]")):
             e(line)
         for v, ax in (("qi", "p"), ("qd", "r"), ("si", "p"), ("kd", "p"), ("ve", "r")):
             top.tile(v, frozenset(ax))
@@ -288,7 +297,7 @@ class AttnWriter(DotWriter):
         out = Scope(top, "    ")
         self.frame("o")
         for line in ("oi = offs_m[:, None]", "oe = offs_e[None, :]", f"mask_oi = oi < {LI}",
-                     f"mask_oe = oe < {E}", "mask_o = mask_oi & mask_oe",
+                     head_mask("oe", E, "[1, BLOCK_E]"), "mask_o = mask_oi & mask_oe",
                      "l_i = tl.where(mask_oi, l_i, 1.0)  # rows past the end: no 0 / 0",
                      "o = acc / l_i"):
             out.emit(line)

@@ -22,7 +22,7 @@ are a tile's row and column index.
 from __future__ import annotations
 
 from fusile.backends.triton.codegen import KernelSource, KernelWriter, TensorArg
-from fusile.backends.triton.codegen_attn import AttnWriter
+from fusile.backends.triton.codegen_attn import AttnWriter, head_mask
 from fusile.backends.triton.ops import TL_DTYPE
 from fusile.backends.triton.scope import Scope
 from fusile.dsl.errors import BackendError
@@ -71,7 +71,7 @@ class GradWriter(AttnWriter):
         self.block = {self.keep: "BLOCK_M", self.loop: "BLOCK_N"} | {
             c: f"BLOCK_H{x}" for x, c in enumerate(self.heads)}
         self.constexprs = ("BLOCK_M", "BLOCK_N", *(self.block[c] for c in self.heads),
-                           "USE_I64")
+                           "EVEN_HEADS", "USE_I64")
         self.i, self.j = self.keep, self.loop  # what the key-bound solver calls rows and keys
         self.m, self.n, self.kc = self.keep, self.loop, self.heads[0]
 
@@ -90,11 +90,15 @@ class GradWriter(AttnWriter):
             if scope.get(("index", var)) is None:
                 base = var[:-2]
                 scope.emit(f"{var} = offs_{base}{shape}")
+                cls = rc if axis == "p" else cc
+                block = self.block[cls]
+                ones = f"[{block}, 1]" if axis == "p" else f"[1, {block}]"
                 if base == "ln" and self.full:  # a whole block: a constant mask folds away
-                    ones = "[BLOCK_N, 1]" if axis == "p" else "[1, BLOCK_N]"
                     scope.emit(f"mask_{var} = tl.full({ones}, 1, tl.int1)")
+                elif cls in self.heads:
+                    scope.emit(head_mask(var, self.cname[cls], ones))
                 else:
-                    scope.emit(f"mask_{var} = {var} < {self.cname[rc if axis == 'p' else cc]}")
+                    scope.emit(f"mask_{var} = {var} < {self.cname[cls]}")
                 scope.tile(var, frozenset(axis))
                 scope.values[("index", var)] = var
         scope.emit(f"mask_{r}{c} = mask_{row} & mask_{col}")

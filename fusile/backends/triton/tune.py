@@ -184,26 +184,29 @@ TUNER = Tuner()
 
 def attention_candidates(target: Target, d: int) -> list[DotConfig]:
     """Flash-attention tiles (block_m query rows, block_n keys; block_k unused). Hopper: 128
-    query rows over 8 warps (4 at head dim <= 64), 64-128 keys, 2-3 stages; AMD, after AMD's
-    flash-attention guidance: 128 x 64, 4 warps, one stage, waves_per_eu 2."""
+    query rows over 8 warps (two warpgroups of 64 rows) against 64 keys, 3-4 stages, came
+    first at head dims 64 and 128 in a sweep on the H100 (benchmarks/RESULTS.md); AMD, after
+    AMD's flash-attention guidance: 128 x 64, 4 warps, one stage, waves_per_eu 2."""
     if target.backend == "interpreter":
         return [DotConfig(32, 32, 0, 4, 1)]
     if target.backend == "hip":
         return [DotConfig(128, 64, 0, 4, 1, 1, 2, 16, 1), DotConfig(128, 32, 0, 4, 1, 1, 2, 16, 1),
                 DotConfig(64, 64, 0, 4, 1, 1, 2, 16, 1)]
     if d <= 64:
-        return [DotConfig(128, 128, 0, 8, 3), DotConfig(128, 64, 0, 4, 3),
-                DotConfig(128, 128, 0, 4, 2), DotConfig(64, 64, 0, 4, 3)]
-    if d <= 128:
-        return [DotConfig(128, 64, 0, 8, 3), DotConfig(128, 128, 0, 8, 2),
+        return [DotConfig(128, 64, 0, 8, 4), DotConfig(128, 64, 0, 8, 3),
                 DotConfig(128, 64, 0, 4, 3), DotConfig(64, 64, 0, 4, 3)]
+    if d <= 128:
+        return [DotConfig(128, 64, 0, 8, 4), DotConfig(128, 128, 0, 8, 3),
+                DotConfig(128, 64, 0, 8, 3), DotConfig(64, 64, 0, 4, 3)]
     return [DotConfig(64, 64, 0, 4, 2), DotConfig(128, 32, 0, 8, 2), DotConfig(64, 32, 0, 4, 2)]
 
 
 def attention_constexprs(cfg: DotConfig, d: int, e: int, use_i64: bool) -> dict[str, Any]:
-    """A flash kernel's constexprs: the head dims padded to powers of two (at least 16)."""
-    return {"BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_D": max(16, pow2(d)),
-            "BLOCK_E": max(16, pow2(e)), "USE_I64": use_i64}
+    """A flash kernel's constexprs: the head dims padded to powers of two (at least 16), and
+    whether both are their blocks (then the head-dim masks fold away)."""
+    bd, be = max(16, pow2(d)), max(16, pow2(e))
+    return {"BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_D": bd, "BLOCK_E": be,
+            "EVEN_HEADS": d == bd and e == be, "USE_I64": use_i64}
 
 
 def grad_candidates(target: Target, d: int) -> list[DotConfig]:
@@ -218,16 +221,22 @@ def grad_candidates(target: Target, d: int) -> list[DotConfig]:
                 DotConfig(64, 64, 0, 4, 1, 1, 1, 16, 1)]
     if d <= 64:
         return [DotConfig(128, 64, 0, 8, 2), DotConfig(128, 32, 0, 4, 3),
-                DotConfig(64, 64, 0, 4, 3), DotConfig(128, 64, 0, 4, 2)]
+                DotConfig(64, 64, 0, 4, 3), DotConfig(128, 64, 0, 8, 3),
+                DotConfig(64, 64, 0, 4, 2), DotConfig(128, 128, 0, 8, 2),
+                DotConfig(64, 128, 0, 4, 2), DotConfig(128, 32, 0, 8, 3)]
     if d <= 128:
         return [DotConfig(128, 32, 0, 8, 2), DotConfig(64, 64, 0, 4, 2),
-                DotConfig(128, 64, 0, 8, 2), DotConfig(64, 32, 0, 4, 3)]
+                DotConfig(128, 64, 0, 8, 2), DotConfig(64, 32, 0, 4, 3),
+                DotConfig(128, 32, 0, 8, 3), DotConfig(64, 64, 0, 8, 2),
+                DotConfig(64, 32, 0, 4, 2), DotConfig(128, 64, 0, 8, 1)]
     return [DotConfig(64, 32, 0, 4, 1), DotConfig(32, 32, 0, 4, 2), DotConfig(64, 16, 0, 4, 1)]
 
 
 def grad_constexprs(cfg: DotConfig, heads: list[int], use_i64: bool) -> dict[str, Any]:
-    """A flash backward kernel's constexprs: each head dim padded to a power of two >= 16."""
+    """A flash backward kernel's constexprs: each head dim padded to a power of two >= 16, and
+    whether every head dim is its block."""
     out: dict[str, Any] = {"BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n}
     for x, h in enumerate(heads):
         out[f"BLOCK_H{x}"] = max(16, pow2(h))
-    return out | {"USE_I64": use_i64}
+    even = all(h == max(16, pow2(h)) for h in heads)
+    return out | {"EVEN_HEADS": even, "USE_I64": use_i64}

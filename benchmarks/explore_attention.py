@@ -1,0 +1,169 @@
+"""Exploration harness for the flash forward kernel: takes the kernel fusile generates for one
+shape, applies source-level variants (no head-dim masks, TMA tensor descriptors for K and V,
+warp specialisation), sweeps tile configs, and times each against SDPA's flash and cuDNN in
+the same run. A tool for finding what moves the numbers before changing the code generator;
+not a test.
+
+    python -m benchmarks.explore_attention [--d 64] [--seq 4096] [--causal]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import re
+import sys
+import tempfile
+
+import torch
+import torch.nn.functional as F
+import triton
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from triton.testing import do_bench
+
+from fusile.backends.triton import runtime
+from fusile.stdlib.attention import attention
+
+
+def capture(q, k, v, causal):
+    """The attention launch fusile makes for these inputs: (source, grid, consts, args)."""
+    got = []
+    orig = runtime.TritonProgram._run
+
+    def spy(self, launch, variant, grid, consts, opts, device, args):
+        if launch.ks.attn is not None:
+            got.append((launch.ks.source, grid, dict(consts), dict(opts), args))
+        return orig(self, launch, variant, grid, consts, opts, device, args)
+
+    runtime.TritonProgram._run = spy
+    try:
+        attention(q, k, v, causal=causal)
+    finally:
+        runtime.TritonProgram._run = orig
+    return got[-1]
+
+
+def whole_loop(src):
+    """(start, end) of the whole-tile loop's body in src."""
+    a = src.index("# whole tiles: no masks")
+    b = src.index("    for j0 in range(", a)
+    return a, b
+
+
+def v_nomask(src):
+    for name, shape in (("mask_kd", "[BLOCK_D, 1]"), ("mask_qd", "[1, BLOCK_D]"),
+                        ("mask_ve", "[1, BLOCK_E]")):
+        src = re.sub(rf"{name} = \w+ < n\d", f"{name} = tl.full({shape}, 1, tl.int1)", src)
+    return src
+
+
+def v_tma(src):
+    """K and V tiles of the whole-tile loop through TMA descriptors made per program from the
+    same base, extent and strides as the pointer loads."""
+    decl = ""
+    a, b = whole_loop(src)
+    body = src[a:b]
+    for t, r, c in (("k", "kj", "kd"), ("v", "vj", "ve")):
+        m = re.search(rf"(\w+) = tl\.load\(({t}_ptr[^,]*?) \+ {r} \* ({t}_s\d+) \+ "
+                      rf"{c} \* {t}_s\d+, mask=[^)]*\)", body)
+        if m is None:
+            raise ValueError(f"no {t} load in the whole-tile loop")
+        rows = re.search(rf"mask_{r} = {r} < (\w+)", src).group(1)
+        cols = re.search(rf"mask_{c} = {c} < (\w+)", src).group(1)
+        blk = "BLOCK_D" if t == "k" else "BLOCK_E"
+        decl += (f"    {t}_desc = tl.make_tensor_descriptor({m.group(2)}, [{rows}, {cols}], "
+                 f"[{m.group(3)}, 1], [BLOCK_N, {blk}])\n")
+        body = body.replace(m.group(0), f"{m.group(1)} = {t}_desc.load([j0, 0])"
+                            + (".T" if t == "k" else ""))
+    src = src[:a] + body + src[b:]
+    i = src.index("    lo = ")
+    return src[:i] + decl + src[i:]
+
+
+def v_ws(src):
+    return src.replace("for j0 in range(mid_lo, mid_hi, BLOCK_N):",
+                       "for j0 in tl.range(mid_lo, mid_hi, BLOCK_N, warp_specialize=True):")
+
+
+VARIANTS = {"base": lambda s: s, "nomask": v_nomask, "tma": lambda s: v_nomask(v_tma(s)),
+            "ws": lambda s: v_ws(v_nomask(s)), "tma_ws": lambda s: v_ws(v_nomask(v_tma(s)))}
+CONFIGS = [(64, 64, 4, 3), (64, 64, 4, 4), (64, 128, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3),
+           (128, 128, 8, 2), (128, 128, 8, 3), (128, 128, 4, 2), (128, 64, 8, 4)]
+
+
+def load(src, tag):
+    path = f"{tempfile.gettempdir()}/fusile_explore_{tag}.py"
+    with open(path, "w") as f:
+        f.write("import triton\nimport triton.language as tl\n"
+                "from triton.language.extra import libdevice\n\n" + src)
+    spec = importlib.util.spec_from_file_location(f"fx_{tag}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.fusile_k0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--d", type=int, default=64)
+    p.add_argument("--seq", type=int, default=4096)
+    p.add_argument("--causal", action="store_true")
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--dump", help="write the captured kernel source here")
+    a = p.parse_args()
+    triton.set_allocator(lambda size, align, stream: torch.empty(size, device="cuda",
+                                                                 dtype=torch.int8))
+    heads, batch = 2048 // a.d, max(1, 16384 // a.seq)
+    q, k, v = (torch.randn(batch, heads, a.seq, a.d, device="cuda", dtype=torch.bfloat16)
+               for _ in range(3))
+    flops = 4.0 * batch * heads * a.seq * a.seq * a.d / (2 if a.causal else 1)
+    tf = lambda ms: flops / ms / 1e9  # noqa: E731
+    ref = {}
+    for name, be in (("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION)):
+        with sdpa_kernel(be):
+            f = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=a.causal)  # noqa: E731
+            ref[name] = f()
+            print(f"{name:<8} {tf(do_bench(f, warmup=25, rep=100, return_mode='median')):6.0f} "
+                  "TFLOP/s")
+    f = lambda: attention(q, k, v, causal=a.causal)  # noqa: E731
+    print(f"fusile   {tf(do_bench(f, warmup=25, rep=100, return_mode='median')):6.0f} TFLOP/s")
+    src, grid, consts, opts, args = capture(q, k, v, a.causal)
+    if a.dump:
+        with open(a.dump, "w") as f:
+            f.write(src)
+    print("fusile picks", consts["BLOCK_M"], consts["BLOCK_N"], opts, file=sys.stderr)
+    nb = grid[0] // math.ceil(a.seq / consts["BLOCK_M"])
+    out = next(x for x in args if torch.is_tensor(x) and x.shape[-2:] == (a.seq, a.d)
+               and x.data_ptr() not in (q.data_ptr(), k.data_ptr(), v.data_ptr()))
+    want = ref["flash"].float()
+    rows = []
+    for vname in a.variants.split(","):
+        try:
+            fn = load(VARIANTS[vname](src), vname)
+        except Exception as exc:
+            print(f"{vname}: {type(exc).__name__}: {str(exc)[:200]}")
+            continue
+        for bm, bn, w, s in CONFIGS:
+            c = consts | {"BLOCK_M": bm, "BLOCK_N": bn}
+            g = (nb * math.ceil(a.seq / bm),)
+            try:
+                out.fill_(float("nan"))
+                kern = fn[g](*args, **c, num_warps=w, num_stages=s)
+                err = float((out.view_as(want).float() - want).norm() / want.norm())
+                ms = do_bench(lambda: fn[g](*args, **c, num_warps=w, num_stages=s),  # noqa: B023
+                              warmup=25, rep=100, return_mode="median")
+                rows.append((tf(ms), vname, bm, bn, w, s, kern.n_regs, kern.n_spills, err))
+                print(f"{vname:<7} {bm:>3}x{bn:<3} w{w} s{s}  {tf(ms):6.0f} TFLOP/s  "
+                      f"regs {kern.n_regs:3} spills {kern.n_spills:3}  err {err:.1e}", flush=True)
+            except Exception as exc:
+                print(f"{vname:<7} {bm:>3}x{bn:<3} w{w} s{s}  failed: {type(exc).__name__}: "
+                      f"{str(exc).splitlines()[0][:120] if str(exc) else ''}", flush=True)
+    rows.sort(reverse=True)
+    print("best:")
+    for r in rows[:6]:
+        print(f"  {r[1]:<7} {r[2]}x{r[3]} w{r[4]} s{r[5]}: {r[0]:.0f} TFLOP/s (regs {r[6]}, "
+              f"spills {r[7]}, err {r[8]:.1e})")
+
+
+if __name__ == "__main__":
+    main()
