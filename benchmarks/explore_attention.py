@@ -86,7 +86,9 @@ def v_ws(src):
                        "for j0 in tl.range(mid_lo, mid_hi, BLOCK_N, warp_specialize=True):")
 
 
-VARIANTS = {"base": lambda s: s, "nomask": v_nomask, "tma": lambda s: v_nomask(v_tma(s)),
+VARIANTS = {"base": lambda s: s,
+            "masked": lambda s: s.replace("if EVEN_HEADS else", "if False else"),
+            "nomask": v_nomask, "tma": lambda s: v_nomask(v_tma(s)),
             "ws": lambda s: v_ws(v_nomask(s)), "tma_ws": lambda s: v_ws(v_nomask(v_tma(s)))}
 CONFIGS = [(64, 64, 4, 3), (64, 64, 4, 4), (64, 128, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3),
            (128, 128, 8, 2), (128, 128, 8, 3), (128, 128, 4, 2), (128, 64, 8, 4)]
@@ -110,6 +112,7 @@ def main() -> None:
     p.add_argument("--causal", action="store_true")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--dump", help="write the captured kernel source here")
+    p.add_argument("--configs", help="BMxBNxWARPSxSTAGES,... (default: a sweep)")
     a = p.parse_args()
     triton.set_allocator(lambda size, align, stream: torch.empty(size, device="cuda",
                                                                  dtype=torch.int8))
@@ -143,7 +146,9 @@ def main() -> None:
         except Exception as exc:
             print(f"{vname}: {type(exc).__name__}: {str(exc)[:200]}")
             continue
-        for bm, bn, w, s in CONFIGS:
+        configs = CONFIGS if not a.configs else \
+            [tuple(int(x) for x in c.split("x")) for c in a.configs.split(",")]
+        for bm, bn, w, s in configs:
             c = consts | {"BLOCK_M": bm, "BLOCK_N": bn}
             g = (nb * math.ceil(a.seq / bm),)
             try:

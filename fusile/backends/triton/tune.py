@@ -220,10 +220,10 @@ def grad_candidates(target: Target, d: int) -> list[DotConfig]:
         return [DotConfig(64, 32, 0, 4, 1, 1, 1, 16, 1), DotConfig(128, 32, 0, 4, 1, 1, 1, 16, 1),
                 DotConfig(64, 64, 0, 4, 1, 1, 1, 16, 1)]
     if d <= 64:
-        return [DotConfig(128, 64, 0, 8, 2), DotConfig(128, 32, 0, 4, 3),
-                DotConfig(64, 64, 0, 4, 3), DotConfig(128, 64, 0, 8, 3),
-                DotConfig(64, 64, 0, 4, 2), DotConfig(128, 128, 0, 8, 2),
-                DotConfig(64, 128, 0, 4, 2), DotConfig(128, 32, 0, 8, 3)]
+        return [DotConfig(64, 128, 0, 4, 2), DotConfig(128, 64, 0, 8, 3),
+                DotConfig(64, 64, 0, 4, 3), DotConfig(64, 128, 0, 4, 3),
+                DotConfig(128, 64, 0, 8, 2), DotConfig(64, 64, 0, 4, 2),
+                DotConfig(128, 32, 0, 8, 3)]
     if d <= 128:
         return [DotConfig(128, 32, 0, 8, 2), DotConfig(64, 64, 0, 4, 2),
                 DotConfig(128, 64, 0, 8, 2), DotConfig(64, 32, 0, 4, 3),
