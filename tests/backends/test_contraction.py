@@ -172,6 +172,17 @@ def test_every_candidate_config_compiles_without_spills(target: str) -> None:
         assert k.spills == 0, k.summary()
 
 
+def test_tuner_keeps_the_earlier_candidate_on_a_near_tie(tmp_path: Path) -> None:
+    """Lists are ordered by prior measurements: a later candidate must win by the margin."""
+    t = targets.get("h100")
+    cands = tune.attention_candidates(t, 64)
+    near = {cands[0]: 1.0, cands[1]: 1.0 / (1 + tune.MARGIN / 2), cands[2]: 2.0, cands[3]: 3.0}
+    clear = near | {cands[2]: 1.0 / (1 + 2 * tune.MARGIN)}
+    with config.override(cache_dir=str(tmp_path), tune="quiet"):
+        assert tune.Tuner().best(t, "near", cands, "s", near.__getitem__) == cands[0]
+        assert tune.Tuner().best(t, "clear", cands, "s", clear.__getitem__) == cands[2]
+
+
 def test_tuner_times_once_and_remembers_on_disk(tmp_path: Path) -> None:
     t = targets.get("h100")
     cands = tune.candidates(t, "bf16", 4096, 4096, 4096)
