@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 
 import torch
@@ -45,7 +46,8 @@ def _fns(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
     return {name: both(f) for name, f in fwd.items()}
 
 
-def run(seqs: list[int], dims: list[int], modes: list[str]) -> list[dict]:
+def run(seqs: list[int], dims: list[int], modes: list[str], rounds: int = 3
+        ) -> list[dict]:
     rows = []
     for d in dims:
         heads = 2048 // d
@@ -62,17 +64,27 @@ def run(seqs: list[int], dims: list[int], modes: list[str]) -> list[dict]:
                 row: dict = {"mode": mode, "d": d, "seq": seq, "batch": batch, "heads": heads,
                              "causal": causal}
                 ref = fns["flash"]()
+                live = {}
                 for name, f in fns.items():
                     try:
                         out = f()
                         if name == "fusile":
                             err = ((out.float() - ref.float()).norm() / ref.float().norm())
                             row["fusile_rel_err_vs_flash"] = float(err)
-                        ms = float(do_bench(f, warmup=25, rep=100, return_mode="median"))
-                        row[f"{name}_tflops"] = flops / ms / 1e9
+                        live[name] = f
                     except RuntimeError as exc:  # a backend this build lacks
                         row[f"{name}_tflops"] = None
                         print(f"  {name}: {exc}".splitlines()[0][:100], file=sys.stderr)
+                # rounds interleave the backends, so a slow spell of the GPU (clocks, a
+                # neighbour) hits them alike; each figure is the median over the rounds
+                times: dict[str, list[float]] = {name: [] for name in live}
+                for _ in range(rounds):
+                    for name, f in live.items():
+                        times[name].append(float(do_bench(f, warmup=25, rep=100,
+                                                          return_mode="median")))
+                for name, ts in times.items():
+                    row[f"{name}_tflops"] = flops / statistics.median(ts) / 1e9
+                    row[f"{name}_ms_rounds"] = ts
                 rows.append(row)
                 fl, cu = row.get("flash_tflops"), row.get("cudnn_tflops")
                 fu = row["fusile_tflops"]
@@ -90,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seqs", default="1024,2048,4096,8192,16384")
     p.add_argument("--dims", default="64,128")
     p.add_argument("--modes", default="fwd,fwdbwd", help="fwd, fwdbwd or both")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="timing rounds, interleaving the backends; the median is reported")
     p.add_argument("--json", help="also write the rows to this file")
     a = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -99,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     modes = a.modes.split(",")
     if not set(modes) <= {"fwd", "fwdbwd"}:
         p.error(f"--modes takes fwd and fwdbwd, got {a.modes}")
-    rows = run([int(s) for s in a.seqs.split(",")], [int(d) for d in a.dims.split(",")], modes)
+    rows = run([int(s) for s in a.seqs.split(",")], [int(d) for d in a.dims.split(",")], modes,
+               a.rounds)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)
