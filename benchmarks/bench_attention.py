@@ -80,7 +80,7 @@ def run(seqs: list[int], dims: list[int], modes: list[str], rounds: int = 3
                 times: dict[str, list[float]] = {name: [] for name in live}
                 for _ in range(rounds):
                     for name, f in live.items():
-                        times[name].append(float(do_bench(f, warmup=25, rep=100,
+                        times[name].append(float(do_bench(f, warmup=250, rep=100,
                                                           return_mode="median")))
                 for name, ts in times.items():
                     row[f"{name}_tflops"] = flops / statistics.median(ts) / 1e9

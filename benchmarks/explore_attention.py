@@ -126,10 +126,10 @@ def main() -> None:
         with sdpa_kernel(be):
             f = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=a.causal)  # noqa: E731
             ref[name] = f()
-            print(f"{name:<8} {tf(do_bench(f, warmup=25, rep=100, return_mode='median')):6.0f} "
+            print(f"{name:<8} {tf(do_bench(f, warmup=250, rep=100, return_mode='median')):6.0f} "
                   "TFLOP/s")
     f = lambda: attention(q, k, v, causal=a.causal)  # noqa: E731
-    print(f"fusile   {tf(do_bench(f, warmup=25, rep=100, return_mode='median')):6.0f} TFLOP/s")
+    print(f"fusile   {tf(do_bench(f, warmup=250, rep=100, return_mode='median')):6.0f} TFLOP/s")
     src, grid, consts, opts, args = capture(q, k, v, a.causal)
     if a.dump:
         with open(a.dump, "w") as f:
@@ -156,7 +156,8 @@ def main() -> None:
                 kern = fn[g](*args, **c, num_warps=w, num_stages=s)
                 err = float((out.view_as(want).float() - want).norm() / want.norm())
                 ms = do_bench(lambda: fn[g](*args, **c, num_warps=w, num_stages=s),  # noqa: B023
-                              warmup=25, rep=100, return_mode="median")
+                              warmup=250, rep=100,
+                              return_mode="median")
                 rows.append((tf(ms), vname, bm, bn, w, s, kern.n_regs, kern.n_spills, err))
                 print(f"{vname:<7} {bm:>3}x{bn:<3} w{w} s{s}  {tf(ms):6.0f} TFLOP/s  "
                       f"regs {kern.n_regs:3} spills {kern.n_spills:3}  err {err:.1e}", flush=True)
