@@ -181,6 +181,18 @@ def test_tuner_keeps_the_earlier_candidate_on_a_near_tie(tmp_path: Path) -> None
     with config.override(cache_dir=str(tmp_path), tune="quiet"):
         assert tune.Tuner().best(t, "near", cands, "s", near.__getitem__) == cands[0]
         assert tune.Tuner().best(t, "clear", cands, "s", clear.__getitem__) == cands[2]
+        prepared: list[tune.DotConfig] = []
+
+        def prepare(c: tune.DotConfig) -> None:  # every compile before the first timing
+            prepared.append(c)
+            if c == cands[0]:
+                raise RuntimeError("compiler crash")
+
+        def time(c: tune.DotConfig) -> float:
+            assert len(prepared) == len(cands) and c != cands[0]
+            return near[c]
+
+        assert tune.Tuner().best(t, "prep", cands, "s", time, prepare) == cands[1]
 
 
 def test_tuner_times_once_and_remembers_on_disk(tmp_path: Path) -> None:

@@ -152,8 +152,11 @@ class Tuner:
             pass  # a read-only cache: keep the winner for this process only
 
     def best(self, target: Target, key: str, cands: list[DotConfig], size: str,
-             time: Callable[[DotConfig], float]) -> DotConfig:
-        """The remembered winner for key, else time the candidates (if tuning is on)."""
+             time: Callable[[DotConfig], float],
+             prepare: Callable[[DotConfig], None] | None = None) -> DotConfig:
+        """The remembered winner for key, else time the candidates (if tuning is on).
+        `prepare` (compile and run once) goes over every candidate before the first is timed,
+        so no timing follows a compile that left the GPU idle (and its clocks down)."""
         got = self.lookup(target.name, key)
         if got is not None:
             return got
@@ -164,8 +167,17 @@ class Tuner:
         if loud:
             print(f"fusile: tuning {size} on {target.name} "
                   f"({len(cands)} configs; FUSILE_TUNE=off skips this)", file=sys.stderr)
-        results = []
+        ready = []
         for c in cands:
+            try:
+                if prepare is not None:
+                    prepare(c)
+                ready.append(c)
+            except Exception as exc:  # a config this GPU or compiler cannot take
+                if loud:
+                    print(f"fusile:   {c}: skipped ({type(exc).__name__})", file=sys.stderr)
+        results = []
+        for c in ready:
             try:
                 results.append((time(c), c))
                 if loud:
