@@ -220,6 +220,17 @@ def test_cross_compiles_without_spills(target: str, d: int) -> None:
         assert len(kinds) == 4
 
 
+def test_cross_compile_keeps_head_masks_for_a_symbolic_head_dim() -> None:
+    """A binary built for an unnamed head dim must serve any head dim up to its block."""
+    q = torch.randn(1, 2, 1, 8, 64, dtype=torch.bfloat16)
+    compiled = attention_fwd.compiled(*_fwd_args(q, True))
+    t = targets.get("h100")
+    even = [k.constexprs["EVEN_HEADS"] for k in compile_for(compiled, t).kernels]
+    sizes = {f"{n}.4": 64 for n in ("q", "k", "v")}
+    known = [k.constexprs["EVEN_HEADS"] for k in compile_for(compiled, t, sizes=sizes).kernels]
+    assert even == [False] and known == [True]
+
+
 # ----------------------------------------------------------------------------- GPU
 
 @pytest.mark.gpu

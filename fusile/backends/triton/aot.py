@@ -47,6 +47,7 @@ class KernelArtifact:
     num_warps: int
     block: tuple[int, int]
     grid: str
+    constexprs: dict[str, Any] = field(default_factory=dict)  # what the binary was built with
 
     def summary(self) -> str:
         return (f"{self.name}: {self.kind}, {self.num_warps} warps, block {self.block}, "
@@ -148,13 +149,16 @@ def compile_for(compiled: Any, target: Target, sizes: dict[str, int] | None = No
         r_total = math.prod(known.get(ks.class_global[c], DEFAULT_SIZE) for c in ks.r_classes)
         spec = _specialization(ks, graph, plan, known)
         if ks.grad is not None or ks.attn is not None:
+            # a head dim the signature leaves symbolic is 128 (not 4096) and keeps its masks,
+            # so the kernel serves any head dim up to its block; a known one drops them when
+            # it is its block
+            head_classes = ks.grad[0] if ks.grad is not None else (ks.dot.k, ks.attn[0])
+            heads = [known.get(ks.class_global[c], DEFAULT_HEAD_DIM) for c in head_classes]
+            symbolic = any(ks.class_global[c] not in known for c in head_classes)
             if ks.grad is not None:
-                heads = [known.get(ks.class_global[c], DEFAULT_HEAD_DIM) for c in ks.grad[0]]
                 cands = tune.grad_candidates(target, max(heads))
                 grid = "batch * ceil(kept_len / BLOCK_M)"
-            else:  # a head dim the signature leaves symbolic is 128, not 4096
-                heads = [known.get(ks.class_global[c], DEFAULT_HEAD_DIM)
-                         for c in (ks.dot.k, ks.attn[0])]
+            else:
                 cands = tune.attention_candidates(target, max(heads))
                 grid = "batch * ceil(q_len / BLOCK_M)"
             for fcfg in dot_configs or cands:  # without dot_configs: the first that fits
@@ -162,6 +166,8 @@ def compile_for(compiled: Any, target: Target, sizes: dict[str, int] | None = No
                     else tune.attention_constexprs(fcfg, heads[0], heads[1], False)
                 if ks.attn is not None and ks.attn[1] is not None:
                     consts["POS_SCALE"] = True  # a positive score scale (the usual one)
+                if symbolic:
+                    consts["EVEN_HEADS"] = False
                 art = _compile(module, ks, ks.name, target, {**consts, **spec[0]}, spec[1],
                                fcfg.options(target.backend), scalars,
                                (fcfg.block_m, fcfg.block_n), grid)
@@ -253,7 +259,7 @@ def _compile(module: Any, ks: KernelSource, name: str, target: Target,
         regs, spills, lds = _amdgcn_resources(asm["amdgcn"])
         shared = max(lds, int(getattr(k.metadata, "shared", 0)))  # LDS is allocated dynamically
     return KernelArtifact(name, ks.kind, asm, regs, spills, shared, options["num_warps"],
-                          block, grid)
+                          block, grid, dict(constexprs))
 
 
 def _class_sizes(compiled: Any, plan: Any, named: dict[str, int]) -> dict[tuple, int]:
