@@ -20,7 +20,8 @@ from typing import Any
 from fusile import config
 from fusile.backends.targets import Target
 from fusile.backends.triton import cache, tune
-from fusile.backends.triton.codegen import KernelSource, generate
+from fusile.backends.triton.codegen import generate
+from fusile.backends.triton.kernel_source import KernelSource
 from fusile.backends.triton.runtime import tensor_names
 from fusile.dsl.errors import BackendError
 from fusile.lowering import schedule

@@ -10,10 +10,6 @@ file:line from the MLIR location.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-from typing import Any
-
 from fusile.backends.triton.codegen_loops import (
     parts,
     splittable,
@@ -21,50 +17,12 @@ from fusile.backends.triton.codegen_loops import (
     write_looped,
     write_split,
 )
+from fusile.backends.triton.kernel_source import KernelSource, TensorArg, short_loc
 from fusile.backends.triton.ops import REDUCE, RULES, int_identity, literal
 from fusile.backends.triton.scope import Scope
 from fusile.dsl.errors import BackendError
-from fusile.dsl.types import DType
 from fusile.lowering.graph import Generic, Graph, Op
 from fusile.lowering.partition import POINTWISE, Kernel, Plan
-
-
-@dataclass
-class TensorArg:
-    tid: int
-    name: str
-    classes: list[int | None]  # index class per axis of its first access (None: index 0)
-    stride_axes: list[int]  # axes whose stride is an argument (every axis not of size 1)
-    dtype: DType
-    is_output: bool
-
-
-@dataclass
-class KernelSource:
-    name: str
-    kind: str
-    index: int
-    source: str
-    tensors: list[TensorArg]
-    classes: list[int]  # index classes, one size argument each, in order
-    p_classes: list[int]
-    r_classes: list[int]
-    class_global: dict[int, tuple]  # index class -> global class (what gives its size)
-    scalars: list[int]  # function-level values passed as arguments
-    looped_name: str | None = None
-    split_name: str | None = None  # column reductions: partial reductions over row ranges,
-    combine_name: str | None = None  # then combining them and the epilogue
-    n_parts: int = 0  # reduction results the split kernel stores partials of
-    dot: Any = None  # a contraction kernel's DotInfo (codegen_dot)
-    attn: Any = None  # an attention kernel's (value-dim class, runtime scale or None); dot: i, j, d
-    grad: Any = None  # an attention backward kernel's (head classes, each dot's head class)
-
-
-def _short_loc(loc: str) -> str:
-    m = re.search(r'loc\("([^"]*)":(\d+):\d+\)', loc)
-    if not m:
-        return ""
-    return f"{m.group(1).rsplit('/', 1)[-1]}:{m.group(2)}"
 
 
 class KernelWriter:
@@ -204,7 +162,7 @@ class KernelWriter:
                 if t in self.plan.fills or t in self.producer or t in self.k.reads:
                     local[bid] = self.tensor_value(t, scope, allow_reduce)
         combiners = self._combiners(node) if reduces else {}
-        loc = _short_loc(node.loc)
+        loc = short_loc(node.loc)
         for op in node.body:
             if op.results[0] in combiners:
                 continue
@@ -221,7 +179,7 @@ class KernelWriter:
                 k = 1 if scope.axes_of(args[1]) is None else 0
                 args[k] = f"({args[k]} * {self.factor[op.results[0]]})"
             var = f"v{op.results[0]}"
-            where = _short_loc(op.loc) or loc
+            where = short_loc(op.loc) or loc
             comment = f"  # {where}" if where else ""
             scope.emit(f"{var} = {RULES[op.name](args, op, self.target)}{comment}")
             scope.derived(var, args)
@@ -300,7 +258,7 @@ class KernelWriter:
         params += [self.cname[c] for c in self.classes]
         params += [f"a{v}" for v in self.scalars]
         params += [*extra, *(f"{c}: tl.constexpr" for c in self.constexprs)]
-        locs = sorted({_short_loc(x) for x in self.k.locs if _short_loc(x)})
+        locs = sorted({short_loc(x) for x in self.k.locs if short_loc(x)})
         doc = f"{self.k.kind} kernel {self.k.index}" + (" (looped)" if looped else "") + note
         if locs:
             doc += ": " + ", ".join(locs)

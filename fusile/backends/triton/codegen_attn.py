@@ -19,8 +19,9 @@ Frames (tile axes): q (i, d), k (d, j), s (i, j), v (j, e), o (i, e).
 
 from __future__ import annotations
 
-from fusile.backends.triton.codegen import KernelSource, KernelWriter, TensorArg
+from fusile.backends.triton.codegen import KernelWriter
 from fusile.backends.triton.codegen_dot import DotWriter
+from fusile.backends.triton.kernel_source import KernelSource, TensorArg
 from fusile.backends.triton.ops import TL_DTYPE
 from fusile.backends.triton.scope import Scope
 from fusile.dsl.errors import BackendError

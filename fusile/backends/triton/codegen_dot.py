@@ -19,7 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fusile.backends.triton.codegen import KernelSource, KernelWriter, TensorArg, _short_loc
+from fusile.backends.triton.codegen import KernelWriter
+from fusile.backends.triton.kernel_source import KernelSource, TensorArg, short_loc
 from fusile.backends.triton.ops import RULES, TL_DTYPE
 from fusile.backends.triton.scope import Scope
 from fusile.dsl.errors import BackendError
@@ -169,7 +170,7 @@ class DotWriter(KernelWriter):
                 self.prologue = True
             args = [val(o) for o in op.operands]
             var = f"v{x}"
-            where = _short_loc(op.loc)
+            where = short_loc(op.loc)
             comment = f"  # {where}" if where else ""
             scope.emit(f"{var} = {RULES[op.name](args, op, self.target)}{comment}")
             scope.derived(var, args)

@@ -21,8 +21,9 @@ are a tile's row and column index.
 
 from __future__ import annotations
 
-from fusile.backends.triton.codegen import KernelSource, KernelWriter, TensorArg
+from fusile.backends.triton.codegen import KernelWriter
 from fusile.backends.triton.codegen_attn import AttnWriter, head_mask
+from fusile.backends.triton.kernel_source import KernelSource, TensorArg
 from fusile.backends.triton.ops import TL_DTYPE
 from fusile.backends.triton.scope import Scope
 from fusile.dsl.errors import BackendError

@@ -12,7 +12,8 @@ from fusile.lowering.graph import Op
 from fusile.lowering.partition import POINTWISE
 
 if TYPE_CHECKING:
-    from fusile.backends.triton.codegen import KernelWriter, TensorArg
+    from fusile.backends.triton.codegen import KernelWriter
+    from fusile.backends.triton.kernel_source import TensorArg
 
 
 def levels(w: KernelWriter) -> dict[int, int]:

@@ -17,7 +17,8 @@ from fusile.backends.reference import _scalar
 from fusile.backends.targets import Target
 from fusile.backends.torch_dtypes import to_torch
 from fusile.backends.triton import cache, tune
-from fusile.backends.triton.codegen import KernelSource, generate
+from fusile.backends.triton.codegen import generate
+from fusile.backends.triton.kernel_source import KernelSource
 from fusile.dsl.errors import BackendError
 from fusile.lowering import schedule
 from fusile.lowering.graph import Graph, Op
