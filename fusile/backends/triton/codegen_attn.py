@@ -39,8 +39,8 @@ LN2 = 0.6931471805599453
 def head_mask(var: str, bound: str, shape: str) -> str:
     """The mask of a head-dim index tile. EVEN_HEADS (every head dim is its power-of-two block,
     set at launch) makes it a constant, so the head-dim compares fold out of the loads: with
-    them the whole-tile loop's K and V loads stay predicated (measured 8-20% of forward
-    throughput at 8 warps on the H100)."""
+    them the whole-tile loop's K and V loads stay predicated (7-24% of forward throughput
+    with 8 warps on the H100, benchmarks/RESULTS.md)."""
     return f"mask_{var} = tl.full({shape}, 1, tl.int1) if EVEN_HEADS else {var} < {bound}"
 
 
