@@ -1,8 +1,9 @@
 """Exploration harness for the flash forward kernel: takes the kernel fusile generates for one
-shape, applies source-level variants (no head-dim masks, TMA tensor descriptors for K and V,
-warp specialisation), sweeps tile configs, and times each against SDPA's flash and cuDNN in
-the same run. A tool for finding what moves the numbers before changing the code generator;
-not a test.
+shape, applies source-level variants, sweeps tile configs, and times each against SDPA's
+flash and cuDNN in the same run. A tool for finding what moves the numbers before changing
+the code generator; not a test. Variants: base (as generated), masked (head-dim masks kept,
+as before EVEN_HEADS), tma (K and V of the whole-tile loop through TMA descriptors), ws
+(Triton's automatic warp specialisation on that loop), tma_ws.
 
     python -m benchmarks.explore_attention [--d 64] [--seq 4096] [--causal]
 """
@@ -51,13 +52,6 @@ def whole_loop(src):
     return a, b
 
 
-def v_nomask(src):
-    for name, shape in (("mask_kd", "[BLOCK_D, 1]"), ("mask_qd", "[1, BLOCK_D]"),
-                        ("mask_ve", "[1, BLOCK_E]")):
-        src = re.sub(rf"{name} = \w+ < n\d", f"{name} = tl.full({shape}, 1, tl.int1)", src)
-    return src
-
-
 def v_tma(src):
     """K and V tiles of the whole-tile loop through TMA descriptors made per program from the
     same base, extent and strides as the pointer loads."""
@@ -69,8 +63,8 @@ def v_tma(src):
                       rf"{c} \* {t}_s\d+, mask=[^)]*\)", body)
         if m is None:
             raise ValueError(f"no {t} load in the whole-tile loop")
-        rows = re.search(rf"mask_{r} = {r} < (\w+)", src).group(1)
-        cols = re.search(rf"mask_{c} = {c} < (\w+)", src).group(1)
+        rows = re.search(rf"\b{r} < (\w+)", src).group(1)
+        cols = re.search(rf"\b{c} < (\w+)", src).group(1)
         blk = "BLOCK_D" if t == "k" else "BLOCK_E"
         decl += (f"    {t}_desc = tl.make_tensor_descriptor({m.group(2)}, [{rows}, {cols}], "
                  f"[{m.group(3)}, 1], [BLOCK_N, {blk}])\n")
@@ -88,8 +82,7 @@ def v_ws(src):
 
 VARIANTS = {"base": lambda s: s,
             "masked": lambda s: s.replace("if EVEN_HEADS else", "if False else"),
-            "nomask": v_nomask, "tma": lambda s: v_nomask(v_tma(s)),
-            "ws": lambda s: v_ws(v_nomask(s)), "tma_ws": lambda s: v_ws(v_nomask(v_tma(s)))}
+            "tma": v_tma, "ws": v_ws, "tma_ws": lambda s: v_ws(v_tma(s))}
 CONFIGS = [(64, 64, 4, 3), (64, 64, 4, 4), (64, 128, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3),
            (128, 128, 8, 2), (128, 128, 8, 3), (128, 128, 4, 2), (128, 64, 8, 4)]
 
