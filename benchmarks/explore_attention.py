@@ -80,7 +80,23 @@ def v_ws(src):
                        "for j0 in tl.range(mid_lo, mid_hi, BLOCK_N, warp_specialize=True):")
 
 
-VARIANTS = {"base": lambda s: s,
+def v_lpt(src, budget=16 << 20):
+    """Programs in groups of batch indices whose K and V fit `budget` bytes of L2, and within
+    a group the longest (last) row blocks of every batch index first, so the last wave holds
+    the shortest programs (causal masks make row blocks unequal)."""
+    a = src.index("    pid_b = pid // tiles_m")
+    b = src.index("\n", src.index("    pid_m = tiles_m - 1 - pid % tiles_m")) + 1
+    new = ("    n_b = tl.num_programs(0) // tiles_m\n"
+           f"    grp = tl.maximum(1, tl.minimum(n_b, {budget} // (n2 * (BLOCK_D + BLOCK_E) * 2)))\n"
+           "    g0 = pid // (grp * tiles_m) * grp\n"
+           "    gsz = tl.minimum(n_b - g0, grp)\n"
+           "    rr = pid - g0 * tiles_m\n"
+           "    pid_m = tiles_m - 1 - rr // gsz\n"
+           "    pid_b = g0 + rr % gsz\n")
+    return src[:a] + new + src[b:]
+
+
+VARIANTS = {"base": lambda s: s, "lpt": v_lpt, "lpt4m": lambda s: v_lpt(s, 4 << 20),
             "masked": lambda s: s.replace("if EVEN_HEADS else", "if False else"),
             "tma": v_tma, "ws": v_ws, "tma_ws": lambda s: v_ws(v_tma(s))}
 CONFIGS = [(64, 64, 4, 3), (64, 64, 4, 4), (64, 128, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3),

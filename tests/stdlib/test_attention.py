@@ -5,6 +5,8 @@ plans, the loop bounds from masks, and cross-compiles."""
 from __future__ import annotations
 
 import math
+import textwrap
+import types
 
 import pytest
 import torch
@@ -218,6 +220,32 @@ def test_cross_compiles_without_spills(target: str, d: int) -> None:
                 assert k.spills == 0, k.summary()
                 kinds.append(k.name)
         assert len(kinds) == 4
+
+
+@pytest.mark.parametrize("n_b,tiles_m,n2,groups", [
+    (7, 5, 3000, 1), (256, 16, 2048, 8), (3, 1, 1 << 20, 3), (1, 64, 8192, 1),
+    (40, 9, 3000, 2)])  # K and V: 256 bytes a key, 16 MiB a group; 40 = 21 + 19
+def test_program_order_covers_every_row_block_once(n_b: int, tiles_m: int, n2: int,
+                                                  groups: int) -> None:
+    """The forward's program header (batch indices grouped for L2, the longest row blocks
+    first), run as plain Python: every (batch index, row block) exactly once, longest first
+    within each group."""
+    q = torch.randn(1, 2, 1, 8, 64, dtype=torch.bfloat16)
+    src = attention_fwd.triton(*_fwd_args(q, True), target="h100")
+    head = src[src.index("    tiles_m ="):src.index("    b0 = ")]
+    tl_ = types.SimpleNamespace(maximum=max, minimum=min, num_programs=lambda _: n_b * tiles_m)
+    seen = []
+    for pid in range(n_b * tiles_m):
+        env = {"tl": tl_, "pid": pid, "n1": tiles_m * 64 - 5, "n2": n2, "BLOCK_M": 64,
+               "BLOCK_D": 64, "BLOCK_E": 64}
+        exec(textwrap.dedent(head), env)
+        seen.append((env["pid_b"], env["pid_m"], env["g0"]))
+    assert sorted((b, m) for b, m, _ in seen) == [(b, m) for b in range(n_b)
+                                                  for m in range(tiles_m)]
+    for g0 in {g for _, _, g in seen}:
+        rows = [m for _, m, g in seen if g == g0]
+        assert rows == sorted(rows, reverse=True)
+    assert len({g for _, _, g in seen}) == groups
 
 
 def test_cross_compile_keeps_head_masks_for_a_symbolic_head_dim() -> None:

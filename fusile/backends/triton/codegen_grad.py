@@ -122,7 +122,7 @@ class GradWriter(AttnWriter):
         top = Scope(None, "    ")
         e = top.emit
         KEEP, LOOP = self.cname[self.keep], self.cname[self.loop]
-        self.row_program(top, KEEP, last_first=False)
+        self.row_program(top, KEEP)
         e("offs_om = row0 + tl.arange(0, BLOCK_M)")
         for c in self.heads:
             e(f"offs_{self.base[c]} = tl.arange(0, {self.block[c]})")
