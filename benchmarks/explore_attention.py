@@ -1,8 +1,9 @@
 """Exploration harness for the flash forward kernel: takes the kernel fusile generates for one
 shape, applies source-level variants, sweeps tile configs, and times each against SDPA's
 flash and cuDNN in the same run. A tool for finding what moves the numbers before changing
-the code generator; not a test. Variants: base (as generated), masked (head-dim masks kept,
-as before EVEN_HEADS), tma (K and V of the whole-tile loop through TMA descriptors), ws
+the code generator; not a test. Variants: base (as generated), plain (programs in batch
+order, as before the L2 grouping), group4m (groups for 4 MiB instead of 16), masked (head-dim
+masks kept, as before EVEN_HEADS), tma (K and V of the whole-tile loop through TMA descriptors), ws
 (Triton's automatic warp specialisation on that loop), tma_ws.
 
     python -m benchmarks.explore_attention [--d 64] [--seq 4096] [--causal]
@@ -80,23 +81,21 @@ def v_ws(src):
                        "for j0 in tl.range(mid_lo, mid_hi, BLOCK_N, warp_specialize=True):")
 
 
-def v_lpt(src, budget=16 << 20):
-    """Programs in groups of batch indices whose K and V fit `budget` bytes of L2, and within
-    a group the longest (last) row blocks of every batch index first, so the last wave holds
-    the shortest programs (causal masks make row blocks unequal)."""
-    a = src.index("    pid_b = pid // tiles_m")
-    b = src.index("\n", src.index("    pid_m = tiles_m - 1 - pid % tiles_m")) + 1
-    new = ("    n_b = tl.num_programs(0) // tiles_m\n"
-           f"    grp = tl.maximum(1, tl.minimum(n_b, {budget} // (n2 * (BLOCK_D + BLOCK_E) * 2)))\n"
-           "    g0 = pid // (grp * tiles_m) * grp\n"
-           "    gsz = tl.minimum(n_b - g0, grp)\n"
-           "    rr = pid - g0 * tiles_m\n"
-           "    pid_m = tiles_m - 1 - rr // gsz\n"
-           "    pid_b = g0 + rr % gsz\n")
-    return src[:a] + new + src[b:]
+def v_plain(src):
+    """The program order before L2 grouping: each batch index's row blocks in turn, the last
+    first."""
+    a = src.index("    n_b = tl.num_programs(0)")
+    b = src.index("\n", src.index("    pid_b = g0 + rr % gsz")) + 1
+    return src[:a] + ("    pid_b = pid // tiles_m\n"
+                      "    pid_m = tiles_m - 1 - pid % tiles_m\n") + src[b:]
 
 
-VARIANTS = {"base": lambda s: s, "lpt": v_lpt, "lpt4m": lambda s: v_lpt(s, 4 << 20),
+def v_group(src, budget):
+    """L2 grouping with another byte budget than the generator's."""
+    return re.sub(r"tl\.minimum\(n_b, \d+ //", f"tl.minimum(n_b, {budget} //", src)
+
+
+VARIANTS = {"base": lambda s: s, "plain": v_plain, "group4m": lambda s: v_group(s, 4 << 20),
             "masked": lambda s: s.replace("if EVEN_HEADS else", "if False else"),
             "tma": v_tma, "ws": v_ws, "tma_ws": lambda s: v_ws(v_tma(s))}
 CONFIGS = [(64, 64, 4, 3), (64, 64, 4, 4), (64, 128, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3),
