@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fusile.lowering.contraction import DotForm, dot_form
-from fusile.lowering.graph import Generic, Graph, Op
+from fusile.lowering.graph import Generic, Graph, Op, constants, producers
 
 
 @dataclass(frozen=True)
@@ -39,18 +39,8 @@ class AttentionForm:
 
 
 def _single(g: Generic, name: str) -> Op | None:
-    by = {op.results[0]: op for op in g.body if op.results}
-    op = by.get(g.yields[0]) if len(g.yields) == 1 else None
+    op = g.defs.get(g.yields[0]) if len(g.yields) == 1 else None
     return op if op is not None and op.name == name else None
-
-
-def _producers(graph: Graph) -> dict[int, int]:
-    out = {}
-    for gi, node in enumerate(graph.nodes):
-        if isinstance(node, Generic):
-            for r in node.results:
-                out[r] = gi
-    return out
 
 
 def _gen(graph: Graph, gi: int | None) -> Generic | None:
@@ -68,8 +58,8 @@ def find(graph: Graph, pv_gi: int) -> AttentionForm | None:
     pv = dot_form(pv_gi, pv_node)
     if pv is None:
         return None
-    prod = _producers(graph)
-    by = {op.results[0]: op for op in pv_node.body if op.results}
+    prod = producers(graph)
+    by = pv_node.defs
     div = by.get(pv.lhs)  # exp(U) / l
     if div is None or div.name != "arith.divf":
         return None
@@ -89,7 +79,7 @@ def find(graph: Graph, pv_gi: int) -> AttentionForm | None:
     if sum_n.inputs != [u_t] or len(sum_n.reduction_loops) != 1:
         return None
     add = _single(sum_n, "arith.addf")
-    sby = {op.results[0]: op for op in sum_n.body if op.results}
+    sby = sum_n.defs
     if add is None or not any(sby.get(o) is not None and sby[o].name == "math.exp" and
                               sby[o].operands[0] == sum_n.block_args[0] for o in add.operands):
         return None
@@ -141,12 +131,10 @@ def _is_guard(g: Generic | None, graph: Graph) -> bool:
     if g is None or g.reduction_loops or len(g.inputs) != 1:
         return False
     sel = _single(g, "arith.select")
-    by = {op.results[0]: op for op in g.body if op.results}
-    consts = {op.results[0]: op.attrs.get("value") for op in graph.nodes
-              if isinstance(op, Op) and op.name == "arith.constant"}
+    consts = constants(graph)
     if sel is None or sel.operands[2] != g.block_args[0] or consts.get(sel.operands[1]) != 0.0:
         return False
-    cmp = by.get(sel.operands[0])
+    cmp = g.defs.get(sel.operands[0])
     return cmp is not None and cmp.name == "arith.cmpf" and \
         cmp.attrs.get("predicate") == "oeq" and cmp.operands[0] == g.block_args[0] and \
         consts.get(cmp.operands[1]) == float("-inf")
@@ -167,23 +155,6 @@ def _index_masks(graph: Graph, gi: int) -> list[Op]:
     scalars only: masks a kernel can evaluate per tile without loading anything."""
     node = _gen(graph, gi)
     assert node is not None
-    by = {op.results[0]: op for op in node.body if op.results}
-    consts = {op.results[0]: op.attrs.get("value") for op in graph.nodes
-              if isinstance(op, Op) and op.name == "arith.constant"}
-    out = []
-    for op in node.body:
-        if op.name != "arith.select" or consts.get(op.operands[2]) != float("-inf"):
-            continue
-        stack, ok, seen = [op.operands[0]], True, set()
-        while stack and ok:
-            v = stack.pop()
-            if v in seen:
-                continue
-            seen.add(v)
-            if v in node.block_args:
-                ok = False
-            elif v in by:
-                stack.extend(by[v].operands)
-        if ok:
-            out.append(op)
-    return out
+    consts = constants(graph)
+    return [op for op in node.body if op.name == "arith.select" and
+            consts.get(op.operands[2]) == float("-inf") and not node.args_of(op.operands[0])]

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from fusile.lowering.attention import _index_masks
 from fusile.lowering.contraction import DotForm, dot_form
-from fusile.lowering.graph import Generic, Graph
+from fusile.lowering.graph import Generic, Graph, producers
 
 Mask = tuple[int, int]  # (generic, select op result)
 
@@ -60,7 +60,7 @@ def find(graph: Graph, same: Callable[[tuple[int, int], tuple[int, int]], bool],
     """Attention backward kernels of graph, one per reduced side. `same(a, b)` says whether
     two (generic, loop) pairs have the same extent class; generics in skip are taken."""
     gens = _gens(graph)
-    prod = {r: gi for gi, n in gens.items() for r in n.results}
+    prod = producers(graph)
     scores: dict[int, DotForm] = {}  # score tensor -> its dot
     for gi, n in gens.items():
         if gi in skip:
@@ -101,9 +101,8 @@ def find(graph: Graph, same: Callable[[tuple[int, int], tuple[int, int]], bool],
     sides: dict[bool, list[DotForm]] = {True: [], False: []}
     for f in outs:
         n = gens[f.gi]
-        by = {op.results[0]: op for op in n.body if op.results}
-        lhs_args = _args_of(n, f.lhs, by)
-        rhs_args = _args_of(n, f.rhs, by)
+        lhs_args = _inputs_of(n, f.lhs)
+        rhs_args = _inputs_of(n, f.rhs)
         if any(t in inner for t in rhs_args) or not any(t in inner for t in lhs_args):
             return []  # the cone must be the left operand: (kept side, reduced side)
         if same((f.gi, f.k), i_loop) and same((f.gi, f.m), j_loop):
@@ -123,20 +122,10 @@ def find(graph: Graph, same: Callable[[tuple[int, int], tuple[int, int]], bool],
     return forms
 
 
-def _args_of(n: Generic, v: int, by: dict) -> set[int]:
+def _inputs_of(n: Generic, v: int) -> set[int]:
     """Input tensors value v of generic n's region reads."""
-    out, stack, seen = set(), [v], set()
-    n_in = len(n.inputs)
-    while stack:
-        x = stack.pop()
-        if x in seen:
-            continue
-        seen.add(x)
-        if x in n.block_args[:n_in]:
-            out.add(n.inputs[n.block_args.index(x)])
-        elif x in by:
-            stack.extend(by[x].operands)
-    return out
+    args = n.args_of(v)
+    return {t for b, t in zip(n.block_args, n.inputs, strict=False) if b in args}
 
 
 def _needed(gens: dict[int, Generic], prod: dict[int, int], outs: list[Generic],

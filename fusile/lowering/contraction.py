@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fusile.lowering.graph import Generic, Op
+from fusile.lowering.graph import Generic
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def dot_form(gi: int, g: Generic) -> DotForm | None:
         return None
     m, n = out_map[-2], out_map[-1]
     acc = g.block_args[len(g.inputs)]
-    by: dict[int, Op] = {op.results[0]: op for op in g.body if op.results}
+    by = g.defs
     top = by.get(g.yields[0])
     if top is None or top.name != "arith.addf" or acc not in top.operands:
         return None

@@ -62,6 +62,27 @@ class Generic:
     def reduction_loops(self) -> list[int]:
         return [i for i, it in enumerate(self.iterators) if it == "reduction"]
 
+    @property
+    def defs(self) -> dict[int, Op]:
+        """Each op of the region by the value it defines."""
+        return {op.results[0]: op for op in self.body if op.results}
+
+    def args_of(self, v: int) -> set[int]:
+        """The block arguments region value v is computed from."""
+        by = self.defs
+        out: set[int] = set()
+        stack, seen = [v], set()
+        while stack:
+            x = stack.pop()
+            if x in seen:
+                continue
+            seen.add(x)
+            if x in self.block_args:
+                out.add(x)
+            elif x in by:
+                stack.extend(by[x].operands)
+        return out
+
 
 @dataclass
 class Empty:
@@ -78,6 +99,18 @@ class Graph:
     nodes: list[Generic | Empty | Op]
     results: list[int]
     tensors: dict[int, TensorInfo] = field(default_factory=dict)
+
+
+def producers(graph: Graph) -> dict[int, int]:
+    """Tensor id -> index of the generic that produces it."""
+    return {r: gi for gi, n in enumerate(graph.nodes) if isinstance(n, Generic)
+            for r in n.results}
+
+
+def constants(graph: Graph) -> dict[int, Any]:
+    """Value id -> value of each function-level arith.constant."""
+    return {op.results[0]: op.attrs.get("value") for op in graph.nodes
+            if isinstance(op, Op) and op.name == "arith.constant"}
 
 
 class _Ids:

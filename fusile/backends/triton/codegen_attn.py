@@ -96,8 +96,7 @@ class AttnWriter(DotWriter):
     def _affine(self, gi: int, v: int, scope: Scope) -> tuple[int, int, list[str]] | None:
         """v of generic gi as (coefficient of i, coefficient of j, constant source terms)."""
         node = self._gen(gi)
-        by = {op.results[0]: op for op in node.body if op.results}
-        op = by.get(v)
+        op = node.defs.get(v)
         if v in node.block_args:
             return None
         if op is None:
@@ -123,8 +122,7 @@ class AttnWriter(DotWriter):
         any row may see keys ([lo, hi)) and where every row sees them all ([lo_all, hi_all)).
         True when the condition is exactly the conjunction of those bounds."""
         node = self._gen(gi)
-        by = {op.results[0]: op for op in node.body if op.results}
-        op = by.get(cond)
+        op = node.defs.get(cond)
         if op is None:
             return False
         if op.name == "arith.andi":

@@ -101,31 +101,17 @@ class DotWriter(KernelWriter):
         d = self.g.tensors[t].dtype
         return [d] if d.is_float else []
 
-    def _cone(self, gi: int, v: int) -> tuple[set[int], list[DType]]:
-        """Block arguments value v of generic gi reads, and the float dtypes they come from."""
+    def _value_dtypes(self, gi: int, v: int) -> list[DType]:
+        """The float dtypes of the HBM tensors value v of generic gi is computed from."""
         node = self._gen(gi)
-        by = {op.results[0]: op for op in node.body if op.results}
-        args: set[int] = set()
-        stack, seen = [v], set()
-        while stack:
-            x = stack.pop()
-            if x in seen:
-                continue
-            seen.add(x)
-            if x in node.block_args:
-                args.add(x)
-            elif x in by:
-                stack.extend(by[x].operands)
-        dts: list[DType] = []
-        for bid, t in zip(node.block_args, node.inputs, strict=False):
-            if bid in args:
-                dts += self._leaf_dtypes(t, set())
-        return args, dts
+        args = node.args_of(v)
+        return [d for bid, t in zip(node.block_args, node.inputs, strict=False) if bid in args
+                for d in self._leaf_dtypes(t, set())]
 
     def dot_dtype(self, form: DotForm) -> DType:
         """The operand type of form's tl.dot: the one 16-bit float both operands come from,
         else float32."""
-        dts = self._cone(form.gi, form.lhs)[1] + self._cone(form.gi, form.rhs)[1]
+        dts = self._value_dtypes(form.gi, form.lhs) + self._value_dtypes(form.gi, form.rhs)
         if not dts or any(d.bits > 16 for d in dts) or len({d.name for d in dts}) > 1:
             return DTYPES["f32"]
         return dts[0]
@@ -134,7 +120,7 @@ class DotWriter(KernelWriter):
         """The operand type of a dot whose left operand is computed in float32 on chip
         (probabilities, score gradients): the 16-bit float the right operand comes from, to
         which the left tile is rounded (as in FlashAttention), else float32."""
-        dts = self._cone(form.gi, form.rhs)[1]
+        dts = self._value_dtypes(form.gi, form.rhs)
         if dts and all(d.bits == 16 and d.name == dts[0].name for d in dts):
             return dts[0]
         return DTYPES["f32"]
@@ -144,7 +130,7 @@ class DotWriter(KernelWriter):
         of it in the dot's operand type, zero where the reduced class kc is past the end."""
         gi = form.gi
         node = self._gen(gi)
-        by = {op.results[0]: op for op in node.body if op.results}
+        by = node.defs
         n_in = len(node.inputs)
         local: dict[int, str] = {}
         zero: dict[int, bool] = {}  # value is 0 wherever k is past the end (masked loads)
