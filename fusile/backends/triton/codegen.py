@@ -172,18 +172,11 @@ class KernelWriter:
             if op.results[0] in self.unmasked:  # a mask known to be all true on this tile
                 local[op.results[0]] = self.resolve(op.operands[1], local, scope)
                 continue
-            if op.name not in RULES:
-                raise BackendError(f"the Triton backend has no rule for {op.name}")
             args = [self.resolve(o, local, scope) for o in op.operands]
             if op.results[0] in self.factor:  # x * c -> x * (c * factor): c is the scalar
                 k = 1 if scope.axes_of(args[1]) is None else 0
                 args[k] = f"({args[k]} * {self.factor[op.results[0]]})"
-            var = f"v{op.results[0]}"
-            where = short_loc(op.loc) or loc
-            comment = f"  # {where}" if where else ""
-            scope.emit(f"{var} = {RULES[op.name](args, op, self.target)}{comment}")
-            scope.derived(var, args)
-            local[op.results[0]] = var
+            local[op.results[0]] = self.emit_op(op, args, scope, loc)
         for r, y, init in zip(node.results, node.yields, node.outputs, strict=True):
             if y not in combiners:
                 scope.values[r] = self.resolve(y, local, scope)
@@ -199,6 +192,25 @@ class KernelWriter:
             scope.tile(var, (scope.axes_of(self.resolve(f, local, scope)) or frozenset())
                        & frozenset("p"))
             self._finish_reduce(r, op, var, scope, init)
+
+    def emit_op(self, op: Op, args: list[str], scope: Scope, loc: str = "") -> str:
+        """Emit region op `op` on Triton values `args` as `v<result>`, with the user's line
+        (op's own, else `loc`) as a comment; return the variable."""
+        if op.name not in RULES:
+            raise BackendError(f"the Triton backend has no rule for {op.name}")
+        var = f"v{op.results[0]}"
+        where = short_loc(op.loc) or loc
+        comment = f"  # {where}" if where else ""
+        scope.emit(f"{var} = {RULES[op.name](args, op, self.target)}{comment}")
+        scope.derived(var, args)
+        return var
+
+    @staticmethod
+    def program_id(scope: Scope) -> None:
+        """`pid`, this program's index, 64-bit when offsets may pass 2**31 elements."""
+        scope.emit("pid = tl.program_id(0)")
+        scope.emit("if USE_I64:  # offsets past 2**31 elements")
+        scope.emit("    pid = pid.to(tl.int64)")
 
     def _loop_index(self, gi: int, loop: int) -> str:
         c = self.k.loop_class.get((gi, loop))
@@ -269,9 +281,7 @@ class KernelWriter:
         r = " * ".join(self.cname[c] for c in self.r_classes) or "1"
         s.emit(f"P = {p}")
         s.emit(f"R = {r}")
-        s.emit("pid = tl.program_id(0)")
-        s.emit("if USE_I64:  # offsets past 2**31 elements")
-        s.emit("    pid = pid.to(tl.int64)")
+        self.program_id(s)
         if pointwise:
             s.emit("blocks_r = (R + BLOCK_R - 1) // BLOCK_R")
             s.emit("offs_p = (pid // blocks_r) * BLOCK_P + tl.arange(0, BLOCK_P)[:, None]")

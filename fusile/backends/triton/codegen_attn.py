@@ -25,7 +25,7 @@ from fusile.backends.triton.kernel_source import KernelSource, TensorArg
 from fusile.backends.triton.ops import TL_DTYPE
 from fusile.backends.triton.scope import Scope
 from fusile.dsl.errors import BackendError
-from fusile.dsl.types import DTYPES, DType
+from fusile.dsl.types import DType
 from fusile.lowering.attention import AttentionForm
 from fusile.lowering.partition import Kernel, Plan
 
@@ -86,11 +86,7 @@ class AttnWriter(DotWriter):
         row, col, brow, bcol = _FRAMES[f]
         rc, cc = {"q": (self.i, self.d), "k": (self.d, self.j), "s": (self.i, self.j),
                   "v": (self.j, self.e), "o": (self.i, self.e)}[f]
-        self.idx = dict(self.bidx) | {rc: row, cc: col}
-        self.axis_of = {rc: "p", cc: "r"}
-        self.blocks = (brow, bcol)
-        self.masks = {frozenset(): None, frozenset("p"): f"mask_{row}",
-                      frozenset("r"): f"mask_{col}", frozenset("pr"): f"mask_{f}"}
+        self.set_frame(rc, cc, row, col, (brow, bcol), f"mask_{f}")
 
     # ------------------------------------------------------------------ key bounds
     def _affine(self, gi: int, v: int, scope: Scope) -> tuple[int, int, list[str]] | None:
@@ -218,9 +214,7 @@ class AttnWriter(DotWriter):
         first: with a causal mask they see the most keys, so the last wave holds the shortest
         programs (+3-4% on causal rows at 2k-4k tokens on the H100, benchmarks/RESULTS.md)."""
         e = scope.emit
-        e("pid = tl.program_id(0)")
-        e("if USE_I64:  # offsets past 2**31 elements")
-        e("    pid = pid.to(tl.int64)")
+        self.program_id(scope)
         e(f"tiles_m = ({rows} + BLOCK_M - 1) // BLOCK_M")
         if kv is None:
             e("pid_b = pid // tiles_m  # batch index, flattened")
@@ -271,12 +265,7 @@ class AttnWriter(DotWriter):
     # ------------------------------------------------------------------ the kernel
     def write_attn(self, name: str, tensors: list[TensorArg]) -> list[str]:
         a = self.attn
-        qk_dt, pv_dt = self.dot_dtype(a.qk), self.rhs_dtype(a.pv)
-        if self.target == "interpreter":
-            qk_dt = DTYPES["f32"] if qk_dt.name == "bf16" else qk_dt
-            pv_dt = DTYPES["f32"] if pv_dt.name == "bf16" else pv_dt
-        prec = {n: (', input_precision="tf32"' if self.tf32 else ', input_precision="ieee"')
-                if n == "f32" else "" for n in (qk_dt.name, pv_dt.name)}
+        qk_dt, pv_dt = self.runnable(self.dot_dtype(a.qk)), self.runnable(self.rhs_dtype(a.pv))
         top = Scope(None, "    ")
         e = top.emit
         LI, LJ, D, E = (self.cname[c] for c in (self.i, self.j, self.d, self.e))
@@ -305,7 +294,7 @@ class AttnWriter(DotWriter):
         for start, stop, full in stages:
             why = "  # whole tiles: no masks" if full else "  # tiles a mask or the end cuts"
             e(f"for j0 in range({start}, {stop}, BLOCK_N):{why}")
-            top.lines += self._attn_body(top, full, qk_dt, pv_dt, prec, LJ)
+            top.lines += self._attn_body(top, full, qk_dt, pv_dt, LJ)
         out = Scope(top, "    ")
         self.frame("o")
         for line in ("oi = offs_m[:, None]", "oe = offs_e[None, :]", f"mask_oi = oi < {LI}",
@@ -328,8 +317,8 @@ class AttnWriter(DotWriter):
         note = f" (flash: q @ k^T on {qk_dt.name}, p @ v on {pv_dt.name})"
         return self.header(name, tensors, False, note=note) + top.lines
 
-    def _attn_body(self, top: Scope, full: bool, qk_dt: DType, pv_dt: DType,
-                   prec: dict[str, str], LJ: str) -> list[str]:
+    def _attn_body(self, top: Scope, full: bool, qk_dt: DType, pv_dt: DType, LJ: str
+                   ) -> list[str]:
         """One key block: S = q @ k^T, the score modifications in base 2, the online softmax
         update and acc += P @ v. `full`: every row sees every key of the tile (no masks)."""
         a = self.attn
@@ -345,7 +334,7 @@ class AttnWriter(DotWriter):
         body.tile("kj", frozenset("r"))
         self.frame("k")
         kt = self.operand(a.qk, a.qk.rhs, body, TL_DTYPE[qk_dt.name], self.d)
-        b(f"s = tl.dot(q, {kt}{prec[qk_dt.name]})")
+        b(f"s = tl.dot(q, {kt}{self.precision(qk_dt)})")
         for line in ("sj = j0 + offs_n[None, :]",
                      f"mask_sj = {every}" if full else f"mask_sj = sj < {LJ}",
                      "mask_s = mask_si & mask_sj"):
@@ -389,7 +378,7 @@ class AttnWriter(DotWriter):
         body.tile("vj", frozenset("p"))
         self.frame("v")
         vt = self.operand(a.pv, a.pv.rhs, body, TL_DTYPE[pv_dt.name], self.j)
-        b(f"acc = tl.dot(p.to({TL_DTYPE[pv_dt.name]}), {vt}, acc * alpha{prec[pv_dt.name]})")
+        b(f"acc = tl.dot(p.to({TL_DTYPE[pv_dt.name]}), {vt}, acc * alpha{self.precision(pv_dt)})")
         self.unmasked, self.factor = set(), {}
         return body.lines
 

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fusile.backends.triton.codegen import KernelWriter
-from fusile.backends.triton.kernel_source import KernelSource, TensorArg, short_loc
-from fusile.backends.triton.ops import RULES, TL_DTYPE
+from fusile.backends.triton.kernel_source import KernelSource, TensorArg
+from fusile.backends.triton.ops import TL_DTYPE
 from fusile.backends.triton.scope import Scope
 from fusile.dsl.errors import BackendError
 from fusile.dsl.types import DTYPES, DType
@@ -80,11 +80,17 @@ class DotWriter(KernelWriter):
         """Switch the tile frame: a (left operand), b (right operand) or c (result)."""
         row, col, brow, bcol = _FRAMES[f]
         rc, cc = {"a": (self.m, self.kc), "b": (self.kc, self.n), "c": (self.m, self.n)}[f]
+        self.set_frame(rc, cc, row, col, (brow, bcol), f"mask_{f}")
+
+    def set_frame(self, rc: int, cc: int, row: str, col: str, blocks: tuple[str, str],
+                  mask: str) -> None:
+        """Tiles run class rc along rows (index `row`, mask `mask_<row>`) and cc along columns;
+        `mask` masks both."""
         self.idx = dict(self.bidx) | {rc: row, cc: col}
         self.axis_of = {rc: "p", cc: "r"}
-        self.blocks = (brow, bcol)
+        self.blocks = blocks
         self.masks = {frozenset(): None, frozenset("p"): f"mask_{row}",
-                      frozenset("r"): f"mask_{col}", frozenset("pr"): f"mask_{f}"}
+                      frozenset("r"): f"mask_{col}", frozenset("pr"): mask}
 
     # ------------------------------------------------------------------ operands
     def _contraction(self) -> Generic:
@@ -125,6 +131,18 @@ class DotWriter(KernelWriter):
             return dts[0]
         return DTYPES["f32"]
 
+    def runnable(self, dt: DType) -> DType:
+        """The tl.dot operand type to emit for dt: float32 for bf16 on the interpreter, whose
+        bf16 dot is wrong (DESIGN.md, numerics)."""
+        return DTYPES["f32"] if self.target == "interpreter" and dt.name == "bf16" else dt
+
+    def precision(self, dt: DType) -> str:
+        """tl.dot's input_precision argument for operands of type dt: float32 runs at IEEE
+        precision unless the user opted into TF32."""
+        if dt.name != "f32":
+            return ""
+        return ', input_precision="tf32"' if self.tf32 else ', input_precision="ieee"'
+
     def operand(self, form: DotForm, v: int, scope: Scope, dtype: str, kc: int) -> str:
         """Emit operand value v of form's region in the current frame and return a full tile
         of it in the dot's operand type, zero where the reduced class kc is past the end."""
@@ -150,17 +168,9 @@ class DotWriter(KernelWriter):
             if op.name == "linalg.index":
                 local[x] = self._loop_index(gi, op.attrs["dim"])
                 return local[x]
-            if op.name not in RULES:
-                raise BackendError(f"the Triton backend has no rule for {op.name}")
             if op.name not in _ZERO_KEEPING[:2]:  # more than a cast
                 self.prologue = True
-            args = [val(o) for o in op.operands]
-            var = f"v{x}"
-            where = short_loc(op.loc)
-            comment = f"  # {where}" if where else ""
-            scope.emit(f"{var} = {RULES[op.name](args, op, self.target)}{comment}")
-            scope.derived(var, args)
-            local[x] = var
+            var = local[x] = self.emit_op(op, [val(o) for o in op.operands], scope)
             z = [zero.get(o, False) for o in op.operands]
             zero[x] = (op.name in _ZERO_KEEPING and z[0]) or (op.name == "arith.mulf" and any(z))
             return var
@@ -199,19 +209,12 @@ class DotWriter(KernelWriter):
 
     # ------------------------------------------------------------------ the kernel
     def write_dot(self, name: str, tensors: list[TensorArg]) -> list[str]:
-        dt = self.dot_dtype(self.form)
-        if self.target == "interpreter" and dt.name == "bf16":
-            dt = DTYPES["f32"]  # the interpreter's bf16 dot is wrong (DESIGN.md, numerics)
+        dt = self.runnable(self.dot_dtype(self.form))
         tl_dt = TL_DTYPE[dt.name]
-        precision = ""
-        if dt.name == "f32":
-            precision = ', input_precision="tf32"' if self.tf32 else ', input_precision="ieee"'
         top = Scope(None, "    ")
         e = top.emit
         M, N, K = (self.cname[c] for c in (self.m, self.n, self.kc))
-        e("pid = tl.program_id(0)")
-        e("if USE_I64:  # offsets past 2**31 elements")
-        e("    pid = pid.to(tl.int64)")
+        self.program_id(top)
         e(f"tiles_m = ({M} + BLOCK_M - 1) // BLOCK_M")
         e(f"tiles_n = ({N} + BLOCK_N - 1) // BLOCK_N")
         e("pid_b = pid // (tiles_m * tiles_n)  # batch index, flattened")
@@ -253,7 +256,7 @@ class DotWriter(KernelWriter):
         loop_b.emit("mask_b = mask_bk & mask_bn")
         self.frame("b")
         rhs = self.operand(self.form, self.form.rhs, loop_b, tl_dt, self.kc)
-        loop_b.emit(f"acc = tl.dot({lhs}, {rhs}, acc{precision})")
+        loop_b.emit(f"acc = tl.dot({lhs}, {rhs}, acc{self.precision(dt)})")
         top.lines += loop_a.lines + loop_b.lines
         node = self._contraction()
         init = node.outputs[0]

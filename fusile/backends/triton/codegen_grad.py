@@ -27,7 +27,7 @@ from fusile.backends.triton.kernel_source import KernelSource, TensorArg
 from fusile.backends.triton.ops import TL_DTYPE
 from fusile.backends.triton.scope import Scope
 from fusile.dsl.errors import BackendError
-from fusile.dsl.types import DTYPES, DType
+from fusile.dsl.types import DType
 from fusile.lowering.attention_grad import GradForm
 from fusile.lowering.contraction import DotForm
 from fusile.lowering.partition import Kernel, Plan
@@ -58,6 +58,7 @@ class GradWriter(AttnWriter):
             ok = False
         if not ok:
             raise BackendError("internal: attention backward loops do not line up")
+        self.per_dot = tuple(heads)  # each dot's head class, score dots first
         self.heads = list(dict.fromkeys(heads))
         self.batch = list(dict.fromkeys(lc[(s0.gi, b)] for b in s0.batch if (s0.gi, b) in lc))
         order = [*self.batch, self.keep, self.loop, *self.heads]
@@ -80,11 +81,7 @@ class GradWriter(AttnWriter):
         """Switch to the (rc rows, cc columns) frame, emitting its index tiles into scope."""
         r, c = self.base[rc], self.base[cc]
         row, col = f"{r}_r", f"{c}_c"
-        self.idx = dict(self.bidx) | {rc: row, cc: col}
-        self.axis_of = {rc: "p", cc: "r"}
-        self.blocks = (self.block[rc], self.block[cc])
-        self.masks = {frozenset(): None, frozenset("p"): f"mask_{row}",
-                      frozenset("r"): f"mask_{col}", frozenset("pr"): f"mask_{r}{c}"}
+        self.set_frame(rc, cc, row, col, (self.block[rc], self.block[cc]), f"mask_{r}{c}")
         if scope.get(("frame", rc, cc)) is not None:
             return
         for var, axis, shape in ((row, "p", "[:, None]"), (col, "r", "[None, :]")):
@@ -109,13 +106,7 @@ class GradWriter(AttnWriter):
     def _dtype(self, form: DotForm, out: bool = False) -> DType:
         """tl.dot operand type: a score dot's own; an out dot's from its right operand (the
         cone's tile is rounded to it)."""
-        dt = self.rhs_dtype(form) if out else self.dot_dtype(form)
-        return DTYPES["f32"] if self.target == "interpreter" and dt.name == "bf16" else dt
-
-    def _prec(self, dt: DType) -> str:
-        if dt.name != "f32":
-            return ""
-        return ', input_precision="tf32"' if self.tf32 else ', input_precision="ieee"'
+        return self.runnable(self.rhs_dtype(form) if out else self.dot_dtype(form))
 
     def write_grad(self, name: str, tensors: list[TensorArg]) -> list[str]:
         f, lc = self.grad, self.k.loop_class
@@ -181,7 +172,7 @@ class GradWriter(AttnWriter):
             self.enter(bs, kc, self.loop)
             dt = self._dtype(s)
             b = self.operand(s, s.rhs if kept_lhs else s.lhs, bs, TL_DTYPE[dt.name], kc)
-            bs.emit(f"s{x} = tl.dot(a{x}, {b}{self._prec(dt)})")
+            bs.emit(f"s{x} = tl.dot(a{x}, {b}{self.precision(dt)})")
             loaded[(kc, self.loop)] = [
                 (k, v) for k, v in bs.values.items() if isinstance(k, tuple) and
                 isinstance(k[0], int) and bs.tiles.get(v) == frozenset("pr")]
@@ -205,7 +196,7 @@ class GradWriter(AttnWriter):
                 rs.tile(f"{var}_t", frozenset("pr"))
             dt = self._dtype(o, True)
             rhs = self.operand(o, o.rhs, rs, TL_DTYPE[dt.name], self.loop)
-            rs.emit(f"acc{x} = tl.dot({lhs[x]}, {rhs}, acc{x}{self._prec(dt)})")
+            rs.emit(f"acc{x} = tl.dot({lhs[x]}, {rhs}, acc{x}{self.precision(dt)})")
             body.lines += rs.lines
         self.full, self.unmasked = False, set()
         return body.lines
@@ -213,8 +204,5 @@ class GradWriter(AttnWriter):
     def source(self) -> KernelSource:
         ks = self._source(self.write_grad, self.keep, self.loop, self.heads[0],
                           self._dtype(self.grad.scores[0]))
-        lc = self.k.loop_class
-        per_dot = [lc[(s.gi, s.k)] for s in self.grad.scores] + [
-            lc[(o.gi, o.n)] for o in self.grad.outs]
-        ks.grad = (tuple(self.heads), tuple(per_dot))
+        ks.grad = (tuple(self.heads), self.per_dot)
         return ks
