@@ -165,20 +165,18 @@ class TritonProgram:
         sized = launch.sized
         class_sizes = [sizes[sized[c]] for c in ks.classes]
         scalars = [env[v] for v in ks.scalars]
-        p_total = math.prod(sizes[sized[c]] for c in ks.p_classes)
-        r_total = math.prod(sizes[sized[c]] for c in ks.r_classes)
+        args = (*tensors, *strides, *class_sizes, *scalars)
         if ks.grad is not None:
-            self._launch_grad(launch, tensors, (*tensors, *strides, *class_sizes, *scalars),
-                              sizes, device)
+            self._launch_grad(launch, tensors, args, sizes, device)
             return
         if ks.attn is not None:
-            self._launch_attn(launch, tensors, (*tensors, *strides, *class_sizes, *scalars),
-                              sizes, device)
+            self._launch_attn(launch, tensors, args, sizes, device)
             return
         if ks.dot is not None:
-            self._launch_dot(launch, tensors, (*tensors, *strides, *class_sizes, *scalars),
-                             sizes, device)
+            self._launch_dot(launch, tensors, args, sizes, device)
             return
+        p_total = math.prod(sizes[sized[c]] for c in ks.p_classes)
+        r_total = math.prod(sizes[sized[c]] for c in ks.r_classes)
         if p_total == 0 or r_total == 0:
             return
         got = launch.configs.get((p_total, r_total))
@@ -192,8 +190,7 @@ class TritonProgram:
                                r_total, use_i64, device)
             return
         variant = "looped" if cfg.looped else "single"
-        self._run(launch, variant, grid, _consts(cfg, use_i64), _options(cfg), device,
-                  (*tensors, *strides, *class_sizes, *scalars))
+        self._run(launch, variant, grid, _consts(cfg, use_i64), _options(cfg), device, args)
 
     def _launch_dot(self, launch: _Launch, tensors: list[Any], args: tuple,
                     sizes: dict[tuple, int], device: Any) -> None:
@@ -208,8 +205,8 @@ class TritonProgram:
         self._launch_tuned(
             launch, (m, n, k, batch), 2 * m * n * k * batch,
             lambda: tune.candidates(self.target, dot.dtype, m, n, k, batch, dot.prologue),
-            f"{launch.key}|{dot.dtype}|{tune.bucket(m, n, k, batch)}",
-            f"{f'{batch} x ' if batch > 1 else ''}{m}x{k} @ {k}x{n}",
+            lambda: (f"{launch.key}|{dot.dtype}|{tune.bucket(m, n, k, batch)}",
+                     f"{f'{batch} x ' if batch > 1 else ''}{m}x{k} @ {k}x{n}"),
             lambda c: _dot_grid(c, m, n, batch), lambda c: c.constexprs(k, use_i64), device,
             args)
 
@@ -231,8 +228,8 @@ class TritonProgram:
         self._launch_tuned(
             launch, (li, lj, d, e, batch, *extra.values()), 4 * li * lj * max(d, e) * batch,
             lambda: tune.attention_candidates(self.target, max(d, e)),
-            f"{launch.key}|{dot.dtype}|{tune.bucket(li, lj, max(d, e), batch)}",
-            f"attention {batch} x {li}x{lj}, d={d}",
+            lambda: (f"{launch.key}|{dot.dtype}|{tune.bucket(li, lj, max(d, e), batch)}",
+                     f"attention {batch} x {li}x{lj}, d={d}"),
             lambda c: (batch * math.ceil(li / c.block_m),),
             lambda c: tune.attention_constexprs(c, d, e, use_i64) | extra, device, args)
 
@@ -251,18 +248,20 @@ class TritonProgram:
         self._launch_tuned(
             launch, (keep, loop, *heads, batch), flops,
             lambda: tune.grad_candidates(self.target, max(heads)),
-            f"{launch.key}|{dot.dtype}|{tune.bucket(keep, loop, max(heads), batch)}",
-            f"attention backward {batch} x {keep}x{loop}, d={max(heads)}",
+            lambda: (f"{launch.key}|{dot.dtype}|{tune.bucket(keep, loop, max(heads), batch)}",
+                     f"attention backward {batch} x {keep}x{loop}, d={max(heads)}"),
             lambda c: (batch * math.ceil(keep / c.block_m),),
             lambda c: tune.grad_constexprs(c, heads, use_i64), device, args)
 
     def _launch_tuned(self, launch: _Launch, shape: tuple, flops: int,
-                      candidates: Callable[[], list[tune.DotConfig]], key: str, size: str,
+                      candidates: Callable[[], list[tune.DotConfig]],
+                      label: Callable[[], tuple[str, str]],
                       grid: Callable[[tune.DotConfig], tuple[int, ...]],
                       consts: Callable[[tune.DotConfig], dict[str, Any]], device: Any,
                       args: tuple) -> None:
         """Launch a tiled kernel with the config for this shape: remembered, else the tuner's
-        winner (timed here on first use on a GPU), else the rule-based pick for small work."""
+        winner (timed here on first use on a GPU), else the rule-based pick for small work.
+        `label` gives the tuner's key and the size it prints (only built when tuning)."""
         cfg = launch.configs.get(shape)
         if cfg is None:
             cands = candidates()
@@ -284,6 +283,7 @@ class TritonProgram:
                     warm[0] = True
                     return float(ms)
 
+                key, size = label()
                 cfg = tune.TUNER.best(self.target, key, cands, size, time, go)
             launch.configs[shape] = cfg
         self._run(launch, "dot", grid(cfg), consts(cfg), cfg.options(self.target.backend),
