@@ -31,8 +31,6 @@ from fusile.lowering.partition import POINTWISE, partition
 DEFAULT_SIZE = 4096  # for a size the signature leaves symbolic
 DEFAULT_HEAD_DIM = 128  # for an attention head dim the signature leaves symbolic
 
-_CONSTEXPRS = ("BLOCK_P", "BLOCK_R", "USE_I64", "BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M",
-               "EVEN_K")
 _SIG = {"bf16": "*bf16", "f16": "*fp16", "f32": "*fp32", "f64": "*fp64", "i32": "*i32",
         "i64": "*i64", "bool": "*i1"}
 
@@ -109,16 +107,20 @@ def _amdgcn_resources(amdgcn: str) -> tuple[int | None, int | None, int]:
             field_("group_segment_fixed_size"))
 
 
-def _signature(ks: KernelSource, fn_params: list[str]) -> dict[str, str]:
+def _signature(ks: KernelSource, fn_params: list[str], constexprs: dict[str, Any],
+               scalar_dtypes: dict[int, str]) -> dict[str, str]:
+    """Triton's type for each kernel parameter: pointers from the tensors' dtypes, the
+    constexprs, the scalars' own types (float32 by default), and i32 strides and sizes."""
+    scalars = {f"a{v}": scalar_dtypes.get(v, "fp32") for v in ks.scalars}
     sig: dict[str, str] = {}
     for p in fn_params:
-        if p.endswith("_ptr"):
+        if p in constexprs:
+            sig[p] = "constexpr"
+        elif p.endswith("_ptr"):
             ta = next(t for t in ks.tensors if f"{t.name}_ptr" == p)
             sig[p] = _SIG[ta.dtype.name]
-        elif p in _CONSTEXPRS:
-            sig[p] = "constexpr"
-        elif re.fullmatch(r"a\d+", p):
-            sig[p] = "fp32"
+        elif p in scalars:
+            sig[p] = scalars[p]
         else:  # strides and sizes
             sig[p] = "i32"
     return sig
@@ -238,11 +240,7 @@ def _compile(module: Any, ks: KernelSource, name: str, target: Target,
     from triton.compiler import ASTSource
 
     jit = getattr(module, name)
-    sig = _signature(ks, list(jit.arg_names))
-    for v in ks.scalars:
-        sig[f"a{v}"] = (scalar_dtypes or {}).get(v, "fp32")
-    for p in constexprs:
-        sig[p] = "constexpr"
+    sig = _signature(ks, list(jit.arg_names), constexprs, scalar_dtypes or {})
     attrs = {(jit.arg_names.index(p),): [["tt.divisibility", 16]] for p in aligned
              if p in jit.arg_names and p not in constexprs}
     try:
