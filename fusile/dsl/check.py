@@ -416,8 +416,6 @@ class Checker:
         return d
 
 
-
-
 def _suggest(name: str) -> str:
     import difflib
 

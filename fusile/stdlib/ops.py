@@ -446,7 +446,7 @@ def _ce_setup(ctx, inputs, output):
 def _ce_grad(ctx, dloss, _dlse):
     logits, target, lse = ctx.saved_tensors
     g = call(_cross_entropy_bwd, dloss.contiguous(), logits, target, lse, ctx.ignore_index,
-                           ctx.smoothing)
+             ctx.smoothing)
     return g, None, None, None
 
 
