@@ -3,8 +3,11 @@ shape, applies source-level variants, sweeps tile configs, and times each agains
 flash and cuDNN in the same run. A tool for finding what moves the numbers before changing
 the code generator; not a test. Variants: base (as generated), plain (programs in batch
 order, as before the L2 grouping), group4m (groups for 4 MiB instead of 16), masked (head-dim
-masks kept, as before EVEN_HEADS), tma (K and V of the whole-tile loop through TMA descriptors), ws
-(Triton's automatic warp specialisation on that loop), tma_ws.
+masks kept, as before EVEN_HEADS), ragged (the key-end masks kept, as before EVEN_N), tma (K
+and V of the whole-tile loop through TMA descriptors), ws (Triton's automatic warp
+specialisation on that loop), tma_ws; on the kernel as it was with three stages: oneloop (the
+stages as one loop with a branch on the tile), oneloop_mask (one loop, the branch only
+masks: what the generator now emits).
 
     python -m benchmarks.explore_attention [--d 64] [--seq 4096] [--causal]
 """
@@ -81,6 +84,59 @@ def v_ws(src):
                        "for j0 in tl.range(mid_lo, mid_hi, BLOCK_N, warp_specialize=True):")
 
 
+def v_oneloop(src):
+    """The masked and whole stages as one loop, the softmax part under a branch on the tile,
+    so the loads pipeline across the stage boundary (one fill per program instead of three)."""
+    lines = src.splitlines(keepends=True)
+    heads = [i for i, ln in enumerate(lines) if ln.startswith("    for j0 in range(")]
+    if len(heads) != 3:
+        raise ValueError("not three stages")
+    end = heads[2] + 1
+    while end < len(lines) and lines[end].startswith("        "):
+        end += 1
+
+    def parts(a, b):
+        body = lines[a + 1:b]
+        i = next(x for x, ln in enumerate(body) if ln.strip().startswith("mask_s = "))
+        j = next(x for x, ln in enumerate(body) if ln.strip().startswith("alpha = "))
+        return body[:i + 1], body[i + 1:j], body[j:]
+
+    pre, soft_m, post = parts(heads[0], heads[1])
+    _, soft_w, _ = parts(heads[1], heads[2])
+    keep = [ln for ln in post if not ln.strip().startswith("acc = ")]
+    loads = [ln for ln in keep if ln.strip().startswith(("vj", "mask_vj", "mask_v", "v_"))]
+    stats = [ln for ln in keep if ln not in loads]
+    acc = [ln for ln in post if ln.strip().startswith("acc = ")]
+    out = ["    for j0 in range(lo, hi, BLOCK_N):  # every stage in one loop\n", *pre, *loads,
+           "        if (j0 < mid_lo) | (j0 >= mid_hi):\n", *("    " + ln for ln in soft_m),
+           "        else:\n", *("    " + ln for ln in soft_w), *stats, *acc]
+    return "".join(lines[:heads[0]] + out + lines[end:])
+
+
+def v_oneloop_mask(src):
+    """As oneloop, but the branch only masks the scores (t = masked s, or s itself); the
+    softmax after it is shared (assumes a positive scale: POS_SCALE)."""
+    lines = src.splitlines(keepends=True)
+    heads = [i for i, ln in enumerate(lines) if ln.startswith("    for j0 in range(")]
+    if len(heads) != 3:
+        raise ValueError("not three stages")
+    end = heads[2] + 1
+    while end < len(lines) and lines[end].startswith("        "):
+        end += 1
+    body = lines[heads[0] + 1:heads[1]]
+    i = next(x for x, ln in enumerate(body) if ln.strip().startswith("mask_s = "))
+    j = next(x for x, ln in enumerate(body) if ln.strip().startswith("if POS_SCALE"))
+    k = next(x for x, ln in enumerate(body) if ln.strip().startswith("t = tl.where(mask_sj"))
+    soft = body[k + 1:k + 4]  # the folded branch's m_new, m_use, p
+    post = body[next(x for x, ln in enumerate(body) if ln.strip().startswith("alpha = ")):]
+    loads = [ln for ln in post if ln.strip().startswith(("vj", "mask_vj", "mask_v", "v_"))]
+    rest = [ln for ln in post if ln not in loads]
+    out = ["    for j0 in range(lo, hi, BLOCK_N):  # every stage in one loop\n", *body[:i + 1],
+           *loads, "        if (j0 < mid_lo) | (j0 >= mid_hi):\n", *body[j + 1:k + 1],
+           "        else:\n", "            t = s\n", *(ln[4:] for ln in soft), *rest]
+    return "".join(lines[:heads[0]] + out + lines[end:])
+
+
 def v_plain(src):
     """The program order before L2 grouping: each batch index's row blocks in turn, the last
     first."""
@@ -95,8 +151,10 @@ def v_group(src, budget):
     return re.sub(r"tl\.minimum\(n_b, \d+ //", f"tl.minimum(n_b, {budget} //", src)
 
 
-VARIANTS = {"base": lambda s: s, "plain": v_plain, "group4m": lambda s: v_group(s, 4 << 20),
+VARIANTS = {"base": lambda s: s, "plain": v_plain, "oneloop": v_oneloop,
+            "oneloop_mask": v_oneloop_mask, "group4m": lambda s: v_group(s, 4 << 20),
             "masked": lambda s: s.replace("if EVEN_HEADS else", "if False else"),
+            "ragged": lambda s: s.replace("if EVEN_N else", "if False else"),
             "tma": v_tma, "ws": v_ws, "tma_ws": lambda s: v_ws(v_tma(s))}
 CONFIGS = [(64, 64, 4, 3), (64, 64, 4, 4), (64, 128, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3),
            (128, 128, 8, 2), (128, 128, 8, 3), (128, 128, 4, 2), (128, 64, 8, 4)]

@@ -158,6 +158,7 @@ def compile_for(compiled: Any, target: Target, sizes: dict[str, int] | None = No
             head_classes = ks.grad[0] if ks.grad is not None else (ks.dot.k, ks.attn[0])
             heads = [known.get(ks.class_global[c], DEFAULT_HEAD_DIM) for c in head_classes]
             symbolic = any(ks.class_global[c] not in known for c in head_classes)
+            keys = known.get(ks.class_global[ks.dot.n])  # the looped length
             if ks.grad is not None:
                 cands = tune.grad_candidates(target, max(heads))
                 grid = "batch * ceil(kept_len / BLOCK_M)"
@@ -165,8 +166,8 @@ def compile_for(compiled: Any, target: Target, sizes: dict[str, int] | None = No
                 cands = tune.attention_candidates(target, max(heads))
                 grid = "batch * ceil(q_len / BLOCK_M)"
             for fcfg in dot_configs or cands:  # without dot_configs: the first that fits
-                consts = tune.grad_constexprs(fcfg, heads, False) if ks.grad is not None \
-                    else tune.attention_constexprs(fcfg, heads[0], heads[1], False)
+                consts = tune.grad_constexprs(fcfg, heads, keys, False) if ks.grad is not None \
+                    else tune.attention_constexprs(fcfg, heads[0], heads[1], keys, False)
                 if ks.attn is not None and ks.attn[1] is not None:
                     consts["POS_SCALE"] = True  # a positive score scale (the usual one)
                 if symbolic:

@@ -39,7 +39,7 @@ class KernelWriter:
                                         if isinstance(op, Op)}
         self.scalars: list[int] = []
         self.unmasked: set[int] = set()  # select results whose condition holds on this tile
-        self.factor: dict[int, str] = {}  # mulf results to scale by a constant factor too
+        self.factor: dict[int, str | None] = {}  # mulf results to scale by a factor, or not
         self._order_classes()
 
     def _gen(self, gi: int) -> Generic:
@@ -175,6 +175,9 @@ class KernelWriter:
             args = [self.resolve(o, local, scope) for o in op.operands]
             if op.results[0] in self.factor:  # x * c -> x * (c * factor): c is the scalar
                 k = 1 if scope.axes_of(args[1]) is None else 0
+                if self.factor[op.results[0]] is None:  # x * c -> x: c applied later
+                    local[op.results[0]] = args[1 - k]
+                    continue
                 args[k] = f"({args[k]} * {self.factor[op.results[0]]})"
             local[op.results[0]] = self.emit_op(op, args, scope, loc)
         for r, y, init in zip(node.results, node.yields, node.outputs, strict=True):

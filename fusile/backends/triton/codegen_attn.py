@@ -7,12 +7,8 @@ generics, emitted as written), a running row max and sum, P = exp(T - max), and
 acc = acc * alpha + P @ v. After the loop: O = acc / sum, the epilogue, one store. S, T and P
 live in registers only.
 
-Masks that depend on positions alone (`where(j <= i + c, s, -inf)`, windows) also bound the
-key loop: when the condition is a conjunction of comparisons linear in i and j with unit
-coefficient on j, the first and last key a block of rows can see follow from its first and
-last row, and key blocks outside them are never visited (causal attention does about half the
-work). The mask is still applied in every visited tile, so the bounds only need to be
-conservative.
+Masks that depend on positions alone also bound the key loop (codegen_bounds.py): key blocks
+no row sees are never visited, and the masks are only computed on the tiles they cut.
 
 Frames (tile axes): q (i, d), k (d, j), s (i, j), v (j, e), o (i, e).
 """
@@ -20,6 +16,7 @@ Frames (tile axes): q (i, d), k (d, j), s (i, j), v (j, e), o (i, e).
 from __future__ import annotations
 
 from fusile.backends.triton.codegen import KernelWriter
+from fusile.backends.triton.codegen_bounds import KeyBounds
 from fusile.backends.triton.codegen_dot import DotWriter
 from fusile.backends.triton.kernel_source import KernelSource, TensorArg
 from fusile.backends.triton.ops import TL_DTYPE
@@ -34,7 +31,15 @@ _FRAMES = {"q": ("qi", "qd", "BLOCK_M", "BLOCK_D"), "k": ("kd", "kj", "BLOCK_D",
            "o": ("oi", "oe", "BLOCK_M", "BLOCK_E")}
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
+_GUARD = "m_use = tl.where(m_new == float(\"-inf\"), 0.0, m_new)  # all -inf so far"
 L2_GROUP_BYTES = 16 << 20  # a third of the H100's 50 MB L2 (a quarter of MI300X's 256 MB LLC)
+
+
+def end_mask(var: str, bound: str, shape: str) -> str:
+    """The mask of a key index tile in a masked stage. EVEN_N (BLOCK_N divides the key length,
+    set at launch) makes it a constant: the end is never cut, and only the score mask is left
+    to compute on the diagonal tiles."""
+    return f"mask_{var} = tl.full({shape}, 1, tl.int1) if EVEN_N else {var} < {bound}"
 
 
 def head_mask(var: str, bound: str, shape: str) -> str:
@@ -45,9 +50,9 @@ def head_mask(var: str, bound: str, shape: str) -> str:
     return f"mask_{var} = tl.full({shape}, 1, tl.int1) if EVEN_HEADS else {var} < {bound}"
 
 
-class AttnWriter(DotWriter):
+class AttnWriter(KeyBounds, DotWriter):
     constexprs: tuple[str, ...] = ("BLOCK_M", "BLOCK_N", "BLOCK_D", "BLOCK_E", "EVEN_HEADS",
-                                   "USE_I64")
+                                   "EVEN_N", "USE_I64")
 
     def __init__(self, plan: Plan, kernel: Kernel, target: str, names: dict[int, str],
                  tf32: bool = False):
@@ -88,111 +93,9 @@ class AttnWriter(DotWriter):
                   "v": (self.j, self.e), "o": (self.i, self.e)}[f]
         self.set_frame(rc, cc, row, col, (brow, bcol), f"mask_{f}")
 
-    # ------------------------------------------------------------------ key bounds
-    def _affine(self, gi: int, v: int, scope: Scope) -> tuple[int, int, list[str]] | None:
-        """v of generic gi as (coefficient of i, coefficient of j, constant source terms)."""
-        node = self._gen(gi)
-        op = node.defs.get(v)
-        if v in node.block_args:
-            return None
-        if op is None:
-            return 0, 0, [self.resolve(v, {}, scope)]
-        if op.name == "linalg.index":
-            c = self.k.loop_class.get((gi, op.attrs["dim"]))
-            return (1, 0, []) if c == self.i else (0, 1, []) if c == self.j else None
-        if op.name in ("arith.index_cast", "arith.extsi", "arith.trunci"):
-            return self._affine(gi, op.operands[0], scope)
-        if op.name in ("arith.addi", "arith.subi"):
-            a = self._affine(gi, op.operands[0], scope)
-            b = self._affine(gi, op.operands[1], scope)
-            if a is None or b is None:
-                return None
-            s = 1 if op.name == "arith.addi" else -1
-            cb = [f"({t})" if s > 0 else f"(-({t}))" for t in b[2]]
-            return a[0] + s * b[0], a[1] + s * b[1], [*a[2], *cb]
-        return None
-
-    def _bounds(self, gi: int, cond: int, scope: Scope, lo: list[str], hi: list[str],
-                lo_all: list[str], hi_all: list[str]) -> bool:
-        """Collect the key bounds implied by condition `cond` for rows [first, last]: where
-        any row may see keys ([lo, hi)) and where every row sees them all ([lo_all, hi_all)).
-        True when the condition is exactly the conjunction of those bounds."""
-        node = self._gen(gi)
-        op = node.defs.get(cond)
-        if op is None:
-            return False
-        if op.name == "arith.andi":
-            done = [self._bounds(gi, o, scope, lo, hi, lo_all, hi_all) for o in op.operands]
-            return all(done)
-        if op.name != "arith.cmpi" or op.attrs["predicate"] not in ("slt", "sle", "sgt", "sge"):
-            return False
-        a = self._affine(gi, op.operands[0], scope)
-        b = self._affine(gi, op.operands[1], scope)
-        if a is None or b is None:
-            return False
-        # a - b (pred) 0  ->  cj * j + ci * i + c (pred) 0
-        ci, cj = a[0] - b[0], a[1] - b[1]
-        c = " + ".join([*a[2], *(f"(-({t}))" for t in b[2])]) or "0"
-        pred = op.attrs["predicate"]
-        if cj not in (1, -1) or ci not in (-1, 0, 1):
-            return False
-        if cj == -1:  # multiply by -1: flip the predicate
-            ci, c = -ci, f"-({c})"
-            pred = {"slt": "sgt", "sle": "sge", "sgt": "slt", "sge": "sle"}[pred]
-        # j + ci * i + c (pred) 0  <=>  j (pred) -ci * i - c
-        first, last = "row0", "(row0 + BLOCK_M - 1)"
-
-        def bound(row: str) -> str:
-            return f"{-ci} * {row} - ({c})" if ci else f"-({c})"
-
-        if pred in ("slt", "sle"):  # j below a bound: any row (largest), all rows (smallest)
-            one = 1 if pred == "sle" else 0
-            hi.append(f"{bound(last if -ci > 0 else first)} + {one}")
-            hi_all.append(f"{bound(first if -ci > 0 else last)} + {one}")
-        else:
-            one = 1 if pred == "sgt" else 0
-            lo.append(f"{bound(first if -ci > 0 else last)} + {one}")
-            lo_all.append(f"{bound(last if -ci > 0 else first)} + {one}")
-        return True
-
-    def loop_stages(self, top: Scope, masks: tuple[tuple[int, int], ...], n: str
-                    ) -> list[tuple[str, str, bool]]:
-        """Emit the loop bounds and return the loop's stages (start, stop, full): tiles
-        partly visible (masks applied) before and after the tiles every row sees whole, where
-        masks and the ragged end are skipped. One masked stage when a mask is not exactly a
-        conjunction of affine bounds. `n` is the looped extent."""
-        e = top.emit
-        lo: list[str] = []
-        hi: list[str] = []
-        lo_all: list[str] = []
-        hi_all: list[str] = []
-        bounds = Scope(top, "    ")
-        exact = True
-        for gi, sel in masks:
-            sel_op = next(op for op in self._gen(gi).body if op.results[0] == sel)
-            exact &= self._bounds(gi, sel_op.operands[0], bounds, lo, hi, lo_all, hi_all)
-        top.lines += bounds.lines
-        e("lo = 0")
-        for b in lo:
-            e(f"lo = tl.maximum(lo, ({b}) // BLOCK_N * BLOCK_N)  # the first tile any row sees")
-        e(f"hi = {n}")
-        for b in hi:
-            e(f"hi = tl.minimum(hi, {b})  # past the last one")
-        if not exact:
-            return [("lo", "hi", False)]
-        e("lo_all = lo")
-        for b in lo_all:
-            e(f"lo_all = tl.maximum(lo_all, {b})  # from here every row sees every key ...")
-        e(f"hi_all = tl.minimum(hi, {n} // BLOCK_N * BLOCK_N)")
-        for b in hi_all:
-            e(f"hi_all = tl.minimum(hi_all, {b})  # ... up to here")
-        e("mid_lo = tl.minimum((lo_all + BLOCK_N - 1) // BLOCK_N * BLOCK_N, hi)")
-        e("mid_hi = tl.maximum(mid_lo, hi_all // BLOCK_N * BLOCK_N)")
-        return [("lo", "mid_lo", False), ("mid_lo", "mid_hi", True), ("mid_hi", "hi", False)]
-
     def _scale_sign(self, scale_op: int | None) -> tuple[str, str] | None:
-        """(the scale's Triton name, what its sign is: "pos", "neg" or "POS_SCALE", a
-        constexpr the launch sets) for the `s * scale` op, or None."""
+        """(the scale's Triton name, what its sign is: "pos" (positive), "neg" (not) or
+        "POS_SCALE", a constexpr the launch sets) for the `s * scale` op, or None."""
         if scale_op is None:
             return None
         node = self._gen(self.attn.mods[0])
@@ -202,7 +105,7 @@ class AttnWriter(DotWriter):
         const = self.func_ops.get(c)
         if const is not None and const.name == "arith.constant":
             return self.resolve(c, {}, Scope(None, "")), \
-                "pos" if float(const.attrs["value"]) >= 0 else "neg"
+                "pos" if float(const.attrs["value"]) > 0 else "neg"
         self.scale_scalar = c
         return self.resolve(c, {}, Scope(None, "")), "POS_SCALE"
 
@@ -291,10 +194,14 @@ class AttnWriter(DotWriter):
         e("m_i = tl.full([BLOCK_M, 1], float(\"-inf\"), tl.float32)  # running max, base 2")
         e("l_i = tl.full([BLOCK_M, 1], 0.0, tl.float32)")
         e("acc = tl.full([BLOCK_M, BLOCK_E], 0.0, tl.float32)")
-        for start, stop, full in stages:
-            why = "  # whole tiles: no masks" if full else "  # tiles a mask or the end cuts"
-            e(f"for j0 in range({start}, {stop}, BLOCK_N):{why}")
-            top.lines += self._attn_body(top, full, qk_dt, pv_dt, LJ)
+        why = {"whole": "whole tiles: no masks", "masked": "tiles a mask or the end cuts",
+               "split": "one loop: masked tiles at the ends, whole ones between"}
+        loops = [(lo, hi, "whole" if full else "masked") for lo, hi, full in stages]
+        if len(stages) > 1 and not self._scores_read_memory(a.scores):
+            loops = [("lo", "hi", "split")]  # no pipeline drain and fill between stages
+        for start, stop, kind in loops:
+            e(f"for j0 in range({start}, {stop}, BLOCK_N):  # {why[kind]}")
+            top.lines += self._attn_body(top, kind, qk_dt, pv_dt, LJ)
         out = Scope(top, "    ")
         self.frame("o")
         for line in ("oi = offs_m[:, None]", "oe = offs_e[None, :]", f"mask_oi = oi < {LI}",
@@ -317,70 +224,104 @@ class AttnWriter(DotWriter):
         note = f" (flash: q @ k^T on {qk_dt.name}, p @ v on {pv_dt.name})"
         return self.header(name, tensors, False, note=note) + top.lines
 
-    def _attn_body(self, top: Scope, full: bool, qk_dt: DType, pv_dt: DType, LJ: str
+    def _attn_body(self, top: Scope, kind: str, qk_dt: DType, pv_dt: DType, LJ: str
                    ) -> list[str]:
         """One key block: S = q @ k^T, the score modifications in base 2, the online softmax
-        update and acc += P @ v. `full`: every row sees every key of the tile (no masks)."""
+        update and acc += P @ v. `kind`: "whole" (every row sees every key of the tile: no
+        masks), "masked" (the masks and the end applied) or "split" (either, by a branch on
+        the tile: every stage in one loop)."""
         a = self.attn
         body = Scope(top, "        ")
         b = body.emit
-        self.unmasked = {sel for _, sel in a.masks} if full else set()
-        self.factor = {self.scale_op: str(LOG2E)} if self.scale_op is not None else {}
         every = "tl.full([1, BLOCK_N], 1, tl.int1)"
+        whole = kind == "whole"
         for line in ("kj = j0 + offs_n[None, :]",
-                     f"mask_kj = {every}" if full else f"mask_kj = kj < {LJ}",
+                     f"mask_kj = {every}" if whole else end_mask("kj", LJ, "[1, BLOCK_N]"),
                      "mask_k = mask_kd & mask_kj"):
             b(line)
         body.tile("kj", frozenset("r"))
         self.frame("k")
         kt = self.operand(a.qk, a.qk.rhs, body, TL_DTYPE[qk_dt.name], self.d)
         b(f"s = tl.dot(q, {kt}{self.precision(qk_dt)})")
+        for line in ("vj = j0 + offs_n[:, None]",
+                     "mask_vj = tl.full([BLOCK_N, 1], 1, tl.int1)" if whole else
+                     end_mask("vj", LJ, "[BLOCK_N, 1]"),
+                     "mask_v = mask_vj & mask_ve"):
+            b(line)
+        body.tile("vj", frozenset("p"))
+        self.frame("v")
+        vt = self.operand(a.pv, a.pv.rhs, body, TL_DTYPE[pv_dt.name], self.j)
         for line in ("sj = j0 + offs_n[None, :]",
-                     f"mask_sj = {every}" if full else f"mask_sj = sj < {LJ}",
+                     f"mask_sj = {every}" if whole else end_mask("sj", LJ, "[1, BLOCK_N]"),
                      "mask_s = mask_si & mask_sj"):
             b(line)
         body.tile("sj", frozenset("r"))
         body.tile("s", frozenset("pr"))
         self.frame("s")
         body.values[self._gen(a.qk.gi).results[0]] = "s"
-        t = self.tensor_value(a.scores, body, False)
-        if self.scale_op is None:  # base 2: one multiply (else folded into the scale)
-            t = f"({t}) * {LOG2E}"
-        red_sum = self.row_reduce("tl.sum", "p")
-        guard = "m_use = tl.where(m_new == float(\"-inf\"), 0.0, m_new)  # all -inf so far"
-        b(f"t = {t}" if full else f"t = tl.where(mask_sj, {t}, float(\"-inf\"))")
-        general = [f"m_new = tl.maximum(m_i, {self.row_reduce('tl.max', 't')})", guard,
-                   "p = tl.exp2(t - m_use)"]
-        if full and self.scale is not None:  # t = s * c: for c >= 0, max(t) = c * max(s)
-            c = f"({self.scale[0]} * {LOG2E})"
-            fma = [f"m_new = tl.maximum(m_i, {self.row_reduce('tl.max', 's')} * {c})", guard,
-                   f"p = tl.exp2(s * {c} - m_use)  # one multiply-add per score"]
-            if self.scale[1] == "POS_SCALE":
-                b("if POS_SCALE:  # the scale is not negative (the launch checks)")
-                for line in fma:
-                    b("    " + line)
-                b("else:")
-                for line in general:
-                    b("    " + line)
-            else:
-                for line in fma if self.scale[1] == "pos" else general:
-                    b(line)
+        if self.scale is None or self.scale[1] == "neg":
+            self._softmax(body, kind, False)
+        elif self.scale[1] == "pos":
+            self._softmax(body, kind, True)
         else:
-            for line in general:
-                b(line)
-        for line in ("alpha = tl.exp2(m_i - m_use)",
-                     f"l_i = l_i * alpha + {red_sum}", "m_i = m_new",
-                     "vj = j0 + offs_n[:, None]",
-                     "mask_vj = tl.full([BLOCK_N, 1], 1, tl.int1)" if full else
-                     f"mask_vj = vj < {LJ}",
-                     "mask_v = mask_vj & mask_ve"):
+            b("if POS_SCALE:  # the scale is positive (the launch checks)")
+            self._softmax(self._nested(body), kind, True)
+            b("else:")
+            self._softmax(self._nested(body), kind, False)
+        red_sum = self.row_reduce("tl.sum", "p")
+        for line in ("alpha = tl.exp2(m_i - m_use)", f"l_i = l_i * alpha + {red_sum}",
+                     "m_i = m_new"):
             b(line)
-        body.tile("vj", frozenset("p"))
-        self.frame("v")
-        vt = self.operand(a.pv, a.pv.rhs, body, TL_DTYPE[pv_dt.name], self.j)
         b(f"acc = tl.dot(p.to({TL_DTYPE[pv_dt.name]}), {vt}, acc * alpha{self.precision(pv_dt)})")
-        self.unmasked, self.factor = set(), {}
         return body.lines
+
+    @staticmethod
+    def _nested(scope: Scope) -> Scope:
+        """A scope one level in whose lines land in `scope` as they are emitted."""
+        inner = Scope(scope, scope.indent + "    ")
+        inner.lines = scope.lines
+        return inner
+
+    def _softmax(self, scope: Scope, kind: str, folded: bool) -> None:
+        """The scores t of the tile (_scores), then m_new and p = exp2(t - running max): for
+        a positive scale c with `folded`, t is s masked and unscaled, and since max(c * t) =
+        c * max(t), scale and base-2 factor fold into one multiply-add per score."""
+        if kind == "split":
+            scope.emit("if (j0 < mid_lo) | (j0 >= mid_hi):  # a mask or the end cuts the tile")
+            self._scores(self._nested(scope), False, folded)
+            scope.emit("else:  # every row sees the whole tile")
+            self._scores(self._nested(scope), True, folded)
+        else:
+            self._scores(scope, kind == "whole", folded)
+        c = f" * ({self.scale[0]} * {LOG2E})" if folded and self.scale is not None else ""
+        for line in (f"m_new = tl.maximum(m_i, {self.row_reduce('tl.max', 't')}{c})", _GUARD,
+                     f"p = tl.exp2(t{c} - m_use)"):
+            scope.emit(line)
+
+    def _scores(self, scope: Scope, whole: bool, folded: bool) -> None:
+        """t = the score tile in base 2 (the factor folded into the scale op when there is
+        one; with `folded` the scale op is left out, applied by _softmax), masked past the
+        end unless `whole`, where the masks are left out too."""
+        if folded and whole:
+            scope.emit("t = s")
+            return
+        self.unmasked = {sel for _, sel in self.attn.masks} if whole else set()
+        self.factor = {} if self.scale_op is None else \
+            {self.scale_op: None if folded else str(LOG2E)}
+        t = self.tensor_value(self.attn.scores, scope, False)
+        self.unmasked, self.factor = set(), {}
+        if self.scale_op is None:  # base 2: one multiply
+            t = f"({t}) * {LOG2E}"
+        scope.emit(f"t = {t}" if whole else f"t = tl.where(mask_sj, {t}, float(\"-inf\"))")
+
+    def _scores_read_memory(self, t: int) -> bool:
+        """Whether computing tensor t (the scores) loads a tensor besides q @ k^T: then the
+        stages stay separate loops, whose loads Triton pipelines (not so inside a branch)."""
+        if t in self.plan.fills or t == self._gen(self.attn.qk.gi).results[0]:
+            return False
+        if t not in self.producer:
+            return True
+        return any(self._scores_read_memory(x) for x in self._gen(self.producer[t]).inputs)
 
     def source(self) -> KernelSource:
         self.scale_op = self._log2_scale()

@@ -22,7 +22,7 @@ are a tile's row and column index.
 from __future__ import annotations
 
 from fusile.backends.triton.codegen import KernelWriter
-from fusile.backends.triton.codegen_attn import AttnWriter, head_mask
+from fusile.backends.triton.codegen_attn import AttnWriter, end_mask, head_mask
 from fusile.backends.triton.kernel_source import KernelSource, TensorArg
 from fusile.backends.triton.ops import TL_DTYPE
 from fusile.backends.triton.scope import Scope
@@ -73,7 +73,7 @@ class GradWriter(AttnWriter):
         self.block = {self.keep: "BLOCK_M", self.loop: "BLOCK_N"} | {
             c: f"BLOCK_H{x}" for x, c in enumerate(self.heads)}
         self.constexprs = ("BLOCK_M", "BLOCK_N", *(self.block[c] for c in self.heads),
-                           "EVEN_HEADS", "USE_I64")
+                           "EVEN_HEADS", "EVEN_N", "USE_I64")
         self.i, self.j = self.keep, self.loop  # what the key-bound solver calls rows and keys
         self.m, self.n, self.kc = self.keep, self.loop, self.heads[0]
 
@@ -93,6 +93,8 @@ class GradWriter(AttnWriter):
                 ones = f"[{block}, 1]" if axis == "p" else f"[1, {block}]"
                 if base == "ln" and self.full:  # a whole block: a constant mask folds away
                     scope.emit(f"mask_{var} = tl.full({ones}, 1, tl.int1)")
+                elif base == "ln":
+                    scope.emit(end_mask(var, self.cname[cls], ones))
                 elif cls in self.heads:
                     scope.emit(head_mask(var, self.cname[cls], ones))
                 else:

@@ -224,14 +224,14 @@ class TritonProgram:
         if launch.ks.attn[1] is not None:  # the sign of a runtime score scale
             scalars = launch.ks.scalars
             extra["POS_SCALE"] = args[len(args) - len(scalars) +
-                                      scalars.index(launch.ks.attn[1])] >= 0
+                                      scalars.index(launch.ks.attn[1])] > 0
         self._launch_tuned(
             launch, (li, lj, d, e, batch, *extra.values()), 4 * li * lj * max(d, e) * batch,
             lambda: tune.attention_candidates(self.target, max(d, e)),
             lambda: (f"{launch.key}|{dot.dtype}|{tune.bucket(li, lj, max(d, e), batch)}",
                      f"attention {batch} x {li}x{lj}, d={d}"),
             lambda c: (batch * math.ceil(li / c.block_m),),
-            lambda c: tune.attention_constexprs(c, d, e, use_i64) | extra, device, args)
+            lambda c: tune.attention_constexprs(c, d, e, lj, use_i64) | extra, device, args)
 
     def _launch_grad(self, launch: _Launch, tensors: list[Any], args: tuple,
                      sizes: dict[tuple, int], device: Any) -> None:
@@ -251,7 +251,7 @@ class TritonProgram:
             lambda: (f"{launch.key}|{dot.dtype}|{tune.bucket(keep, loop, max(heads), batch)}",
                      f"attention backward {batch} x {keep}x{loop}, d={max(heads)}"),
             lambda c: (batch * math.ceil(keep / c.block_m),),
-            lambda c: tune.grad_constexprs(c, heads, use_i64), device, args)
+            lambda c: tune.grad_constexprs(c, heads, loop, use_i64), device, args)
 
     def _launch_tuned(self, launch: _Launch, shape: tuple, flops: int,
                       candidates: Callable[[], list[tune.DotConfig]],

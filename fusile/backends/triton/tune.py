@@ -221,12 +221,16 @@ def attention_candidates(target: Target, d: int) -> list[DotConfig]:
     return [DotConfig(64, 64, 0, 4, 2), DotConfig(128, 32, 0, 8, 2), DotConfig(64, 32, 0, 4, 2)]
 
 
-def attention_constexprs(cfg: DotConfig, d: int, e: int, use_i64: bool) -> dict[str, Any]:
-    """A flash kernel's constexprs: the head dims padded to powers of two (at least 16), and
-    whether both are their blocks (then the head-dim masks fold away)."""
+def attention_constexprs(cfg: DotConfig, d: int, e: int, keys: int | None, use_i64: bool
+                         ) -> dict[str, Any]:
+    """A flash kernel's constexprs: the head dims padded to powers of two (at least 16),
+    whether both are their blocks (then the head-dim masks fold away), and whether BLOCK_N
+    divides the key length `keys` (None: not known, as ahead of time; then the masks at the
+    end stay)."""
     bd, be = max(16, pow2(d)), max(16, pow2(e))
     return {"BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_D": bd, "BLOCK_E": be,
-            "EVEN_HEADS": d == bd and e == be, "USE_I64": use_i64}
+            "EVEN_HEADS": d == bd and e == be,
+            "EVEN_N": keys is not None and keys % cfg.block_n == 0, "USE_I64": use_i64}
 
 
 def grad_candidates(target: Target, d: int) -> list[DotConfig]:
@@ -253,11 +257,14 @@ def grad_candidates(target: Target, d: int) -> list[DotConfig]:
     return [DotConfig(64, 32, 0, 4, 1), DotConfig(32, 32, 0, 4, 2), DotConfig(64, 16, 0, 4, 1)]
 
 
-def grad_constexprs(cfg: DotConfig, heads: list[int], use_i64: bool) -> dict[str, Any]:
-    """A flash backward kernel's constexprs: each head dim padded to a power of two >= 16, and
-    whether every head dim is its block."""
+def grad_constexprs(cfg: DotConfig, heads: list[int], looped: int | None, use_i64: bool
+                    ) -> dict[str, Any]:
+    """A flash backward kernel's constexprs: each head dim padded to a power of two >= 16,
+    whether every head dim is its block, and whether BLOCK_N divides the looped length
+    (None: not known)."""
     out: dict[str, Any] = {"BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n}
     for x, h in enumerate(heads):
         out[f"BLOCK_H{x}"] = max(16, pow2(h))
     even = all(h == max(16, pow2(h)) for h in heads)
-    return out | {"EVEN_HEADS": even, "USE_I64": use_i64}
+    return out | {"EVEN_HEADS": even, "EVEN_N": looped is not None and looped % cfg.block_n == 0,
+                  "USE_I64": use_i64}
