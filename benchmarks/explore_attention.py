@@ -28,17 +28,20 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from triton.testing import do_bench
 
 from fusile.backends.triton import runtime
+from fusile.backends.triton.codegen import generate
+from fusile.backends.triton.codegen_attn import AttnWriter
 from fusile.stdlib.attention import attention
 
 
 def capture(q, k, v, causal):
-    """The attention launch fusile makes for these inputs: (source, grid, consts, args)."""
+    """The attention launch fusile makes for these inputs: (source, grid, consts, opts, args,
+    program)."""
     got = []
     orig = runtime.TritonProgram._run
 
     def spy(self, launch, variant, grid, consts, opts, device, args):
         if launch.ks.attn is not None:
-            got.append((launch.ks.source, grid, dict(consts), dict(opts), args))
+            got.append((launch.ks.source, grid, dict(consts), dict(opts), args, self))
         return orig(self, launch, variant, grid, consts, opts, device, args)
 
     runtime.TritonProgram._run = spy
@@ -47,6 +50,18 @@ def capture(q, k, v, causal):
     finally:
         runtime.TritonProgram._run = orig
     return got[-1]
+
+
+def staged_source(program):
+    """The program's attention kernel as the generator writes it when the stages must stay
+    separate loops (scores that load a tensor)."""
+    keep = AttnWriter._scores_read_memory
+    AttnWriter._scores_read_memory = lambda self, t: True
+    try:
+        _, kernels = generate(program.plan, "gpu", program.names, False)
+    finally:
+        AttnWriter._scores_read_memory = keep
+    return next(ks.source for ks in kernels if ks.attn is not None)
 
 
 def whole_loop(src):
@@ -137,6 +152,21 @@ def v_oneloop_mask(src):
     return "".join(lines[:heads[0]] + out + lines[end:])
 
 
+def v_vlate(src):
+    """V's tile loaded after the softmax, just before its dot (as before the stages merged)."""
+    out, held = [], []
+    for ln in src.splitlines(keepends=True):
+        if ln.strip().startswith(("vj = ", "mask_vj = ", "mask_v = ")) or \
+                "= tl.load(v_ptr" in ln:
+            held.append(ln)
+            continue
+        if ln.strip().startswith("acc = tl.dot(") and held:
+            out += held
+            held = []
+        out.append(ln)
+    return "".join(out)
+
+
 def v_plain(src):
     """The program order before L2 grouping: each batch index's row blocks in turn, the last
     first."""
@@ -155,6 +185,7 @@ VARIANTS = {"base": lambda s: s, "plain": v_plain, "oneloop": v_oneloop,
             "oneloop_mask": v_oneloop_mask, "group4m": lambda s: v_group(s, 4 << 20),
             "masked": lambda s: s.replace("if EVEN_HEADS else", "if False else"),
             "ragged": lambda s: s.replace("if EVEN_N else", "if False else"),
+            "staged": None, "vlate": v_vlate,
             "tma": v_tma, "ws": v_ws, "tma_ws": lambda s: v_ws(v_tma(s))}
 CONFIGS = [(64, 64, 4, 3), (64, 64, 4, 4), (64, 128, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3),
            (128, 128, 8, 2), (128, 128, 8, 3), (128, 128, 4, 2), (128, 64, 8, 4)]
@@ -196,7 +227,7 @@ def main() -> None:
                   "TFLOP/s")
     f = lambda: attention(q, k, v, causal=a.causal)  # noqa: E731
     print(f"fusile   {tf(do_bench(f, warmup=250, rep=100, return_mode='median')):6.0f} TFLOP/s")
-    src, grid, consts, opts, args = capture(q, k, v, a.causal)
+    src, grid, consts, opts, args, program = capture(q, k, v, a.causal)
     if a.dump:
         with open(a.dump, "w") as f:
             f.write(src)
@@ -208,7 +239,8 @@ def main() -> None:
     rows = []
     for vname in a.variants.split(","):
         try:
-            fn = load(VARIANTS[vname](src), vname)
+            fn = load(staged_source(program) if vname == "staged" else VARIANTS[vname](src),
+                      vname)
         except Exception as exc:
             print(f"{vname}: {type(exc).__name__}: {str(exc)[:200]}")
             continue

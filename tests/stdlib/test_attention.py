@@ -54,6 +54,7 @@ CASES = {  # name -> (q heads, kv heads, q_len, kv_len, d, e, options)
     "head_dim_32_odd": (2, 1, 50, 70, 32, 32, {}),
     "alibi": (4, 2, 30, 41, 16, 16, {"causal": True, "alibi": True}),
     "negative_scale": (2, 2, 37, 70, 16, 16, {"scale": -0.3}),  # max(s * c) != c * max(s)
+    "causal_negative_scale": (2, 2, 37, 37, 16, 16, {"causal": True, "scale": -0.3}),
     "causal_even": (2, 2, 32, 64, 16, 16, {"causal": True}),  # BLOCK_N divides kv_len
     "zero_scale": (2, 2, 32, 64, 16, 16, {"causal": True, "scale": 0.0}),  # no -inf * 0
 }
@@ -158,9 +159,9 @@ def test_plans_keep_the_score_matrix_on_chip() -> None:
 
 def test_masks_bound_the_loops() -> None:
     """Position masks bound the loop (tiles no row sees are never visited) and split it: the
-    tiles every row sees whole run without masks, between masked stages: in one loop with a
-    branch on the tile, or (when the scores load a tensor, which a branch would keep Triton
-    from pipelining) in three."""
+    tiles every row sees whole run without masks, between masked stages: for a positive scale
+    in one loop with a branch on the tile that only selects on s, else (a negative scale, or
+    scores that load a tensor, which a branch would keep Triton from pipelining) in three."""
     q = torch.randn(1, 1, 1, 40, 16)
     causal = attention_fwd.triton(*_fwd_args(q, True), target="cpu")
     assert "hi = tl.minimum(hi," in causal and "lo = tl.maximum" not in causal
@@ -170,16 +171,18 @@ def test_masks_bound_the_loops() -> None:
     assert "lo_all = tl.maximum(lo_all," in window
     plain = attention_fwd.triton(*_fwd_args(q), target="cpu")
     assert "hi = tl.minimum(hi," not in plain and "lo = tl.maximum(lo," not in plain
-    for src in (causal, window, plain):
-        assert src.count("for j0 in range(") == 1
-        whole = src.split("else:  # every row sees the whole tile")[1].split("m_new")[0]
-        assert "tl.where" not in whole  # no select
     k, v = (torch.randn(1, 1, 40, 16) for _ in range(2))
     biased = fusile.from_source(BIAS).triton(q[0], k, v, torch.randn(1, 1, 40, 40), 0.25,
                                              target="cpu")
-    assert biased.count("for j0 in range(") == 3
-    whole = biased.split("# whole tiles: no masks")[1].split("for j0")[0]
-    assert "-inf\"))" not in whole.replace("m_new == float(\"-inf\")", "")  # no select
+    for src in (causal, window):  # POS_SCALE: one loop; else three
+        split, staged = src.split("    if POS_SCALE:")[1].split("\n    else:")
+        assert split.count("for j0 in range(") == 1 and staged.count("for j0 in range(") == 3
+        whole = split.split("else:  # every row sees the whole tile")[1].split("m_new")[0]
+        assert "tl.where" not in whole  # no select
+    for src in (causal, window, plain, biased):
+        whole = src.split("# whole tiles: no masks")[1].split("for j0")[0]
+        assert "-inf\"))" not in whole.replace("m_new == float(\"-inf\")", "")  # no select
+    assert plain.count("for j0 in range(") == 3 and biased.count("for j0 in range(") == 3
     # backward: the dk/dv kernel loops over queries i >= j (a lower bound), the dq kernel
     # over keys j <= i (an upper bound)
     src = attention_bwd.triton(*_bwd_args(q, True), target="cpu")

@@ -194,14 +194,22 @@ class AttnWriter(KeyBounds, DotWriter):
         e("m_i = tl.full([BLOCK_M, 1], float(\"-inf\"), tl.float32)  # running max, base 2")
         e("l_i = tl.full([BLOCK_M, 1], 0.0, tl.float32)")
         e("acc = tl.full([BLOCK_M, BLOCK_E], 0.0, tl.float32)")
-        why = {"whole": "whole tiles: no masks", "masked": "tiles a mask or the end cuts",
-               "split": "one loop: masked tiles at the ends, whole ones between"}
-        loops = [(lo, hi, "whole" if full else "masked") for lo, hi, full in stages]
-        if len(stages) > 1 and not self._scores_read_memory(a.scores):
-            loops = [("lo", "hi", "split")]  # no pipeline drain and fill between stages
-        for start, stop, kind in loops:
-            e(f"for j0 in range({start}, {stop}, BLOCK_N):  # {why[kind]}")
-            top.lines += self._attn_body(top, kind, qk_dt, pv_dt, LJ)
+        mode = {"pos": "folded", "POS_SCALE": "either"}.get(self.scale[1] if self.scale
+                                                           else "", "general")
+        staged = [(lo, hi, "whole" if full else "masked") for lo, hi, full in stages]
+        if not a.masks or len(stages) == 1 or mode == "general" or \
+                self._scores_read_memory(a.scores):
+            top.lines += self._loops(top, staged, mode, qk_dt, pv_dt, LJ)
+        else:  # position masks, selecting on s: one loop, no pipeline drain between stages
+            split = self._loops(top, [("lo", "hi", "split")], "folded", qk_dt, pv_dt, LJ)
+            if mode == "folded":
+                top.lines += split
+            else:
+                e("if POS_SCALE:  # the scale is positive (the launch checks)")
+                top.lines += ["    " + line for line in split]
+                e("else:")
+                top.lines += ["    " + line for line in
+                              self._loops(top, staged, "general", qk_dt, pv_dt, LJ)]
         out = Scope(top, "    ")
         self.frame("o")
         for line in ("oi = offs_m[:, None]", "oe = offs_e[None, :]", f"mask_oi = oi < {LI}",
@@ -224,12 +232,25 @@ class AttnWriter(KeyBounds, DotWriter):
         note = f" (flash: q @ k^T on {qk_dt.name}, p @ v on {pv_dt.name})"
         return self.header(name, tensors, False, note=note) + top.lines
 
-    def _attn_body(self, top: Scope, kind: str, qk_dt: DType, pv_dt: DType, LJ: str
-                   ) -> list[str]:
+    def _loops(self, top: Scope, loops: list[tuple[str, str, str]], mode: str, qk_dt: DType,
+               pv_dt: DType, LJ: str) -> list[str]:
+        """The key loops (start, stop, kind of tile; see _attn_body) and their bodies."""
+        why = {"whole": "whole tiles: no masks", "masked": "tiles a mask or the end cuts",
+               "split": "masked tiles at the ends, whole ones between"}
+        lines = []
+        for start, stop, kind in loops:
+            lines.append(f"    for j0 in range({start}, {stop}, BLOCK_N):  # {why[kind]}")
+            lines += self._attn_body(top, kind, mode, qk_dt, pv_dt, LJ)
+        return lines
+
+    def _attn_body(self, top: Scope, kind: str, mode: str, qk_dt: DType, pv_dt: DType,
+                   LJ: str) -> list[str]:
         """One key block: S = q @ k^T, the score modifications in base 2, the online softmax
         update and acc += P @ v. `kind`: "whole" (every row sees every key of the tile: no
         masks), "masked" (the masks and the end applied) or "split" (either, by a branch on
-        the tile: every stage in one loop)."""
+        the tile, which only selects: every stage in one loop; Triton 3.6's pipeliner fails
+        on branches that compute more). `mode`: "folded" (a positive scale, _softmax),
+        "general" or "either" (by POS_SCALE)."""
         a = self.attn
         body = Scope(top, "        ")
         b = body.emit
@@ -259,10 +280,8 @@ class AttnWriter(KeyBounds, DotWriter):
         body.tile("s", frozenset("pr"))
         self.frame("s")
         body.values[self._gen(a.qk.gi).results[0]] = "s"
-        if self.scale is None or self.scale[1] == "neg":
-            self._softmax(body, kind, False)
-        elif self.scale[1] == "pos":
-            self._softmax(body, kind, True)
+        if mode != "either":
+            self._softmax(body, kind, mode == "folded")
         else:
             b("if POS_SCALE:  # the scale is positive (the launch checks)")
             self._softmax(self._nested(body), kind, True)
