@@ -24,6 +24,7 @@ functions are compile-time constants: a variant without a feature has none of it
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -115,6 +116,13 @@ def _grad(ctx, do, _dlse):
 autograd(_attention, _grad, _setup)
 
 
+@functools.lru_cache(maxsize=64)
+def _no_slopes(h: int, device: torch.device) -> Tensor:
+    """The slopes argument when there is no ALiBi (unread by the kernel): made once per head
+    count and device, not on every call (an allocation and a fill kernel)."""
+    return torch.ones(h, device=device)
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
               scale: float | None = None, window: int | None = None,
               softcap: float | None = None, alibi_slopes: Tensor | None = None) -> Tensor:
@@ -150,7 +158,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
     q5 = q.unflatten(1, (hk, g))  # (b, hk, g, lq, d): a view
     k5, v5 = k.unsqueeze(2), v.unsqueeze(2)  # (b, hk, 1, lk, d): shared by the group
     alibi = alibi_slopes is not None
-    slopes = (torch.ones(h, device=q.device) if alibi_slopes is None else
+    slopes = (_no_slopes(h, q.device) if alibi_slopes is None else
               alibi_slopes.float()).view(hk, g)
     out, _ = apply(_attention, q5, k5, v5, slopes, scale, float(softcap or 0.0), bool(causal),
                    int(window or 0), alibi)

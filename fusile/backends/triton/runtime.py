@@ -47,6 +47,7 @@ class _Launch:
     alloc_classes: dict[int, list[tuple]]  # output tensor -> class of each axis
     sized: dict[int, tuple]  # index class -> the global class that gives its size
     configs: dict[tuple, Any] = field(default_factory=dict)  # sizes -> config
+    ready: dict[tuple, Any] = field(default_factory=dict)  # sizes -> (grid, consts, options)
     compiled: dict[tuple, Any] = field(default_factory=dict)  # specialization -> kernel
     splits: dict[tuple[int, int], Any] = field(default_factory=dict)  # sizes -> split plan
     key: str = ""  # the kernel's source hash: what tuning results are remembered under
@@ -203,7 +204,7 @@ class TritonProgram:
             return
         use_i64 = any(_extent(t) >= 2**31 - 1 for t in tensors)
         self._launch_tuned(
-            launch, (m, n, k, batch), 2 * m * n * k * batch,
+            launch, (m, n, k, batch, use_i64), 2 * m * n * k * batch,
             lambda: tune.candidates(self.target, dot.dtype, m, n, k, batch, dot.prologue),
             lambda: (f"{launch.key}|{dot.dtype}|{tune.bucket(m, n, k, batch)}",
                      f"{f'{batch} x ' if batch > 1 else ''}{m}x{k} @ {k}x{n}"),
@@ -226,7 +227,8 @@ class TritonProgram:
             extra["POS_SCALE"] = args[len(args) - len(scalars) +
                                       scalars.index(launch.ks.attn[1])] > 0
         self._launch_tuned(
-            launch, (li, lj, d, e, batch, *extra.values()), 4 * li * lj * max(d, e) * batch,
+            launch, (li, lj, d, e, batch, use_i64, *extra.values()),
+            4 * li * lj * max(d, e) * batch,
             lambda: tune.attention_candidates(self.target, max(d, e)),
             lambda: (f"{launch.key}|{dot.dtype}|{tune.bucket(li, lj, max(d, e), batch)}",
                      f"attention {batch} x {li}x{lj}, d={d}"),
@@ -246,7 +248,7 @@ class TritonProgram:
         use_i64 = any(_extent(t) >= 2**31 - 1 for t in tensors)
         flops = 2 * keep * loop * batch * sum(sizes[sized[c]] for c in launch.ks.grad[1])
         self._launch_tuned(
-            launch, (keep, loop, *heads, batch), flops,
+            launch, (keep, loop, *heads, batch, use_i64), flops,
             lambda: tune.grad_candidates(self.target, max(heads)),
             lambda: (f"{launch.key}|{dot.dtype}|{tune.bucket(keep, loop, max(heads), batch)}",
                      f"attention backward {batch} x {keep}x{loop}, d={max(heads)}"),
@@ -261,7 +263,12 @@ class TritonProgram:
                       args: tuple) -> None:
         """Launch a tiled kernel with the config for this shape: remembered, else the tuner's
         winner (timed here on first use on a GPU), else the rule-based pick for small work.
-        `label` gives the tuner's key and the size it prints (only built when tuning)."""
+        `label` gives the tuner's key and the size it prints (only built when tuning).
+        `shape` must decide the launch (grid, constexprs, options): it is cached by it."""
+        ready = launch.ready.get(shape)
+        if ready is not None:  # a shape seen before: its launch is known
+            self._run(launch, "dot", *ready, device, args)
+            return
         cfg = launch.configs.get(shape)
         if cfg is None:
             cands = candidates()
@@ -286,8 +293,8 @@ class TritonProgram:
                 key, size = label()
                 cfg = tune.TUNER.best(self.target, key, cands, size, time, go)
             launch.configs[shape] = cfg
-        self._run(launch, "dot", grid(cfg), consts(cfg), cfg.options(self.target.backend),
-                  device, args)
+        ready = launch.ready[shape] = (grid(cfg), consts(cfg), cfg.options(self.target.backend))
+        self._run(launch, "dot", *ready, device, args)
 
     def _run(self, launch: _Launch, variant: str, grid: tuple[int, ...], consts: dict[str, Any],
              opts: dict[str, Any], device: Any, args: tuple) -> None:
@@ -298,8 +305,9 @@ class TritonProgram:
         spec: tuple = ()
         if fast:
             spec = (variant, tuple(consts.values()), tuple(opts.values()), device.index,
-                    tuple(a.data_ptr() & 15 if hasattr(a, "data_ptr") else
-                          (a if type(a) is int else type(a)) for a in args))
+                    tuple(a if type(a) is int else float if type(a) is float else
+                          a.data_ptr() & 15 if hasattr(a, "data_ptr") else type(a)
+                          for a in args))  # ints first: most arguments are sizes, strides
             kernel = launch.compiled.get(spec)
             if kernel is not None:
                 try:
