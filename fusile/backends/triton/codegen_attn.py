@@ -8,7 +8,10 @@ acc = acc * alpha + P @ v. After the loop: O = acc / sum, the epilogue, one stor
 live in registers only.
 
 Masks that depend on positions alone also bound the key loop (codegen_bounds.py): key blocks
-no row sees are never visited, and the masks are only computed on the tiles they cut.
+no row sees are never visited, and the masks are only computed on the tiles they cut. Under a
+positive scale the masked and whole tiles share one loop, a branch on the tile choosing the
+masked scores or s itself (no pipeline drain and refill between stages); otherwise they are
+three loops.
 
 Frames (tile axes): q (i, d), k (d, j), s (i, j), v (j, e), o (i, e).
 """
