@@ -267,7 +267,7 @@ class TritonProgram:
         `shape` must decide the launch (grid, constexprs, options): it is cached by it."""
         ready = launch.ready.get(shape)
         if ready is not None:  # a shape seen before: its launch is known
-            self._run(launch, "dot", *ready, device, args)
+            self._run(launch, "dot", ready[0], ready[1], ready[2], device, args)
             return
         cfg = launch.configs.get(shape)
         if cfg is None:
@@ -294,7 +294,7 @@ class TritonProgram:
                 cfg = tune.TUNER.best(self.target, key, cands, size, time, go)
             launch.configs[shape] = cfg
         ready = launch.ready[shape] = (grid(cfg), consts(cfg), cfg.options(self.target.backend))
-        self._run(launch, "dot", *ready, device, args)
+        self._run(launch, "dot", ready[0], ready[1], ready[2], device, args)
 
     def _run(self, launch: _Launch, variant: str, grid: tuple[int, ...], consts: dict[str, Any],
              opts: dict[str, Any], device: Any, args: tuple) -> None:
