@@ -46,8 +46,8 @@ class _Launch:
     stride_axes: list[list[int]]  # per tensor argument, the axes whose stride is passed
     alloc_classes: dict[int, list[tuple]]  # output tensor -> class of each axis
     sized: dict[int, tuple]  # index class -> the global class that gives its size
-    configs: dict[tuple, Any] = field(default_factory=dict)  # sizes -> config
-    ready: dict[tuple, Any] = field(default_factory=dict)  # sizes -> (grid, consts, options)
+    configs: dict[tuple, Any] = field(default_factory=dict)  # row kernels: sizes -> config
+    ready: dict[tuple, Any] = field(default_factory=dict)  # tiled: shape -> grid, consts, opts
     compiled: dict[tuple, Any] = field(default_factory=dict)  # specialization -> kernel
     splits: dict[tuple[int, int], Any] = field(default_factory=dict)  # sizes -> split plan
     key: str = ""  # the kernel's source hash: what tuning results are remembered under
@@ -269,30 +269,27 @@ class TritonProgram:
         if ready is not None:  # a shape seen before: its launch is known
             self._run(launch, "dot", ready[0], ready[1], ready[2], device, args)
             return
-        cfg = launch.configs.get(shape)
-        if cfg is None:
-            cands = candidates()
-            if device.type == "cpu" or flops < 2**30:
-                cfg = cands[0]  # small: not worth timing
-            else:
-                def go(c: tune.DotConfig) -> None:
-                    self._run(launch, "dot", grid(c), consts(c),
-                              c.options(self.target.backend), device, args)
+        cands = candidates()
+        if device.type == "cpu" or flops < 2**30:
+            cfg = cands[0]  # small: not worth timing
+        else:
+            def go(c: tune.DotConfig) -> None:
+                self._run(launch, "dot", grid(c), consts(c),
+                          c.options(self.target.backend), device, args)
 
-                warm = [False]
+            warm = [False]
 
-                def time(c: tune.DotConfig) -> float:
-                    from triton.testing import do_bench
+            def time(c: tune.DotConfig) -> float:
+                from triton.testing import do_bench
 
-                    # the first timing ramps the clocks up after the compiles (~250 ms)
-                    ms = do_bench(lambda: go(c), warmup=25 if warm[0] else 250, rep=25,
-                                  return_mode="median")
-                    warm[0] = True
-                    return float(ms)
+                # the first timing ramps the clocks up after the compiles (~250 ms)
+                ms = do_bench(lambda: go(c), warmup=25 if warm[0] else 250, rep=25,
+                              return_mode="median")
+                warm[0] = True
+                return float(ms)
 
-                key, size = label()
-                cfg = tune.TUNER.best(self.target, key, cands, size, time, go)
-            launch.configs[shape] = cfg
+            key, size = label()
+            cfg = tune.TUNER.best(self.target, key, cands, size, time, go)
         ready = launch.ready[shape] = (grid(cfg), consts(cfg), cfg.options(self.target.backend))
         self._run(launch, "dot", ready[0], ready[1], ready[2], device, args)
 
