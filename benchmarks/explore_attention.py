@@ -99,9 +99,9 @@ def v_ws(src):
                        "for j0 in tl.range(mid_lo, mid_hi, BLOCK_N, warp_specialize=True):")
 
 
-def v_oneloop(src):
-    """The masked and whole stages as one loop, the softmax part under a branch on the tile,
-    so the loads pipeline across the stage boundary (one fill per program instead of three)."""
+def _stages(src):
+    """src's lines, the lines of its three stage loops' heads, and the line after the last
+    loop (ValueError for a kernel that is not three loops)."""
     lines = src.splitlines(keepends=True)
     heads = [i for i, ln in enumerate(lines) if ln.startswith("    for j0 in range(")]
     if len(heads) != 3:
@@ -109,6 +109,13 @@ def v_oneloop(src):
     end = heads[2] + 1
     while end < len(lines) and lines[end].startswith("        "):
         end += 1
+    return lines, heads, end
+
+
+def v_oneloop(src):
+    """The masked and whole stages as one loop, the softmax part under a branch on the tile,
+    so the loads pipeline across the stage boundary (one fill per program instead of three)."""
+    lines, heads, end = _stages(src)
 
     def parts(a, b):
         body = lines[a + 1:b]
@@ -131,13 +138,7 @@ def v_oneloop(src):
 def v_oneloop_mask(src):
     """As oneloop, but the branch only masks the scores (t = masked s, or s itself); the
     softmax after it is shared (assumes a positive scale: POS_SCALE)."""
-    lines = src.splitlines(keepends=True)
-    heads = [i for i, ln in enumerate(lines) if ln.startswith("    for j0 in range(")]
-    if len(heads) != 3:
-        raise ValueError("not three stages")
-    end = heads[2] + 1
-    while end < len(lines) and lines[end].startswith("        "):
-        end += 1
+    lines, heads, end = _stages(src)
     body = lines[heads[0] + 1:heads[1]]
     i = next(x for x, ln in enumerate(body) if ln.strip().startswith("mask_s = "))
     j = next(x for x, ln in enumerate(body) if ln.strip().startswith("if POS_SCALE"))

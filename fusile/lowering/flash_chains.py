@@ -42,7 +42,6 @@ def attention_chains(graph: Graph, ones: set[tuple], cls: Classes) -> Flash:
     return out
 
 
-
 def grad_kernels(graph: Graph, ones: set[tuple], cls: Classes, taken: set[int]
                  ) -> list[GradForm]:
     """Attention backward kernels (lowering/attention_grad.py) whose members fit one group

@@ -257,26 +257,25 @@ class AttnWriter(KeyBounds, DotWriter):
         a = self.attn
         body = Scope(top, "        ")
         b = body.emit
-        every = "tl.full([1, BLOCK_N], 1, tl.int1)"
-        whole = kind == "whole"
-        for line in ("kj = j0 + offs_n[None, :]",
-                     f"mask_kj = {every}" if whole else end_mask("kj", LJ, "[1, BLOCK_N]"),
+
+        def key_mask(var: str, shape: str) -> str:  # none in a whole tile
+            return f"mask_{var} = tl.full({shape}, 1, tl.int1)" if kind == "whole" else \
+                end_mask(var, LJ, shape)
+
+        for line in ("kj = j0 + offs_n[None, :]", key_mask("kj", "[1, BLOCK_N]"),
                      "mask_k = mask_kd & mask_kj"):
             b(line)
         body.tile("kj", frozenset("r"))
         self.frame("k")
         kt = self.operand(a.qk, a.qk.rhs, body, TL_DTYPE[qk_dt.name], self.d)
         b(f"s = tl.dot(q, {kt}{self.precision(qk_dt)})")
-        for line in ("vj = j0 + offs_n[:, None]",
-                     "mask_vj = tl.full([BLOCK_N, 1], 1, tl.int1)" if whole else
-                     end_mask("vj", LJ, "[BLOCK_N, 1]"),
+        for line in ("vj = j0 + offs_n[:, None]", key_mask("vj", "[BLOCK_N, 1]"),
                      "mask_v = mask_vj & mask_ve"):
             b(line)
         body.tile("vj", frozenset("p"))
         self.frame("v")
         vt = self.operand(a.pv, a.pv.rhs, body, TL_DTYPE[pv_dt.name], self.j)
-        for line in ("sj = j0 + offs_n[None, :]",
-                     f"mask_sj = {every}" if whole else end_mask("sj", LJ, "[1, BLOCK_N]"),
+        for line in ("sj = j0 + offs_n[None, :]", key_mask("sj", "[1, BLOCK_N]"),
                      "mask_s = mask_si & mask_sj"):
             b(line)
         body.tile("sj", frozenset("r"))
