@@ -27,6 +27,7 @@ import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from triton.testing import do_bench
 
+from benchmarks.attention_sketches import sketch
 from fusile.backends.triton import runtime
 from fusile.backends.triton.codegen import generate
 from fusile.backends.triton.codegen_attn import AttnWriter
@@ -182,7 +183,18 @@ def v_group(src, budget):
     return re.sub(r"tl\.minimum\(n_b, \d+ //", f"tl.minimum(n_b, {budget} //", src)
 
 
-VARIANTS = {"base": lambda s: s, "plain": v_plain, "oneloop": v_oneloop,
+def sk(split: int = 1, occ: int = 0, flatten: bool = False):
+    """A hand-written sketch (attention_sketches), on a persistent grid of occ programs per
+    SM when occ is set."""
+    f = lambda s: sketch(s, split, occ > 0, flatten)  # noqa: E731
+    f.occupancy = occ
+    return f
+
+
+VARIANTS = {"base": lambda s: s,
+            "hand": sk(), "split2": sk(2), "persist2": sk(1, 2), "persist2_flat": sk(1, 2, True),
+            "split2_persist1_flat": sk(2, 1, True), "split2_persist2_flat": sk(2, 2, True),
+            "plain": v_plain, "oneloop": v_oneloop,
             "oneloop_mask": v_oneloop_mask, "group4m": lambda s: v_group(s, 4 << 20),
             "masked": lambda s: s.replace("if EVEN_HEADS else", "if False else"),
             "ragged": lambda s: s.replace("if EVEN_N else", "if False else"),
@@ -210,7 +222,7 @@ def main() -> None:
     p.add_argument("--causal", action="store_true")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--dump", help="write the captured kernel source here")
-    p.add_argument("--configs", help="BMxBNxWARPSxSTAGES,... (default: a sweep)")
+    p.add_argument("--configs", help="BMxBNxWARPSxSTAGES[xMAXNREG],... (default: a sweep)")
     a = p.parse_args()
     triton.set_allocator(lambda size, align, stream: torch.empty(size, device="cuda",
                                                                  dtype=torch.int8))
@@ -237,6 +249,10 @@ def main() -> None:
     out = next(x for x in args if torch.is_tensor(x) and x.shape[-2:] == (a.seq, a.d)
                and x.data_ptr() not in (q.data_ptr(), k.data_ptr(), v.data_ptr()))
     want = ref["flash"].float()
+    lse = next(x for x in args if torch.is_tensor(x) and x.dtype == torch.float32
+               and x.shape[-1] == a.seq)
+    s00 = (q[0, 0].double() @ k[0, 0].double().T) / math.sqrt(a.d)
+    want_lse = torch.logsumexp(s00, -1)
     rows = []
     for vname in a.variants.split(","):
         try:
@@ -247,18 +263,26 @@ def main() -> None:
             continue
         configs = CONFIGS if not a.configs else \
             [tuple(int(x) for x in c.split("x")) for c in a.configs.split(",")]
-        for bm, bn, w, s in configs:
-            c = consts | {"BLOCK_M": bm, "BLOCK_N": bn}
+        occ = getattr(VARIANTS.get(vname), "occupancy", None)
+        for bm, bn, w, s, *r in configs:
+            c = consts | {"BLOCK_M": bm, "BLOCK_N": bn} | ({} if occ is None else {"NB": nb})
+            o = {"num_warps": w, "num_stages": s} | ({"maxnreg": r[0]} if r else {})
             g = (nb * math.ceil(a.seq / bm),)
+            if occ:
+                g = (min(g[0], occ * torch.cuda.get_device_properties(0).multi_processor_count),)
             try:
                 out.fill_(float("nan"))
-                kern = fn[g](*args, **c, num_warps=w, num_stages=s)
+                lse.fill_(float("nan"))
+                kern = fn[g](*args, **c, **o)
                 err = float((out.view_as(want).float() - want).norm() / want.norm())
-                ms = do_bench(lambda: fn[g](*args, **c, num_warps=w, num_stages=s),  # noqa: B023
+                got_lse = lse.reshape(batch, heads, a.seq)[0, 0].double()
+                err = max(err, float((got_lse - want_lse).norm() / want_lse.norm()))
+                ms = do_bench(lambda: fn[g](*args, **c, **o),  # noqa: B023
                               warmup=250, rep=100,
                               return_mode="median")
                 rows.append((tf(ms), vname, bm, bn, w, s, kern.n_regs, kern.n_spills, err))
-                print(f"{vname:<7} {bm:>3}x{bn:<3} w{w} s{s}  {tf(ms):6.0f} TFLOP/s  "
+                print(f"{vname:<7} {bm:>3}x{bn:<3} w{w} s{s}{'' if not r else f' r{r[0]}'}"
+                      f"  {tf(ms):6.0f} TFLOP/s  "
                       f"regs {kern.n_regs:3} spills {kern.n_spills:3}  err {err:.1e}", flush=True)
             except Exception as exc:
                 print(f"{vname:<7} {bm:>3}x{bn:<3} w{w} s{s}  failed: {type(exc).__name__}: "
