@@ -6,6 +6,9 @@ no score modifications, a positive scale, and key lengths a multiple of BLOCK_N 
 - split: the row block as `split` independent sub-blocks over the same K and V tiles, each
   with its own running max, sum and accumulator, so one sub-block's softmax can overlap the
   other's tensor-core work (FlashAttention-3's ping-pong, from dataflow alone).
+- lazy: FlashAttention-4's conditional rescaling: the running max (and with it acc and the
+  sum) is only updated when some row's tile max passes it by more than `lazy` (base 2), so
+  most tiles skip the rescale multiplies; p stays below 2**lazy.
 - persist: a persistent grid (one program per resident slot) walking the row blocks;
   `flatten` asks Triton to pipeline across row blocks, so the next block's first K/V loads
   are in flight during this block's epilogue.
@@ -24,7 +27,8 @@ def _base(src: str, pat: str) -> str:
     return m.group(1)
 
 
-def sketch(src: str, split: int = 1, persist: bool = False, flatten: bool = False) -> str:
+def sketch(src: str, split: int = 1, persist: bool = False, flatten: bool = False,
+           lazy: float = 0.0) -> str:
     """The kernel of src (its decorator and signature kept, NB added: the batch count, for a
     persistent grid) with a hand-written body that reuses src's program order and bases."""
     head = src[:src.index('    """')].replace("POS_SCALE: tl.constexpr)",
@@ -74,6 +78,20 @@ def sketch(src: str, split: int = 1, persist: bool = False, flatten: bool = Fals
     ]
     body += [f"    s{h} = tl.dot(q{h}, k)" for h in range(split)]
     for h in range(split):
+        if lazy:
+            body += [
+                f"    mt{h} = tl.max(s{h}, axis=1, keep_dims=True) * c",
+                f"    if tl.max(mt{h} - m{h}) > {lazy}:",
+                f"        mn{h} = tl.maximum(m{h}, mt{h})",
+                f"        a{h} = tl.exp2(m{h} - mn{h})",
+                f"        acc{h} = acc{h} * a{h}",
+                f"        l{h} = l{h} * a{h}",
+                f"        m{h} = mn{h}",
+                f"    p{h} = tl.exp2(s{h} * c - m{h})",
+                f"    l{h} = l{h} + tl.sum(p{h}, axis=1, keep_dims=True)",
+                f"    acc{h} = tl.dot(p{h}.to(v.dtype), v, acc{h})",
+            ]
+            continue
         body += [
             f"    mn{h} = tl.maximum(m{h}, tl.max(s{h}, axis=1, keep_dims=True) * c)",
             f"    p{h} = tl.exp2(s{h} * c - mn{h})",

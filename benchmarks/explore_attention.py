@@ -183,16 +183,17 @@ def v_group(src, budget):
     return re.sub(r"tl\.minimum\(n_b, \d+ //", f"tl.minimum(n_b, {budget} //", src)
 
 
-def sk(split: int = 1, occ: int = 0, flatten: bool = False):
+def sk(split: int = 1, occ: int = 0, flatten: bool = False, lazy: float = 0.0):
     """A hand-written sketch (attention_sketches), on a persistent grid of occ programs per
     SM when occ is set."""
-    f = lambda s: sketch(s, split, occ > 0, flatten)  # noqa: E731
+    f = lambda s: sketch(s, split, occ > 0, flatten, lazy)  # noqa: E731
     f.occupancy = occ
     return f
 
 
 VARIANTS = {"base": lambda s: s,
-            "hand": sk(), "split2": sk(2), "persist2": sk(1, 2), "persist2_flat": sk(1, 2, True),
+            "hand": sk(), "split2": sk(2), "lazy8": sk(lazy=8.0), "split2_lazy8": sk(2, lazy=8.0),
+            "persist2": sk(1, 2), "persist2_flat": sk(1, 2, True),
             "split2_persist1_flat": sk(2, 1, True), "split2_persist2_flat": sk(2, 2, True),
             "plain": v_plain, "oneloop": v_oneloop,
             "oneloop_mask": v_oneloop_mask, "group4m": lambda s: v_group(s, 4 << 20),
