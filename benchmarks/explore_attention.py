@@ -154,6 +154,15 @@ def v_oneloop_mask(src):
     return "".join(lines[:heads[0]] + out + lines[end:])
 
 
+def v_even1(src):
+    """The three stage loops as one loop over every tile with the masked stage's body: under
+    EVEN_N and without position masks its masks fold away (the non-causal kernel as one
+    plain loop)."""
+    lines, heads, end = _stages(src)
+    head = lines[heads[0]].replace("range(lo, mid_lo, BLOCK_N)", "range(lo, hi, BLOCK_N)")
+    return "".join([*lines[:heads[0]], head, *lines[heads[0] + 1:heads[1]], *lines[end:]])
+
+
 def v_vlate(src):
     """V's tile loaded after the softmax, just before its dot (as before the stages merged)."""
     out, held = [], []
@@ -199,7 +208,9 @@ VARIANTS = {"base": lambda s: s,
             "oneloop_mask": v_oneloop_mask, "group4m": lambda s: v_group(s, 4 << 20),
             "masked": lambda s: s.replace("if EVEN_HEADS else", "if False else"),
             "ragged": lambda s: s.replace("if EVEN_N else", "if False else"),
-            "staged": None, "vlate": v_vlate,
+            "staged": None, "vlate": v_vlate, "even1": v_even1,
+            "even1_noguard": lambda s: re.sub(r"m_use = tl\.where\([^\n]*", "m_use = m_new",
+                                              v_even1(s)),
             "tma": v_tma, "ws": v_ws, "tma_ws": lambda s: v_ws(v_tma(s))}
 CONFIGS = [(64, 64, 4, 3), (64, 64, 4, 4), (64, 128, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3),
            (128, 128, 8, 2), (128, 128, 8, 3), (128, 128, 4, 2), (128, 64, 8, 4)]
