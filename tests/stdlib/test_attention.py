@@ -161,7 +161,8 @@ def test_masks_bound_the_loops() -> None:
     """Position masks bound the loop (tiles no row sees are never visited) and split it: the
     tiles every row sees whole run without masks, between masked stages: for a positive scale
     in one loop with a branch on the tile that only selects on s, else (a negative scale, or
-    scores that load a tensor, which a branch would keep Triton from pipelining) in three."""
+    scores that load a tensor, which a branch would keep Triton from pipelining) in three.
+    Without position masks, one loop when BLOCK_N divides the keys (EVEN_N)."""
     q = torch.randn(1, 1, 1, 40, 16)
     causal = attention_fwd.triton(*_fwd_args(q, True), target="cpu")
     assert "hi = tl.minimum(hi," in causal and "lo = tl.maximum" not in causal
@@ -182,7 +183,9 @@ def test_masks_bound_the_loops() -> None:
     for src in (causal, window, plain, biased):
         whole = src.split("# whole tiles: no masks")[1].split("for j0")[0]
         assert "-inf\"))" not in whole.replace("m_new == float(\"-inf\")", "")  # no select
-    assert plain.count("for j0 in range(") == 3 and biased.count("for j0 in range(") == 3
+    for src in (plain, biased):  # only the end cuts tiles: one loop under EVEN_N, else three
+        even, ragged = src.split("    if EVEN_N:")[1].split("\n    else:")
+        assert even.count("for j0 in range(lo, hi,") == 1 and ragged.count("for j0 in") == 3
     # backward: the dk/dv kernel loops over queries i >= j (a lower bound), the dq kernel
     # over keys j <= i (an upper bound)
     src = attention_bwd.triton(*_bwd_args(q, True), target="cpu")

@@ -11,7 +11,8 @@ Masks that depend on positions alone also bound the key loop (codegen_bounds.py)
 no row sees are never visited, and the masks are only computed on the tiles they cut. Under a
 positive scale the masked and whole tiles share one loop, a branch on the tile choosing the
 masked scores or s itself (no pipeline drain and refill between stages); otherwise they are
-three loops.
+three loops. Without position masks only the ragged end cuts a tile; when BLOCK_N divides the
+key length (EVEN_N) there is none, and the kernel is one loop over whole tiles.
 
 Frames (tile axes): q (i, d), k (d, j), s (i, j), v (j, e), o (i, e).
 """
@@ -200,7 +201,14 @@ class AttnWriter(KeyBounds, DotWriter):
         mode = {"pos": "folded", "POS_SCALE": "either"}.get(self.scale[1] if self.scale
                                                            else "", "general")
         staged = [(lo, hi, "whole" if full else "masked") for lo, hi, full in stages]
-        if not a.masks or len(stages) == 1 or mode == "general" or \
+        if not a.masks and len(stages) > 1:  # only the end cuts tiles
+            e("if EVEN_N:  # no tile cut: one loop, whose end masks fold away")
+            top.lines += ["    " + line for line in
+                          self._loops(top, [("lo", "hi", "every")], mode, qk_dt, pv_dt, LJ)]
+            e("else:")
+            top.lines += ["    " + line for line in
+                          self._loops(top, staged, mode, qk_dt, pv_dt, LJ)]
+        elif not a.masks or len(stages) == 1 or mode == "general" or \
                 self._scores_read_memory(a.scores):
             top.lines += self._loops(top, staged, mode, qk_dt, pv_dt, LJ)
         else:  # position masks, selecting on s: one loop, no pipeline drain between stages
@@ -239,7 +247,8 @@ class AttnWriter(KeyBounds, DotWriter):
                pv_dt: DType, LJ: str) -> list[str]:
         """The key loops (start, stop, kind of tile; see _attn_body) and their bodies."""
         why = {"whole": "whole tiles: no masks", "masked": "tiles a mask or the end cuts",
-               "split": "masked tiles at the ends, whole ones between"}
+               "split": "masked tiles at the ends, whole ones between",
+               "every": "every tile, the end masks folded away"}
         lines = []
         for start, stop, kind in loops:
             lines.append(f"    for j0 in range({start}, {stop}, BLOCK_N):  # {why[kind]}")
@@ -250,10 +259,10 @@ class AttnWriter(KeyBounds, DotWriter):
                    LJ: str) -> list[str]:
         """One key block: S = q @ k^T, the score modifications in base 2, the online softmax
         update and acc += P @ v. `kind`: "whole" (every row sees every key of the tile: no
-        masks), "masked" (the masks and the end applied) or "split" (either, by a branch on
-        the tile, which only selects: every stage in one loop; Triton 3.6's pipeliner fails
-        on branches that compute more). `mode`: "folded" (a positive scale, _softmax),
-        "general" or "either" (by POS_SCALE)."""
+        masks), "masked" or "every" (the masks and the end applied) or "split" (either, by a
+        branch on the tile, which only selects: every stage in one loop; Triton 3.6's
+        pipeliner fails on branches that compute more). `mode`: "folded" (a positive scale,
+        _softmax), "general" or "either" (by POS_SCALE)."""
         a = self.attn
         body = Scope(top, "        ")
         b = body.emit
