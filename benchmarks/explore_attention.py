@@ -1,13 +1,19 @@
 """Exploration harness for the flash forward kernel: takes the kernel fusile generates for one
-shape, applies source-level variants, sweeps tile configs, and times each against SDPA's
-flash and cuDNN in the same run. A tool for finding what moves the numbers before changing
-the code generator; not a test. Variants: base (as generated), plain (programs in batch
-order, as before the L2 grouping), group4m (groups for 4 MiB instead of 16), masked (head-dim
-masks kept, as before EVEN_HEADS), ragged (the key-end masks kept, as before EVEN_N), tma (K
-and V of the whole-tile loop through TMA descriptors), ws (Triton's automatic warp
-specialisation on that loop), tma_ws; on the kernel as it was with three stages: oneloop (the
-stages as one loop with a branch on the tile), oneloop_mask (one loop, the branch only
-masks: what the generator now emits).
+shape, applies source-level variants, sweeps tile configs (BMxBNxWARPSxSTAGES[xMAXNREG]), and
+times each against SDPA's flash and cuDNN in the same run, with registers, spills and the
+error of O and the LSE. A tool for finding what moves the numbers before changing the code
+generator; not a test. Variants: base (as generated), plain (programs in batch order, as
+before the L2 grouping), group4m (groups for 4 MiB instead of 16), masked (head-dim masks
+kept, as before EVEN_HEADS), ragged (the key-end masks kept, as before EVEN_N), staged (the
+kernel as generated when the stages must stay separate loops). On a kernel of three top-level
+stage loops (what the generator emitted before session 7; now only `staged` or a negative
+scale gives one): tma (K and V of the whole-tile loop through TMA descriptors), ws
+(Triton's automatic warp specialisation on that loop), tma_ws, oneloop (the stages as one
+loop with a branch on the tile), oneloop_mask (one loop, the branch only masks), even1 (one
+loop with the masked body: what the generator now emits without position masks under
+EVEN_N), even1_noguard, vlate (V loaded after the softmax). Hand-written sketches of the
+non-causal kernel (attention_sketches.py): hand, split2, lazy8, split2_lazy8, persist2,
+persist2_flat, split2_persist1_flat, split2_persist2_flat.
 
     python -m benchmarks.explore_attention [--d 64] [--seq 4096] [--causal]
 """
