@@ -6,8 +6,7 @@ generator; not a test. Variants: base (as generated), plain (programs in batch o
 before the L2 grouping), group4m (groups for 4 MiB instead of 16), masked (head-dim masks
 kept, as before EVEN_HEADS), ragged (the key-end masks kept, as before EVEN_N), staged (the
 kernel as generated when the stages must stay separate loops). On a kernel of three top-level
-stage loops (what the generator emitted before session 7; now only `staged` or a negative
-scale gives one): tma (K and V of the whole-tile loop through TMA descriptors), ws
+stage loops (the non-causal kernel before session 7; the causal one as `staged`): tma (K and V of the whole-tile loop through TMA descriptors), ws
 (Triton's automatic warp specialisation on that loop), tma_ws, oneloop (the stages as one
 loop with a branch on the tile), oneloop_mask (one loop, the branch only masks), even1 (one
 loop with the masked body: what the generator now emits without position masks under
