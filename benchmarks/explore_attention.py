@@ -1,17 +1,17 @@
 """Exploration harness for the flash forward kernel: takes the kernel fusile generates for one
 shape, applies source-level variants, sweeps tile configs (BMxBNxWARPSxSTAGES[xMAXNREG]), and
-times each against SDPA's flash and cuDNN in the same run, with registers, spills and the
-error of O and the LSE. A tool for finding what moves the numbers before changing the code
-generator; not a test. Variants: base (as generated), plain (programs in batch order, as
-before the L2 grouping), group4m (groups for 4 MiB instead of 16), masked (head-dim masks
-kept, as before EVEN_HEADS), ragged (the key-end masks kept, as before EVEN_N), staged (the
-kernel as generated when the stages must stay separate loops). On a kernel of three top-level
-stage loops (the non-causal kernel before session 7; the causal one as `staged`): tma (K and V of the whole-tile loop through TMA descriptors), ws
-(Triton's automatic warp specialisation on that loop), tma_ws, oneloop (the stages as one
-loop with a branch on the tile), oneloop_mask (one loop, the branch only masks), even1 (one
-loop with the masked body: what the generator now emits without position masks under
-EVEN_N), even1_noguard, vlate (V loaded after the softmax). Hand-written sketches of the
-non-causal kernel (attention_sketches.py): hand, split2, lazy8, split2_lazy8, persist2,
+times each against SDPA's flash and cuDNN in the same run, with registers, spills and the error
+of O and the LSE. A tool for finding what moves the numbers before changing the code generator;
+not a test. Variants: base (as generated), plain (programs in batch order, as before the L2
+grouping), group4m (groups for 4 MiB instead of 16), masked (head-dim masks kept, as before
+EVEN_HEADS), ragged (the key-end masks kept, as before EVEN_N), staged (the kernel as generated
+when the stages must stay separate loops). On a kernel of three top-level stage loops (the non-
+causal kernel before session 7; the causal one as `staged`): tma (K and V of the whole-tile loop
+through TMA descriptors), ws (Triton's automatic warp specialisation on that loop), tma_ws,
+oneloop (the stages as one loop with a branch on the tile), oneloop_mask (one loop, the branch
+only masks), even1 (one loop with the masked body: what the generator now emits without position
+masks under EVEN_N), even1_noguard, vlate (V loaded after the softmax). Hand-written sketches of
+the non-causal kernel (attention_sketches.py): hand, split2, lazy8, split2_lazy8, persist2,
 persist2_flat, split2_persist1_flat, split2_persist2_flat.
 
     python -m benchmarks.explore_attention [--d 64] [--seq 4096] [--causal]
@@ -36,6 +36,7 @@ from benchmarks.attention_sketches import sketch
 from fusile.backends.triton import runtime
 from fusile.backends.triton.codegen import generate
 from fusile.backends.triton.codegen_attn import AttnWriter
+from fusile.backends.triton.replay import Replay
 from fusile.stdlib.attention import attention
 
 
@@ -50,11 +51,14 @@ def capture(q, k, v, causal):
             got.append((launch.ks.source, grid, dict(consts), dict(opts), args, self))
         return orig(self, launch, variant, grid, consts, opts, device, args)
 
+    replay = Replay.__call__
     runtime.TritonProgram._run = spy
+    Replay.__call__ = lambda self, args, env: None  # the full launch path, through _run
     try:
         attention(q, k, v, causal=causal)
     finally:
         runtime.TritonProgram._run = orig
+        Replay.__call__ = replay
     return got[-1]
 
 

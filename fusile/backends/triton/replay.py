@@ -1,0 +1,119 @@
+"""Replay a fused call's launches: the fast path of a repeated call on a GPU.
+
+Everything a call decides (sizes, output shapes, configs, grids, the integer arguments and
+the compiled kernels) is a function of its arguments' layout: shapes, strides, 16-byte
+alignment and device; only the float scalars change from call to call. So the first call
+with a layout that launches compiled kernels only (no tuning, no JIT binding left) is
+recorded, and later calls with the same layout replay it: allocate the tensors the call
+allocates, splice this call's tensors and floats into the recorded argument lists, launch.
+One decision depends on a float, the sign of an attention scale (POS_SCALE): a replay checks
+the signs of the floats it passes and leaves the call to the full path when one changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+_INPUT, _SLOT, _FLOAT = 0, 1, 2
+
+
+def layout_key(args: list[Any]) -> tuple:
+    """What decides a call's launches, besides the float values: per tensor its shape,
+    strides, device and whether its address is 16-byte aligned (Triton specializes on it)."""
+    return tuple((a.shape, a.stride(), a.get_device(), a.data_ptr() & 15)
+                 if hasattr(a, "data_ptr") else type(a) for a in args)
+
+
+class Recorder:
+    """Collects one call's allocations and launches while the full path runs it; `replay`
+    turns them into a Replay, or None when something was not understood (then the call is
+    simply not replayed). `dynamic`: the env values that come from the call's non-tensor
+    arguments (directly or through host arithmetic)."""
+
+    def __init__(self, args: list[Any], dynamic: set[int]):
+        self.inputs = {id(a): i for i, a in enumerate(args) if hasattr(a, "data_ptr")}
+        self.dynamic = dynamic
+        self.ok = True
+        self.slots: list[tuple[tuple[int, ...], Any]] = []
+        self.slot_of: dict[int, int] = {}
+        self.keep: list[Any] = []  # allocations stay alive, so their ids stay unique
+        self.runs: list[tuple[Any, tuple[int, ...], list[Any], list[tuple[int, int, int]]]] = []
+        self.used: set[int] = set()
+        self.scalars: dict[int, int] = {}  # the launch in progress: arg position -> env id
+
+    def abandon(self) -> None:
+        self.ok = False
+
+    def alloc(self, t: Any) -> None:
+        self.slot_of[id(t)] = len(self.slots)
+        self.slots.append((tuple(t.shape), t.dtype))
+        self.keep.append(t)
+
+    def run(self, kernel: Any, grid: tuple[int, ...], args: tuple, consts: dict[str, Any]
+            ) -> None:
+        """One launch of a compiled kernel: args as launched, constexprs after them; the
+        launch set `scalars` (which arguments are which env values) before."""
+        scalars = self.scalars
+        template: list[Any] = [*args, *consts.values()]
+        fills = []
+        for i, a in enumerate(args):
+            if hasattr(a, "data_ptr"):
+                if id(a) in self.inputs:
+                    fills.append((i, _INPUT, self.inputs[id(a)]))
+                elif id(a) in self.slot_of:
+                    fills.append((i, _SLOT, self.slot_of[id(a)]))
+                else:  # a tensor this call neither got nor made
+                    self.ok = False
+                    return
+            elif scalars.get(i) in self.dynamic:
+                fills.append((i, _FLOAT, scalars[i]))
+                self.used.add(scalars[i])
+            else:
+                continue  # sizes, strides, constants: fixed by the layout
+            template[i] = None
+        self.runs.append((kernel, grid, template, fills))
+
+    def replay(self, env: dict[int, Any], results: list[int], device: Any,
+               launch: Callable[..., None]) -> Replay | None:
+        outs = []
+        for r in results:
+            t = env.get(r)
+            if id(t) in self.inputs:
+                outs.append((_INPUT, self.inputs[id(t)]))
+            elif id(t) in self.slot_of:
+                outs.append((_SLOT, self.slot_of[id(t)]))
+            else:
+                return None
+        if not self.ok:
+            return None
+        signs = tuple((k, env[k] > 0) for k in sorted(self.used))
+        return Replay(self.slots, self.runs, outs, signs, device, launch)
+
+
+class Replay:
+    """A recorded call, launched again for new tensors and scalars of the same layout.
+    `signs`: the dynamic scalars it passes (it needs the call's env when there are any) and
+    whether each was positive when recorded."""
+
+    def __init__(self, slots: list[tuple[tuple[int, ...], Any]], runs: list, outs: list,
+                 signs: tuple[tuple[int, bool], ...], device: Any,
+                 launch: Callable[..., None]):
+        self.slots, self.runs, self.outs, self.signs = slots, runs, outs, signs
+        self.device, self.launch = device, launch
+
+    def __call__(self, args: list[Any], env: dict[int, Any]) -> list[Any] | None:
+        """The call's results, or None when a scalar's sign changed (run the full path)."""
+        import torch
+
+        for k, pos in self.signs:
+            if (env[k] > 0) != pos:
+                return None
+        dev = self.device
+        made = [torch.empty(shape, dtype=dtype, device=dev) for shape, dtype in self.slots]
+        for kernel, grid, template, fills in self.runs:
+            a = list(template)
+            for i, kind, x in fills:
+                a[i] = args[x] if kind == _INPUT else made[x] if kind == _SLOT else env[x]
+            self.launch(kernel, grid, dev, a)
+        return [args[x].clone() if kind == _INPUT else made[x] for kind, x in self.outs]

@@ -1,0 +1,112 @@
+"""Replaying a call's launches (fusile/backends/triton/replay.py): the recorder's bookkeeping
+on the CPU with a stand-in launcher, and on a GPU repeated calls whose scalars, signs and
+layouts change between calls, against a float64 reference."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fusile.backends.triton.replay import Recorder, layout_key
+from fusile.stdlib.attention import attention
+from tests.numerics import assert_close
+
+
+def _recorded(x: torch.Tensor, scale: float):
+    """A call (x, scale) that allocated `out`, launched kernel "K" on (x, out, 64, scale*2)
+    with a constexpr, and returns out: its recorder, env and out."""
+    env = {0: x, 1: scale, 2: scale * 2, 3: 64}
+    rec = Recorder([x, scale], {1, 2})
+    out = torch.empty(3, 5)
+    env[9] = out
+    rec.alloc(out)
+    rec.scalars = {3: 2}
+    rec.run("K", (4,), (x, out, 64, env[2]), {"B": 16})
+    return rec, env, out
+
+
+def test_replay_splices_new_tensors_and_scalars() -> None:
+    x = torch.randn(3, 5)
+    rec, env, _ = _recorded(x, 0.5)
+    launched = []
+    replay = rec.replay(env, [9], "cpu", lambda *a: launched.append(a))
+    assert replay is not None and replay.signs == ((2, True),)
+    y = torch.randn(3, 5)
+    outs = replay([y, 1.5], {0: y, 1: 1.5, 2: 3.0, 3: 64})
+    assert outs is not None and len(launched) == 1
+    kernel, grid, device, args = launched[0]
+    assert (kernel, grid, device) == ("K", (4,), "cpu")
+    assert args[0] is y and args[1] is outs[0] and args[2:] == [64, 3.0, 16]
+    assert outs[0].shape == (3, 5) and outs[0] is not env[9]  # a fresh output
+
+
+def test_replay_declines_a_sign_change() -> None:
+    """The sign of a passed scalar can pick a constexpr (POS_SCALE): a replay recorded for a
+    positive one leaves a negative one to the full path."""
+    x = torch.randn(3, 5)
+    rec, env, _ = _recorded(x, 0.5)
+    replay = rec.replay(env, [9], "cpu", lambda *a: None)
+    assert replay is not None
+    assert replay([x, -0.5], {0: x, 1: -0.5, 2: -1.0, 3: 64}) is None
+
+
+def test_replay_returns_inputs_as_copies() -> None:
+    x = torch.randn(3, 5)
+    rec, env, _ = _recorded(x, 0.5)
+    replay = rec.replay(env, [0, 9], "cpu", lambda *a: None)
+    assert replay is not None
+    y = torch.randn(3, 5)
+    outs = replay([y, 0.5], {0: y, 1: 0.5, 2: 1.0, 3: 64})
+    assert outs is not None and torch.equal(outs[0], y) and outs[0] is not y
+
+
+def test_nothing_is_replayed_that_was_not_understood() -> None:
+    x = torch.randn(3, 5)
+    rec, env, _ = _recorded(x, 0.5)
+    rec.run("K2", (1,), (torch.empty(2),), {})  # a tensor the call neither got nor made
+    assert rec.replay(env, [9], "cpu", lambda *a: None) is None
+    rec, env, _ = _recorded(x, 0.5)
+    rec.abandon()  # the tuner ran, or a kernel went through the JIT
+    assert rec.replay(env, [9], "cpu", lambda *a: None) is None
+    rec, env, _ = _recorded(x, 0.5)
+    assert rec.replay(env, [7], "cpu", lambda *a: None) is None  # an unknown result
+
+
+def test_layout_key_sees_strides_and_alignment() -> None:
+    x = torch.randn(4, 8)
+    assert layout_key([x, 1.0]) == layout_key([torch.randn(4, 8), 2.0])
+    assert layout_key([x, 1.0]) != layout_key([x.t().contiguous().t(), 1.0])  # strides
+    assert layout_key([x[:, 1:], 1.0]) != layout_key([x[:, :7], 1.0])  # 4-byte offset
+
+
+# ----------------------------------------------------------------------------- GPU
+
+def _reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+               scale: float) -> torch.Tensor:
+    q, k, v = (t.double() for t in (q, k, v))
+    s = q @ k.transpose(-1, -2) * scale
+    if causal:
+        n = s.shape[-1]
+        s = s.masked_fill(torch.ones(n, n, dtype=torch.bool, device=s.device).triu(1),
+                          -math.inf)
+    return torch.softmax(s, -1) @ v
+
+
+@pytest.mark.gpu
+def test_repeated_calls_replay_correctly() -> None:
+    """The same layout called again with new values, a new scale, a scale of the other sign
+    (another constexpr), then a strided view of the same shape (another layout)."""
+    torch.manual_seed(0)
+    shape = (2, 3, 200, 64)
+    for causal in (False, True):
+        for scale in (0.125, 0.125, 0.3, -0.2, -0.2, 0.125):
+            q, k, v = (torch.randn(shape, dtype=torch.bfloat16, device="cuda")
+                       for _ in range(3))
+            out = attention(q, k, v, causal=causal, scale=scale)
+            assert_close(out, _reference(q, k, v, causal, scale), torch.bfloat16)
+        wide = torch.randn(2, 3, 200, 128, dtype=torch.bfloat16, device="cuda")
+        q = wide[..., 64:]  # same shape, other strides and offset
+        out = attention(q, k, v, causal=causal)
+        assert_close(out, _reference(q, k, v, causal, 0.125), torch.bfloat16)
