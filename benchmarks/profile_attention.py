@@ -5,6 +5,8 @@ reports (an L2 flush then one call per sample: host time past the flush's length
 GPU idle) beside back-to-back throughput (host time hidden behind the queue).
 
     python -m benchmarks.profile_attention [--d 64] [--seq 2048]
+
+FUSILE_FAST_LAUNCH=0 turns off the cached launch and the replay, for an A/B.
 """
 
 from __future__ import annotations
@@ -35,9 +37,13 @@ def per_call_us(fn, n: int = 2000) -> float:
 
 
 def queued_ms(fn, n: int = 50) -> float:
-    """Mean GPU time of n back-to-back calls (the host runs ahead of the GPU)."""
-    for _ in range(5):
+    """Mean GPU time of n back-to-back calls (the host runs ahead of the GPU), after 250 ms
+    of calls to bring the clocks up."""
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < 0.25:
         fn()
+        torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     torch.cuda.synchronize()
     start.record()
