@@ -64,7 +64,8 @@ KNOBS: dict[str, Knob] = {
     ),
     "fast_launch": Knob(
         "FUSILE_FAST_LAUNCH", _as_bool, lambda: True,
-        "launch cached compiled kernels directly instead of through triton.jit's binder",
+        "launch cached compiled kernels directly instead of through triton.jit's binder, and "
+        "replay a repeated call's launches (same argument layout) without recomputing them",
     ),
     "tune": Knob(
         "FUSILE_TUNE", _choice("on", "quiet", "off"), lambda: "on",
