@@ -1,7 +1,8 @@
 """Launch a compiled program's kernels on torch tensors (CUDA/ROCm, or the interpreter on CPU).
 
 Everything that does not depend on the call's sizes is done once per signature (plan, source,
-module, argument recipes); a call binds sizes, allocates outputs and launches.
+module, argument recipes); a call binds sizes, allocates outputs and launches. On a GPU a
+call with an argument layout seen before replays that call's launches (replay.py).
 """
 
 from __future__ import annotations
@@ -299,8 +300,8 @@ class TritonProgram:
             self._run(launch, "dot", ready[0], ready[1], ready[2], device, args)
             return
         cands = candidates()
-        if self._rec is not None:  # the tuner's trial launches are no call to replay
-            self._rec.abandon()
+        if self._rec is not None:  # a shape's first launch (the tuner's trials among them):
+            self._rec.abandon()  # record a later call
         if device.type == "cpu" or flops < 2**30:
             cfg = cands[0]  # small: not worth timing
         else:
