@@ -1,5 +1,5 @@
 """Host-side work of a call: the function-level scalar ops (constants, sizes, their
-arithmetic) in plain Python, and the extent of a tensor's addresses."""
+arithmetic) in plain Python, and whether a tensor's offsets fit int32."""
 
 from __future__ import annotations
 
@@ -57,3 +57,8 @@ def extent(t: Any) -> int:
     if t.is_contiguous():
         return t.numel()
     return 1 + sum((s - 1) * abs(st) for s, st in zip(t.shape, t.stride(), strict=True))
+
+
+def needs_i64(tensors: list[Any]) -> bool:
+    """Whether an offset into one of the tensors can pass int32 (kernels then use int64)."""
+    return any(extent(t) >= 2**31 - 1 for t in tensors)

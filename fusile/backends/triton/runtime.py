@@ -19,7 +19,7 @@ from fusile.backends.targets import Target
 from fusile.backends.torch_dtypes import to_torch
 from fusile.backends.triton import cache, tune
 from fusile.backends.triton.codegen import generate
-from fusile.backends.triton.host import dynamic_values, extent, host_env
+from fusile.backends.triton.host import dynamic_values, host_env, needs_i64
 from fusile.backends.triton.kernel_source import KernelSource
 from fusile.backends.triton.replay import Recorder, Replay, layout_key
 from fusile.dsl.errors import BackendError
@@ -214,8 +214,7 @@ class TritonProgram:
         if got is None:
             got = launch.configs[(p_total, r_total)] = self._config(launch, p_total, r_total)
         cfg, grid = got
-        use_i64 = p_total * r_total >= 2**31 - 1 or any(extent(t) >= 2**31 - 1
-                                                        for t in tensors)
+        use_i64 = p_total * r_total >= 2**31 - 1 or needs_i64(tensors)
         if cfg.looped and not launch.r_contiguous and "split" in launch.fn:
             self._launch_split(launch, tensors, strides, class_sizes, scalars, p_total,
                                r_total, use_i64, device)
@@ -232,7 +231,7 @@ class TritonProgram:
         batch = math.prod(sizes[sized[c]] for c in dot.batch)
         if m == 0 or n == 0 or batch == 0:
             return
-        use_i64 = any(extent(t) >= 2**31 - 1 for t in tensors)
+        use_i64 = needs_i64(tensors)
         self._launch_tuned(
             launch, (m, n, k, batch, use_i64), 2 * m * n * k * batch,
             lambda: tune.candidates(self.target, dot.dtype, m, n, k, batch, dot.prologue),
@@ -250,7 +249,7 @@ class TritonProgram:
         batch = math.prod(sizes[sized[c]] for c in dot.batch)
         if li == 0 or batch == 0 or e == 0:
             return
-        use_i64 = any(extent(t) >= 2**31 - 1 for t in tensors)
+        use_i64 = needs_i64(tensors)
         extra = {}
         if launch.ks.attn[1] is not None:  # the sign of a runtime score scale
             scalars = launch.ks.scalars
@@ -275,7 +274,7 @@ class TritonProgram:
         batch = math.prod(sizes[sized[c]] for c in dot.batch)
         if keep == 0 or batch == 0 or 0 in heads:
             return
-        use_i64 = any(extent(t) >= 2**31 - 1 for t in tensors)
+        use_i64 = needs_i64(tensors)
         flops = 2 * keep * loop * batch * sum(sizes[sized[c]] for c in launch.ks.grad[1])
         self._launch_tuned(
             launch, (keep, loop, *heads, batch, use_i64), flops,
