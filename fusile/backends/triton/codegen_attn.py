@@ -202,25 +202,18 @@ class AttnWriter(KeyBounds, DotWriter):
                                                            else "", "general")
         staged = [(lo, hi, "whole" if full else "masked") for lo, hi, full in stages]
         if not a.masks and len(stages) > 1:  # only the end cuts tiles
-            e("if EVEN_N:  # no tile cut: one loop, whose end masks fold away")
-            top.lines += ["    " + line for line in
-                          self._loops(top, [("lo", "hi", "every")], mode, qk_dt, pv_dt, LJ)]
-            e("else:")
-            top.lines += ["    " + line for line in
-                          self._loops(top, staged, mode, qk_dt, pv_dt, LJ)]
-        elif not a.masks or len(stages) == 1 or mode == "general" or \
-                self._scores_read_memory(a.scores):
+            self._either(top, "EVEN_N:  # no tile cut: one loop, whose end masks fold away",
+                         self._loops(top, [("lo", "hi", "every")], mode, qk_dt, pv_dt, LJ),
+                         self._loops(top, staged, mode, qk_dt, pv_dt, LJ))
+        elif len(stages) == 1 or mode == "general" or self._scores_read_memory(a.scores):
             top.lines += self._loops(top, staged, mode, qk_dt, pv_dt, LJ)
         else:  # position masks, selecting on s: one loop, no pipeline drain between stages
             split = self._loops(top, [("lo", "hi", "split")], "folded", qk_dt, pv_dt, LJ)
             if mode == "folded":
                 top.lines += split
             else:
-                e("if POS_SCALE:  # the scale is positive (the launch checks)")
-                top.lines += ["    " + line for line in split]
-                e("else:")
-                top.lines += ["    " + line for line in
-                              self._loops(top, staged, "general", qk_dt, pv_dt, LJ)]
+                self._either(top, "POS_SCALE:  # the scale is positive (the launch checks)",
+                             split, self._loops(top, staged, "general", qk_dt, pv_dt, LJ))
         out = Scope(top, "    ")
         self.frame("o")
         for line in ("oi = offs_m[:, None]", "oe = offs_e[None, :]", f"mask_oi = oi < {LI}",
@@ -242,6 +235,14 @@ class AttnWriter(KeyBounds, DotWriter):
         top.lines += out.lines
         note = f" (flash: q @ k^T on {qk_dt.name}, p @ v on {pv_dt.name})"
         return self.header(name, tensors, False, note=note) + top.lines
+
+    @staticmethod
+    def _either(top: Scope, cond: str, then: list[str], other: list[str]) -> None:
+        """`if cond` over the lines `then`, else `other` (both one level in)."""
+        top.emit(f"if {cond}")
+        top.lines += ["    " + line for line in then]
+        top.emit("else:")
+        top.lines += ["    " + line for line in other]
 
     def _loops(self, top: Scope, loops: list[tuple[str, str, str]], mode: str, qk_dt: DType,
                pv_dt: DType, LJ: str) -> list[str]:
