@@ -2,12 +2,13 @@
 
 Everything a call decides (sizes, output shapes, configs, grids, the integer arguments and
 the compiled kernels) is a function of its arguments' layout: shapes, strides, 16-byte
-alignment and device; only the float scalars change from call to call. So the first call
-with a layout that launches compiled kernels only (no tuning, no JIT binding left) is
-recorded, and later calls with the same layout replay it: allocate the tensors the call
-allocates, splice this call's tensors and floats into the recorded argument lists, launch.
-One decision depends on a float, the sign of an attention scale (POS_SCALE): a replay checks
-the signs of the floats it passes and leaves the call to the full path when one changed.
+alignment and device; only the scalars that come from non-tensor arguments change from call
+to call. So the first call with a layout that launches compiled kernels only (no tuning, no
+JIT binding left) is recorded, and later calls with the same layout replay it: allocate the
+tensors the call allocates, splice this call's tensors and scalars into the recorded argument
+lists, launch. One decision depends on such a scalar, the sign of an attention scale
+(POS_SCALE): a replay checks the signs of the scalars it passes and leaves the call to the
+full path when one changed.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-_INPUT, _SLOT, _FLOAT = 0, 1, 2
+_INPUT, _SLOT, _SCALAR = 0, 1, 2
 
 
 def layout_key(args: list[Any]) -> tuple:
-    """What decides a call's launches, besides the float values: per tensor its shape,
+    """What decides a call's launches, besides the scalars' values: per tensor its shape,
     strides, device and whether its address is 16-byte aligned (Triton specializes on it)."""
     return tuple((a.shape, a.stride(), a.get_device(), a.data_ptr() & 15)
                  if hasattr(a, "data_ptr") else type(a) for a in args)
@@ -67,7 +68,7 @@ class Recorder:
                     self.ok = False
                     return
             elif scalars.get(i) in self.dynamic:
-                fills.append((i, _FLOAT, scalars[i]))
+                fills.append((i, _SCALAR, scalars[i]))
                 self.used.add(scalars[i])
             else:
                 continue  # sizes, strides, constants: fixed by the layout

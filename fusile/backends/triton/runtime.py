@@ -130,15 +130,18 @@ class TritonProgram:
         if device is None:
             raise BackendError("a fused call needs at least one tensor argument")
         replayable = self._fast and device.type == "cuda"
+        env = None
         if replayable:  # a layout seen before: launch what it launched (replay.py)
             key = layout_key(args)
             replay = self._replays.get(key)
             if replay is not None:
-                outs = replay(args, host_env(graph, self._host_ops, args) if replay.signs
-                              else {})
+                if replay.signs:  # it passes scalars: this call's
+                    env = host_env(graph, self._host_ops, args)
+                outs = replay(args, env or {})
                 if outs is not None:
                     return outs
-        env = host_env(graph, self._host_ops, args)  # sizes and scalar math, on the host
+        if env is None:  # sizes and scalar math, on the host
+            env = host_env(graph, self._host_ops, args)
         sizes = {c: s if isinstance(s, int) else args[s[0]].shape[s[1]]
                  for c, s in self._class_source.items()}
         rec = self._tls.rec = Recorder(args, dynamic_values(graph, self._host_ops, args)) \
