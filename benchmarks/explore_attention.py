@@ -273,6 +273,8 @@ def main() -> None:
     lse = next(x for x in args if torch.is_tensor(x) and x.dtype == torch.float32
                and x.shape[-1] == a.seq)
     s00 = (q[0, 0].double() @ k[0, 0].double().T) / math.sqrt(a.d)
+    if a.causal:
+        s00 = s00.masked_fill(torch.ones_like(s00, dtype=torch.bool).triu(1), -math.inf)
     want_lse = torch.logsumexp(s00, -1)
     rows = []
     for vname in a.variants.split(","):
