@@ -121,8 +121,58 @@ def find(graph: Graph, pv_gi: int) -> AttentionForm | None:
             return None
         mods.insert(0, gi)
         t = chain[0]
+    if not _axes_line_up(graph, qk, pv, mods, (t_t, mx, sub, sm, u_t)):
+        return None
     masks = tuple((gi, op.results[0]) for gi in mods for op in _index_masks(graph, gi))
     return AttentionForm(qk, pv, tuple(mods), t_t, mx, sub, sm, masks, guard)
+
+
+def _axes_line_up(graph: Graph, qk: DotForm, pv: DotForm, mods: list[int],
+                  chain: tuple[int, int, int, int, int]) -> bool:
+    """The softmax runs over the key axis j of q @ k^T (the loop n of qk), and the second
+    contraction sums over that same axis with the query axis i as its rows. The structure
+    alone does not say so: `softmax(q @ k.T, axis=0) @ v` has the same five generics."""
+    t_t, mx, sub, sm, u_t = chain
+    qk_n = _gen(graph, qk.gi)
+    assert qk_n is not None
+    out = qk_n.maps[len(qk_n.inputs)]
+    dims: tuple[int, int] | None = (out.index(qk.m), out.index(qk.n))  # (i, j) storage dims
+    prod = producers(graph)
+
+    def through(gi: int, src: int, d: tuple[int, int] | None) -> tuple[int, int] | None:
+        """Storage dims (i, j) of generic gi's result, given those of its input src."""
+        node = _gen(graph, gi)
+        if d is None or node is None or src not in node.inputs:
+            return None
+        loops = [node.maps[node.inputs.index(src)][x] for x in d]
+        res = node.maps[len(node.inputs)]
+        return None if any(lp is None or lp not in res for lp in loops) else \
+            (res.index(loops[0]), res.index(loops[1]))
+
+    src = _gen(graph, qk.gi).results[0]  # type: ignore[union-attr]
+    for gi in mods:
+        node = _gen(graph, gi)
+        assert node is not None
+        src_in = next((u for u in node.inputs if prod.get(u) is not None and
+                       (u == src or _reaches_dot(graph, prod, u))), None)
+        if src_in != src:
+            return False
+        dims, src = through(gi, src, dims), node.results[0]
+    if src != t_t or dims is None:
+        return False
+
+    def reduces_j(gi: int, t: int, d: tuple[int, int]) -> bool:
+        node = _gen(graph, gi)
+        return node is not None and t in node.inputs and \
+            node.maps[node.inputs.index(t)][d[1]] == node.reduction_loops[0]
+
+    u_dims = through(sub, t_t, dims)
+    if u_dims is None or not reduces_j(mx, t_t, dims) or not reduces_j(sm, u_t, u_dims):
+        return False
+    pv_n = _gen(graph, pv.gi)
+    assert pv_n is not None
+    u_map = pv_n.maps[pv_n.inputs.index(u_t)]
+    return u_map[u_dims[1]] == pv.k and u_map[u_dims[0]] == pv.m
 
 
 def _is_guard(g: Generic | None, graph: Graph) -> bool:

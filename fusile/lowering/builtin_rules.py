@@ -194,18 +194,31 @@ def _var(lo: Lowerer, call: BoundCall, args: list[Value]) -> Value:
     s = lo.em.reduce(sq, call.axes, bool(call.options.get("keepdims")), d, "addf", 0.0)
     n = lo.size_sv(x, call.axes)
     corr = float(call.options.get("correction") or 0)
-    return lo.pointwise(
-        [s, n], s.type, [c, c],
-        lambda v: arith.DivFOp(v[0], arith.SubFOp(v[1], constant(corr, c)).result).result)
+
+    def divide(v: list[ir.Value]) -> ir.Value:  # by max(N - correction, 0), as torch does
+        dof = arith.MaximumFOp(arith.SubFOp(v[1], constant(corr, c)).result,
+                               constant(0.0, c)).result
+        return arith.DivFOp(v[0], dof).result
+
+    return lo.pointwise([s, n], s.type, [c, c], divide)
 
 
-def _shifted(lo: Lowerer, x: LV, axes: tuple[int, ...], d: DType) -> tuple[LV, LV]:
-    """(m, x - m) with m the max over axes (keepdims); a row of -inf gets m = 0 (no NaN)."""
+def _shifted(lo: Lowerer, x: LV, axes: tuple[int, ...], d: DType, any_inf: bool = False
+             ) -> tuple[LV, LV]:
+    """(m, x - m) with m the max over axes (keepdims); a row of -inf gets m = 0 (no NaN).
+    any_inf: a row holding +inf gets m = 0 too (logsumexp is then inf, not inf - inf)."""
     c = d.compute
     x = _as_dtype(lo, x, d)
     m = lo.em.reduce(x, axes, True, d, "maximumf", -pymath.inf)
-    safe = lo.pointwise([m], m.type, [c], lambda v: arith.SelectOp(
-        compare_scalar("==", v[0], constant(-pymath.inf, c), c), constant(0.0, c), v[0]).result)
+
+    def guard(v: list[ir.Value]) -> ir.Value:
+        if any_inf:
+            inf = compare_scalar("==", mmath.AbsFOp(v[0]).result, constant(pymath.inf, c), c)
+        else:
+            inf = compare_scalar("==", v[0], constant(-pymath.inf, c), c)
+        return arith.SelectOp(inf, constant(0.0, c), v[0]).result
+
+    safe = lo.pointwise([m], m.type, [c], guard)
     assert isinstance(safe, LV)
     sh = lo.pointwise([x, safe], x.type, [c, c], lambda v: arith.SubFOp(v[0], v[1]).result)
     assert isinstance(sh, LV)
@@ -241,7 +254,7 @@ def _logsumexp(lo: Lowerer, call: BoundCall, args: list[Value]) -> Value:
     assert isinstance(x, LV)
     out = _out(lo, call)
     c = out.dtype.compute
-    m, sh = _shifted(lo, x, call.axes, out.dtype)
+    m, sh = _shifted(lo, x, call.axes, out.dtype, any_inf=True)
     keep = bool(call.options.get("keepdims"))
     s = _sum_exp(lo, sh, call.axes, keep, out.dtype)
     if not keep:  # drop m's unit dims: a view, no copy

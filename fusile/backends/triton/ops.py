@@ -134,6 +134,16 @@ REDUCE = {
 }
 
 
+# float max/min reductions keep NaN (torch's amax/amin do); tl.max and tl.min drop it, so GPU
+# kernels reduce with these combiners (one max.NaN / min.NaN instruction per step)
+NAN_COMBINE = {"arith.maximumf": "_fusile_max_nan", "arith.minimumf": "_fusile_min_nan"}
+NAN_COMBINE_SOURCE = "\n\n\n".join(
+    f"@triton.jit\ndef {name}(a, b):\n"
+    f"    return tl.{fn}(a, b, propagate_nan=tl.PropagateNan.ALL)"
+    for fn, name in (("maximum", NAN_COMBINE["arith.maximumf"]),
+                     ("minimum", NAN_COMBINE["arith.minimumf"])))
+
+
 def int_identity(name: str, d: DType) -> int:
     big = (1 << (d.bits - 1)) - 1
     return -big - 1 if name == "arith.maxsi" else big

@@ -211,8 +211,8 @@ class TritonProgram:
             return
         p_total = math.prod(sizes[sized[c]] for c in ks.p_classes)
         r_total = math.prod(sizes[sized[c]] for c in ks.r_classes)
-        if p_total == 0 or r_total == 0:
-            return
+        if p_total == 0 or (r_total == 0 and ks.kind == POINTWISE):
+            return  # nothing to write (an empty row still has its reduction: the identity)
         got = launch.configs.get((p_total, r_total))
         if got is None:
             got = launch.configs[(p_total, r_total)] = self._config(launch, p_total, r_total)

@@ -13,6 +13,20 @@ class Scope:
     lines: list[str] = field(default_factory=list)
     values: dict[object, str] = field(default_factory=dict)
     tiles: dict[str, frozenset[str]] = field(default_factory=dict)  # var -> tile axes
+    taken: set[str] = field(default_factory=set)  # names made by fresh(), kept by the root
+
+    def fresh(self, base: str) -> str:
+        """A variable name not yet made in this function: `base`, else `base_1`, `base_2`...
+        (sibling scopes, such as a dot's two operand frames, count their lines apart)."""
+        root = self
+        while root.parent is not None:
+            root = root.parent
+        name, n = base, 0
+        while name in root.taken:
+            n += 1
+            name = f"{base}_{n}"
+        root.taken.add(name)
+        return name
 
     def get(self, key: object) -> str | None:
         s: Scope | None = self
