@@ -10,7 +10,7 @@ from fusile import config
 from fusile.dsl import ast
 from fusile.dsl.check import Binding, Typed, check
 from fusile.dsl.errors import Source
-from fusile.dsl.signature import SizeCheck, size_checks
+from fusile.dsl.signature import SizeCheck, nonempty_checks, size_checks
 from fusile.dsl.types import ShapeEnv
 from fusile.lowering.graph import Graph, read_graph
 from fusile.lowering.pipeline import Stages, run_pipeline
@@ -26,6 +26,7 @@ class Compiled:
     reference_graph: Graph  # unfused linalg: what the oracle evaluates
     fused_graph: Graph  # fused linalg: what kernel backends read
     checks: list[SizeCheck]
+    nonempty: list[tuple[Any, Any, Source, str]]  # dims max/min reduce over (signature.py)
     runtime_params: list[int]  # parameters passed at run time (tensors and float scalars)
     programs: dict[str, Any] = field(default_factory=dict)  # target name -> launchable program
 
@@ -46,4 +47,4 @@ def compile_program(func: ast.FuncDef, source: Source, globals_: dict[str, Any],
     stages = run_pipeline(module)  # lowering: verify, generalize, fuse elementwise
     runtime = [i for i, b in enumerate(params) if not b.is_const]
     return Compiled(typed, stages, read_graph(stages.linalg), read_graph(stages.fused),
-                    size_checks(typed.param_types, env), runtime)
+                    size_checks(typed.param_types, env), nonempty_checks(env), runtime)

@@ -1,6 +1,7 @@
 """The oracle: evaluates a lowered MLIR function with numpy in float64.
 
-Every float is float64 here (rounding casts such as truncf are identities), integers are int64.
+Every float is float64 here, integers are int64; a rounding cast (truncf, as in astype(x, bf16)
+or a 16-bit result) rounds to its dtype as the target does, and the value stays float64.
 A generic is evaluated vectorised over its loop space; a reduction whose region ends in a known
 combiner is reduced with numpy, anything else falls back to stepping the reduction loops.
 """
@@ -12,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from fusile.dsl.types import DType
 from fusile.lowering.graph import Empty, Generic, Graph, Op
 
 Array = np.ndarray
@@ -29,7 +31,7 @@ _UNARY: dict[str, Callable[[Any], Any]] = {
     "math.erf": _erf, "math.sin": np.sin, "math.cos": np.cos, "math.log1p": np.log1p,
     "math.floor": np.floor, "math.ceil": np.ceil, "math.absf": np.abs, "math.absi": np.abs,
     "arith.negf": np.negative,
-    "arith.extf": lambda x: x, "arith.truncf": lambda x: x,
+    "arith.extf": lambda x: x,
     "arith.sitofp": lambda x: np.asarray(x, dtype=np.float64),
     "arith.uitofp": lambda x: np.asarray(x, dtype=np.float64),
     "arith.fptosi": lambda x: np.trunc(x).astype(np.int64),
@@ -58,6 +60,17 @@ _REDUCERS: dict[str, Callable[..., Any]] = {
 }
 
 
+def _round(x: Any, d: DType) -> Any:
+    """x rounded to float dtype d (nearest even), as float64."""
+    if d.name == "bf16":
+        import torch
+
+        t = torch.as_tensor(np.asarray(x, dtype=np.float64))
+        return t.to(torch.bfloat16).to(torch.float64).numpy()
+    narrow = {"f16": np.float16, "f32": np.float32}.get(d.name)
+    return x if narrow is None else np.asarray(x).astype(narrow).astype(np.float64)
+
+
 def _scalar(op: Op, env: dict[int, Any], loop_index: Callable[[int], Array] | None) -> Any:
     args = [env[o] for o in op.operands]
     if op.name == "arith.constant":
@@ -69,6 +82,8 @@ def _scalar(op: Op, env: dict[int, Any], loop_index: Callable[[int], Array] | No
     if op.name == "linalg.index":
         assert loop_index is not None
         return loop_index(op.attrs["dim"])
+    if op.name == "arith.truncf":  # round as the target does (values stay float64)
+        return _round(args[0], op.dtype)
     if op.name in _UNARY:
         return _UNARY[op.name](args[0])
     if op.name in _BINARY:

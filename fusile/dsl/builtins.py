@@ -68,15 +68,19 @@ def _tensor(call: BoundCall, i: int, what: str = "") -> TensorType:
 
 
 def _like(t: ValueType, dtype: DType) -> ValueType:
-    return TensorType(dtype, t.shape) if isinstance(t, TensorType) else ScalarType(dtype, t.weak)
+    return TensorType(dtype, t.shape, t.weak) if isinstance(t, TensorType) else \
+        ScalarType(dtype, t.weak)
 
 
-def _broadcast(call: BoundCall, env: ShapeEnv, dtype: DType) -> ValueType:
+def _broadcast(call: BoundCall, env: ShapeEnv, dtype: DType,
+               typed_by: list[ValueType] | None = None) -> ValueType:
+    """The broadcast result; weak when every value it takes its dtype from (`typed_by`,
+    default all) is weak: a Python number, or a tensor computed from numbers alone."""
     shapes = [t.shape for t in call.values if isinstance(t, TensorType)]
+    weak = all(t.weak for t in (call.values if typed_by is None else typed_by))
     if not shapes:
-        weak = all(isinstance(t, ScalarType) and t.weak for t in call.values)
         return ScalarType(dtype, weak)
-    return TensorType(dtype, env.broadcast(shapes, call.span))
+    return TensorType(dtype, env.broadcast(shapes, call.span), weak)
 
 
 def _unary_float(call: BoundCall, env: ShapeEnv) -> ValueType:
@@ -106,7 +110,7 @@ def _where(call: BoundCall, env: ShapeEnv) -> ValueType:
         raise DTypeError(
             f"where() needs a bool condition, got {call.values[0].dtype}; compare first, "
             "e.g. where(x > 0, x, 0)", call.value_spans[0])
-    return _broadcast(call, env, result_dtype(call.values[1:]))
+    return _broadcast(call, env, result_dtype(call.values[1:]), call.values[1:])
 
 
 def normalize_axes(call: BoundCall, rank: int) -> tuple[int, ...]:
@@ -165,7 +169,8 @@ def _astype(call: BoundCall, env: ShapeEnv) -> ValueType:
     d = call.options["dtype"]
     if d == "compute":  # the dtype arithmetic runs in: f32 for 16-bit floats, else unchanged
         d = call.options["dtype"] = call.values[0].dtype.compute
-    return _like(call.values[0], d)
+    t = call.values[0]  # a tensor converted on purpose has that dtype (never weak)
+    return TensorType(d, t.shape) if isinstance(t, TensorType) else _like(t, d)
 
 
 def _matmul(call: BoundCall, env: ShapeEnv) -> ValueType:

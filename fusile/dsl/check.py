@@ -30,6 +30,7 @@ from fusile.dsl.types import (
     DType,
     ScalarType,
     ShapeEnv,
+    Sym,
     TensorType,
     ValueType,
     bool_,
@@ -285,9 +286,10 @@ class Checker:
 
     def _broadcast(self, types: list[ValueType], dtype: DType, span: Span) -> ValueType:
         shapes = [t.shape for t in types if isinstance(t, TensorType)]
+        weak = all(t.weak for t in types)
         if not shapes:
-            return ScalarType(dtype, all(isinstance(t, ScalarType) and t.weak for t in types))
-        return TensorType(dtype, self.t.env.broadcast(shapes, span))
+            return ScalarType(dtype, weak)
+        return TensorType(dtype, self.t.env.broadcast(shapes, span), weak and dtype != bool_)
 
     # ------------------------------------------------------------------ calls
     def call(self, e: ast.Call) -> ValueType | MultiType:
@@ -353,6 +355,15 @@ class Checker:
         types = [self.value(v) for v in values]
         call = BoundCall(name, e.span, types, [v.span for v in values], options)
         out = b.infer(call, self.t.env)
+        if name in ("max", "min"):  # no identity to return for an empty axis (torch raises)
+            x = types[0]
+            assert isinstance(x, TensorType)
+            for axis in call.axes:
+                d = self.t.env.find(x.shape[axis])
+                if d == 0:
+                    raise AxisError(f"{name}() over axis {axis}, which has size 0", e.span)
+                if isinstance(d, Sym):
+                    self.t.env.nonempty.append((d, e.span, self.t.source, name))
         self.t.builtins[id(e)] = call
         self.t.builtin_args[id(e)] = values
         return out

@@ -16,6 +16,7 @@ from fusile.dsl.signature import (
     ArgInfo,
     bindings,
     cache_key,
+    check_nonempty,
     check_sizes,
     describe_arg,
     parse_annotation,
@@ -114,22 +115,32 @@ class FusedFunction:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         from fusile.backends import run
 
+        import torch
+
         key = None
+        grad = torch.is_grad_enabled()
         if not kwargs:
-            key = (_call_key(args), config.get("target"))
+            key = (_call_key(args), config.get("target"), grad)
             hit = self._recent.get(key)
             if hit is not None:  # same dtypes, shapes and device as an earlier call
                 runner, positions, tail = hit
                 outs = runner([args[i] if i < len(args) else tail[i] for i in positions])
                 return outs[0] if len(outs) == 1 else tuple(outs)
         values = self._bind_args(args, kwargs)
+        if grad and any(getattr(v, "requires_grad", False) for v in values):
+            name = self.__fusile_funcdef__.name
+            raise SignatureError(
+                f"{name}() has no backward yet, and an input requires grad: its result would "
+                "carry no gradient. Call it under torch.no_grad() or on detached tensors "
+                "(x.detach()), or use the fusile.stdlib op, which has a backward")
         devices = {str(v.device) for v in values if hasattr(v, "device")}
         if len(devices) > 1:
             raise SignatureError(f"{self.__fusile_funcdef__.name}() got tensors on different "
                                  f"devices: {', '.join(sorted(devices))}")
         compiled, _infos = self._lookup(values)
         shapes = {i: tuple(v.shape) for i, v in enumerate(values) if hasattr(v, "shape")}
-        check_sizes(compiled.checks, shapes, self.params, self.__fusile_source__)
+        sizes = check_sizes(compiled.checks, shapes, self.params, self.__fusile_source__)
+        check_nonempty(compiled.nonempty, sizes)
         runtime = [values[i] for i in compiled.runtime_params]
         outs = run.run(compiled, runtime)
         runner = run.runner(compiled, runtime)

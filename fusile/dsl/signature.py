@@ -12,7 +12,7 @@ from typing import Any
 
 from fusile.dsl import ast
 from fusile.dsl.check import Binding
-from fusile.dsl.errors import ShapeMismatchError, SignatureError, Source, Span
+from fusile.dsl.errors import AxisError, ShapeMismatchError, SignatureError, Source, Span
 from fusile.dsl.resolve import dtype_of, resolve_global
 from fusile.dsl.types import (
     DType,
@@ -223,6 +223,18 @@ def size_checks(param_types: list[Any], env: ShapeEnv) -> list[SizeCheck]:
                 origin = env.origin.get(d) if isinstance(d, Sym) else None
                 checks.append(SizeCheck(pi, axis, env.find(d), origin))
     return checks
+
+
+def nonempty_checks(env: ShapeEnv) -> list[tuple[Any, Span, Source, str]]:
+    """The dims that max/min reduce over, resolved: each must be nonzero at run time."""
+    return [(env.find(d), span, src, what) for d, span, src, what in env.nonempty]
+
+
+def check_nonempty(checks: list[tuple[Any, Span, Source, str]], sizes: dict[Sym, int]) -> None:
+    for d, span, src, what in checks:
+        if sizes.get(d) == 0:
+            raise AxisError(f"{what}() over an empty axis (size 0 in this call): there is no "
+                            "value to return (torch raises too)", span, src)
 
 
 def check_sizes(checks: list[SizeCheck], shapes: dict[int, tuple[int, ...]],

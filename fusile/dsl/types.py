@@ -111,6 +111,8 @@ class ShapeEnv:
 
     parent: dict[Sym, Dim] = field(default_factory=dict)
     origin: dict[Sym, Span | None] = field(default_factory=dict)  # where each merge was required
+    # dims that must not be 0 at run time (max/min over them), with where and why
+    nonempty: list[tuple[Dim, Span, Any, str]] = field(default_factory=list)
 
     def find(self, d: Dim) -> Dim:
         while isinstance(d, Sym) and d in self.parent:
@@ -166,6 +168,9 @@ class ShapeEnv:
 class TensorType:
     dtype: DType
     shape: Shape
+    # computed from Python numbers alone (where(c, 0.25, 0.75)): like a number, it never
+    # widens a tensor it meets
+    weak: bool = field(default=False, compare=False)
 
     @property
     def rank(self) -> int:
@@ -191,8 +196,8 @@ ValueType = TensorType | ScalarType
 
 def result_dtype(types: list[ValueType]) -> DType:
     """Promotion over a mix of tensors and scalars."""
-    strong = [t.dtype for t in types if isinstance(t, TensorType) or not t.weak]
-    weak = [t.dtype for t in types if isinstance(t, ScalarType) and t.weak]
+    strong = [t.dtype for t in types if not t.weak]
+    weak = [t.dtype for t in types if t.weak]
     if not strong:
         out = weak[0]
         for d in weak[1:]:

@@ -454,10 +454,16 @@ autograd(_cross_entropy, _ce_grad, _ce_setup)
 
 
 def cross_entropy(input: Tensor, target: Tensor, ignore_index: int = -100,
-                  reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
+                  reduction: str = "mean", label_smoothing: float = 0.0,
+                  check_targets: bool = True) -> Tensor:
     """torch.nn.functional.cross_entropy for (N, C) logits and (N,) class indices. The logits
     are read in their own dtype, a tile at a time; no float32 copy is made. The gradient is
-    one pass over the logits using the saved per-row log-sum-exp."""
+    one pass over the logits using the saved per-row log-sum-exp.
+
+    check_targets: a target outside [0, C) other than ignore_index is an error, as in torch
+    (on the CPU a SignatureError naming it; on a GPU or while compiling a device-side assert,
+    which fails the next synchronising call). False skips the check and its small read of
+    `target`: a bad target then gives a wrong loss."""
     same_device("cross_entropy", input)
     if input.dim() != 2 or target.shape != input.shape[:1]:
         raise SignatureError(f"fusile.stdlib.cross_entropy: expected logits (N, C) and target "
@@ -471,6 +477,11 @@ def cross_entropy(input: Tensor, target: Tensor, ignore_index: int = -100,
     if reduction not in ("mean", "sum", "none"):
         raise SignatureError(f"fusile.stdlib.cross_entropy: reduction must be 'mean', 'sum' or "
                              f"'none', got {reduction!r}")
+    if not 0.0 <= label_smoothing <= 1.0:  # also false for nan
+        raise SignatureError(f"fusile.stdlib.cross_entropy: label_smoothing must be in [0, 1], "
+                             f"got {label_smoothing!r}")
+    if check_targets:
+        _check_targets(input, target, int(ignore_index))
     loss, _ = apply(_cross_entropy, input, target, int(ignore_index), float(label_smoothing))
     if reduction == "none":
         return loss.to(input.dtype)
@@ -479,6 +490,19 @@ def cross_entropy(input: Tensor, target: Tensor, ignore_index: int = -100,
         return total.to(input.dtype)
     count = (target != ignore_index).sum()
     return (total / count).to(input.dtype)
+
+
+def _check_targets(logits: Tensor, target: Tensor, ignore_index: int) -> None:
+    classes = logits.shape[1]
+    bad = ((target < 0) | (target >= classes)) & (target != ignore_index)
+    message = (f"fusile.stdlib.cross_entropy: a target is outside [0, {classes}) and is not "
+               f"ignore_index ({ignore_index})")
+    if target.device.type == "cpu" and not torch.compiler.is_compiling():
+        if bool(bad.any()):
+            first = int(target[bad][0])
+            raise SignatureError(f"{message}: {first}")
+        return
+    torch._assert_async(~bad.any(), message)
 
 
 # ----------------------------------------------------------------------------- rotary embedding

@@ -93,7 +93,9 @@ def _select(a: list[str], op: Op, t: str) -> str:
 @rule("arith.extf", "arith.truncf", "arith.sitofp", "arith.uitofp", "arith.fptosi",
       "arith.extsi", "arith.extui", "arith.trunci", "arith.index_cast")
 def _cast(a: list[str], op: Op, t: str) -> str:
-    return f"({a[0]}).to({TL_DTYPE[op.dtype.name]})"
+    # tl.cast, not .to(): the operand may be a scalar argument, a Python float in the
+    # interpreter (a float64 tensor times a float parameter casts it)
+    return f"tl.cast({a[0]}, {TL_DTYPE[op.dtype.name]})"
 
 
 for _n, _f in [("math.exp", "tl.exp"), ("math.exp2", "tl.exp2"), ("math.log", "tl.log"),
