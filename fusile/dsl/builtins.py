@@ -199,16 +199,25 @@ def _arange(call: BoundCall, env: ShapeEnv) -> ValueType:
     return TensorType(i32, (call.options["n"],))
 
 
+def _one_axis(call: BoundCall, t: TensorType) -> int:
+    axis = call.options.get("axis")
+    if not isinstance(axis, int) or isinstance(axis, bool):
+        raise AxisError(f"{call.name}(): axis must be one integer constant, got {axis!r}",
+                        call.span)
+    (out,) = normalize_axes(call, t.rank)
+    return out
+
+
 def _index(call: BoundCall, env: ShapeEnv) -> ValueType:
     t = _tensor(call, 0)
-    (axis,) = normalize_axes(call, t.rank)
+    axis = _one_axis(call, t)
     call.axes = (axis,)
     return TensorType(i32, tuple(d if i == axis else 1 for i, d in enumerate(t.shape)))
 
 
 def _size(call: BoundCall, env: ShapeEnv) -> ValueType:
     t = _tensor(call, 0)
-    (axis,) = normalize_axes(call, t.rank)
+    axis = _one_axis(call, t)
     call.axes = (axis,)
     return ScalarType(i64, weak=True)
 

@@ -16,6 +16,7 @@ from fusile.dsl.builtins import BUILTINS, CONSTANTS, OPTION, BoundCall, bind, si
 from fusile.dsl.errors import (
     AxisError,
     BuiltinCallError,
+    ConstantError,
     DTypeError,
     FusileError,
     RankError,
@@ -258,6 +259,8 @@ class Checker:
                 f"& | ^ need bool or integer operands, got {lt.dtype} and {rt.dtype}", e.span)
         if e.op == "div" or (e.op == "pow" and not dtype.is_float):
             dtype = dtype if dtype.is_float else f32
+        if e.op == "floordiv" and not dtype.is_float and self.t.consts.get(id(e.right)) == 0:
+            raise ConstantError("integer division by zero", e.span)
         out = self._broadcast([lt, rt], dtype, e.span)
         self._fold(e, [e.left, e.right], lambda a, b: _PY_BINOP[e.op](a, b))
         return out
@@ -280,7 +283,8 @@ class Checker:
 
     def _fold(self, e: ast.Expr, operands: list[ast.Expr], fn: Any) -> None:
         if all(id(o) in self.t.consts for o in operands):
-            # a constant that fails in Python (1/0) is left to run time, where it gives inf
+            # a float constant that fails in Python (1.0 / 0) is left to run time, where it
+            # gives inf or nan as on the GPU
             with contextlib.suppress(ArithmeticError, ValueError):
                 self.t.consts[id(e)] = fn(*(self.t.consts[id(o)] for o in operands))
 

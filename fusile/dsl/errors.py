@@ -39,7 +39,7 @@ class Source:
         real = linecache.getline(self.filename, line + self.line_offset)
         if real:
             return real.rstrip("\n")
-        lines = self.text.splitlines()
+        lines = self.text.split("\n")  # as the parser counts lines (not at \f or \v)
         text = lines[line - 1] if 0 < line <= len(lines) else ""
         return " " * self.col_offset + text
 
@@ -110,6 +110,11 @@ class AxisError(FusileError):
 
 class DTypeError(FusileError):
     """An operation applied to a dtype it does not accept."""
+
+
+class ConstantError(FusileError):
+    """A constant the program cannot use: an integer division by zero, an integer that does
+    not fit int64."""
 
 
 class SignatureError(FusileError):

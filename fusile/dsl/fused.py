@@ -10,7 +10,7 @@ from typing import Any
 from fusile import config
 from fusile.dsl import ast
 from fusile.dsl.errors import FusileError, SignatureError, Source
-from fusile.dsl.parser import parse, source_of
+from fusile.dsl.parser import deep_recursion, parse, source_of, too_deep
 from fusile.dsl.signature import (
     Annotation,
     ArgInfo,
@@ -95,7 +95,13 @@ class FusedFunction:
         return self._lookup(self._bind_args(args, kwargs))[0]
 
     def _lookup(self, values: list[Any]) -> tuple[Any, list[ArgInfo]]:
-        infos = [describe_arg(v) for v in values]
+        infos = []
+        for v, p in zip(values, self.__fusile_funcdef__.params, strict=True):
+            try:
+                infos.append(describe_arg(v))
+            except SignatureError as err:  # name the parameter and point at it
+                raise SignatureError(f"parameter {p.name!r}: {err.message}", p.span,
+                                     self.__fusile_source__) from None
         key = cache_key(infos)
         hit = self._cache.get(key)
         if hit is None:
@@ -270,7 +276,8 @@ def _call_key(args: tuple) -> tuple:
     """What decides the compiled program and its size checks: dtype, shape and device of each
     tensor, the value of each int or bool (constants), only the type of each float."""
     return tuple((a.dtype, a.shape, a.device) if hasattr(a, "shape") else
-                 (float,) if type(a) is float else (type(a), a) for a in args)
+                 (float,) if type(a) is float else (type(a), a) if type(a) in (int, bool) else
+                 (type(a), id(a)) for a in args)  # anything else: describe_arg rejects it
 
 
 def _default_value(p: ast.Param, globals_: dict[str, Any], source: Source) -> Any:
@@ -294,9 +301,12 @@ def _closure_vars(fn: Callable[..., Any]) -> dict[str, Any]:
 def _guard(thunk: Callable[[], Any]) -> Any:
     """Run a front-end step; internal errors become FusileErrors unless FUSILE_FRONTEND_DEBUG."""
     try:
-        return thunk()
+        with deep_recursion():
+            return thunk()
     except FusileError:
         raise
+    except RecursionError:
+        raise too_deep() from None
     except Exception as exc:
         if config.get("frontend_debug"):
             raise

@@ -7,19 +7,28 @@ from __future__ import annotations
 
 import functools
 import inspect
+import keyword
+import sys
 import textwrap
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, VisitError
-from lark.indenter import PythonIndenter
+from lark.indenter import DedentError, PythonIndenter
 
 from fusile.dsl import ast
 from fusile.dsl.errors import FusileError, FusileSyntaxError, Source, Span, UnsupportedSyntaxError
 
 _GRAMMAR = Path(__file__).with_name("grammar.lark")
+
+
+# The indenter (Lark's postlexer) keeps state while it parses: one parse at a time.
+_PARSE_LOCK = threading.RLock()
+# A 1,000-term sum nests 1,000 deep in the tree each stage walks recursively
+_DEPTH = 20_000
 
 
 @functools.cache
@@ -42,6 +51,15 @@ def _tok_span(tok: Token) -> Span:
     end_line = tok.end_line if tok.end_line is not None else tok.line
     end_col = tok.end_column if tok.end_column is not None else tok.column + len(tok)
     return Span(tok.line, tok.column, end_line, end_col)
+
+
+def _ident(tok: Token) -> str:
+    """A name as Python allows it: not a keyword (Python rejects `def f(x, class)`)."""
+    name = str(tok)
+    if keyword.iskeyword(name):
+        raise FusileSyntaxError(f"{name!r} is a Python keyword and cannot be used as a name",
+                                _tok_span(tok))
+    return name
 
 
 def _unsupported(what: str, hint: str = "") -> Callable[..., Any]:
@@ -79,14 +97,19 @@ class _ToAst(Transformer[Token, Any]):
                 raise UnsupportedSyntaxError(
                     "a bare expression has no effect; assign it to a name or return it", s.span
                 )
-        return ast.FuncDef(_span(meta), str(name), tuple(params or ()), tuple(stmts), doc)
+        seen: set[str] = set()
+        for prm in params or ():
+            if prm.name in seen:
+                raise FusileSyntaxError(f"duplicate parameter {prm.name!r}", prm.span)
+            seen.add(prm.name)
+        return ast.FuncDef(_span(meta), _ident(name), tuple(params or ()), tuple(stmts), doc)
 
     def parameters(self, meta: Any, children: list[Any]) -> list[ast.Param]:
         return [c for c in children if c is not None]
 
     def param(self, meta: Any, children: list[Any]) -> ast.Param:
         name, annotation, default = children
-        return ast.Param(_span(meta), str(name), annotation, default)
+        return ast.Param(_span(meta), _ident(name), annotation, default)
 
     star_param = _unsupported("a star parameter (*args, **kwargs, * or /)")
 
@@ -189,7 +212,7 @@ class _ToAst(Transformer[Token, Any]):
         return [c for c in children if c is not None]
 
     def kwarg(self, meta: Any, children: list[Any]) -> ast.Keyword:
-        return ast.Keyword(_span(meta), str(children[0]), children[1])
+        return ast.Keyword(_span(meta), _ident(children[0]), children[1])
 
     def subscript(self, meta: Any, children: list[Any]) -> ast.Subscript:
         return ast.Subscript(_span(meta), children[0], tuple(children[1]))
@@ -207,7 +230,7 @@ class _ToAst(Transformer[Token, Any]):
         return ast.Attribute(_span(meta), children[0], str(children[1]))
 
     def name(self, meta: Any, children: list[Any]) -> ast.Name:
-        return ast.Name(_span(meta), str(children[0]))
+        return ast.Name(_span(meta), _ident(children[0]))
 
     def number(self, meta: Any, children: list[Any]) -> ast.Num:
         text = str(children[0]).replace("_", "")
@@ -300,10 +323,10 @@ def _syntax_error(err: UnexpectedInput, text: str) -> FusileSyntaxError:
     line = getattr(err, "line", None) or 1
     col = getattr(err, "column", None) or 1
     if isinstance(err, UnexpectedEOF) or line < 1:
-        lines = text.rstrip("\n").splitlines() or [""]
+        lines = text.rstrip("\n").split("\n")
         line, col = len(lines), len(lines[-1]) + 1
     if isinstance(err, UnexpectedCharacters):
-        what = f"unexpected character {text.splitlines()[line - 1][col - 1]!r}"
+        what = f"unexpected character {text.split(chr(10))[line - 1][col - 1]!r}"
     else:
         tok = getattr(err, "token", None)
         if tok is None or tok.type in ("$END", "_DEDENT"):
@@ -319,21 +342,70 @@ def _syntax_error(err: UnexpectedInput, text: str) -> FusileSyntaxError:
 
 
 def parse(source: Source) -> ast.FuncDef:
-    """Parse one function definition. Raises FusileError (with the user's line) on failure."""
+    """Parse one function definition. Raises FusileError (with the user's line) on failure.
+    Safe to call from several threads (one parse at a time)."""
     text = source.text if source.text.endswith("\n") else source.text + "\n"
     try:
-        tree = _lark().parse(text)
-        result = _ToAst().transform(tree)
+        with _PARSE_LOCK, deep_recursion():
+            tree = _lark().parse(text)
+            result = _ToAst().transform(tree)
     except UnexpectedInput as err:
-        raise _with_source(_syntax_error(err, text), source) from None
+        with _PARSE_LOCK:  # match_examples parses again
+            raise _with_source(_syntax_error(err, text), source) from None
+    except DedentError:
+        raise _with_source(_bad_dedent(text), source) from None
     except VisitError as err:
         inner = err.orig_exc
         if isinstance(inner, FusileError):
             raise _with_source(inner, source) from None
+        if isinstance(inner, RecursionError):
+            raise _with_source(too_deep(), source) from None
         raise
+    except RecursionError:
+        raise _with_source(too_deep(), source) from None
     if not isinstance(result, ast.FuncDef):
         raise FusileSyntaxError("a fusile program is one function definition")
     return result
+
+
+class deep_recursion:  # noqa: N801  (a context manager, used as `with deep_recursion():`)
+    """Let the front end walk deeply nested expressions (a 1,000-term sum, 500 nested calls):
+    raises Python's recursion limit for the duration, never lowers it."""
+
+    def __enter__(self) -> None:
+        self.saved = sys.getrecursionlimit()
+        if self.saved < _DEPTH:
+            sys.setrecursionlimit(_DEPTH)
+
+    def __exit__(self, *exc: object) -> None:
+        if sys.getrecursionlimit() == _DEPTH:
+            sys.setrecursionlimit(self.saved)
+
+
+def too_deep() -> FusileSyntaxError:
+    return FusileSyntaxError(
+        "this function nests too deeply for fusile to compile; split long expressions with "
+        "intermediate assignments", Span(1, 1, 1, 4))
+
+
+def _bad_dedent(text: str) -> FusileSyntaxError:
+    """The first line whose indentation matches no enclosing block (Lark's DedentError has
+    no position)."""
+    levels = [0]
+    for n, line in enumerate(text.split("\n"), 1):
+        body = line.lstrip(" \t\f")
+        if not body or body.startswith("#"):
+            continue
+        indent = len(line) - len(body)
+        if indent > levels[-1]:
+            levels.append(indent)
+            continue
+        while indent < levels[-1]:
+            levels.pop()
+        if indent != levels[-1]:
+            return FusileSyntaxError("unindent does not match any outer indentation level",
+                                     Span(n, 1, n, indent + 1))
+    return FusileSyntaxError("inconsistent indentation", Span(1, 1, 1, 2))
 
 
 def _with_source(err: FusileError, source: Source) -> FusileError:

@@ -176,18 +176,22 @@ def _axes_line_up(graph: Graph, qk: DotForm, pv: DotForm, mods: list[int],
 
 
 def _is_guard(g: Generic | None, graph: Graph) -> bool:
-    """g is exactly `select(x == -inf, 0, x)` of one input: softmax's shift for a row whose
-    scores are all -inf. It is x wherever x is finite, so a kernel's running max stands in."""
+    """g is exactly `select(abs(x) == inf, 0, x)` of one input: softmax's shift for a row
+    whose max is infinite (all -inf, or holding +inf). It is x wherever x is finite, so a
+    kernel's running max stands in."""
     if g is None or g.reduction_loops or len(g.inputs) != 1:
         return False
     sel = _single(g, "arith.select")
     consts = constants(graph)
     if sel is None or sel.operands[2] != g.block_args[0] or consts.get(sel.operands[1]) != 0.0:
         return False
-    cmp = g.defs.get(sel.operands[0])
-    return cmp is not None and cmp.name == "arith.cmpf" and \
-        cmp.attrs.get("predicate") == "oeq" and cmp.operands[0] == g.block_args[0] and \
-        consts.get(cmp.operands[1]) == float("-inf")
+    by = g.defs
+    cmp = by.get(sel.operands[0])
+    if cmp is None or cmp.name != "arith.cmpf" or cmp.attrs.get("predicate") != "oeq" or \
+            consts.get(cmp.operands[1]) != float("inf"):
+        return False
+    absf = by.get(cmp.operands[0])
+    return absf is not None and absf.name == "math.absf" and absf.operands == [g.block_args[0]]
 
 
 def _reaches_dot(graph: Graph, prod: dict[int, int], t: int) -> bool:

@@ -203,22 +203,15 @@ def _var(lo: Lowerer, call: BoundCall, args: list[Value]) -> Value:
     return lo.pointwise([s, n], s.type, [c, c], divide)
 
 
-def _shifted(lo: Lowerer, x: LV, axes: tuple[int, ...], d: DType, any_inf: bool = False
-             ) -> tuple[LV, LV]:
-    """(m, x - m) with m the max over axes (keepdims); a row of -inf gets m = 0 (no NaN).
-    any_inf: a row holding +inf gets m = 0 too (logsumexp is then inf, not inf - inf)."""
+def _shifted(lo: Lowerer, x: LV, axes: tuple[int, ...], d: DType) -> tuple[LV, LV]:
+    """(m, x - m) with m the max over axes (keepdims), 0 where that max is infinite: a row of
+    -inf gives no NaN, and logsumexp of a row holding +inf is inf (not inf - inf)."""
     c = d.compute
     x = _as_dtype(lo, x, d)
     m = lo.em.reduce(x, axes, True, d, "maximumf", -pymath.inf)
-
-    def guard(v: list[ir.Value]) -> ir.Value:
-        if any_inf:
-            inf = compare_scalar("==", mmath.AbsFOp(v[0]).result, constant(pymath.inf, c), c)
-        else:
-            inf = compare_scalar("==", v[0], constant(-pymath.inf, c), c)
-        return arith.SelectOp(inf, constant(0.0, c), v[0]).result
-
-    safe = lo.pointwise([m], m.type, [c], guard)
+    safe = lo.pointwise([m], m.type, [c], lambda v: arith.SelectOp(
+        compare_scalar("==", mmath.AbsFOp(v[0]).result, constant(pymath.inf, c), c),
+        constant(0.0, c), v[0]).result)
     assert isinstance(safe, LV)
     sh = lo.pointwise([x, safe], x.type, [c, c], lambda v: arith.SubFOp(v[0], v[1]).result)
     assert isinstance(sh, LV)
@@ -254,7 +247,7 @@ def _logsumexp(lo: Lowerer, call: BoundCall, args: list[Value]) -> Value:
     assert isinstance(x, LV)
     out = _out(lo, call)
     c = out.dtype.compute
-    m, sh = _shifted(lo, x, call.axes, out.dtype, any_inf=True)
+    m, sh = _shifted(lo, x, call.axes, out.dtype)
     keep = bool(call.options.get("keepdims"))
     s = _sum_exp(lo, sh, call.axes, keep, out.dtype)
     if not keep:  # drop m's unit dims: a view, no copy

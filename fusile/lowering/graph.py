@@ -113,6 +113,24 @@ def constants(graph: Graph) -> dict[int, Any]:
             if isinstance(op, Op) and op.name == "arith.constant"}
 
 
+def dim_sources(graph: Graph) -> dict[tuple[int, int], tuple[int, int]]:
+    """(tensor, axis) -> (argument, axis) for each dynamic size of a tensor.empty that is a
+    tensor.dim of a function argument: how to size a result no input is indexed alongside
+    (`index(x, 1)` reads no tensor, only x's size)."""
+    ops = {op.results[0]: op for op in graph.nodes if isinstance(op, Op)}
+    consts = constants(graph)
+    out: dict[tuple[int, int], tuple[int, int]] = {}
+    for node in graph.nodes:
+        if not isinstance(node, Empty):
+            continue
+        dynamic = [axis for axis, s in enumerate(node.info.shape) if s is None]
+        for axis, v in zip(dynamic, node.dyn, strict=True):
+            op = ops.get(v)
+            if op is not None and op.name == "tensor.dim" and op.operands[0] in graph.args:
+                out[(node.result, axis)] = (op.operands[0], int(consts[op.operands[1]]))
+    return out
+
+
 class _Ids:
     def __init__(self) -> None:
         self.ids: dict[ir.Value, int] = {}

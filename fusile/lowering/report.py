@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from fusile.lowering.graph import Generic, Graph
+from fusile.lowering.graph import Generic, Graph, dim_sources
 from fusile.lowering.groups import Classes, Plan
 from fusile.lowering.groups import loop_classes as _classes
 
@@ -25,6 +25,9 @@ def tensor_shapes(graph: Graph, cls: Classes, arg_shapes: dict[int, tuple[int, .
     for a, shape in arg_shapes.items():
         for axis, s in enumerate(shape):
             size.setdefault(cls.find(("dim", a, axis)), s)
+    for (t, axis), (a, a_axis) in dim_sources(graph).items():
+        if a in arg_shapes:
+            size.setdefault(cls.find(("dim", t, axis)), arg_shapes[a][a_axis])
     out = {}
     for t, info in graph.tensors.items():
         out[t] = tuple(s if s is not None else size[cls.find(("dim", t, k))]

@@ -14,7 +14,7 @@ from torch_mlir.dialects import math as mmath
 
 from fusile.dsl import ast
 from fusile.dsl.check import Typed
-from fusile.dsl.errors import FusileError, LoweringError
+from fusile.dsl.errors import ConstantError, FusileError, LoweringError
 from fusile.dsl.types import (
     DType,
     ScalarType,
@@ -85,7 +85,12 @@ class Lowerer:
         if id(e) in self.t.consts:
             t = self.t.type_of(e)
             assert isinstance(t, ScalarType)
-            return const_sv(self.t.consts[id(e)], t.dtype)
+            value = self.t.consts[id(e)]
+            if isinstance(value, int) and not -(2**63) <= value < 2**63:
+                shown = value if abs(value) < 10**30 else "constant"
+                raise ConstantError(f"the integer {shown} does not fit int64", e.span,
+                                    self.t.source)
+            return const_sv(value, t.dtype)
         if isinstance(e, ast.Name):
             return self.scope[e.id]
         if isinstance(e, ast.Call) and id(e) in self.t.inlined:
@@ -160,7 +165,7 @@ class Lowerer:
             x = v[0]
             if p == 0.5:
                 return mmath.SqrtOp(x).result
-            if p == int(p) and abs(p) <= 4:
+            if abs(p) <= 4 and p == int(p):  # (inf and nan fail the first test)
                 acc = constant(1.0, d)
                 for _ in range(int(abs(p))):
                     acc = arith.MulFOp(acc, x).result

@@ -24,7 +24,7 @@ from fusile.backends.triton.kernel_source import KernelSource
 from fusile.backends.triton.replay import Recorder, Replay, layout_key
 from fusile.dsl.errors import BackendError
 from fusile.lowering import schedule
-from fusile.lowering.graph import Graph, Op
+from fusile.lowering.graph import Graph, Op, dim_sources
 from fusile.lowering.partition import POINTWISE, Plan, partition
 
 
@@ -114,6 +114,8 @@ class TritonProgram:
                 continue
             for axis in range(len(info.shape)):
                 src.setdefault(self.plan.tensor_class(a, axis), (pos, axis))
+        for (t, axis), (a, a_axis) in dim_sources(self.graph).items():
+            src.setdefault(self.plan.tensor_class(t, axis), (self.graph.args.index(a), a_axis))
         for t, info in self.graph.tensors.items():
             for axis, s in enumerate(info.shape):
                 if s is not None:
