@@ -103,28 +103,61 @@ def parse_shape(text: str) -> tuple[str, Any]:
                    "NAME=NUMBER (e.g. eps=1e-5)")
 
 
-def _signature(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, int]]:
+def _signature(args: argparse.Namespace, need_sizes: bool = False
+               ) -> tuple[dict[str, Any], dict[str, int]]:
+    """The --shape signature and the --size values. Every --size names a dim of some
+    --shape; with need_sizes (explain), every named dim has a --size."""
+    from fusile.dsl.types import TensorSpec
+
     sig: dict[str, Any] = dict(parse_shape(s) for s in args.shape or [])
+    named = {d for v in sig.values() if isinstance(v, TensorSpec) for d in v.dims or ()
+             if isinstance(d, str)}
     sizes: dict[str, int] = {}
     for s in args.size or []:
         m = re.match(r"^(\w+)=(\d+)$", s)
         if not m:
             raise CliError(f"--size {s!r}: expected NAME=INT, e.g. M=8192")
+        if m.group(1) not in named:
+            raise CliError(f"--size {s}: no --shape has a dim named {m.group(1)!r} (named: "
+                           f"{', '.join(sorted(named)) or 'none'})")
         sizes[m.group(1)] = int(m.group(2))
+    missing = sorted(named - set(sizes))
+    if need_sizes and missing:
+        raise CliError(f"size {missing[0]!r} is symbolic: give its value with --size "
+                       f"{missing[0]}=INT")
     return sig, sizes
 
 
-def _check_target(name: str) -> None:
+# what each backend can emit beyond the common stages
+_EMITS_FOR = {"cuda": {"ptx", "cubin"}, "hip": {"amdgcn", "hsaco"}}
+
+
+def _check_target(name: str, emit: str | None = None) -> None:
+    """A known target; for `fusile compile`, one that compiles ahead of time and has `emit`
+    (checked before any compile work)."""
     from fusile.backends.targets import TARGETS
 
     if name not in TARGETS:
         raise CliError(f"unknown target {name!r}; known: {', '.join(TARGETS)}")
+    if emit is None:
+        return
+    backend = TARGETS[name].backend
+    if emit in ("mlir", "linalg", "fused", "plan"):  # target-independent, or a table
+        return
+    if backend not in _EMITS_FOR:
+        gpus = ", ".join(n for n, t in TARGETS.items() if t.backend in _EMITS_FOR)
+        raise CliError(f"--target {name} runs on the Triton interpreter and has nothing to "
+                       f"compile ahead of time; pick a GPU target ({gpus})")
+    other = set().union(*_EMITS_FOR.values()) - _EMITS_FOR[backend]
+    if emit in other:
+        raise CliError(f"--emit {emit} does not exist for {name} ({backend}); it emits "
+                       f"{', '.join(sorted(_EMITS_FOR[backend]))} and the common stages")
 
 
 def _compile(args: argparse.Namespace) -> int:
+    _check_target(args.target, args.emit)
+    sig, sizes = _signature(args, need_sizes=args.emit == "plan")
     fn = load_function(args.function)
-    _check_target(args.target)
-    sig, sizes = _signature(args)
     out_dir = Path(args.output) if args.output else None
     if args.emit in _BINARY and out_dir is None:
         raise CliError(f"--emit {args.emit} is binary: give -o DIR")
@@ -176,9 +209,9 @@ def _progress(i: int, n: int, name: str) -> None:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    fn = load_function(args.function)
     _check_target(args.target)
-    sig, sizes = _signature(args)
+    sig, sizes = _signature(args, need_sizes=True)
+    fn = load_function(args.function)
     ex = fn.explain(target=args.target, sizes=sizes, **sig)
     print(json.dumps(ex.to_dict(), indent=1, default=str) if args.json else ex)
     return 0
@@ -238,6 +271,25 @@ def _demo(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return n
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fusile")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
     from fusile.dsl.errors import FusileError
 
@@ -245,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="fusile", description="fusile: a portable kernel DSL for deep learning. "
         "FUNCTION is FILE.py:NAME; a --shape is NAME=DTYPE[dims] (dims are ints, or names "
         "for runtime sizes) or NAME=NUMBER for scalar parameters.")
+    parser.add_argument("--version", action="version", version=f"fusile {_version()}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB")
 
     def shaped(p: argparse.ArgumentParser) -> None:
@@ -276,8 +329,9 @@ def main(argv: list[str] | None = None) -> int:
                          "(the GPU if there is one, else the Triton interpreter at small "
                          "sizes), check them against float64, compile one for h100 and mi300x "
                          "and print its explain table.")
-    d.add_argument("--rows", type=int, default=17, help="rows on the CPU (default 17)")
-    d.add_argument("--cols", type=int, default=1000, help="columns on the CPU (default 1000)")
+    d.add_argument("--rows", type=_positive, default=17, help="rows on the CPU (default 17)")
+    d.add_argument("--cols", type=_positive, default=1000,
+                   help="columns on the CPU (default 1000)")
     d.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     d.add_argument("--cpu", action="store_true", help="use the interpreter even with a GPU")
     d.set_defaults(run=_demo)

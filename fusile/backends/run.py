@@ -53,8 +53,21 @@ def runner(compiled: Any, args: list[Any]) -> Any:
     if name == "reference":
         return None
     device = next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
-    target = _device_target(device) if name == "auto" else targets.get(name)
-    return compiled.programs.get(_program_key(target))
+    return compiled.programs.get(_program_key(_target(name, device)))
+
+
+def _target(name: str, device: Any) -> targets.Target:
+    """The target FUSILE_TARGET names (or the device's own), checked to run on device."""
+    if name == "auto":
+        return _device_target(device)
+    t = targets.get(name)
+    if (t.backend == "interpreter") != (device.type == "cpu"):
+        from fusile.dsl.errors import BackendError
+
+        raise BackendError(f"FUSILE_TARGET={name} ({t.backend}) cannot run on tensors on "
+                           f"{device}; unset it (auto picks the device's target), or use "
+                           f"{'cpu' if device.type == 'cpu' else 'auto'} or reference")
+    return t
 
 
 def _program_key(target: targets.Target) -> str:
@@ -76,7 +89,7 @@ def run(compiled: Any, args: list[Any]) -> list[Any]:
         return [torch.from_numpy(np.array(o, order="C")).to(device=device,
                                                              dtype=to_torch(t.dtype))
                 for o, t in zip(outs, compiled.typed.result_types, strict=True)]
-    target = _device_target(device) if name == "auto" else targets.get(name)
+    target = _target(name, device)
     key = _program_key(target)
     program = compiled.programs.get(key)
     if program is None:

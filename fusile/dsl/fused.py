@@ -119,9 +119,9 @@ class FusedFunction:
 
     # ------------------------------------------------------------------ running
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from fusile.backends import run
-
         import torch
+
+        from fusile.backends import run
 
         key = None
         grad = torch.is_grad_enabled()

@@ -5,13 +5,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import keyword
 import sys
 import textwrap
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -368,18 +369,18 @@ def parse(source: Source) -> ast.FuncDef:
     return result
 
 
-class deep_recursion:  # noqa: N801  (a context manager, used as `with deep_recursion():`)
+@contextlib.contextmanager
+def deep_recursion() -> Iterator[None]:
     """Let the front end walk deeply nested expressions (a 1,000-term sum, 500 nested calls):
     raises Python's recursion limit for the duration, never lowers it."""
-
-    def __enter__(self) -> None:
-        self.saved = sys.getrecursionlimit()
-        if self.saved < _DEPTH:
-            sys.setrecursionlimit(_DEPTH)
-
-    def __exit__(self, *exc: object) -> None:
+    saved = sys.getrecursionlimit()
+    if saved < _DEPTH:
+        sys.setrecursionlimit(_DEPTH)
+    try:
+        yield
+    finally:
         if sys.getrecursionlimit() == _DEPTH:
-            sys.setrecursionlimit(self.saved)
+            sys.setrecursionlimit(saved)
 
 
 def too_deep() -> FusileSyntaxError:

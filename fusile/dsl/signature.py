@@ -132,7 +132,10 @@ def concrete_shape(value: Any, sizes: dict[str, int]) -> tuple[int, ...] | None:
             if isinstance(d, str):
                 if d not in sizes:
                     raise SignatureError(f"size {d!r} is symbolic: pass sizes={{{d!r}: ...}}")
-                out.append(sizes[d])
+                n = sizes[d]
+                if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+                    raise SignatureError(f"size {d!r} must be a non-negative int, got {n!r}")
+                out.append(n)
             else:
                 out.append(d)
         return tuple(out)

@@ -149,10 +149,15 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
     if alibi_slopes is not None and tuple(alibi_slopes.shape) != (h,):
         raise SignatureError(f"fusile.stdlib.attention: alibi_slopes has shape "
                              f"{tuple(alibi_slopes.shape)}, expected ({h},)")
-    if softcap is not None and softcap <= 0:
+    if softcap is not None and not softcap > 0:  # also false for nan
         raise SignatureError(f"fusile.stdlib.attention: softcap must be positive, got {softcap}")
-    if window is not None and window <= 0:
-        raise SignatureError(f"fusile.stdlib.attention: window must be positive, got {window}")
+    if window is not None and (not isinstance(window, int) or isinstance(window, bool) or
+                               window <= 0):
+        raise SignatureError(f"fusile.stdlib.attention: window must be a positive int, got "
+                             f"{window!r}")
+    if d == 1:  # a size-1 axis is specialised as a broadcast, which no flash kernel has
+        raise SignatureError("fusile.stdlib.attention: head_dim 1 is not supported (q, k "
+                             "and v need a head_dim of 2 or more)")
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     g = h // hk
     q5 = q.unflatten(1, (hk, g))  # (b, hk, g, lq, d): a view

@@ -341,9 +341,7 @@ _silu = _unary("silu", K.silu_fwd, K.silu_bwd)
 def gelu(input: Tensor, approximate: str = "none") -> Tensor:
     """torch.nn.functional.gelu, exact (erf) or approximate='tanh'."""
     same_device("gelu", input)
-    if approximate not in ("none", "tanh"):
-        raise SignatureError(f"fusile.stdlib.gelu: approximate must be 'none' or 'tanh', got "
-                             f"{approximate!r}")
+    _check_approximate("gelu", approximate)
     return apply(_gelu_tanh if approximate == "tanh" else _gelu, input)
 
 
@@ -401,9 +399,16 @@ def swiglu(gate: Tensor, up: Tensor) -> Tensor:
     return apply(_swiglu, gate, up)
 
 
+def _check_approximate(name: str, approximate: str) -> None:
+    if approximate not in ("none", "tanh"):
+        raise SignatureError(f"fusile.stdlib.{name}: approximate must be 'none' or 'tanh', got "
+                             f"{approximate!r}")
+
+
 def geglu(gate: Tensor, up: Tensor, approximate: str = "none") -> Tensor:
-    """gelu(gate) * up."""
+    """gelu(gate) * up, exact (erf) or approximate='tanh'."""
     _check_gated("geglu", gate, up)
+    _check_approximate("geglu", approximate)
     return apply(_geglu_tanh if approximate == "tanh" else _geglu, gate, up)
 
 

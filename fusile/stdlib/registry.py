@@ -73,6 +73,12 @@ def autograd(op, grad, setup) -> None:
 
 
 def same_device(name: str, *tensors: Tensor | None) -> None:
+    """Every argument that should be a tensor is one (or None where optional), all on one
+    device, all floating point."""
+    for t in tensors:
+        if t is not None and not isinstance(t, Tensor):
+            raise SignatureError(f"fusile.stdlib.{name}: expected a torch.Tensor, got "
+                                 f"{type(t).__name__} ({t!r:.40})")
     ts = [t for t in tensors if t is not None]
     devices = {t.device for t in ts}
     if len(devices) > 1:
@@ -97,7 +103,11 @@ def check_param(name: str, p: Tensor | None, x: Tensor, shape: tuple[int, ...], 
 
 def norm_shape(name: str, x: Tensor, normalized_shape: int | list[int] | tuple[int, ...]
                 ) -> tuple[int, ...]:
+    same_device(name, x)
     shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    if not shape or 0 in shape:
+        raise SignatureError(f"fusile.stdlib.{name}: normalized_shape must name at least one "
+                             f"dim, none of size 0, got {shape}")
     if tuple(x.shape[len(x.shape) - len(shape):]) != shape or len(shape) > x.dim():
         raise SignatureError(f"fusile.stdlib.{name}: input of shape {tuple(x.shape)} does not "
                              f"end with normalized_shape {shape}")
