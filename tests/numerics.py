@@ -14,10 +14,11 @@ def rel_err(out: torch.Tensor | np.ndarray, ref: torch.Tensor | np.ndarray) -> f
     o = torch.as_tensor(np.asarray(out) if isinstance(out, np.ndarray) else out).double().cpu()
     r = torch.as_tensor(np.asarray(ref) if isinstance(ref, np.ndarray) else ref).double().cpu()
     assert o.shape == r.shape, f"shape {tuple(o.shape)} != reference {tuple(r.shape)}"
-    if torch.isnan(o).any() and not torch.isnan(r).any():
+    if not torch.equal(torch.isnan(o), torch.isnan(r)):  # NaN exactly where the reference has it
         return float("inf")
     finite = torch.isfinite(r)
-    if not torch.equal(torch.isfinite(o), finite) or not torch.equal(o[~finite], r[~finite]):
+    infinite = torch.isinf(r)  # and the same infinities
+    if not torch.equal(torch.isfinite(o), finite) or not torch.equal(o[infinite], r[infinite]):
         return float("inf")
     diff = (o[finite] - r[finite]).norm()
     denom = r[finite].norm()

@@ -94,6 +94,10 @@ def run(compiled: Any, args: list[Any]) -> list[Any]:
     program = compiled.programs.get(key)
     if program is None:
         from fusile.backends.triton.runtime import TritonProgram
+        from fusile.dsl.fused import COMPILE_LOCK
 
-        program = compiled.programs[key] = TritonProgram(compiled, target)
+        with COMPILE_LOCK:
+            program = compiled.programs.get(key)
+            if program is None:
+                program = compiled.programs[key] = TritonProgram(compiled, target)
     return program(args)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,10 @@ from fusile.dsl.signature import (
     parse_annotation,
 )
 from fusile.dsl.types import ShapeEnv
+
+# One compile at a time, process-wide: compiling is a one-time cost per signature, and it
+# keeps first calls from several threads from building the same program twice.
+COMPILE_LOCK = threading.RLock()
 
 
 class FusedFunction:
@@ -105,8 +110,11 @@ class FusedFunction:
         key = cache_key(infos)
         hit = self._cache.get(key)
         if hit is None:
-            hit = _guard(lambda: self._compile(infos))
-            self._cache[key] = hit
+            with COMPILE_LOCK:  # a first call from several threads compiles once
+                hit = self._cache.get(key)
+                if hit is None:
+                    hit = _guard(lambda: self._compile(infos))
+                    self._cache[key] = hit
         return hit, infos
 
     def _compile(self, infos: list[ArgInfo]) -> Any:

@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from types import ModuleType
 
@@ -30,10 +31,7 @@ def cache_dir() -> Path:
 
 
 def module_path(source: str) -> Path:
-    import triton
-
-    key = _digest(source + triton.__version__)[:32]
-    return cache_dir() / f"fusile_{key}.py"
+    return cache_dir() / module_path_name(source)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -48,21 +46,70 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def load_module(source: str) -> ModuleType:
-    """Import the generated module for `source` (writing it to the cache if needed)."""
-    path = module_path(source)
-    key = str(path)
-    if key in _loaded:
-        return _loaded[key]
+    """Import the generated module for `source` (writing it to the cache if needed). An
+    unusable cache dir (read-only, a file, an entry that is a directory) falls back to a
+    temporary directory, then to memory, with one warning."""
     text = f"# fusile-cache sha256={_digest(source)}\n{source}"
     try:
-        valid = path.read_text() == text
-    except (OSError, UnicodeDecodeError):
-        valid = False
-    if not valid:  # missing, stale or corrupt: (re)write it
-        _write_atomic(path, text)
+        path = module_path(source)
+        if str(path) in _loaded:
+            return _loaded[str(path)]
+        _ensure(path, text)
+    except OSError as exc:
+        path = _fallback(exc) / module_path_name(source)
+        if str(path) in _loaded:
+            return _loaded[str(path)]
+        try:
+            _ensure(path, text)
+        except OSError:
+            return _in_memory(path, text)
     spec = importlib.util.spec_from_file_location(path.stem, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    _loaded[key] = module
+    _loaded[str(path)] = module
+    return module
+
+
+def module_path_name(source: str) -> str:
+    import triton
+
+    return f"fusile_{_digest(source + triton.__version__)[:32]}.py"
+
+
+def _ensure(path: Path, text: str) -> None:
+    """path holds text: missing, stale or corrupt entries are (re)written, never trusted."""
+    try:
+        valid = path.read_text() == text
+    except (OSError, UnicodeDecodeError):
+        valid = False
+    if not valid:
+        _write_atomic(path, text)
+
+
+_fallback_dir: list[Path] = []
+
+
+def _fallback(exc: OSError) -> Path:
+    if not _fallback_dir:
+        d = Path(tempfile.mkdtemp(prefix="fusile-kernels-"))
+        _fallback_dir.append(d)
+        warnings.warn(f"fusile: cannot use the kernel cache in {config.get('cache_dir')} "
+                      f"({exc}); caching in {d} for this process instead (set "
+                      "FUSILE_CACHE_DIR to a writable directory)", RuntimeWarning, stacklevel=4)
+    return _fallback_dir[0]
+
+
+def _in_memory(path: Path, text: str) -> ModuleType:
+    """No writable directory at all: run the module from memory. Triton reads a kernel's
+    source through linecache, so the text is registered there under the module's name."""
+    import linecache
+    import types
+
+    name = str(path)
+    linecache.cache[name] = (len(text), None, text.splitlines(True), name)
+    module = types.ModuleType(path.stem)
+    module.__file__ = name
+    exec(compile(text, name, "exec"), module.__dict__)
+    _loaded[name] = module
     return module

@@ -7,6 +7,7 @@ call with an argument layout seen before replays that call's launches (replay.py
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import threading
@@ -26,6 +27,10 @@ from fusile.dsl.errors import BackendError
 from fusile.lowering import schedule
 from fusile.lowering.graph import Graph, Op, dim_sources
 from fusile.lowering.partition import POINTWISE, Plan, partition
+
+# The Triton interpreter keeps global state while it runs a kernel (the grid index, patched
+# triton.language functions): one interpreted program at a time.
+_INTERPRETER_LOCK = threading.Lock()
 
 
 def tensor_names(graph: Graph, param_names: list[str]) -> dict[int, str]:
@@ -149,8 +154,9 @@ class TritonProgram:
         rec = self._tls.rec = Recorder(args, dynamic_values(graph, self._host_ops, args)) \
             if replayable else None
         try:
-            for launch in self.launches:
-                self._launch(launch, env, sizes, device)
+            with _INTERPRETER_LOCK if device.type == "cpu" else contextlib.nullcontext():
+                for launch in self.launches:
+                    self._launch(launch, env, sizes, device)
         finally:
             self._tls.rec = None
         if rec is not None:
