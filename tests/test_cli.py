@@ -90,12 +90,32 @@ def test_targets_and_help(capsys) -> None:
     (["compile", "MODEL:add_rms_norm", "--target", "h100", *SHAPES, "--emit", "cubin"],
      "give -o DIR"),
     (["explain", "MODEL:add_rms_norm", "--shape", "x=f32[4]"], "missing argument 'residual'"),
+    (["explain", "MODEL:add_rms_norm", *SHAPES], "give its value with --size M=INT"),
+    (["explain", "MODEL:add_rms_norm", *SHAPES, "--size", "M=8", "--size", "K=2"],
+     "no --shape has a dim named 'K'"),
+    (["compile", "MODEL:add_rms_norm", "--target", "cpu", *SHAPES],
+     "runs on the Triton interpreter"),
+    (["compile", "MODEL:add_rms_norm", "--target", "mi300x", *SHAPES, "--emit", "ptx"],
+     "--emit ptx does not exist for mi300x"),
+    (["compile", "MODEL:add_rms_norm", "--target", "h100", *SHAPES, "--emit", "hsaco"],
+     "--emit hsaco does not exist for h100"),
+    (["demo", "--rows", "0"], "expected a positive integer"),
 ])
 def test_bad_input(model: str, argv: list[str], message: str, capsys) -> None:
     argv = [a.replace("MODEL", model) for a in argv]
-    code = main(argv)
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse's own errors
+        code = int(exit_.code or 0)
     assert code != 0
     assert message in capsys.readouterr().err
+
+
+def test_version(capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.startswith("fusile ")
 
 
 def test_demo_runs_on_cpu(capsys) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from fusile import config
 from fusile.dsl import ast
-from fusile.dsl.errors import FusileError, SignatureError, Source
+from fusile.dsl.errors import FusileError, SignatureError, Source, Span
 from fusile.dsl.parser import deep_recursion, parse, source_of, too_deep
 from fusile.dsl.signature import (
     Annotation,
@@ -77,22 +77,27 @@ class FusedFunction:
 
     # ------------------------------------------------------------------ signatures
     def _bind_args(self, args: tuple, kwargs: dict[str, Any]) -> list[Any]:
-        func = self.__fusile_funcdef__
+        func, src = self.__fusile_funcdef__, self.__fusile_source__
         names = [p.name for p in func.params]
+        head = _def_line(func)  # errors about the call point at the def line or a parameter
         if len(args) > len(names):
-            raise SignatureError(f"{func.name}() takes {len(names)} arguments, got {len(args)}")
+            raise SignatureError(f"{func.name}() takes {len(names)} arguments, got {len(args)}",
+                                 head, src)
         values: list[Any] = list(args) + [_MISSING] * (len(names) - len(args))
         for k, v in kwargs.items():
             if k not in names:
-                raise SignatureError(f"{func.name}() got an unexpected keyword argument {k!r}")
+                raise SignatureError(f"{func.name}() got an unexpected keyword argument {k!r}",
+                                     head, src)
             if values[names.index(k)] is not _MISSING:
-                raise SignatureError(f"{func.name}() got two values for {k!r}")
+                raise SignatureError(f"{func.name}() got two values for {k!r}",
+                                     func.params[names.index(k)].span, src)
             values[names.index(k)] = v
         for i, p in enumerate(func.params):
             if values[i] is _MISSING:
                 if p.default is None:
-                    raise SignatureError(f"{func.name}() is missing argument {p.name!r}")
-                values[i] = _default_value(p, self._globals, self.__fusile_source__)
+                    raise SignatureError(f"{func.name}() is missing argument {p.name!r}",
+                                         p.span, src)
+                values[i] = _default_value(p, self._globals, src)
         return values
 
     def compiled(self, *args: Any, **kwargs: Any) -> Any:
@@ -278,6 +283,11 @@ class FusedFunction:
 
 
 _MISSING = object()
+
+
+def _def_line(func: ast.FuncDef) -> Span:
+    """The `def name(...)` line alone (a FuncDef's span covers its whole body)."""
+    return Span(func.span.line, func.span.col, func.span.line, func.span.col + 3)
 
 
 def _call_key(args: tuple) -> tuple:

@@ -4,6 +4,8 @@ the same, plus CUDA graph capture."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -154,10 +156,36 @@ def test_torch_compile_fullgraph() -> None:
     (lambda: S.rope(torch.randn(2, 4, 7), torch.randn(4, 7), torch.randn(4, 7)), "even"),
     (lambda: S.rope(torch.randn(2, 4, 8), torch.randn(5, 8), torch.randn(5, 8)),
      "cos and sin must be"),
+    (lambda: S.cross_entropy(torch.randn(3, 4), torch.tensor([0, 4, 1])),
+     "a target is outside [0, 4) and is not ignore_index (-100): 4"),
+    (lambda: S.cross_entropy(torch.randn(3, 4), torch.tensor([0, -1, 1]), ignore_index=-100),
+     "outside [0, 4)"),
+    (lambda: S.cross_entropy(torch.randn(3, 4), torch.tensor([0, 1, 1]), label_smoothing=1.5),
+     "label_smoothing must be in [0, 1]"),
+    (lambda: S.cross_entropy(torch.randn(3, 4), torch.tensor([0, 1, 1]),
+                             label_smoothing=float("nan")), "label_smoothing must be in [0, 1]"),
+    (lambda: S.layer_norm(torch.randn(3, 8), ()), "normalized_shape must name at least one"),
+    (lambda: S.rms_norm(torch.randn(3, 0), (0,)), "none of size 0"),
+    (lambda: S.attention(*[torch.randn(1, 2, 8, 4)] * 3, window=2.5), "window must be a posi"),
+    (lambda: S.attention(*[torch.randn(1, 2, 8, 4)] * 3, softcap=float("nan")),
+     "softcap must be positive"),
+    (lambda: S.attention(*[torch.randn(1, 2, 8, 1)] * 3), "head_dim 1 is not supported"),
+    (lambda: S.geglu(torch.randn(3, 4), torch.randn(3, 4), approximate="bad"),
+     "approximate must be"),
+    (lambda: S.rms_norm(3.0, 8), "expected a torch.Tensor, got float"),
+    (lambda: S.softmax([1.0, 2.0]), "expected a torch.Tensor, got list"),
+    (lambda: S.swiglu(torch.randn(3, 4), 2.0), "expected a torch.Tensor, got float"),
 ])
 def test_bad_arguments(call, message: str) -> None:
-    with pytest.raises(fusile.FusileError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(fusile.FusileError, match=re.escape(message)):
         call()
+
+
+def test_cross_entropy_ignores_ignore_index_and_can_skip_the_check() -> None:
+    logits, target = torch.randn(3, 4), torch.tensor([0, -100, 3])
+    torch.testing.assert_close(S.cross_entropy(logits, target),
+                               F.cross_entropy(logits, target))
+    S.cross_entropy(logits, torch.tensor([0, 9, 3]), check_targets=False)  # no error
 
 
 # ----------------------------------------------------------------------------- GPU

@@ -61,7 +61,7 @@ def load_module(source: str) -> ModuleType:
             return _loaded[str(path)]
         try:
             _ensure(path, text)
-        except OSError:
+        except OSError:  # no writable directory at all
             return _in_memory(path, text)
     spec = importlib.util.spec_from_file_location(path.stem, path)
     assert spec is not None and spec.loader is not None
@@ -91,12 +91,19 @@ _fallback_dir: list[Path] = []
 
 
 def _fallback(exc: OSError) -> Path:
+    """A temporary directory for this process (warned about once), or, where none can be
+    made, a path that only names modules kept in memory."""
     if not _fallback_dir:
-        d = Path(tempfile.mkdtemp(prefix="fusile-kernels-"))
+        try:
+            d = Path(tempfile.mkdtemp(prefix="fusile-kernels-"))
+            where = f"caching in {d} for this process instead"
+        except OSError:
+            d = Path(tempfile.gettempdir()) / "fusile-in-memory"
+            where = "keeping generated kernels in memory"
         _fallback_dir.append(d)
         warnings.warn(f"fusile: cannot use the kernel cache in {config.get('cache_dir')} "
-                      f"({exc}); caching in {d} for this process instead (set "
-                      "FUSILE_CACHE_DIR to a writable directory)", RuntimeWarning, stacklevel=4)
+                      f"({exc}); {where} (set FUSILE_CACHE_DIR to a writable directory)",
+                      RuntimeWarning, stacklevel=4)
     return _fallback_dir[0]
 
 

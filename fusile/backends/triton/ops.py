@@ -99,11 +99,17 @@ def _cast(a: list[str], op: Op, t: str) -> str:
 
 
 for _n, _f in [("math.exp", "tl.exp"), ("math.exp2", "tl.exp2"), ("math.log", "tl.log"),
-               ("math.log2", "tl.log2"), ("math.sqrt", "tl.sqrt_rn"),
+               ("math.log2", "tl.log2"),
                ("math.rsqrt", "tl.rsqrt"), ("math.erf", "tl.erf"), ("math.sin", "tl.sin"),
                ("math.cos", "tl.cos"), ("math.floor", "tl.floor"), ("math.ceil", "tl.ceil"),
                ("math.absf", "tl.abs"), ("math.absi", "tl.abs")]:
     RULES[_n] = (lambda f: (lambda a, op, t: f"{f}({a[0]})"))(_f)
+
+
+@rule("math.sqrt")
+def _sqrt(a: list[str], op: Op, t: str) -> str:
+    # correctly rounded: tl.sqrt_rn takes float32 only; tl.sqrt of float64 is sqrt.rn too
+    return f"tl.sqrt_rn({a[0]})" if op.dtype.bits == 32 else f"tl.sqrt({a[0]})"
 
 
 @rule("math.tanh")

@@ -1,0 +1,136 @@
+"""Programs that once gave a silently wrong answer, each checked against torch in float64
+(never against fusile's own reference), on the interpreter and, with -m gpu, on the GPU."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import fusile
+from fusile import config
+from tests.numerics import assert_close
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+def _fn(src: str) -> fusile.FusedFunction:
+    return fusile.from_source(src, filename="prog.py")
+
+
+def _rand(*shape: int, device: str = "cpu") -> torch.Tensor:
+    return torch.randn(shape, dtype=torch.float64).float().to(device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("axis", [0, -2, -1])
+def test_softmax_over_any_axis_into_a_matmul(device: str, axis: int) -> None:
+    """Attention only when the softmax runs over the key axis; axis=0 once gave axis=-1."""
+    q, k, v = (_rand(16, 8, device=device) for _ in range(3))
+    fn = _fn(f"def f(q, k, v):\n    return softmax(q @ k.T, axis={axis}) @ v\n")
+    ref = torch.softmax(q.double() @ k.double().T, dim=axis) @ v.double()
+    assert_close(fn(q, k, v), ref, torch.float32, scale=4)
+    is_flash = "(attention" in str(fn.plan(q, k, v))
+    assert is_flash == (axis == -1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_one_tensor_through_two_broadcast_views(device: str) -> None:
+    """Two loads of one tensor in one kernel once shared a variable name."""
+    x = _rand(5, 7, device=device)
+    xd = x.double()
+    fn = _fn("def f(x):\n    return sum(x[None, :, :] * x[:, None, :], axis=-1)\n")
+    assert_close(fn(x), (xd[None] * xd[:, None]).sum(-1), torch.float32, scale=4)
+    fn = _fn("def f(x):\n    return x * mean(x * x[:, None], axis=-1, keepdims=True)\n")
+    assert_close(fn(x), xd * (xd * xd[:, None]).mean(-1, keepdim=True), torch.float32, scale=4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_reductions_over_an_empty_axis(device: str) -> None:
+    x = torch.randn(4, 0, device=device)
+    assert torch.equal(_fn("def f(x):\n    return sum(x, axis=-1)\n")(x).cpu(), torch.zeros(4))
+    assert torch.isnan(_fn("def f(x):\n    return mean(x, axis=-1)\n")(x)).all()
+    lse = _fn("def f(x):\n    return logsumexp(x, axis=-1)\n")(x)
+    assert torch.equal(lse.cpu(), torch.full((4,), -math.inf))
+    with pytest.raises(fusile.FusileError, match=r"min\(\) over an empty axis"):
+        _fn("def f(x):\n    return min(x, axis=-1)\n")(x)
+    empty_batch = torch.randn(0, 5, device=device)
+    assert _fn("def f(x):\n    return sum(x, axis=-1)\n")(empty_batch).shape == (0,)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cols,block", [(6, 0), (3000, 256)])  # one block; a looped row
+def test_max_min_propagate_nan_and_logsumexp_keeps_inf(device: str, cols: int,
+                                                       block: int) -> None:
+    x = torch.randn(4, cols, device=device)
+    x[1, 2] = math.nan
+    x[2, 0] = math.inf
+    with config.override(max_row_block=block):
+        for name, ref in (("max", x.amax(-1)), ("min", x.amin(-1)),
+                          ("logsumexp", torch.logsumexp(x, -1))):
+            out = _fn(f"def f(x):\n    return {name}(x, axis=-1)\n")(x)
+            torch.testing.assert_close(out, ref, equal_nan=True)
+        # a long column reduction: split across programs, then combined
+        xt = x.T.contiguous()
+        col = _fn("def f(x):\n    return max(x, axis=0)\n")(xt)
+        torch.testing.assert_close(col, xt.amax(0), equal_nan=True)
+
+
+@pytest.mark.parametrize("correction,n", [(0, 6), (1, 6), (6, 6), (7, 6)])
+def test_var_correction_like_torch(correction: int, n: int) -> None:
+    x = torch.randn(4, n)
+    out = _fn(f"def f(x):\n    return var(x, axis=-1, correction={correction})\n")(x)
+    torch.testing.assert_close(out, x.var(-1, correction=correction))
+
+
+def test_where_of_numbers_does_not_widen_a_tensor() -> None:
+    x = torch.randn(4, 6).bfloat16()
+    out = _fn("def f(c, x):\n    return where(c, 0.25, 0.75) * x\n")(x > 0, x)
+    assert out.dtype == torch.bfloat16
+    assert_close(out, torch.where(x > 0, 0.25, 0.75).double() * x.double(), torch.bfloat16)
+    strong = _fn("def f(c, x):\n    return astype(where(c, 0.25, 0.75), f32) * x\n")(x > 0, x)
+    assert strong.dtype == torch.float32
+
+
+def test_a_function_without_a_backward_refuses_inputs_that_need_grad() -> None:
+    fn = _fn("def f(x):\n    return x * 2.0\n")
+    x = torch.randn(3, requires_grad=True)
+    with pytest.raises(fusile.FusileError, match="f\\(\\) has no backward yet"):
+        fn(x)
+    with torch.no_grad():
+        assert torch.equal(fn(x), x.detach() * 2)
+    assert torch.equal(fn(x.detach()), x.detach() * 2)
+
+
+def test_reference_rounds_astype_like_the_target() -> None:
+    x = torch.tensor([1.0 + 2.0**-9, 3.14159, 1e-3], dtype=torch.float32)
+    fn = _fn("def f(x):\n    return astype(astype(x, bf16), f32)\n")
+    rounded = x.bfloat16().double().numpy()
+    assert (fn.reference(x) == rounded).all()
+    assert torch.equal(fn(x), x.bfloat16().float())
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_float64_tensors_with_a_float_parameter(dtype: torch.dtype) -> None:
+    x = torch.randn(4, 6, dtype=dtype)
+    out = _fn("def f(x, eps: float = 0.5):\n    return x * eps\n")(x, 0.25)
+    assert out.dtype == dtype
+    assert torch.equal(out, x * 0.25)
+
+
+def test_masks_with_a_one_element_tensor() -> None:
+    x, y = torch.randn(4, 6), torch.tensor([[0.5]])
+    out = _fn("def f(x, y):\n    return astype((x > 0) & (y > 0), f32)\n")(x, y)
+    assert torch.equal(out, ((x > 0) & (y > 0)).float())
+
+
+def test_positions_sized_by_an_argument_no_kernel_reads() -> None:
+    out = _fn("def f(x):\n    return index(x, 1)\n")(torch.randn(4, 6))
+    assert torch.equal(out, torch.arange(6, dtype=torch.int32)[None])
+
+
+def test_pow_of_non_finite_and_integer_exponents() -> None:
+    x = torch.rand(5) * 2
+    torch.testing.assert_close(_fn("def f(x):\n    return x ** inf\n")(x), x ** math.inf)
+    torch.testing.assert_close(_fn("def f(x):\n    return x ** 3\n")(x), x ** 3)
