@@ -11,7 +11,6 @@ import tokenize
 
 import numpy as np
 import pytest
-import torch
 
 import fusile
 from fusile import samples

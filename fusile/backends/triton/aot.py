@@ -22,7 +22,7 @@ from fusile.backends.targets import Target
 from fusile.backends.triton import cache, tune
 from fusile.backends.triton.codegen import generate
 from fusile.backends.triton.kernel_source import KernelSource
-from fusile.backends.triton.runtime import tensor_names
+from fusile.backends.triton.runtime import FP_FUSION, tensor_names
 from fusile.dsl.errors import BackendError
 from fusile.lowering import schedule
 from fusile.lowering.graph import Op
@@ -246,7 +246,7 @@ def _compile(module: Any, ks: KernelSource, name: str, target: Target,
              if p in jit.arg_names and p not in constexprs}
     try:
         src = ASTSource(jit, sig, constexprs=constexprs, attrs=attrs)
-        k = triton.compile(src, target=target.gpu_target(), options=options)
+        k = triton.compile(src, target=target.gpu_target(), options={**options, **FP_FUSION})
     except Exception as exc:
         raise BackendError(f"Triton could not compile {name} for {target.name}: {exc}") \
             from exc

@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,16 @@ from fusile.lowering.partition import POINTWISE, Plan, partition
 # The Triton interpreter keeps global state while it runs a kernel (the grid index, patched
 # triton.language functions): one interpreted program at a time.
 _INTERPRETER_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _interpreting() -> Iterator[None]:
+    """One interpreted program at a time, with numpy's floating-point warnings off: inf and
+    NaN are values here as on a GPU (log(0) is -inf), not something to warn the user of."""
+    import numpy as np
+
+    with _INTERPRETER_LOCK, np.errstate(all="ignore"):
+        yield
 
 
 def tensor_names(graph: Graph, param_names: list[str]) -> dict[int, str]:
@@ -154,7 +164,7 @@ class TritonProgram:
         rec = self._tls.rec = Recorder(args, dynamic_values(graph, self._host_ops, args)) \
             if replayable else None
         try:
-            with _INTERPRETER_LOCK if device.type == "cpu" else contextlib.nullcontext():
+            with _interpreting() if device.type == "cpu" else contextlib.nullcontext():
                 for launch in self.launches:
                     self._launch(launch, env, sizes, device)
         finally:
@@ -358,7 +368,7 @@ class TritonProgram:
                     self._fast = fast = False
         if self._rec is not None:  # launched through the JIT: record a later call
             self._rec.abandon()
-        kernel = launch.fn[variant][grid](*args, **consts, **opts)
+        kernel = launch.fn[variant][grid](*args, **consts, **opts, **FP_FUSION)
         if fast and kernel is not None:
             if len(launch.compiled) > 512:
                 launch.compiled.clear()
@@ -393,6 +403,11 @@ class TritonProgram:
         cfg = schedule.reduction(p_total, r_total, self.target, launch.elem_bytes,
                                  launch.r_contiguous)
         return cfg, (math.ceil(p_total / cfg.block_p),)
+
+
+# Triton's default (a * b + c contracts to one fma), said explicitly: Triton 3.9 warns on
+# every compile that leaves it unset
+FP_FUSION = {"enable_fp_fusion": True}
 
 
 def _consts(cfg: schedule.Config, use_i64: bool) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 Every knob is declared once here, read lazily (so a test can change the environment), and can be
 overridden for a scope with `config.override(debug="mlir")`. Nothing else in fusile reads
-`os.environ`. `python -m fusile.config` prints the table.
+`os.environ`. `python -m fusile.config` prints the table (config/__main__.py).
 """
 
 from __future__ import annotations
@@ -116,9 +116,17 @@ def override(**values: Any) -> Iterator[None]:
 
 
 def table() -> str:
-    rows = [f"{k.env:<24} {k.doc}" for k in KNOBS.values()]
-    return "\n".join(rows)
+    """Every knob: its variable, default, value now (from the environment) and meaning."""
+    rows = [("variable", "default", "now", "meaning")]
+    for name, k in KNOBS.items():
+        rows.append((k.env, _show(k.default()), _show(get(name)), k.doc))
+    w0, w1, w2 = (max(len(r[i]) for r in rows) for i in range(3))
+    return "\n".join(f"{a:<{w0}}  {b:<{w1}}  {c:<{w2}}  {d}" for a, b, c, d in rows)
 
 
-if __name__ == "__main__":
-    print(table())
+def _show(value: Any) -> str:
+    if isinstance(value, frozenset):
+        return ",".join(sorted(value)) or "(none)"
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)
