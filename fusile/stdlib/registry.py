@@ -25,9 +25,19 @@ def custom_op(name: str):
     return wrap
 
 
+def _traced(args: tuple) -> bool:
+    """Whether a trace is running: Dynamo's, or AOTAutograd's, which runs backward formulas
+    on fake or functional tensors (torch.compiler.is_compiling() is False there)."""
+    return torch.compiler.is_compiling() or any(
+        isinstance(a, Tensor) and type(a) not in _PLAIN for a in args)
+
+
+_PLAIN = (Tensor, torch.nn.Parameter)
+
+
 def call(op, *args):
-    """Run a registered op: through torch.library while compiling, else its raw kernel."""
-    if torch.compiler.is_compiling():
+    """Run a registered op: through torch.library while tracing, else its raw kernel."""
+    if _traced(args):
         return op(*args)
     return op._fusile_raw(*args)
 
@@ -57,7 +67,7 @@ class _Eager(torch.autograd.Function):
 def apply(op, *args):
     """Call an op with autograd: the registered op while compiling; an autograd.Function
     over the raw kernels in eager mode, or the raw kernel alone when nothing needs a grad."""
-    if torch.compiler.is_compiling():
+    if _traced(args):
         return op(*args)
     if not (torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad
                                             for a in args)):

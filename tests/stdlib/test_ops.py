@@ -114,7 +114,10 @@ def test_gradcheck_float64_reference(name: str) -> None:
         assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-5, rtol=1e-4)
 
 
-def test_torch_compile_fullgraph() -> None:
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_torch_compile_fullgraph(device: str) -> None:
+    """Forward and backward under torch.compile: the backward is traced on fake tensors,
+    which must reach the ops' fake implementations, never fusile's launch path."""
     torch._dynamo.reset()
 
     class Block(torch.nn.Module):
@@ -133,9 +136,10 @@ def test_torch_compile_fullgraph() -> None:
             y = S.rope(y, self.cos, self.sin)
             return S.cross_entropy(S.log_softmax(y, -1), t)
 
-    block = Block(16)
+    block = Block(16).to(device)
     compiled = torch.compile(block, fullgraph=True)
-    x, r, t = torch.randn(4, 16), torch.randn(4, 16), torch.randint(0, 16, (4,))
+    x, r = torch.randn(4, 16, device=device), torch.randn(4, 16, device=device)
+    t = torch.randint(0, 16, (4,), device=device)
     loss = compiled(x, r, t)
     loss.backward()
     assert torch.allclose(loss, block(x, r, t), atol=1e-5)
