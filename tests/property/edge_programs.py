@@ -63,23 +63,22 @@ def softmax_into_matmul(draw: st.DrawFn) -> Edge:
     return Edge(src, [q, k, v], scale=4.0)
 
 
-_VIEWS = [
-    ("sum(x[None, :, :] * x[:, None, :], axis={a})", 3),
-    ("max(x[None, :, :] * x[:, None, :], axis={a})", 3),
-    ("x * mean(x * x[:, None], axis={a}, keepdims=True)", 3),
-    ("sum(x[:, None, :] * x.T[:, :, None], axis={a})", 3),
-    ("x - min(x[None] + x[:, None], axis={a})", 3),
-    ("sum(x * x.T, axis={a}) + sum(x, axis={a})", 2),
+_VIEWS = [  # (expression, rank it reduces, whether x must be square)
+    ("sum(x[None, :, :] * x[:, None, :], axis={a})", 3, False),
+    ("max(x[None, :, :] * x[:, None, :], axis={a})", 3, False),
+    ("x * mean(x * x[:, None], axis={a}, keepdims=True)", 3, False),
+    ("sum(x[:, None, :] * x.T[:, :, None], axis={a})", 3, True),
+    ("x - min(x[None] + x[:, None], axis={a})", 3, True),
+    ("sum(x * x.T, axis={a}) + sum(x, axis={a})", 2, True),
 ]
 
 
 @st.composite
 def broadcast_views(draw: st.DrawFn) -> Edge:
     """One tensor read through several views (broadcasts, transposes) in one reduction."""
-    expr, rank = draw(st.sampled_from(_VIEWS))
+    expr, rank, square = draw(st.sampled_from(_VIEWS))
     axis = draw(st.integers(-rank, rank - 1))
     n = draw(_SIZES)
-    square = ".T" in expr
     x = _randn(draw, (n, n if square else draw(_SIZES)))
     return Edge(f"def prog(x):\n    return {expr.format(a=axis)}\n", [x], scale=4.0)
 
