@@ -11,8 +11,9 @@ REL_TOL = {torch.float64: 1e-12, torch.float32: 2e-6, torch.float16: 2e-3, torch
 
 
 def rel_err(out: torch.Tensor | np.ndarray, ref: torch.Tensor | np.ndarray) -> float:
-    o = torch.as_tensor(np.asarray(out) if isinstance(out, np.ndarray) else out).double().cpu()
-    r = torch.as_tensor(np.asarray(ref) if isinstance(ref, np.ndarray) else ref).double().cpu()
+    o = torch.as_tensor(np.asarray(out) if isinstance(out, np.ndarray) else out).detach()
+    r = torch.as_tensor(np.asarray(ref) if isinstance(ref, np.ndarray) else ref).detach()
+    o, r = o.double().cpu(), r.double().cpu()
     assert o.shape == r.shape, f"shape {tuple(o.shape)} != reference {tuple(r.shape)}"
     if not torch.equal(torch.isnan(o), torch.isnan(r)):  # NaN exactly where the reference has it
         return float("inf")
