@@ -34,8 +34,8 @@ from triton.testing import do_bench
 
 from benchmarks.attention_sketches import sketch
 from fusile.backends.triton import runtime
-from fusile.backends.triton.codegen import generate
 from fusile.backends.triton.codegen_attn import AttnWriter
+from fusile.backends.triton.generate import generate
 from fusile.backends.triton.replay import Replay
 from fusile.stdlib.attention import attention
 

@@ -26,7 +26,8 @@ from fusile.dsl.errors import (
     UnknownNameError,
     UnsupportedSyntaxError,
 )
-from fusile.dsl.resolve import dtype_of, resolve_global
+from fusile.dsl.options import option
+from fusile.dsl.resolve import resolve_global
 from fusile.dsl.types import (
     DType,
     ScalarType,
@@ -353,7 +354,7 @@ class Checker:
             arg = bound[p.name]
             is_expr = isinstance(arg, ast.Node)
             if p.kind == OPTION:
-                options[p.name] = self.option(name, p.name, arg) if is_expr else arg
+                options[p.name] = option(self, name, p.name, arg) if is_expr else arg
             else:
                 values.append(arg)
         types = [self.value(v) for v in values]
@@ -371,64 +372,6 @@ class Checker:
         self.t.builtins[id(e)] = call
         self.t.builtin_args[id(e)] = values
         return out
-
-    def option(self, fn: str, pname: str, arg: ast.Expr) -> Any:
-        if pname == "dtype":
-            return self.dtype_option(arg)
-        if fn == "arange" and isinstance(arg, ast.Call):
-            self.expr(arg)
-            bound = self.t.builtins.get(id(arg))
-            if bound is None or bound.name != "size":
-                raise BuiltinCallError("arange(n): n must be a constant or size(x, axis)",
-                                       arg.span)
-            x = self.t.type_of(self.t.builtin_args[id(arg)][0])
-            assert isinstance(x, TensorType)
-            return x.shape[bound.axes[0]]
-        if isinstance(arg, ast.TupleExpr):
-            return tuple(self.option(fn, pname, item) for item in arg.items)
-        if isinstance(arg, ast.Const) and arg.value is None:
-            return None
-        self.expr(arg)
-        if id(arg) not in self.t.consts:
-            kind = "an integer" if pname in ("axis", "n") else "a"
-            raise AxisError(f"{fn}(): {pname} must be {kind} constant known when compiling",
-                            arg.span)
-        value = self.t.consts[id(arg)]
-        if fn == "arange" and (not isinstance(value, int) or isinstance(value, bool) or
-                               value < 1):
-            raise BuiltinCallError(f"arange(n): n must be a positive integer, got {value!r}",
-                                   arg.span)
-        return value
-
-    def dtype_option(self, arg: ast.Expr) -> DType:
-        if isinstance(arg, ast.Name) and arg.id in self.scope:  # astype(v, x): x's dtype
-            t = self.scope[arg.id].type
-            if isinstance(t, tuple):
-                raise DTypeError("astype(): this name holds several values", arg.span)
-            return t.dtype
-        if isinstance(arg, ast.Str) and arg.value == "compute":
-            return "compute"  # type: ignore[return-value]  # resolved by astype's rule
-        if isinstance(arg, ast.Str):
-            text = arg.value
-        elif isinstance(arg, ast.Name) and arg.id not in self.scope:
-            text = arg.id
-        elif isinstance(arg, ast.Attribute) and _dotted(arg):
-            found, obj = resolve_global(_dotted(arg) or "", self.globals)
-            d = dtype_of(obj) if found else None
-            if d is None:
-                raise DTypeError(f"{_dotted(arg)!r} is not a dtype", arg.span)
-            return d
-        else:
-            raise DTypeError("astype(): dtype must be a dtype name such as bf16 or f32",
-                             arg.span)
-        d = dtype_of(text)
-        if d is None:
-            found, obj = resolve_global(text, self.globals)
-            d = dtype_of(obj) if found else None
-        if d is None:
-            raise DTypeError(f"unknown dtype {text!r}; fusile knows bf16, f16, f32, f64, i32, "
-                             "i64, bool", arg.span)
-        return d
 
 
 def _suggest(name: str) -> str:

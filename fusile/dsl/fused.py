@@ -11,7 +11,8 @@ from typing import Any
 from fusile import config
 from fusile.dsl import ast
 from fusile.dsl.errors import FusileError, SignatureError, Source, Span
-from fusile.dsl.parser import deep_recursion, parse, source_of, too_deep
+from fusile.dsl.parse_errors import deep_recursion, too_deep
+from fusile.dsl.parser import parse, source_of
 from fusile.dsl.signature import (
     Annotation,
     ArgInfo,
@@ -246,7 +247,7 @@ class FusedFunction:
         device = next((v.device for v in values if isinstance(v, torch.Tensor)), "cpu")
         t = targets.for_device(device) if target == "auto" else targets.get(target)
         if t.backend != "interpreter":
-            from fusile.backends.triton.codegen import generate
+            from fusile.backends.triton.generate import generate
             from fusile.backends.triton.runtime import tensor_names
             from fusile.lowering.partition import partition
 

@@ -5,31 +5,28 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 import keyword
-import sys
 import textwrap
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from lark import Lark, Token, Transformer, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, VisitError
+from lark.exceptions import UnexpectedInput, VisitError
 from lark.indenter import DedentError, PythonIndenter
 
 from fusile.dsl import ast
 from fusile.dsl.errors import FusileError, FusileSyntaxError, Source, Span, UnsupportedSyntaxError
+from fusile.dsl.parse_errors import bad_dedent, deep_recursion, syntax_error, too_deep
 
 _GRAMMAR = Path(__file__).with_name("grammar.lark")
 
 
 # The indenter (Lark's postlexer) keeps state while it parses: one parse at a time.
 _PARSE_LOCK = threading.RLock()
-# A 1,000-term sum nests 1,000 deep in the tree each stage walks recursively
-_DEPTH = 20_000
 
 
 @functools.cache
@@ -305,43 +302,6 @@ class _BareExpr:
         self.span = span
 
 
-# Parse failures that deserve a named message (Lark's match_examples picks the closest).
-_EXAMPLES: dict[str, list[str]] = {
-    "missing ':' at the end of the def line": ["def f(x)\n    return x\n"],
-    "unbalanced brackets": ["def f(x):\n    return (x + 1\n", "def f(x):\n    return x[0\n"],
-    "missing operand": ["def f(x):\n    return x +\n", "def f(x):\n    return * x\n"],
-    "the body of a function must be indented": ["def f(x):\nreturn x\n"],
-    "a fusile program is one function definition": ["x = 1\n", "import torch\n"],
-}
-
-
-def _syntax_error(err: UnexpectedInput, text: str) -> FusileSyntaxError:
-    label = None
-    try:
-        label = err.match_examples(_lark().parse, _EXAMPLES, use_accepts=True)
-    except Exception:  # match_examples re-parses examples; never let it mask the real error
-        label = None
-    line = getattr(err, "line", None) or 1
-    col = getattr(err, "column", None) or 1
-    if isinstance(err, UnexpectedEOF) or line < 1:
-        lines = text.rstrip("\n").split("\n")
-        line, col = len(lines), len(lines[-1]) + 1
-    if isinstance(err, UnexpectedCharacters):
-        what = f"unexpected character {text.split(chr(10))[line - 1][col - 1]!r}"
-    else:
-        tok = getattr(err, "token", None)
-        if tok is None or tok.type in ("$END", "_DEDENT"):
-            what = "unexpected end of input"
-        elif tok.type == "_NEWLINE":
-            what = "unexpected end of line"
-        elif tok.type == "_INDENT":
-            what = "unexpected indent"
-        else:
-            what = f"unexpected {str(tok)!r}"
-    message = f"invalid syntax: {what}" + (f" ({label})" if label else "")
-    return FusileSyntaxError(message, Span(line, col, line, col + 1))
-
-
 def parse(source: Source) -> ast.FuncDef:
     """Parse one function definition. Raises FusileError (with the user's line) on failure.
     Safe to call from several threads (one parse at a time)."""
@@ -352,9 +312,9 @@ def parse(source: Source) -> ast.FuncDef:
             result = _ToAst().transform(tree)
     except UnexpectedInput as err:
         with _PARSE_LOCK:  # match_examples parses again
-            raise _with_source(_syntax_error(err, text), source) from None
+            raise _with_source(syntax_error(err, text, _lark().parse), source) from None
     except DedentError:
-        raise _with_source(_bad_dedent(text), source) from None
+        raise _with_source(bad_dedent(text), source) from None
     except VisitError as err:
         inner = err.orig_exc
         if isinstance(inner, FusileError):
@@ -367,46 +327,6 @@ def parse(source: Source) -> ast.FuncDef:
     if not isinstance(result, ast.FuncDef):
         raise FusileSyntaxError("a fusile program is one function definition")
     return result
-
-
-@contextlib.contextmanager
-def deep_recursion() -> Iterator[None]:
-    """Let the front end walk deeply nested expressions (a 1,000-term sum, 500 nested calls):
-    raises Python's recursion limit for the duration, never lowers it."""
-    saved = sys.getrecursionlimit()
-    if saved < _DEPTH:
-        sys.setrecursionlimit(_DEPTH)
-    try:
-        yield
-    finally:
-        if sys.getrecursionlimit() == _DEPTH:
-            sys.setrecursionlimit(saved)
-
-
-def too_deep() -> FusileSyntaxError:
-    return FusileSyntaxError(
-        "this function nests too deeply for fusile to compile; split long expressions with "
-        "intermediate assignments", Span(1, 1, 1, 4))
-
-
-def _bad_dedent(text: str) -> FusileSyntaxError:
-    """The first line whose indentation matches no enclosing block (Lark's DedentError has
-    no position)."""
-    levels = [0]
-    for n, line in enumerate(text.split("\n"), 1):
-        body = line.lstrip(" \t\f")
-        if not body or body.startswith("#"):
-            continue
-        indent = len(line) - len(body)
-        if indent > levels[-1]:
-            levels.append(indent)
-            continue
-        while indent < levels[-1]:
-            levels.pop()
-        if indent != levels[-1]:
-            return FusileSyntaxError("unindent does not match any outer indentation level",
-                                     Span(n, 1, n, indent + 1))
-    return FusileSyntaxError("inconsistent indentation", Span(1, 1, 1, 2))
 
 
 def _with_source(err: FusileError, source: Source) -> FusileError:

@@ -20,9 +20,10 @@ from typing import Any
 from fusile import config
 from fusile.backends.targets import Target
 from fusile.backends.triton import cache, tune
-from fusile.backends.triton.codegen import generate
+from fusile.backends.triton.generate import generate
 from fusile.backends.triton.kernel_source import KernelSource
-from fusile.backends.triton.runtime import FP_FUSION, tensor_names
+from fusile.backends.triton.launch import FP_FUSION
+from fusile.backends.triton.runtime import tensor_names
 from fusile.dsl.errors import BackendError
 from fusile.lowering import schedule
 from fusile.lowering.graph import Op

@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import math
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,28 +19,22 @@ from fusile import config
 from fusile.backends.targets import Target
 from fusile.backends.torch_dtypes import to_torch
 from fusile.backends.triton import cache, tune
-from fusile.backends.triton.codegen import generate
+from fusile.backends.triton.generate import generate
 from fusile.backends.triton.host import dynamic_values, host_env, needs_i64
 from fusile.backends.triton.kernel_source import KernelSource
+from fusile.backends.triton.launch import (
+    FP_FUSION,
+    dot_grid,
+    interpreting,
+    launch_compiled,
+    row_constexprs,
+    row_options,
+)
 from fusile.backends.triton.replay import Recorder, Replay, layout_key
 from fusile.dsl.errors import BackendError
 from fusile.lowering import schedule
 from fusile.lowering.graph import Graph, Op, dim_sources
 from fusile.lowering.partition import POINTWISE, Plan, partition
-
-# The Triton interpreter keeps global state while it runs a kernel (the grid index, patched
-# triton.language functions): one interpreted program at a time.
-_INTERPRETER_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _interpreting() -> Iterator[None]:
-    """One interpreted program at a time, with numpy's floating-point warnings off: inf and
-    NaN are values here as on a GPU (log(0) is -inf), not something to warn the user of."""
-    import numpy as np
-
-    with _INTERPRETER_LOCK, np.errstate(all="ignore"):
-        yield
 
 
 def tensor_names(graph: Graph, param_names: list[str]) -> dict[int, str]:
@@ -164,13 +158,13 @@ class TritonProgram:
         rec = self._tls.rec = Recorder(args, dynamic_values(graph, self._host_ops, args)) \
             if replayable else None
         try:
-            with _interpreting() if device.type == "cpu" else contextlib.nullcontext():
+            with interpreting() if device.type == "cpu" else contextlib.nullcontext():
                 for launch in self.launches:
                     self._launch(launch, env, sizes, device)
         finally:
             self._tls.rec = None
         if rec is not None:
-            replay = rec.replay(env, graph.results, device, _launch_compiled)
+            replay = rec.replay(env, graph.results, device, launch_compiled)
             if replay is not None:
                 if len(self._replays) > 256:
                     self._replays.clear()
@@ -241,7 +235,8 @@ class TritonProgram:
                                r_total, use_i64, device)
             return
         variant = "looped" if cfg.looped else "single"
-        self._run(launch, variant, grid, _consts(cfg, use_i64), _options(cfg), device, args)
+        self._run(launch, variant, grid, row_constexprs(cfg, use_i64), row_options(cfg), device,
+                  args)
 
     def _launch_dot(self, launch: _Launch, tensors: list[Any], args: tuple,
                     sizes: dict[tuple, int], device: Any) -> None:
@@ -258,7 +253,7 @@ class TritonProgram:
             lambda: tune.candidates(self.target, dot.dtype, m, n, k, batch, dot.prologue),
             lambda: (f"{launch.key}|{dot.dtype}|{tune.bucket(m, n, k, batch)}",
                      f"{f'{batch} x ' if batch > 1 else ''}{m}x{k} @ {k}x{n}"),
-            lambda c: _dot_grid(c, m, n, batch), lambda c: c.constexprs(k, use_i64), device,
+            lambda c: dot_grid(c, m, n, batch), lambda c: c.constexprs(k, use_i64), device,
             args)
 
     def _launch_attn(self, launch: _Launch, tensors: list[Any], args: tuple,
@@ -360,7 +355,7 @@ class TritonProgram:
             kernel = launch.compiled.get(spec)
             if kernel is not None:
                 try:
-                    _launch_compiled(kernel, grid, device, (*args, *consts.values()))
+                    launch_compiled(kernel, grid, device, (*args, *consts.values()))
                     if self._rec is not None:
                         self._rec.run(kernel, grid, args, consts)
                     return
@@ -391,9 +386,9 @@ class TritonProgram:
             self._rec.alloc(parts)
         args = (*tensors, *strides, *class_sizes, *scalars, parts, plan.splits, plan.chunk)
         self._run(launch, "split", (math.ceil(p_total / plan.partial.block_p), plan.splits),
-                  _consts(plan.partial, use_i64), _options(plan.partial), device, args)
+                  row_constexprs(plan.partial, use_i64), row_options(plan.partial), device, args)
         self._run(launch, "combine", (math.ceil(p_total / plan.combine.block_p),),
-                  _consts(plan.combine, use_i64), _options(plan.combine), device, args)
+                  row_constexprs(plan.combine, use_i64), row_options(plan.combine), device, args)
 
     def _config(self, launch: _Launch, p_total: int, r_total: int
                 ) -> tuple[schedule.Config, tuple[int]]:
@@ -403,33 +398,3 @@ class TritonProgram:
         cfg = schedule.reduction(p_total, r_total, self.target, launch.elem_bytes,
                                  launch.r_contiguous)
         return cfg, (math.ceil(p_total / cfg.block_p),)
-
-
-# Triton's default (a * b + c contracts to one fma), said explicitly: Triton 3.9 warns on
-# every compile that leaves it unset
-FP_FUSION = {"enable_fp_fusion": True}
-
-
-def _consts(cfg: schedule.Config, use_i64: bool) -> dict[str, Any]:
-    return {"BLOCK_P": cfg.block_p, "BLOCK_R": cfg.block_r, "USE_I64": use_i64}
-
-
-def _options(cfg: schedule.Config) -> dict[str, Any]:
-    return {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
-
-
-def _dot_grid(cfg: tune.DotConfig, m: int, n: int, batch: int) -> tuple[int]:
-    return (batch * math.ceil(m / cfg.block_m) * math.ceil(n / cfg.block_n),)
-
-
-def _launch_compiled(kernel: Any, grid: tuple[int, ...], device: Any, args: tuple) -> None:
-    """Launch a Triton CompiledKernel with all its arguments, constexprs included, as
-    JITFunction.run does after binding them."""
-    from triton import knobs
-    from triton.runtime.driver import driver
-
-    stream = driver.active.get_current_stream(device.index)
-    enter, exit_ = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
-    meta = None if enter is None and exit_ is None else kernel.launch_metadata(grid, stream, *args)
-    kernel.run(grid[0], grid[1] if len(grid) > 1 else 1, 1, stream, kernel.function,
-               kernel.packed_metadata, meta, enter, exit_, *args)

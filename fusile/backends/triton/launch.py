@@ -1,0 +1,58 @@
+"""How a kernel is launched: Triton's compile options fusile always sets, the constexprs and
+options of a row kernel's config, a contraction's grid, the direct launch of a compiled
+kernel, and the interpreter's one-at-a-time rule."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from fusile.backends.triton import tune
+from fusile.lowering import schedule
+
+# The Triton interpreter keeps global state while it runs a kernel (the grid index, patched
+# triton.language functions): one interpreted program at a time.
+_INTERPRETER_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def interpreting() -> Iterator[None]:
+    """One interpreted program at a time, with numpy's floating-point warnings off: inf and
+    NaN are values here as on a GPU (log(0) is -inf), not something to warn the user of."""
+    import numpy as np
+
+    with _INTERPRETER_LOCK, np.errstate(all="ignore"):
+        yield
+
+
+# Triton's default (a * b + c contracts to one fma), said explicitly: Triton 3.9 warns on
+# every compile that leaves it unset
+FP_FUSION = {"enable_fp_fusion": True}
+
+
+def row_constexprs(cfg: schedule.Config, use_i64: bool) -> dict[str, Any]:
+    return {"BLOCK_P": cfg.block_p, "BLOCK_R": cfg.block_r, "USE_I64": use_i64}
+
+
+def row_options(cfg: schedule.Config) -> dict[str, Any]:
+    return {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+
+
+def dot_grid(cfg: tune.DotConfig, m: int, n: int, batch: int) -> tuple[int]:
+    return (batch * math.ceil(m / cfg.block_m) * math.ceil(n / cfg.block_n),)
+
+
+def launch_compiled(kernel: Any, grid: tuple[int, ...], device: Any, args: tuple) -> None:
+    """Launch a Triton CompiledKernel with all its arguments, constexprs included, as
+    JITFunction.run does after binding them."""
+    from triton import knobs
+    from triton.runtime.driver import driver
+
+    stream = driver.active.get_current_stream(device.index)
+    enter, exit_ = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
+    meta = None if enter is None and exit_ is None else kernel.launch_metadata(grid, stream, *args)
+    kernel.run(grid[0], grid[1] if len(grid) > 1 else 1, 1, stream, kernel.function,
+               kernel.packed_metadata, meta, enter, exit_, *args)
