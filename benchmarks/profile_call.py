@@ -33,6 +33,13 @@ def main() -> int:
     with config.override(fast_launch=False):
         fn2 = samples.log_softmax_last
         print(f"fused call, JIT launch:  {per_call_us(fn2, x):.1f} us")
+    import fusile.stdlib as S
+
+    logits = torch.randn(4, 128, device="cuda")
+    target = torch.randint(0, 128, (4,), device="cuda")
+    for check in (True, False):  # the target check: a few small torch ops and an async assert
+        us = per_call_us(S.cross_entropy, logits, target, -100, "mean", 0.0, check)
+        print(f"stdlib cross_entropy, check_targets={check}: {us:.1f} us")
     prof = cProfile.Profile()
     prof.enable()
     for _ in range(2000):
