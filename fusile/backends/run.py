@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ def _to_numpy(v: Any) -> Any:
 
 
 _targets_by_device: dict[Any, targets.Target] = {}
+_PROGRAM_LOCK = threading.Lock()
 
 
 def _device_target(device: Any) -> targets.Target:
@@ -94,9 +96,8 @@ def run(compiled: Any, args: list[Any]) -> list[Any]:
     program = compiled.programs.get(key)
     if program is None:
         from fusile.backends.triton.runtime import TritonProgram
-        from fusile.dsl.fused import COMPILE_LOCK
 
-        with COMPILE_LOCK:
+        with _PROGRAM_LOCK:  # first calls from several threads build the program once
             program = compiled.programs.get(key)
             if program is None:
                 program = compiled.programs[key] = TritonProgram(compiled, target)
