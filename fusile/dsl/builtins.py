@@ -42,6 +42,7 @@ class Builtin:
     params: tuple[Param, ...]
     infer: Callable[[BoundCall, ShapeEnv], ValueType]
     doc: str
+    nonempty: bool = False  # a reduction with no identity: its axes must not be empty
 
 
 @dataclass
@@ -245,13 +246,14 @@ for _name, _doc in [("maximum", "elementwise max (NaN propagates)"),
     BUILTINS[_name] = _b(_name, [Param("a", VALUE), Param("b", VALUE)], _binary, _doc)
 BUILTINS["where"] = _b("where", [Param("cond", VALUE), Param("a", VALUE), Param("b", VALUE)],
                        _where, "a where cond else b, elementwise")
-for _name, _kind, _doc in [
-    ("sum", "sum", "sum over axis (all axes if None)"),
-    ("mean", "float", "mean over axis"),
-    ("max", "same", "max over axis"),
-    ("min", "same", "min over axis"),
+for _name, _kind, _doc, _nonempty in [
+    ("sum", "sum", "sum over axis (all axes if None)", False),
+    ("mean", "float", "mean over axis", False),
+    ("max", "same", "max over axis (NaN propagates)", True),
+    ("min", "same", "min over axis (NaN propagates)", True),
 ]:
-    BUILTINS[_name] = _b(_name, [_X, _AXIS_ALL, _KEEP], _reduction(_kind), _doc)
+    BUILTINS[_name] = Builtin(_name, (_X, _AXIS_ALL, _KEEP), _reduction(_kind), _doc,
+                              nonempty=_nonempty)
 BUILTINS["var"] = _b("var", [_X, _AXIS_ALL, _KEEP, Param("correction", OPTION, 0)],
                      _reduction("float"), "variance over axis (correction=0 like numpy's ddof)")
 BUILTINS["logsumexp"] = _b("logsumexp", [_X, _AXIS_LAST, _KEEP], _reduction("float"),

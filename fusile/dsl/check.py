@@ -360,7 +360,7 @@ class Checker:
         types = [self.value(v) for v in values]
         call = BoundCall(name, e.span, types, [v.span for v in values], options)
         out = b.infer(call, self.t.env)
-        if name in ("max", "min"):  # no identity to return for an empty axis (torch raises)
+        if b.nonempty:  # max/min: no identity to return for an empty axis (torch raises)
             x = types[0]
             assert isinstance(x, TensorType)
             for axis in call.axes:

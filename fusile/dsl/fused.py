@@ -27,7 +27,7 @@ from fusile.dsl.types import ShapeEnv
 
 # One compile at a time, process-wide: compiling is a one-time cost per signature, and it
 # keeps first calls from several threads from building the same program twice.
-COMPILE_LOCK = threading.RLock()
+_COMPILE_LOCK = threading.RLock()
 
 
 class FusedFunction:
@@ -116,7 +116,7 @@ class FusedFunction:
         key = cache_key(infos)
         hit = self._cache.get(key)
         if hit is None:
-            with COMPILE_LOCK:  # a first call from several threads compiles once
+            with _COMPILE_LOCK:  # a first call from several threads compiles once
                 hit = self._cache.get(key)
                 if hit is None:
                     hit = _guard(lambda: self._compile(infos))

@@ -44,6 +44,7 @@ def option(ck: Checker, fn: str, pname: str, arg: ast.Expr) -> Any:
                                arg.span)
     return value
 
+
 def dtype_option(ck: Checker, arg: ast.Expr) -> DType:
     """astype's dtype: a name (bf16, 'f32', torch.float16) or another value's dtype."""
     if isinstance(arg, ast.Name) and arg.id in ck.scope:  # astype(v, x): x's dtype

@@ -42,7 +42,8 @@ def syntax_error(err: UnexpectedInput, text: str, reparse: Callable[[str], Any]
         lines = text.rstrip("\n").split("\n")
         line, col = len(lines), len(lines[-1]) + 1
     if isinstance(err, UnexpectedCharacters):
-        what = f"unexpected character {text.split(chr(10))[line - 1][col - 1]!r}"
+        char = text.split("\n")[line - 1][col - 1]  # lines as Lark counts them
+        what = f"unexpected character {char!r}"
     else:
         tok = getattr(err, "token", None)
         if tok is None or tok.type in ("$END", "_DEDENT"):

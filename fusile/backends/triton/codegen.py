@@ -146,9 +146,10 @@ class KernelWriter:
         var = scope.fresh(f"{ta.name}_{len(scope.lines)}")
         masked = f", mask={mask}, other=0" if mask else ""
         offset = self._offset(ta, classes)
-        if not axes and self.target == "interpreter":  # one element per program, as a [1, 1]
-            offset += " + tl.full([1, 1], 0, tl.int32)"  # tile: the interpreter mis-types a
+        if not axes and self.target == "interpreter":
+            # one element per program, loaded as a [1, 1] tile: the interpreter mis-types a
             # 0-d comparison that meets a tile in & or | (GPU kernels keep the scalar load)
+            offset += " + tl.full([1, 1], 0, tl.int32)"
         scope.emit(f"{var} = tl.load({ta.name}_ptr + {offset}{masked})")
         scope.values[key] = var
         scope.tile(var, axes)
