@@ -137,7 +137,6 @@ def _axes_line_up(graph: Graph, qk: DotForm, pv: DotForm, mods: list[int],
     assert qk_n is not None
     out = qk_n.maps[len(qk_n.inputs)]
     dims: tuple[int, int] | None = (out.index(qk.m), out.index(qk.n))  # (i, j) storage dims
-    prod = producers(graph)
 
     def through(gi: int, src: int, d: tuple[int, int] | None) -> tuple[int, int] | None:
         """Storage dims (i, j) of generic gi's result, given those of its input src."""
@@ -149,15 +148,9 @@ def _axes_line_up(graph: Graph, qk: DotForm, pv: DotForm, mods: list[int],
         return None if any(lp is None or lp not in res for lp in loops) else \
             (res.index(loops[0]), res.index(loops[1]))
 
-    src = _gen(graph, qk.gi).results[0]  # type: ignore[union-attr]
-    for gi in mods:
-        node = _gen(graph, gi)
-        assert node is not None
-        src_in = next((u for u in node.inputs if prod.get(u) is not None and
-                       (u == src or _reaches_dot(graph, prod, u))), None)
-        if src_in != src:
-            return False
-        dims, src = through(gi, src, dims), node.results[0]
+    src = qk_n.results[0]
+    for gi in mods:  # find() checked each reads the chain once: follow (i, j) through it
+        dims, src = through(gi, src, dims), graph.nodes[gi].results[0]  # type: ignore[union-attr]
     if src != t_t or dims is None:
         return False
 
