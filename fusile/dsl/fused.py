@@ -99,6 +99,9 @@ class FusedFunction:
                     raise SignatureError(f"{func.name}() is missing argument {p.name!r}",
                                          p.span, src)
                 values[i] = _default_value(p, self._globals, src)
+        for i, ann in enumerate(self._annots()):  # an int for a float parameter is a float
+            if ann.kind == "float" and type(values[i]) is int:
+                values[i] = float(values[i])
         return values
 
     def compiled(self, *args: Any, **kwargs: Any) -> Any:

@@ -134,3 +134,20 @@ def test_pow_of_non_finite_and_integer_exponents() -> None:
     x = torch.rand(5) * 2
     torch.testing.assert_close(_fn("def f(x):\n    return x ** inf\n")(x), x ** math.inf)
     torch.testing.assert_close(_fn("def f(x):\n    return x ** 3\n")(x), x ** 3)
+
+
+def test_an_int_for_a_float_parameter_is_a_float() -> None:
+    fn = _fn("def f(x, a: float = -2 ** 64):\n    return x * a\n")
+    x = torch.randn(3)
+    torch.testing.assert_close(fn(x), x * -(2.0**64))
+    torch.testing.assert_close(fn(x, 3), x * 3.0)
+
+
+def test_no_numpy_warning_leaks_from_the_interpreter() -> None:
+    import warnings
+
+    x = torch.rand(5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = _fn("def f(x):\n    return log(x * 0.0) + x ** inf\n")(x)
+    assert torch.isinf(out).all()

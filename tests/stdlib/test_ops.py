@@ -185,6 +185,17 @@ def test_bad_arguments(call, message: str) -> None:
         call()
 
 
+def test_float64_inputs_like_torch() -> None:
+    x, w = torch.randn(5, 8, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
+    t = torch.randint(0, 8, (5,))
+    for out, ref in ((S.layer_norm(x, 8, w, w), F.layer_norm(x, (8,), w, w)),
+                     (S.rms_norm(x, 8, w), F.rms_norm(x, (8,), w)),
+                     (S.cross_entropy(x, t), F.cross_entropy(x, t)),
+                     (S.softmax(x, -1), torch.softmax(x, -1))):
+        assert out.dtype == torch.float64
+        assert rel_err(out, ref) < 1e-10
+
+
 def test_cross_entropy_ignores_ignore_index_and_can_skip_the_check() -> None:
     logits, target = torch.randn(3, 4), torch.tensor([0, -100, 3])
     torch.testing.assert_close(S.cross_entropy(logits, target),

@@ -1,0 +1,29 @@
+"""The environment registry (fusile/config): its table, and a target that cannot run on the
+tensors' device."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fusile
+from fusile import config
+
+
+def test_python_m_fusile_config_prints_every_knob_cleanly() -> None:
+    done = subprocess.run([sys.executable, "-W", "error", "-m", "fusile.config"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr == ""
+    header, *rows = done.stdout.splitlines()
+    assert header.split()[:3] == ["variable", "default", "now"]
+    assert {r.split()[0] for r in rows} == {k.env for k in config.KNOBS.values()}
+
+
+def test_a_gpu_target_for_cpu_tensors_is_a_clear_error() -> None:
+    fn = fusile.from_source("def f(x):\n    return x * 2.0\n")
+    with config.override(target="h100"), pytest.raises(fusile.FusileError,
+                                                       match="FUSILE_TARGET=h100 .* cpu"):
+        fn(torch.randn(3))
