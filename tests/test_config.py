@@ -25,5 +25,5 @@ def test_python_m_fusile_config_prints_every_knob_cleanly() -> None:
 def test_a_gpu_target_for_cpu_tensors_is_a_clear_error() -> None:
     fn = fusile.from_source("def f(x):\n    return x * 2.0\n")
     with config.override(target="h100"), pytest.raises(fusile.FusileError,
-                                                       match="FUSILE_TARGET=h100 .* cpu"):
+                                                       match=r"FUSILE_TARGET=h100 .* cpu"):
         fn(torch.randn(3))
