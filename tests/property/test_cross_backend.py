@@ -1,4 +1,6 @@
-"""Every backend computes the same numbers as the float64 reference on random programs.
+"""Every backend computes the same numbers as torch in float64 (the program's source run as
+torch code, tests/property/torch_eval.py) and as the float64 reference over the MLIR, on
+random programs.
 
 Profiles (tests/conftest.py): `ci` draws PROGRAMS_CI programs per property, derandomized;
 `deep` (HYPOTHESIS_PROFILE=deep) draws thousands, for the GPU and long runs.
@@ -16,6 +18,7 @@ import fusile
 from fusile import config
 from tests.property.programs import Program, programs
 from tests.property.tolerance import check
+from tests.property.torch_eval import evaluate
 
 DEEP = os.environ.get("HYPOTHESIS_PROFILE") == "deep"
 PROGRAMS_CI = 300
@@ -36,11 +39,13 @@ def _run(p: Program, device: str) -> None:
     ref = fn.reference(*args)
     outs = out if isinstance(out, tuple) else (out,)
     refs = ref if isinstance(ref, tuple) else (ref,)
-    assert len(outs) == len(refs)
-    for o, r in zip(outs, refs, strict=True):
+    torch_refs = evaluate(p.source, args)  # torch itself: shares no code with the lowering
+    assert len(outs) == len(refs) == len(torch_refs)
+    for o, r, t in zip(outs, refs, torch_refs, strict=True):
         r = torch.from_numpy(r)
-        assert torch.isfinite(r).all(), "the generator promised a finite reference"
-        check(o, r, p.bound, p.reduced)
+        assert torch.isfinite(t).all(), "the generator promised a finite reference"
+        check(o, t, p.bound, p.reduced)
+        check(o, r, p.bound, p.reduced)  # the float64 reference over the MLIR agrees too
     if TALLY:
         with open(TALLY, "a") as f:
             f.write(f"{device} ok\n")
