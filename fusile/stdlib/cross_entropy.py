@@ -72,8 +72,9 @@ def cross_entropy(input: Tensor, target: Tensor, ignore_index: int = -100,
 
     check_targets: a target outside [0, C) other than ignore_index is an error, as in torch
     (on the CPU a SignatureError naming it; on a GPU or while compiling a device-side assert,
-    which fails the next synchronising call). False skips the check and its small read of
-    `target`: a bad target then gives a wrong loss."""
+    which fails the next synchronising call and, as torch's own, leaves the CUDA context
+    unusable). False skips the check, its read of `target` and its few small launches: a bad
+    target then gives a wrong loss."""
     same_device("cross_entropy", input)
     if input.dim() != 2 or target.shape != input.shape[:1]:
         raise SignatureError(f"fusile.stdlib.cross_entropy: expected logits (N, C) and target "
