@@ -151,3 +151,16 @@ def test_no_numpy_warning_leaks_from_the_interpreter() -> None:
         warnings.simplefilter("error")
         out = _fn("def f(x):\n    return log(x * 0.0) + x ** inf\n")(x)
     assert torch.isinf(out).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("rows", [300, 5000])  # 3 row ranges (not a power of 2), and more
+def test_split_column_reductions_of_one_signed_columns(device: str, rows: int) -> None:
+    """Long column reductions are split across programs and combined: every masked lane of
+    either step must hold the reduction's identity, so all-negative columns have a negative
+    max and all-positive ones a positive min."""
+    x = torch.rand(rows, 64, device=device) + 0.5
+    for name, v, ref in (("max", -x, (-x).amax(0)), ("min", x, x.amin(0)),
+                         ("sum", -x, (-x).sum(0))):
+        out = _fn(f"def f(x):\n    return {name}(x, axis=0)\n")(v)
+        assert_close(out, ref.double(), torch.float32, scale=8)
