@@ -52,6 +52,8 @@ def _cases(device: str, dtype: torch.dtype, m: int = 7, n: int = 129) -> dict:
         "silu": (lambda x: S.silu(x), lambda x: F.silu(x), [r(m, n)]),
         "swiglu": (lambda a, b: S.swiglu(a, b), lambda a, b: F.silu(a) * b, [r(m, n), r(m, n)]),
         "geglu": (lambda a, b: S.geglu(a, b), lambda a, b: F.gelu(a) * b, [r(m, n), r(m, n)]),
+        "geglu_tanh": (lambda a, b: S.geglu(a, b, approximate="tanh"),
+                       lambda a, b: F.gelu(a, approximate="tanh") * b, [r(m, n), r(m, n)]),
         "rope": (lambda x: S.rope(x, cs[0].to(x.dtype), cs[1].to(x.dtype)),
                  lambda x: x * cs[0].to(x.dtype) + _rotate_half(x) * cs[1].to(x.dtype),
                  [r(2, 3, m, n - 1)]),
@@ -61,6 +63,9 @@ def _cases(device: str, dtype: torch.dtype, m: int = 7, n: int = 129) -> dict:
             lambda x, t: S.cross_entropy(x, t, reduction="sum", label_smoothing=0.1),
             lambda x, t: F.cross_entropy(x, t, reduction="sum", label_smoothing=0.1),
             [r(m, n), labels()]),
+        "cross_entropy_smooth_mean": (
+            lambda x, t: S.cross_entropy(x, t, label_smoothing=0.3),
+            lambda x, t: F.cross_entropy(x, t, label_smoothing=0.3), [r(m, n), labels()]),
         "cross_entropy_none": (lambda x, t: S.cross_entropy(x, t, reduction="none"),
                                lambda x, t: F.cross_entropy(x, t, reduction="none"),
                                [r(m, n), labels()]),
