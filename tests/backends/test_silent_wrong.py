@@ -164,3 +164,9 @@ def test_split_column_reductions_of_one_signed_columns(device: str, rows: int) -
                          ("sum", -x, (-x).sum(0))):
         out = _fn(f"def f(x):\n    return {name}(x, axis=0)\n")(v)
         assert_close(out, ref.double(), torch.float32, scale=8)
+
+
+def test_integer_sums_accumulate_in_int64_like_torch() -> None:
+    x = torch.full((2, 3), 2**30, dtype=torch.int32)
+    out = _fn("def f(x):\n    return sum(x, axis=-1)\n")(x)
+    assert out.dtype == torch.int64 and torch.equal(out, x.sum(-1))  # 3 * 2**30 > 2**31
