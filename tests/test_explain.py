@@ -75,3 +75,37 @@ def test_measure_on_gpu() -> None:
     ex = fn.explain(*args, measure=True)
     (k,) = ex.kernels
     assert k.measured_us and 0.2 < (k.achieved or 0) <= 1.2
+
+
+def test_a_bf16_matmul_is_compute_bound_at_the_bf16_peak() -> None:
+    """4096^3 bf16 on h100, counted by hand: 2 * 4096^3 FLOPs over 3 * 2 * 4096^2 bytes."""
+    from fusile import from_source
+
+    n = 4096
+    mm = from_source("def mm(x, w):\n    return x @ w\n")
+    ex = mm.explain(x=bf16["M", n], w=bf16[n, n], sizes={"M": n}, target="h100")
+    (k,) = ex.kernels
+    assert (k.kind, k.read_bytes, k.write_bytes) == ("contraction", 4 * n * n, 2 * n * n)
+    assert k.flops == ex.program_flops == 2 * n**3
+    assert k.intensity == pytest.approx(2 * n**3 / (6 * n * n))
+    assert k.bound == "compute"
+    assert k.roofline_us == pytest.approx(2 * n**3 / 989e12 * 1e6)  # bf16, not fp32
+    # unfused: fill the f32 accumulator (4 n^2 written), the product (reads 4 n^2, writes
+    # 4 n^2), the cast to bf16 (reads 4 n^2, writes 2 n^2): 18 n^2 bytes in 3 kernels
+    assert (ex.unfused_kernels, ex.unfused_bytes) == (3, 18 * n * n)
+    f32_ex = mm.explain(x=f32["M", n], w=f32[n, n], sizes={"M": n}, target="h100")
+    assert f32_ex.kernels[0].roofline_us == pytest.approx(2 * n**3 / 67e12 * 1e6)
+
+
+def test_a_pointwise_program_counted_by_hand() -> None:
+    from fusile import from_source
+
+    fn = from_source("def pw(x):\n    return x * 2.0 + 1.0\n")
+    ex = fn.explain(x=f32["M", 1024], sizes={"M": 8}, target="mi300x")
+    (k,) = ex.kernels
+    e = 8 * 1024
+    assert (k.kind, k.read_bytes, k.write_bytes, k.flops) == ("pointwise", 4 * e, 4 * e, 2 * e)
+    assert k.intensity == pytest.approx(0.25) and k.bound == "memory"
+    assert k.roofline_us == pytest.approx(8 * e / 5.3e12 * 1e6)
+    assert (ex.unfused_kernels, ex.unfused_bytes) == (2, 16 * e)  # x*2 and +1, each r+w
+    assert ex.to_dict()["launches_saved"] == 1 and ex.to_dict()["bytes_saved"] == 8 * e
