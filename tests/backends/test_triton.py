@@ -1,5 +1,6 @@
-"""The Triton backend: generated kernels (interpreter on CPU, CUDA with -m gpu) against the
-float64 reference, the plans they come from, and ahead-of-time builds for h100 and mi300x."""
+"""The Triton backend: generated kernels (interpreter on CPU, CUDA with -m gpu) against torch
+in float64 and fusile's float64 reference, the plans they come from, and ahead-of-time builds
+for h100 and mi300x."""
 
 from __future__ import annotations
 
@@ -16,16 +17,21 @@ SIZES = [(3, 1000), (17, 4097)]
 
 def _check(name: str, m: int, n: int, dtype: torch.dtype, device: str,
            strided: bool = False) -> None:
-    fn, _ref, args = samples.cases(m, n, dtype, device)[name]
+    fn, torch_ref, args = samples.cases(m, n, dtype, device)[name]
     if strided:  # the same values through non-contiguous views
         args = tuple(_strided(a) for a in args)
     out = fn(*args)
-    ref = fn.reference(*args)
     outs = out if isinstance(out, tuple) else (out,)
-    refs = ref if isinstance(ref, tuple) else (ref,)
-    for o, r in zip(outs, refs, strict=True):
+    # torch in float64 (samples.NAME_ref: shares no code with fusile), and the float64
+    # reference over fusile's MLIR as a second opinion on the lowering
+    theirs = torch_ref(*(a.cpu() for a in args))
+    ours = fn.reference(*args)
+    theirs = theirs if isinstance(theirs, tuple) else (theirs,)
+    ours = ours if isinstance(ours, tuple) else (ours,)
+    for o, t, r in zip(outs, theirs, ours, strict=True):
         assert o.device.type == torch.device(device).type
         assert o.dtype == dtype
+        assert_close(o, t, dtype)
         assert_close(o, torch.from_numpy(r), dtype)
 
 

@@ -1,7 +1,9 @@
 """Hypothesis strategies for the programs and inputs where compilers go quietly wrong: a
 softmax or logsumexp over a non-last axis feeding a matmul (not attention), one tensor
 through several broadcast views in one reduction, size-0 and size-1 dims, rows holding NaN
-or infinities, and float64 mixed with narrower inputs. Each draw is an `Edge`: source text
+or infinities, float64 mixed with narrower inputs, one-signed rows through looped and split
+reductions (masked lanes must hold the identity), and contractions with prologues on both
+operands and a ragged K, and comparisons between tied values. Each draw is an `Edge`: source text
 plus concrete inputs, checked against torch (torch_eval.py), not against fusile's own
 reference."""
 
@@ -22,6 +24,7 @@ class Edge:
     scale: float = 1.0  # tolerance multiplier (matmuls and long reductions)
     bound: float | None = None  # a random program's magnitude bound (tolerance.py)
     reduced: int = 1
+    max_row_block: int = 0  # FUSILE_MAX_ROW_BLOCK for the call (0: the target's default)
 
     def __repr__(self) -> str:  # what Hypothesis prints for a failing example
         shown = ", ".join(f"{str(t.dtype).replace('torch.', '')}{list(t.shape)}"
@@ -131,3 +134,64 @@ def float64_mixes(draw: st.DrawFn) -> Edge:
     dtypes[draw(st.integers(0, len(dtypes) - 1))] = torch.float64
     args = [t.to(d) for t, d in zip(p.inputs(), dtypes, strict=True)]
     return Edge(p.source, args, bound=p.bound, reduced=p.reduced)
+
+
+_ONE_SIGNED = ["max(x, axis={a}, keepdims={k})", "min(x, axis={a}, keepdims={k})",
+               "sum(x, axis={a}, keepdims={k})", "logsumexp(x, axis={a}, keepdims={k})",
+               "x - max(x, axis={a}, keepdims=True)", "min(x * 2.0, axis={a}) + 1.0"]
+
+
+@st.composite
+def one_signed_rows(draw: st.DrawFn) -> Edge:
+    """All-negative or all-positive values (a max over negatives is not 0, a min over
+    positives is not 0), reduced along either axis with rows and columns that leave ragged
+    blocks, through the looped (short row block) and split-column kernels."""
+    rows = draw(st.sampled_from([1, 3, 7, 130, 300, 1031]))
+    cols = draw(st.sampled_from([1, 5, 50, 129, 257]))
+    sign = draw(st.sampled_from([-1.0, 1.0]))
+    x = sign * (_randn(draw, (rows, cols)).abs() + 0.5)
+    expr = draw(st.sampled_from(_ONE_SIGNED)).format(a=draw(st.sampled_from([0, -1])),
+                                                     k=draw(st.booleans()))
+    block = draw(st.sampled_from([0, 16, 64]))
+    return Edge(f"def prog(x):\n    return {expr}\n", [x], scale=2.0, max_row_block=block)
+
+
+_PROLOGUES = ["exp(a) @ exp(b)", "(a * 2.0 + 1.0) @ tanh(b)", "abs(a) @ (b * b + 1.0)",
+              "sigmoid(a) @ exp(b).T", "exp(a).T @ (b - 3.0)"]
+
+
+@st.composite
+def prologue_contractions(draw: st.DrawFn) -> Edge:
+    """Contractions whose operands are computed in the kernel (exp(0) = 1, so a k tail past
+    the end must be zeroed, not loaded as 0) with K not a multiple of any block."""
+    expr = draw(st.sampled_from(_PROLOGUES))
+    m, n = draw(st.sampled_from([1, 5, 33, 70])), draw(st.sampled_from([1, 3, 17, 65]))
+    k = draw(st.sampled_from([1, 3, 17, 33, 65, 129]))
+    dtype = draw(st.sampled_from([torch.float32, torch.bfloat16]))
+    a_shape = (k, m) if expr.startswith("exp(a).T") else (m, k)
+    b_shape = (n, k) if ".T @" not in expr and expr.endswith(".T") else (k, n)
+    a, b = _randn(draw, a_shape, dtype) * 0.5, _randn(draw, b_shape, dtype) * 0.5
+    return Edge(f"def prog(a, b):\n    return {expr}\n", [a, b], scale=8.0)
+
+
+_COMPARE = ["<", "<=", ">", ">=", "==", "!="]
+
+
+@st.composite
+def comparisons_with_ties(draw: st.DrawFn) -> Edge:
+    """Comparisons where values tie (inputs from a few small integers, compared with each
+    other and with constants): < and <=, > and >= differ only there."""
+    shape = (draw(st.sampled_from([1, 4, 9])), draw(st.sampled_from([3, 16, 33])))
+    seed = draw(st.integers(0, 2**16))
+    g = torch.Generator().manual_seed(seed)
+    dtype = draw(st.sampled_from([torch.float32, torch.bfloat16]))
+    x, y = (torch.randint(-2, 3, shape, generator=g).to(dtype) for _ in range(2))
+    cmp, cmp2 = draw(st.sampled_from(_COMPARE)), draw(st.sampled_from(_COMPARE))
+    c = draw(st.sampled_from([-1.0, 0.0, 1.0]))
+    form = draw(st.sampled_from([
+        f"where(x {cmp} y, x + 3.0, y * 0.5)",
+        f"sum(where(x {cmp} {c}, 1.0, 0.0), axis=-1)",
+        f"where((x {cmp} y) & (y {cmp2} {c}), x, -y)",
+        f"max(where(x {cmp} y, x, -5.0), axis=0)",
+    ]))
+    return Edge(f"def prog(x, y):\n    return {form}\n", [x, y])

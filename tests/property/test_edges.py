@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fusile
+from fusile import config
 from tests.numerics import REL_TOL, rel_err
 from tests.property import edge_programs as E
 from tests.property.tolerance import check
@@ -21,7 +22,8 @@ SETTINGS = dict(max_examples=50, deadline=None,
 
 def _agree(edge: E.Edge, device: str = "cpu") -> None:
     fn = fusile.from_source(edge.source, filename="edge.py")
-    out = fn(*(t.to(device) for t in edge.inputs))
+    with config.override(max_row_block=edge.max_row_block):
+        out = fn(*(t.to(device) for t in edge.inputs))
     outs = out if isinstance(out, tuple) else (out,)
     refs = evaluate(edge.source, edge.inputs)
     assert len(outs) == len(refs)
@@ -37,7 +39,9 @@ def _agree(edge: E.Edge, device: str = "cpu") -> None:
 
 FAMILIES = {"softmax_into_matmul": E.softmax_into_matmul, "broadcast_views": E.broadcast_views,
             "small_dims": E.small_dims, "non_finite_rows": E.non_finite_rows,
-            "float64_mixes": E.float64_mixes}
+            "float64_mixes": E.float64_mixes, "one_signed_rows": E.one_signed_rows,
+            "prologue_contractions": E.prologue_contractions,
+            "comparisons_with_ties": E.comparisons_with_ties}
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

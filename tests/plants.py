@@ -1,0 +1,223 @@
+"""Planted bugs: does the suite fail when the compiler is wrong?
+
+Each plant is one small edit of the source that gives wrong numbers (or a wrong report). The
+runner copies the tracked tree into a scratch directory, applies one plant, runs the CPU suite
+there with a fresh kernel cache, stopping at the first failure, and reports which test caught
+it, or that nothing did. A plant whose text is no longer in its file is reported as stale, so
+the list cannot silently rot as the code moves.
+
+    python -m tests.plants               # every plant, one at a time (about 1-3 min each)
+    python -m tests.plants min_identity  # the named ones
+    python -m tests.plants --list
+    python -m tests.plants --pytest "-m gpu tests/backends/test_replay.py"  # e.g. on a GPU
+
+The first thirteen are the ones issue 25 reported as uncaught; the rest were added after it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Plant:
+    name: str
+    path: str
+    old: str
+    new: str
+    what: str
+
+
+PLANTS = [
+    # ---- issue 25's list
+    Plant("min_identity", "fusile/lowering/builtin_rules.py",
+          '"min": ("minimumf", "minsi", pymath.inf)', '"min": ("minimumf", "minsi", 0.0)',
+          "lowering: min's reduction identity 0 instead of +inf"),
+    Plant("pow2_as_pow3", "fusile/lowering/to_mlir.py",
+          "for _ in range(int(abs(p))):", "for _ in range(int(abs(p)) + (p == 2)):",
+          "lowering: x ** 2 lowered as x ** 3"),
+    Plant("ge_as_gt", "fusile/lowering/builtin_rules.py", '">=": "OGE"', '">=": "OGT"',
+          "lowering: float >= lowered as >"),
+    Plant("int_sum_int32", "fusile/dsl/builtins.py",
+          "dtype = t.dtype if t.dtype.is_float else i64", "dtype = t.dtype",
+          "types: an integer sum kept in int32"),
+    Plant("split_partial_zero", "fusile/backends/triton/codegen_loops.py",
+          'f"mask=mask_p & mask_s, other={ident})")', 'f"mask=mask_p & mask_s, other=0)")',
+          "codegen: masked partials of a split column reduction filled with 0"),
+    Plant("dot_k_tail", "fusile/backends/triton/codegen_dot.py",
+          "if not zero.get(src, False):", "if False:",
+          "codegen: a contraction prologue's k tail not zeroed"),
+    Plant("gpu_sum_as_max", "fusile/backends/triton/codegen.py",
+          'return f"{fn}({tile}, axis=1, keep_dims=True)"',
+          'return f"{fn.replace(\'sum\', \'max\')}({tile}, axis=1, keep_dims=True)"',
+          "codegen (GPU only): tl.sum emitted as tl.max"),
+    Plant("gpu_tanh_as_tan", "fusile/backends/triton/ops.py",
+          'return f"libdevice.tanh({a[0]})"', 'return f"libdevice.tan({a[0]})"',
+          "codegen (GPU only): libdevice.tanh emitted as tan"),
+    Plant("geglu_tanh_bwd_sign", "fusile/stdlib/kernels.py",
+          "return astype(dy * b * gelu_tanh_grad(a), a), astype(dy * gelu_tanh(a), b)",
+          "return astype(-dy * b * gelu_tanh_grad(a), a), astype(dy * gelu_tanh(a), b)",
+          "stdlib: geglu(approximate='tanh') backward with a flipped sign"),
+    Plant("ce_smoothing_off_by_one", "fusile/stdlib/kernels.py",
+          "g = p - onehot - smoothing / size(logits, -1)",
+          "g = p - onehot - smoothing / (size(logits, -1) - 1)",
+          "stdlib: cross-entropy's label smoothing spread over V - 1 classes"),
+    Plant("explain_always_memory", "fusile/explain.py",
+          '"memory" if t_mem >= t_flop else "compute"', '"memory"',
+          "explain: the bound always 'memory'"),
+    Plant("explain_intensity_inverted", "fusile/explain.py",
+          "k.flops / max(1, nbytes), 1e6", "nbytes / max(1, k.flops), 1e6",
+          "explain: arithmetic intensity inverted"),
+    Plant("explain_unfused_doubled", "fusile/explain.py",
+          "kernels, report.unfused_kernels, report.unfused_bytes,",
+          "kernels, report.unfused_kernels, 2 * report.unfused_bytes,",
+          "explain: unfused bytes doubled"),
+    Plant("explain_peak_fp32", "fusile/explain.py",
+          'peak = target.bf16_tflops if (k.kind == "contraction" and sixteen_bit) else \\',
+          "peak = target.fp32_tflops if (k.kind == 'contraction' and sixteen_bit) else \\",
+          "explain: the peak always fp32"),
+    # ---- added after it: looped reductions, attention masks, AOT, the replay, and more
+    Plant("looped_acc_identity", "fusile/backends/triton/codegen_loops.py",
+          'top.emit(f"{acc} = tl.full([BLOCK_P, BLOCK_R], {w._identity(op)}, "',
+          'top.emit(f"{acc} = tl.full([BLOCK_P, BLOCK_R], 0, "',
+          "codegen: a looped reduction's accumulator starts at 0, not its identity"),
+    Plant("looped_skips_first_block", "fusile/backends/triton/codegen_loops.py",
+          'top.emit("for r0 in range(0, R, BLOCK_R):")\n        loop = Scope(top, "        ")\n'
+          '        w._r_index(loop, "r0 + ")\n        for gi in gens:',
+          'top.emit("for r0 in range(BLOCK_R if R > BLOCK_R else 0, R, BLOCK_R):")\n'
+          '        loop = Scope(top, "        ")\n        w._r_index(loop, "r0 + ")\n'
+          '        for gi in gens:',
+          "codegen: a looped reduction skips its first block when there are several"),
+    Plant("store_unmasked", "fusile/backends/triton/codegen.py",
+          'masked = f", mask={mask}" if mask else ""\n        offset = self._offset(',
+          'masked = ""\n        offset = self._offset(',
+          "codegen: stores without their mask (writes past the end of a ragged row)"),
+    Plant("causal_strict", "fusile/stdlib/attention.py",
+          "keep = ((j <= i) | (causal == 0)) & ((i - j < window) | (window <= 0))\n"
+          "    s = astype(q @ k.T, f32) * scale\n    s = where(capped, cap * tanh(s / cap), s)",
+          "keep = ((j < i) | (causal == 0)) & ((i - j < window) | (window <= 0))\n"
+          "    s = astype(q @ k.T, f32) * scale\n    s = where(capped, cap * tanh(s / cap), s)",
+          "stdlib attention forward: a causal row no longer sees its own key"),
+    Plant("window_off_by_one", "fusile/stdlib/attention.py",
+          "keep = ((j <= i) | (causal == 0)) & ((i - j < window) | (window <= 0))\n"
+          "    delta",
+          "keep = ((j <= i) | (causal == 0)) & ((i - j <= window) | (window <= 0))\n"
+          "    delta",
+          "stdlib attention backward: a sliding window one key too wide"),
+    Plant("key_bound_drops_diagonal", "fusile/backends/triton/codegen_bounds.py",
+          'one = 1 if pred == "sle" else 0', "one = 0",
+          "codegen: the key-loop bound of j <= i + c drops the diagonal key"),
+    Plant("aot_bf16_as_fp16", "fusile/backends/triton/aot.py",
+          '_SIG = {"bf16": "*bf16"', '_SIG = {"bf16": "*fp16"',
+          "AOT: bf16 pointers compiled as fp16"),
+    Plant("aot_scalar_as_int", "fusile/backends/triton/aot.py",
+          'scalars = {op.results[0]: "fp32" if op.dtype.is_float else "i32"',
+          'scalars = {op.results[0]: "i32" if op.dtype.is_float else "i32"',
+          "AOT: float scalar parameters compiled as i32"),
+    Plant("replay_ignores_alignment", "fusile/backends/triton/replay.py",
+          "a.data_ptr() & 15)", "a.data_ptr() & 0)",
+          "replay: a layout key blind to 16-byte alignment"),
+    Plant("replay_aliases_inputs", "fusile/backends/triton/replay.py",
+          "return [args[x].clone() if kind == _INPUT", "return [args[x] if kind == _INPUT",
+          "replay: a result that is an input returned as the input itself"),
+    Plant("call_key_ignores_ints", "fusile/dsl/fused.py",
+          "(type(a), a) if type(a) in (int, bool)", "(type(a),) if type(a) in (int, bool)",
+          "call path: a program specialised on an int constant reused for another value"),
+    Plant("cache_key_ignores_broadcast", "fusile/dsl/signature.py",
+          'key.append(("t", a.dtype, tuple(s == 1 for s in a.shape)))',
+          'key.append(("t", a.dtype, len(a.shape)))',
+          "compile cache: a program for a broadcast (size-1) axis reused for a full one"),
+    Plant("strides_reversed", "fusile/backends/triton/runtime.py",
+          "for axis in axes]\n        sized = launch.sized",
+          "for axis in reversed(axes)]\n        sized = launch.sized",
+          "runtime: a tensor's strides passed in the wrong order"),
+    Plant("promote_bf16_f32", "fusile/dsl/types.py",
+          "return a if a.bits > b.bits else b", "return a if a.bits < b.bits else b",
+          "types: promotion picks the narrower float (bf16 + f32 is bf16)"),
+    Plant("var_correction_ignored", "fusile/lowering/builtin_rules.py",
+          'corr = float(call.options.get("correction") or 0)', "corr = 0.0",
+          "lowering: var's correction ignored"),
+    Plant("rms_eps_outside", "fusile/stdlib/kernels.py",
+          "rstd = rsqrt(mean(x * x, axis=-1, keepdims=True) + eps)",
+          "rstd = rsqrt(mean(x * x, axis=-1, keepdims=True)) + eps",
+          "stdlib: rms_norm's eps added outside the rsqrt"),
+]
+
+_FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.M)
+
+
+def _scratch_copy(dest: Path) -> None:
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
+                           check=True, capture_output=True, text=True).stdout.split()
+    for f in files:
+        src = ROOT / f
+        if src.is_file():
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / f)
+
+
+def run_plant(p: Plant, pytest_args: list[str]) -> tuple[str, str, float]:
+    """(verdict, detail, seconds): caught (the first failing test), missed or stale."""
+    with tempfile.TemporaryDirectory(prefix=f"plant-{p.name}-") as tmp:
+        work = Path(tmp) / "tree"
+        _scratch_copy(work)
+        target = work / p.path
+        text = target.read_text()
+        if text.count(p.old) != 1:
+            return "stale", f"{p.path}: the planted text occurs {text.count(p.old)} times", 0.0
+        target.write_text(text.replace(p.old, p.new))
+        env = dict(os.environ, PYTHONPATH=str(work), FUSILE_CACHE_DIR=str(Path(tmp) / "cache"),
+                   PYTHONDONTWRITEBYTECODE="1")
+        t0 = time.time()
+        cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-rfE", "-p", "no:cacheprovider",
+               *pytest_args]
+        res = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
+        dt = time.time() - t0
+        out = res.stdout + res.stderr
+        if res.returncode == 0:
+            return "MISSED", "every test passed", dt
+        failed = _FAILED.findall(out)
+        if not failed:
+            tail = out.strip().splitlines()[-1:] or ["(no output)"]
+            return "caught?", f"pytest exited {res.returncode}: {tail[0]}", dt
+        return "caught", failed[0], dt
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("names", nargs="*", help="plants to run (default: all)")
+    ap.add_argument("--list", action="store_true", help="list the plants and exit")
+    ap.add_argument("--pytest", default="-n 2 tests",
+                    help="arguments for pytest in the scratch tree (default: %(default)s)")
+    a = ap.parse_args(argv)
+    if a.list:
+        for p in PLANTS:
+            print(f"{p.name:28} {p.what}")
+        return 0
+    unknown = set(a.names) - {p.name for p in PLANTS}
+    if unknown:
+        ap.error(f"no plant named {', '.join(sorted(unknown))} (see --list)")
+    chosen = [p for p in PLANTS if not a.names or p.name in a.names]
+    missed = 0
+    for i, p in enumerate(chosen, 1):
+        verdict, detail, dt = run_plant(p, a.pytest.split())
+        missed += verdict != "caught"
+        print(f"[{i}/{len(chosen)}] {verdict:7} {p.name:28} {dt:6.0f}s  {detail}", flush=True)
+    print(f"{len(chosen) - missed} of {len(chosen)} caught")
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
