@@ -23,6 +23,7 @@ from fusile.dsl.signature import (
     describe_arg,
     parse_annotation,
 )
+from fusile.dsl.torch_op import TorchOp, op_name, traced
 from fusile.dsl.types import ShapeEnv
 
 # One compile at a time, process-wide: compiling is a one-time cost per signature, and it
@@ -34,7 +35,7 @@ class FusedFunction:
     """A function written in fusile's DSL. Call it on torch tensors."""
 
     def __init__(self, fn: Callable[..., Any] | None = None, *, source: Source | None = None,
-                 globals_: dict[str, Any] | None = None):
+                 globals_: dict[str, Any] | None = None, name: str | None = None):
         self._fn = fn
         self._source = source
         self._globals = dict(globals_ or {})
@@ -46,6 +47,13 @@ class FusedFunction:
         self._cache: dict[tuple, Any] = {}
         # calls seen before, by (dtype, shape, device) of each argument: straight to the runner
         self._recent: dict[tuple, tuple[Any, list[int], list[Any]]] = {}
+        # what tracers (torch.compile, export) see: one custom op, defined now, outside any trace
+        self._torch_op = TorchOp(self, op_name(fn, name or (None if fn else "from_source")))
+
+    @property
+    def torch_op(self) -> Any:
+        """The torch.library op (`torch.ops.fusile_fn.<name>.default`) traced calls become."""
+        return self._torch_op.op
 
     # ------------------------------------------------------------------ the front end, once
     @property
@@ -136,6 +144,11 @@ class FusedFunction:
 
     # ------------------------------------------------------------------ running
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if traced(args) or (kwargs and traced(kwargs.values())):
+            return self._torch_op(args, kwargs)  # one opaque op in the traced graph
+        return self._run(args, kwargs)
+
+    def _run(self, args: tuple, kwargs: dict[str, Any], check_grad: bool = True) -> Any:
         import torch
 
         from fusile.backends import run
@@ -150,7 +163,7 @@ class FusedFunction:
                 outs = runner([args[i] if i < len(args) else tail[i] for i in positions])
                 return outs[0] if len(outs) == 1 else tuple(outs)
         values = self._bind_args(args, kwargs)
-        if grad and any(getattr(v, "requires_grad", False) for v in values):
+        if check_grad and grad and any(getattr(v, "requires_grad", False) for v in values):
             name = self.__fusile_funcdef__.name
             raise SignatureError(
                 f"{name}() has no backward yet, and an input requires grad: its result would "
@@ -174,6 +187,23 @@ class FusedFunction:
             defaults = [None] * len(args) + values[len(args):]
             self._recent[key] = (runner, compiled.runtime_params, defaults)
         return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def _result_specs(self, args: list[Any], kwargs: dict[str, Any]) -> list[tuple[list, Any]]:
+        """(shape, torch dtype) of each result for these arguments, from the compiled
+        program's types (no launch): the custom op's fake implementation."""
+        from fusile.backends.torch_dtypes import to_torch
+
+        values = self._bind_args(tuple(args), kwargs)
+        compiled, _ = self._lookup(values)
+        shapes = {i: tuple(v.shape) for i, v in enumerate(values) if hasattr(v, "shape")}
+        sizes = check_sizes(compiled.checks, shapes, self.params, self.__fusile_source__)
+        env = compiled.typed.env
+        out = []
+        for t in compiled.typed.result_types:
+            dims = [env.find(d) for d in t.shape]
+            out.append(([d if isinstance(d, int) else sizes[d] for d in dims],
+                        to_torch(t.dtype)))
+        return out
 
     def mlir(self, *args: Any, stage: str = "mlir", **kwargs: Any) -> str:
         """The MLIR module for these arguments: stage "mlir" (as emitted), "linalg"
@@ -336,9 +366,13 @@ def _guard(thunk: Callable[[], Any]) -> Any:
                           "the full traceback, and please report it)") from exc
 
 
-def fused(fn: Callable[..., Any]) -> FusedFunction:
-    """Mark a function as fusile DSL: `@fused def f(x, w): ...`."""
-    return FusedFunction(fn)
+def fused(fn: Callable[..., Any] | None = None, *, name: str | None = None) -> Any:
+    """Mark a function as fusile DSL: `@fused def f(x, w): ...`. Under torch.compile it is
+    the custom op `torch.ops.fusile_fn.<name>`, named from its module and qualified name
+    unless `@fused(name="...")` says otherwise."""
+    if fn is None:
+        return lambda f: FusedFunction(f, name=name)
+    return FusedFunction(fn, name=name)
 
 
 def from_source(text: str, globals_: dict[str, Any] | None = None,

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from fusile.dsl.errors import SignatureError
+from fusile.dsl.torch_op import traced as _traced
 
 Op = "fusile::"
 _RAW: dict[str, object] = {}  # op name -> the plain Python implementation
@@ -23,16 +24,6 @@ def custom_op(name: str):
         return op
 
     return wrap
-
-
-def _traced(args: tuple) -> bool:
-    """Whether a trace is running: Dynamo's, or AOTAutograd's, which runs backward formulas
-    on fake or functional tensors (torch.compiler.is_compiling() is False there)."""
-    return torch.compiler.is_compiling() or any(
-        isinstance(a, Tensor) and type(a) not in _PLAIN for a in args)
-
-
-_PLAIN = (Tensor, torch.nn.Parameter)
 
 
 def call(op, *args):

@@ -1,0 +1,196 @@
+"""A user's @fused function as a PyTorch custom op, for the tracers: torch.compile (Dynamo and
+AOTAutograd), torch.export and make_fx see one opaque op, `torch.ops.fusile_fn.<name>`, whose
+fake (meta) implementation comes from fusile's own shape and dtype inference, so none of
+fusile's host code runs on fake or functional tensors. Eager calls never come here: they take
+the decorator's direct path, which costs a fraction of torch.library's dispatch.
+
+The op's schema is the same for every function: `(Tensor[] tensors, float[] floats, str spec)
+-> Tensor[]`. `spec` says where each argument goes and carries the ints and bools, which are
+compile-time constants in fusile (a different value is a different specialisation) and so are
+constants in the traced graph too; floats stay runtime values.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import weakref
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from fusile.dsl.errors import SignatureError
+
+if TYPE_CHECKING:
+    from fusile.dsl.fused import FusedFunction
+
+NAMESPACE = "fusile_fn"
+_SCHEMA = "(Tensor[] tensors, float[] floats, str spec) -> Tensor[]"
+_LOCK = threading.Lock()
+_TAKEN: set[str] = set()
+
+
+def traced(args: Any) -> bool:
+    """Whether a trace is running: Dynamo's, or AOTAutograd's or make_fx's, which run on fake
+    or functional tensors (torch.compiler.is_compiling() is False there). On every call's
+    path: kept to a few hundred nanoseconds."""
+    if _is_compiling is None:
+        _bind_torch()
+    if _is_compiling():
+        return True
+    for a in args:
+        t = type(a)
+        if t is not _Tensor and t is not _Parameter and isinstance(a, _Tensor):
+            return True
+    return False
+
+
+def _bind_torch() -> None:
+    global _is_compiling, _Tensor, _Parameter
+    import torch
+
+    _is_compiling, _Tensor, _Parameter = (torch.compiler.is_compiling, torch.Tensor,
+                                          torch.nn.Parameter)
+
+
+_is_compiling: Any = None  # torch's, bound on first use: importing fusile does not import torch
+_Tensor: Any = None
+_Parameter: Any = None
+
+
+def op_name(fn: Any, name: str | None) -> str:
+    """A legal, unused op name: `name`, else module and qualified name joined by '_'."""
+    if name is None:
+        module = getattr(fn, "__module__", None) or "fusile"
+        qual = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", "fn")
+        name = f"{module}_{qual}"
+    base = re.sub(r"\W", "_", name).strip("_") or "fn"
+    if base[0].isdigit():
+        base = "f_" + base
+    with _LOCK:
+        out, n = base, 1
+        while out in _TAKEN:
+            n += 1
+            out = f"{base}_{n}"
+        _TAKEN.add(out)
+    return out
+
+
+class TorchOp:
+    """The custom op of one FusedFunction, defined when the function is made (before any
+    trace can reach it: defining an op inside a trace is not traceable). Each op has its own
+    torch.library fragment, destroyed with the function, so programs made and dropped (from
+    source, in a loop) do not pile up in PyTorch's op registry; the registrations hold the
+    function weakly for the same reason."""
+
+    def __init__(self, fn: FusedFunction, name: str):
+        import torch
+
+        _bind_torch()
+        self._fn = weakref.ref(fn)
+        self.name = name
+        qualname = f"{NAMESPACE}::{name}"
+        lib = torch.library.Library(NAMESPACE, "FRAGMENT")
+        lib.define(name + _SCHEMA)
+        lib.impl(name, self._impl, "CompositeExplicitAutograd")
+        torch.library.register_fake(qualname, self._fake, lib=lib)
+        torch.library.register_autograd(qualname, self._no_backward, setup_context=_no_setup,
+                                        lib=lib)
+        self.op = getattr(getattr(torch.ops, NAMESPACE), name).default
+        weakref.finalize(fn, _release, lib, name).atexit = False
+
+    def fn(self) -> FusedFunction:
+        fn = self._fn()
+        if fn is None:
+            raise SignatureError(f"{NAMESPACE}::{self.name}: its fused function no longer "
+                                 "exists (keep a reference to it while graphs use it)")
+        return fn
+
+    def __call__(self, args: tuple, kwargs: dict[str, Any]) -> Any:
+        """Call the op (while tracing): pack the arguments, unpack the results."""
+        import torch
+
+        tensors: list[Any] = []
+        floats: list[float] = []
+        parts: list[str] = []
+        for key, a in [*enumerate(args), *kwargs.items()]:
+            if isinstance(a, torch.Tensor):
+                tensors.append(a)
+                parts.append(f"{key}=t")
+            elif isinstance(a, bool):
+                parts.append(f"{key}=b{int(a)}")
+            elif isinstance(a, int):
+                parts.append(f"{key}=i{a}")
+            elif isinstance(a, float):
+                floats.append(a)
+                parts.append(f"{key}=f")
+            else:
+                raise SignatureError(f"{self.name}: under torch.compile, arguments must be "
+                                     f"tensors, floats, ints or bools, got {type(a).__name__}")
+        outs = self.op(tensors, floats, ";".join(parts))
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def _impl(self, tensors: list[Any], floats: list[float], spec: str) -> list[Any]:
+        args, kwargs = _unpack(spec, tensors, floats)
+        out = self.fn()._run(tuple(args), kwargs, check_grad=False)
+        outs = list(out) if isinstance(out, tuple) else [out]
+        seen: set[int] = set()
+        for i, o in enumerate(outs):  # an op's results may alias neither its inputs nor
+            if any(o is t for t in tensors) or id(o) in seen:  # each other
+                outs[i] = o.clone()
+            seen.add(id(outs[i]))
+        return outs
+
+    def _fake(self, tensors: list[Any], floats: list[float], spec: str) -> list[Any]:
+        import torch
+
+        args, kwargs = _unpack(spec, tensors, floats)
+        device = tensors[0].device if tensors else torch.device("cpu")
+        return [torch.empty(shape, dtype=dtype, device=device)
+                for shape, dtype in self.fn()._result_specs(args, kwargs)]
+
+    def _no_backward(self, ctx: Any, *grads: Any) -> Any:
+        fn = self._fn()
+        raise SignatureError(f"{getattr(fn, '__name__', self.name)}() has no backward yet: "
+                             "run it on inputs that do not require grad (detach them), or use "
+                             "the fusile.stdlib op, which has one")
+
+
+@lru_cache(maxsize=1024)
+def _parse(spec: str) -> tuple[tuple[int | str, str, Any], ...]:
+    out = []
+    for part in spec.split(";") if spec else ():
+        key, code = part.split("=", 1)
+        k: int | str = int(key) if key.isdigit() else key
+        value: Any = None
+        if code[0] == "b":
+            value = bool(int(code[1:]))
+        elif code[0] == "i":
+            value = int(code[1:])
+        out.append((k, code[0], value))
+    return tuple(out)
+
+
+def _unpack(spec: str, tensors: list[Any], floats: list[float]) -> tuple[list[Any], dict]:
+    ti, fi = iter(tensors), iter(floats)
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    for key, kind, value in _parse(spec):
+        v = next(ti) if kind == "t" else next(fi) if kind == "f" else value
+        if isinstance(key, int):
+            args.append(v)
+        else:
+            kwargs[key] = v
+    return args, kwargs
+
+
+def _no_setup(ctx: Any, inputs: Any, output: Any) -> None:
+    return None
+
+
+def _release(lib: Any, name: str) -> None:
+    try:
+        lib._destroy()  # a private API: when it changes, the op simply stays registered
+    except Exception:
+        return
+    with _LOCK:
+        _TAKEN.discard(name)
