@@ -157,10 +157,20 @@ PLANTS = [
 _FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.M)
 
 
+def _tree_files() -> list[str]:
+    """The tracked and untracked-but-not-ignored files; without git (a copied tree), every
+    file under fusile/, tests/ and benchmarks/ plus the root's project files."""
+    try:
+        return subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
+                              check=True, capture_output=True, text=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        found = [str(p.relative_to(ROOT)) for d in ("fusile", "tests", "benchmarks")
+                 for p in (ROOT / d).rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+        return found + [f for f in ("pyproject.toml", "README.md") if (ROOT / f).exists()]
+
+
 def _scratch_copy(dest: Path) -> None:
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
-                           check=True, capture_output=True, text=True).stdout.split()
-    for f in files:
+    for f in _tree_files():
         src = ROOT / f
         if src.is_file():
             (dest / f).parent.mkdir(parents=True, exist_ok=True)
@@ -177,7 +187,8 @@ def run_plant(p: Plant, pytest_args: list[str]) -> tuple[str, str, float]:
         if text.count(p.old) != 1:
             return "stale", f"{p.path}: the planted text occurs {text.count(p.old)} times", 0.0
         target.write_text(text.replace(p.old, p.new))
-        env = dict(os.environ, PYTHONPATH=str(work), FUSILE_CACHE_DIR=str(Path(tmp) / "cache"),
+        path = os.pathsep.join(p for p in (str(work), os.environ.get("PYTHONPATH")) if p)
+        env = dict(os.environ, PYTHONPATH=path, FUSILE_CACHE_DIR=str(Path(tmp) / "cache"),
                    PYTHONDONTWRITEBYTECODE="1")
         t0 = time.time()
         cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-rfE", "-p", "no:cacheprovider",

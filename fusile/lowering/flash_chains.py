@@ -7,10 +7,19 @@ from __future__ import annotations
 
 from fusile.lowering import attention, attention_grad
 from fusile.lowering.attention_grad import GradForm
+from fusile.lowering.contraction import DotForm
 from fusile.lowering.graph import Generic, Graph
 from fusile.lowering.groups import Classes, Group, gen_of
 
 Flash = dict[int, tuple[attention.AttentionForm, list[int]]]
+
+
+def _unit_axis(dots: tuple[DotForm, ...], ones: set[tuple], cls: Classes) -> bool:
+    """Whether a dot's m, n or k loop has static extent 1 (a query length or head dim of 1,
+    specialised as a broadcast dim). The flash kernels tile those axes; such chains take the
+    general kernels instead, which compute the same math (and, at a query length of 1, move
+    the same bytes: K and V once, the scores are one row)."""
+    return any(cls.find(("loop", d.gi, x)) in ones for d in dots for x in (d.m, d.n, d.k))
 
 
 def attention_chains(graph: Graph, ones: set[tuple], cls: Classes) -> Flash:
@@ -23,7 +32,7 @@ def attention_chains(graph: Graph, ones: set[tuple], cls: Classes) -> Flash:
         if not isinstance(node, Generic) or len(node.reduction_loops) != 1:
             continue
         form = attention.find(graph, gi)
-        if form is None:
+        if form is None or _unit_axis((form.qk, form.pv), ones, cls):
             continue
         members = sorted({form.qk.gi, *form.mods, form.row_max, form.shifted, form.row_sum,
                           *form.stats, gi})
@@ -50,6 +59,8 @@ def grad_kernels(graph: Graph, ones: set[tuple], cls: Classes, taken: set[int]
         return cls.find(("loop", *a)) == cls.find(("loop", *b))
 
     forms = attention_grad.find(graph, same, taken)
+    if any(_unit_axis((*f.scores, *f.outs), ones, cls) for f in forms):
+        return []
     for f in forms:
         trial = Group(graph, ones, cls)
         trial.grad = f

@@ -155,9 +155,6 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
                                window <= 0):
         raise SignatureError(f"fusile.stdlib.attention: window must be a positive int, got "
                              f"{window!r}")
-    if d == 1:  # a size-1 axis is specialised as a broadcast, which no flash kernel has
-        raise SignatureError("fusile.stdlib.attention: head_dim 1 is not supported (q, k "
-                             "and v need a head_dim of 2 or more)")
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     g = h // hk
     q5 = q.unflatten(1, (hk, g))  # (b, hk, g, lq, d): a view

@@ -57,6 +57,13 @@ CASES = {  # name -> (q heads, kv heads, q_len, kv_len, d, e, options)
     "causal_negative_scale": (2, 2, 37, 37, 16, 16, {"causal": True, "scale": -0.3}),
     "causal_even": (2, 2, 32, 64, 16, 16, {"causal": True}),  # BLOCK_N divides kv_len
     "zero_scale": (2, 2, 32, 64, 16, 16, {"causal": True, "scale": 0.0}),  # no -inf * 0
+    # decoding: one query row (a static size-1 axis, so the general kernels, not flash)
+    "decode": (8, 2, 1, 37, 16, 16, {"causal": True}),
+    "decode_window": (4, 4, 1, 70, 16, 16, {"window": 5}),
+    "decode_softcap_alibi": (4, 2, 1, 41, 16, 16, {"softcap": 3.0, "alibi": True}),
+    "decode_long": (2, 1, 1, 1000, 32, 32, {"causal": True}),
+    "single_key": (2, 2, 1, 1, 16, 16, {}),
+    "head_dim_1": (2, 2, 9, 13, 1, 1, {"causal": True}),
 }
 
 
