@@ -169,19 +169,22 @@ def _tree_files() -> list[str]:
         return found + [f for f in ("pyproject.toml", "README.md") if (ROOT / f).exists()]
 
 
-def _scratch_copy(dest: Path) -> None:
-    for f in _tree_files():
-        src = ROOT / f
+def _scratch_copy(dest: Path, src_root: Path = ROOT) -> None:
+    files = _tree_files() if src_root == ROOT else [
+        str(p.relative_to(src_root)) for p in src_root.rglob("*") if p.is_file()]
+    for f in files:
+        src = src_root / f
         if src.is_file():
             (dest / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / f)
 
 
-def run_plant(p: Plant, pytest_args: list[str]) -> tuple[str, str, float]:
-    """(verdict, detail, seconds): caught (the first failing test), missed or stale."""
+def run_plant(p: Plant, pytest_args: list[str], base: Path) -> tuple[str, str, float]:
+    """(verdict, detail, seconds): caught (the first failing test), missed or stale. `base`:
+    the tree as it was when the run started (edits made meanwhile do not leak in)."""
     with tempfile.TemporaryDirectory(prefix=f"plant-{p.name}-") as tmp:
         work = Path(tmp) / "tree"
-        _scratch_copy(work)
+        _scratch_copy(work, base)
         target = work / p.path
         text = target.read_text()
         if text.count(p.old) != 1:
@@ -222,10 +225,13 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"no plant named {', '.join(sorted(unknown))} (see --list)")
     chosen = [p for p in PLANTS if not a.names or p.name in a.names]
     missed = 0
-    for i, p in enumerate(chosen, 1):
-        verdict, detail, dt = run_plant(p, a.pytest.split())
-        missed += verdict != "caught"
-        print(f"[{i}/{len(chosen)}] {verdict:7} {p.name:28} {dt:6.0f}s  {detail}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="plants-base-") as base:
+        _scratch_copy(Path(base))
+        for i, p in enumerate(chosen, 1):
+            verdict, detail, dt = run_plant(p, a.pytest.split(), Path(base))
+            missed += verdict != "caught"
+            print(f"[{i}/{len(chosen)}] {verdict:7} {p.name:28} {dt:6.0f}s  {detail}",
+                  flush=True)
     print(f"{len(chosen) - missed} of {len(chosen)} caught")
     return 1 if missed else 0
 
