@@ -110,6 +110,8 @@ class KeyBounds(KernelWriter):
         e(f"hi = {n}")
         for b in hi:
             e(f"hi = tl.minimum(hi, {b})  # past the last one")
+        if hi:  # no position visible: an empty range, never a negative bound (Triton's //
+            e("hi = tl.maximum(hi, lo)")  # truncates toward 0: a negative tile start goes wrong)
         if not exact:
             return [("lo", "hi", False)]
         e("lo_all = lo")
@@ -118,6 +120,8 @@ class KeyBounds(KernelWriter):
         e(f"hi_all = tl.minimum(hi, {n} // BLOCK_N * BLOCK_N)")
         for b in hi_all:
             e(f"hi_all = tl.minimum(hi_all, {b})  # ... up to here")
+        if hi_all:
+            e("hi_all = tl.maximum(hi_all, 0)")
         e("mid_lo = tl.minimum((lo_all + BLOCK_N - 1) // BLOCK_N * BLOCK_N, hi)")
         e("mid_hi = tl.maximum(mid_lo, hi_all // BLOCK_N * BLOCK_N)")
         return [("lo", "mid_lo", False), ("mid_lo", "mid_hi", True), ("mid_hi", "hi", False)]
