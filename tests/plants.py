@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -231,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="plants-base-") as base:
         _scratch_copy(Path(base))
         for i, p in enumerate(chosen, 1):
-            verdict, detail, dt = run_plant(p, a.pytest.split(), Path(base))
+            verdict, detail, dt = run_plant(p, shlex.split(a.pytest), Path(base))
             missed += verdict != "caught"
             print(f"[{i}/{len(chosen)}] {verdict:7} {p.name:28} {dt:6.0f}s  {detail}",
                   flush=True)

@@ -57,6 +57,9 @@ CASES = {  # name -> (q heads, kv heads, q_len, kv_len, d, e, options)
     "negative_scale": (2, 2, 37, 70, 16, 16, {"scale": -0.3}),  # max(s * c) != c * max(s)
     "causal_negative_scale": (2, 2, 37, 37, 16, 16, {"causal": True, "scale": -0.3}),
     "causal_even": (2, 2, 32, 64, 16, 16, {"causal": True}),  # BLOCK_N divides kv_len
+    # a row block's last diagonal key is the first key of a tile (kv_len - q_len = 1 with
+    # equal tiles): a loop bound one short skips that tile
+    "causal_tile_edge": (2, 2, 64, 65, 16, 16, {"causal": True}),
     "zero_scale": (2, 2, 32, 64, 16, 16, {"causal": True, "scale": 0.0}),  # no -inf * 0
     # decoding: one query row (a static size-1 axis, so the general kernels, not flash)
     "decode": (8, 2, 1, 37, 16, 16, {"causal": True}),
@@ -335,7 +338,7 @@ def test_gpu_tiles_stay_in_bounds(tile: tuple[int, int], monkeypatch: pytest.Mon
         monkeypatch.setattr(f, "_recent", {})
     torch.manual_seed(0)
     cases = [(9, 630, {"window": 5}), (64, 630, {"window": 5, "causal": True}),
-             (40, 9, {"causal": True})]
+             (40, 9, {"causal": True}), (128, 129, {"causal": True})]
     with config.override(cache_dir=str(tmp_path)), checked() as launched:
         for lq, lk, opts in cases:
             q = torch.randn(1, 2, lq, 16, requires_grad=True)
