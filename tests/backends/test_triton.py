@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import fusile
 from fusile import config, samples
 from tests.bounds import checked
 from tests.numerics import assert_close
@@ -111,6 +112,29 @@ def test_aot_compiles_without_spills(name: str, target: str) -> None:
         assert k.spills == 0, k.summary()
         assert k.registers is not None and 0 < k.registers <= 255, k.summary()
     assert "ttir" in art.kernels[0].asm
+
+
+@pytest.mark.parametrize("target", ["h100", "mi300x"])
+def test_aot_signature_types_follow_the_arguments(target: str) -> None:
+    """The compiled kernel's parameters have the types the call will pass: each pointer its
+    tensor's element type, a float parameter f32, sizes and strides i32. A wrong type here
+    compiles fine and reads the bits as something else."""
+    import re
+
+    from fusile import bf16, f16
+
+    fn = fusile.from_source("def f(x, w, s: float):\n"
+                            "    return astype(x * w * s, x), astype(w, f32) + 1.0\n")
+    art = fn.compile(target, x=bf16["M", 64], w=f16[64], s=0.5)
+    (k,) = art.kernels
+    sig = re.search(r"tt.func public @\w+\((.*?)\) attributes", k.asm["ttir"], re.S)
+    assert sig is not None
+    types = dict(re.findall(r"%(\w+): (!tt\.ptr<\w+>|\w+)", sig.group(1)))
+    assert types.pop("x_ptr") == "!tt.ptr<bf16>" and types.pop("w_ptr") == "!tt.ptr<f16>"
+    assert types.pop("out0_ptr") == "!tt.ptr<bf16>" and types.pop("out1_ptr") == "!tt.ptr<f32>"
+    floats = [n for n, t in types.items() if t == "f32"]
+    assert len(floats) == 1, types  # s
+    assert all(t == "i32" for n, t in types.items() if n not in floats), types
 
 
 def test_aot_rejects_unknown_target() -> None:
