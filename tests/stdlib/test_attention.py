@@ -293,8 +293,28 @@ def test_cross_compile_keeps_head_masks_for_a_symbolic_head_dim() -> None:
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("name", CASES)
 def test_cuda_matches_reference(name: str, dtype: torch.dtype) -> None:
-    _check(name, dtype, "cuda")
-    _check(name, dtype, "cuda", scale_up=9)
+    _h, _hk, lq, lk, d, e, _opts = CASES[name]
+    if 1 in (lq, lk, d, e):  # the general kernels these take are wrong on a GPU (issue 24)
+        with pytest.raises(fusile.FusileError, match="not supported on a GPU yet"):
+            _check(name, dtype, "cuda")
+    else:
+        _check(name, dtype, "cuda")
+    if d > 1 and e > 1:  # longer sequences: the flash kernels
+        try:
+            _check(name, dtype, "cuda", scale_up=9)
+        except Exception as err:
+            if name not in _TRITON_CRASHES:
+                raise
+            pytest.xfail(f"{_TRITON_CRASHES[name]} ({type(err).__name__})")
+
+
+# cases whose flash kernel Triton 3.6 fails to compile on the H200 (it prints "please share the
+# reproducer above with Triton project"): found 2026-12-02, not caused by fusile's loop-bound
+# clamps (it fails without them too); left to the decode work (issue 24)
+_TRITON_CRASHES = {
+    "decode_softcap_alibi": "Triton 3.6 crashes compiling soft-capping + ALiBi flash attention "
+                            "at q 9 x kv 369, GQA 4/2, head dim 16",
+}
 
 
 @pytest.mark.gpu
