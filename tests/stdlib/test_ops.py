@@ -40,6 +40,13 @@ def _cases(device: str, dtype: torch.dtype, m: int = 7, n: int = 129) -> dict:
                                 lambda x: F.layer_norm(x, (n,)), [r(m, n)]),
         "rms_norm": (lambda x, w: S.rms_norm(x, [n], w, 1e-6),
                      lambda x, w: F.rms_norm(x, [n], w, 1e-6), [r(m, n), r(n)]),
+        # a large eps, comparable to mean(x * x): where eps goes (inside the rsqrt, with
+        # the mean) shows, which 1e-6 hides under the tolerance
+        "rms_norm_big_eps": (lambda x, w: S.rms_norm(x, [n], w, 0.5),
+                             lambda x, w: F.rms_norm(x, [n], w, 0.5), [r(m, n), r(n)]),
+        "layer_norm_big_eps": (lambda x, w, b: S.layer_norm(x, (n,), w, b, 0.5),
+                               lambda x, w, b: F.layer_norm(x, (n,), w, b, 0.5),
+                               [r(m, n), r(n), r(n)]),
         "add_rms_norm": (lambda x, res, w: S.add_rms_norm(x, res, n, w, 1e-6),
                          lambda x, res, w: (F.rms_norm(x + res, [n], w, 1e-6), x + res),
                          [r(m, n), r(m, n), r(n)]),
