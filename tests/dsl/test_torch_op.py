@@ -103,6 +103,7 @@ def test_results_never_alias_inputs_or_each_other() -> None:
     assert torch.equal(a, x) and torch.equal(b, c) and torch.equal(b, 2 * x)
 
 
+@pytest.mark.filterwarnings("ignore:Error detected in GeneratedBackwardFor")
 def test_compiled_backward_through_a_user_function_says_why() -> None:
     torch._dynamo.reset()
     x = torch.randn(4, 8, requires_grad=True)
