@@ -178,6 +178,8 @@ class Group:
             roots = [uf.find((g, i)) for i in self.real_loops(g)]
             if len(set(roots)) != len(roots):
                 return False
+        if self.attn is None and self.grad is None and not self._one_space(uf, gi):
+            return False
         red = {uf.find((gi, i)) for i in node.reduction_loops if i in real}
         if (self.dot is not None or self.grad is not None) and \
                 not self._fits_dot(uf, gi, real, red):
@@ -195,6 +197,15 @@ class Group:
         for r, m in zip(node.results, node.maps[n_in:], strict=True):
             self.produced[r] = (gi, m)
         return True
+
+    def _one_space(self, uf: Classes, gi: int) -> bool:
+        """True if one generic's loops span every index class of the kernel with gi added:
+        the grid is that generic's iteration space. Generics that share no tensor (two
+        outputs of unrelated shapes) would otherwise make the kernel iterate over the product
+        of their spaces: each element computed many times over, and a grid past 2**31."""
+        spans = [{uf.find((g, i)) for i in self.real_loops(g)} for g in [*self.gens, gi]]
+        every = set().union(*spans)
+        return any(s == every for s in spans)
 
     def _fits_dot(self, uf: Classes, gi: int, real: set[int], red: set) -> bool:
         """Once a contraction kernel has its dot, a generic joins only as epilogue: elementwise

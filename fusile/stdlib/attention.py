@@ -135,7 +135,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
         raise SignatureError("fusile.stdlib.attention: q, k and v must be (batch, heads, seq, "
                              f"head_dim), got {tuple(q.shape)}, {tuple(k.shape)}, "
                              f"{tuple(v.shape)}")
-    b, h, lq, d = q.shape
+    b, h, _lq, d = q.shape
     bk, hk, lk, dk = k.shape
     if (bk, hk, lk) != tuple(v.shape[:3]) or dk != d or bk != b:
         raise SignatureError(f"fusile.stdlib.attention: shapes do not fit: q {tuple(q.shape)}, "
@@ -143,13 +143,6 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
     if hk == 0 or h % hk:
         raise SignatureError(f"fusile.stdlib.attention: {h} query heads is not a multiple of "
                              f"{hk} key/value heads")
-    if q.device.type != "cpu" and 1 in (lq, lk, d, v.shape[-1]):
-        # a size-1 axis is specialised as a broadcast, so these shapes take the general
-        # kernels, correct on the interpreter but not yet on a GPU (issue 24)
-        raise SignatureError("fusile.stdlib.attention: a query length, key length or head dim "
-                             "of 1 is not supported on a GPU yet (the general kernels these "
-                             f"shapes take fail there); got q {tuple(q.shape)}, k "
-                             f"{tuple(k.shape)}")
     if len({q.dtype, k.dtype, v.dtype}) != 1:
         raise SignatureError(f"fusile.stdlib.attention: q, k and v have different dtypes "
                              f"({q.dtype}, {k.dtype}, {v.dtype}); cast them to one")

@@ -170,3 +170,54 @@ def test_integer_sums_accumulate_in_int64_like_torch() -> None:
     x = torch.full((2, 3), 2**30, dtype=torch.int32)
     out = _fn("def f(x):\n    return sum(x, axis=-1)\n")(x)
     assert out.dtype == torch.int64 and torch.equal(out, x.sum(-1))  # 3 * 2**30 > 2**31
+
+
+def _iteration_spaces(fn: fusile.FusedFunction, *args: torch.Tensor) -> list[tuple[int, int]]:
+    """(elements a kernel's grid covers, elements of its largest tensor) per kernel."""
+    from fusile.lowering.partition import partition
+
+    compiled = fn.compiled(*args)
+    graph = compiled.fused_graph
+    plan = partition(graph)
+    size: dict[tuple, int] = {}
+    for a, t in zip(graph.args, args, strict=True):
+        for axis, n in enumerate(t.shape):
+            size[plan.tensor_class(a, axis)] = n
+    out = []
+    for k in plan.kernels:
+        grid = math.prod(size[plan.classes.find(k.class_global[c])] for c in k.domain)
+        largest = max(math.prod(size[plan.tensor_class(t, ax)]
+                                for ax in range(len(graph.tensors[t].shape)))
+                      for t in [*k.reads, *k.writes])
+        out.append((grid, largest))
+    return out
+
+
+INDEPENDENT = """
+def three(a, b, c):
+    return exp(a), b * 2.0, c + 1.0
+"""
+
+
+def test_outputs_of_unrelated_shapes_get_a_grid_each() -> None:
+    """Outputs that share no tensor once shared one kernel whose grid was the product of
+    their shapes: every element computed thousands of times, and past 2**31 on a GPU (the
+    attention backward at one query row and 256 keys: dq off by 1e19)."""
+    fn = _fn(INDEPENDENT)
+    a, b, c = _rand(3, 5), _rand(7), _rand(2, 3, 4)
+    for grid, largest in _iteration_spaces(fn, a, b, c):
+        assert grid <= largest, f"a kernel iterates over {grid} elements, its tensors {largest}"
+    for got, want in zip(fn(a, b, c), (a.double().exp(), b.double() * 2, c.double() + 1),
+                         strict=True):
+        assert_close(got, want, torch.float32)
+
+
+@pytest.mark.gpu
+def test_outputs_of_unrelated_shapes_on_the_gpu() -> None:
+    """Sizes whose product passes 2**31 (2048 x 2048 times 70 000): one grid was wrong there."""
+    fn = _fn(INDEPENDENT)
+    a, b, c = _rand(2048, 2048, device="cuda"), _rand(70000, device="cuda"), \
+        _rand(3, 50, 7, device="cuda")
+    for got, want in zip(fn(a, b, c), (a.double().exp(), b.double() * 2, c.double() + 1),
+                         strict=True):
+        assert_close(got, want, torch.float32)

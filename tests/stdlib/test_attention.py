@@ -293,12 +293,8 @@ def test_cross_compile_keeps_head_masks_for_a_symbolic_head_dim() -> None:
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("name", CASES)
 def test_cuda_matches_reference(name: str, dtype: torch.dtype) -> None:
-    _h, _hk, lq, lk, d, e, _opts = CASES[name]
-    if 1 in (lq, lk, d, e):  # the general kernels these take are wrong on a GPU (issue 24)
-        with pytest.raises(fusile.FusileError, match="not supported on a GPU yet"):
-            _check(name, dtype, "cuda")
-    else:
-        _check(name, dtype, "cuda")
+    _h, _hk, _lq, _lk, d, e, _opts = CASES[name]
+    _check(name, dtype, "cuda")
     if d > 1 and e > 1:  # longer sequences: the flash kernels
         try:
             _check(name, dtype, "cuda", scale_up=9)
