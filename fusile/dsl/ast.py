@@ -58,6 +58,15 @@ class Compare(Node):
 
 
 @dataclass(frozen=True)
+class IfExp(Node):
+    """`body if cond else orelse`: cond must be a constant known when compiling."""
+
+    cond: Expr
+    body: Expr
+    orelse: Expr
+
+
+@dataclass(frozen=True)
 class Keyword(Node):
     name: str
     value: Expr
@@ -72,9 +81,15 @@ class Call(Node):
 
 @dataclass(frozen=True)
 class Slice(Node):
-    """A bare `:` (the only slice fusile accepts) or a full slice (rejected by the checker)."""
+    """`lower:upper:step` inside an index; each part may be missing (a bare `:` has none)."""
 
-    is_full: bool
+    lower: Expr | None = None
+    upper: Expr | None = None
+    step: Expr | None = None
+
+    @property
+    def is_full(self) -> bool:
+        return self.lower is None and self.upper is None and self.step is None
 
 
 @dataclass(frozen=True)
@@ -100,8 +115,8 @@ class TupleExpr(Node):
 
 
 Expr = (
-    Name | Num | Str | Const | BinOp | UnaryOp | Compare | Call | Slice | EllipsisLit | Subscript
-    | Attribute | TupleExpr
+    Name | Num | Str | Const | BinOp | UnaryOp | Compare | IfExp | Call | Slice | EllipsisLit
+    | Subscript | Attribute | TupleExpr
 )
 
 

@@ -11,11 +11,10 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from fusile.dsl import ast, inline, views
+from fusile.dsl import ast, calls, spellings, views
 from fusile.dsl.builtins import BUILTINS, CONSTANTS, OPTION, BoundCall, bind, signature
 from fusile.dsl.errors import (
     AxisError,
-    BuiltinCallError,
     ConstantError,
     DTypeError,
     FusileError,
@@ -41,8 +40,6 @@ from fusile.dsl.types import (
     result_dtype,
     show_shape,
 )
-from fusile.dsl.views import dotted as _dotted
-from fusile.dsl.views import root_is_global as _root_is_global
 
 MultiType = tuple[ValueType, ...]
 
@@ -62,6 +59,8 @@ class Typed:
     builtin_args: dict[int, list[ast.Expr]] = field(default_factory=dict)
     inlined: dict[int, tuple[Typed, list[ast.Expr | None]]] = field(default_factory=dict)
     views: dict[int, tuple[int | None, ...]] = field(default_factory=dict)
+    # a spelling rewritten into the core form lowering knows (x.sum(dim=1) -> sum(x, axis=1))
+    desugared: dict[int, ast.Expr] = field(default_factory=dict)
     results: list[ast.Expr] = field(default_factory=list)
     result_types: list[TensorType] = field(default_factory=list)
 
@@ -78,11 +77,12 @@ class Binding:
     is_const: bool = False
 
 
-_ARITH = {"add", "sub", "mul", "div", "floordiv", "pow"}
+_ARITH = {"add", "sub", "mul", "div", "floordiv", "mod", "pow"}
 _BITWISE = {"and_", "or_", "xor"}
 _PY_BINOP = {
     "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
-    "div": lambda a, b: a / b, "floordiv": lambda a, b: a // b, "pow": lambda a, b: a**b,
+    "div": lambda a, b: a / b, "floordiv": lambda a, b: a // b,
+    "mod": lambda a, b: a % b, "pow": lambda a, b: a**b,
     "and_": lambda a, b: a & b, "or_": lambda a, b: a | b, "xor": lambda a, b: a ^ b,
 }
 _PY_CMP = {
@@ -179,11 +179,21 @@ class Checker:
         return t
 
     def expr(self, e: ast.Expr) -> ValueType | MultiType:
+        if id(e) in self.t.types:  # a node a rewrite uses twice (the b of a < b < c)
+            return self.t.types[id(e)]
         try:
             t = self._expr(e)
         except FusileError as err:
             raise err.located(e.span, self.t.source) from None
         self.t.types[id(e)] = t
+        return t
+
+    def desugar(self, e: ast.Expr, core: ast.Expr) -> ValueType | MultiType:
+        """Check `core` in place of `e`, a spelling of it (lowering reads core)."""
+        self.t.desugared[id(e)] = core
+        t = self.expr(core)
+        if id(core) in self.t.consts:
+            self.t.consts[id(e)] = self.t.consts[id(core)]
         return t
 
     def _const(self, e: ast.Expr, value: Any) -> ValueType:
@@ -208,8 +218,10 @@ class Checker:
             return self.unary(e)
         if isinstance(e, ast.Compare):
             return self.compare(e)
+        if isinstance(e, ast.IfExp):
+            return self.if_exp(e)
         if isinstance(e, ast.Call):
-            return self.call(e)
+            return calls.call(self, e)
         if isinstance(e, ast.Subscript):
             return views.subscript(self, e)
         if isinstance(e, ast.Attribute):
@@ -248,8 +260,8 @@ class Checker:
         if e.op == "matmul":
             return self.builtin_call(e, "matmul", [e.left, e.right], {})
         lt, rt = self.value(e.left), self.value(e.right)
-        if e.op in ("mod", "lshift", "rshift"):
-            sym = {"mod": "%", "lshift": "<<", "rshift": ">>"}[e.op]
+        if e.op in ("lshift", "rshift"):
+            sym = {"lshift": "<<", "rshift": ">>"}[e.op]
             raise UnsupportedSyntaxError(f"operator {sym!r} is not supported in fusile", e.span)
         dtype = result_dtype([lt, rt])
         if e.op in _ARITH and dtype == bool_:
@@ -260,7 +272,8 @@ class Checker:
                 f"& | ^ need bool or integer operands, got {lt.dtype} and {rt.dtype}", e.span)
         if e.op == "div" or (e.op == "pow" and not dtype.is_float):
             dtype = dtype if dtype.is_float else f32
-        if e.op == "floordiv" and not dtype.is_float and self.t.consts.get(id(e.right)) == 0:
+        if e.op in ("floordiv", "mod") and not dtype.is_float and \
+                self.t.consts.get(id(e.right)) == 0:
             raise ConstantError("integer division by zero", e.span)
         out = self._broadcast([lt, rt], dtype, e.span)
         self._fold(e, [e.left, e.right], lambda a, b: _PY_BINOP[e.op](a, b))
@@ -276,6 +289,17 @@ class Checker:
               "invert": lambda a: (not a) if isinstance(a, bool) else ~a}[e.op]
         self._fold(e, [e.operand], fn)
         return t
+
+    def if_exp(self, e: ast.IfExp) -> ValueType | MultiType:
+        """`a if c else b` chooses when compiling: c must be a constant (an int or bool
+        parameter, a size known then); per element, where(c, a, b) is the spelling."""
+        self.value(e.cond)
+        if id(e.cond) not in self.t.consts:
+            raise UnsupportedSyntaxError(
+                "the condition of 'a if c else b' must be a constant known when compiling (an "
+                "int or bool parameter); to choose per element write where(c, a, b)",
+                e.cond.span)
+        return self.desugar(e, e.body if self.t.consts[id(e.cond)] else e.orelse)
 
     def compare(self, e: ast.Compare) -> ValueType:
         lt, rt = self.value(e.left), self.value(e.right)
@@ -297,55 +321,10 @@ class Checker:
         return TensorType(dtype, self.t.env.broadcast(shapes, span), weak and dtype != bool_)
 
     # ------------------------------------------------------------------ calls
-    def call(self, e: ast.Call) -> ValueType | MultiType:
-        kwargs = {k.name: k.value for k in e.kwargs}
-        if isinstance(e.func, ast.Name) and e.func.id not in self.scope:
-            if e.func.id in BUILTINS:
-                return self.builtin_call(e, e.func.id, list(e.args), kwargs)
-            found, obj = resolve_global(e.func.id, self.globals)
-        elif isinstance(e.func, ast.Attribute) and not _root_is_global(e.func, self.scope):
-            hint = "; use astype(x, dtype)" if e.func.attr in ("astype", "to", "float",
-                                                              "half") else ""
-            raise UnsupportedSyntaxError(
-                f"methods ('.{e.func.attr}(...)') are not supported{hint}", e.func.span)
-        elif isinstance(e.func, ast.Attribute) and _dotted(e.func) is not None:
-            found, obj = resolve_global(_dotted(e.func) or "", self.globals)
-        else:
-            raise UnsupportedSyntaxError("only builtins and @fused functions can be called",
-                                         e.func.span)
-        if not found:
-            name = _dotted(e.func) or "?"
-            raise UnknownNameError(f"unknown function {name!r}{_suggest(name)}", e.func.span)
-        builtin_name = getattr(obj, "__fusile_builtin__", None)
-        if builtin_name is not None:
-            return self.builtin_call(e, builtin_name, list(e.args), kwargs)
-        if hasattr(obj, "__fusile_funcdef__"):
-            return inline.inline(self, e, obj, kwargs)
-        if getattr(obj, "__module__", None) == "math" and callable(obj) and not kwargs:
-            return self.fold_math(e, obj)
-        raise UnsupportedSyntaxError(
-            f"{_dotted(e.func)!r} is a Python {type(obj).__name__}, not a fusile builtin or an "
-            "@fused function", e.func.span)
-
-    def fold_math(self, e: ast.Call, fn: Any) -> ValueType:
-        """math.sqrt(2.0) and friends on constants are folded when compiling."""
-        values = []
-        for a in e.args:
-            self.value(a)
-            if id(a) not in self.t.consts:
-                raise UnsupportedSyntaxError(
-                    f"{_dotted(e.func)}() runs in Python, so its arguments must be constants; "
-                    "use the fusile builtin of the same name on tensors", a.span)
-            values.append(self.t.consts[id(a)])
-        try:
-            return self._const(e, fn(*values))
-        except (ValueError, TypeError, ArithmeticError) as exc:
-            raise BuiltinCallError(f"{_dotted(e.func)}() failed on constants: {exc}",
-                                   e.span) from None
-
     def builtin_call(self, e: ast.Expr, name: str, args: list[ast.Expr],
                      kwargs: dict[str, ast.Expr]) -> ValueType:
         b = BUILTINS[name]
+        kwargs = spellings.kwargs_alias(kwargs, {p.name for p in b.params}, e.span)
         spans = {k: v.span for k, v in kwargs.items()}
         bound = bind(b, e.span, args, kwargs, spans)
         values: list[ast.Expr] = []
@@ -372,13 +351,6 @@ class Checker:
         self.t.builtins[id(e)] = call
         self.t.builtin_args[id(e)] = values
         return out
-
-
-def _suggest(name: str) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(name.split(".")[-1], list(BUILTINS), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def check(func: ast.FuncDef, source: Source, globals_: dict[str, Any],

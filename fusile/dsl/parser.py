@@ -163,7 +163,10 @@ class _ToAst(Transformer[Token, Any]):
         return [c for c in children if c is not None]
 
     # ------------------------------------------------------------------ expressions
-    ternary = _unsupported("a conditional expression (a if c else b)", "; use where(c, a, b)")
+    def ternary(self, meta: Any, children: list[Any]) -> ast.IfExp:
+        body, cond, orelse = children
+        return ast.IfExp(_span(meta), cond, body, orelse)
+
     lambda_expr = _unsupported("a lambda")
     bool_or = _unsupported("'or'", "; use | on boolean tensors")
     bool_and = _unsupported("'and'", "; use & on boolean tensors")
@@ -171,16 +174,18 @@ class _ToAst(Transformer[Token, Any]):
     star_arg = _unsupported("star-arguments (*args, **kwargs) in a call")
     list_lit = _unsupported("a list literal", "; fusile values are tensors and scalars")
 
-    def compare(self, meta: Any, children: list[Any]) -> ast.Compare:
-        if len(children) != 3:
-            raise UnsupportedSyntaxError(
-                "chained comparison (a < b < c) is not supported; combine two comparisons with &",
-                _span(meta),
-            )
-        left, op, right = children
-        if str(op) == "<>":
-            raise FusileSyntaxError("'<>' is not an operator; use '!='", _tok_span(op))
-        return ast.Compare(_span(meta), str(op), left, right)
+    def compare(self, meta: Any, children: list[Any]) -> ast.Expr:
+        """`a < b < c` is `(a < b) & (b < c)`, elementwise, with b evaluated once (the same
+        node twice: the checker and lowering memoise nodes)."""
+        out: ast.Expr | None = None
+        for i in range(1, len(children), 2):
+            left, op, right = children[i - 1], children[i], children[i + 1]
+            if str(op) == "<>":
+                raise FusileSyntaxError("'<>' is not an operator; use '!='", _tok_span(op))
+            one = ast.Compare(_span(meta), str(op), left, right)
+            out = one if out is None else ast.BinOp(_span(meta), "and_", out, one)
+        assert out is not None
+        return out
 
     def neg(self, meta: Any, children: list[Any]) -> ast.UnaryOp:
         return ast.UnaryOp(_span(meta), "neg", children[0])
@@ -219,7 +224,8 @@ class _ToAst(Transformer[Token, Any]):
         return [c for c in children if c is not None]
 
     def slice(self, meta: Any, children: list[Any]) -> ast.Slice:
-        return ast.Slice(_span(meta), all(c is None for c in children))
+        lower, upper, step = [*children, None, None, None][:3]
+        return ast.Slice(_span(meta), lower, upper, step)
 
     def ellipsis(self, meta: Any, children: list[Any]) -> ast.EllipsisLit:
         return ast.EllipsisLit(_span(meta))

@@ -31,7 +31,18 @@ def root_is_global(e: ast.Expr, scope: dict[str, Binding]) -> bool:
 
 
 
-def subscript(ck: Checker, e: ast.Subscript) -> ValueType:
+def _is_shape(e: ast.Expr, ck: Checker) -> bool:
+    return isinstance(e, ast.Attribute) and e.attr == "shape" and not (
+        dotted(e) and root_is_global(e, ck.scope))
+
+
+def subscript(ck: Checker, e: ast.Subscript) -> ValueType | tuple[ValueType, ...]:
+    if _is_shape(e.value, ck):  # x.shape[i] is size(x, i)
+        assert isinstance(e.value, ast.Attribute)
+        if len(e.items) != 1 or isinstance(e.items[0], ast.Slice | ast.EllipsisLit):
+            raise UnsupportedSyntaxError("x.shape takes one axis here, x.shape[i]", e.span)
+        x = e.value.value
+        return ck.desugar(e, ast.Call(e.span, ast.Name(e.span, "size"), (x, e.items[0]), ()))
     t = ck.value(e.value)
     if not isinstance(t, TensorType):
         raise RankError("only tensors can be indexed", e.value.span)
@@ -69,8 +80,17 @@ def subscript(ck: Checker, e: ast.Subscript) -> ValueType:
     return TensorType(t.dtype, tuple(1 if d is None else t.shape[d] for d in dims))
 
 
-def attribute(ck: Checker, e: ast.Attribute) -> ValueType:
-    if e.attr == "T" and not (dotted(e) and root_is_global(e, ck.scope)):
+def attribute(ck: Checker, e: ast.Attribute) -> ValueType | tuple[ValueType, ...]:
+    local = not (dotted(e) and root_is_global(e, ck.scope))
+    if local and e.attr == "ndim":
+        t = ck.value(e.value)
+        return ck.desugar(e, ast.Num(e.span, t.rank if isinstance(t, TensorType) else 0))
+    if local and e.attr in ("shape", "dtype"):
+        what = ("a tuple, which fusile has no value for: index it, x.shape[-1], or write "
+                "x.size(-1)" if e.attr == "shape" else
+                "a dtype, not a value: use it in astype(y, x.dtype) or y.to(x.dtype)")
+        raise UnsupportedSyntaxError(f"x.{e.attr} is {what}", e.span)
+    if e.attr in ("T", "mT") and local:
         t = ck.value(e.value)
         if not isinstance(t, TensorType) or t.rank < 2:
             raise RankError(".T needs a tensor of rank 2 or more", e.span)

@@ -67,7 +67,12 @@ def binary_scalar(op: str, a: ir.Value, b: ir.Value, d: DType) -> ir.Value:
                 "pow": mmath.PowFOp}
         if op == "floordiv":
             return mmath.FloorOp(arith.DivFOp(a, b).result).result
+        if op == "mod":  # torch.remainder: a - floor(a / b) * b, the sign of b
+            q = mmath.FloorOp(arith.DivFOp(a, b).result).result
+            return arith.SubFOp(a, arith.MulFOp(q, b).result).result
         return fops[op](a, b).result
+    if op == "mod":
+        return arith.SubIOp(a, arith.MulIOp(arith.FloorDivSIOp(a, b).result, b).result).result
     iops = {"add": arith.AddIOp, "sub": arith.SubIOp, "mul": arith.MulIOp,
             "floordiv": arith.FloorDivSIOp, "maximum": arith.MaxSIOp, "minimum": arith.MinSIOp,
             "and_": arith.AndIOp, "or_": arith.OrIOp, "xor": arith.XOrIOp}

@@ -41,6 +41,7 @@ class Lowerer:
         self.t = typed
         self.em = em
         self.scope = scope
+        self.memo: dict[int, Value] = {}  # nodes a rewrite uses twice are lowered once
 
     def loc(self, node: ast.Node) -> ir.Location:
         src = self.t.source
@@ -72,9 +73,12 @@ class Lowerer:
         return [self.expr(e)]
 
     def expr(self, e: ast.Expr) -> Value:
+        if id(e) in self.memo:
+            return self.memo[id(e)]
         with self.loc(e):
             try:
-                return self._expr(e)
+                self.memo[id(e)] = out = self._expr(e)
+                return out
             except FusileError:
                 raise
             except Exception as exc:  # an internal failure: report it at the user's line
@@ -91,6 +95,8 @@ class Lowerer:
                 raise ConstantError(f"the integer {shown} does not fit int64", e.span,
                                     self.t.source)
             return const_sv(value, t.dtype)
+        if id(e) in self.t.desugared:
+            return self.expr(self.t.desugared[id(e)])
         if isinstance(e, ast.Name):
             return self.scope[e.id]
         if isinstance(e, ast.Call) and id(e) in self.t.inlined:

@@ -1,0 +1,175 @@
+"""torch spellings in @fused bodies: each function below is ordinary torch code, so the oracle
+is the same function run by torch itself in float64 (through `__wrapped__`), sharing nothing
+with fusile's lowering."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fusile
+from fusile import fused
+from fusile.dsl import errors as E
+from tests.numerics import assert_close
+
+
+@fused
+def reductions(x):
+    return (x.sum(dim=-1, keepdim=True) * x.mean(-1, keepdim=True) + torch.sum(x, -1, True)
+            - x.amax(dim=-1, keepdim=True) + x.amin(-1, keepdim=True)
+            + torch.amax(x, dim=0))
+
+
+@fused
+def unary(x):
+    return (torch.exp(x) - x.exp() * 0.5 + F.softmax(x, dim=-1) + torch.log_softmax(x, -1)
+            + x.sigmoid() + torch.tanh(x).abs() + x.abs().sqrt() + x.pow(2) + torch.pow(x, 3)
+            + x.logsumexp(-1, keepdim=True) + torch.rsqrt(x * x + 1.0))
+
+
+@fused
+def extremes(x, y):
+    return (torch.max(x) + x.max() - x.min() + torch.maximum(x, y) + torch.min(x, y)
+            + x.maximum(y))
+
+
+@fused
+def variances(x):
+    return (x.var(dim=-1, keepdim=True) + x.std(-1, unbiased=False, keepdim=True)
+            + torch.var(x, dim=-1, correction=0, keepdim=True) + x.var(0))
+
+
+@fused
+def casts(x):
+    return ((x.float() * 2.0).to(x.dtype) + x.to(torch.float32).to(torch.bfloat16).float()
+            + x.double().type(torch.float32) + x.half().float())
+
+
+@fused
+def sizes(x):
+    return x * x.shape[-1] + x.size(0) - x.size(dim=1) + x.ndim + x.dim() + x.shape[0] // 2
+
+
+@fused
+def clamps(x):
+    return (torch.clamp(x, -0.5, 0.5) + x.clamp(min=0.1) + x.clip(max=0.2)
+            + torch.clip(x, -1, 1) + x.clamp(-0.3, None))
+
+
+@fused
+def remainders(x):
+    return x % 0.7 + torch.remainder(x, -0.3) + x.remainder(2.0) + x % (x.abs() + 0.5)
+
+
+@fused
+def activations(x):
+    return (F.relu(x) + F.silu(x) + F.gelu(x) + F.gelu(x, approximate="tanh")
+            + torch.square(x) + torch.sigmoid(x) + torch.nn.functional.relu(-x))
+
+
+@fused
+def views(x, w):
+    return x.unsqueeze(-1) * x.unsqueeze(1) + w
+
+
+@fused
+def matmuls(a, b):
+    return a.t() @ b + torch.matmul(a.t(), b) + a.T.matmul(b)
+
+
+@fused
+def choose(x, flip: bool = False):
+    return -x if flip else x * 2.0
+
+
+@fused
+def wheres(x, y):
+    return x.where(x > 0, y) + torch.where(x < y, x, y)
+
+
+@fused
+def arith(x, y):
+    return x.add(y) - torch.sub(x, y) + x.mul(y).div(2.0) + torch.neg(x) + x.true_divide(3.0)
+
+
+CASES = {  # name: (function, shapes of its tensor arguments)
+    "reductions": (reductions, [(5, 37)]),
+    "unary": (unary, [(5, 37)]),
+    "extremes": (extremes, [(5, 37), (5, 37)]),
+    "variances": (variances, [(5, 37)]),
+    "casts": (casts, [(5, 37)]),
+    "sizes": (sizes, [(5, 37)]),
+    "clamps": (clamps, [(5, 37)]),
+    "remainders": (remainders, [(5, 37)]),
+    "activations": (activations, [(5, 37)]),
+    "views": (views, [(5, 37), (37,)]),
+    "matmuls": (matmuls, [(37, 5), (37, 6)]),
+    "wheres": (wheres, [(5, 37), (5, 37)]),
+    "arith": (arith, [(5, 37), (5, 37)]),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_torch_spellings_match_torch(name: str, dtype: torch.dtype) -> None:
+    fn, shapes = CASES[name]
+    g = torch.Generator().manual_seed(hash(name) % 2**31)
+    args = [torch.randn(s, generator=g).to(dtype) for s in shapes]
+    out = fn(*args)
+    assert out.dtype == fn.__wrapped__(*args).dtype  # torch's promotion
+    # casts rounds through bf16 on purpose, and the Triton interpreter rounds f32 -> bf16
+    # toward zero (GPUs round to nearest even): agreement to bf16's tolerance is what it can do
+    assert_close(out, fn.__wrapped__(*[a.double() for a in args]),
+                 torch.bfloat16 if name == "casts" else out.dtype)
+
+
+def test_integer_remainder_follows_the_divisor_sign() -> None:
+    i = torch.randint(-50, 50, (7, 9), dtype=torch.int64)
+
+    @fused
+    def f(i):
+        return i % 3 + i % -4 + torch.remainder(i, 7) * 100
+
+    out = f(i)
+    assert out.dtype == torch.int64 and torch.equal(out, f.__wrapped__(i))
+
+
+def test_ternary_picks_a_branch_when_compiling() -> None:
+    x = torch.randn(4, 9)
+    assert torch.equal(choose(x), x * 2.0)
+    assert torch.equal(choose(x, flip=True), -x)
+    ops = {op.name for n in choose.compiled(x, flip=True).fused_graph.nodes
+           for op in getattr(n, "body", [])}
+    assert "arith.negf" in ops and "arith.mulf" not in ops  # only -x was lowered
+
+
+def test_chained_comparison_is_elementwise_and() -> None:
+    x = torch.randn(6, 33)
+
+    @fused
+    def f(x):
+        return torch.where(-0.5 < x <= 0.5, x, 0.0)
+
+    assert torch.equal(f(x), torch.where((x > -0.5) & (x <= 0.5), x, torch.zeros(())))
+
+
+BAD = [
+    ("x.max(dim=-1)", E.UnsupportedSyntaxError, "returns (values, indices)"),
+    ("x.frobnicate()", E.UnsupportedSyntaxError, "fusile has no method '.frobnicate()'"),
+    ("torch.fmod(x, 2.0)", E.UnsupportedSyntaxError, "torch's fmod() has no fusile"),
+    ("x.exp_()", E.UnsupportedSyntaxError, "in-place methods"),
+    ("x.sum(dim=-1, axis=-1)", E.BuiltinCallError, "both dim= and axis="),
+    ("x.std(unbiased=2)", E.BuiltinCallError, "unbiased= must be True or False"),
+    ("x.unsqueeze(5)", E.BuiltinCallError, "dim must be an integer constant in [-3, 2]"),
+    ("F.gelu(x, approximate='fast')", E.BuiltinCallError, "approximate must be 'none' or"),
+]
+
+
+@pytest.mark.parametrize("line,cls,text", BAD, ids=[b[0] for b in BAD])
+def test_spellings_fusile_refuses_say_what_to_write(line: str, cls: type, text: str) -> None:
+    src = f"def f(x):\n    return {line}\n"
+    fn = fusile.from_source(src, globals_={"torch": torch, "F": F}, filename="prog.py")
+    with pytest.raises(cls) as info:
+        fn(torch.randn(3, 4))
+    assert text in str(info.value) and "prog.py:2:" in str(info.value)
