@@ -11,7 +11,8 @@ from fusile.dsl import ast
 from fusile.dsl.check import Binding, Typed, check
 from fusile.dsl.errors import Source
 from fusile.dsl.signature import SizeCheck, nonempty_checks, size_checks
-from fusile.dsl.types import ShapeEnv
+from fusile.dsl.slicing import derived_spec, torch_index
+from fusile.dsl.types import ShapeEnv, TensorSpec
 from fusile.lowering.graph import Graph, read_graph
 from fusile.lowering.pipeline import Stages, run_pipeline
 from fusile.lowering.to_mlir import to_mlir
@@ -29,6 +30,32 @@ class Compiled:
     nonempty: list[tuple[Any, Any, Source, str]]  # dims max/min reduce over (signature.py)
     runtime_params: list[int]  # parameters passed at run time (tensors and float scalars)
     programs: dict[str, Any] = field(default_factory=dict)  # target name -> launchable program
+
+    @property
+    def derived(self) -> list[tuple[int, tuple]]:
+        """(parameter, torch index) of each sliced parameter: extra arguments, after the
+        runtime parameters, that are views of the caller's tensors (slicing.py)."""
+        return [(p, torch_index(ops)) for p, ops in self.typed.derived]
+
+    @property
+    def arg_names(self) -> list[str]:
+        """A name per argument of the lowered function (kernel argument names)."""
+        params = self.typed.func.params
+        return [params[i].name for i in self.runtime_params] + [
+            f"{params[p].name}_v{k}" for k, (p, _) in enumerate(self.typed.derived)]
+
+    @property
+    def arg_types(self) -> list[Any]:
+        return [self.typed.param_types[i] for i in self.runtime_params] + [
+            t for _, t in self.typed.derived.values()]
+
+    def runtime_args(self, values: list[Any]) -> list[Any]:
+        """The lowered function's arguments for a call's parameter values."""
+        out = [values[i] for i in self.runtime_params]
+        for p, index in self.derived:
+            v = values[p]
+            out.append(derived_spec(v, index) if isinstance(v, TensorSpec) else v[index])
+        return out
 
     def artifact(self, kind: str) -> Any:
         table = {"ast": lambda: ast.dump(self.typed.func), "mlir": lambda: self.stages.mlir,

@@ -61,6 +61,10 @@ class Typed:
     views: dict[int, tuple[int | None, ...]] = field(default_factory=dict)
     # a spelling rewritten into the core form lowering knows (x.sum(dim=1) -> sum(x, axis=1))
     desugared: dict[int, ast.Expr] = field(default_factory=dict)
+    # a Name node of a local -> the expression it was assigned (None: one of several values)
+    local_defs: dict[int, ast.Expr | None] = field(default_factory=dict)
+    # (parameter, per-axis slice ops) -> (name, type): views made at call time (slicing.py)
+    derived: dict[tuple, tuple[str, TensorType]] = field(default_factory=dict)
     results: list[ast.Expr] = field(default_factory=list)
     result_types: list[TensorType] = field(default_factory=list)
 
@@ -104,6 +108,7 @@ class Checker:
         self.t = typed
         self.globals = globals_
         self.scope: dict[str, Binding] = {}
+        self.defs: dict[str, ast.Expr | None] = {}  # each local's defining expression
         self.depth = depth
 
     # ------------------------------------------------------------------ statements
@@ -148,10 +153,9 @@ class Checker:
         for name, sp, b in zip(stmt.targets, stmt.target_spans, types, strict=True):
             if name in BUILTINS:
                 raise UnsupportedSyntaxError(f"cannot assign to builtin name {name!r}", sp)
-
-            if name in BUILTINS:
-                raise UnsupportedSyntaxError(f"cannot assign to builtin name {name!r}", sp)
             self.scope[name] = b
+            self.defs[name] = value.items[stmt.targets.index(name)] if isinstance(
+                value, ast.TupleExpr) else value if len(stmt.targets) == 1 else None
 
     def ret(self, stmt: ast.Return) -> None:
         for v in stmt.values:
@@ -234,6 +238,8 @@ class Checker:
     def name(self, e: ast.Name) -> ValueType | MultiType:
         b = self.scope.get(e.id)
         if b is not None:
+            if e.id in self.defs:
+                self.t.local_defs[id(e)] = self.defs[e.id]
             if b.is_const:
                 self.t.consts[id(e)] = b.const
             return b.type
@@ -339,6 +345,10 @@ class Checker:
         types = [self.value(v) for v in values]
         call = BoundCall(name, e.span, types, [v.span for v in values], options)
         out = b.infer(call, self.t.env)
+        if name == "size" and isinstance(types[0], TensorType):
+            d = self.t.env.find(types[0].shape[call.axes[0]])
+            if isinstance(d, int):  # a fixed size is a constant (slice bounds read it)
+                self.t.consts[id(e)] = d
         if b.nonempty:  # max/min: no identity to return for an empty axis (torch raises)
             x = types[0]
             assert isinstance(x, TensorType)

@@ -22,9 +22,11 @@ from fusile.dsl.signature import (
     check_sizes,
     describe_arg,
     parse_annotation,
+    static_sizes,
 )
+from fusile.dsl.slicing import NeedStatic
 from fusile.dsl.torch_op import TorchOp, op_name, traced
-from fusile.dsl.types import ShapeEnv
+from fusile.dsl.types import ShapeEnv, TensorType
 
 # One compile at a time, process-wide: compiling is a one-time cost per signature, and it
 # keeps first calls from several threads from building the same program twice.
@@ -45,8 +47,10 @@ class FusedFunction:
         self._func: ast.FuncDef | None = None
         self._annotations: list[Annotation] | None = None
         self._cache: dict[tuple, Any] = {}
+        # per signature: the (parameter, axis) sizes it is specialised on (slices need them)
+        self._static: dict[tuple, frozenset[tuple[int, int]]] = {}
         # calls seen before, by (dtype, shape, device) of each argument: straight to the runner
-        self._recent: dict[tuple, tuple[Any, list[int], list[Any]]] = {}
+        self._recent: dict[tuple, tuple[Any, list[int], list[Any], list[tuple[int, tuple]]]] = {}
         # what tracers (torch.compile, export) see: one custom op, defined now, outside any trace
         self._torch_op = TorchOp(self, op_name(fn, name or (None if fn else "from_source")))
 
@@ -124,23 +128,40 @@ class FusedFunction:
             except SignatureError as err:  # name the parameter and point at it
                 raise SignatureError(f"parameter {p.name!r}: {err.message}", p.span,
                                      self.__fusile_source__) from None
-        key = cache_key(infos)
+        base = cache_key(infos)
+        static = self._static.get(base, frozenset())
+        key = (base, static_sizes(static, infos, self.params))
         hit = self._cache.get(key)
         if hit is None:
             with _COMPILE_LOCK:  # a first call from several threads compiles once
                 hit = self._cache.get(key)
                 if hit is None:
-                    hit = _guard(lambda: self._compile(infos))
+                    hit = _guard(lambda: self._compile(infos, base))
+                    key = (base, static_sizes(self._static.get(base, frozenset()), infos,
+                                              self.params))
                     self._cache[key] = hit
         return hit, infos
 
-    def _compile(self, infos: list[ArgInfo]) -> Any:
+    def _compile(self, infos: list[ArgInfo], base: tuple) -> Any:
+        """Compile for these arguments; a slice asks for the sizes it needs fixed (NeedStatic)
+        and the signature is compiled again with them, and specialised on them from then."""
         from fusile.compiler import compile_program
 
         func, src = self.__fusile_funcdef__, self.__fusile_source__
-        env = ShapeEnv()
-        params = bindings(func, self._annots(), infos, src, env)
-        return compile_program(func, src, self._globals, params, env)
+        while True:
+            static = self._static.get(base, frozenset())
+            env = ShapeEnv()
+            params = bindings(func, self._annots(), infos, src, env, static)
+            try:
+                return compile_program(func, src, self._globals, params, env)
+            except NeedStatic as need:
+                more = {(pi, axis) for pi, b in enumerate(params)
+                        if isinstance(b.type, TensorType)
+                        for axis, d in enumerate(b.type.shape)
+                        if env.find(d) == env.find(need.sym)}
+                if not more or more <= static:
+                    raise AssertionError(f"cannot fix the size {need.sym}") from None
+                self._static[base] = static | more
 
     # ------------------------------------------------------------------ running
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -159,8 +180,11 @@ class FusedFunction:
             key = (_call_key(args), config.get("target"), grad)
             hit = self._recent.get(key)
             if hit is not None:  # same dtypes, shapes and device as an earlier call
-                runner, positions, tail = hit
-                outs = runner([args[i] if i < len(args) else tail[i] for i in positions])
+                runner, positions, tail, derived = hit
+                given = [args[i] if i < len(args) else tail[i] for i in positions]
+                given += [args[p][index] if p < len(args) else tail[p][index]
+                          for p, index in derived]
+                outs = runner(given)
                 return outs[0] if len(outs) == 1 else tuple(outs)
         values = self._bind_args(args, kwargs)
         if check_grad and grad and any(getattr(v, "requires_grad", False) for v in values):
@@ -177,7 +201,7 @@ class FusedFunction:
         shapes = {i: tuple(v.shape) for i, v in enumerate(values) if hasattr(v, "shape")}
         sizes = check_sizes(compiled.checks, shapes, self.params, self.__fusile_source__)
         check_nonempty(compiled.nonempty, sizes)
-        runtime = [values[i] for i in compiled.runtime_params]
+        runtime = compiled.runtime_args(values)
         outs = run.run(compiled, runtime)
         runner = run.runner(compiled, runtime)
         if key is not None and runner is not None:
@@ -185,7 +209,7 @@ class FusedFunction:
                 self._recent.clear()
             # keep only the defaults of parameters the call left out, never its tensors
             defaults = [None] * len(args) + values[len(args):]
-            self._recent[key] = (runner, compiled.runtime_params, defaults)
+            self._recent[key] = (runner, compiled.runtime_params, defaults, compiled.derived)
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     def _result_specs(self, args: list[Any], kwargs: dict[str, Any]) -> list[tuple[list, Any]]:
@@ -222,9 +246,9 @@ class FusedFunction:
         values = self._bind_args(args, kwargs)
         compiled, _ = self._lookup(values)
         graph = compiled.fused_graph
-        params = [self.params[i] for i in compiled.runtime_params]
-        shapes = [tuple(values[i].shape) if hasattr(values[i], "shape") else None
-                  for i in compiled.runtime_params]
+        params = compiled.arg_names
+        shapes = [tuple(v.shape) if hasattr(v, "shape") else None
+                  for v in compiled.runtime_args(values)]
         return plan_report(partition(graph), compiled.reference_graph, shapes,
                            tensor_names(graph, params))
 
@@ -245,11 +269,11 @@ class FusedFunction:
         t = targets.get(target) if target != "auto" else None
         values = self._bind_args(args, kwargs)
         compiled, _ = self._lookup(values)
-        shapes = [concrete_shape(values[i], sizes or {}) for i in compiled.runtime_params]
+        shapes = [concrete_shape(v, sizes or {}) for v in compiled.runtime_args(values)]
         graph = compiled.fused_graph
-        names = tensor_names(graph, [self.params[i] for i in compiled.runtime_params])
+        names = tensor_names(graph, compiled.arg_names)
         report = plan_report(partition(graph), compiled.reference_graph, shapes, names)
-        runtime = [values[i] for i in compiled.runtime_params]
+        runtime = compiled.runtime_args(values)
         device = next((v.device for v in runtime if isinstance(v, torch.Tensor)), None)
         if t is None:
             t = targets.for_device(device or "cpu")
@@ -285,7 +309,7 @@ class FusedFunction:
             from fusile.lowering.partition import partition
 
             graph = compiled.fused_graph
-            names = tensor_names(graph, [self.params[i] for i in compiled.runtime_params])
+            names = tensor_names(graph, compiled.arg_names)
             return generate(partition(graph), "gpu", names)[0]
         return TritonProgram(compiled, t).source
 
@@ -309,7 +333,7 @@ class FusedFunction:
         compiled, _ = self._lookup(values)
         from fusile.backends import run
 
-        outs = run.run_reference(compiled, [values[i] for i in compiled.runtime_params])
+        outs = run.run_reference(compiled, compiled.runtime_args(values))
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     def __repr__(self) -> str:

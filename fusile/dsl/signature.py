@@ -156,16 +156,38 @@ def cache_key(infos: list[ArgInfo]) -> tuple:
     return tuple(key)
 
 
+def static_sizes(static: frozenset[tuple[int, int]], infos: list[ArgInfo],
+                 names: list[str]) -> tuple:
+    """The sizes a signature is specialised on (sliced axes), for its cache key."""
+    out = []
+    for p, axis in sorted(static):
+        a = infos[p]
+        d = a.shape[axis] if a.kind == "tensor" else a.value.dims[axis]
+        if not isinstance(d, int):
+            raise SignatureError(f"{names[p]} is sliced along axis {axis}, so its size there "
+                                 f"is needed when compiling: give an int, not {d!r}")
+        out.append((p, axis, d))
+    return tuple(out)
+
+
 def bindings(func: ast.FuncDef, annotations: list[Annotation], infos: list[ArgInfo],
-             source: Source, env: ShapeEnv) -> list[Binding]:
-    """Parameter bindings for the checker, from what the caller passed."""
+             source: Source, env: ShapeEnv,
+             static: frozenset[tuple[int, int]] = frozenset()) -> list[Binding]:
+    """Parameter bindings for the checker, from what the caller passed; the (parameter,
+    axis) pairs in `static` get their size as a fixed dim."""
     out: list[Binding] = []
-    for p, ann, a in zip(func.params, annotations, infos, strict=True):
+    for pi, (p, ann, a) in enumerate(zip(func.params, annotations, infos, strict=True)):
         if ann.kind in ("float", "int", "bool") and a.kind in ("tensor", "spec"):
             raise SignatureError(f"parameter {p.name!r} is annotated {ann.kind} but got a tensor",
                                  p.span, source)
         if a.kind in ("tensor", "spec"):
-            out.append(Binding(_tensor_type(p, ann, a, source)))
+            t = _tensor_type(p, ann, a, source)
+            fixed = {axis for q, axis in static if q == pi}
+            if fixed:
+                sizes = a.shape if a.kind == "tensor" else a.value.dims
+                t = TensorType(t.dtype, tuple(sizes[i] if i in fixed and isinstance(sizes[i], int)
+                                              else d for i, d in enumerate(t.shape)), t.weak)
+            out.append(Binding(t))
         elif a.kind == "float":
             if ann.kind in ("int", "bool"):
                 raise SignatureError(f"parameter {p.name!r} is annotated {ann.kind} but got "

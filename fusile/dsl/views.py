@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fusile.dsl import ast
+from fusile.dsl import ast, slicing
 from fusile.dsl.errors import RankError, UnsupportedSyntaxError
 from fusile.dsl.resolve import resolve_global
 from fusile.dsl.types import TensorType, ValueType
@@ -43,6 +43,8 @@ def subscript(ck: Checker, e: ast.Subscript) -> ValueType | tuple[ValueType, ...
             raise UnsupportedSyntaxError("x.shape takes one axis here, x.shape[i]", e.span)
         x = e.value.value
         return ck.desugar(e, ast.Call(e.span, ast.Name(e.span, "size"), (x, e.items[0]), ()))
+    if not slicing.is_plain(e.items):
+        return slicing.subscript(ck, e)
     t = ck.value(e.value)
     if not isinstance(t, TensorType):
         raise RankError("only tensors can be indexed", e.value.span)
@@ -50,16 +52,6 @@ def subscript(ck: Checker, e: ast.Subscript) -> ValueType | tuple[ValueType, ...
     n_ell = sum(isinstance(i, ast.EllipsisLit) for i in items)
     if n_ell > 1:
         raise UnsupportedSyntaxError("at most one '...' in an index", e.span)
-    for i in items:
-        if isinstance(i, ast.Slice) and not i.is_full:
-            raise UnsupportedSyntaxError(
-                "slicing with bounds is not supported; fusile indexing accepts ':', None "
-                "and '...' (to add broadcast dims)", i.span)
-        if not isinstance(i, ast.Slice | ast.EllipsisLit | ast.Const) or (
-                isinstance(i, ast.Const) and i.value is not None):
-            raise UnsupportedSyntaxError(
-                "indexing by position is not supported; fusile indexing accepts ':', None "
-                "and '...' (to add broadcast dims)", i.span)
     n_slices = sum(isinstance(i, ast.Slice) for i in items)
     if n_slices > t.rank:
         raise RankError(f"too many indices for a tensor of rank {t.rank}", e.span)

@@ -241,12 +241,14 @@ def to_mlir(typed: Typed, name: str | None = None) -> ir.Module:
             elif isinstance(t, ScalarType) and not is_const:
                 arg_types.append(mlir_type(t.dtype))
                 runtime.append((i, t))
+        derived = list(typed.derived.values())  # sliced parameters: views made at call time
+        arg_types += [em.storage_type(t.shape, t.dtype) for _, t in derived]
         res_types = [em.storage_type(t.shape, t.dtype) for t in typed.result_types]
         with ir.InsertionPoint(module.body):
             fn = func.FuncOp(name or fdef.name, ir.FunctionType.get(arg_types, res_types))
             em.entry = fn.add_entry_block()
         scope: dict[str, Value] = {}
-        for (i, t), arg in zip(runtime, em.entry.arguments, strict=True):
+        for (i, t), arg in zip(runtime, list(em.entry.arguments)[:len(runtime)], strict=True):
             pname = fdef.params[i].name
             if isinstance(t, TensorType):
                 scope[pname] = LV(arg, t, tuple(range(t.rank)), t.dtype)
@@ -256,6 +258,8 @@ def to_mlir(typed: Typed, name: str | None = None) -> ir.Module:
                         em.add_dim_source(d, arg, axis)
             else:
                 scope[pname] = SV(t.dtype, _scalar_arg(arg, t.dtype))
+        for (dname, t), arg in zip(derived, list(em.entry.arguments)[len(runtime):], strict=True):
+            scope[dname] = LV(arg, t, tuple(range(t.rank)), t.dtype)
         with ir.InsertionPoint(em.entry):
             lo = Lowerer(typed, em, scope)
             results = lo.body()

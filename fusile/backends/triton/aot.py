@@ -137,7 +137,7 @@ def compile_for(compiled: Any, target: Target, sizes: dict[str, int] | None = No
 
     graph = compiled.fused_graph
     plan = partition(graph)
-    params = [compiled.typed.func.params[i].name for i in compiled.runtime_params]
+    params = compiled.arg_names
     names = tensor_names(graph, params)
     source, kernels = generate(plan, "gpu", names, config.get("tf32"))
     module = cache.load_module(source)
@@ -272,8 +272,7 @@ def _class_sizes(compiled: Any, plan: Any, named: dict[str, int]) -> dict[tuple,
             if s is not None:
                 known.setdefault(plan.tensor_class(t, axis), s)
     env = compiled.typed.env
-    for a, i in zip(graph.args, compiled.runtime_params, strict=True):
-        t = compiled.typed.param_types[i]
+    for a, t in zip(graph.args, compiled.arg_types, strict=True):
         for axis, d in enumerate(getattr(t, "shape", ())):
             d = env.find(d)
             name = getattr(d, "name", None)

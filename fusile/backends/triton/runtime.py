@@ -73,7 +73,7 @@ class TritonProgram:
         self.graph = graph
         self.target = target
         self.plan: Plan = partition(graph)
-        params = [compiled.typed.func.params[i].name for i in compiled.runtime_params]
+        params = compiled.arg_names
         self.names = tensor_names(graph, params)
         family = "interpreter" if target.backend == "interpreter" else "gpu"
         self.source, kernels = generate(self.plan, family, self.names, config.get("tf32"))

@@ -1,0 +1,108 @@
+"""Slices and integer indices, against the same functions run by torch in float64 (each body
+below is torch code too: `__wrapped__` is the plain Python function)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fusile import fused
+from tests.numerics import assert_close
+
+
+@fused
+def halves(x):
+    h = x.shape[-1] // 2
+    return x[..., :h] * 2.0 - x[..., h:]
+
+
+@fused
+def rotate(x, cos, sin):
+    """Rotary embedding, the textbook formula: each half from both halves."""
+    h = x.shape[-1] // 2
+    x1, x2 = x[..., :h], x[..., h:]
+    return x1 * cos[:, :h] - x2 * sin[:, :h], x2 * cos[:, h:] + x1 * sin[:, h:]
+
+
+@fused
+def strided(x):
+    return x[1::2, ::3] * 2.0 + x[:-1:2, 1::3]
+
+
+@fused
+def columns(m, w):
+    y = m * w + 1.0
+    return y[:, 0] + y[:, -1], m[..., -2]
+
+
+@fused
+def through_math(x, w, b):
+    y = torch.exp(x * w) + b
+    return y[1:, :, 2:7], (x - b)[:, None, 1:3]
+
+
+@fused
+def up_to(x, k: int):
+    return x[:, :k] + x[:, -k:]
+
+
+CASES = {
+    "halves": (halves, [(3, 5, 38)]),
+    "rotate": (rotate, [(2, 3, 9, 24), (9, 24), (9, 24)]),
+    "strided": (strided, [(9, 15)]),
+    "columns": (columns, [(7, 11), (11,)]),
+    "through_math": (through_math, [(4, 6, 38), (38,), (1, 6, 38)]),
+}
+
+
+def _check(name: str, dtype: torch.dtype, device: str) -> None:
+    fn, shapes = CASES[name]
+    g = torch.Generator().manual_seed(sum(map(ord, name)))
+    args = [torch.randn(s, generator=g).to(dtype).to(device) for s in shapes]
+    outs = fn(*args)
+    refs = fn.__wrapped__(*[a.double() for a in args])
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    refs = refs if isinstance(refs, tuple) else (refs,)
+    assert len(outs) == len(refs)
+    for out, ref in zip(outs, refs, strict=True):
+        assert out.dtype == dtype and out.shape == ref.shape
+        assert_close(out, ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_slices_match_torch(name: str, dtype: torch.dtype) -> None:
+    _check(name, dtype, "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_slices_match_torch_on_the_gpu(name: str, dtype: torch.dtype) -> None:
+    _check(name, dtype, "cuda")
+
+
+def test_int_parameter_bounds() -> None:
+    x = torch.randn(5, 13)
+    for k in (1, 4, 13):
+        assert torch.equal(up_to(x, k), x[:, :k] + x[:, -k:])
+
+
+def test_rope_is_one_kernel_reading_x_once() -> None:
+    x, c, s = torch.randn(2, 3, 9, 24), torch.randn(9, 24), torch.randn(9, 24)
+    report = rotate.plan(x, c, s).to_dict()
+    assert len(report["kernels"]) == 1
+    reads = report["kernels"][0]["reads"]
+    x_bytes = sum(n for name, n in reads.items() if name.startswith("x"))
+    assert x_bytes == x.numel() * x.element_size()  # two halves: x once, no copy
+
+
+def test_a_sliced_axis_is_compiled_per_size_and_other_sizes_are_not() -> None:
+    @fused
+    def f(x):
+        return x[..., 1:] - x[..., :-1]
+
+    for rows, cols in ((3, 10), (7, 10), (3, 17), (5, 17)):
+        x = torch.randn(rows, cols)
+        assert torch.equal(f(x), x[..., 1:] - x[..., :-1])
+    assert len(f._cache) == 2  # one per column count; the row count stays symbolic
