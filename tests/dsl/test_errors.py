@@ -89,6 +89,8 @@ BAD = [
      "'and' is not supported in fusile; use & on boolean tensors\n --> prog.py:2:12\n  |\n2 |     return (x > 0) and (x < 1)\n  |            ^^^^^^^^^^^^^^^^^^^"),
     ('subscript_assign', 'def f(x):\n    x[0] = 1.0\n    return x\n', 'x', E.UnsupportedSyntaxError,
      'assignment into a subscript (x[...] = ...) is not supported in fusile; tensors are immutable, use where()\n --> prog.py:2:5\n  |\n2 |     x[0] = 1.0\n  |     ^^^^'),
+    ('shift', 'def f(x):\n    return astype(x, i32) << 2\n', 'x', E.UnsupportedSyntaxError,
+     "operator '<<' is not supported in fusile\n --> prog.py:2:12\n  |\n2 |     return astype(x, i32) << 2\n  |            ^^^^^^^^^^^^^^^^^^^"),
     ('index_position', 'def f(x):\n    return x[5]\n', 'x', E.AxisError,
      'index 5 is out of range for an axis of size 3\n --> prog.py:2:14\n  |\n2 |     return x[5]\n  |              ^'),
     ('slice_out_of_range', 'def f(x):\n    return x[:, 2:9]\n', 'x', E.AxisError,
