@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +32,7 @@ class Compiled:
     runtime_params: list[int]  # parameters passed at run time (tensors and float scalars)
     programs: dict[str, Any] = field(default_factory=dict)  # target name -> launchable program
 
-    @property
+    @functools.cached_property
     def derived(self) -> list[tuple[int, tuple]]:
         """(parameter, torch index) of each sliced parameter: extra arguments, after the
         runtime parameters, that are views of the caller's tensors (slicing.py)."""

@@ -50,7 +50,7 @@ class FusedFunction:
         # per signature: the (parameter, axis) sizes it is specialised on (slices need them)
         self._static: dict[tuple, frozenset[tuple[int, int]]] = {}
         # calls seen before, by (dtype, shape, device) of each argument: straight to the runner
-        self._recent: dict[tuple, tuple[Any, list[int], list[Any], list[tuple[int, tuple]]]] = {}
+        self._recent: dict[tuple, tuple[Any, Any, list[Any]]] = {}
         # what tracers (torch.compile, export) see: one custom op, defined now, outside any trace
         self._torch_op = TorchOp(self, op_name(fn, name or (None if fn else "from_source")))
 
@@ -162,6 +162,7 @@ class FusedFunction:
                 if not more or more <= static:
                     raise AssertionError(f"cannot fix the size {need.sym}") from None
                 self._static[base] = static | more
+                static_sizes(self._static[base], infos, self.params)  # an int where needed
 
     # ------------------------------------------------------------------ running
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -180,11 +181,9 @@ class FusedFunction:
             key = (_call_key(args), config.get("target"), grad)
             hit = self._recent.get(key)
             if hit is not None:  # same dtypes, shapes and device as an earlier call
-                runner, positions, tail, derived = hit
-                given = [args[i] if i < len(args) else tail[i] for i in positions]
-                given += [args[p][index] if p < len(args) else tail[p][index]
-                          for p, index in derived]
-                outs = runner(given)
+                runner, compiled, tail = hit
+                outs = runner(compiled.runtime_args(
+                    [args[i] if i < len(args) else tail[i] for i in range(len(tail))]))
                 return outs[0] if len(outs) == 1 else tuple(outs)
         values = self._bind_args(args, kwargs)
         if check_grad and grad and any(getattr(v, "requires_grad", False) for v in values):
@@ -209,7 +208,7 @@ class FusedFunction:
                 self._recent.clear()
             # keep only the defaults of parameters the call left out, never its tensors
             defaults = [None] * len(args) + values[len(args):]
-            self._recent[key] = (runner, compiled.runtime_params, defaults, compiled.derived)
+            self._recent[key] = (runner, compiled, defaults)
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     def _result_specs(self, args: list[Any], kwargs: dict[str, Any]) -> list[tuple[list, Any]]:

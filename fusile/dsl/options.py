@@ -10,7 +10,7 @@ from fusile.dsl.errors import AxisError, BuiltinCallError, DTypeError
 from fusile.dsl.resolve import dtype_of, resolve_global
 from fusile.dsl.types import DType, TensorType
 from fusile.dsl.views import dotted as _dotted
-from fusile.dsl.views import root_is_global as _root_is_global
+from fusile.dsl.views import is_local
 
 if TYPE_CHECKING:
     from fusile.dsl.check import Checker
@@ -53,8 +53,8 @@ def dtype_option(ck: Checker, arg: ast.Expr) -> DType:
         if isinstance(t, tuple):
             raise DTypeError("astype(): this name holds several values", arg.span)
         return t.dtype
-    if isinstance(arg, ast.Attribute) and arg.attr == "dtype" and not (
-            _dotted(arg) and _root_is_global(arg, ck.scope)):  # astype(v, x.dtype)
+    if isinstance(arg, ast.Attribute) and arg.attr == "dtype" and is_local(arg, ck.scope):
+        # astype(v, x.dtype)
         return ck.value(arg.value).dtype
     if isinstance(arg, ast.Str) and arg.value == "compute":
         return "compute"  # type: ignore[return-value]  # resolved by astype's rule

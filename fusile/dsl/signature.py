@@ -185,8 +185,8 @@ def bindings(func: ast.FuncDef, annotations: list[Annotation], infos: list[ArgIn
             fixed = {axis for q, axis in static if q == pi}
             if fixed:
                 sizes = a.shape if a.kind == "tensor" else a.value.dims
-                t = TensorType(t.dtype, tuple(sizes[i] if i in fixed and isinstance(sizes[i], int)
-                                              else d for i, d in enumerate(t.shape)), t.weak)
+                t = TensorType(t.dtype, tuple(sizes[i] if i in fixed else d
+                                              for i, d in enumerate(t.shape)), t.weak)
             out.append(Binding(t))
         elif a.kind == "float":
             if ann.kind in ("int", "bool"):

@@ -31,9 +31,13 @@ def root_is_global(e: ast.Expr, scope: dict[str, Binding]) -> bool:
 
 
 
+def is_local(e: ast.Attribute, scope: dict[str, Binding]) -> bool:
+    """Whether `a.b` is an attribute of a value (x.shape), not a dotted global (torch.exp)."""
+    return not (dotted(e) and root_is_global(e, scope))
+
+
 def _is_shape(e: ast.Expr, ck: Checker) -> bool:
-    return isinstance(e, ast.Attribute) and e.attr == "shape" and not (
-        dotted(e) and root_is_global(e, ck.scope))
+    return isinstance(e, ast.Attribute) and e.attr == "shape" and is_local(e, ck.scope)
 
 
 def subscript(ck: Checker, e: ast.Subscript) -> ValueType | tuple[ValueType, ...]:
@@ -73,7 +77,7 @@ def subscript(ck: Checker, e: ast.Subscript) -> ValueType | tuple[ValueType, ...
 
 
 def attribute(ck: Checker, e: ast.Attribute) -> ValueType | tuple[ValueType, ...]:
-    local = not (dotted(e) and root_is_global(e, ck.scope))
+    local = is_local(e, ck.scope)
     if local and e.attr == "ndim":
         t = ck.value(e.value)
         return ck.desugar(e, ast.Num(e.span, t.rank if isinstance(t, TensorType) else 0))

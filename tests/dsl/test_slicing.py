@@ -106,3 +106,12 @@ def test_a_sliced_axis_is_compiled_per_size_and_other_sizes_are_not() -> None:
         x = torch.randn(rows, cols)
         assert torch.equal(f(x), x[..., 1:] - x[..., :-1])
     assert len(f._cache) == 2  # one per column count; the row count stays symbolic
+
+
+def test_aot_slicing_a_symbolic_dim_says_to_give_its_size() -> None:
+    import fusile
+    from fusile import bf16
+
+    f = fusile.from_source("def f(x):\n    return x[..., :2] * 2.0\n", filename="p.py")
+    with pytest.raises(fusile.FusileError, match="sliced along axis 1.*give an int, not 'D'"):
+        f.compile("h100", x=bf16["M", "D"])
