@@ -113,5 +113,5 @@ def test_aot_slicing_a_symbolic_dim_says_to_give_its_size() -> None:
     from fusile import bf16
 
     f = fusile.from_source("def f(x):\n    return x[..., :2] * 2.0\n", filename="p.py")
-    with pytest.raises(fusile.FusileError, match="sliced along axis 1.*give an int, not 'D'"):
+    with pytest.raises(fusile.FusileError, match=r"sliced along axis 1.*give an int, not 'D'"):
         f.compile("h100", x=bf16["M", "D"])
