@@ -94,6 +94,24 @@ def get(name: str) -> Any:
     return knob.parse(raw) if raw not in (None, "") else knob.default()
 
 
+def raw(*names: str) -> tuple:
+    """The knobs as set, unparsed: an override, else the environment's value, else None. A
+    cheap key for what depends on them, read on every fused call (get parses)."""
+    return tuple(_overrides[n] if n in _overrides else _env_get(_ENV_KEYS[n]) for n in names)
+
+
+# os.environ.get encodes the name and decodes the value on every read; on POSIX the mapping
+# keeps its bytes in `_data`, read directly where it exists (a private detail of CPython's
+# os module, unchanged for many releases; anything else takes the public path)
+_ENV_DATA = getattr(os.environ, "_data", None)
+if os.name == "posix" and isinstance(_ENV_DATA, dict):
+    _ENV_KEYS: dict[str, Any] = {n: os.fsencode(k.env) for n, k in KNOBS.items()}
+    _env_get: Callable[[Any], Any] = _ENV_DATA.get
+else:
+    _ENV_KEYS = {n: k.env for n, k in KNOBS.items()}
+    _env_get = os.environ.get
+
+
 def debug_enabled(stage: str) -> bool:
     stages = get("debug")
     return stage in stages or "all" in stages

@@ -49,8 +49,8 @@ class FusedFunction:
         self._cache: dict[tuple, Any] = {}
         # per signature: the (parameter, axis) sizes it is specialised on (slices need them)
         self._static: dict[tuple, frozenset[tuple[int, int]]] = {}
-        # calls seen before, by (dtype, shape, device) of each argument: straight to the runner
-        self._recent: dict[tuple, tuple[Any, Any, list[Any]]] = {}
+        # positional calls seen before, by their layout (backends/dispatch.py)
+        self._fast: dict[tuple, Any] = {}
         # what tracers (torch.compile, export) see: one custom op, defined now, outside any trace
         self._torch_op = TorchOp(self, op_name(fn, name or (None if fn else "from_source")))
 
@@ -171,27 +171,24 @@ class FusedFunction:
         return self._run(args, kwargs)
 
     def _run(self, args: tuple, kwargs: dict[str, Any], check_grad: bool = True) -> Any:
-        import torch
-
-        from fusile.backends import run
+        from fusile.backends import dispatch, run
 
         key = None
-        grad = torch.is_grad_enabled()
-        if not kwargs:
-            key = (_call_key(args), config.get("target"), grad)
-            hit = self._recent.get(key)
-            if hit is not None:  # same dtypes, shapes and device as an earlier call
-                runner, compiled, tail = hit
-                outs = runner(compiled.runtime_args(
-                    [args[i] if i < len(args) else tail[i] for i in range(len(tail))]))
-                return outs[0] if len(outs) == 1 else tuple(outs)
+        if not kwargs:  # a positional call seen before: straight to its launches
+            key = dispatch.call_key(args, check_grad)
+            hit = self._fast.get(key)
+            if hit is not None:
+                return hit(args)
         values = self._bind_args(args, kwargs)
-        if check_grad and grad and any(getattr(v, "requires_grad", False) for v in values):
-            name = self.__fusile_funcdef__.name
-            raise SignatureError(
-                f"{name}() has no backward yet, and an input requires grad: its result would "
-                "carry no gradient. Call it under torch.no_grad() or on detached tensors "
-                "(x.detach()), or use the fusile.stdlib op, which has a backward")
+        if check_grad and any(getattr(v, "requires_grad", False) for v in values):
+            import torch
+
+            if torch.is_grad_enabled():
+                name = self.__fusile_funcdef__.name
+                raise SignatureError(
+                    f"{name}() has no backward yet, and an input requires grad: its result "
+                    "would carry no gradient. Call it under torch.no_grad() or on detached "
+                    "tensors (x.detach()), or use the fusile.stdlib op, which has a backward")
         devices = {str(v.device) for v in values if hasattr(v, "device")}
         if len(devices) > 1:
             raise SignatureError(f"{self.__fusile_funcdef__.name}() got tensors on different "
@@ -202,13 +199,13 @@ class FusedFunction:
         check_nonempty(compiled.nonempty, sizes)
         runtime = compiled.runtime_args(values)
         outs = run.run(compiled, runtime)
-        runner = run.runner(compiled, runtime)
-        if key is not None and runner is not None:
-            if len(self._recent) > 256:
-                self._recent.clear()
+        program = run.runner(compiled, runtime)
+        if key is not None and program is not None:
+            if len(self._fast) > 256:
+                self._fast.clear()
             # keep only the defaults of parameters the call left out, never its tensors
             defaults = [None] * len(args) + values[len(args):]
-            self._recent[key] = (runner, compiled, defaults)
+            self._fast[key] = dispatch.FastCall(compiled, program, defaults)
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     def _result_specs(self, args: list[Any], kwargs: dict[str, Any]) -> list[tuple[list, Any]]:
@@ -345,14 +342,6 @@ _MISSING = object()
 def _def_line(func: ast.FuncDef) -> Span:
     """The `def name(...)` line alone (a FuncDef's span covers its whole body)."""
     return Span(func.span.line, func.span.col, func.span.line, func.span.col + 3)
-
-
-def _call_key(args: tuple) -> tuple:
-    """What decides the compiled program and its size checks: dtype, shape and device of each
-    tensor, the value of each int or bool (constants), only the type of each float."""
-    return tuple((a.dtype, a.shape, a.device) if hasattr(a, "shape") else
-                 (float,) if type(a) is float else (type(a), a) if type(a) in (int, bool) else
-                 (type(a), id(a)) for a in args)  # anything else: describe_arg rejects it
 
 
 def _default_value(p: ast.Param, globals_: dict[str, Any], source: Source) -> Any:

@@ -3,7 +3,6 @@ ops.py for how an op meets PyTorch."""
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from fusile.dsl.errors import SignatureError
@@ -26,7 +25,7 @@ def _unary(name: str, fwd, bwd):
 
     @op.register_fake
     def _(x: Tensor) -> Tensor:
-        return torch.empty_like(x)
+        return x.new_empty(x.shape)
 
     @custom_op(name + "_backward")
     def op_bwd(dy: Tensor, x: Tensor) -> Tensor:
@@ -34,7 +33,7 @@ def _unary(name: str, fwd, bwd):
 
     @op_bwd.register_fake
     def _(dy: Tensor, x: Tensor) -> Tensor:
-        return torch.empty_like(x)
+        return x.new_empty(x.shape)
 
     def setup(ctx, inputs, output):
         ctx.save_for_backward(inputs[0])
@@ -72,7 +71,7 @@ def _gated(name: str, fwd, bwd):
 
     @op.register_fake
     def _(a: Tensor, b: Tensor) -> Tensor:
-        return torch.empty_like(a)
+        return a.new_empty(a.shape)
 
     @custom_op(name + "_backward")
     def op_bwd(dy: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
@@ -81,7 +80,7 @@ def _gated(name: str, fwd, bwd):
 
     @op_bwd.register_fake
     def _(dy: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-        return torch.empty_like(a), torch.empty_like(b)
+        return a.new_empty(a.shape), b.new_empty(b.shape)
 
     def setup(ctx, inputs, output):
         ctx.save_for_backward(*inputs)

@@ -98,7 +98,7 @@ def _attention_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, 
 
 @_attention_backward.register_fake
 def _(do, q, k, v, o, lse, slopes, scale, cap, causal, window, alibi):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup(ctx, inputs, output) -> None:

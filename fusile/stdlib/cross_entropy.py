@@ -44,7 +44,7 @@ def _cross_entropy_bwd(dloss: Tensor, logits: Tensor, target: Tensor, lse: Tenso
 @_cross_entropy_bwd.register_fake
 def _(dloss: Tensor, logits: Tensor, target: Tensor, lse: Tensor, ignore_index: int,
       smoothing: float) -> Tensor:
-    return torch.empty_like(logits)
+    return logits.new_empty(logits.shape)
 
 
 def _ce_setup(ctx, inputs, output):

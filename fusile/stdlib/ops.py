@@ -20,10 +20,13 @@ from fusile.stdlib import kernels as K
 from fusile.stdlib.registry import (
     apply,
     as_rows,
+    as_vector,
     autograd,
     call,
     check_param,
     custom_op,
+    default_eps,
+    like_input,
     norm_shape,
     ones_for,
     same_device,
@@ -41,7 +44,7 @@ def _rowwise(name: str, fwd, bwd):
 
     @op.register_fake
     def _(x: Tensor, dim: int) -> Tensor:
-        return torch.empty_like(x)
+        return x.new_empty(x.shape)
 
     @custom_op(name + "_backward")
     def op_bwd(dy: Tensor, y: Tensor, dim: int) -> Tensor:
@@ -49,7 +52,7 @@ def _rowwise(name: str, fwd, bwd):
 
     @op_bwd.register_fake
     def _(dy: Tensor, y: Tensor, dim: int) -> Tensor:
-        return torch.empty_like(y)
+        return y.new_empty(y.shape)
 
     def setup(ctx, inputs, output):
         ctx.save_for_backward(output)
@@ -90,7 +93,7 @@ def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
 
 @_rms_norm.register_fake
 def _(x: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    return torch.empty_like(x), x.new_empty((x.shape[0], 1), dtype=stat_dtype(x))
+    return x.new_empty(x.shape), x.new_empty((x.shape[0], 1), dtype=stat_dtype(x))
 
 
 @custom_op("rms_norm_backward")
@@ -101,7 +104,7 @@ def _rms_norm_bwd(dy: Tensor, x: Tensor, weight: Tensor, rstd: Tensor) -> tuple[
 
 @_rms_norm_bwd.register_fake
 def _(dy: Tensor, x: Tensor, weight: Tensor, rstd: Tensor) -> tuple[Tensor, Tensor]:
-    return torch.empty_like(x), torch.empty_like(weight)
+    return x.new_empty(x.shape), weight.new_empty(weight.shape)
 
 
 def _rms_setup(ctx, inputs, output):
@@ -121,14 +124,13 @@ autograd(_rms_norm, _rms_grad, _rms_setup)
 def rms_norm(input: Tensor, normalized_shape: int | list[int] | tuple[int, ...],
              weight: Tensor | None = None, eps: float | None = None) -> Tensor:
     """torch.nn.functional.rms_norm, fused; saves only a float32 rstd per row."""
-    shape = norm_shape("rms_norm", input, normalized_shape)
-    same_device("rms_norm", input, weight)
+    shape = norm_shape("rms_norm", input, normalized_shape, weight)
     check_param("rms_norm", weight, input, shape, "weight")
     n = math.prod(shape)
-    eps = torch.finfo(input.dtype).eps if eps is None else eps
-    w = weight.reshape(n) if weight is not None else ones_for(input, n)
+    eps = default_eps(input.dtype) if eps is None else eps
+    w = as_vector(weight, n) if weight is not None else ones_for(input, n)
     y, _ = apply(_rms_norm, as_rows(input, n), w, float(eps))
-    return y.view(input.shape)
+    return like_input(y, input)
 
 
 @custom_op("add_rms_norm")
@@ -140,7 +142,7 @@ def _add_rms_norm(x: Tensor, residual: Tensor, weight: Tensor, eps: float
 
 @_add_rms_norm.register_fake
 def _(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    return (torch.empty_like(x), torch.empty_like(x),
+    return (x.new_empty(x.shape), x.new_empty(x.shape),
             x.new_empty((x.shape[0], 1), dtype=stat_dtype(x)))
 
 
@@ -153,7 +155,7 @@ def _add_rms_norm_bwd(dy: Tensor, dh: Tensor, h: Tensor, weight: Tensor, rstd: T
 
 @_add_rms_norm_bwd.register_fake
 def _(dy: Tensor, dh: Tensor, h: Tensor, weight: Tensor, rstd: Tensor) -> tuple[Tensor, Tensor]:
-    return torch.empty_like(h), torch.empty_like(weight)
+    return h.new_empty(h.shape), weight.new_empty(weight.shape)
 
 
 def _add_rms_setup(ctx, inputs, output):
@@ -175,17 +177,16 @@ def add_rms_norm(input: Tensor, residual: Tensor,
                  weight: Tensor | None = None, eps: float | None = None) -> tuple[Tensor, Tensor]:
     """(rms_norm(input + residual), input + residual) in one pass: the pre-norm block's
     residual add and norm, returning the new residual stream too."""
-    shape = norm_shape("add_rms_norm", input, normalized_shape)
-    same_device("add_rms_norm", input, residual, weight)
+    shape = norm_shape("add_rms_norm", input, normalized_shape, residual, weight)
     if residual.shape != input.shape or residual.dtype != input.dtype:
         raise SignatureError("fusile.stdlib.add_rms_norm: residual must match input's shape "
                              "and dtype")
     check_param("add_rms_norm", weight, input, shape, "weight")
     n = math.prod(shape)
-    eps = torch.finfo(input.dtype).eps if eps is None else eps
-    w = weight.reshape(n) if weight is not None else ones_for(input, n)
+    eps = default_eps(input.dtype) if eps is None else eps
+    w = as_vector(weight, n) if weight is not None else ones_for(input, n)
     y, h, _ = apply(_add_rms_norm, as_rows(input, n), as_rows(residual, n), w, float(eps))
-    return y.view(input.shape), h.view(input.shape)
+    return like_input(y, input), like_input(h, input)
 
 
 @custom_op("layer_norm")
@@ -198,7 +199,7 @@ def _layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float
 @_layer_norm.register_fake
 def _(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     stat = x.new_empty((x.shape[0], 1), dtype=stat_dtype(x))
-    return torch.empty_like(x), stat, torch.empty_like(stat)
+    return x.new_empty(x.shape), stat, stat.new_empty(stat.shape)
 
 
 @custom_op("layer_norm_backward")
@@ -211,7 +212,7 @@ def _layer_norm_bwd(dy: Tensor, x: Tensor, weight: Tensor, mu: Tensor, rstd: Ten
 @_layer_norm_bwd.register_fake
 def _(dy: Tensor, x: Tensor, weight: Tensor, mu: Tensor, rstd: Tensor
       ) -> tuple[Tensor, Tensor, Tensor]:
-    return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(weight)
+    return x.new_empty(x.shape), weight.new_empty(weight.shape), weight.new_empty(weight.shape)
 
 
 def _ln_setup(ctx, inputs, output):
@@ -232,15 +233,14 @@ def layer_norm(input: Tensor, normalized_shape: int | list[int] | tuple[int, ...
                weight: Tensor | None = None, bias: Tensor | None = None,
                eps: float = 1e-5) -> Tensor:
     """torch.nn.functional.layer_norm, fused; saves a float32 mean and rstd per row."""
-    shape = norm_shape("layer_norm", input, normalized_shape)
-    same_device("layer_norm", input, weight, bias)
+    shape = norm_shape("layer_norm", input, normalized_shape, weight, bias)
     check_param("layer_norm", weight, input, shape, "weight")
     check_param("layer_norm", bias, input, shape, "bias")
     n = math.prod(shape)
-    w = weight.reshape(n) if weight is not None else ones_for(input, n)
-    b = bias.reshape(n) if bias is not None else torch.zeros_like(w)
+    w = as_vector(weight, n) if weight is not None else ones_for(input, n)
+    b = as_vector(bias, n) if bias is not None else torch.zeros_like(w)
     y, _, _ = apply(_layer_norm, as_rows(input, n), w, b, float(eps))
-    return y.view(input.shape)
+    return like_input(y, input)
 
 
 @custom_op("add_layer_norm")
@@ -254,7 +254,7 @@ def _add_layer_norm(x: Tensor, residual: Tensor, weight: Tensor, bias: Tensor, e
 def _(x: Tensor, residual: Tensor, weight: Tensor, bias: Tensor, eps: float
       ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     stat = x.new_empty((x.shape[0], 1), dtype=stat_dtype(x))
-    return torch.empty_like(x), torch.empty_like(x), stat, torch.empty_like(stat)
+    return x.new_empty(x.shape), x.new_empty(x.shape), stat, stat.new_empty(stat.shape)
 
 
 @custom_op("add_layer_norm_backward")
@@ -267,7 +267,7 @@ def _add_layer_norm_bwd(dy: Tensor, dh: Tensor, h: Tensor, weight: Tensor, mu: T
 @_add_layer_norm_bwd.register_fake
 def _(dy: Tensor, dh: Tensor, h: Tensor, weight: Tensor, mu: Tensor, rstd: Tensor
       ) -> tuple[Tensor, Tensor, Tensor]:
-    return torch.empty_like(h), torch.empty_like(weight), torch.empty_like(weight)
+    return h.new_empty(h.shape), weight.new_empty(weight.shape), weight.new_empty(weight.shape)
 
 
 def _add_ln_setup(ctx, inputs, output):
@@ -289,15 +289,14 @@ def add_layer_norm(input: Tensor, residual: Tensor,
                    weight: Tensor | None = None, bias: Tensor | None = None,
                    eps: float = 1e-5) -> tuple[Tensor, Tensor]:
     """(layer_norm(input + residual), input + residual) in one pass."""
-    shape = norm_shape("add_layer_norm", input, normalized_shape)
-    same_device("add_layer_norm", input, residual, weight, bias)
+    shape = norm_shape("add_layer_norm", input, normalized_shape, residual, weight, bias)
     if residual.shape != input.shape or residual.dtype != input.dtype:
         raise SignatureError("fusile.stdlib.add_layer_norm: residual must match input's shape "
                              "and dtype")
     check_param("add_layer_norm", weight, input, shape, "weight")
     check_param("add_layer_norm", bias, input, shape, "bias")
     n = math.prod(shape)
-    w = weight.reshape(n) if weight is not None else ones_for(input, n)
-    b = bias.reshape(n) if bias is not None else torch.zeros_like(w)
+    w = as_vector(weight, n) if weight is not None else ones_for(input, n)
+    b = as_vector(bias, n) if bias is not None else torch.zeros_like(w)
     y, h, _, _ = apply(_add_layer_norm, as_rows(input, n), as_rows(residual, n), w, b, float(eps))
-    return y.view(input.shape), h.view(input.shape)
+    return like_input(y, input), like_input(h, input)

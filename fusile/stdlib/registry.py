@@ -3,6 +3,8 @@ autograd for both, and the argument checks every op shares."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -10,7 +12,7 @@ from fusile.dsl.errors import SignatureError
 from fusile.dsl.torch_op import traced as _traced
 
 Op = "fusile::"
-_RAW: dict[str, object] = {}  # op name -> the plain Python implementation
+OPS: dict[str, Any] = {}  # op name -> the registered op (its plain implementation: _fusile_raw)
 
 
 def custom_op(name: str):
@@ -18,9 +20,9 @@ def custom_op(name: str):
     directly (torch.library's dispatch costs tens of microseconds a call, as much as a small
     kernel), torch.compile sees the registered op."""
     def wrap(fn):
-        _RAW[name] = fn
         op = torch.library.custom_op(Op + name, mutates_args=())(fn)
         op._fusile_raw = fn  # type: ignore[attr-defined]
+        OPS[name] = op
         return op
 
     return wrap
@@ -60,10 +62,24 @@ def apply(op, *args):
     over the raw kernels in eager mode, or the raw kernel alone when nothing needs a grad."""
     if _traced(args):
         return op(*args)
-    if not (torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad
-                                            for a in args)):
-        return op._fusile_raw(*args)
-    return _Eager.apply(op, *args)
+    if _grad_enabled():
+        for a in args:
+            if isinstance(a, Tensor) and a.requires_grad:
+                if _c_apply is not None and not _functorch_active():
+                    return _c_apply(op, *args)
+                return _Eager.apply(op, *args)
+    return op._fusile_raw(*args)
+
+
+_grad_enabled = torch.is_grad_enabled
+# autograd.Function.apply is a Python wrapper (argument binding, functorch unwrapping) around
+# the C++ apply; with no functorch transform active the wrapper adds only its own cost, a few
+# microseconds a call, so eager calls go to the C++ apply directly where torch has it
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)
+try:
+    _c_apply = torch._C._FunctionBase.__dict__["apply"].__get__(None, _Eager)
+except (AttributeError, KeyError, TypeError):  # another torch: the public path
+    _c_apply = None
 
 
 def autograd(op, grad, setup) -> None:
@@ -76,19 +92,22 @@ def autograd(op, grad, setup) -> None:
 def same_device(name: str, *tensors: Tensor | None) -> None:
     """Every argument that should be a tensor is one (or None where optional), all on one
     device, all floating point."""
+    device = None
     for t in tensors:
-        if t is not None and not isinstance(t, Tensor):
+        if t is None:
+            continue
+        if not isinstance(t, Tensor):
             raise SignatureError(f"fusile.stdlib.{name}: expected a torch.Tensor, got "
                                  f"{type(t).__name__} ({t!r:.40})")
-    ts = [t for t in tensors if t is not None]
-    devices = {t.device for t in ts}
-    if len(devices) > 1:
-        raise SignatureError(f"fusile.stdlib.{name}: tensors are on different devices "
-                             f"({', '.join(sorted(str(d) for d in devices))})")
-    for t in ts:
         if not t.dtype.is_floating_point:
             raise SignatureError(f"fusile.stdlib.{name}: expected floating-point tensors, got "
                                  f"{t.dtype}")
+        if device is None:
+            device = t.device
+        elif t.device != device:
+            devices = {u.device for u in tensors if isinstance(u, Tensor)}
+            raise SignatureError(f"fusile.stdlib.{name}: tensors are on different devices "
+                                 f"({', '.join(sorted(str(d) for d in devices))})")
 
 
 def check_param(name: str, p: Tensor | None, x: Tensor, shape: tuple[int, ...], what: str) -> None:
@@ -102,21 +121,44 @@ def check_param(name: str, p: Tensor | None, x: Tensor, shape: tuple[int, ...], 
                              f"{x.dtype}; cast one of them")
 
 
-def norm_shape(name: str, x: Tensor, normalized_shape: int | list[int] | tuple[int, ...]
-                ) -> tuple[int, ...]:
-    same_device(name, x)
-    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+def norm_shape(name: str, x: Tensor, normalized_shape: int | list[int] | tuple[int, ...],
+               *params: Tensor | None) -> tuple[int, ...]:
+    """normalized_shape as a tuple, checked against x; x and the params checked as tensors."""
+    same_device(name, x, *params)
+    shape = ((normalized_shape,) if isinstance(normalized_shape, int) else
+             tuple(normalized_shape))
     if not shape or 0 in shape:
         raise SignatureError(f"fusile.stdlib.{name}: normalized_shape must name at least one "
                              f"dim, none of size 0, got {shape}")
-    if tuple(x.shape[len(x.shape) - len(shape):]) != shape or len(shape) > x.dim():
+    xs = x.shape
+    if len(shape) > len(xs) or tuple(xs[len(xs) - len(shape):]) != shape:
         raise SignatureError(f"fusile.stdlib.{name}: input of shape {tuple(x.shape)} does not "
                              f"end with normalized_shape {shape}")
     return shape
 
 
 def as_rows(x: Tensor, n: int) -> Tensor:
-    return x.reshape(-1, n)
+    """x as (rows, n): itself when it already is (a reshape costs a microsecond a call)."""
+    return x if x.dim() == 2 and x.shape[1] == n else x.reshape(-1, n)
+
+
+def as_vector(p: Tensor, n: int) -> Tensor:
+    return p if p.dim() == 1 else p.reshape(n)
+
+
+def like_input(y: Tensor, x: Tensor) -> Tensor:
+    """A rows result in the input's shape."""
+    return y if y.shape == x.shape else y.view(x.shape)
+
+
+def default_eps(dtype: torch.dtype) -> float:
+    eps = _EPS.get(dtype)
+    if eps is None:
+        eps = _EPS[dtype] = torch.finfo(dtype).eps
+    return eps
+
+
+_EPS: dict[torch.dtype, float] = {}
 
 
 def stat_dtype(x: Tensor) -> torch.dtype:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from fusile.dsl.errors import SignatureError
@@ -25,7 +24,7 @@ def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 @_rope.register_fake
 def _(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    return torch.empty_like(x)
+    return x.new_empty(x.shape)
 
 
 @custom_op("rope_backward")
@@ -35,7 +34,7 @@ def _rope_bwd(dy: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 @_rope_bwd.register_fake
 def _(dy: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    return torch.empty_like(dy)
+    return dy.new_empty(dy.shape)
 
 
 def _rope_setup(ctx, inputs, output):

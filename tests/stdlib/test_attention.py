@@ -351,7 +351,7 @@ def test_gpu_tiles_stay_in_bounds(tile: tuple[int, int], monkeypatch: pytest.Mon
     monkeypatch.setattr(tune, "grad_candidates", lambda t, d: [cfg])
     for f in (attention_fwd, attention_bwd):  # compile afresh with this tile
         monkeypatch.setattr(f, "_cache", {})
-        monkeypatch.setattr(f, "_recent", {})
+        monkeypatch.setattr(f, "_fast", {})
     torch.manual_seed(0)
     cases = [(9, 630, {"window": 5}), (64, 630, {"window": 5, "causal": True}),
              (40, 9, {"causal": True}), (128, 129, {"causal": True})]

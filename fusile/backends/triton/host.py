@@ -52,6 +52,28 @@ def dynamic_values(graph: Graph, ops: list[Op], args: list[Any]) -> set[int]:
     return dyn
 
 
+class CallScalars:
+    """The host values a replayed call computes again: those that come from its non-tensor
+    arguments (directly or through host arithmetic); the others are fixed by the layout and
+    kept from the recorded call. `ok` is False where one of those depends on a tensor's
+    data, which a replay cannot keep."""
+
+    def __init__(self, graph: Graph, ops: list[Op], args: list[Any], env: dict[int, Any]):
+        dyn = dynamic_values(graph, ops, args)
+        self.args = [(vid, pos) for pos, vid in enumerate(graph.args) if vid in dyn]
+        self.ops = [op for op in ops if op.results[0] in dyn]
+        self.base = {o: env[o] for op in self.ops for o in op.operands if o not in dyn}
+        self.ok = not any(hasattr(v, "data_ptr") for v in self.base.values())
+
+    def __call__(self, args: list[Any]) -> dict[int, Any]:
+        env = dict(self.base)
+        for vid, pos in self.args:
+            env[vid] = args[pos]
+        for op in self.ops:
+            env[op.results[0]] = host_scalar(op, env)
+        return env
+
+
 def extent(t: Any) -> int:
     """How many elements past its start an offset into t can reach."""
     if t.is_contiguous():

@@ -47,12 +47,60 @@ def dot_grid(cfg: tune.DotConfig, m: int, n: int, batch: int) -> tuple[int]:
 
 def launch_compiled(kernel: Any, grid: tuple[int, ...], device: Any, args: tuple) -> None:
     """Launch a Triton CompiledKernel with all its arguments, constexprs included, as
-    JITFunction.run does after binding them."""
+    JITFunction.run does after binding them (launch metadata only for an installed hook)."""
     from triton import knobs
-    from triton.runtime.driver import driver
 
-    stream = driver.active.get_current_stream(device.index)
-    enter, exit_ = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
-    meta = None if enter is None and exit_ is None else kernel.launch_metadata(grid, stream, *args)
+    stream = current_stream(device.index)
+    if hooks_active():
+        enter, exit_ = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
+        meta = kernel.launch_metadata(grid, stream, *args)
+    else:
+        enter = exit_ = meta = None
     kernel.run(grid[0], grid[1] if len(grid) > 1 else 1, 1, stream, kernel.function,
                kernel.packed_metadata, meta, enter, exit_, *args)
+
+
+def direct_launcher(kernel: Any) -> tuple[Any, Any, Any] | None:
+    """A CompiledKernel's (launcher, function handle, packed metadata), or None for anything
+    else (a stand-in, or a Triton whose CompiledKernel has changed)."""
+    try:
+        return kernel.run, kernel.function, kernel.packed_metadata
+    except AttributeError:
+        return None
+
+
+def hooks_active() -> bool:
+    """Whether a launch hook is installed (the profiler's, proton's): then launches carry
+    their metadata. Triton 3.4+ keeps the hooks as chains, empty by default; older ones as
+    None or a function."""
+    global _runtime_knobs
+    if _runtime_knobs is None:
+        from triton import knobs
+
+        _runtime_knobs = knobs.runtime
+    r = _runtime_knobs
+    return _active(r.launch_enter_hook) or _active(r.launch_exit_hook)
+
+
+def _active(hook: Any) -> bool:
+    return hook is not None and bool(getattr(hook, "calls", True))
+
+
+_runtime_knobs: Any = None
+
+
+def current_stream(index: int) -> Any:
+    """The raw current CUDA/HIP stream of device `index` (what Triton's driver returns)."""
+    global _raw_stream
+    if _raw_stream is None:
+        import torch
+
+        _raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+        if _raw_stream is None:  # a torch without it: Triton's own (slower) query
+            from triton.runtime.driver import driver
+
+            _raw_stream = driver.active.get_current_stream
+    return _raw_stream(index)
+
+
+_raw_stream: Any = None

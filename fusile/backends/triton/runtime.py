@@ -20,7 +20,7 @@ from fusile.backends.targets import Target
 from fusile.backends.torch_dtypes import to_torch
 from fusile.backends.triton import cache, tune
 from fusile.backends.triton.generate import generate
-from fusile.backends.triton.host import dynamic_values, host_env, needs_i64
+from fusile.backends.triton.host import CallScalars, dynamic_values, host_env, needs_i64
 from fusile.backends.triton.kernel_source import KernelSource
 from fusile.backends.triton.launch import (
     FP_FUSION,
@@ -141,18 +141,14 @@ class TritonProgram:
         if device is None:
             raise BackendError("a fused call needs at least one tensor argument")
         replayable = self._fast and device.type == "cuda"
-        env = None
         if replayable:  # a layout seen before: launch what it launched (replay.py)
             key = layout_key(args)
             replay = self._replays.get(key)
             if replay is not None:
-                if replay.signs:  # it passes scalars: this call's
-                    env = host_env(graph, self._host_ops, args)
-                outs = replay(args, env or {})
+                outs = replay(args)
                 if outs is not None:
                     return outs
-        if env is None:  # sizes and scalar math, on the host
-            env = host_env(graph, self._host_ops, args)
+        env = host_env(graph, self._host_ops, args)  # sizes and scalar math, on the host
         sizes = {c: s if isinstance(s, int) else args[s[0]].shape[s[1]]
                  for c, s in self._class_source.items()}
         rec = self._tls.rec = Recorder(args, dynamic_values(graph, self._host_ops, args)) \
@@ -164,12 +160,21 @@ class TritonProgram:
         finally:
             self._tls.rec = None
         if rec is not None:
-            replay = rec.replay(env, graph.results, device, launch_compiled)
+            scalars = CallScalars(graph, self._host_ops, args, env)
+            replay = rec.replay(env, graph.results, device, launch_compiled, scalars) \
+                if scalars.ok else None
             if replay is not None:
                 if len(self._replays) > 256:
                     self._replays.clear()
                 self._replays[key] = replay
         return [env[r].clone() if r in self._arg_set else env[r] for r in graph.results]
+
+    def replay_for(self, args: list[Any]) -> Replay | None:
+        """The recorded launches of a call with these arguments' layout, if there are any:
+        what a caller that has seen this layout before may call directly."""
+        if not self._replays:
+            return None
+        return self._replays.get(layout_key(args))
 
     def time_kernels(self, args: list[Any]) -> list[float]:
         """Median time (ms) of each kernel on these inputs (CUDA events, do_bench)."""

@@ -1,0 +1,75 @@
+"""The steady-state call of a fused function: from a key over the call's arguments straight
+to the launches that an earlier call with the same key made.
+
+Everything a call decides (its compiled signature, the size checks, the views of sliced
+parameters, output shapes, configs, grids and compiled kernels) is a function of its
+arguments' dtypes, shapes, strides, 16-byte alignment and device (the CPU or a GPU's
+index), of the ints' and bools' values (constants), of grad mode and of the knobs that pick
+the program. So after a first
+call, a later one with the same key skips binding, checking and lookup: it builds its
+runtime arguments and hands them to the recorded launches (triton/replay.py), or to the
+program where there are none (the interpreter, or a call that could not be recorded).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fusile import config
+
+
+def call_key(args: tuple, check_grad: bool) -> tuple:
+    """What decides everything but the values of a positional call: per tensor its dtype,
+    shape, strides, alignment, device and requires_grad; an int's or bool's value; a
+    float's type; anything else by identity (describe_arg rejects it, so it never hits)."""
+    key = tuple((a.dtype, a.shape, a.stride(), a.data_ptr() & 15, a.get_device(),
+                 a.requires_grad)
+                if hasattr(a, "data_ptr") else
+                float if type(a) is float else (type(a), a) if type(a) in (int, bool) else
+                (type(a), id(a)) for a in args)
+    return key, check_grad and _grad_enabled(), config.raw("target", "tf32")
+
+
+def _grad_enabled() -> bool:
+    global _grad_enabled
+    import torch
+
+    _grad_enabled = torch.is_grad_enabled  # bound on first use: fusile does not import torch
+    return _grad_enabled()
+
+
+class FastCall:
+    """The recorded path of one call key. `defaults`: the values of parameters the call
+    left out (never the call's tensors); `program`: the launchable program, which runs
+    anything the replay declines (a scalar of the other sign)."""
+
+    __slots__ = ("compiled", "defaults", "direct", "program", "replay", "tries")
+
+    def __init__(self, compiled: Any, program: Any, defaults: list[Any]):
+        self.compiled, self.program, self.defaults = compiled, program, defaults
+        self.direct = not compiled.derived and compiled.runtime_params == list(
+            range(len(defaults)))  # the runtime arguments are the call's values as they are
+        self.replay: Any = None
+        self.tries = 0
+
+    def __call__(self, args: tuple) -> Any:
+        defaults = self.defaults
+        if self.direct and len(args) == len(defaults):
+            runtime = list(args)
+        else:
+            values = [*args, *defaults[len(args):]]
+            runtime = self.compiled.runtime_args(values)
+        replay = self.replay
+        if replay is None and self.tries < 4:  # the first calls compile (the JIT) or tune:
+            self.tries += 1  # a later one was recorded
+            replay = self.replay = getattr(self.program, "replay_for", _none)(runtime)
+        if replay is not None:
+            outs = replay(runtime)
+            if outs is not None:
+                return outs[0] if len(outs) == 1 else tuple(outs)
+        outs = self.program(runtime)
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+def _none(_: Any) -> None:
+    return None
