@@ -1,0 +1,89 @@
+"""The steady-state call path (fusile/backends/dispatch.py, host.CallScalars): a call that
+repeats an earlier call's key skips binding and checking; everything that decides the
+launches must be in the key, and the values (tensors, floats) must come from this call.
+Checked against torch in float64."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+from fusile import config, fused
+from fusile.backends.triton.host import CallScalars, host_env
+from fusile.dsl.types import f32, i64
+from fusile.lowering.graph import Op
+from tests.numerics import assert_close
+
+
+@fused
+def scaled(x, a: float, eps: float = 0.25):
+    return x * (a * size(x, -1)) + eps
+
+
+def _scaled(x: torch.Tensor, a: float, eps: float = 0.25) -> torch.Tensor:
+    x = x.double()
+    return x * (a * x.shape[-1]) + eps
+
+
+def test_repeated_calls_take_this_calls_values() -> None:
+    x = torch.randn(4, 8)
+    for a in (2.0, -3.0, 0.5):
+        assert_close(scaled(x, a), _scaled(x, a), torch.float32)
+    assert len(scaled._fast) == 1  # one key: floats are values, not part of it
+    assert_close(scaled(x, 2), _scaled(x, 2.0), torch.float32)  # an int for a float
+    y = torch.randn(4, 8)
+    assert_close(scaled(y, 0.5, 1.5), _scaled(y, 0.5, 1.5), torch.float32)
+
+
+def test_layouts_and_dtypes_are_part_of_the_key() -> None:
+    wide = torch.randn(4, 16)
+    for x in (wide[:, ::2], wide[:, 1::2], wide[:, :8], torch.randn(8, 4).t(),
+              torch.randn(4, 8, dtype=torch.float64)):
+        assert_close(scaled(x, 1.5), _scaled(x, 1.5), x.dtype)
+
+
+def test_a_cached_signature_still_refuses_inputs_that_need_grad() -> None:
+    x = torch.randn(4, 8)
+    scaled(x, 1.0)
+    scaled(x, 1.0)
+    with pytest.raises(Exception, match="no backward yet"):
+        scaled(x.clone().requires_grad_(), 1.0)
+    with torch.no_grad():
+        assert_close(scaled(x.clone().requires_grad_(), 1.0), _scaled(x, 1.0), torch.float32)
+
+
+def test_the_target_knob_is_read_on_every_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = torch.randn(4, 8)
+    scaled(x, 1.0)
+    before = len(scaled._fast)
+    with config.override(target="reference"):
+        assert_close(scaled(x, 1.0), _scaled(x, 1.0), torch.float32)
+    monkeypatch.setenv("FUSILE_TARGET", "reference")
+    assert_close(scaled(x, 1.0), _scaled(x, 1.0), torch.float32)
+    assert len(scaled._fast) == before  # the reference has no program: nothing cached for it
+
+
+def test_a_replay_recomputes_exactly_the_scalars_of_its_floats() -> None:
+    """CallScalars keeps the layout's values from the recorded call and recomputes the host
+    arithmetic that depends on a float argument: here t = a * float(dim 1 of x) + 1.0 and
+    u = dim 0 * 2 (a size: kept), as the full host path computes them."""
+    ops = [Op("arith.constant", [10], [], i64, {"value": 1}),
+           Op("tensor.dim", [11], [0, 10], i64),
+           Op("arith.sitofp", [12], [11], f32),
+           Op("arith.mulf", [13], [1, 12], f32),
+           Op("arith.constant", [14], [], f32, {"value": 1.0}),
+           Op("arith.addf", [15], [13, 14], f32),
+           Op("arith.constant", [16], [], i64, {"value": 0}),
+           Op("tensor.dim", [17], [0, 16], i64),
+           Op("arith.addi", [18], [17, 17], i64)]
+    graph = types.SimpleNamespace(args=[0, 1])
+    x = torch.randn(3, 5)
+    first = [x, 2.0]
+    scalars = CallScalars(graph, ops, first, host_env(graph, ops, first))
+    assert scalars.ok and [op.results[0] for op in scalars.ops] == [13, 15]
+    later = [torch.randn(3, 5), -0.5]
+    got, full = scalars(later), host_env(graph, ops, later)
+    assert got[13] == full[13] == -2.5 and got[15] == full[15] == -1.5
+    assert 18 not in got  # sizes stay as recorded: the layout fixes them
