@@ -133,11 +133,7 @@ class TritonProgram:
 
     def __call__(self, args: list[Any]) -> list[Any]:
         graph = self.graph
-        device = None
-        for a in args:
-            if hasattr(a, "device"):
-                device = a.device
-                break
+        device = next((a.device for a in args if hasattr(a, "device")), None)
         if device is None:
             raise BackendError("a fused call needs at least one tensor argument")
         replayable = self._fast and device.type == "cuda"
@@ -177,19 +173,20 @@ class TritonProgram:
         return self._replays.get(layout_key(args))
 
     def time_kernels(self, args: list[Any]) -> list[float]:
-        """Median time (ms) of each kernel on these inputs (CUDA events, do_bench)."""
-        from triton.testing import do_bench
-
+        """Median GPU time (ms) of each kernel on these inputs (tune.kernel_ms)."""
         graph = self.graph
         device = next(a.device for a in args if hasattr(a, "device"))
         env = host_env(graph, self._host_ops, args)
         sizes = {c: s if isinstance(s, int) else args[s[0]].shape[s[1]]
                  for c, s in self._class_source.items()}
-        times = []
+        times: list[float] = []
         for launch in self.launches:  # launch in order once, so each reads real inputs
             self._launch(launch, env, sizes, device)
-            times.append(do_bench(lambda launch=launch: self._launch(launch, env, sizes, device),
-                                  warmup=100, rep=300, return_mode="median"))
+
+            def again(launch: _Launch = launch) -> None:
+                self._launch(launch, env, sizes, device)
+
+            times.append(tune.kernel_ms(again, ramp=not times))
         return times
 
     def _launch(self, launch: _Launch, env: dict[int, Any], sizes: dict[tuple, int],
@@ -332,13 +329,9 @@ class TritonProgram:
             warm = [False]
 
             def time(c: tune.DotConfig) -> float:
-                from triton.testing import do_bench
-
-                # the first timing ramps the clocks up after the compiles (~250 ms)
-                ms = do_bench(lambda: go(c), warmup=25 if warm[0] else 250, rep=25,
-                              return_mode="median")
+                ms = tune.kernel_ms(lambda: go(c), ramp=not warm[0])
                 warm[0] = True
-                return float(ms)
+                return ms
 
             key, size = label()
             cfg = tune.TUNER.best(self.target, key, cands, size, time, go)
