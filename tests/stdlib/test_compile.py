@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import fusile.stdlib as S
+from fusile import fused
 from tests.numerics import assert_close
 from tests.stdlib.test_attention import reference as attention_reference
 from tests.stdlib.test_ops import _cases
@@ -76,9 +77,17 @@ def test_attention_compiles_forward_and_backward(device: str) -> None:
         assert_close(g, r, torch.float32, scale=16)
 
 
+@fused
+def squash(x, a: float):
+    """A user function on the model's input (which needs no grad: user functions have no
+    backward yet)."""
+    return a * tanh(x / a)
+
+
 class TinyLM(torch.nn.Module):
-    """Linear -> add_rms_norm -> causal attention -> swiglu MLP -> cross_entropy, through
-    fusile's ops (fused=True) or torch's (fused=False) with the same weights."""
+    """A user function -> Linear -> add_rms_norm -> causal attention -> swiglu MLP ->
+    cross_entropy, through fusile's ops (fused=True) or torch's (fused=False) with the same
+    weights."""
 
     def __init__(self, d: int = 64, heads: int = 4, vocab: int = 97):
         super().__init__()
@@ -92,6 +101,7 @@ class TinyLM(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, target: torch.Tensor, fused: bool = True) -> torch.Tensor:
         b, s, d = x.shape
+        x = squash(x, 3.0) if fused else 3.0 * torch.tanh(x / 3.0)
         h = self.inp(x)
         if fused:
             h, res = S.add_rms_norm(h, x, d, self.norm)
