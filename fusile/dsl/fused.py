@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fusile import config
+from fusile.backends import dispatch  # the call path's first step (it imports no stage)
 from fusile.dsl import ast
 from fusile.dsl.errors import FusileError, SignatureError, Source, Span
 from fusile.dsl.parse_errors import deep_recursion, too_deep
@@ -171,14 +172,14 @@ class FusedFunction:
         return self._run(args, kwargs)
 
     def _run(self, args: tuple, kwargs: dict[str, Any], check_grad: bool = True) -> Any:
-        from fusile.backends import dispatch, run
-
         key = None
         if not kwargs:  # a positional call seen before: straight to its launches
             key = dispatch.call_key(args, check_grad)
             hit = self._fast.get(key)
             if hit is not None:
                 return hit(args)
+        from fusile.backends import run
+
         values = self._bind_args(args, kwargs)
         if check_grad and any(getattr(v, "requires_grad", False) for v in values):
             import torch
