@@ -166,27 +166,25 @@ class TritonProgram:
         return [env[r].clone() if r in self._arg_set else env[r] for r in graph.results]
 
     def replay_for(self, args: list[Any]) -> Replay | None:
-        """The recorded launches of a call with these arguments' layout, if there are any:
-        what a caller that has seen this layout before may call directly."""
+        """The recorded launches of a call with these arguments' layout, if any."""
         if not self._replays:
             return None
         return self._replays.get(layout_key(args))
 
     def time_kernels(self, args: list[Any]) -> list[float]:
-        """Median GPU time (ms) of each kernel on these inputs (tune.kernel_ms)."""
+        """Median time (ms) of each kernel on these inputs (CUDA events, do_bench)."""
+        from triton.testing import do_bench
+
         graph = self.graph
         device = next(a.device for a in args if hasattr(a, "device"))
         env = host_env(graph, self._host_ops, args)
         sizes = {c: s if isinstance(s, int) else args[s[0]].shape[s[1]]
                  for c, s in self._class_source.items()}
-        times: list[float] = []
+        times = []
         for launch in self.launches:  # launch in order once, so each reads real inputs
             self._launch(launch, env, sizes, device)
-
-            def again(launch: _Launch = launch) -> None:
-                self._launch(launch, env, sizes, device)
-
-            times.append(tune.kernel_ms(again, ramp=not times))
+            times.append(do_bench(lambda launch=launch: self._launch(launch, env, sizes, device),
+                                  warmup=100, rep=300, return_mode="median"))
         return times
 
     def _launch(self, launch: _Launch, env: dict[int, Any], sizes: dict[tuple, int],
@@ -284,8 +282,7 @@ class TritonProgram:
 
     def _launch_grad(self, launch: _Launch, tensors: list[Any], args: tuple,
                      sizes: dict[tuple, int], device: Any) -> None:
-        """A flash backward kernel: one program per BLOCK_M kept positions of each batch
-        index, looping over the other side."""
+        """A flash backward kernel: a program per BLOCK_M kept positions, looping the other."""
         dot, sized = launch.ks.dot, launch.sized
         keep, loop = sizes[sized[dot.m]], sizes[sized[dot.n]]
         heads = [sizes[sized[c]] for c in launch.ks.grad[0]]
@@ -329,9 +326,13 @@ class TritonProgram:
             warm = [False]
 
             def time(c: tune.DotConfig) -> float:
-                ms = tune.kernel_ms(lambda: go(c), ramp=not warm[0])
+                from triton.testing import do_bench
+
+                # the first timing ramps the clocks up after the compiles (~250 ms)
+                ms = do_bench(lambda: go(c), warmup=25 if warm[0] else 250, rep=25,
+                              return_mode="median")
                 warm[0] = True
-                return ms
+                return float(ms)
 
             key, size = label()
             cfg = tune.TUNER.best(self.target, key, cands, size, time, go)

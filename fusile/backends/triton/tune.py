@@ -116,21 +116,6 @@ MARGIN = 0.02  # a later candidate must beat an earlier one by this much to be c
 ROUNDS = 2  # timing rounds over all candidates; each keeps its best (noise only slows)
 
 
-def kernel_ms(fn: Callable[[], None], ramp: bool) -> float:
-    """Median GPU time (ms) of fn's launches, without the host's: replayed from a CUDA graph
-    (do_bench_cudagraph), so a kernel shorter than its launch is not timed as the launch,
-    and the winner does not move with the process's host speed. `ramp`: first run ~250 ms
-    to bring the clocks up after the compiles. Where capture fails, plain do_bench."""
-    from triton.testing import do_bench, do_bench_cudagraph
-
-    if ramp:
-        do_bench(fn, warmup=250, rep=1)
-    try:
-        return float(do_bench_cudagraph(fn, rep=25, return_mode="median"))
-    except Exception:  # a launch this Triton or torch cannot capture
-        return float(do_bench(fn, warmup=25, rep=25, return_mode="median"))
-
-
 class Tuner:
     """Winners per (target, kernel, shape bucket), in memory and on disk."""
 
