@@ -87,3 +87,31 @@ def test_a_replay_recomputes_exactly_the_scalars_of_its_floats() -> None:
     got, full = scalars(later), host_env(graph, ops, later)
     assert got[13] == full[13] == -2.5 and got[15] == full[15] == -1.5
     assert 18 not in got  # sizes stay as recorded: the layout fixes them
+
+
+def test_a_fast_call_takes_the_replay_once_one_is_recorded() -> None:
+    """The first calls of a layout compile (the JIT) or tune, so nothing is recorded yet: the
+    fast call runs the program, asks again on later calls, then takes the replay, and falls
+    back to the program whenever the replay declines (a scalar of the other sign)."""
+    from fusile.backends.dispatch import FastCall
+
+    class Program:
+        def __init__(self) -> None:
+            self.asked = 0
+            self.sign = True
+
+        def replay_for(self, args):
+            self.asked += 1
+            return (lambda a: ["replayed"] if self.sign else None) if self.asked >= 2 else None
+
+        def __call__(self, args):
+            return ["full"]
+
+    compiled = types.SimpleNamespace(derived=[], runtime_params=[0])
+    program = Program()
+    fast = FastCall(compiled, program, [None])
+    x = torch.randn(2)
+    assert [fast((x,)) for _ in range(3)] == ["full", "replayed", "replayed"]
+    assert program.asked == 2  # once found, not asked again
+    program.sign = False
+    assert fast((x,)) == "full"

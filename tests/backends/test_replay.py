@@ -86,6 +86,51 @@ def test_layout_key_sees_strides_and_alignment() -> None:
     assert layout_key([x[:, 1:], 1.0]) != layout_key([x[:, :7], 1.0])  # 4-byte offset
 
 
+class _Compiled:
+    """A stand-in for Triton's CompiledKernel: its launcher records what it is given."""
+
+    def __init__(self) -> None:
+        self.function, self.packed_metadata, self.calls = "fn", "meta", []
+
+    def run(self, *args) -> None:
+        self.calls.append(args)
+
+
+def test_the_direct_launch_passes_grid_stream_and_spliced_arguments(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no launch hook installed a replay calls the kernel's launcher itself: a 3-d grid,
+    the current stream, the function handle and packed metadata, no launch metadata or hooks,
+    then the arguments with this call's tensors, outputs and scalars spliced in."""
+    from fusile.backends.triton import replay as R
+
+    monkeypatch.setattr(R, "current_stream", lambda index: "stream")
+    monkeypatch.setattr(R, "hooks_active", lambda: False)
+    x = torch.randn(3, 5)
+    env = {0: x, 1: 0.5, 2: 1.0, 3: 64}
+    rec = Recorder([x, 0.5], {1, 2})
+    out = torch.empty(3, 5)
+    env[9] = out
+    rec.alloc(out)
+    kernel = _Compiled()
+    rec.scalars = {3: 2}
+    rec.run(kernel, (4, 2), (x, out, 64, 1.0), {"B": 16})
+    replay = rec.replay(env, [9], torch.device("cpu"), lambda *a: pytest.fail("general path"),
+                        _scalars)
+    assert replay is not None and replay.direct is not None
+    y = torch.randn(3, 5)
+    outs = replay([y, 1.5])
+    assert outs is not None and len(kernel.calls) == 1
+    call = kernel.calls[0]
+    assert call[:9] == (4, 2, 1, "stream", "fn", "meta", None, None, None)
+    assert call[9] is y and call[10] is outs[0] and call[11:] == (64, 3.0, 16)
+    assert outs[0].shape == (3, 5) and outs[0].is_contiguous() and outs[0] is not out
+    monkeypatch.setattr(R, "hooks_active", lambda: True)  # a hook: the general path
+    seen = []
+    replay.launch = lambda *a: seen.append(a)
+    replay([y, 1.5])
+    assert len(seen) == 1 and len(kernel.calls) == 1
+
+
 # ----------------------------------------------------------------------------- GPU
 
 def _reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
