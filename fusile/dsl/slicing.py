@@ -219,19 +219,45 @@ def _operand(ck: Checker, e: ast.Expr, ops: tuple[Op, ...], at: ast.Subscript) -
 
 def _leaf(ck: Checker, e: ast.Name, ops: tuple[Op, ...], at: ast.Subscript) -> ast.Expr:
     params = [p.name for p in ck.t.func.params]
-    if e.id not in params or ck.depth > 0:
+    if ck.depth > 0:
         raise UnsupportedSyntaxError(
             "slicing a parameter of a @fused function that another one calls is not supported "
-            "yet; slice it in the caller" if ck.depth > 0 else
-            f"cannot slice {e.id!r} here", at.span)
-    p = params.index(e.id)
+            "yet; slice it in the caller", at.span)
+    if e.id in params:
+        p = params.index(e.id)
+    else:  # a slice of a slice: one view of the parameter, the two composed
+        inner = next((k for k, (name, _) in ck.t.derived.items() if name == e.id), None)
+        if inner is None:
+            raise UnsupportedSyntaxError(f"cannot slice {e.id!r} here", at.span)
+        p, ops = inner[0], compose(inner[1], ops)
     key = (p, ops)
     if key not in ck.t.derived:
-        t = ck.t.types[id(e)]
+        t = ck.t.param_types[p]
         assert isinstance(t, TensorType)
-        name = f"{e.id}[{len(ck.t.derived)}]"  # not an identifier: it clashes with no name
+        name = f"{params[p]}[{len(ck.t.derived)}]"  # not an identifier: it clashes with no name
         ck.t.derived[key] = (name, TensorType(t.dtype, sliced_shape(t.shape, ops), t.weak))
         from fusile.dsl.check import Binding
 
         ck.scope[name] = Binding(ck.t.derived[key][1])
     return ast.Name(e.span, ck.t.derived[key][0])
+
+
+def compose(first: tuple[Op, ...], then: tuple[Op, ...]) -> tuple[Op, ...]:
+    """Per source axis, `first` then `then` (given per axis of first's view) as one op: the
+    view's element k of an axis sliced (s, stop, step) is the source's s + k * step."""
+    out: list[Op] = []
+    later = iter(then)
+    for o in first:
+        if o[0] == "index":  # the view has no such axis
+            out.append(o)
+            continue
+        n = next(later)
+        if o == KEEP:
+            out.append(n)
+        elif n == KEEP:
+            out.append(o)
+        elif n[0] == "index":
+            out.append(("index", o[1] + n[1] * o[3]))
+        else:
+            out.append(("slice", o[1] + n[1] * o[3], o[1] + n[2] * o[3], o[3] * n[3]))
+    return tuple(out)

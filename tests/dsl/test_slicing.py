@@ -42,6 +42,14 @@ def through_math(x, w, b):
 
 
 @fused
+def sliced_twice(x, w):
+    """A slice of a slice (and of elementwise math on one) is one view of the parameter."""
+    a = x[1:, ::2]
+    b = (a * w[::2])[1::2, -3]
+    return a[:, 1:4] + a[-2, 2:5], b
+
+
+@fused
 def up_to(x, k: int):
     return x[:, :k] + x[:, -k:]
 
@@ -52,6 +60,7 @@ CASES = {
     "strided": (strided, [(9, 15)]),
     "columns": (columns, [(7, 11), (11,)]),
     "through_math": (through_math, [(4, 6, 38), (38,), (1, 6, 38)]),
+    "sliced_twice": (sliced_twice, [(9, 15), (15,)]),
 }
 
 

@@ -29,6 +29,7 @@ class Value:
     shape: tuple[int, ...]
     bound: float  # |value| <= bound
     reduced: int = 1  # longest chain of reduced elements behind it (for tolerances)
+    sliceable: bool = True  # elementwise math of parameters only (what a slice may cut)
 
 
 @dataclass
@@ -95,11 +96,46 @@ class _Builder:
         self.values: list[Value] = []
         self.lines: list[str] = []
 
-    def new(self, expr: str, shape: tuple[int, ...], bound: float, reduced: int) -> Value:
-        v = Value(f"t{len(self.lines)}", shape, bound, reduced)
+    def new(self, expr: str, shape: tuple[int, ...], bound: float, reduced: int,
+            sliceable: bool | None = None) -> Value:
+        names = set(re.findall(r"\b[tx]\d+\b", expr))
+        if sliceable is None:  # elementwise: as sliceable as its operands
+            sliceable = all(v.sliceable for v in self.values if v.name in names)
+        v = Value(f"t{len(self.lines)}", shape, bound, reduced, sliceable)
         self.lines.append(f"    {v.name} = {expr}")
         self.values.append(v)
         return v
+
+    def slice(self, a: Value) -> Value | None:
+        """A basic slice or an integer index of one axis of size >= 2: a static range, a
+        step, a symbolic half (size(x, axis) // 2), or an index that drops the axis."""
+        axes = [i for i, n in enumerate(a.shape) if n >= 2]
+        if not a.sliceable or not axes:
+            return None
+        axis = self.draw(st.sampled_from(axes))
+        n = a.shape[axis]
+        form = self.draw(st.sampled_from(["range", "step", "half", "index"]))
+        shape = list(a.shape)
+        if form == "range":
+            lo = self.draw(st.integers(0, n - 1))
+            hi = self.draw(st.integers(lo + 1, n))
+            neg = self.draw(st.booleans())  # the same range from the end
+            part = f"{lo - n}:{hi - n if hi < n else ''}" if neg else f"{lo}:{hi}"
+            shape[axis] = hi - lo
+        elif form == "step":
+            start = self.draw(st.integers(0, 1))
+            step = self.draw(st.sampled_from([2, 3]))
+            part = f"{start or ''}::{step}"
+            shape[axis] = len(range(start, n, step))
+        elif form == "half":
+            part = f"size({a.name}, {axis}) // 2:"
+            shape[axis] = n - n // 2
+        else:
+            k = self.draw(st.integers(-n, n - 1))
+            part = str(k)
+            shape.pop(axis)
+        index = ", ".join([":"] * axis + [part])
+        return self.new(f"{a.name}[{index}]", tuple(shape), a.bound, a.reduced)
 
     def pick(self) -> Value:
         return self.draw(st.sampled_from(self.values))
@@ -167,23 +203,26 @@ class _Builder:
         if op == "softmax":
             if a.bound > 40:
                 return None
-            return self.new(f"softmax({a.name}, axis={axis})", a.shape, 1.0, red)
+            return self.new(f"softmax({a.name}, axis={axis})", a.shape, 1.0, red, False)
         kd = f", keepdims={keep}"
         if op == "sum":
             if a.bound * n > BOUND_CAP:
                 return None
-            return self.new(f"sum({a.name}, axis={axis}{kd})", tuple(shape), a.bound * n, red)
+            return self.new(f"sum({a.name}, axis={axis}{kd})", tuple(shape), a.bound * n, red,
+                            False)
         if op == "logsumexp":
             return self.new(f"logsumexp({a.name}, axis={axis}{kd})", tuple(shape),
-                            a.bound + math.log(n), red)
+                            a.bound + math.log(n), red, False)
         if op == "var":
             return self.new(f"var({a.name}, axis={axis}{kd})", tuple(shape), a.bound * a.bound,
-                            red) if a.bound * a.bound <= BOUND_CAP else None
-        return self.new(f"{op}({a.name}, axis={axis}{kd})", tuple(shape), a.bound, red)
+                            red, False) if a.bound * a.bound <= BOUND_CAP else None
+        return self.new(f"{op}({a.name}, axis={axis}{kd})", tuple(shape), a.bound, red, False)
 
 
 @st.composite
-def programs(draw: st.DrawFn, max_ops: int = 6) -> Program:
+def programs(draw: st.DrawFn, max_ops: int = 6, slices: bool = False) -> Program:
+    """A random program; `slices` also draws slices and integer indices of parameters and of
+    the elementwise values made from them."""
     base = draw(base_shapes())
     n_in = draw(st.integers(1, 3))
     shapes = [draw(input_shape(base)) for _ in range(n_in)]
@@ -195,8 +234,11 @@ def programs(draw: st.DrawFn, max_ops: int = 6) -> Program:
     for p, s in zip(params, shapes, strict=True):
         b.values.append(Value(p, s, 2.0))
     for _ in range(draw(st.integers(1, max_ops))):
-        kind = draw(st.sampled_from(["unary", "binary", "binary", "reduce"]))
-        if kind == "unary":
+        kinds = ["unary", "binary", "binary", "reduce"] + ["slice"] * 2 * slices
+        kind = draw(st.sampled_from(kinds))
+        if kind == "slice":
+            b.slice(b.pick())
+        elif kind == "unary":
             b.unary(b.pick())
         elif kind == "binary":
             b.binary(b.pick(), b.pick())

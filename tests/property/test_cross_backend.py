@@ -69,6 +69,24 @@ def test_interpreter_agrees_with_reference(p: Program) -> None:
     _run(p, "cpu")
 
 
+N_SLICED = 2000 if DEEP else 100
+
+
+@settings(max_examples=N_SLICED, **SETTINGS)
+@given(programs(slices=True))
+def test_sliced_programs_agree_with_reference(p: Program) -> None:
+    """Slices and integer indices (static, negative, stepped and size-based bounds) of
+    parameters and of elementwise values, on the interpreter."""
+    _run(p, "cpu")
+
+
+@pytest.mark.gpu
+@settings(max_examples=N_SLICED, derandomize=not DEEP, **SETTINGS)
+@given(p=programs(slices=True))
+def test_sliced_programs_agree_with_reference_on_cuda(p: Program) -> None:
+    _run(p, "cuda")
+
+
 SHARDS = 8 if DEEP else 1  # run with pytest -n 8: each shard draws its own programs
 
 

@@ -34,6 +34,7 @@ NAMESPACE: dict[str, Any] = {
     "logsumexp": lambda x, axis=-1, keepdims=False: torch.logsumexp(x, dim=axis,
                                                                     keepdim=keepdims),
     "softmax": lambda x, axis=-1: torch.softmax(x, dim=axis),
+    "size": lambda x, axis: x.shape[axis],
     "inf": math.inf,
 }
 
