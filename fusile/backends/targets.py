@@ -3,6 +3,7 @@ tuning differs, a rule in lowering/schedule.py)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,11 +48,18 @@ class Target:
 
 TARGETS: dict[str, Target] = {t.name: t for t in [
     Target("h100", "cuda", 90, 32, 132, 227, 3.35, 989.0, 67.0),
+    # the same GH100 die and clocks as the H100 SXM, with 141 GB of HBM3e at 4.8 TB/s
+    Target("h200", "cuda", 90, 32, 132, 227, 4.8, 989.0, 67.0),
     Target("a100", "cuda", 80, 32, 108, 163, 2.04, 312.0, 19.5),
     Target("mi300x", "hip", "gfx942", 64, 304, 64, 5.3, 1307.0, 163.4),
     Target("mi250x", "hip", "gfx90a", 64, 220, 64, 3.2, 383.0, 47.9),
     Target("cpu", "interpreter", "cpu", 32, 1, 1024, 0.02, 0.0, 0.1),
 ]}
+
+
+# a device name's part (a whole word: "GH200" is not "H200") -> its target, where an
+# architecture has several (checked before the architecture alone)
+_BY_NAME = [("H200", "h200"), ("H100", "h100"), ("A100", "a100")]
 
 
 def get(name: str) -> Target:
@@ -78,6 +86,10 @@ def for_device(device: Any) -> Target:
         return Target(f"hip-{arch}", "hip", arch, 64, props.multi_processor_count, 64, 0.0,
                       0.0, 0.0)
     cap = props.major * 10 + props.minor
+    name = str(getattr(props, "name", ""))
+    for part, target in _BY_NAME:  # one architecture, several parts (H100, H200)
+        if re.search(rf"\b{part}\b", name) and TARGETS[target].arch == cap:
+            return TARGETS[target]
     for t in TARGETS.values():
         if t.arch == cap:
             return t
