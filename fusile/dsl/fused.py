@@ -249,10 +249,11 @@ class FusedFunction:
         return plan_report(partition(graph), compiled.reference_graph, shapes,
                            tensor_names(graph, params))
 
-    def explain(self, *args: Any, target: str = "h100", measure: bool = False,
+    def explain(self, *args: Any, target: str | None = None, measure: bool = False,
                 sizes: dict[str, int] | None = None, **kwargs: Any) -> Any:
         """Kernels, HBM bytes, FLOPs and roofline time on `target`, for these tensors, or for a
-        signature: `f.explain(x=bf16["M", 4096], w=bf16[4096], sizes={"M": 8192})`.
+        signature: `f.explain(x=bf16["M", 4096], w=bf16[4096], sizes={"M": 8192})`. The
+        default target is the tensors' GPU (an H200 is explained as one), else h100.
         measure=True (tensors on a GPU) also times each kernel. Print it, or .to_dict()."""
         import torch
 
@@ -263,7 +264,7 @@ class FusedFunction:
         from fusile.lowering.partition import partition
         from fusile.lowering.report import plan_report
 
-        t = targets.get(target) if target != "auto" else None
+        t = targets.get(target) if target not in (None, "auto") else None
         values = self._bind_args(args, kwargs)
         compiled, _ = self._lookup(values)
         shapes = [concrete_shape(v, sizes or {}) for v in compiled.runtime_args(values)]
@@ -273,7 +274,9 @@ class FusedFunction:
         runtime = compiled.runtime_args(values)
         device = next((v.device for v in runtime if isinstance(v, torch.Tensor)), None)
         if t is None:
-            t = targets.for_device(device or "cpu")
+            on_gpu = device is not None and device.type == "cuda"
+            t = (targets.for_device(device or "cpu") if on_gpu or target == "auto" else
+                 targets.get("h100"))
         measured = None
         if measure:
             if device is None or device.type != "cuda":

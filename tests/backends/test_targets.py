@@ -36,3 +36,9 @@ def test_h200_has_its_own_bandwidth_and_compiles_like_an_h100() -> None:
     assert "4.8 TB/s" in str(samples.rms_norm.explain(x, w, target="h200"))
     art = samples.rms_norm.compile("h200", x=bf16["M", 256], weight=bf16[256])
     assert art.kernels and all(k.spills == 0 for k in art.kernels)
+
+
+def test_explain_defaults_to_the_tensors_gpu_else_h100() -> None:
+    x, w = torch.randn(64, 256), torch.randn(256)
+    assert " on h100 " in str(samples.rms_norm.explain(x, w))  # CPU tensors: the usual GPU
+    assert " on cpu " in str(samples.rms_norm.explain(x, w, target="auto"))
