@@ -5,10 +5,10 @@ Everything a call decides (its compiled signature, the size checks, the views of
 parameters, output shapes, configs, grids and compiled kernels) is a function of its
 arguments' dtypes, shapes, strides, 16-byte alignment and device (the CPU or a GPU's
 index), of the ints' and bools' values (constants), of grad mode and of the knobs that pick
-the program. So after a first
-call, a later one with the same key skips binding, checking and lookup: it builds its
-runtime arguments and hands them to the recorded launches (triton/replay.py), or to the
-program where there are none (the interpreter, or a call that could not be recorded).
+the program. So after a first call, a later one with the same key skips binding, checking
+and lookup: it builds its runtime arguments and hands them to the recorded launches
+(triton/replay.py), or to the program where there are none (the interpreter, or a call that
+could not be recorded).
 """
 
 from __future__ import annotations
@@ -39,21 +39,28 @@ def _grad_enabled() -> bool:
 
 
 class FastCall:
-    """The recorded path of one call key. `defaults`: the values of parameters the call
-    left out (never the call's tensors); `program`: the launchable program, which runs
+    """The recorded path of one call key, made from the first call's positional `args` and
+    their bound `values`. It keeps the defaults of parameters the call left out (never the
+    call's tensors) and the positions of ints given for float parameters (binding made them
+    floats: so must every later call). `program`: the launchable program, which runs
     anything the replay declines (a scalar of the other sign)."""
 
-    __slots__ = ("compiled", "defaults", "direct", "program", "replay", "tries")
+    __slots__ = ("compiled", "defaults", "direct", "floats", "program", "replay", "tries")
 
-    def __init__(self, compiled: Any, program: Any, defaults: list[Any]):
-        self.compiled, self.program, self.defaults = compiled, program, defaults
+    def __init__(self, compiled: Any, program: Any, args: tuple, values: list[Any]):
+        self.compiled, self.program = compiled, program
+        self.defaults = [None] * len(args) + values[len(args):]
+        self.floats = [i for i, a in enumerate(args)
+                       if type(a) is int and type(values[i]) is float]
         self.direct = not compiled.derived and compiled.runtime_params == list(
-            range(len(defaults)))  # the runtime arguments are the call's values as they are
+            range(len(values)))  # the runtime arguments are the call's values as they are
         self.replay: Any = None
         self.tries = 0
 
     def __call__(self, args: tuple) -> Any:
         defaults = self.defaults
+        if self.floats:
+            args = tuple(float(a) if i in self.floats else a for i, a in enumerate(args))
         if self.direct and len(args) == len(defaults):
             runtime = list(args)
         else:

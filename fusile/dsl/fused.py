@@ -204,9 +204,7 @@ class FusedFunction:
         if key is not None and program is not None:
             if len(self._fast) > 256:
                 self._fast.clear()
-            # keep only the defaults of parameters the call left out, never its tensors
-            defaults = [None] * len(args) + values[len(args):]
-            self._fast[key] = dispatch.FastCall(compiled, program, defaults)
+            self._fast[key] = dispatch.FastCall(compiled, program, args, values)
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     def _result_specs(self, args: list[Any], kwargs: dict[str, Any]) -> list[tuple[list, Any]]:
@@ -251,10 +249,10 @@ class FusedFunction:
 
     def explain(self, *args: Any, target: str | None = None, measure: bool = False,
                 sizes: dict[str, int] | None = None, **kwargs: Any) -> Any:
-        """Kernels, HBM bytes, FLOPs and roofline time on `target`, for these tensors, or for a
-        signature: `f.explain(x=bf16["M", 4096], w=bf16[4096], sizes={"M": 8192})`. The
-        default target is the tensors' GPU (an H200 is explained as one), else h100.
-        measure=True (tensors on a GPU) also times each kernel. Print it, or .to_dict()."""
+        """Kernels, HBM bytes, FLOPs and roofline time on `target` (default: the tensors' GPU,
+        else h100), for these tensors or for a signature: `f.explain(x=bf16["M", 4096],
+        w=bf16[4096], sizes={"M": 8192})`. measure=True (tensors on a GPU) also times each
+        kernel. Print it, or .to_dict()."""
         import torch
 
         from fusile import explain as ex

@@ -109,9 +109,17 @@ def test_a_fast_call_takes_the_replay_once_one_is_recorded() -> None:
 
     compiled = types.SimpleNamespace(derived=[], runtime_params=[0])
     program = Program()
-    fast = FastCall(compiled, program, [None])
     x = torch.randn(2)
+    fast = FastCall(compiled, program, (x,), [x])
     assert [fast((x,)) for _ in range(3)] == ["full", "replayed", "replayed"]
     assert program.asked == 2  # once found, not asked again
     program.sign = False
     assert fast((x,)) == "full"
+
+
+def test_an_int_for_a_float_parameter_stays_a_float_on_repeated_calls() -> None:
+    """The first call converts it (2**64 would overflow Triton's int specialization); the
+    cached path must too, on every later call with the same int."""
+    x = torch.randn(4, 8)
+    for _ in range(3):
+        assert_close(scaled(x, 2**64, 1), _scaled(x, float(2**64), 1.0), torch.float32)
