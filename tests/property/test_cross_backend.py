@@ -98,9 +98,7 @@ def test_cuda_agrees_with_reference(shard: int, p: Program) -> None:
     _run(p, "cuda")
 
 
-@settings(max_examples=N_AOT, **SETTINGS)
-@given(programs(max_ops=4))
-def test_programs_cross_compile_without_spills(p: Program) -> None:
+def _cross_compile(p: Program) -> None:
     fn = fusile.from_source(p.source, filename="prog.py")
     sig = {f"x{i}": fusile.dsl.types.DTYPES[{"float32": "f32", "float16": "f16",
                                              "bfloat16": "bf16"}[str(d).split(".")[1]]][s]
@@ -109,6 +107,18 @@ def test_programs_cross_compile_without_spills(p: Program) -> None:
         art = fn.compile(target, **sig)
         for k in art.kernels:
             assert k.spills == 0, f"{target}: {k.summary()}"
+
+
+@settings(max_examples=N_AOT, **SETTINGS)
+@given(programs(max_ops=4))
+def test_programs_cross_compile_without_spills(p: Program) -> None:
+    _cross_compile(p)
+
+
+@settings(max_examples=N_AOT // 2, **SETTINGS)
+@given(programs(max_ops=4, slices=True))
+def test_sliced_programs_cross_compile_without_spills(p: Program) -> None:
+    _cross_compile(p)
 
 
 @settings(max_examples=N, **SETTINGS)
