@@ -134,9 +134,11 @@ class TorchOp:
         out = self.fn()._run(tuple(args), kwargs, check_grad=False)
         outs = list(out) if isinstance(out, tuple) else [out]
         seen: set[int] = set()
-        for i, o in enumerate(outs):  # an op's results may alias neither its inputs nor
-            if any(o is t for t in tensors) or id(o) in seen:  # each other
-                outs[i] = o.clone()
+        for i, o in enumerate(outs):  # an op's results may alias neither its inputs nor each
+            # other, and must have the fake's (contiguous) strides: a returned input is a
+            # copy with the input's strides
+            if any(o is t for t in tensors) or id(o) in seen or o.stride() != _dense(o.shape):
+                outs[i] = o.clone(memory_format=_contiguous_format())
             seen.add(id(outs[i]))
         return outs
 
@@ -153,6 +155,21 @@ class TorchOp:
         raise SignatureError(f"{getattr(fn, '__name__', self.name)}() has no backward yet: "
                              "run it on inputs that do not require grad (detach them), or use "
                              "the fusile.stdlib op, which has one")
+
+
+def _dense(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The strides torch.empty(shape) has."""
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= max(n, 1)
+    return tuple(reversed(strides))
+
+
+def _contiguous_format() -> Any:
+    import torch
+
+    return torch.contiguous_format
 
 
 @lru_cache(maxsize=1024)
