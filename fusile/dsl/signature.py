@@ -145,8 +145,8 @@ def concrete_shape(value: Any, sizes: dict[str, int]) -> tuple[int, ...] | None:
 def cache_key(infos: list[ArgInfo]) -> tuple:
     key: list[Any] = []
     for a in infos:
-        if a.kind == "tensor":
-            key.append(("t", a.dtype, tuple(s == 1 for s in a.shape)))
+        if a.kind == "tensor":  # a traced (SymInt) size is never 1: tracers specialise 0, 1
+            key.append(("t", a.dtype, tuple(type(s) is int and s == 1 for s in a.shape)))
         elif a.kind == "spec":
             key.append(("s", a.value))
         elif a.kind == "const":
@@ -163,6 +163,8 @@ def static_sizes(static: frozenset[tuple[int, int]], infos: list[ArgInfo],
     for p, axis in sorted(static):
         a = infos[p]
         d = a.shape[axis] if a.kind == "tensor" else a.value.dims[axis]
+        if a.kind == "tensor" and not isinstance(d, int):  # a tracer's SymInt: specialise
+            d = int(d)  # on it (a guard), as an eager call would
         if not isinstance(d, int):
             raise SignatureError(f"{names[p]} is sliced along axis {axis}, so its size there "
                                  f"is needed when compiling: give an int, not {d!r}")
@@ -183,10 +185,11 @@ def bindings(func: ast.FuncDef, annotations: list[Annotation], infos: list[ArgIn
         if a.kind in ("tensor", "spec"):
             t = _tensor_type(p, ann, a, source)
             fixed = {axis for q, axis in static if q == pi}
-            if fixed:
+            if fixed:  # a tracer's SymInt is specialised on (a guard), as static_sizes did
                 sizes = a.shape if a.kind == "tensor" else a.value.dims
-                t = TensorType(t.dtype, tuple(sizes[i] if i in fixed else d
-                                              for i, d in enumerate(t.shape)), t.weak)
+                t = TensorType(t.dtype, tuple(
+                    (int(sizes[i]) if a.kind == "tensor" else sizes[i]) if i in fixed else d
+                    for i, d in enumerate(t.shape)), t.weak)
             out.append(Binding(t))
         elif a.kind == "float":
             if ann.kind in ("int", "bool"):

@@ -117,6 +117,28 @@ def test_results_have_the_fakes_strides(device: str) -> None:
     assert_close(compiled(x, y), x.double() + 1.0, torch.float32)
 
 
+@fused
+def halves(x):
+    h = x.shape[-1] // 2
+    return x[..., :h] * x[..., h:]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_sizes_that_change_between_compiled_calls(device: str) -> None:
+    """After a second size torch.compile traces with dynamic (SymInt) sizes: the fake must
+    take them (a dynamic size is never 1; a sliced axis is specialised on its size)."""
+    torch._dynamo.reset()
+    step = torch.compile(lambda x, w, b: scale_shift(x, w, b).relu() + halves(x).sum(),
+                         fullgraph=True)
+    for m, n in ((4, 8), (6, 10), (9, 12)):  # the sliced axis changes too
+        x = torch.randn(m, n, device=device)
+        w, b = (torch.randn(n, device=device) for _ in range(2))
+        h = n // 2
+        ref = (x.double() * w.double() + b.double()).relu() + (
+            x.double()[:, :h] * x.double()[:, h:]).sum()
+        assert_close(step(x, w, b), ref, torch.float32, scale=8)
+
+
 @pytest.mark.filterwarnings("ignore:Error detected in GeneratedBackwardFor")
 def test_compiled_backward_through_a_user_function_says_why() -> None:
     torch._dynamo.reset()
