@@ -106,8 +106,9 @@ def test_results_never_alias_inputs_or_each_other() -> None:
 @pytest.mark.parametrize("device", DEVICES)
 def test_results_have_the_fakes_strides(device: str) -> None:
     """torch.library.opcheck (schema, fake tensors, AOT dispatch with static and dynamic
-    shapes) on strided inputs: the fake says contiguous, so the op's results must be contiguous too, a returned input included
-    (it was a copy with the input's strides: a compiled graph's stride assert fails)."""
+    shapes) on strided inputs: the fake says contiguous, so the op's results must be
+    contiguous too, a returned input included (it was a copy with the input's strides: a
+    compiled graph's stride assert fails)."""
     f = fusile.from_source("def f(x, y):\n    return x, y * 2.0, sum(x, axis=0)\n")
     x = torch.randn(8, 5, device=device).t()
     y = torch.randn(10, 8, device=device)[::2]
