@@ -4,10 +4,12 @@ fake (meta) implementation comes from fusile's own shape and dtype inference, so
 fusile's host code runs on fake or functional tensors. Eager calls never come here: they take
 the decorator's direct path, which costs a fraction of torch.library's dispatch.
 
-The op's schema is the same for every function: `(Tensor[] tensors, float[] floats, str spec)
--> Tensor[]`. `spec` says where each argument goes and carries the ints and bools, which are
-compile-time constants in fusile (a different value is a different specialisation) and so are
-constants in the traced graph too; floats stay runtime values.
+The op's schema is the same for every function: `(Tensor[] tensors, float[] floats, SymInt[]
+ints, str spec) -> Tensor[]`. `spec` says where each argument goes and carries the bools.
+Ints are compile-time constants in fusile (a different value is a different specialisation),
+but Dynamo traces an int argument that changed between calls as a SymInt: they travel as
+SymInts, and the fake specialises on each (a guard), as fusile does; floats stay runtime
+values.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
     from fusile.dsl.fused import FusedFunction
 
 NAMESPACE = "fusile_fn"
-_SCHEMA = "(Tensor[] tensors, float[] floats, str spec) -> Tensor[]"
+_SCHEMA = "(Tensor[] tensors, float[] floats, SymInt[] ints, str spec) -> Tensor[]"
 _LOCK = threading.Lock()
 _TAKEN: set[str] = set()
 
@@ -110,7 +112,8 @@ class TorchOp:
         import torch
 
         tensors: list[Any] = []
-        floats: list[float] = []
+        floats: list[Any] = []
+        ints: list[Any] = []
         parts: list[str] = []
         for key, a in [*enumerate(args), *kwargs.items()]:
             if isinstance(a, torch.Tensor):
@@ -118,19 +121,21 @@ class TorchOp:
                 parts.append(f"{key}=t")
             elif isinstance(a, bool):
                 parts.append(f"{key}=b{int(a)}")
-            elif isinstance(a, int):
-                parts.append(f"{key}=i{a}")
-            elif isinstance(a, float):
+            elif isinstance(a, int | torch.SymInt):
+                ints.append(a)
+                parts.append(f"{key}=i")
+            elif isinstance(a, float | torch.SymFloat):  # runtime values, traced or not
                 floats.append(a)
                 parts.append(f"{key}=f")
             else:
                 raise SignatureError(f"{self.name}: under torch.compile, arguments must be "
                                      f"tensors, floats, ints or bools, got {type(a).__name__}")
-        outs = self.op(tensors, floats, ";".join(parts))
+        outs = self.op(tensors, floats, ints, ";".join(parts))
         return outs[0] if len(outs) == 1 else tuple(outs)
 
-    def _impl(self, tensors: list[Any], floats: list[float], spec: str) -> list[Any]:
-        args, kwargs = _unpack(spec, tensors, floats)
+    def _impl(self, tensors: list[Any], floats: list[float], ints: list[int], spec: str
+              ) -> list[Any]:
+        args, kwargs = _unpack(spec, tensors, floats, ints)
         out = self.fn()._run(tuple(args), kwargs, check_grad=False)
         outs = list(out) if isinstance(out, tuple) else [out]
         seen: set[int] = set()
@@ -142,10 +147,12 @@ class TorchOp:
             seen.add(id(outs[i]))
         return outs
 
-    def _fake(self, tensors: list[Any], floats: list[float], spec: str) -> list[Any]:
+    def _fake(self, tensors: list[Any], floats: list[float], ints: list[Any], spec: str
+              ) -> list[Any]:
         import torch
 
-        args, kwargs = _unpack(spec, tensors, floats)
+        # a traced int is specialised on (a guard): fusile compiles each value
+        args, kwargs = _unpack(spec, tensors, floats, [int(i) for i in ints])
         device = tensors[0].device if tensors else torch.device("cpu")
         return [torch.empty(shape, dtype=dtype, device=device)
                 for shape, dtype in self.fn()._result_specs(args, kwargs)]
@@ -181,18 +188,18 @@ def _parse(spec: str) -> tuple[tuple[int | str, str, Any], ...]:
         value: Any = None
         if code[0] == "b":
             value = bool(int(code[1:]))
-        elif code[0] == "i":
-            value = int(code[1:])
         out.append((k, code[0], value))
     return tuple(out)
 
 
-def _unpack(spec: str, tensors: list[Any], floats: list[float]) -> tuple[list[Any], dict]:
-    ti, fi = iter(tensors), iter(floats)
+def _unpack(spec: str, tensors: list[Any], floats: list[float], ints: list[int]
+            ) -> tuple[list[Any], dict]:
+    ti, fi, ii = iter(tensors), iter(floats), iter(ints)
     args: list[Any] = []
     kwargs: dict[str, Any] = {}
     for key, kind, value in _parse(spec):
-        v = next(ti) if kind == "t" else next(fi) if kind == "f" else value
+        v = next(ti) if kind == "t" else next(fi) if kind == "f" else next(ii) if kind == "i" \
+            else value
         if isinstance(key, int):
             args.append(v)
         else:

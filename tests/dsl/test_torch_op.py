@@ -98,7 +98,7 @@ def test_fake_results_come_from_fusile_types() -> None:
 def test_results_never_alias_inputs_or_each_other() -> None:
     f = fusile.from_source("def f(x):\n    y = x * 2.0\n    return x, y, y\n")
     x = torch.randn(3, 4)
-    a, b, c = f.torch_op([x], [], "0=t")
+    a, b, c = f.torch_op([x], [], [], "0=t")
     assert a is not x and b is not c
     assert torch.equal(a, x) and torch.equal(b, c) and torch.equal(b, 2 * x)
 
@@ -112,7 +112,7 @@ def test_results_have_the_fakes_strides(device: str) -> None:
     f = fusile.from_source("def f(x, y):\n    return x, y * 2.0, sum(x, axis=0)\n")
     x = torch.randn(8, 5, device=device).t()
     y = torch.randn(10, 8, device=device)[::2]
-    torch.library.opcheck(f.torch_op, ([x, y], [], "0=t;1=t"))  # dynamic shapes included
+    torch.library.opcheck(f.torch_op, ([x, y], [], [], "0=t;1=t"))  # dynamic shapes included
     compiled = torch.compile(lambda a, b: f(a, b)[0] + 1.0, fullgraph=True)
     assert_close(compiled(x, y), x.double() + 1.0, torch.float32)
 
@@ -139,6 +139,21 @@ def test_sizes_that_change_between_compiled_calls(device: str) -> None:
         assert_close(step(x, w, b), ref, torch.float32, scale=8)
 
 
+@fused
+def scaled_by(x, k: int, a: float):
+    return x * k + a
+
+
+def test_int_and_float_arguments_that_change_between_compiled_calls() -> None:
+    """Dynamo traces an int or float argument that changed as a SymInt / SymFloat: the int
+    reaches fusile as a value to compile for (a guard), the float as a runtime value."""
+    torch._dynamo.reset()
+    step = torch.compile(lambda x, k, a: scaled_by(x, k, a), fullgraph=True)
+    x = torch.randn(4, 8)
+    for k, a in ((2, 0.5), (3, 1.5), (4, -2.5)):
+        assert_close(step(x, k, a), x.double() * k + a, torch.float32)
+
+
 @pytest.mark.filterwarnings("ignore:Error detected in GeneratedBackwardFor")
 def test_compiled_backward_through_a_user_function_says_why() -> None:
     torch._dynamo.reset()
@@ -156,8 +171,8 @@ def test_op_names_are_unique_and_overridable() -> None:
     assert a.torch_op.name() != b.torch_op.name()
     assert "my_softcap" in softcap.torch_op.name()
     x = torch.randn(3)
-    assert torch.equal(a.torch_op([x], [], "0=t")[0], x + 1)
-    assert torch.equal(b.torch_op([x], [], "0=t")[0], x + 2)
+    assert torch.equal(a.torch_op([x], [], [], "0=t")[0], x + 1)
+    assert torch.equal(b.torch_op([x], [], [], "0=t")[0], x + 2)
 
 
 def test_a_dropped_function_takes_its_op_with_it() -> None:
