@@ -30,6 +30,15 @@ def call_key(args: tuple, check_grad: bool) -> tuple:
     return key, check_grad and _grad_enabled(), config.raw("target", "tf32")
 
 
+def dense_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The strides torch.empty(shape) gives: what fusile's outputs (and fakes) have."""
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= max(n, 1)
+    return tuple(reversed(strides))
+
+
 def _grad_enabled() -> bool:
     global _grad_enabled
     import torch

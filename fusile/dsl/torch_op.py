@@ -20,6 +20,7 @@ import weakref
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+from fusile.backends.dispatch import dense_strides
 from fusile.dsl.errors import SignatureError
 
 if TYPE_CHECKING:
@@ -142,7 +143,8 @@ class TorchOp:
         for i, o in enumerate(outs):  # an op's results may alias neither its inputs nor each
             # other, and must have the fake's (contiguous) strides: a returned input is a
             # copy with the input's strides
-            if any(o is t for t in tensors) or id(o) in seen or o.stride() != _dense(o.shape):
+            if (any(o is t for t in tensors) or id(o) in seen or
+                    o.stride() != dense_strides(o.shape)):
                 outs[i] = o.clone(memory_format=_contiguous_format())
             seen.add(id(outs[i]))
         return outs
@@ -162,15 +164,6 @@ class TorchOp:
         raise SignatureError(f"{getattr(fn, '__name__', self.name)}() has no backward yet: "
                              "run it on inputs that do not require grad (detach them), or use "
                              "the fusile.stdlib op, which has one")
-
-
-def _dense(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The strides torch.empty(shape) has."""
-    strides, step = [], 1
-    for n in reversed(shape):
-        strides.append(step)
-        step *= max(n, 1)
-    return tuple(reversed(strides))
 
 
 def _contiguous_format() -> Any:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from fusile.backends.dispatch import dense_strides
 from fusile.backends.triton.launch import current_stream, direct_launcher, hooks_active
 
 _INPUT, _SLOT, _SCALAR = 0, 1, 2
@@ -111,9 +112,9 @@ class Replay:
                  signs: tuple[tuple[int, bool], ...], device: Any,
                  launch: Callable[..., None],
                  scalars: Callable[[list[Any]], dict[int, Any]] | None = None):
-        self.slots, self.runs, self.outs, self.signs = slots, runs, outs, signs
+        self.runs, self.outs, self.signs = runs, outs, signs
         self.device, self.launch, self.scalars = device, launch, scalars
-        self.alloc = [(shape, _contiguous(shape), dtype) for shape, dtype in slots]
+        self.alloc = [(shape, dense_strides(shape), dtype) for shape, dtype in slots]
         self.new = allocator(device)
         direct: list[Any] = [direct_launcher(kernel) for kernel, *_ in runs]
         self.direct: list[Any] | None = None if None in direct or not runs else [
@@ -145,14 +146,6 @@ class Replay:
                     a[i] = args[x] if kind == _INPUT else made[x] if kind == _SLOT else env[x]
                 self.launch(kernel, grid, dev, a)
         return [args[x].clone() if kind == _INPUT else made[x] for kind, x in self.outs]
-
-
-def _contiguous(shape: tuple[int, ...]) -> tuple[int, ...]:
-    strides, step = [], 1
-    for n in reversed(shape):
-        strides.append(step)
-        step *= max(n, 1)
-    return tuple(reversed(strides))
 
 
 def allocator(device: Any) -> Callable[[tuple, tuple, Any], Any]:
