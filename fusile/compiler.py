@@ -7,6 +7,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from fusile import config
 from fusile.dsl import ast
 from fusile.dsl.check import Binding, Typed, check
@@ -57,6 +59,32 @@ class Compiled:
             v = values[p]
             out.append(derived_spec(v, index) if isinstance(v, TensorSpec) else v[index])
         return out
+
+    @functools.cached_property
+    def result_types(self) -> list[Any]:
+        """The caller's results' types (a concat's pieces are one result)."""
+        types = self.typed.result_types
+        return [types[j] if isinstance(j, int) else j.type for j in self.typed.joins] or types
+
+    def assemble(self, outs: list[Any]) -> list[Any]:
+        """The caller's results from the lowered ones (numpy arrays or torch tensors): the
+        pieces of a concat copied into one array. The runtime writes them in place instead."""
+        if not self.typed.joins:
+            return outs
+        results = []
+        for j in self.typed.joins:
+            if isinstance(j, int):
+                results.append(outs[j])
+                continue
+            first = outs[j.parts[0][0]]
+            shape = [d if isinstance(d := self.typed.env.find(s), int) else first.shape[a]
+                     for a, s in enumerate(j.type.shape)]
+            full = (np.empty(shape, first.dtype) if isinstance(first, np.ndarray) else
+                    first.new_empty(shape))
+            for pos, index in j.parts:
+                full[index] = outs[pos]
+            results.append(full)
+        return results
 
     def artifact(self, kind: str) -> Any:
         table = {"ast": lambda: ast.dump(self.typed.func), "mlir": lambda: self.stages.mlir,

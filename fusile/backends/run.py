@@ -44,7 +44,8 @@ def backend_name(device: str = "cpu") -> str:
 
 
 def run_reference(compiled: Any, args: list[Any]) -> list[np.ndarray]:
-    return reference.evaluate(compiled.reference_graph, [_to_numpy(a) for a in args])
+    return compiled.assemble(reference.evaluate(compiled.reference_graph,
+                                                [_to_numpy(a) for a in args]))
 
 
 def runner(compiled: Any, args: list[Any]) -> Any:
@@ -90,7 +91,7 @@ def run(compiled: Any, args: list[Any]) -> list[Any]:
         outs = run_reference(compiled, args)
         return [torch.from_numpy(np.array(o, order="C")).to(device=device,
                                                              dtype=to_torch(t.dtype))
-                for o, t in zip(outs, compiled.typed.result_types, strict=True)]
+                for o, t in zip(outs, compiled.result_types, strict=True)]
     target = _target(name, device)
     key = _program_key(target)
     program = compiled.programs.get(key)

@@ -114,9 +114,16 @@ class TupleExpr(Node):
     items: tuple[Expr, ...]
 
 
+@dataclass(frozen=True)
+class ListExpr(Node):
+    """`[a, b]`: only the pieces of concat and stack."""
+
+    items: tuple[Expr, ...]
+
+
 Expr = (
     Name | Num | Str | Const | BinOp | UnaryOp | Compare | IfExp | Call | Slice | EllipsisLit
-    | Subscript | Attribute | TupleExpr
+    | Subscript | Attribute | TupleExpr | ListExpr
 )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from fusile.dsl import ast, inline, spellings
+from fusile.dsl import ast, concat, inline, spellings
 from fusile.dsl.builtins import BUILTINS
 from fusile.dsl.errors import BuiltinCallError, UnknownNameError, UnsupportedSyntaxError
 from fusile.dsl.resolve import resolve_global
@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 def call(ck: Checker, e: ast.Call) -> ValueType | MultiType:
     kwargs = {k.name: k.value for k in e.kwargs}
     if isinstance(e.func, ast.Name) and e.func.id not in ck.scope:
+        if e.func.id in concat.NAMES:
+            return concat.call(ck, e, e.func.id)
         if e.func.id in BUILTINS:
             return ck.builtin_call(e, e.func.id, list(e.args), kwargs)
         if e.func.id in spellings.EXTRAS:
@@ -39,6 +41,8 @@ def call(ck: Checker, e: ast.Call) -> ValueType | MultiType:
         name = _dotted(e.func) or "?"
         raise UnknownNameError(f"unknown function {name!r}{_suggest(name)}", e.func.span)
     builtin_name = getattr(obj, "__fusile_builtin__", None)
+    if builtin_name in concat.NAMES:
+        return concat.call(ck, e, builtin_name)
     if builtin_name is not None:
         return ck.builtin_call(e, builtin_name, list(e.args), kwargs)
     if hasattr(obj, "__fusile_funcdef__"):

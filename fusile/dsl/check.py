@@ -11,7 +11,7 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from fusile.dsl import ast, calls, spellings, views
+from fusile.dsl import ast, calls, concat, spellings, views
 from fusile.dsl.builtins import BUILTINS, CONSTANTS, OPTION, BoundCall, bind, signature
 from fusile.dsl.errors import (
     AxisError,
@@ -27,6 +27,7 @@ from fusile.dsl.errors import (
 )
 from fusile.dsl.options import option
 from fusile.dsl.resolve import resolve_global
+from fusile.dsl.slicing import ELEMENTWISE as slicing_ELEMENTWISE
 from fusile.dsl.types import (
     DType,
     ScalarType,
@@ -42,6 +43,7 @@ from fusile.dsl.types import (
 )
 
 MultiType = tuple[ValueType, ...]
+_SHAPE_ONLY = {"size", "index", "arange"}  # builtins that read a tensor's shape, not its values
 
 
 @dataclass
@@ -66,7 +68,15 @@ class Typed:
     # (parameter, per-axis slice ops) -> (name, type): views made at call time (slicing.py)
     derived: dict[tuple, tuple[str, TensorType]] = field(default_factory=dict)
     results: list[ast.Expr] = field(default_factory=list)
-    result_types: list[TensorType] = field(default_factory=list)
+    result_types: list[TensorType] = field(default_factory=list)  # one per lowered result
+    # concats (slicing.Concat, by id of their node) and the seams of values made from them
+    concats: dict[int, Any] = field(default_factory=dict)
+    seams: dict[int, dict[int, frozenset[int]]] = field(default_factory=dict)
+    # a returned value with seams -> its pieces, each a lowered result; per caller-visible
+    # result, its lowered position or the Join that assembles it ([]: one to one)
+    pieces: dict[int, list[ast.Expr]] = field(default_factory=dict)
+    joins: list[int | concat.Join] = field(default_factory=list)
+    unlowered: set[int] = field(default_factory=set)  # assigned concats: only their pieces are
 
     def type_of(self, e: ast.Expr) -> ValueType:
         t = self.types[id(e)]
@@ -156,6 +166,9 @@ class Checker:
             self.scope[name] = b
             self.defs[name] = value.items[stmt.targets.index(name)] if isinstance(
                 value, ast.TupleExpr) else value if len(stmt.targets) == 1 else None
+            if self.t.concats and self.defs[name] is not None and concat.seams(
+                    self, self.defs[name]):  # type: ignore[arg-type]
+                self.t.unlowered.add(id(self.defs[name]))
 
     def ret(self, stmt: ast.Return) -> None:
         for v in stmt.values:
@@ -165,8 +178,25 @@ class Checker:
                     raise RankError(
                         "a fused function returns tensors; this is a scalar "
                         "(broadcast it against a tensor first)", v.span)
-                self.t.result_types.append(one)
+            parts = concat.split(self, v, t) if isinstance(t, TensorType) else []
+            if parts and self.depth > 0:
+                raise UnsupportedSyntaxError(
+                    "a @fused function that another one calls cannot return a concat yet; "
+                    "return its pieces, and concat them in the caller", v.span)
+            if parts:
+                assert isinstance(t, TensorType)
+                self.t.pieces[id(v)] = [p for p, _ in parts]
+                first = len(self.t.result_types)
+                self.t.joins.append(concat.Join(t, tuple(
+                    (first + k, index) for k, (_, index) in enumerate(parts))))
+                self.t.result_types.extend(self.t.type_of(p) for p, _ in parts)  # type: ignore
+            else:
+                for one in t if isinstance(t, tuple) else (t,):
+                    self.t.joins.append(len(self.t.result_types))
+                    self.t.result_types.append(one)  # type: ignore[arg-type]
             self.t.results.append(v)
+        if not self.t.pieces:
+            self.t.joins.clear()  # one to one
 
     # ------------------------------------------------------------------ expressions
     def binding(self, e: ast.Expr) -> Binding:
@@ -233,6 +263,9 @@ class Checker:
         if isinstance(e, ast.TupleExpr):
             raise UnsupportedSyntaxError("a tuple is only allowed in return and assignment",
                                          e.span)
+        if isinstance(e, ast.ListExpr):
+            raise UnsupportedSyntaxError("a list is only allowed as the pieces of concat or "
+                                         "stack: concat([a, b], axis=-1)", e.span)
         raise UnsupportedSyntaxError(f"{type(e).__name__} is not supported here", e.span)
 
     def name(self, e: ast.Name) -> ValueType | MultiType:
@@ -343,6 +376,8 @@ class Checker:
             else:
                 values.append(arg)
         types = [self.value(v) for v in values]
+        if self.t.concats and name not in slicing_ELEMENTWISE and name not in _SHAPE_ONLY:
+            concat.refuse(self, values, f"{name}()")
         call = BoundCall(name, e.span, types, [v.span for v in values], options)
         out = b.infer(call, self.t.env)
         if name == "size" and isinstance(types[0], TensorType):

@@ -218,7 +218,7 @@ class FusedFunction:
         sizes = check_sizes(compiled.checks, shapes, self.params, self.__fusile_source__)
         env = compiled.typed.env
         out = []
-        for t in compiled.typed.result_types:
+        for t in compiled.result_types:
             dims = [env.find(d) for d in t.shape]
             out.append(([d if isinstance(d, int) else sizes[d] for d in dims],
                         to_torch(t.dtype)))

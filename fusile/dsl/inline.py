@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from fusile.dsl import ast
+from fusile.dsl import ast, concat
 from fusile.dsl.errors import BuiltinCallError, ShapeMismatchError, Source, UnsupportedSyntaxError
 
 if TYPE_CHECKING:
@@ -46,6 +46,7 @@ def inline(ck: Checker, e: ast.Call, fused_fn: Any,
                                              p.default.span)
         else:
             b = ck.binding(a)
+            concat.refuse(ck, [a], f"{func.name}(), a @fused function,")
             if isinstance(b.type, tuple):
                 raise ShapeMismatchError("cannot pass several values as one argument",
                                          a.span)

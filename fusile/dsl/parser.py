@@ -172,7 +172,6 @@ class _ToAst(Transformer[Token, Any]):
     bool_and = _unsupported("'and'", "; use & on boolean tensors")
     bool_not = _unsupported("'not'", "; use ~ on boolean tensors")
     star_arg = _unsupported("star-arguments (*args, **kwargs) in a call")
-    list_lit = _unsupported("a list literal", "; fusile values are tensors and scalars")
 
     def compare(self, meta: Any, children: list[Any]) -> ast.Expr:
         """`a < b < c` is `(a < b) & (b < c)`, elementwise, with b evaluated once (the same
@@ -262,6 +261,9 @@ class _ToAst(Transformer[Token, Any]):
 
     def tuple_lit(self, meta: Any, children: list[Any]) -> ast.TupleExpr:
         return ast.TupleExpr(_span(meta), tuple(c for c in children if c is not None))
+
+    def list_lit(self, meta: Any, children: list[Any]) -> ast.ListExpr:
+        return ast.ListExpr(_span(meta), tuple(c for c in children if c is not None))
 
 
 def _binop_rule(op: str) -> Callable[..., ast.BinOp]:

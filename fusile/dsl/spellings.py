@@ -144,6 +144,8 @@ def function(span: Span, name: str, args: list[ast.Expr], kwargs: dict[str, ast.
     args = list(args)
     if name in _SAME:
         return _call(span, name, args, kwargs)
+    if name in ("cat", "concat", "concatenate", "stack"):
+        return _call(span, "stack" if name == "stack" else "concat", args, kwargs)
     if name in _RENAMED:
         return _call(span, _RENAMED[name], args, kwargs)
     if name in ("max", "min"):
@@ -247,7 +249,7 @@ def torch_function(e: ast.Call, name: str) -> ast.Expr:
     out = function(e.span, name, list(e.args), kwargs)
     if out is None:
         known = sorted({*_SAME, *_RENAMED, *EXTRAS, *_ARITH, "max", "min", "var", "pow",
-                        "neg"})
+                        "neg", "cat", "concat", "stack"})
         raise UnsupportedSyntaxError(f"torch's {name}() has no fusile counterpart; the torch "
                                      f"functions fusile knows: {', '.join(known)}", e.func.span)
     return out

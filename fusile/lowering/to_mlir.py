@@ -53,15 +53,19 @@ class Lowerer:
         for stmt in self.t.func.body:
             if isinstance(stmt, ast.Assign):
                 value = stmt.value
+                if id(value) in self.t.unlowered:  # a concat: its consumers read its pieces
+                    continue
                 if isinstance(value, ast.TupleExpr):
-                    vals = [self.expr(v) for v in value.items]
+                    for name, v in zip(stmt.targets, value.items, strict=True):
+                        if id(v) not in self.t.unlowered:
+                            self.scope[name] = self.expr(v)
                 else:
-                    vals = self.multi(value)
-                for name, val in zip(stmt.targets, vals, strict=True):
-                    self.scope[name] = val
+                    for name, val in zip(stmt.targets, self.multi(value), strict=True):
+                        self.scope[name] = val
             else:
                 for e in stmt.values:
-                    for r in self.multi(e):
+                    pieces = self.t.pieces.get(id(e))
+                    for r in self.multi(e) if pieces is None else map(self.expr, pieces):
                         assert isinstance(r, LV)
                         results.append(r)
         return results
@@ -102,6 +106,10 @@ class Lowerer:
         if isinstance(e, ast.Call) and id(e) in self.t.inlined:
             (only,) = self.inline(e)
             return only
+        if id(e) in self.t.concats:
+            raise LoweringError("this concat reaches something fusile cannot push it into "
+                                "yet; concat the results of elementwise math instead", e.span,
+                                self.t.source)
         if id(e) in self.t.builtins:
             bound = self.t.builtins[id(e)]
             args = [self.expr(a) for a in self.t.builtin_args[id(e)]]

@@ -12,11 +12,12 @@ from fusile.stdlib.ops import (
     rms_norm,
     softmax,
 )
-from fusile.stdlib.rope import rope
+from fusile.stdlib.rope import apply_rotary_pos_emb, rope
 
 __all__ = [
     "add_layer_norm",
     "add_rms_norm",
+    "apply_rotary_pos_emb",
     "attention",
     "cross_entropy",
     "geglu",

@@ -221,29 +221,3 @@ def cross_entropy_bwd(dloss, logits, target, lse, ignore_index: int, smoothing: 
     onehot = where(index(logits, -1) == t, 1.0 - smoothing, 0.0)
     g = p - onehot - smoothing / size(logits, -1)
     return astype(where(t != ignore_index, g * dloss, 0.0), logits)
-
-
-# ----------------------------------------------------------------------------- rotary embedding
-
-
-@fused
-def rotate_half(x):
-    """(-x1, x0) along axis -2, which has size 2 (the two halves of the head dim): each output
-    picks the other half with a masked sum over that axis, exact since one term is 0."""
-    xk = x[..., None, :, :]
-    kout = index(x, -2)[..., None, :]
-    kin = index(xk, -2)
-    other = sum(where(kin + kout == 1, xk, 0.0), axis=-2)
-    return where(index(x, -2) == 0, -other, other)
-
-
-@fused
-def rope_fwd(x, cos, sin):
-    """x * cos + rotate_half(x) * sin, with x viewed as (..., 2, D/2)."""
-    return astype(x * cos + rotate_half(x) * sin, x)
-
-
-@fused
-def rope_bwd(dy, cos, sin):
-    """rotate_half is a rotation R with R^T = -R, so dx = dy * cos - R(dy * sin)."""
-    return astype(dy * cos - rotate_half(dy * sin), dy)

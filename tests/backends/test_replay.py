@@ -36,7 +36,7 @@ def test_replay_splices_new_tensors_and_scalars() -> None:
     x = torch.randn(3, 5)
     rec, env, _ = _recorded(x, 0.5)
     launched = []
-    replay = rec.replay(env, [9], "cpu", lambda *a: launched.append(a), _scalars)
+    replay = rec.replay(env, [env[9]], "cpu", lambda *a: launched.append(a), _scalars)
     assert replay is not None and replay.signs == ((2, True),)
     y = torch.randn(3, 5)
     outs = replay([y, 1.5])
@@ -52,7 +52,7 @@ def test_replay_declines_a_sign_change() -> None:
     positive one leaves a negative one to the full path."""
     x = torch.randn(3, 5)
     rec, env, _ = _recorded(x, 0.5)
-    replay = rec.replay(env, [9], "cpu", lambda *a: None, _scalars)
+    replay = rec.replay(env, [env[9]], "cpu", lambda *a: None, _scalars)
     assert replay is not None
     assert replay([x, -0.5]) is None
 
@@ -60,7 +60,7 @@ def test_replay_declines_a_sign_change() -> None:
 def test_replay_returns_inputs_as_copies() -> None:
     x = torch.randn(3, 5)
     rec, env, _ = _recorded(x, 0.5)
-    replay = rec.replay(env, [0, 9], "cpu", lambda *a: None, _scalars)
+    replay = rec.replay(env, [env[0], env[9]], "cpu", lambda *a: None, _scalars)
     assert replay is not None
     y = torch.randn(3, 5)
     outs = replay([y, 0.5])
@@ -71,12 +71,57 @@ def test_nothing_is_replayed_that_was_not_understood() -> None:
     x = torch.randn(3, 5)
     rec, env, _ = _recorded(x, 0.5)
     rec.run("K2", (1,), (torch.empty(2),), {})  # a tensor the call neither got nor made
-    assert rec.replay(env, [9], "cpu", lambda *a: None, _scalars) is None
+    assert rec.replay(env, [env[9]], "cpu", lambda *a: None, _scalars) is None
     rec, env, _ = _recorded(x, 0.5)
     rec.abandon()  # the tuner ran, or a kernel went through the JIT
-    assert rec.replay(env, [9], "cpu", lambda *a: None, _scalars) is None
+    assert rec.replay(env, [env[9]], "cpu", lambda *a: None, _scalars) is None
     rec, env, _ = _recorded(x, 0.5)
-    assert rec.replay(env, [7], "cpu", lambda *a: None, _scalars) is None  # an unknown result
+    assert rec.replay(env, [torch.empty(1)], "cpu", lambda *a: None,  # an unknown result
+                      _scalars) is None
+
+
+def test_pieces_of_a_joined_result_are_views_of_its_new_allocation() -> None:
+    """A returned concat: the call allocated one result and launched a kernel on two views
+    of it; a replay allocates a fresh result and launches on the same views of that."""
+    x = torch.randn(3, 5)
+    rec = Recorder([x, 0.5], {1, 2})
+    full = torch.empty(3, 8)
+    rec.alloc(full)
+    left, right = full[:, :5], full[:, 5:]
+    rec.view(left, full, (slice(None), slice(0, 5)))
+    rec.view(right, full, (slice(None), slice(5, 8)))
+    rec.scalars = {}
+    rec.run("K", (1,), (x, left, right), {})
+    launched = []
+    replay = rec.replay({1: 0.5}, [full], "cpu", lambda *a: launched.append(a), _scalars)
+    assert replay is not None
+    outs = replay([torch.randn(3, 5), 0.5])
+    assert outs is not None and outs[0].shape == (3, 8) and outs[0] is not full
+    (_, _, _, args), = launched
+    assert args[1].data_ptr() == outs[0].data_ptr() and args[1].shape == (3, 5)
+    assert args[2].data_ptr() == outs[0][:, 5:].data_ptr() and args[2].stride() == (8, 1)
+
+
+def test_a_piece_the_kernels_do_not_write_is_copied_again() -> None:
+    """A returned concat whose second piece is a parameter: the call copied it into its view
+    after the launches, and so does every replay, from that call's parameter."""
+    x = torch.randn(3, 5)
+    rec = Recorder([x, 0.5], {1, 2})
+    full = torch.empty(3, 10)
+    rec.alloc(full)
+    left, right = full[:, :5], full[:, 5:]
+    rec.view(left, full, (slice(None), slice(0, 5)))
+    rec.scalars = {}
+    rec.run("K", (1,), (x, left), {})
+    rec.view(right, full, (slice(None), slice(5, 10)))
+    rec.copy(right, x)
+    replay = rec.replay({1: 0.5}, [full], "cpu", lambda *a: None, _scalars)
+    assert replay is not None
+    y = torch.randn(3, 5)
+    outs = replay([y, 0.5])
+    assert outs is not None and torch.equal(outs[0][:, 5:], y)
+    rec.copy(right, torch.empty(3, 5))  # from a tensor the call neither got nor made
+    assert rec.replay({1: 0.5}, [full], "cpu", lambda *a: None, _scalars) is None
 
 
 def test_layout_key_sees_strides_and_alignment() -> None:
@@ -114,7 +159,7 @@ def test_the_direct_launch_passes_grid_stream_and_spliced_arguments(
     kernel = _Compiled()
     rec.scalars = {3: 2}
     rec.run(kernel, (4, 2), (x, out, 64, 1.0), {"B": 16})
-    replay = rec.replay(env, [9], torch.device("cpu"), lambda *a: pytest.fail("general path"),
+    replay = rec.replay(env, [env[9]], torch.device("cpu"), lambda *a: pytest.fail("general path"),
                         _scalars)
     assert replay is not None and replay.direct is not None
     y = torch.randn(3, 5)

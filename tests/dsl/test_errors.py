@@ -100,7 +100,7 @@ BAD = [
     ('slice_bound_runtime', 'def f(x, s: float):\n    return x[:s]\n', 'vf', E.UnsupportedSyntaxError,
      "a slice's stop must be a constant known when compiling: an int, an int parameter or a size such as size(x, -1) // 2\n --> prog.py:2:15\n  |\n2 |     return x[:s]\n  |               ^"),
     ('slice_of_reduction', 'def f(x):\n    return sum(x, axis=0, keepdims=True)[:, :2]\n', 'x', E.UnsupportedSyntaxError,
-     'slicing this value is not supported yet: fusile slices parameters, and elementwise math on them; slice the inputs of the reduction, matmul or view instead\n --> prog.py:2:12\n  |\n2 |     return sum(x, axis=0, keepdims=True)[:, :2]\n  |            ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^'),
+     'slicing this value is not supported yet: fusile slices parameters, and elementwise math, views and concats of them; slice the inputs of the reduction or matmul instead\n --> prog.py:2:12\n  |\n2 |     return sum(x, axis=0, keepdims=True)[:, :2]\n  |            ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^'),
     ('slice_empty', 'def f(x):\n    return x[:, 3:1]\n', 'x', E.AxisError,
      'this slice of an axis of size 4 is empty\n --> prog.py:2:17\n  |\n2 |     return x[:, 3:1]\n  |                 ^^^'),
     ('no_return', 'def f(x):\n    y = x\n', 'x', E.UnsupportedSyntaxError,

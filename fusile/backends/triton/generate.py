@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fusile.backends.triton.kernel_source import KernelSource
 from fusile.backends.triton.ops import NAN_COMBINE, NAN_COMBINE_SOURCE
 from fusile.lowering.partition import Plan
@@ -30,3 +32,19 @@ def generate(plan: Plan, target: str, names: dict[int, str], tf32: bool = False
             bodies.insert(0, NAN_COMBINE_SOURCE)
     text = "\n".join(head) + "\n\n\n" + "\n\n\n".join(bodies) + "\n"
     return text, kernels
+
+
+def kernel_functions(module: Any, ks: KernelSource, interpreter: bool) -> dict[str, Any]:
+    """A kernel's launchable functions in its loaded module, by variant: "dot" (tiled) or
+    "single", and "looped", "split" and "combine" where the kernel has them."""
+    fns = {"dot" if ks.dot else "single": getattr(module, ks.name)}
+    if ks.looped_name:
+        fns["looped"] = getattr(module, ks.looped_name)
+    if ks.split_name and ks.combine_name:
+        fns["split"] = getattr(module, ks.split_name)
+        fns["combine"] = getattr(module, ks.combine_name)
+    if interpreter:
+        from triton.runtime.interpreter import InterpretedFunction
+
+        fns = {k: InterpretedFunction(f.fn) for k, f in fns.items()}
+    return fns

@@ -39,12 +39,13 @@ class Recorder:
         self.inputs = {id(a): i for i, a in enumerate(args) if hasattr(a, "data_ptr")}
         self.dynamic = dynamic
         self.ok = True
-        self.slots: list[tuple[tuple[int, ...], Any]] = []
+        self.slots: list[tuple[tuple[int, ...] | None, Any]] = []
         self.slot_of: dict[int, int] = {}
         self.keep: list[Any] = []  # allocations stay alive, so their ids stay unique
         self.runs: list[tuple[Any, tuple[int, ...], list[Any], list[tuple[int, int, int]]]] = []
         self.used: set[int] = set()
         self.scalars: dict[int, int] = {}  # the launch in progress: arg position -> env id
+        self.copies: list[tuple[int, int, int]] = []  # (view slot, _INPUT | _SLOT, index)
 
     def abandon(self) -> None:
         self.ok = False
@@ -78,14 +79,30 @@ class Recorder:
             template[i] = None
         self.runs.append((kernel, grid, template, fills))
 
-    def replay(self, env: dict[int, Any], results: list[int], device: Any,
+    def view(self, t: Any, base: Any, index: tuple[slice, ...]) -> None:
+        """t is base[index] (a piece of a joined result), made again from base's slot."""
+        self.slot_of[id(t)] = len(self.slots)
+        self.slots.append((None, (self.slot_of[id(base)], index)))
+        self.keep.append(t)
+
+    def copy(self, dst: Any, src: Any) -> None:
+        """After the launches, src (an input or a tensor the call made) was copied into dst
+        (a view of a tensor the call made)."""
+        kind = _INPUT if id(src) in self.inputs else _SLOT if id(src) in self.slot_of else None
+        if kind is None:
+            self.ok = False
+            return
+        self.copies.append((self.slot_of[id(dst)], kind,
+                            self.inputs[id(src)] if kind == _INPUT else self.slot_of[id(src)]))
+
+    def replay(self, env: dict[int, Any], results: list[Any], device: Any,
                launch: Callable[..., None], scalars: Callable[[list[Any]], dict[int, Any]]
                ) -> Replay | None:
-        """The recorded call as a Replay; `scalars` gives a later call's env values that
-        come from its non-tensor arguments (the rest are fixed by the layout)."""
+        """The recorded call, whose results are these tensors, as a Replay; `scalars` gives
+        a later call's env values that come from its non-tensor arguments (the rest are
+        fixed by the layout)."""
         outs = []
-        for r in results:
-            t = env.get(r)
+        for t in results:
             if id(t) in self.inputs:
                 outs.append((_INPUT, self.inputs[id(t)]))
             elif id(t) in self.slot_of:
@@ -96,7 +113,7 @@ class Recorder:
             return None
         signs = tuple((k, env[k] > 0) for k in sorted(self.used))
         return Replay(self.slots, self.runs, outs, signs, device, launch,
-                      scalars if self.used else None)
+                      scalars if self.used else None, self.copies)
 
 
 class Replay:
@@ -108,13 +125,17 @@ class Replay:
     does last), with the current stream read once and no launch metadata while no launch
     hook is installed; `launch` is the general path (hooks, or an unfamiliar kernel)."""
 
-    def __init__(self, slots: list[tuple[tuple[int, ...], Any]], runs: list, outs: list,
+    def __init__(self, slots: list[tuple[tuple[int, ...] | None, Any]], runs: list, outs: list,
                  signs: tuple[tuple[int, bool], ...], device: Any,
                  launch: Callable[..., None],
-                 scalars: Callable[[list[Any]], dict[int, Any]] | None = None):
+                 scalars: Callable[[list[Any]], dict[int, Any]] | None = None,
+                 copies: list[tuple[int, int, int]] | None = None):
         self.runs, self.outs, self.signs = runs, outs, signs
+        self.copies = copies or []
         self.device, self.launch, self.scalars = device, launch, scalars
-        self.alloc = [(shape, dense_strides(shape), dtype) for shape, dtype in slots]
+        self.alloc = [(shape, dense_strides(shape), dtype) if shape is not None else
+                      (None, *dtype) for shape, dtype in slots]  # or (None, slot, index): a view
+        self.plain = all(a[0] is not None for a in self.alloc)
         self.new = allocator(device)
         direct: list[Any] = [direct_launcher(kernel) for kernel, *_ in runs]
         self.direct: list[Any] | None = None if None in direct or not runs else [
@@ -131,7 +152,12 @@ class Replay:
                     return None
         dev = self.device
         new = self.new
-        made = [new(shape, stride, dtype) for shape, stride, dtype in self.alloc]
+        if self.plain:
+            made = [new(shape, stride, dtype) for shape, stride, dtype in self.alloc]
+        else:
+            made = []
+            for a in self.alloc:
+                made.append(new(*a) if a[0] is not None else made[a[1]][a[2]])
         if self.direct is not None and not hooks_active():
             stream = current_stream(dev.index)
             for (run, function, meta), (g0, g1, g2), template, fills in self.direct:
@@ -145,6 +171,8 @@ class Replay:
                 for i, kind, x in fills:
                     a[i] = args[x] if kind == _INPUT else made[x] if kind == _SLOT else env[x]
                 self.launch(kernel, grid, dev, a)
+        for d, kind, x in self.copies:  # pieces of joined results the kernels do not write
+            made[d].copy_(args[x] if kind == _INPUT else made[x])
         return [args[x].clone() if kind == _INPUT else made[x] for kind, x in self.outs]
 
 

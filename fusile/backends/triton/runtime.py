@@ -19,8 +19,9 @@ from fusile import config
 from fusile.backends.targets import Target
 from fusile.backends.torch_dtypes import to_torch
 from fusile.backends.triton import cache, tune
-from fusile.backends.triton.generate import generate
+from fusile.backends.triton.generate import generate, kernel_functions
 from fusile.backends.triton.host import CallScalars, dynamic_values, host_env, needs_i64
+from fusile.backends.triton.joins import Joins
 from fusile.backends.triton.kernel_source import KernelSource
 from fusile.backends.triton.launch import (
     FP_FUSION,
@@ -80,16 +81,7 @@ class TritonProgram:
         module = cache.load_module(self.source)
         self.launches: list[_Launch] = []
         for ks in kernels:
-            fns = {"dot" if ks.dot else "single": getattr(module, ks.name)}
-            if ks.looped_name:
-                fns["looped"] = getattr(module, ks.looped_name)
-            if ks.split_name and ks.combine_name:
-                fns["split"] = getattr(module, ks.split_name)
-                fns["combine"] = getattr(module, ks.combine_name)
-            if family == "interpreter":
-                from triton.runtime.interpreter import InterpretedFunction
-
-                fns = {k: InterpretedFunction(f.fn) for k, f in fns.items()}
+            fns = kernel_functions(module, ks, family == "interpreter")
             main = max((t for t in ks.tensors), key=lambda t: len(t.classes), default=None)
             r_contig = bool(main and main.classes and main.classes[-1] in ks.r_classes)
             sized = {c: ks.class_global[c] for c in ks.classes}
@@ -102,6 +94,7 @@ class TritonProgram:
             self.launches.append(_Launch(ks, fns, r_contig or ks.kind == POINTWISE, elem,
                                          strides, alloc, sized, key=key))
         self._class_source = self._size_sources()
+        self._joins = Joins(compiled, graph.results, self.plan.tensor_class)  # the results
         self._host_ops = [n for n in graph.nodes if isinstance(n, Op)]
         self._arg_set = set(graph.args)
         # launch compiled kernels directly (skipping the JIT's argument binding) once the JIT
@@ -145,31 +138,35 @@ class TritonProgram:
                 if outs is not None:
                     return outs
         env = host_env(graph, self._host_ops, args)  # sizes and scalar math, on the host
-        sizes = {c: s if isinstance(s, int) else args[s[0]].shape[s[1]]
-                 for c, s in self._class_source.items()}
+        sizes = self._sizes(args)
         rec = self._tls.rec = Recorder(args, dynamic_values(graph, self._host_ops, args)) \
             if replayable else None
+        fulls = self._joins.place(env, sizes, device, self._arg_set, rec)  # concats' pieces
         try:
             with interpreting() if device.type == "cpu" else contextlib.nullcontext():
                 for launch in self.launches:
                     self._launch(launch, env, sizes, device)
         finally:
             self._tls.rec = None
+        outs = self._joins.results(env, fulls, rec)
         if rec is not None:
             scalars = CallScalars(graph, self._host_ops, args, env)
-            replay = rec.replay(env, graph.results, device, launch_compiled, scalars) \
+            replay = rec.replay(env, outs, device, launch_compiled, scalars) \
                 if scalars.ok else None
             if replay is not None:
                 if len(self._replays) > 256:
                     self._replays.clear()
                 self._replays[key] = replay
-        return [env[r].clone() if r in self._arg_set else env[r] for r in graph.results]
+        return [t.clone() if r in self._arg_set else t
+                for t, r in zip(outs, self._joins.ids, strict=True)]
+
+    def _sizes(self, args: list[Any]) -> dict[tuple, int]:
+        return {c: s if isinstance(s, int) else args[s[0]].shape[s[1]]
+                for c, s in self._class_source.items()}
 
     def replay_for(self, args: list[Any]) -> Replay | None:
         """The recorded launches of a call with these arguments' layout, if any."""
-        if not self._replays:
-            return None
-        return self._replays.get(layout_key(args))
+        return self._replays.get(layout_key(args)) if self._replays else None
 
     def time_kernels(self, args: list[Any]) -> list[float]:
         """Median time (ms) of each kernel on these inputs (CUDA events, do_bench)."""
@@ -178,8 +175,7 @@ class TritonProgram:
         graph = self.graph
         device = next(a.device for a in args if hasattr(a, "device"))
         env = host_env(graph, self._host_ops, args)
-        sizes = {c: s if isinstance(s, int) else args[s[0]].shape[s[1]]
-                 for c, s in self._class_source.items()}
+        sizes = self._sizes(args)
         times = []
         for launch in self.launches:  # launch in order once, so each reads real inputs
             self._launch(launch, env, sizes, device)
