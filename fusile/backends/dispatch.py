@@ -54,7 +54,8 @@ class FastCall:
     floats: so must every later call). `program`: the launchable program, which runs
     anything the replay declines (a scalar of the other sign)."""
 
-    __slots__ = ("compiled", "defaults", "direct", "floats", "program", "replay", "tries")
+    __slots__ = ("compiled", "defaults", "direct", "floats", "program", "replay", "tries",
+                 "views")
 
     def __init__(self, compiled: Any, program: Any, args: tuple, values: list[Any]):
         self.compiled, self.program = compiled, program
@@ -65,6 +66,7 @@ class FastCall:
             range(len(values)))  # the runtime arguments are the call's values as they are
         self.replay: Any = None
         self.tries = 0
+        self.views: list[tuple[int, int, Any]] | None = None  # sliced parameters, replayed
 
     def __call__(self, args: tuple) -> Any:
         defaults = self.defaults
@@ -74,17 +76,41 @@ class FastCall:
             runtime = list(args)
         else:
             values = [*args, *defaults[len(args):]]
-            runtime = self.compiled.runtime_args(values)
+            views = self.views
+            if views is not None:  # a sliced parameter's view is its address (below)
+                runtime = [values[i] for i in self.compiled.runtime_params]
+                runtime += [values[p].data_ptr() + off if index is None else values[p][index]
+                            for p, off, index in views]
+            else:
+                runtime = self.compiled.runtime_args(values)
         replay = self.replay
         if replay is None and self.tries < 4:  # the first calls compile (the JIT) or tune:
             self.tries += 1  # a later one was recorded
             replay = self.replay = getattr(self.program, "replay_for", _none)(runtime)
+            if replay is not None and self.compiled.derived:
+                self.views = self._views(values, runtime, replay.tensor_args)
         if replay is not None:
             outs = replay(runtime)
             if outs is not None:
                 return outs[0] if len(outs) == 1 else tuple(outs)
         outs = self.program(runtime)
         return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+    def _views(self, values: list[Any], runtime: list[Any], tensors: set[int]
+               ) -> list[tuple[int, int, Any]]:
+        """How a replayed call passes each sliced parameter: (parameter, byte offset, None),
+        as the parameter's address plus the offset (Triton's launcher takes an int for a
+        pointer: a torch view costs about 2 us to make), or (parameter, 0, index), a view,
+        where the replay needs a tensor (a result or a copy made from it). The offset is
+        fixed by the layout the call key holds."""
+        first = len(self.compiled.runtime_params)
+        out = []
+        for k, (p, index) in enumerate(self.compiled.derived):
+            view = runtime[first + k]
+            out.append((p, 0, index) if first + k in tensors else
+                       (p, view.data_ptr() - values[p].data_ptr(), None))
+        return out
 
 
 def _none(_: Any) -> None:

@@ -157,7 +157,7 @@ def _op(ck: Checker, item: ast.Expr, dim: Any) -> Op:
         s, stop_, st = slice(start, stop, step).indices(d)
         if not range(s, stop_, st):
             raise AxisError(f"this slice of an axis of size {d} is empty", item.span)
-        return ("slice", s, stop_, st)
+        return KEEP if (s, stop_, st) == (0, d, 1) else ("slice", s, stop_, st)
     i = _bound(ck, item, "index")
     if isinstance(d, Sym):
         raise NeedStatic(d)

@@ -117,6 +117,41 @@ def test_a_fast_call_takes_the_replay_once_one_is_recorded() -> None:
     assert fast((x,)) == "full"
 
 
+def test_a_replayed_call_passes_sliced_parameters_as_addresses() -> None:
+    """Once a replay is found, a sliced parameter reaches it as the parameter's address plus
+    the view's byte offset (no torch view made), except where the replay uses it as a tensor
+    (a result it returns or a copy it makes): there, a real view of this call's tensor."""
+    from fusile.backends.dispatch import FastCall
+
+    seen = []
+
+    class Replay:
+        tensor_args = frozenset({2})
+
+        def __call__(self, args):
+            seen.append(args)
+            return ["replayed"]
+
+    class Program:
+        def replay_for(self, args):
+            return Replay()
+
+        def __call__(self, args):
+            return ["full"]
+
+    x = torch.randn(4, 8)
+    compiled = types.SimpleNamespace(
+        derived=[(0, (slice(None), slice(3, 8))), (0, (slice(1, 3),))], runtime_params=[0],
+        runtime_args=lambda v: [v[0], v[0][:, 3:8], v[0][1:3]])
+    fast = FastCall(compiled, Program(), (x,), [x])
+    assert fast((x,)) == "replayed"  # found on the first call, which made real views
+    y = torch.randn(4, 8)
+    assert fast((y,)) == "replayed"
+    args = seen[-1]
+    assert args[0] is y and args[1] == y.data_ptr() + 3 * 4
+    assert torch.equal(args[2], y[1:3]) and args[2].data_ptr() == y[1:3].data_ptr()
+
+
 def test_an_int_for_a_float_parameter_stays_a_float_on_repeated_calls() -> None:
     """The first call converts it (2**64 would overflow Triton's int specialization); the
     cached path must too, on every later call with the same int."""

@@ -30,6 +30,7 @@ class Value:
     bound: float  # |value| <= bound
     reduced: int = 1  # longest chain of reduced elements behind it (for tolerances)
     sliceable: bool = True  # elementwise math of parameters only (what a slice may cut)
+    joined: bool = False  # made from a concat by elementwise math (no reduction takes it)
 
 
 @dataclass
@@ -91,8 +92,9 @@ REDUCE = ["sum", "mean", "max", "min", "logsumexp", "softmax", "var"]
 
 
 class _Builder:
-    def __init__(self, draw: st.DrawFn):
+    def __init__(self, draw: st.DrawFn, one_dtype: bool = True):
         self.draw = draw
+        self.one_dtype = one_dtype
         self.values: list[Value] = []
         self.lines: list[str] = []
 
@@ -101,7 +103,9 @@ class _Builder:
         names = set(re.findall(r"\b[tx]\d+\b", expr))
         if sliceable is None:  # elementwise: as sliceable as its operands
             sliceable = all(v.sliceable for v in self.values if v.name in names)
-        v = Value(f"t{len(self.lines)}", shape, bound, reduced, sliceable)
+        joined = "concat(" in expr or "stack(" in expr or any(
+            v.joined for v in self.values if v.name in names)
+        v = Value(f"t{len(self.lines)}", shape, bound, reduced, sliceable, joined)
         self.lines.append(f"    {v.name} = {expr}")
         self.values.append(v)
         return v
@@ -136,6 +140,32 @@ class _Builder:
             shape.pop(axis)
         index = ", ".join([":"] * axis + [part])
         return self.new(f"{a.name}[{index}]", tuple(shape), a.bound, a.reduced)
+
+    def concat(self, a: Value) -> Value | None:
+        """concat of a with a value of its shape but along one axis (often a itself, or a
+        slice of it), or a stack of two values of one shape."""
+        if not a.sliceable or not a.shape or not self.one_dtype:  # pieces share their dtype
+            return None
+        rank = len(a.shape)
+        if self.draw(st.booleans()):
+            others = [v for v in self.values if v.sliceable and v.shape == a.shape]
+            c = self.draw(st.sampled_from(others))
+            axis = self.draw(st.integers(-rank - 1, rank))
+            shape = list(a.shape)
+            shape.insert(axis % (rank + 1), 2)
+            expr = f"stack([{a.name}, {c.name}], axis={axis})"
+        else:
+            axis = self.draw(st.integers(-rank, rank - 1))
+            others = [v for v in self.values if v.sliceable and len(v.shape) == rank and all(
+                n == m for i, (n, m) in enumerate(zip(v.shape, a.shape, strict=True))
+                if i != axis % rank)]
+            c = self.draw(st.sampled_from(others))
+            shape = list(a.shape)
+            shape[axis] += c.shape[axis]
+            expr = f"concat([{a.name}, {c.name}], axis={axis})"
+        if _numel(tuple(shape)) > MAX_NUMEL:
+            return None
+        return self.new(expr, tuple(shape), max(a.bound, c.bound), max(a.reduced, c.reduced))
 
     def pick(self) -> Value:
         return self.draw(st.sampled_from(self.values))
@@ -187,7 +217,7 @@ class _Builder:
         return self.new(f"{op}({a.name}, {c.name})", shape, max(a.bound, c.bound), red)
 
     def reduce(self, a: Value) -> Value | None:
-        if not a.shape:
+        if not a.shape or a.joined:  # a reduction of a concat is refused (reduce the pieces)
             return None
         op = self.draw(st.sampled_from(REDUCE))
         rank = len(a.shape)
@@ -222,22 +252,24 @@ class _Builder:
 @st.composite
 def programs(draw: st.DrawFn, max_ops: int = 6, slices: bool = False) -> Program:
     """A random program; `slices` also draws slices and integer indices of parameters and of
-    the elementwise values made from them."""
+    the elementwise values made from them, and concats and stacks of those."""
     base = draw(base_shapes())
     n_in = draw(st.integers(1, 3))
     shapes = [draw(input_shape(base)) for _ in range(n_in)]
     dtype = draw(st.sampled_from(DTYPES))
     mixed = draw(st.integers(0, 4)) == 0
     dtypes = [draw(st.sampled_from(DTYPES)) if mixed else dtype for _ in range(n_in)]
-    b = _Builder(draw)
+    b = _Builder(draw, len(set(dtypes)) == 1)
     params = [f"x{i}" for i in range(n_in)]
     for p, s in zip(params, shapes, strict=True):
         b.values.append(Value(p, s, 2.0))
     for _ in range(draw(st.integers(1, max_ops))):
-        kinds = ["unary", "binary", "binary", "reduce"] + ["slice"] * 2 * slices
+        kinds = ["unary", "binary", "binary", "reduce"] + ["slice", "slice", "concat"] * slices
         kind = draw(st.sampled_from(kinds))
         if kind == "slice":
             b.slice(b.pick())
+        elif kind == "concat":
+            b.concat(b.pick())
         elif kind == "unary":
             b.unary(b.pick())
         elif kind == "binary":

@@ -35,6 +35,8 @@ NAMESPACE: dict[str, Any] = {
                                                                     keepdim=keepdims),
     "softmax": lambda x, axis=-1: torch.softmax(x, dim=axis),
     "size": lambda x, axis: x.shape[axis],
+    "concat": lambda xs, axis=0: torch.cat(xs, dim=axis),
+    "stack": lambda xs, axis=0: torch.stack(xs, dim=axis),
     "inf": math.inf,
 }
 

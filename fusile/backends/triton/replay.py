@@ -132,6 +132,9 @@ class Replay:
                  copies: list[tuple[int, int, int]] | None = None):
         self.runs, self.outs, self.signs = runs, outs, signs
         self.copies = copies or []
+        # the arguments used as tensors (results, copies); the launches take any pointer
+        self.tensor_args = {x for kind, x in outs if kind == _INPUT} | {
+            x for _, kind, x in self.copies if kind == _INPUT}
         self.device, self.launch, self.scalars = device, launch, scalars
         self.alloc = [(shape, dense_strides(shape), dtype) if shape is not None else
                       (None, *dtype) for shape, dtype in slots]  # or (None, slot, index): a view
