@@ -97,3 +97,24 @@ def test_each_pass_is_one_kernel_reading_x_once(fn, interleaved: bool, backward:
     assert len(kernels) == 1
     reads = sum(n for name, n in kernels[0]["reads"].items() if name.startswith("x"))
     assert reads == x.numel() * 4 and sum(kernels[0]["writes"].values()) == x.numel() * 4
+
+
+@pytest.mark.parametrize("target", ["h100", "h200", "mi300x"])
+def test_rope_kernels_cross_compile_without_spills(target: str) -> None:
+    """Both conventions, forward and backward, a partial rotary among them: hsaco/cubin with
+    registers and spills from the target's own compiler, no GPU needed."""
+    from fusile import bf16
+
+    kernels = []
+    for backward in (False, True):
+        art = rope_halves.compile(target, x=bf16["B", 32, 4096, 128], cos=bf16[4096, 64],
+                                  sin=bf16[4096, 64], rotary=64, partial=True,
+                                  backward=backward)
+        kernels += art.kernels
+        art = rope_pairs.compile(target, x=bf16["B", 32, 4096, 64, 2], cos=bf16[4096, 64, 2],
+                                 sin=bf16[4096, 64, 2], rotary=128, partial=False,
+                                 backward=backward)
+        kernels += art.kernels
+    assert len(kernels) == 4
+    for k in kernels:
+        assert k.spills == 0, k.summary()
