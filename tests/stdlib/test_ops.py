@@ -14,6 +14,7 @@ import fusile
 import fusile.stdlib as S
 from fusile import config
 from tests.numerics import assert_close, rel_err
+from tests.stdlib.test_rope import rope_reference
 
 TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2}
 
@@ -29,6 +30,7 @@ def _cases(device: str, dtype: torch.dtype, m: int = 7, n: int = 129) -> dict:
         return t
 
     cs = (torch.randn(m, n - 1, device=device), torch.randn(m, n - 1, device=device))
+    hf = (torch.randn(2, m, n - 1, device=device), torch.randn(2, m, n - 1, device=device))
     return {
         "softmax": (lambda x: S.softmax(x, -1), lambda x: torch.softmax(x, -1), [r(m, n)]),
         "softmax_dim0": (lambda x: S.softmax(x, 0), lambda x: torch.softmax(x, 0), [r(m, n)]),
@@ -64,6 +66,15 @@ def _cases(device: str, dtype: torch.dtype, m: int = 7, n: int = 129) -> dict:
         "rope": (lambda x: S.rope(x, cs[0].to(x.dtype), cs[1].to(x.dtype)),
                  lambda x: x * cs[0].to(x.dtype) + _rotate_half(x) * cs[1].to(x.dtype),
                  [r(2, 3, m, n - 1)]),
+        "rope_qk": (lambda q, k: S.apply_rotary_pos_emb(q, k, hf[0].to(q.dtype),
+                                                        hf[1].to(q.dtype)),
+                    lambda q, k: (rope_reference(q, hf[0].to(q.dtype), hf[1].to(q.dtype)),
+                                  rope_reference(k, hf[0].to(q.dtype), hf[1].to(q.dtype))),
+                    [r(2, 3, m, n - 1), r(2, 1, m, n - 1)]),
+        "rope_gptj_partial": (
+            lambda x: S.rope(x, cs[0][:, :32].to(x.dtype), cs[1][:, :32].to(x.dtype), True),
+            lambda x: rope_reference(x, cs[0][:, :32].to(x.dtype), cs[1][:, :32].to(x.dtype),
+                                     True), [r(2, 3, m, n - 1)]),
         "cross_entropy": (lambda x, t: S.cross_entropy(x, t),
                           lambda x, t: F.cross_entropy(x, t), [r(m, n), labels()]),
         "cross_entropy_smooth_sum": (

@@ -17,8 +17,8 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., h:], x[..., :h]), -1)
 
 
-def _reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool
-               ) -> torch.Tensor:
+def rope_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                   interleaved: bool = False) -> torch.Tensor:
     r = cos.shape[-1]
     if cos.dim() == 3:
         cos, sin = cos[:, None], sin[:, None]
@@ -56,12 +56,24 @@ def _check(name: str, dtype: torch.dtype, device: str) -> None:
     y = S.rope(xg, cos, sin, interleaved=interleaved)
     y.backward(dy)
     xd = x.detach().double().requires_grad_()
-    ref = _reference(xd, cos.double(), sin.double(), interleaved)
+    ref = rope_reference(xd, cos.double(), sin.double(), interleaved)
     ref.backward(dy.double())
     assert y.dtype == dtype and y.shape == x.shape and y.is_contiguous()
     assert_close(y, ref, dtype)
     assert xg.grad is not None
     assert_close(xg.grad, xd.grad, dtype)
+    if x.dim() != 4:
+        return
+    # q and k in one call: k with fewer heads (GQA), and only q's result used (k's gradient
+    # is then zero)
+    q, k = x.clone().requires_grad_(), x[:, :1].clone().requires_grad_()
+    yq, yk = S.apply_rotary_pos_emb(q, k, cos, sin, interleaved=interleaved)
+    assert_close(yq, ref, dtype)
+    assert_close(yk, ref[:, :1], dtype)
+    yq.backward(dy)
+    assert q.grad is not None and k.grad is not None
+    assert_close(q.grad, xd.grad, dtype)
+    assert not k.grad.any()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
