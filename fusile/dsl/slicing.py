@@ -10,6 +10,10 @@ Bounds are constants when compiling: ints, int parameters, and sizes (`size(x, -
 `x.shape[-1] // 2`). An axis that is sliced, or whose size a bound reads, is compiled for its
 size (the signature is specialised on it, as for a dim of size 1), so the slice's extent is
 known and an out-of-range bound is a located error.
+
+A slice also goes through views (new axes of 1, transposes: the view is made again over the
+sliced source) and through concats (concat.py): it picks the pieces it covers, each sliced,
+and a range that crosses a seam is a concat of the parts.
 """
 
 from __future__ import annotations
@@ -275,10 +279,11 @@ def compose(first: tuple[Op, ...], then: tuple[Op, ...]) -> tuple[Op, ...]:
 
 @dataclass(frozen=True)
 class Concat:
+    """A checked concat (Typed.concats, by id of its node): non-empty pieces along `axis`."""
+
     axis: int
     pieces: tuple[ast.Expr, ...]
     offsets: tuple[int, ...]  # where each piece starts along the axis; the total last
-
 
 
 def make_concat(ck: Checker, at: ast.Node, pieces: list[ast.Expr], axis: int) -> ast.Expr:
