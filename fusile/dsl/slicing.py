@@ -207,6 +207,10 @@ def push(ck: Checker, e: ast.Expr, ops: tuple[Op, ...], at: ast.Subscript) -> as
         kwargs = tuple(ast.Keyword(k.span, k.name, _operand(ck, k.value, ops, at))
                        if id(k.value) in values else k for k in e.kwargs)
         return ast.Call(e.span, e.func, args, kwargs)
+    if call is not None and call.name in ("index", "arange"):
+        raise UnsupportedSyntaxError(
+            f"{call.name}() positions cannot be sliced yet, nor meet a concat's seam: take "
+            "the positions of the sliced value or of each piece instead", e.span)
     raise UnsupportedSyntaxError(
         "slicing this value is not supported yet: fusile slices parameters, and elementwise "
         "math, views and concats of them; slice the inputs of the reduction or matmul "

@@ -29,6 +29,7 @@ from fusile.lowering.builtin_rules import RULES, binary_scalar, compare_scalar
 from fusile.lowering.emit import LV, SV, Emitter, cast, const_sv, constant, mlir_type
 
 Value = LV | SV
+_SHAPE_ONLY = ("size", "index")  # builtins whose rule reads their tensor's type, not its value
 
 
 # ----------------------------------------------------------------------------- the walker
@@ -112,7 +113,8 @@ class Lowerer:
                                 self.t.source)
         if id(e) in self.t.builtins:
             bound = self.t.builtins[id(e)]
-            args = [self.expr(a) for a in self.t.builtin_args[id(e)]]
+            args = [self.expr(a) if bound.name not in _SHAPE_ONLY else self.shape_of(a)
+                    for a in self.t.builtin_args[id(e)]]
             return RULES[bound.name](self, bound, args)
         if isinstance(e, ast.BinOp):
             return self.binop(e.op, self.expr(e.left), self.expr(e.right), self.t.type_of(e))
@@ -132,6 +134,14 @@ class Lowerer:
             assert isinstance(t, TensorType)
             return LV(x.value, t, dims, x.elem)
         raise LoweringError(f"cannot lower {type(e).__name__}", e.span, self.t.source)
+
+    def shape_of(self, e: ast.Expr) -> Value:
+        """e for a builtin that reads its type only (size, index): nothing is lowered, so a
+        concat, whose value exists only as pieces, can be asked its size."""
+        t = self.t.types[id(e)]
+        if not isinstance(t, TensorType):
+            return self.expr(e)
+        return LV(None, t, tuple(range(t.rank)), t.dtype)
 
     def inline(self, e: ast.Call) -> list[Value]:
         callee, args = self.t.inlined[id(e)]
