@@ -32,3 +32,21 @@ def assert_close(out: torch.Tensor, ref: torch.Tensor | np.ndarray,
     err = rel_err(out, ref)
     tol = REL_TOL[dtype] * scale
     assert err <= tol, f"relative error {err:.3g} exceeds {tol:.3g} for {dtype}"
+
+
+def check_torch_twin(fn, shapes: list[tuple[int, ...]], seed: str, dtype: torch.dtype,
+                     device: str, calls: int = 1) -> None:
+    """A @fused function whose body is torch code too, against that body run by torch in
+    float64 (`fn.__wrapped__`) on fresh random inputs of these shapes; `calls` rounds (on a
+    GPU the later ones replay the first one's launches). Results are contiguous, of dtype."""
+    g = torch.Generator().manual_seed(sum(map(ord, seed)))
+    for _ in range(calls):
+        args = [torch.randn(s, generator=g).to(dtype).to(device) for s in shapes]
+        outs = fn(*args)
+        refs = fn.__wrapped__(*[a.double() for a in args])
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        refs = refs if isinstance(refs, tuple) else (refs,)
+        assert len(outs) == len(refs)
+        for out, ref in zip(outs, refs, strict=True):
+            assert out.dtype == dtype and out.shape == ref.shape and out.is_contiguous()
+            assert_close(out, ref, dtype)

@@ -8,7 +8,7 @@ import torch
 
 import fusile
 from fusile import fused
-from tests.numerics import assert_close
+from tests.numerics import assert_close, check_torch_twin
 
 
 @fused
@@ -71,17 +71,7 @@ CASES = {
 
 def _check(name: str, dtype: torch.dtype, device: str, calls: int = 1) -> None:
     fn, shapes = CASES[name]
-    g = torch.Generator().manual_seed(sum(map(ord, name)))
-    for _ in range(calls):  # on a GPU, later calls replay the first one's launches
-        args = [torch.randn(s, generator=g).to(dtype).to(device) for s in shapes]
-        outs = fn(*args)
-        refs = fn.__wrapped__(*[a.double() for a in args])
-        outs = outs if isinstance(outs, tuple) else (outs,)
-        refs = refs if isinstance(refs, tuple) else (refs,)
-        assert len(outs) == len(refs)
-        for out, ref in zip(outs, refs, strict=True):
-            assert out.dtype == dtype and out.shape == ref.shape and out.is_contiguous()
-            assert_close(out, ref, dtype)
+    check_torch_twin(fn, shapes, name, dtype, device, calls)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fusile import fused
-from tests.numerics import assert_close
+from tests.numerics import check_torch_twin
 
 
 @fused
@@ -66,16 +66,7 @@ CASES = {
 
 def _check(name: str, dtype: torch.dtype, device: str) -> None:
     fn, shapes = CASES[name]
-    g = torch.Generator().manual_seed(sum(map(ord, name)))
-    args = [torch.randn(s, generator=g).to(dtype).to(device) for s in shapes]
-    outs = fn(*args)
-    refs = fn.__wrapped__(*[a.double() for a in args])
-    outs = outs if isinstance(outs, tuple) else (outs,)
-    refs = refs if isinstance(refs, tuple) else (refs,)
-    assert len(outs) == len(refs)
-    for out, ref in zip(outs, refs, strict=True):
-        assert out.dtype == dtype and out.shape == ref.shape
-        assert_close(out, ref, dtype)
+    check_torch_twin(fn, shapes, name, dtype, device)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
