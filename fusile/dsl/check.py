@@ -376,10 +376,13 @@ class Checker:
             else:
                 values.append(arg)
         types = [self.value(v) for v in values]
-        if self.t.concats and name not in slicing_ELEMENTWISE and name not in _SHAPE_ONLY:
-            concat.refuse(self, values, f"{name}()")
         call = BoundCall(name, e.span, types, [v.span for v in values], options)
         out = b.infer(call, self.t.env)
+        if self.t.concats and name not in slicing_ELEMENTWISE and name not in _SHAPE_ONLY:
+            core = concat.reduce(self, e, call, values, args, kwargs)  # of each piece
+            if core is not None:
+                return self.desugar(e, core)  # type: ignore[return-value]
+            concat.refuse(self, values, f"{name}()")
         if name == "size" and isinstance(types[0], TensorType):
             d = self.t.env.find(types[0].shape[call.axes[0]])
             if isinstance(d, int):  # a fixed size is a constant (slice bounds read it)

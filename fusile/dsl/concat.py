@@ -9,10 +9,12 @@ piece, and the caller's result is one allocation whose pieces the kernels write 
 `x * cos + concat([-x2, x1], axis=-1) * sin` is one kernel that reads x once and writes one
 tensor.
 
-A concat feeds elementwise math, slices, views and results; a reduction, matmul or softmax
-over one is a located error for now (reduce the pieces and combine them). The sizes of the
-pieces along the axis are compiled in (the signature is specialised on them, as for a
-slice), so the seams are known when compiling.
+A concat feeds elementwise math, slices, views, results and reductions: a reduction over
+axes without a seam is the concat of the pieces' reductions, and sum, mean, max and min over
+the seam combine the pieces' (softmax, var or logsumexp across a seam, a matmul or a concat
+passed to another @fused function are located errors for now). The sizes of the pieces
+along the axis are compiled in (the signature is specialised on them, as for a slice), so
+the seams are known when compiling.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from fusile.dsl.slicing import KEEP, Op, make_concat, make_view
 from fusile.dsl.types import TensorType
 
 if TYPE_CHECKING:
+    from fusile.dsl.builtins import BoundCall
     from fusile.dsl.check import Checker
 
 NAMES = ("concat", "cat", "stack")
@@ -137,13 +140,58 @@ def operands(ck: Checker, e: ast.Expr) -> list[ast.Expr]:
     return []
 
 
+_ROWWISE = {"sum", "mean", "max", "min", "var", "logsumexp", "softmax", "log_softmax"}
+_COMBINE = {"sum": "add", "mean": "add", "max": "maximum", "min": "minimum"}
+
+
+def reduce(ck: Checker, e: ast.Expr, call: BoundCall, values: list[ast.Expr],
+           args: list[ast.Expr], kwargs: dict[str, ast.Expr]) -> ast.Expr | None:
+    """A reduction (or softmax) of a value with seams along one axis, as the same call on
+    each piece: concatenated where the axis is kept, combined where it is reduced (sum,
+    mean, max, min). None where that does not apply (then `refuse` says so)."""
+    cuts = seams(ck, values[0]) if call.name in _ROWWISE else {}
+    if not cuts or (set(cuts) & set(call.axes) and call.name not in _COMBINE):
+        return None
+    axis = min(cuts)  # the pieces' calls take the other seams, as the checker checks them
+    edges = cuts[axis]
+    shaped = call.name in ("softmax", "log_softmax")  # the result has x's shape
+    t = ck.value(values[0])
+    assert isinstance(t, TensorType)
+    size = ck.t.env.find(t.shape[axis])
+    assert isinstance(size, int)
+    bounds = [0, *sorted(edges), size]
+    at = ast.Subscript(e.span, values[0], ())
+    parts: list[ast.Expr] = []
+    for lo, hi in itertools.pairwise(bounds):
+        ops = tuple(("slice", lo, hi, 1) if a == axis else KEEP for a in range(t.rank))
+        piece = slicing.push(ck, values[0], ops, at)
+        rest = [piece if a is values[0] else a for a in args]
+        part: ast.Expr = ast.Call(e.span, ast.Name(e.span, call.name), tuple(rest), tuple(
+            ast.Keyword(v.span, k, piece if v is values[0] else v) for k, v in kwargs.items()))
+        if call.name == "mean" and axis in call.axes:  # a piece's share of the count
+            part = ast.BinOp(e.span, "mul", part, ast.Num(e.span, (hi - lo) / size))
+        parts.append(part)
+    if axis not in call.axes:
+        keep = shaped or call.options.get("keepdims")
+        return make_concat(ck, e, parts, axis if keep else axis - sum(
+            a < axis for a in call.axes))
+    out = parts[0]
+    for p in parts[1:]:
+        op = _COMBINE[call.name]
+        out = ast.BinOp(e.span, op, out, p) if op == "add" else \
+            ast.Call(e.span, ast.Name(e.span, op), (out, p), ())
+    return out
+
+
 def refuse(ck: Checker, values: list[ast.Expr], what: str) -> None:
     """A located error when one of these values, consumed by `what`, holds a concat."""
     for v in values:
         if seams(ck, v):
             raise BuiltinCallError(
-                f"{what} cannot take a concat yet: a concat feeds elementwise math, slices, "
-                "views and results; apply it to the pieces and concat what it gives", v.span)
+                f"{what} cannot take a concat here yet: a concat feeds elementwise math, "
+                "slices, views, results and reductions (sum, mean, max or min over any axis, "
+                "the others over axes without a seam); apply it to the pieces and combine "
+                "what it gives", v.span)
 
 
 # ----------------------------------------------------------------------------- results

@@ -52,6 +52,15 @@ def viewed(a, b, w):
 
 
 @fused
+def reduced(a, b):
+    """Reductions and softmax of a concat: across the seam (sum, mean, max) the pieces'
+    combine, along the other axes they are concatenated."""
+    c = torch.cat([a * 2.0, b], dim=-1)
+    top, m = c.amax(dim=0, keepdim=True), c.mean(dim=(0, 1))
+    return c.sum(dim=-1), top, torch.softmax(c, dim=0), m, torch.logsumexp(c, dim=0)
+
+
+@fused
 def with_params(x, y):
     """Pieces that are parameters, or the same value twice: copied into place."""
     z = y * 2.0
@@ -66,6 +75,7 @@ CASES = {
     "nested": (nested, [(6, 3), (6, 5), (11,), (6, 1)]),
     "viewed": (viewed, [(3, 4), (3, 2), (3,)]),
     "with_params": (with_params, [(4, 3), (4, 3)]),
+    "reduced": (reduced, [(6, 3), (6, 5)]),
 }
 
 
@@ -129,7 +139,7 @@ def test_under_torch_compile_the_fake_has_the_joined_shape() -> None:
 
 
 @pytest.mark.parametrize("body, message", [
-    ("return torch.cat([a, b], -1).sum(-1)", r"sum\(\) cannot take a concat yet"),
+    ("return torch.cat([a, b], -1).softmax(-1)", r"softmax\(\) cannot take a concat here"),
     ("c = torch.cat([a, b], -1)\n    return c @ c.T", r"matmul\(\) cannot take a concat"),
     ("return torch.cat([a, b.to(torch.bfloat16)], -1)", r"dtypes f32 and bf16; cast them"),
     ("return torch.cat([a, b], 0)", r"b has size 5 along axis 1 but a has size 3"),

@@ -30,7 +30,7 @@ class Value:
     bound: float  # |value| <= bound
     reduced: int = 1  # longest chain of reduced elements behind it (for tolerances)
     sliceable: bool = True  # elementwise math of parameters only (what a slice may cut)
-    joined: bool = False  # made from a concat by elementwise math (no reduction takes it)
+    joined: bool = False  # made from a concat (only sum, mean, max and min reduce it)
 
 
 @dataclass
@@ -104,7 +104,7 @@ class _Builder:
         if sliceable is None:  # elementwise: as sliceable as its operands
             sliceable = all(v.sliceable for v in self.values if v.name in names)
         joined = "concat(" in expr or "stack(" in expr or any(
-            v.joined for v in self.values if v.name in names)
+            v.joined for v in self.values if v.name in names)  # (a reduction's result too)
         v = Value(f"t{len(self.lines)}", shape, bound, reduced, sliceable, joined)
         self.lines.append(f"    {v.name} = {expr}")
         self.values.append(v)
@@ -217,9 +217,12 @@ class _Builder:
         return self.new(f"{op}({a.name}, {c.name})", shape, max(a.bound, c.bound), red)
 
     def reduce(self, a: Value) -> Value | None:
-        if not a.shape or a.joined:  # a reduction of a concat is refused (reduce the pieces)
+        if not a.shape:
             return None
-        op = self.draw(st.sampled_from(REDUCE))
+        # a concat takes every reduction across the axes without a seam, and these across
+        # any: the generator does not track where the seams are
+        op = self.draw(st.sampled_from(REDUCE if not a.joined else ["sum", "mean", "max",
+                                                                    "min"]))
         rank = len(a.shape)
         axis = self.draw(st.integers(-rank, rank - 1))
         n = a.shape[axis]
