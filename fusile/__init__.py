@@ -12,6 +12,7 @@ abs = STUBS["abs"]
 arange = STUBS["arange"]
 astype = STUBS["astype"]
 ceil = STUBS["ceil"]
+concat = STUBS["concat"]
 cos = STUBS["cos"]
 erf = STUBS["erf"]
 exp = STUBS["exp"]
@@ -35,16 +36,17 @@ sin = STUBS["sin"]
 size = STUBS["size"]
 softmax = STUBS["softmax"]
 sqrt = STUBS["sqrt"]
+stack = STUBS["stack"]
 sum = STUBS["sum"]
 tanh = STUBS["tanh"]
 var = STUBS["var"]
 where = STUBS["where"]
 
 __all__ = [
-    "FusedFunction", "FusileError", "abs", "arange", "astype", "bf16", "bool_", "ceil", "cos",
-    "erf", "exp", "exp2", "f16", "f32", "f64", "floor", "from_source", "fused", "i32", "i64",
-    "index", "log", "log1p", "log2", "log_softmax", "logsumexp", "matmul", "max", "maximum",
-    "mean", "min", "minimum", "rsqrt", "sigmoid", "sin", "size", "softmax", "sqrt", "sum", "tanh",
-    "var", "where",
+    "FusedFunction", "FusileError", "abs", "arange", "astype", "bf16", "bool_", "ceil",
+    "concat", "cos", "erf", "exp", "exp2", "f16", "f32", "f64", "floor", "from_source",
+    "fused", "i32", "i64", "index", "log", "log1p", "log2", "log_softmax", "logsumexp",
+    "matmul", "max", "maximum", "mean", "min", "minimum", "rsqrt", "sigmoid", "sin", "size",
+    "softmax", "sqrt", "stack", "sum", "tanh", "var", "where",
 ]
 __version__ = "0.1.0"
