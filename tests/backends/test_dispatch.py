@@ -133,23 +133,34 @@ def test_a_replayed_call_passes_sliced_parameters_as_addresses() -> None:
             return ["replayed"]
 
     class Program:
+        def __init__(self) -> None:
+            self.got: list = []
+
         def replay_for(self, args):
             return Replay()
 
         def __call__(self, args):
+            self.got.append(args)
             return ["full"]
 
     x = torch.randn(4, 8)
     compiled = types.SimpleNamespace(
         derived=[(0, (slice(None), slice(3, 8))), (0, (slice(1, 3),))], runtime_params=[0],
         runtime_args=lambda v: [v[0], v[0][:, 3:8], v[0][1:3]])
-    fast = FastCall(compiled, Program(), (x,), [x])
+    program = Program()
+    fast = FastCall(compiled, program, (x,), [x])
     assert fast((x,)) == "replayed"  # found on the first call, which made real views
     y = torch.randn(4, 8)
     assert fast((y,)) == "replayed"
     args = seen[-1]
     assert args[0] is y and args[1] == y.data_ptr() + 3 * 4
     assert torch.equal(args[2], y[1:3]) and args[2].data_ptr() == y[1:3].data_ptr()
+    # a replay that declines (a scalar's sign changed): the full path gets real views
+    fast.replay = lambda args: None
+    assert fast((y,)) == "full"
+    (got,) = program.got
+    assert all(isinstance(a, torch.Tensor) for a in got)
+    assert got[1].data_ptr() == y.data_ptr() + 3 * 4
 
 
 def test_an_int_for_a_float_parameter_stays_a_float_on_repeated_calls() -> None:
