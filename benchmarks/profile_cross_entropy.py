@@ -3,7 +3,8 @@ bench_step.py measured 0.725 ms eager against 0.351 ms from a CUDA graph at 1638
 where the other stdlib ops are within 5% of their graphs.) Splits the step: target check on
 and off, reduction 'none' plus a torch sum against 'mean', torch's own op; for each, eager
 (do_bench), graph (do_bench_cudagraph) and the host time of 20 steps without a sync; then
-whether the kernels' calls replay, and a torch.profiler table of five steps.
+whether the kernels' calls replay, a cProfile of 50 steps' host time by Python function and
+a torch.profiler table of five steps.
 
     python -m benchmarks.profile_cross_entropy [--size 16384x4096]
 """
@@ -59,6 +60,16 @@ def main(argv: list[str] | None = None) -> int:
     for fn in (K.cross_entropy_fwd, K.cross_entropy_bwd):
         for hit in fn._fast.values():
             print(f"{fn.__name__}: replayed={hit.replay is not None} tries={hit.tries}")
+    import cProfile
+    import pstats
+
+    host = cProfile.Profile()  # where the host time of a step goes, by Python function
+    host.enable()
+    for _ in range(50):
+        torch.autograd.grad(S.cross_entropy(x, t), [x])
+    host.disable()
+    torch.cuda.synchronize()
+    pstats.Stats(host).sort_stats("tottime").print_stats(22)
     prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
                                               torch.profiler.ProfilerActivity.CUDA])
     with prof:
