@@ -27,7 +27,7 @@ from fusile.dsl.errors import (
 )
 from fusile.dsl.options import option
 from fusile.dsl.resolve import resolve_global
-from fusile.dsl.slicing import ELEMENTWISE as slicing_ELEMENTWISE
+from fusile.dsl.slicing import ELEMENTWISE
 from fusile.dsl.types import (
     DType,
     ScalarType,
@@ -378,7 +378,7 @@ class Checker:
         types = [self.value(v) for v in values]
         call = BoundCall(name, e.span, types, [v.span for v in values], options)
         out = b.infer(call, self.t.env)
-        if self.t.concats and name not in slicing_ELEMENTWISE and name not in _SHAPE_ONLY:
+        if self.t.concats and name not in ELEMENTWISE and name not in _SHAPE_ONLY:
             core = concat.reduce(self, e, call, values, args, kwargs)  # of each piece
             if core is not None:
                 return self.desugar(e, core)  # type: ignore[return-value]
