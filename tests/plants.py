@@ -11,7 +11,8 @@ the list cannot silently rot as the code moves.
     python -m tests.plants --list
     python -m tests.plants --pytest "-m gpu tests/backends/test_replay.py"  # e.g. on a GPU
 
-The first thirteen are the ones issue 25 reported as uncaught; the rest were added after it.
+The first thirteen are the ones issue 25 reported as uncaught; the rest were added after it
+(the last five with concat and the rope rewrite).
 """
 
 from __future__ import annotations
@@ -156,6 +157,23 @@ PLANTS = [
           "rstd = rsqrt(mean(x * x, axis=-1, keepdims=True) + eps)",
           "rstd = rsqrt(mean(x * x, axis=-1, keepdims=True)) + eps",
           "stdlib: rms_norm's eps added outside the rsqrt"),
+    # ---- concat and rope (issue 19)
+    Plant("concat_index_piece", "fusile/dsl/slicing.py",
+          'return push(ck, p, _with(ops, axis, ("index", op[1] - off)), at)',
+          'return push(ck, p, _with(ops, axis, ("index", op[1] - off - (off > 0))), at)',
+          "dsl: an index into a concat's later piece takes the element before it"),
+    Plant("concat_mean_share", "fusile/dsl/concat.py",
+          "ast.Num(e.span, (hi - lo) / size)", "ast.Num(e.span, 1 / (len(bounds) - 1))",
+          "dsl: a mean across a seam weighs the pieces equally, not by their sizes"),
+    Plant("join_copy_skipped", "fusile/backends/triton/joins.py",
+          "                    piece.copy_(env[tid])\n", "",
+          "runtime: a joined result's parameter piece is never copied into place"),
+    Plant("replay_join_view", "fusile/backends/triton/replay.py",
+          "else made[a[1]][a[2]])", "else made[a[1]])",
+          "replay: a joined result's piece launched on the whole allocation, not its view"),
+    Plant("rope_backward_sign", "fusile/stdlib/rope.py",
+          "lo = x1 * c1 + x2 * s2 if backward", "lo = x1 * c1 - x2 * s2 if backward",
+          "stdlib: rope's backward turns the first half the wrong way"),
 ]
 
 _FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.M)

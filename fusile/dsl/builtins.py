@@ -270,6 +270,8 @@ BUILTINS["arange"] = _b("arange", [Param("n", OPTION)], _arange,
 BUILTINS["index"] = _b("index", [_X, Param("axis", OPTION)], _index,
                        "int32 position along axis, shaped to broadcast against x")
 BUILTINS["size"] = _b("size", [_X, Param("axis", OPTION)], _size, "the size of x along axis")
+# builtins whose result depends on their tensor argument's type, not on its values
+SHAPE_ONLY = frozenset({"size", "index", "arange"})
 
 CONSTANTS: dict[str, float] = {"inf": float("inf"), "nan": float("nan"),
                                "pi": 3.141592653589793}

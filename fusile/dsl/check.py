@@ -27,7 +27,6 @@ from fusile.dsl.errors import (
 )
 from fusile.dsl.options import option
 from fusile.dsl.resolve import resolve_global
-from fusile.dsl.slicing import ELEMENTWISE
 from fusile.dsl.types import (
     DType,
     ScalarType,
@@ -43,7 +42,6 @@ from fusile.dsl.types import (
 )
 
 MultiType = tuple[ValueType, ...]
-_SHAPE_ONLY = {"size", "index", "arange"}  # builtins that read a tensor's shape, not its values
 
 
 @dataclass
@@ -178,22 +176,7 @@ class Checker:
                     raise RankError(
                         "a fused function returns tensors; this is a scalar "
                         "(broadcast it against a tensor first)", v.span)
-            parts = concat.split(self, v, t) if isinstance(t, TensorType) else []
-            if parts and self.depth > 0:
-                raise UnsupportedSyntaxError(
-                    "a @fused function that another one calls cannot return a concat yet; "
-                    "return its pieces, and concat them in the caller", v.span)
-            if parts:
-                assert isinstance(t, TensorType)
-                self.t.pieces[id(v)] = [p for p, _ in parts]
-                first = len(self.t.result_types)
-                self.t.joins.append(concat.Join(t, tuple(
-                    (first + k, index) for k, (_, index) in enumerate(parts))))
-                self.t.result_types.extend(self.t.type_of(p) for p, _ in parts)  # type: ignore
-            else:
-                for one in t if isinstance(t, tuple) else (t,):
-                    self.t.joins.append(len(self.t.result_types))
-                    self.t.result_types.append(one)  # type: ignore[arg-type]
+            concat.add_result(self, v, t)
             self.t.results.append(v)
         if not self.t.pieces:
             self.t.joins.clear()  # one to one
@@ -378,7 +361,7 @@ class Checker:
         types = [self.value(v) for v in values]
         call = BoundCall(name, e.span, types, [v.span for v in values], options)
         out = b.infer(call, self.t.env)
-        if self.t.concats and name not in ELEMENTWISE and name not in _SHAPE_ONLY:
+        if self.t.concats and concat.reads_values(name):
             core = concat.reduce(self, e, call, values, args, kwargs)  # of each piece
             if core is not None:
                 return self.desugar(e, core)  # type: ignore[return-value]

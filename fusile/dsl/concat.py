@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fusile.dsl import ast, slicing
-from fusile.dsl.errors import AxisError, BuiltinCallError
+from fusile.dsl.builtins import SHAPE_ONLY
+from fusile.dsl.errors import AxisError, BuiltinCallError, UnsupportedSyntaxError
 from fusile.dsl.slicing import KEEP, Op, make_concat, make_view
 from fusile.dsl.types import TensorType
 
@@ -140,6 +141,12 @@ def operands(ck: Checker, e: ast.Expr) -> list[ast.Expr]:
     return []
 
 
+def reads_values(name: str) -> bool:
+    """Whether builtin `name` reads its tensors' values other than elementwise (a concat's
+    pieces then need `reduce`, or a refusal)."""
+    return name not in slicing.ELEMENTWISE and name not in SHAPE_ONLY
+
+
 _ROWWISE = {"sum", "mean", "max", "min", "var", "logsumexp", "softmax", "log_softmax"}
 _COMBINE = {"sum": "add", "mean": "add", "max": "maximum", "min": "minimum"}
 
@@ -195,6 +202,27 @@ def refuse(ck: Checker, values: list[ast.Expr], what: str) -> None:
 
 
 # ----------------------------------------------------------------------------- results
+
+
+def add_result(ck: Checker, v: ast.Expr, t: Any) -> None:
+    """Record a returned value (of type t, or types: several from one call): as lowered
+    results, one per piece where it has seams (and a Join that assembles them)."""
+    parts = split(ck, v, t) if isinstance(t, TensorType) else []
+    if parts and ck.depth > 0:
+        raise UnsupportedSyntaxError(
+            "a @fused function that another one calls cannot return a concat yet; return its "
+            "pieces, and concat them in the caller", v.span)
+    types = ck.t.result_types
+    if parts:
+        ck.t.pieces[id(v)] = [p for p, _ in parts]
+        ck.t.joins.append(Join(t, tuple((len(types) + k, index)
+                                        for k, (_, index) in enumerate(parts))))
+        for p, _ in parts:
+            types.append(ck.t.type_of(p))  # type: ignore[arg-type]
+        return
+    for one in t if isinstance(t, tuple) else (t,):
+        ck.t.joins.append(len(types))
+        types.append(one)
 
 
 def split(ck: Checker, v: ast.Expr, t: TensorType) -> list[tuple[ast.Expr, tuple[slice, ...]]]:

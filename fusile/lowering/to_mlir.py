@@ -13,6 +13,7 @@ from torch_mlir.dialects import arith, func
 from torch_mlir.dialects import math as mmath
 
 from fusile.dsl import ast
+from fusile.dsl.builtins import SHAPE_ONLY
 from fusile.dsl.check import Typed
 from fusile.dsl.errors import ConstantError, FusileError, LoweringError
 from fusile.dsl.types import (
@@ -29,7 +30,6 @@ from fusile.lowering.builtin_rules import RULES, binary_scalar, compare_scalar
 from fusile.lowering.emit import LV, SV, Emitter, cast, const_sv, constant, mlir_type
 
 Value = LV | SV
-_SHAPE_ONLY = ("size", "index")  # builtins whose rule reads their tensor's type, not its value
 
 
 # ----------------------------------------------------------------------------- the walker
@@ -113,7 +113,7 @@ class Lowerer:
                                 self.t.source)
         if id(e) in self.t.builtins:
             bound = self.t.builtins[id(e)]
-            args = [self.expr(a) if bound.name not in _SHAPE_ONLY else self.shape_of(a)
+            args = [self.expr(a) if bound.name not in SHAPE_ONLY else self.shape_of(a)
                     for a in self.t.builtin_args[id(e)]]
             return RULES[bound.name](self, bound, args)
         if isinstance(e, ast.BinOp):
