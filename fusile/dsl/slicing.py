@@ -347,9 +347,6 @@ def make_view(ck: Checker, x: ast.Expr, dims: tuple[int | None, ...]) -> ast.Exp
     return node
 
 
-
-
-
 def _push_concat(ck: Checker, e: ast.Expr, ops: tuple[Op, ...], at: ast.Subscript
                  ) -> ast.Expr:
     """A concat indexed by ops (per axis of e): the pieces it covers, each indexed."""
