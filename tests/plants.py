@@ -158,7 +158,7 @@ PLANTS = [
           "rstd = rsqrt(mean(x * x, axis=-1, keepdims=True)) + eps",
           "stdlib: rms_norm's eps added outside the rsqrt"),
     # ---- concat and rope (issue 19)
-    Plant("concat_index_piece", "fusile/dsl/slicing.py",
+    Plant("concat_index_piece", "fusile/dsl/push.py",
           'return push(ck, p, _with(ops, axis, ("index", op[1] - off)), at)',
           'return push(ck, p, _with(ops, axis, ("index", op[1] - off - (off > 0))), at)',
           "dsl: an index into a concat's later piece takes the element before it"),

@@ -63,11 +63,11 @@ class Typed:
     desugared: dict[int, ast.Expr] = field(default_factory=dict)
     # a Name node of a local -> the expression it was assigned (None: one of several values)
     local_defs: dict[int, ast.Expr | None] = field(default_factory=dict)
-    # (parameter, per-axis slice ops) -> (name, type): views made at call time (slicing.py)
+    # (parameter, per-axis slice ops) -> (name, type): views made at call time (push.py)
     derived: dict[tuple, tuple[str, TensorType]] = field(default_factory=dict)
     results: list[ast.Expr] = field(default_factory=list)
     result_types: list[TensorType] = field(default_factory=list)  # one per lowered result
-    # concats (slicing.Concat, by id of their node) and the seams of values made from them
+    # concats (push.Concat, by id of their node) and the seams of values made from them
     concats: dict[int, Any] = field(default_factory=dict)
     seams: dict[int, dict[int, frozenset[int]]] = field(default_factory=dict)
     # a returned value with seams -> its pieces, each a lowered result; per caller-visible

@@ -1,7 +1,7 @@
 """concat and stack: `concat([a, b], axis=-1)`, `torch.cat((a, b), dim=-1)`, `stack([a, b])`.
 
 A concat is never built in memory. Its consumers are pushed into its pieces instead, as a
-slice is pushed down to parameters (slicing.py): `concat([a, b]) * w` is
+slice is pushed down to parameters (push.py): `concat([a, b]) * w` is
 `concat([a * w[:n], b * w[n:]])`, and a slice of a concat picks the pieces it covers. What
 reaches a result is split at the concat's seams: the lowered function returns one tensor per
 piece, and the caller's result is one allocation whose pieces the kernels write in place
@@ -23,10 +23,10 @@ import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fusile.dsl import ast, slicing
+from fusile.dsl import ast
 from fusile.dsl.builtins import SHAPE_ONLY
 from fusile.dsl.errors import AxisError, BuiltinCallError, UnsupportedSyntaxError
-from fusile.dsl.slicing import KEEP, Op, make_concat, make_view
+from fusile.dsl.push import ELEMENTWISE, KEEP, Op, make_concat, make_view, push
 from fusile.dsl.types import TensorType
 
 if TYPE_CHECKING:
@@ -136,7 +136,7 @@ def operands(ck: Checker, e: ast.Expr) -> list[ast.Expr]:
     if isinstance(e, ast.UnaryOp):
         return [e.operand]
     call = ck.t.builtins.get(id(e))
-    if call is not None and call.name in slicing.ELEMENTWISE:
+    if call is not None and call.name in ELEMENTWISE:
         return list(ck.t.builtin_args[id(e)])
     return []
 
@@ -144,7 +144,7 @@ def operands(ck: Checker, e: ast.Expr) -> list[ast.Expr]:
 def reads_values(name: str) -> bool:
     """Whether builtin `name` reads its tensors' values other than elementwise (a concat's
     pieces then need `reduce`, or a refusal)."""
-    return name not in slicing.ELEMENTWISE and name not in SHAPE_ONLY
+    return name not in ELEMENTWISE and name not in SHAPE_ONLY
 
 
 _ROWWISE = {"sum", "mean", "max", "min", "var", "logsumexp", "softmax", "log_softmax"}
@@ -171,7 +171,7 @@ def reduce(ck: Checker, e: ast.Expr, call: BoundCall, values: list[ast.Expr],
     parts: list[ast.Expr] = []
     for lo, hi in itertools.pairwise(bounds):
         ops = tuple(("slice", lo, hi, 1) if a == axis else KEEP for a in range(t.rank))
-        piece = slicing.push(ck, values[0], ops, at)
+        piece = push(ck, values[0], ops, at)
         rest = [piece if a is values[0] else a for a in args]
         part: ast.Expr = ast.Call(e.span, ast.Name(e.span, call.name), tuple(rest), tuple(
             ast.Keyword(v.span, k, piece if v is values[0] else v) for k, v in kwargs.items()))
@@ -244,7 +244,7 @@ def split(ck: Checker, v: ast.Expr, t: TensorType) -> list[tuple[ast.Expr, tuple
         ranges.append([("slice", lo, hi, 1) for lo, hi in itertools.pairwise(bounds)])
     out = []
     for ops in _product(ranges):
-        piece = slicing.push(ck, v, tuple(ops), at)
+        piece = push(ck, v, tuple(ops), at)
         ck.value(piece)
         out.append((piece, tuple(slice(None) if o == KEEP else slice(o[1], o[2])
                                  for o in ops)))

@@ -14,6 +14,7 @@ from fusile.dsl import ast
 from fusile.dsl.errors import FusileError, SignatureError, Source, Span
 from fusile.dsl.parse_errors import deep_recursion, too_deep
 from fusile.dsl.parser import parse, source_of
+from fusile.dsl.push import NeedStatic
 from fusile.dsl.signature import (
     Annotation,
     ArgInfo,
@@ -25,7 +26,6 @@ from fusile.dsl.signature import (
     parse_annotation,
     static_sizes,
 )
-from fusile.dsl.slicing import NeedStatic
 from fusile.dsl.torch_op import TorchOp, op_name, traced
 from fusile.dsl.types import ShapeEnv, TensorType
 

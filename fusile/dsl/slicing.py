@@ -11,35 +11,21 @@ Bounds are constants when compiling: ints, int parameters, and sizes (`size(x, -
 size (the signature is specialised on it, as for a dim of size 1), so the slice's extent is
 known and an out-of-range bound is a located error.
 
-A slice also goes through views (new axes of 1, transposes: the view is made again over the
-sliced source) and through concats (concat.py): it picks the pieces it covers, each sliced,
-and a range that crosses a seam is a concat of the parts.
+How a slice is pushed through values to the parameters (views and concats included) is
+push.py.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fusile.dsl import ast
-from fusile.dsl.errors import AxisError, DTypeError, ShapeMismatchError, UnsupportedSyntaxError
-from fusile.dsl.types import ScalarType, Sym, TensorSpec, TensorType, show_shape
+from fusile.dsl.errors import AxisError, UnsupportedSyntaxError
+from fusile.dsl.push import KEEP, NeedStatic, Op, push
+from fusile.dsl.types import Sym, TensorSpec, TensorType
 
 if TYPE_CHECKING:
     from fusile.dsl.check import Checker
-
-Op = tuple[Any, ...]  # per source axis: ("keep",) | ("slice", start, stop, step) | ("index", i)
-KEEP: Op = ("keep",)
-ELEMENTWISE = {"exp", "exp2", "log", "log2", "sqrt", "rsqrt", "tanh", "erf", "sigmoid", "sin",
-                "cos", "log1p", "floor", "ceil", "abs", "maximum", "minimum", "where", "astype"}
-
-
-class NeedStatic(Exception):
-    """Raised while checking: compile again with this symbolic size bound to its value."""
-
-    def __init__(self, sym: Sym):
-        super().__init__(sym)
-        self.sym = sym
 
 
 def is_plain(items: tuple[ast.Expr, ...]) -> bool:
@@ -62,16 +48,6 @@ def derived_spec(spec: TensorSpec, index: tuple[Any, ...]) -> TensorSpec:
         if isinstance(i, slice):
             dims.append(d if i == slice(None) else len(range(*i.indices(int(d)))))
     return TensorSpec(spec.dtype, tuple(dims))
-
-
-def sliced_shape(shape: tuple[Any, ...], ops: tuple[Op, ...]) -> tuple[Any, ...]:
-    out = []
-    for d, o in zip(shape, ops, strict=True):
-        if o[0] == "keep":
-            out.append(d)
-        elif o[0] == "slice":
-            out.append(len(range(o[1], o[2], o[3])))
-    return tuple(out)
 
 
 def _bound(ck: Checker, e: ast.Expr | None, what: str) -> int | None:
@@ -169,226 +145,3 @@ def _op(ck: Checker, item: ast.Expr, dim: Any) -> Op:
     if not -d <= i < d:
         raise AxisError(f"index {i} is out of range for an axis of size {d}", item.span)
     return ("index", i % d)
-
-
-def push(ck: Checker, e: ast.Expr, ops: tuple[Op, ...], at: ast.Subscript) -> ast.Expr:
-    """`e` indexed by ops, rewritten so that only parameters are sliced."""
-    if all(o == KEEP for o in ops):
-        return e
-    t = ck.t.types[id(e)]
-    if isinstance(t, ScalarType):
-        return e
-    if id(e) in ck.t.desugared:
-        return push(ck, ck.t.desugared[id(e)], ops, at)
-    if isinstance(e, ast.Name):
-        if id(e) not in ck.t.local_defs:
-            return _leaf(ck, e, ops, at)
-        defined = ck.t.local_defs[id(e)]
-        if defined is None:
-            raise UnsupportedSyntaxError(f"cannot slice {e.id!r}, one of several values a "
-                                         "call returned; slice that call's inputs", at.span)
-        return push(ck, defined, ops, at)
-    if id(e) in ck.t.concats:
-        return _push_concat(ck, e, ops, at)
-    if id(e) in ck.t.views:
-        return _push_view(ck, e, ops, at)  # type: ignore[arg-type]
-    if isinstance(e, ast.BinOp) and e.op != "matmul":
-        return ast.BinOp(e.span, e.op, _operand(ck, e.left, ops, at),
-                         _operand(ck, e.right, ops, at))
-    if isinstance(e, ast.Compare):
-        return ast.Compare(e.span, e.op, _operand(ck, e.left, ops, at),
-                           _operand(ck, e.right, ops, at))
-    if isinstance(e, ast.UnaryOp):
-        return ast.UnaryOp(e.span, e.op, _operand(ck, e.operand, ops, at))
-    call = ck.t.builtins.get(id(e))
-    if isinstance(e, ast.Call) and call is not None and call.name in ELEMENTWISE:
-        values = {id(v) for v in ck.t.builtin_args[id(e)]}
-        args = tuple(_operand(ck, a, ops, at) if id(a) in values else a for a in e.args)
-        kwargs = tuple(ast.Keyword(k.span, k.name, _operand(ck, k.value, ops, at))
-                       if id(k.value) in values else k for k in e.kwargs)
-        return ast.Call(e.span, e.func, args, kwargs)
-    if call is not None and call.name in ("index", "arange"):
-        raise UnsupportedSyntaxError(
-            f"{call.name}() positions cannot be sliced yet, nor meet a concat's seam: take "
-            "the positions of the sliced value or of each piece instead", e.span)
-    raise UnsupportedSyntaxError(
-        "slicing this value is not supported yet: fusile slices parameters, and elementwise "
-        "math, views and concats of them; slice the inputs of the reduction or matmul "
-        "instead", e.span)
-
-
-def _operand(ck: Checker, e: ast.Expr, ops: tuple[Op, ...], at: ast.Subscript) -> ast.Expr:
-    """An operand of a broadcasting op, indexed by the result's ops: right-aligned, and a
-    size-1 axis stays whole (it broadcasts to the slice as it did to the axis)."""
-    t = ck.t.types[id(e)]
-    if not isinstance(t, TensorType):
-        return e
-    mine = []
-    for d, o in zip(t.shape, ops[len(ops) - t.rank:], strict=True):
-        if ck.t.env.find(d) == 1 and o != KEEP:
-            o = KEEP if o[0] == "slice" else ("index", 0)
-        mine.append(o)
-    return push(ck, e, tuple(mine), at)
-
-
-def _leaf(ck: Checker, e: ast.Name, ops: tuple[Op, ...], at: ast.Subscript) -> ast.Expr:
-    params = [p.name for p in ck.t.func.params]
-    if ck.depth > 0:
-        raise UnsupportedSyntaxError(
-            "slicing a parameter of a @fused function that another one calls is not supported "
-            "yet; slice it in the caller", at.span)
-    if e.id in params:
-        p = params.index(e.id)
-    else:  # a slice of a slice: one view of the parameter, the two composed
-        inner = next((k for k, (name, _) in ck.t.derived.items() if name == e.id), None)
-        if inner is None:
-            raise UnsupportedSyntaxError(f"cannot slice {e.id!r} here", at.span)
-        p, ops = inner[0], compose(inner[1], ops)
-    key = (p, ops)
-    if key not in ck.t.derived:
-        t = ck.t.param_types[p]
-        assert isinstance(t, TensorType)
-        name = f"{params[p]}[{len(ck.t.derived)}]"  # not an identifier: it clashes with no name
-        ck.t.derived[key] = (name, TensorType(t.dtype, sliced_shape(t.shape, ops), t.weak))
-        from fusile.dsl.check import Binding
-
-        ck.scope[name] = Binding(ck.t.derived[key][1])
-    return ast.Name(e.span, ck.t.derived[key][0])
-
-
-def compose(first: tuple[Op, ...], then: tuple[Op, ...]) -> tuple[Op, ...]:
-    """Per source axis, `first` then `then` (given per axis of first's view) as one op: the
-    view's element k of an axis sliced (s, stop, step) is the source's s + k * step."""
-    out: list[Op] = []
-    later = iter(then)
-    for o in first:
-        if o[0] == "index":  # the view has no such axis
-            out.append(o)
-            continue
-        n = next(later)
-        if o == KEEP:
-            out.append(n)
-        elif n == KEEP:
-            out.append(o)
-        elif n[0] == "index":
-            out.append(("index", o[1] + n[1] * o[3]))
-        else:
-            out.append(("slice", o[1] + n[1] * o[3], o[1] + n[2] * o[3], o[3] * n[3]))
-    return tuple(out)
-
-
-# ----------------------------------------------------------------------------- concats and views
-# (concat.py checks a concat call; a slice of one picks its pieces)
-
-
-@dataclass(frozen=True)
-class Concat:
-    """A checked concat (Typed.concats, by id of its node): non-empty pieces along `axis`."""
-
-    axis: int
-    pieces: tuple[ast.Expr, ...]
-    offsets: tuple[int, ...]  # where each piece starts along the axis; the total last
-
-
-def make_concat(ck: Checker, at: ast.Node, pieces: list[ast.Expr], axis: int) -> ast.Expr:
-    """A checked concat of typed pieces along `axis`: the single piece itself when the
-    others are empty, else a node the checker knows as a Concat."""
-    types = [ck.value(p) for p in pieces]
-    first = types[0]
-    assert isinstance(first, TensorType)
-    env = ck.t.env
-    for p, t in zip(pieces, types, strict=True):
-        assert isinstance(t, TensorType)
-        if t.rank != first.rank:
-            raise ShapeMismatchError(f"concat's pieces must have one rank, got "
-                                     f"{show_shape(first.shape)} and {show_shape(t.shape)}",
-                                     p.span)
-        if t.dtype != first.dtype:
-            raise DTypeError(f"concat's pieces have dtypes {first.dtype} and {t.dtype}; cast "
-                             "them to one with astype first", p.span)
-        for a in range(t.rank):
-            if a != axis and env.unify(first.shape[a], t.shape[a], p.span) is None:
-                raise ShapeMismatchError(
-                    f"concat along axis {axis}: the pieces differ on axis {a}, "
-                    f"{show_shape(env.resolve(first.shape))} and "
-                    f"{show_shape(env.resolve(t.shape))}", p.span)
-    sizes = []
-    for t in types:
-        assert isinstance(t, TensorType)
-        d = env.find(t.shape[axis])
-        if isinstance(d, Sym):
-            raise NeedStatic(d)  # compile again with the pieces' sizes fixed
-        sizes.append(d)
-    kept = [(p, n) for p, n in zip(pieces, sizes, strict=True) if n > 0]
-    if len(kept) == 1:
-        return kept[0][0]
-    if not kept:
-        raise AxisError("every piece of this concat is empty", at.span)
-    offsets = [0]
-    for _, n in kept:
-        offsets.append(offsets[-1] + n)
-    node = ast.Call(at.span, ast.Name(at.span, "concat"), tuple(p for p, _ in kept), ())
-    ck.t.concats[id(node)] = Concat(axis, tuple(p for p, _ in kept), tuple(offsets))
-    shape = tuple(offsets[-1] if a == axis else env.find(first.shape[a])
-                  for a in range(first.rank))
-    ck.t.types[id(node)] = TensorType(first.dtype, shape, all(
-        t.weak for t in types if isinstance(t, TensorType)))
-    return node
-
-
-def make_view(ck: Checker, x: ast.Expr, dims: tuple[int | None, ...]) -> ast.Expr:
-    """A checked view of x: result axis k is x's axis dims[k], or a new axis of 1 (None)."""
-    t = ck.value(x)
-    assert isinstance(t, TensorType)
-    node = ast.Subscript(x.span, x, ())
-    ck.t.views[id(node)] = dims
-    ck.t.types[id(node)] = TensorType(t.dtype, tuple(1 if d is None else t.shape[d]
-                                                     for d in dims), t.weak)
-    return node
-
-
-def _push_concat(ck: Checker, e: ast.Expr, ops: tuple[Op, ...], at: ast.Subscript
-                 ) -> ast.Expr:
-    """A concat indexed by ops (per axis of e): the pieces it covers, each indexed."""
-    info = ck.t.concats[id(e)]
-    axis = info.axis
-    op = ops[axis]
-    ranges = zip(info.pieces, info.offsets, info.offsets[1:], strict=False)
-    if op[0] == "index":
-        p, off = next((p, lo) for p, lo, hi in ranges if lo <= op[1] < hi)
-        return push(ck, p, _with(ops, axis, ("index", op[1] - off)), at)
-    start, stop, step = (0, info.offsets[-1], 1) if op == KEEP else op[1:]
-    picked = []
-    for p, lo, hi in ranges:
-        first = start if start >= lo else start + -(-(lo - start) // step) * step
-        if first < min(stop, hi):
-            mine: Op = ("slice", first - lo, min(stop, hi) - lo, step)
-            if mine == ("slice", 0, hi - lo, 1):
-                mine = KEEP
-            picked.append(push(ck, p, _with(ops, axis, mine), at))
-    kept_before = sum(1 for o in ops[:axis] if o[0] != "index")
-    return make_concat(ck, at, picked, kept_before)
-
-
-def _push_view(ck: Checker, e: ast.Subscript | ast.Attribute, ops: tuple[Op, ...],
-              at: ast.Subscript) -> ast.Expr:
-    """A view (new axes of 1, transposes) indexed by ops: its source indexed, viewed again."""
-    dims = ck.t.views[id(e)]
-    src = ck.t.types[id(e.value)]
-    assert isinstance(src, TensorType)
-    src_ops = [KEEP] * src.rank
-    for o, d in zip(ops, dims, strict=True):
-        if d is not None:
-            src_ops[d] = o
-    inner = push(ck, e.value, tuple(src_ops), at)
-    position, k = {}, 0
-    for d, o in enumerate(src_ops):
-        if o[0] != "index":
-            position[d], k = k, k + 1
-    new = tuple(None if d is None else position[d] for o, d in zip(ops, dims, strict=True)
-                if o[0] != "index")
-    return make_view(ck, inner, new)
-
-
-def _with(ops: tuple[Op, ...], axis: int, op: Op) -> tuple[Op, ...]:
-    return (*ops[:axis], op, *ops[axis + 1:])
