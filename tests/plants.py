@@ -12,7 +12,7 @@ the list cannot silently rot as the code moves.
     python -m tests.plants --pytest "-m gpu tests/backends/test_replay.py"  # e.g. on a GPU
 
 The first thirteen are the ones issue 25 reported as uncaught; the rest were added after it
-(the last five with concat and the rope rewrite).
+(the last six with concat, positions under a slice and the rope rewrite).
 """
 
 from __future__ import annotations
@@ -162,6 +162,9 @@ PLANTS = [
           'return push(ck, p, _with(ops, axis, ("index", op[1] - off)), at)',
           'return push(ck, p, _with(ops, axis, ("index", op[1] - off - (off > 0))), at)',
           "dsl: an index into a concat's later piece takes the element before it"),
+    Plant("positions_slice_start", "fusile/dsl/push.py",
+          "e.span, step)), ast.Num(e.span, start))", "e.span, step)), ast.Num(e.span, 0))",
+          "dsl: a slice of index() positions forgets where the slice starts"),
     Plant("concat_mean_share", "fusile/dsl/concat.py",
           "ast.Num(e.span, (hi - lo) / size)", "ast.Num(e.span, 1 / (len(bounds) - 1))",
           "dsl: a mean across a seam weighs the pieces equally, not by their sizes"),

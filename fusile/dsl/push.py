@@ -82,9 +82,7 @@ def push(ck: Checker, e: ast.Expr, ops: tuple[Op, ...], at: ast.Subscript) -> as
                        if id(k.value) in values else k for k in e.kwargs)
         return ast.Call(e.span, e.func, args, kwargs)
     if call is not None and call.name in ("index", "arange"):
-        raise UnsupportedSyntaxError(
-            f"{call.name}() positions cannot be sliced yet, nor meet a concat's seam: take "
-            "the positions of the sliced value or of each piece instead", e.span)
+        return _push_positions(ck, e, call.axes[0] if call.name == "index" else 0, ops)
     raise UnsupportedSyntaxError(
         "slicing this value is not supported yet: fusile slices parameters, and elementwise "
         "math, views and concats of them; slice the inputs of the reduction or matmul "
@@ -262,6 +260,30 @@ def _push_view(ck: Checker, e: ast.Subscript | ast.Attribute, ops: tuple[Op, ...
     new = tuple(None if d is None else position[d] for o, d in zip(ops, dims, strict=True)
                 if o[0] != "index")
     return make_view(ck, inner, new)
+
+
+def _push_positions(ck: Checker, e: ast.Expr, axis: int, ops: tuple[Op, ...]) -> ast.Expr:
+    """index(x, axis) or arange(n) indexed by ops: positions along `axis` (the other axes
+    have size 1), so a slice (start, stop, step) of them is start + step * arange(its
+    length), viewed to the same axes; an integer index i is the number i."""
+    op = ops[axis]
+    if op[0] == "index":
+        return ast.Num(e.span, op[1])
+    if all(o == KEEP for o in ops):
+        return e
+    t = ck.t.type_of(e)
+    assert isinstance(t, TensorType)
+    start, stop, step = (0, ck.t.env.find(t.shape[axis]), 1) if op == KEEP else op[1:]
+    if not isinstance(stop, int):
+        raise NeedStatic(stop)
+    n = ast.Num(e.span, len(range(start, stop, step)))
+    positions: ast.Expr = ast.Call(e.span, ast.Name(e.span, "arange"), (n,), ())
+    if (start, step) != (0, 1):
+        positions = ast.BinOp(e.span, "add", ast.BinOp(e.span, "mul", positions, ast.Num(
+            e.span, step)), ast.Num(e.span, start))
+    ck.value(positions)
+    kept = [a for a, o in enumerate(ops) if o[0] != "index"]
+    return make_view(ck, positions, tuple(0 if a == axis else None for a in kept))
 
 
 def _with(ops: tuple[Op, ...], axis: int, op: Op) -> tuple[Op, ...]:

@@ -82,6 +82,22 @@ def test_slices_match_torch_on_the_gpu(name: str, dtype: torch.dtype) -> None:
     _check(name, dtype, "cuda")
 
 
+@pytest.mark.parametrize("body, want", [
+    ("(x * index(x, 1))[:, 1:]", lambda x: (x * torch.arange(7))[:, 1:]),
+    ("(x + index(x, 0))[1::2, 2]", lambda x: (x + torch.arange(5)[:, None])[1::2, 2]),
+    ("where(index(x, 1) < 3, x, 0.0)[..., 2:6:3]",
+     lambda x: torch.where(torch.arange(7) < 3, x, 0.0)[..., 2:6:3]),
+    ("(x - arange(7))[-1]", lambda x: (x - torch.arange(7))[-1]),
+])
+def test_slices_of_positions(body: str, want) -> None:
+    """index() and arange() under a slice: the positions of the sliced range."""
+    import fusile
+
+    f = fusile.from_source(f"def f(x):\n    return {body}\n")
+    x = torch.randn(5, 7)
+    torch.testing.assert_close(f(x), want(x))
+
+
 def test_int_parameter_bounds() -> None:
     x = torch.randn(5, 13)
     for k in (1, 4, 13):
