@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fusile.dsl import ast
-from fusile.dsl.errors import AxisError, DTypeError, ShapeMismatchError, UnsupportedSyntaxError
-from fusile.dsl.types import ScalarType, Sym, TensorType, show_shape
+from fusile.dsl.errors import AxisError, ShapeMismatchError, UnsupportedSyntaxError
+from fusile.dsl.types import ScalarType, Sym, TensorType, result_dtype, show_shape
 
 if TYPE_CHECKING:
     from fusile.dsl.check import Checker
@@ -166,6 +166,10 @@ def make_concat(ck: Checker, at: ast.Node, pieces: list[ast.Expr], axis: int) ->
     """A checked concat of typed pieces along `axis`: the single piece itself when the
     others are empty, else a node the checker knows as a Concat."""
     types = [ck.value(p) for p in pieces]
+    dtype = result_dtype(types)  # torch.cat promotes: pieces of other dtypes are cast
+    pieces = [p if t.dtype == dtype else ast.Call(p.span, ast.Name(p.span, "astype"), (
+        p, ast.Str(p.span, dtype.name)), ()) for p, t in zip(pieces, types, strict=True)]
+    types = [ck.value(p) for p in pieces]
     first = types[0]
     assert isinstance(first, TensorType)
     env = ck.t.env
@@ -175,9 +179,6 @@ def make_concat(ck: Checker, at: ast.Node, pieces: list[ast.Expr], axis: int) ->
             raise ShapeMismatchError(f"concat's pieces must have one rank, got "
                                      f"{show_shape(first.shape)} and {show_shape(t.shape)}",
                                      p.span)
-        if t.dtype != first.dtype:
-            raise DTypeError(f"concat's pieces have dtypes {first.dtype} and {t.dtype}; cast "
-                             "them to one with astype first", p.span)
         for a in range(t.rank):
             if a != axis and env.unify(first.shape[a], t.shape[a], p.span) is None:
                 raise ShapeMismatchError(

@@ -121,6 +121,15 @@ def test_a_concat_can_be_asked_its_sizes_and_positions() -> None:
     torch.testing.assert_close(f(a, b), want)
 
 
+def test_pieces_of_several_dtypes_are_promoted_as_torch_cat_does() -> None:
+    f = fusile.from_source("def f(a, b):\n    return torch.cat([a, b], -1) * 2.0, "
+                           "torch.stack([b, b], 0)\n", globals_={"torch": torch})
+    a, b = torch.randn(4, 3).to(torch.bfloat16), torch.randn(4, 3)
+    y, z = f(a, b)
+    assert y.dtype == torch.float32 and z.dtype == torch.float32
+    assert torch.equal(y, torch.cat([a, b], -1) * 2.0) and torch.equal(z, torch.stack([b, b]))
+
+
 def test_pieces_of_new_sizes_compile_again_and_other_sizes_do_not() -> None:
     @fused
     def f(a, b, w):
@@ -141,7 +150,6 @@ def test_under_torch_compile_the_fake_has_the_joined_shape() -> None:
 @pytest.mark.parametrize("body, message", [
     ("return torch.cat([a, b], -1).softmax(-1)", r"softmax\(\) cannot take a concat here"),
     ("c = torch.cat([a, b], -1)\n    return c @ c.T", r"matmul\(\) cannot take a concat"),
-    ("return torch.cat([a, b.to(torch.bfloat16)], -1)", r"dtypes f32 and bf16; cast them"),
     ("return torch.cat([a, b], 0)", r"b has size 5 along axis 1 but a has size 3"),
     ("return torch.stack([a, a[:, :2]])", r"differ on axis 2"),
     ("return [a, b]", r"a list is only allowed as the pieces of concat"),

@@ -92,9 +92,8 @@ REDUCE = ["sum", "mean", "max", "min", "logsumexp", "softmax", "var"]
 
 
 class _Builder:
-    def __init__(self, draw: st.DrawFn, one_dtype: bool = True):
+    def __init__(self, draw: st.DrawFn):
         self.draw = draw
-        self.one_dtype = one_dtype
         self.values: list[Value] = []
         self.lines: list[str] = []
 
@@ -144,7 +143,7 @@ class _Builder:
     def concat(self, a: Value) -> Value | None:
         """concat of a with a value of its shape but along one axis (often a itself, or a
         slice of it), or a stack of two values of one shape."""
-        if not a.sliceable or not a.shape or not self.one_dtype:  # pieces share their dtype
+        if not a.sliceable or not a.shape:
             return None
         rank = len(a.shape)
         if self.draw(st.booleans()):
@@ -262,7 +261,7 @@ def programs(draw: st.DrawFn, max_ops: int = 6, slices: bool = False) -> Program
     dtype = draw(st.sampled_from(DTYPES))
     mixed = draw(st.integers(0, 4)) == 0
     dtypes = [draw(st.sampled_from(DTYPES)) if mixed else dtype for _ in range(n_in)]
-    b = _Builder(draw, len(set(dtypes)) == 1)
+    b = _Builder(draw)
     params = [f"x{i}" for i in range(n_in)]
     for p, s in zip(params, shapes, strict=True):
         b.values.append(Value(p, s, 2.0))
