@@ -138,6 +138,10 @@ class _Ids:
     def __call__(self, v: ir.Value) -> int:
         return self.ids.setdefault(v, len(self.ids))
 
+    def fresh(self) -> int:
+        """A number for a value the reader makes itself (no MLIR value has it)."""
+        return self.ids.setdefault(object(), len(self.ids))
+
 
 def _tensor_info(t: ir.Type) -> TensorInfo:
     rt = ir.RankedTensorType(t)
@@ -215,12 +219,26 @@ def read_graph(module: ir.Module) -> Graph:
             for r in op.results:
                 g.tensors[ids(r)] = _tensor_info(r.type)
             iters = [str(a).split("<")[-1].rstrip(">") for a in op.attributes["iterator_types"]]
+            args = [ids(a) for a in block.arguments]
+            _add_not_subtract(body, yields, args[n_in:], ids)
             g.nodes.append(Generic([ids(r) for r in op.results], operands[:n_in],
-                                   operands[n_in:], maps, n_loops, iters,
-                                   [ids(a) for a in block.arguments], body, yields,
+                                   operands[n_in:], maps, n_loops, iters, args, body, yields,
                                    str(op.location)))
         elif op.name.startswith(("arith.", "math.", "tensor.dim")):
             g.nodes.append(_scalar_op(op, ids))
         else:
             raise NotImplementedError(f"op {op.name} is not supported by fusile's backends")
     return g
+
+
+def _add_not_subtract(body: list[Op], yields: list[int], accs: list[int], ids: _Ids) -> None:
+    """A sum of a negation, acc + (-x), reaches here as acc - x (canonicalize folds it): read
+    it as acc + negf(x), so every reduction combines with its known combiner."""
+    for y, acc in zip(yields, accs, strict=True):
+        k = next((i for i, o in enumerate(body) if y in o.results), -1)
+        op = body[k] if k >= 0 else None
+        if op is None or op.name != "arith.subf" or op.operands[0] != acc:
+            continue
+        neg = Op("arith.negf", [ids.fresh()], [op.operands[1]], op.dtype, {}, op.loc)
+        body[k:k + 1] = [neg, Op("arith.addf", op.results, [acc, neg.results[0]], op.dtype,
+                                 {}, op.loc)]

@@ -21,6 +21,12 @@ FOUND = [
      "    return t1, t0\n", [(257, 1), (257, 1)], 0),
     ("def prog(x0, x1):\n    t0 = sum(x0, axis=0, keepdims=False)\n    t1 = exp(x1)\n"
      "    return t1, t0\n", [(257, 1), (257, 1)], 64),
+    # a sum of a negation: canonicalize folds acc + (-x) into acc - x, which no reduction
+    # combiner was (a BackendError); whole rows, looped rows and split columns
+    ("def prog(x0):\n    t3 = -x0\n    t4 = sum(t3, axis=1, keepdims=False)\n    return t4\n",
+     [(1000, 2, 1)], 0),
+    ("def prog(x0):\n    return sum(1.0 - x0, axis=-1), mean(-x0, axis=0)\n", [(31, 1031)], 256),
+    ("def prog(x0):\n    return sum(-x0, axis=0)\n", [(3000, 3)], 0),
 ]
 
 
