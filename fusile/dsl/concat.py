@@ -153,9 +153,10 @@ _COMBINE = {"sum": "add", "mean": "add", "max": "maximum", "min": "minimum"}
 
 def reduce(ck: Checker, e: ast.Expr, call: BoundCall, values: list[ast.Expr],
            args: list[ast.Expr], kwargs: dict[str, ast.Expr]) -> ast.Expr | None:
-    """A reduction (or softmax) of a value with seams along one axis, as the same call on
-    each piece: concatenated where the axis is kept, combined where it is reduced (sum,
-    mean, max, min). None where that does not apply (then `refuse` says so)."""
+    """A reduction (or softmax) of a value with seams, as the same call on each piece cut at
+    the seams of one axis (the pieces' own calls, checked in turn, take any other axis's):
+    concatenated where that axis is kept, combined where it is reduced (sum, mean, max,
+    min). None where that does not apply (then `refuse` says so)."""
     cuts = seams(ck, values[0]) if call.name in _ROWWISE else {}
     if not cuts or (set(cuts) & set(call.axes) and call.name not in _COMBINE):
         return None
