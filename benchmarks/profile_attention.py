@@ -63,11 +63,12 @@ def main() -> int:
                for _ in range(3))
     q5, k5, v5 = q[:, :, None], k[:, :, None], v[:, :, None]
     slopes = torch.ones(2, 1, device="cuda")
+    lens = torch.ones(1, dtype=torch.int32, device="cuda")
     scale = 1 / 8
     calls = {
         "attention()": lambda: attention(q, k, v),
-        "attention_fwd (fused)": lambda: attention_fwd(q5, k5, v5, slopes, scale, 0.0, False,
-                                                       0, False, False),
+        "attention_fwd (fused)": lambda: attention_fwd(q5, k5, v5, slopes, lens, scale, 0.0,
+                                                       False, 0, False, False, False),
         "SDPA (default)": lambda: F.scaled_dot_product_attention(q, k, v),
     }
     for name, fn in calls.items():

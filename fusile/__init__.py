@@ -6,7 +6,7 @@ Write tensor math in an ordinary Python function, mark it @fused, call it on tor
 from fusile.dsl.errors import FusileError
 from fusile.dsl.fused import FusedFunction, from_source, fused
 from fusile.dsl.stubs import STUBS
-from fusile.dsl.types import bf16, bool_, f16, f32, f64, i32, i64
+from fusile.dsl.types import Tensor, bf16, bool_, f16, f32, f64, i32, i64
 
 abs = STUBS["abs"]
 arange = STUBS["arange"]
@@ -43,7 +43,7 @@ var = STUBS["var"]
 where = STUBS["where"]
 
 __all__ = [
-    "FusedFunction", "FusileError", "abs", "arange", "astype", "bf16", "bool_", "ceil",
+    "FusedFunction", "FusileError", "Tensor", "abs", "arange", "astype", "bf16", "bool_", "ceil",
     "concat", "cos", "erf", "exp", "exp2", "f16", "f32", "f64", "floor", "from_source",
     "fused", "i32", "i64", "index", "log", "log1p", "log2", "log_softmax", "logsumexp",
     "matmul", "max", "maximum", "mean", "min", "minimum", "rsqrt", "sigmoid", "sin", "size",

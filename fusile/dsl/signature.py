@@ -1,6 +1,7 @@
 """Call arguments -> parameter bindings, the per-signature cache key, and runtime size checks.
 
-A signature is specialised on dtypes, ranks, which dims are 1 (broadcasting depends on it) and
+A signature is specialised on dtypes, ranks, which dims are 1 (broadcasting depends on it;
+an axis the annotation names is an extent, symbolic even at 1) and
 the values of int/bool parameters (compile-time constants, like tl.constexpr); every other size
 and every float parameter is a runtime value, so new sizes reuse the compiled program.
 """
@@ -28,8 +29,13 @@ from fusile.dsl.types import (
 
 @dataclass(frozen=True)
 class Annotation:
+    """A parameter's annotation. `dims` are a tensor's declared sizes (a name is a symbolic
+    size, an int a fixed one); `rest` (a leading `...`) leaves the leading axes undeclared."""
+
     kind: str  # "tensor" | "float" | "int" | "bool" | "any"
-    spec: TensorSpec | None = None
+    dtype: DType | None = None
+    dims: tuple[int | str, ...] | None = None
+    rest: bool = False
 
 
 def parse_annotation(expr: ast.Expr | None, globals_: dict[str, Any], source: Source
@@ -41,26 +47,32 @@ def parse_annotation(expr: ast.Expr | None, globals_: dict[str, Any], source: So
     if isinstance(expr, ast.Name | ast.Attribute | ast.Str):
         d = _dtype(expr, globals_)
         if d is not None:
-            return Annotation("tensor", TensorSpec(d, None))
-        if isinstance(expr, ast.Name) and expr.id in ("Tensor", "tensor"):
+            return Annotation("tensor", d)
+        if _is_tensor(expr):
             return Annotation("tensor")
-        if isinstance(expr, ast.Attribute) and expr.attr == "Tensor":
-            return Annotation("tensor")
-    if isinstance(expr, ast.Subscript):
-        d = _dtype(expr.value, globals_)
-        if d is not None:
-            dims: list[int | str] = []
-            for item in expr.items:
-                if isinstance(item, ast.Str):
-                    dims.append(item.value)
-                elif isinstance(item, ast.Num) and isinstance(item.value, int):
-                    dims.append(item.value)
-                else:
-                    raise SignatureError("a dim in an annotation is a name in quotes or an int",
-                                         item.span, source)
-            return Annotation("tensor", TensorSpec(d, tuple(dims)))
-    raise SignatureError("annotation must be a dtype with dims (bf16['M', 'N']), a dtype, or "
-                         "float / int / bool", expr.span, source)
+    if isinstance(expr, ast.Subscript) and (_is_tensor(expr.value) or
+                                            _dtype(expr.value, globals_) is not None):
+        d = None if _is_tensor(expr.value) else _dtype(expr.value, globals_)
+        items = expr.items
+        rest = bool(items) and isinstance(items[0], ast.EllipsisLit)
+        dims: list[int | str] = []
+        for item in items[1:] if rest else items:
+            if isinstance(item, ast.Str):
+                dims.append(item.value)
+            elif isinstance(item, ast.Num) and isinstance(item.value, int):
+                dims.append(item.value)
+            else:
+                raise SignatureError("a dim in an annotation is a name in quotes or an int (a "
+                                     "leading ... leaves the leading axes open)", item.span,
+                                     source)
+        return Annotation("tensor", d, tuple(dims), rest)
+    raise SignatureError("annotation must be a dtype with dims (bf16['M', 'N']), a dtype, "
+                         "Tensor[..., 'L', 'D'], or float / int / bool", expr.span, source)
+
+
+def _is_tensor(expr: ast.Expr) -> bool:
+    return (isinstance(expr, ast.Name) and expr.id in ("Tensor", "tensor")) or \
+        (isinstance(expr, ast.Attribute) and expr.attr == "Tensor")
 
 
 def _dtype(expr: ast.Expr, globals_: dict[str, Any]) -> DType | None:
@@ -215,10 +227,12 @@ def _scalar_type(v: Any) -> ScalarType:
 
 
 def _tensor_type(p: ast.Param, ann: Annotation, a: ArgInfo, source: Source) -> TensorType:
-    spec = ann.spec
+    """A tensor parameter's type. A size-1 axis is a fixed 1 (it broadcasts), except where
+    the annotation names it: a named axis is an extent, symbolic at every size, so a call
+    with one query row compiles the kernel every length takes."""
     assert a.dtype is not None
-    if spec is not None and spec.dtype != a.dtype:
-        raise SignatureError(f"parameter {p.name!r} is annotated {spec.dtype} but got a "
+    if ann.dtype is not None and ann.dtype != a.dtype:
+        raise SignatureError(f"parameter {p.name!r} is annotated {ann.dtype} but got a "
                              f"{a.dtype} tensor", p.span, source)
     if a.kind == "spec":
         given: TensorSpec = a.value
@@ -227,19 +241,26 @@ def _tensor_type(p: ast.Param, ann: Annotation, a: ArgInfo, source: Source) -> T
                                  p.span, source)
         dims = [Sym(d) if isinstance(d, str) else d for d in given.dims]
         return TensorType(a.dtype, tuple(dims))
+    declared: list[int | str | None] = [None] * len(a.shape)
+    if ann.dims is not None:
+        n = len(ann.dims)
+        if len(a.shape) < n if ann.rest else len(a.shape) != n:
+            at_least = "at least " if ann.rest else ""
+            raise SignatureError(
+                f"parameter {p.name!r} is annotated with rank {at_least}{n} but got a tensor "
+                f"of shape {show_shape(a.shape)}", p.span, source)
+        declared[len(a.shape) - n:] = ann.dims
     shape: list[int | Sym] = []
-    if spec is not None and spec.dims is not None and len(spec.dims) != len(a.shape):
-        raise SignatureError(
-            f"parameter {p.name!r} is annotated with rank {len(spec.dims)} but got a tensor of "
-            f"shape {show_shape(a.shape)}", p.span, source)
     for i, s in enumerate(a.shape):
-        named = spec.dims[i] if spec is not None and spec.dims is not None else None
-        if s == 1:
+        named = declared[i]
+        if isinstance(named, str):
+            shape.append(Sym(named))
+        elif s == 1:
             shape.append(1)
         elif isinstance(named, int):
             shape.append(named)
         else:
-            shape.append(Sym(named if isinstance(named, str) else f"{p.name}.{i}"))
+            shape.append(Sym(f"{p.name}.{i}"))
     return TensorType(a.dtype, tuple(shape))
 
 

@@ -86,6 +86,14 @@ class TensorSpec:
 
 
 
+class Tensor:
+    """An annotation for a tensor parameter of any dtype, `Tensor[..., "L", "D"]` naming its
+    trailing axes (fusile reads it from the source; at run time it is this class)."""
+
+    def __class_getitem__(cls, dims: Any) -> type[Tensor]:
+        return cls
+
+
 # ----------------------------------------------------------------------------- shapes
 
 

@@ -46,9 +46,18 @@ def attention_chains(graph: Graph, ones: set[tuple], cls: Classes) -> Flash:
             continue
         trial = Group(graph, ones, cls)
         trial.attn = form
-        if all(trial.try_add(mi) for mi in members):
+        if all(trial.try_add(mi) for mi in members) and _distinct_roles(trial, form):
             out[form.qk.gi] = (form, members)
     return out
+
+
+def _distinct_roles(group: Group, form: attention.AttentionForm) -> bool:
+    """Whether the chain's rows, keys, head dim and value dim are four loops. One tensor read
+    as both K and V (`softmax(q @ k.T) @ k`) ties the head dim to the value dim; the flash
+    kernel tiles them separately, so such a chain takes the general kernels."""
+    qk, pv = form.qk, form.pv
+    roles = [group.uf.find((qk.gi, x)) for x in (qk.m, qk.n, qk.k)]
+    return len({*roles, group.uf.find((pv.gi, pv.n))}) == 4
 
 
 def grad_kernels(graph: Graph, ones: set[tuple], cls: Classes, taken: set[int]

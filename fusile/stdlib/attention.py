@@ -38,13 +38,16 @@ inf = math.inf
 
 
 @fused
-def attention_fwd(q, k, v, slopes, scale: float, cap: float, causal: bool, window: int,
-                  capped: bool, alibi: bool):
-    # query row i sees key j when (causal: j <= i + off) and (window: i + off - j < window)
-    off = size(k, -2) - size(q, -2)
-    i = arange(size(q, -2))[:, None] + off
+def attention_fwd(q: Tensor[..., "L", "D"], k: Tensor[..., "K", "D"], v: Tensor[..., "K", "E"],
+                  slopes, lens, scale: float, cap: float, causal: bool, window: int,
+                  capped: bool, alibi: bool, ragged: bool):
+    # query row i sees key j when (causal: j <= i + off) and (window: i + off - j < window);
+    # ragged: the first lens[b] keys of sequence b are its cache, and its rows end there
+    n = lens[:, None, None, None, None] if ragged else size(k, -2)
+    i = arange(size(q, -2))[:, None] + (n - size(q, -2))
     j = arange(size(k, -2))[None, :]
-    keep = ((j <= i) | (causal == 0)) & ((i - j < window) | (window <= 0))
+    keep = ((j <= i) | (causal == 0)) & ((i - j < window) | (window <= 0)) & \
+        ((j < n) | (ragged == 0))
     s = astype(q @ k.T, f32) * scale
     s = where(capped, cap * tanh(s / cap), s)
     s = where(alibi, s - slopes[..., None, None] * abs(astype(i - j, s)), s)
@@ -53,12 +56,15 @@ def attention_fwd(q, k, v, slopes, scale: float, cap: float, causal: bool, windo
 
 
 @fused
-def attention_bwd(q, k, v, o, do, lse, slopes, scale: float, cap: float, causal: bool,
-                  window: int, capped: bool, alibi: bool):
-    off = size(k, -2) - size(q, -2)
-    i = arange(size(q, -2))[:, None] + off
+def attention_bwd(q: Tensor[..., "L", "D"], k: Tensor[..., "K", "D"], v: Tensor[..., "K", "E"],
+                  o: Tensor[..., "L", "E"], do: Tensor[..., "L", "E"], lse: Tensor[..., "L"],
+                  slopes, lens, scale: float, cap: float, causal: bool,
+                  window: int, capped: bool, alibi: bool, ragged: bool):
+    n = lens[:, None, None, None, None] if ragged else size(k, -2)
+    i = arange(size(q, -2))[:, None] + (n - size(q, -2))
     j = arange(size(k, -2))[None, :]
-    keep = ((j <= i) | (causal == 0)) & ((i - j < window) | (window <= 0))
+    keep = ((j <= i) | (causal == 0)) & ((i - j < window) | (window <= 0)) & \
+        ((j < n) | (ragged == 0))
     delta = sum(astype(do, f32) * astype(o, f32), axis=-1)  # rowsum(dP * P) = rowsum(dO * O)
     s = astype(q @ k.T, f32) * scale
     t = tanh(s / cap)
@@ -71,15 +77,17 @@ def attention_bwd(q, k, v, o, do, lse, slopes, scale: float, cap: float, causal:
 
 
 @custom_op("attention")
-def _attention(q: Tensor, k: Tensor, v: Tensor, slopes: Tensor, scale: float, cap: float,
-               causal: bool, window: int, alibi: bool) -> tuple[Tensor, Tensor]:
-    """q: (b, hk, g, lq, d); k, v: (b, hk, 1, lk, d|e); slopes: (hk, g)."""
-    o, lse = attention_fwd(q, k, v, slopes, scale, cap, causal, window, cap > 0, alibi)
+def _attention(q: Tensor, k: Tensor, v: Tensor, slopes: Tensor, lens: Tensor, scale: float,
+               cap: float, causal: bool, window: int, alibi: bool, ragged: bool
+               ) -> tuple[Tensor, Tensor]:
+    """q: (b, hk, g, lq, d); k, v: (b, hk, 1, lk, d|e); slopes: (hk, g); lens: (b,)."""
+    o, lse = attention_fwd(q, k, v, slopes, lens, scale, cap, causal, window, cap > 0, alibi,
+                           ragged)
     return o, lse
 
 
 @_attention.register_fake
-def _(q, k, v, slopes, scale, cap, causal, window, alibi):
+def _(q, k, v, slopes, lens, scale, cap, causal, window, alibi, ragged):
     b, hk, g, lq, _ = q.shape
     return (q.new_empty((b, hk, g, lq, v.shape[-1])),
             q.new_empty((b, hk, g, lq), dtype=torch.float32))
@@ -87,30 +95,32 @@ def _(q, k, v, slopes, scale, cap, causal, window, alibi):
 
 @custom_op("attention_backward")
 def _attention_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor,
-                        slopes: Tensor, scale: float, cap: float, causal: bool, window: int,
-                        alibi: bool) -> tuple[Tensor, Tensor, Tensor]:
-    dq, dk, dv = attention_bwd(q, k, v, o, do, lse, slopes, scale, cap, causal, window,
-                               cap > 0, alibi)
+                        slopes: Tensor, lens: Tensor, scale: float, cap: float, causal: bool,
+                        window: int, alibi: bool, ragged: bool
+                        ) -> tuple[Tensor, Tensor, Tensor]:
+    dq, dk, dv = attention_bwd(q, k, v, o, do, lse, slopes, lens, scale, cap, causal, window,
+                               cap > 0, alibi, ragged)
     if dk.shape[2] != 1:  # grouped-query: each K/V head's gradient sums over its group
         dk, dv = dk.sum(2, keepdim=True), dv.sum(2, keepdim=True)
     return dq, dk, dv
 
 
 @_attention_backward.register_fake
-def _(do, q, k, v, o, lse, slopes, scale, cap, causal, window, alibi):
+def _(do, q, k, v, o, lse, slopes, lens, scale, cap, causal, window, alibi, ragged):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup(ctx, inputs, output) -> None:
-    q, k, v, slopes, *rest = inputs
-    ctx.save_for_backward(q, k, v, output[0], output[1], slopes)
+    q, k, v, slopes, lens, *rest = inputs
+    ctx.save_for_backward(q, k, v, output[0], output[1], slopes, lens)
     ctx.rest = rest
 
 
 def _grad(ctx, do, _dlse):
-    q, k, v, o, lse, slopes = ctx.saved_tensors
-    dq, dk, dv = call(_attention_backward, do.contiguous(), q, k, v, o, lse, slopes, *ctx.rest)
-    return dq, dk, dv, None, None, None, None, None, None
+    q, k, v, o, lse, slopes, lens = ctx.saved_tensors
+    dq, dk, dv = call(_attention_backward, do.contiguous(), q, k, v, o, lse, slopes, lens,
+                      *ctx.rest)
+    return dq, dk, dv, *[None] * (len(ctx.rest) + 2)
 
 
 autograd(_attention, _grad, _setup)
@@ -123,13 +133,26 @@ def _no_slopes(h: int, device: torch.device) -> Tensor:
     return torch.ones(h, device=device)
 
 
+@functools.lru_cache(maxsize=16)
+def _no_lens(device: torch.device) -> Tensor:
+    """The lens argument without cache_seqlens (unread by the kernel), made once per device."""
+    return torch.ones(1, dtype=torch.int32, device=device)
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
               scale: float | None = None, window: int | None = None,
-              softcap: float | None = None, alibi_slopes: Tensor | None = None) -> Tensor:
+              softcap: float | None = None, alibi_slopes: Tensor | None = None,
+              cache_seqlens: Tensor | None = None) -> Tensor:
     """softmax(mask(q @ k^T * scale)) @ v as one flash kernel, with a fused flash backward.
     q: (batch, heads, q_len, d); k: (batch, kv_heads, kv_len, d); v: (batch, kv_heads,
     kv_len, e); heads a multiple of kv_heads. scale defaults to 1/sqrt(d). alibi_slopes:
-    (heads,) float32, the score bias -slope * |i + kv_len - q_len - j|."""
+    (heads,) float32, the score bias -slope * |i + kv_len - q_len - j|.
+
+    cache_seqlens: (batch,) int32 or int64, for a KV cache longer than what it holds (a
+    static cache): sequence b attends to its first cache_seqlens[b] keys only (which include
+    this step's q_len new ones, already written to the cache), and the causal mask, window
+    and ALiBi positions align its rows to that end (kv_len above reads cache_seqlens[b]). A
+    query row that then sees no key gets NaN, as a fully masked row does in torch."""
     same_device("attention", q, k, v, alibi_slopes)
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise SignatureError("fusile.stdlib.attention: q, k and v must be (batch, heads, seq, "
@@ -155,6 +178,18 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
                                window <= 0):
         raise SignatureError(f"fusile.stdlib.attention: window must be a positive int, got "
                              f"{window!r}")
+    ragged = cache_seqlens is not None
+    if cache_seqlens is None:
+        lens = _no_lens(q.device)
+    elif not isinstance(cache_seqlens, Tensor) or tuple(cache_seqlens.shape) != (b,) or \
+            cache_seqlens.dtype not in (torch.int32, torch.int64) or \
+            cache_seqlens.device != q.device:
+        got = (f"{tuple(cache_seqlens.shape)} {cache_seqlens.dtype} on {cache_seqlens.device}"
+               if isinstance(cache_seqlens, Tensor) else type(cache_seqlens).__name__)
+        raise SignatureError(f"fusile.stdlib.attention: cache_seqlens must be ({b},) int32 or "
+                             f"int64 on {q.device}, got {got}")
+    else:
+        lens = cache_seqlens
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     g = h // hk
     q5 = q.unflatten(1, (hk, g))  # (b, hk, g, lq, d): a view
@@ -162,6 +197,6 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
     alibi = alibi_slopes is not None
     slopes = (_no_slopes(h, q.device) if alibi_slopes is None else
               alibi_slopes.float()).view(hk, g)
-    out, _ = apply(_attention, q5, k5, v5, slopes, scale, float(softcap or 0.0), bool(causal),
-                   int(window or 0), alibi)
+    out, _ = apply(_attention, q5, k5, v5, slopes, lens, scale, float(softcap or 0.0),
+                   bool(causal), int(window or 0), alibi, ragged)
     return out.flatten(1, 2)

@@ -95,6 +95,31 @@ def test_annotations_name_shared_sizes() -> None:
         f(torch.randn(2, 3), torch.randn(4))
 
 
+def test_a_named_axis_is_an_extent_even_at_size_1() -> None:
+    """An axis the annotation names is compiled symbolic at every size: at size 1 it does not
+    broadcast against another name (a clear error, as for any two unequal extents), and one
+    query row takes the kernel every length takes. Unnamed axes of 1 still broadcast."""
+    @fusile.fused
+    def f(x: fusile.Tensor[..., "L"], y: fusile.Tensor[..., "N"]):
+        return x + y
+
+    with pytest.raises(fusile.FusileError, match="needs them equal"):
+        f(torch.randn(3, 1), torch.randn(3, 5))
+    torch.testing.assert_close(f(torch.randn(1, 4), torch.randn(3, 4)).shape, (3, 4))
+    with pytest.raises(fusile.FusileError, match="rank at least 1"):
+        f(torch.tensor(1.0), torch.randn(3))
+    row = torch.randn(2, 1, 8)
+
+    @fusile.fused
+    def attend(q: fusile.Tensor[..., "L", "D"], k: fusile.Tensor[..., "K", "D"], v):
+        return fusile.softmax(q @ k.T, axis=-1) @ v
+
+    keys, values = torch.randn(2, 37, 8), torch.randn(2, 37, 8)
+    assert [k.kind for k in attend.explain(row, keys, values).kernels] == ["attention"]
+    want = torch.softmax(row.double() @ keys.double().mT, -1) @ values.double()
+    torch.testing.assert_close(attend(row, keys, values).double(), want, rtol=1e-5, atol=1e-5)
+
+
 def test_dtype_subscript_makes_a_spec() -> None:
     spec = bf16["M", 4096]
     assert spec.dtype == bf16 and spec.dims == ("M", 4096)

@@ -139,14 +139,14 @@ def test_alibi_and_bias_tensors_from_the_dsl() -> None:
 
 
 def _fwd_args(q: torch.Tensor, causal: bool = False, window: int = 0) -> tuple:
-    ones = torch.ones(q.shape[1], q.shape[2])
-    return (q, q, q, ones, 0.25, 0.0, causal, window, False, False)
+    ones, lens = torch.ones(q.shape[1], q.shape[2]), torch.ones(1, dtype=torch.int32)
+    return (q, q, q, ones, lens, 0.25, 0.0, causal, window, False, False, False)
 
 
 def _bwd_args(q: torch.Tensor, causal: bool = False, window: int = 0) -> tuple:
     lse = torch.randn(q.shape[:-1])
-    ones = torch.ones(q.shape[1], q.shape[2])
-    return (q, q, q, q, q, lse, ones, 0.25, 0.0, causal, window, False, False)
+    ones, lens = torch.ones(q.shape[1], q.shape[2]), torch.ones(1, dtype=torch.int32)
+    return (q, q, q, q, q, lse, ones, lens, 0.25, 0.0, causal, window, False, False, False)
 
 
 def test_plans_keep_the_score_matrix_on_chip() -> None:
@@ -235,13 +235,13 @@ def test_argument_errors() -> None:
 def test_cross_compiles_without_spills(target: str, d: int) -> None:
     """Forward and backward kernels, causal or not, with soft-capping and ALiBi."""
     q = torch.randn(1, 2, 1, 8, d, dtype=torch.bfloat16)
-    sizes = {f"{t}.4": d for t in ("q", "k", "v", "o", "do")}
-    for causal, capped, alibi in ((False, False, False), (True, False, False),
-                                  (True, True, True)):
+    sizes = {"D": d, "E": d}  # the head dims the annotations name
+    for causal, capped, alibi, ragged in ((False, False, False, False),
+                                          (True, False, False, False), (True, True, True, True)):
         fwd = list(_fwd_args(q, causal))
-        fwd[-2:] = [capped, alibi]
+        fwd[-3:] = [capped, alibi, ragged]
         bwd = list(_bwd_args(q, causal))
-        bwd[-2:] = [capped, alibi]
+        bwd[-3:] = [capped, alibi, ragged]
         kinds = []
         for compiled in (attention_fwd.compiled(*fwd), attention_bwd.compiled(*bwd)):
             for k in compile_for(compiled, targets.get(target), sizes=sizes).kernels:
@@ -282,7 +282,7 @@ def test_cross_compile_keeps_head_masks_for_a_symbolic_head_dim() -> None:
     compiled = attention_fwd.compiled(*_fwd_args(q, True))
     t = targets.get("h100")
     even = [k.constexprs["EVEN_HEADS"] for k in compile_for(compiled, t).kernels]
-    sizes = {f"{n}.4": 64 for n in ("q", "k", "v")}
+    sizes = {"D": 64, "E": 64}  # the head dims the annotations name
     known = [k.constexprs["EVEN_HEADS"] for k in compile_for(compiled, t, sizes=sizes).kernels]
     assert even == [False] and known == [True]
 
@@ -332,7 +332,7 @@ def test_cuda_head_dims(d: int) -> None:
 
 
 _GPU_TILES = sorted({(c.block_m, c.block_n) for d in (16, 64, 128) for t in ("h100", "mi300x")
-                     for c in [*tune.attention_candidates(targets.get(t), d),
+                     for c in [*tune.attention_candidates(targets.get(t), d, 1),
                                *tune.grad_candidates(targets.get(t), d)]})
 
 
@@ -347,7 +347,7 @@ def test_gpu_tiles_stay_in_bounds(tile: tuple[int, int], monkeypatch: pytest.Mon
     from tests.bounds import checked
 
     cfg = tune.DotConfig(tile[0], tile[1], 0, 4, 1)
-    monkeypatch.setattr(tune, "attention_candidates", lambda t, d: [cfg])
+    monkeypatch.setattr(tune, "attention_candidates", lambda t, d, rows=None: [cfg])
     monkeypatch.setattr(tune, "grad_candidates", lambda t, d: [cfg])
     for f in (attention_fwd, attention_bwd):  # compile afresh with this tile
         monkeypatch.setattr(f, "_cache", {})

@@ -270,7 +270,7 @@ class TritonProgram:
         self._launch_tuned(
             launch, (li, lj, d, e, batch, use_i64, *extra.values()),
             4 * li * lj * max(d, e) * batch,
-            lambda: tune.attention_candidates(self.target, max(d, e)),
+            lambda: tune.attention_candidates(self.target, max(d, e), li),
             lambda: (f"{launch.key}|{dot.dtype}|{tune.bucket(li, lj, max(d, e), batch)}",
                      f"attention {batch} x {li}x{lj}, d={d}"),
             lambda c: (batch * math.ceil(li / c.block_m),),

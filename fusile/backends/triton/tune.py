@@ -212,14 +212,25 @@ class Tuner:
 TUNER = Tuner()
 
 
-def attention_candidates(target: Target, d: int) -> list[DotConfig]:
+def attention_candidates(target: Target, d: int, rows: int | None = None) -> list[DotConfig]:
     """Flash-attention tiles (block_m query rows, block_n keys; block_k unused), in the order
     H100 sweeps ranked them (benchmarks/RESULTS.md): at head dim 64, 128 query rows over 8
     warps (two warpgroups of 64 rows) against 64 keys; at 128, that and 64 x 64 over 4 warps
     within a few percent of each other, 64 x 64 ahead when causal. AMD, after AMD's
-    flash-attention guidance: 128 x 64, 4 warps, one stage, waves_per_eu 2."""
+    flash-attention guidance: 128 x 64, 4 warps, one stage, waves_per_eu 2. With `rows` (the
+    query rows of a batch index) at most 16, as in decoding, 16-row tiles (the smallest a
+    tensor-core dot takes) come first: a 128-row tile would compute 8-128x the scores for
+    nothing and hold registers that deeper key pipelining can use."""
     if target.backend == "interpreter":
         return [DotConfig(32, 32, 0, 4, 1)]
+    if rows is not None and rows <= 16:
+        if target.backend == "hip":
+            few = [DotConfig(16, 64, 0, 4, 1, 1, 2, 16, 1),
+                   DotConfig(16, 128, 0, 4, 1, 1, 2, 16, 1)]
+        else:
+            few = [DotConfig(16, 64, 0, 4, 4), DotConfig(16, 128, 0, 4, 3),
+                   DotConfig(16, 64, 0, 4, 3)]
+        return few + attention_candidates(target, d)
     if target.backend == "hip":
         return [DotConfig(128, 64, 0, 4, 1, 1, 2, 16, 1), DotConfig(128, 32, 0, 4, 1, 1, 2, 16, 1),
                 DotConfig(64, 64, 0, 4, 1, 1, 2, 16, 1)]

@@ -1,0 +1,121 @@
+"""Attention for decoding: a few query rows against a KV cache, with per-sequence cache lengths
+(cache_seqlens), GQA, causal, window, soft-capping and ALiBi, forward and backward, against a
+float64 reference that slices each sequence's cache (interpreter on CPU, CUDA with -m gpu)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fusile
+from fusile.stdlib.attention import attention
+from tests.numerics import assert_close
+from tests.stdlib.test_attention import reference
+
+# q_len x kv_len, as the decode issue lists them (q_len <= kv_len: every row sees a key)
+GRID = [(1, 1), (1, 37), (2, 37), (7, 37), (1, 1000), (7, 1000), (64, 1000)]
+OPTIONS = {"causal": {"causal": True}, "window": {"causal": True, "window": 5},
+           "softcap_alibi": {"softcap": 3.0, "alibi": True}}
+
+
+def _inputs(lq: int, lk: int, dtype: torch.dtype, device: str, grad: bool, seed: int):
+    torch.manual_seed(seed)
+    b, h, hk, d = 3, 4, 2, 16  # GQA: two query heads share a K/V head
+    q = torch.randn(b, h, lq, d, dtype=dtype, device=device, requires_grad=grad)
+    k, v = (torch.randn(b, hk, lk, d, dtype=dtype, device=device, requires_grad=grad)
+            for _ in range(2))
+    # one full cache, one of q_len keys, one in between: each sequence's rows see >= 1 key
+    lens = torch.tensor([lk, lq, (lk + lq) // 2], dtype=torch.int32, device=device)
+    return q, k, v, lens
+
+
+def ragged_reference(q, k, v, lens, **opts) -> torch.Tensor:
+    """Each sequence against the first lens[b] keys of its cache, in float64."""
+    outs = [reference(q[i:i + 1], k[i:i + 1, :, :n], v[i:i + 1, :, :n], **opts)
+            for i, n in enumerate(lens.tolist())]
+    return torch.cat(outs)
+
+
+def _check(lq: int, lk: int, option: str, dtype: torch.dtype, device: str,
+           grad: bool = True) -> None:
+    q, k, v, lens = _inputs(lq, lk, dtype, device, grad, lq * 1000 + lk)
+    opts = dict(OPTIONS[option])
+    if opts.pop("alibi", False):
+        opts["alibi_slopes"] = torch.rand(q.shape[1], device=device)
+    out = attention(q, k, v, cache_seqlens=lens, **opts)
+    ref_in = [t.detach().double().requires_grad_(grad) for t in (q, k, v)]
+    ref = ragged_reference(*ref_in, lens, **opts)
+    tol = 4 if dtype == torch.float32 else 1
+    assert_close(out, ref, dtype, scale=tol)
+    if not grad:
+        return
+    do = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), do)
+    ref_grads = torch.autograd.grad(ref, ref_in, do.double())
+    for got, want in zip(grads, ref_grads, strict=True):  # keys past a cache's end get 0
+        assert_close(got, want, dtype, scale=8 if dtype == torch.float32 else 1.5)
+
+
+@pytest.mark.parametrize("option", OPTIONS)
+@pytest.mark.parametrize("lq,lk", GRID, ids=lambda x: str(x))
+def test_interpreter_decode_matches_reference(lq: int, lk: int, option: str) -> None:
+    _check(lq, lk, option, torch.float32, "cpu", grad=lk < 1000)  # (the GPU runs every grad)
+
+
+def test_one_query_row_is_one_flash_kernel() -> None:
+    """A query length of 1 (and a key length or head dim of 1) is an ordinary size of the
+    flash kernel, not a broadcast axis that sends the chain to the general kernels."""
+    from fusile.stdlib.attention import attention_fwd
+
+    q = torch.randn(2, 2, 4, 1, 1)
+    k = torch.randn(2, 2, 1, 1, 1)
+    args = (q, k, k, torch.ones(2, 4), torch.ones(2, dtype=torch.int32), 1.0, 0.0, True, 0,
+            False, False, True)
+    assert [x.kind for x in attention_fwd.explain(*args).kernels] == ["attention"]
+
+
+def test_cache_seqlens_errors() -> None:
+    q, k, v, lens = _inputs(1, 8, torch.float32, "cpu", False, 0)
+    with pytest.raises(fusile.FusileError, match=r"cache_seqlens must be \(3,\) int32"):
+        attention(q, k, v, cache_seqlens=lens[:2])
+    with pytest.raises(fusile.FusileError, match="cache_seqlens must be"):
+        attention(q, k, v, cache_seqlens=lens.float())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("option", OPTIONS)
+@pytest.mark.parametrize("lq,lk", GRID, ids=lambda x: str(x))
+def test_cuda_decode_matches_reference(lq: int, lk: int, option: str, dtype: torch.dtype
+                                       ) -> None:
+    _check(lq, lk, option, dtype, "cuda")
+
+
+@pytest.mark.gpu
+def test_cuda_graph_decode_step() -> None:
+    """A decode step (write this step's K/V into a static cache in place, attend over each
+    sequence's length) captured in a CUDA graph and replayed against a fresh eager step."""
+    torch.manual_seed(0)
+    b, h, hk, n, d = 4, 8, 2, 256, 64
+    dt = torch.bfloat16
+    kc, vc = (torch.randn(b, hk, n, d, device="cuda", dtype=dt) for _ in range(2))
+    q, kn, vn = (torch.randn(b, x, 1, d, device="cuda", dtype=dt) for x in (h, hk, hk))
+    pos = torch.tensor([5, 100, 17, 255], device="cuda")
+
+    def step() -> torch.Tensor:
+        rows = torch.arange(b, device="cuda")
+        kc[rows, :, pos] = kn[:, :, 0]
+        vc[rows, :, pos] = vn[:, :, 0]
+        return attention(q, kc, vc, causal=True, cache_seqlens=(pos + 1).to(torch.int32))
+
+    step()  # compile and tune outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = step()
+    for _ in range(2):
+        q.copy_(torch.randn_like(q))
+        kn.copy_(torch.randn_like(kn))
+        pos.copy_(torch.randint(0, n, (b,), device="cuda"))
+        graph.replay()
+        want = ragged_reference(q.double(), kc.double(), vc.double(), pos + 1, causal=True)
+        assert_close(out, want, dt)
