@@ -198,10 +198,20 @@ def _reaches_dot(graph: Graph, prod: dict[int, int], t: int) -> bool:
 
 
 def _index_masks(graph: Graph, gi: int) -> list[Op]:
-    """select(cond, x, -inf) ops of generic gi whose condition depends on loop positions and
-    scalars only: masks a kernel can evaluate per tile without loading anything."""
+    """select(cond, x, -inf) ops of generic gi whose condition depends on loop positions,
+    scalars and tensors with one value per row and key tile (indexed by batch loops only, as
+    a per-sequence cache length): masks a kernel evaluates per tile, whose bounds it can
+    compute once per program."""
     node = _gen(graph, gi)
     assert node is not None
     consts = constants(graph)
+    out_map = node.maps[len(node.inputs)]
+    tile = {x for x in out_map[-2:] if x is not None}  # the loops of rows and keys
+
+    def per_program(arg: int) -> bool:
+        i = node.block_args.index(arg)
+        return i < len(node.inputs) and not tile & set(node.maps[i])
+
     return [op for op in node.body if op.name == "arith.select" and
-            consts.get(op.operands[2]) == float("-inf") and not node.args_of(op.operands[0])]
+            consts.get(op.operands[2]) == float("-inf") and
+            all(per_program(a) for a in node.args_of(op.operands[0]))]

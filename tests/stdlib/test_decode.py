@@ -74,6 +74,21 @@ def test_one_query_row_is_one_flash_kernel() -> None:
     assert [x.kind for x in attention_fwd.explain(*args).kernels] == ["attention"]
 
 
+def test_cache_lengths_bound_the_key_loop() -> None:
+    """A per-sequence length bounds the key loop (a short sequence in a long static cache
+    visits its own keys only) and the tiles below it run without masks."""
+    from fusile.stdlib.attention import attention_fwd
+
+    q = torch.randn(2, 2, 4, 1, 16)
+    k = torch.randn(2, 2, 1, 64, 16)
+    args = (q, k, k, torch.ones(2, 4), torch.ones(2, dtype=torch.int32), 1.0, 0.0, True, 0,
+            False, False, True)
+    src = attention_fwd.triton(*args, target="cpu")
+    assert "lens_bound = tl.load(" in src
+    assert "hi = tl.minimum(hi, -((-(lens_bound))) + 0)" in src
+    assert "# whole tiles: no masks" in src
+
+
 def test_cache_seqlens_errors() -> None:
     q, k, v, lens = _inputs(1, 8, torch.float32, "cpu", False, 0)
     with pytest.raises(fusile.FusileError, match=r"cache_seqlens must be \(3,\) int32"):

@@ -2,7 +2,8 @@
 
 Masks that depend on positions alone (`where(j <= i + c, s, -inf)`, windows) bound the key
 loop: when the condition is a conjunction of comparisons linear in i and j with unit
-coefficient on j, the first and last key a block of rows can see follow from its first and
+coefficient on j (other terms: sizes, constants, and tensors with one value per program such
+as a per-sequence cache length), the first and last key a block of rows can see follow from its first and
 last row, and key blocks outside them are never visited (causal attention does about half the
 work). The tiles every row of the block sees whole need no mask at all; the mask is applied
 on the others, so the bounds only need to be conservative. The same solver serves the
@@ -16,17 +17,19 @@ from fusile.backends.triton.scope import Scope
 
 
 class KeyBounds(KernelWriter):
-    """Mixin for the flash writers: `self.i` is the row class, `self.j` the looped one."""
+    """Mixin for the flash writers: `self.i` is the row class, `self.j` the looped one,
+    `self.batch` the batch classes."""
 
     i: int
     j: int
+    batch: list[int]
 
     def _affine(self, gi: int, v: int, scope: Scope) -> tuple[int, int, list[str]] | None:
         """v of generic gi as (coefficient of i, coefficient of j, constant source terms)."""
         node = self._gen(gi)
         op = node.defs.get(v)
         if v in node.block_args:
-            return None
+            return self._program_value(node.inputs[node.block_args.index(v)], scope)
         if op is None:
             return 0, 0, [self.resolve(v, {}, scope)]
         if op.name == "linalg.index":
@@ -43,6 +46,20 @@ class KeyBounds(KernelWriter):
             cb = [f"({t})" if s > 0 else f"(-({t}))" for t in b[2]]
             return a[0] + s * b[0], a[1] + s * b[1], [*a[2], *cb]
         return None
+
+    def _program_value(self, t: int, scope: Scope) -> tuple[int, int, list[str]] | None:
+        """Tensor t as a term of a bound when it has one value per program: read from memory
+        and indexed by batch loops only (a per-sequence cache length), loaded once here."""
+        if t in self.producer or t in self.plan.fills:
+            return None
+        ta = self.tensor_arg(t, False)
+        if any(c is not None and c not in self.batch for c in ta.classes):
+            return None
+        var = scope.values.get(("bound", t))
+        if var is None:
+            var = scope.values[("bound", t)] = scope.fresh(f"{ta.name}_bound")
+            scope.emit(f"{var} = tl.load({ta.name}_ptr + {self._offset(ta, ta.classes)})")
+        return 0, 0, [var]
 
     def _bounds(self, gi: int, cond: int, scope: Scope, lo: list[str], hi: list[str],
                 lo_all: list[str], hi_all: list[str]) -> bool:
