@@ -4,9 +4,9 @@ Masks that depend on positions alone (`where(j <= i + c, s, -inf)`, windows) bou
 loop: when the condition is a conjunction of comparisons linear in i and j with unit
 coefficient on j (other terms: sizes, constants, and tensors with one value per program
 such as a per-sequence cache length), the first and last key a block of rows can see follow
-from its first and last row, and key blocks outside them are never visited (causal attention does about half the
-work). The tiles every row of the block sees whole need no mask at all; the mask is applied
-on the others, so the bounds only need to be conservative. The same solver serves the
+from its first and last row, and key blocks outside them are never visited (causal attention
+does about half the work). The tiles every row of the block sees whole need no mask at all;
+the mask is applied on the others, so the bounds only need to be conservative. The same solver serves the
 backward kernels, where the kept side plays the rows.
 """
 
