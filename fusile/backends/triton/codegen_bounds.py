@@ -6,8 +6,8 @@ coefficient on j (other terms: sizes, constants, and tensors with one value per 
 such as a per-sequence cache length), the first and last key a block of rows can see follow
 from its first and last row, and key blocks outside them are never visited (causal attention
 does about half the work). The tiles every row of the block sees whole need no mask at all;
-the mask is applied on the others, so the bounds only need to be conservative. The same solver serves the
-backward kernels, where the kept side plays the rows.
+the mask is applied on the others, so the bounds only need to be conservative. The same
+solver serves the backward kernels, where the kept side plays the rows.
 """
 
 from __future__ import annotations
