@@ -16,6 +16,7 @@ from fusile import (
     erf,
     exp,
     fused,
+    i64,
     index,
     log_softmax,
     logsumexp,
@@ -202,22 +203,33 @@ def geglu_tanh_bwd(dy, a, b):
 
 
 @fused
-def cross_entropy_fwd(logits, target, ignore_index: int, smoothing: float):
-    """Per-row loss and log-sum-exp; logits stay in their dtype, read in tiles."""
+def cross_entropy_fwd(logits, target, ignore_index: int, smoothing: float, reduce: int):
+    """The loss in the logits' dtype (reduce 0: per row; 1: summed; 2: the mean over the rows
+    not ignored), each row's log-sum-exp, the count of rows not ignored, and whether every
+    target is a class or ignore_index: one call, so a training step's loss costs one
+    dispatch, not a dozen small torch ops. Logits stay in their dtype, read in tiles."""
     t = target[:, None]
     lse = logsumexp(logits, axis=-1, keepdims=True)
     picked = sum(where(index(logits, -1) == t, logits, 0.0), axis=-1, keepdims=True)
     nll = lse - picked
     smooth = lse - mean(logits, axis=-1, keepdims=True)
-    loss = (1.0 - smoothing) * nll + smoothing * smooth
-    return astype(where(t != ignore_index, loss, 0.0), "compute"), astype(lse, "compute")
+    kept = t != ignore_index
+    rows = astype(where(kept, (1.0 - smoothing) * nll + smoothing * smooth, 0.0), "compute")
+    count = sum(astype(kept, i64))
+    bad = sum(astype(((t < 0) | (t >= size(logits, -1))) & kept, i64))
+    total = sum(rows)
+    loss = astype(rows if reduce == 0 else total if reduce == 1 else total / count, logits)
+    return loss, astype(lse, "compute"), count, bad == 0
 
 
 @fused
-def cross_entropy_bwd(dloss, logits, target, lse, ignore_index: int, smoothing: float):
-    """d loss_row / d logits = softmax - (1 - s) onehot - s / V, times the row's gradient."""
+def cross_entropy_bwd(dloss, logits, target, lse, count, ignore_index: int, smoothing: float,
+                      reduce: int):
+    """d loss / d logits = (softmax - (1 - s) onehot - s / V) times the row's gradient:
+    dloss (N, 1) per row (reduce 0), or the reduced loss's, over count for a mean."""
     t = target[:, None]
     p = exp(logits - lse)
     onehot = where(index(logits, -1) == t, 1.0 - smoothing, 0.0)
     g = p - onehot - smoothing / size(logits, -1)
-    return astype(where(t != ignore_index, g * dloss, 0.0), logits)
+    scale = astype(dloss, "compute") / count if reduce == 2 else dloss
+    return astype(where(t != ignore_index, g * scale, 0.0), logits)
