@@ -67,6 +67,11 @@ KNOBS: dict[str, Knob] = {
         "launch cached compiled kernels directly instead of through triton.jit's binder, and "
         "replay a repeated call's launches (same argument layout) without recomputing them",
     ),
+    "attn_splits": Knob(
+        "FUSILE_ATTN_SPLITS", int, lambda: 0,
+        "flash attention: split each query block's keys over this many programs "
+        "(flash-decoding); 0 chooses from the shape and the GPU, 1 never splits",
+    ),
     "tune": Knob(
         "FUSILE_TUNE", _choice("on", "quiet", "off"), lambda: "on",
         "contraction configs: on (time candidates on first use of a shape, say so on stderr), "

@@ -1,6 +1,8 @@
 """Attention for decoding: a few query rows against a KV cache, with per-sequence cache lengths
 (cache_seqlens), GQA, causal, window, soft-capping and ALiBi, forward and backward, against a
-float64 reference that slices each sequence's cache (interpreter on CPU, CUDA with -m gpu)."""
+float64 reference that slices each sequence's cache (interpreter on CPU, CUDA with -m gpu);
+the split-key (flash-decoding) path, which a GPU takes by itself at kv_len 1000 here and the
+interpreter when told."""
 
 from __future__ import annotations
 
@@ -62,6 +64,39 @@ def test_interpreter_decode_matches_reference(lq: int, lk: int, option: str) -> 
     _check(lq, lk, option, torch.float32, "cpu", grad=lk < 1000)  # (the GPU runs every grad)
 
 
+@pytest.mark.parametrize("lq,lk,option", [(1, 300, "causal"), (7, 300, "window"),
+                                          (1, 37, "softcap_alibi"), (64, 1000, "causal")])
+def test_split_keys_match_reference(lq: int, lk: int, option: str,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flash-decoding (each query block's keys over several programs, then a combine), forced
+    on the interpreter: forward, and the backward that reads its log-sum-exp; the split path
+    is the one taken."""
+    from fusile import config
+    from fusile.backends.triton.tiled import TiledLaunches
+
+    taken = []
+    split = TiledLaunches._launch_split_keys
+    monkeypatch.setattr(TiledLaunches, "_launch_split_keys",
+                        lambda self, *a: taken.append(a[2]) or split(self, *a))
+    with config.override(attn_splits=3):
+        _check(lq, lk, option, torch.float32, "cpu", grad=lk < 1000)
+    assert taken and all(n > 1 for n in taken)  # 3, or one a key tile when fewer
+
+
+def test_split_count_follows_the_gpu() -> None:
+    """Splits fill about two programs per SM when the row blocks leave SMs idle, keep four
+    key tiles each, and the interpreter never splits unless told."""
+    from fusile.backends import targets
+    from fusile.backends.triton.tune import attention_splits
+
+    h100 = targets.get("h100")
+    assert attention_splits(h100, 32, 4096, 64) == 9  # batch 1, 32 heads: 2 * 132 / 32
+    assert attention_splits(h100, 32, 256, 64) == 1  # four tiles: too short to split
+    assert attention_splits(h100, 512, 1 << 17, 64) == 1  # the row blocks fill the GPU
+    assert attention_splits(targets.get("cpu"), 1, 1 << 17, 64) == 1
+    assert attention_splits(targets.get("cpu"), 1, 300, 64, forced=9) == 5  # a split a tile
+
+
 def test_one_query_row_is_one_flash_kernel() -> None:
     """A query length of 1 (and a key length or head dim of 1) is an ordinary size of the
     flash kernel, not a broadcast axis that sends the chain to the general kernels."""
@@ -111,11 +146,11 @@ def test_cuda_graph_decode_step() -> None:
     """A decode step (write this step's K/V into a static cache in place, attend over each
     sequence's length) captured in a CUDA graph and replayed against a fresh eager step."""
     torch.manual_seed(0)
-    b, h, hk, n, d = 4, 8, 2, 256, 64
+    b, h, hk, n, d = 4, 8, 2, 2048, 64  # long enough to split the keys (flash-decoding)
     dt = torch.bfloat16
     kc, vc = (torch.randn(b, hk, n, d, device="cuda", dtype=dt) for _ in range(2))
     q, kn, vn = (torch.randn(b, x, 1, d, device="cuda", dtype=dt) for x in (h, hk, hk))
-    pos = torch.tensor([5, 100, 17, 255], device="cuda")
+    pos = torch.tensor([5, 1000, 17, 2047], device="cuda")
 
     def step() -> torch.Tensor:
         rows = torch.arange(b, device="cuda")

@@ -117,6 +117,8 @@ def _signature(ks: KernelSource, fn_params: list[str], constexprs: dict[str, Any
     for p in fn_params:
         if p in constexprs:
             sig[p] = "constexpr"
+        elif p == "part_ptr":  # flash-decoding partials (codegen_decode.py)
+            sig[p] = "*fp32"
         elif p.endswith("_ptr"):
             ta = next(t for t in ks.tensors if f"{t.name}_ptr" == p)
             sig[p] = _SIG[ta.dtype.name]
@@ -178,6 +180,13 @@ def compile_for(compiled: Any, target: Target, sizes: dict[str, int] | None = No
                                (fcfg.block_m, fcfg.block_n), grid)
                 if dot_configs or not art.spills or fcfg == cands[-1]:
                     out.kernels.append(art)
+                    if ks.attn is not None and ks.split_name and ks.combine_name:
+                        for name, g in ((ks.split_name, "programs x splits"),
+                                        (ks.combine_name, "programs")):  # flash-decoding
+                            out.kernels.append(_compile(
+                                module, ks, name, target, {**consts, **spec[0]}, spec[1],
+                                fcfg.options(target.backend), scalars,
+                                (fcfg.block_m, fcfg.block_n), g))
                     if not dot_configs:
                         break
             continue

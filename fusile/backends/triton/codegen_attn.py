@@ -21,6 +21,12 @@ from __future__ import annotations
 
 from fusile.backends.triton.codegen import KernelWriter
 from fusile.backends.triton.codegen_bounds import KeyBounds
+from fusile.backends.triton.codegen_decode import (
+    PART_ARGS,
+    chunk_stages,
+    store_partials,
+    write_combine,
+)
 from fusile.backends.triton.codegen_dot import DotWriter
 from fusile.backends.triton.kernel_source import KernelSource, TensorArg
 from fusile.backends.triton.ops import TL_DTYPE
@@ -170,14 +176,18 @@ class AttnWriter(KeyBounds, DotWriter):
         return mul.results[0]
 
     # ------------------------------------------------------------------ the kernel
-    def write_attn(self, name: str, tensors: list[TensorArg]) -> list[str]:
+    def write_attn(self, name: str, tensors: list[TensorArg], part: bool = False
+                   ) -> list[str]:
+        """The flash kernel; with `part`, its split-key variant (flash-decoding, see
+        codegen_decode.py): program (pid, sid) covers keys [sid * S_CHUNK, + S_CHUNK) of its
+        row block and stores its running max, sum and unnormalised accumulator."""
         a = self.attn
         qk_dt, pv_dt = self.runnable(self.dot_dtype(a.qk)), self.runnable(self.rhs_dtype(a.pv))
         top = Scope(None, "    ")
         e = top.emit
         LI, LJ, D, E = (self.cname[c] for c in (self.i, self.j, self.d, self.e))
         kv_bytes = f"BLOCK_D * {qk_dt.bits // 8} + BLOCK_E * {pv_dt.bits // 8}"
-        self.row_program(top, LI, (LJ, kv_bytes))
+        self.row_program(top, LI, None if part else (LJ, kv_bytes))
         e("offs_m = row0 + tl.arange(0, BLOCK_M)")
         e("offs_n = tl.arange(0, BLOCK_N)")
         e("offs_d = tl.arange(0, BLOCK_D)")
@@ -195,6 +205,8 @@ class AttnWriter(KeyBounds, DotWriter):
         e(f"q = {q}")
         top.tile("q", frozenset("pr"))
         stages = self.loop_stages(top, a.masks, LJ)
+        if part:
+            chunk_stages(top, stages)
         e("m_i = tl.full([BLOCK_M, 1], float(\"-inf\"), tl.float32)  # running max, base 2")
         e("l_i = tl.full([BLOCK_M, 1], 0.0, tl.float32)")
         e("acc = tl.full([BLOCK_M, BLOCK_E], 0.0, tl.float32)")
@@ -214,6 +226,19 @@ class AttnWriter(KeyBounds, DotWriter):
             else:
                 self._either(top, "POS_SCALE:  # the scale is positive (the launch checks)",
                              split, self._loops(top, staged, "general", qk_dt, pv_dt, LJ))
+        note = f" (flash: q @ k^T on {qk_dt.name}, p @ v on {pv_dt.name})"
+        if part:
+            store_partials(top)
+            return self.header(name, tensors, False, PART_ARGS,
+                               note + " (split keys: partials)") + top.lines
+        self.epilogue(top)
+        return self.header(name, tensors, False, note=note) + top.lines
+
+    def epilogue(self, top: Scope) -> None:
+        """O = acc / l_i and what the kernel stores of it and of the row statistics (m_i in
+        base 2, l_i), over the row block's rows (offs_m) and value dims (offs_e)."""
+        a = self.attn
+        LI, E = self.cname[self.i], self.cname[self.e]
         out = Scope(top, "    ")
         self.frame("o")
         for line in ("oi = offs_m[:, None]", "oe = offs_e[None, :]", f"mask_oi = oi < {LI}",
@@ -233,8 +258,6 @@ class AttnWriter(KeyBounds, DotWriter):
                 raise BackendError("internal: an attention kernel stores a per-key tensor")
             self._store(w, out)
         top.lines += out.lines
-        note = f" (flash: q @ k^T on {qk_dt.name}, p @ v on {pv_dt.name})"
-        return self.header(name, tensors, False, note=note) + top.lines
 
     @staticmethod
     def _either(top: Scope, cond: str, then: list[str], other: list[str]) -> None:
@@ -359,5 +382,13 @@ class AttnWriter(KeyBounds, DotWriter):
         self.scale = self._scale_sign(self.scale_op)
         if self.scale is not None and self.scale[1] == "POS_SCALE":
             self.constexprs = (*type(self).constexprs, "POS_SCALE")
-        return self._source(self.write_attn, self.i, self.j, self.d,
-                            self.dot_dtype(self.attn.qk), (self.e, self.scale_scalar))
+
+        def write(name: str, tensors: list[TensorArg]) -> list[str]:
+            return [*self.write_attn(name, tensors), "", "",
+                    *self.write_attn(f"{name}_split", tensors, part=True), "", "",
+                    *write_combine(self, f"{name}_combine", tensors)]
+
+        ks = self._source(write, self.i, self.j, self.d, self.dot_dtype(self.attn.qk),
+                          (self.e, self.scale_scalar))
+        ks.split_name, ks.combine_name = f"{ks.name}_split", f"{ks.name}_combine"
+        return ks

@@ -11,27 +11,24 @@ import contextlib
 import hashlib
 import math
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from fusile import config
 from fusile.backends.targets import Target
 from fusile.backends.torch_dtypes import to_torch
-from fusile.backends.triton import cache, tune
+from fusile.backends.triton import cache
 from fusile.backends.triton.generate import generate, kernel_functions
 from fusile.backends.triton.host import CallScalars, dynamic_values, host_env, needs_i64
 from fusile.backends.triton.joins import Joins
-from fusile.backends.triton.kernel_source import KernelSource
 from fusile.backends.triton.launch import (
     FP_FUSION,
-    dot_grid,
     interpreting,
     launch_compiled,
     row_constexprs,
     row_options,
 )
 from fusile.backends.triton.replay import Recorder, Replay, layout_key
+from fusile.backends.triton.tiled import Launch, TiledLaunches
 from fusile.dsl.errors import BackendError
 from fusile.lowering import schedule
 from fusile.lowering.graph import Graph, Op, dim_sources
@@ -50,23 +47,9 @@ def tensor_names(graph: Graph, param_names: list[str]) -> dict[int, str]:
     return names
 
 
-@dataclass
-class _Launch:
-    ks: KernelSource
-    fn: Any
-    r_contiguous: bool
-    elem_bytes: int
-    stride_axes: list[list[int]]  # per tensor argument, the axes whose stride is passed
-    alloc_classes: dict[int, list[tuple]]  # output tensor -> class of each axis
-    sized: dict[int, tuple]  # index class -> the global class that gives its size
-    configs: dict[tuple, Any] = field(default_factory=dict)  # row kernels: sizes -> config
-    ready: dict[tuple, Any] = field(default_factory=dict)  # tiled: shape -> grid, consts, opts
-    compiled: dict[tuple, Any] = field(default_factory=dict)  # specialization -> kernel
-    splits: dict[tuple[int, int], Any] = field(default_factory=dict)  # sizes -> split plan
-    key: str = ""  # the kernel's source hash: what tuning results are remembered under
 
 
-class TritonProgram:
+class TritonProgram(TiledLaunches):
     """One compiled signature on one target family, ready to launch."""
 
     def __init__(self, compiled: Any, target: Target):
@@ -79,7 +62,7 @@ class TritonProgram:
         family = "interpreter" if target.backend == "interpreter" else "gpu"
         self.source, kernels = generate(self.plan, family, self.names, config.get("tf32"))
         module = cache.load_module(self.source)
-        self.launches: list[_Launch] = []
+        self.launches: list[Launch] = []
         for ks in kernels:
             fns = kernel_functions(module, ks, family == "interpreter")
             main = max((t for t in ks.tensors), key=lambda t: len(t.classes), default=None)
@@ -91,7 +74,7 @@ class TritonProgram:
                               for a in range(len(graph.tensors[ta.tid].shape))]
                      for ta in ks.tensors if ta.is_output}
             key = hashlib.sha256(ks.source.encode()).hexdigest()[:16]
-            self.launches.append(_Launch(ks, fns, r_contig or ks.kind == POINTWISE, elem,
+            self.launches.append(Launch(ks, fns, r_contig or ks.kind == POINTWISE, elem,
                                          strides, alloc, sized, key=key))
         self._class_source = self._size_sources()
         self._joins = Joins(compiled, graph.results, self.plan.tensor_class)  # the results
@@ -183,7 +166,7 @@ class TritonProgram:
                                   warmup=100, rep=300, return_mode="median"))
         return times
 
-    def _launch(self, launch: _Launch, env: dict[int, Any], sizes: dict[tuple, int],
+    def _launch(self, launch: Launch, env: dict[int, Any], sizes: dict[tuple, int],
                 device: Any) -> None:
         import torch
 
@@ -234,108 +217,7 @@ class TritonProgram:
         self._run(launch, variant, grid, row_constexprs(cfg, use_i64), row_options(cfg), device,
                   args)
 
-    def _launch_dot(self, launch: _Launch, tensors: list[Any], args: tuple,
-                    sizes: dict[tuple, int], device: Any) -> None:
-        """A contraction: tiles of the result, batch flattened into the grid; the config is
-        the tuner's winner for this shape bucket (timed here on first use on a GPU)."""
-        dot, sized = launch.ks.dot, launch.sized
-        m, n, k = (sizes[sized[c]] for c in (dot.m, dot.n, dot.k))
-        batch = math.prod(sizes[sized[c]] for c in dot.batch)
-        if m == 0 or n == 0 or batch == 0:
-            return
-        use_i64 = needs_i64(tensors)
-        self._launch_tuned(
-            launch, (m, n, k, batch, use_i64), 2 * m * n * k * batch,
-            lambda: tune.candidates(self.target, dot.dtype, m, n, k, batch, dot.prologue),
-            lambda: (f"{launch.key}|{dot.dtype}|{tune.bucket(m, n, k, batch)}",
-                     f"{f'{batch} x ' if batch > 1 else ''}{m}x{k} @ {k}x{n}"),
-            lambda c: dot_grid(c, m, n, batch), lambda c: c.constexprs(k, use_i64), device,
-            args)
-
-    def _launch_attn(self, launch: _Launch, tensors: list[Any], args: tuple,
-                     sizes: dict[tuple, int], device: Any) -> None:
-        """A flash kernel: one program per BLOCK_M query rows of each batch index."""
-        dot, sized = launch.ks.dot, launch.sized
-        li, lj, d = (sizes[sized[c]] for c in (dot.m, dot.n, dot.k))
-        e = sizes[sized[launch.ks.attn[0]]]
-        batch = math.prod(sizes[sized[c]] for c in dot.batch)
-        if li == 0 or batch == 0 or e == 0:
-            return
-        use_i64 = needs_i64(tensors)
-        extra = {}
-        if launch.ks.attn[1] is not None:  # the sign of a runtime score scale
-            scalars = launch.ks.scalars
-            extra["POS_SCALE"] = args[len(args) - len(scalars) +
-                                      scalars.index(launch.ks.attn[1])] > 0
-        self._launch_tuned(
-            launch, (li, lj, d, e, batch, use_i64, *extra.values()),
-            4 * li * lj * max(d, e) * batch,
-            lambda: tune.attention_candidates(self.target, max(d, e), li),
-            lambda: (f"{launch.key}|{dot.dtype}|{tune.bucket(li, lj, max(d, e), batch)}",
-                     f"attention {batch} x {li}x{lj}, d={d}"),
-            lambda c: (batch * math.ceil(li / c.block_m),),
-            lambda c: tune.attention_constexprs(c, d, e, lj, use_i64) | extra, device, args)
-
-    def _launch_grad(self, launch: _Launch, tensors: list[Any], args: tuple,
-                     sizes: dict[tuple, int], device: Any) -> None:
-        """A flash backward kernel: a program per BLOCK_M kept positions, looping the other."""
-        dot, sized = launch.ks.dot, launch.sized
-        keep, loop = sizes[sized[dot.m]], sizes[sized[dot.n]]
-        heads = [sizes[sized[c]] for c in launch.ks.grad[0]]
-        batch = math.prod(sizes[sized[c]] for c in dot.batch)
-        if keep == 0 or batch == 0 or 0 in heads:
-            return
-        use_i64 = needs_i64(tensors)
-        flops = 2 * keep * loop * batch * sum(sizes[sized[c]] for c in launch.ks.grad[1])
-        self._launch_tuned(
-            launch, (keep, loop, *heads, batch, use_i64), flops,
-            lambda: tune.grad_candidates(self.target, max(heads)),
-            lambda: (f"{launch.key}|{dot.dtype}|{tune.bucket(keep, loop, max(heads), batch)}",
-                     f"attention backward {batch} x {keep}x{loop}, d={max(heads)}"),
-            lambda c: (batch * math.ceil(keep / c.block_m),),
-            lambda c: tune.grad_constexprs(c, heads, loop, use_i64), device, args)
-
-    def _launch_tuned(self, launch: _Launch, shape: tuple, flops: int,
-                      candidates: Callable[[], list[tune.DotConfig]],
-                      label: Callable[[], tuple[str, str]],
-                      grid: Callable[[tune.DotConfig], tuple[int, ...]],
-                      consts: Callable[[tune.DotConfig], dict[str, Any]], device: Any,
-                      args: tuple) -> None:
-        """Launch a tiled kernel with the config for this shape: remembered, else the tuner's
-        winner (timed here on first use on a GPU), else the rule-based pick for small work.
-        `label` gives the tuner's key and the size it prints (only built when tuning).
-        `shape` must decide the launch (grid, constexprs, options): it is cached by it."""
-        ready = launch.ready.get(shape)
-        if ready is not None:  # a shape seen before: its launch is known
-            self._run(launch, "dot", ready[0], ready[1], ready[2], device, args)
-            return
-        cands = candidates()
-        if self._rec is not None:  # a shape's first launch (the tuner's trials among them):
-            self._rec.abandon()  # record a later call
-        if device.type == "cpu" or flops < 2**30:
-            cfg = cands[0]  # small: not worth timing
-        else:
-            def go(c: tune.DotConfig) -> None:
-                self._run(launch, "dot", grid(c), consts(c),
-                          c.options(self.target.backend), device, args)
-
-            warm = [False]
-
-            def time(c: tune.DotConfig) -> float:
-                from triton.testing import do_bench
-
-                # the first timing ramps the clocks up after the compiles (~250 ms)
-                ms = do_bench(lambda: go(c), warmup=25 if warm[0] else 250, rep=25,
-                              return_mode="median")
-                warm[0] = True
-                return float(ms)
-
-            key, size = label()
-            cfg = tune.TUNER.best(self.target, key, cands, size, time, go)
-        ready = launch.ready[shape] = (grid(cfg), consts(cfg), cfg.options(self.target.backend))
-        self._run(launch, "dot", ready[0], ready[1], ready[2], device, args)
-
-    def _run(self, launch: _Launch, variant: str, grid: tuple[int, ...], consts: dict[str, Any],
+    def _run(self, launch: Launch, variant: str, grid: tuple[int, ...], consts: dict[str, Any],
              opts: dict[str, Any], device: Any, args: tuple) -> None:
         """Launch one kernel variant: straight to the compiled kernel when one exists for this
         specialization (what Triton keys on: pointer alignment, the ints' values, the scalars'
@@ -364,7 +246,7 @@ class TritonProgram:
                 launch.compiled.clear()
             launch.compiled[spec] = kernel
 
-    def _launch_split(self, launch: _Launch, tensors: list[Any], strides: list[int],
+    def _launch_split(self, launch: Launch, tensors: list[Any], strides: list[int],
                       class_sizes: list[int], scalars: list[Any], p_total: int, r_total: int,
                       use_i64: bool, device: Any) -> None:
         """A long column reduction: partial reductions over row ranges in parallel, then a
@@ -385,7 +267,7 @@ class TritonProgram:
         self._run(launch, "combine", (math.ceil(p_total / plan.combine.block_p),),
                   row_constexprs(plan.combine, use_i64), row_options(plan.combine), device, args)
 
-    def _config(self, launch: _Launch, p_total: int, r_total: int
+    def _config(self, launch: Launch, p_total: int, r_total: int
                 ) -> tuple[schedule.Config, tuple[int]]:
         if launch.ks.kind == POINTWISE:
             cfg = schedule.pointwise(p_total, r_total, self.target, launch.elem_bytes)

@@ -18,6 +18,7 @@ waves_per_eu to trade registers for occupancy.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import tempfile
@@ -241,6 +242,22 @@ def attention_candidates(target: Target, d: int, rows: int | None = None) -> lis
         return [DotConfig(64, 64, 0, 4, 3), DotConfig(128, 64, 0, 8, 3),
                 DotConfig(128, 64, 0, 8, 4), DotConfig(128, 128, 0, 8, 3)]
     return [DotConfig(64, 64, 0, 4, 2), DotConfig(128, 32, 0, 8, 2), DotConfig(64, 32, 0, 4, 2)]
+
+
+def attention_splits(target: Target, programs: int, keys: int, block_n: int, forced: int = 0
+                     ) -> int:
+    """Programs per row block for a flash kernel (flash-decoding, codegen_decode.py): enough
+    for about two programs per SM when the row blocks alone leave SMs idle (decoding at small
+    batch), each keeping at least four key tiles, so the partials (one row block's max, sum
+    and accumulator per split) stay small next to the keys read. `forced` (the attn_splits
+    knob) overrides the choice, up to one split per key tile; the interpreter never splits
+    unless forced."""
+    tiles = max(1, math.ceil(keys / block_n))
+    if forced > 0:
+        return min(forced, tiles)
+    if target.backend == "interpreter" or programs >= target.compute_units:
+        return 1
+    return max(1, min(math.ceil(2 * target.compute_units / programs), tiles // 4))
 
 
 def attention_constexprs(cfg: DotConfig, d: int, e: int, keys: int | None, use_i64: bool
