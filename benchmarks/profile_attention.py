@@ -68,7 +68,7 @@ def main() -> int:
     calls = {
         "attention()": lambda: attention(q, k, v),
         "attention_fwd (fused)": lambda: attention_fwd(q5, k5, v5, slopes, lens, scale, 0.0,
-                                                       False, 0, False, False, False),
+                                                       False, 0, False, False, False, False),
         "SDPA (default)": lambda: F.scaled_dot_product_attention(q, k, v),
     }
     for name, fn in calls.items():

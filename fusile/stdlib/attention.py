@@ -9,7 +9,9 @@ heads, seq, head_dim) layout of torch's scaled_dot_product_attention.
 - Grouped-query attention (fewer K/V heads than query heads) views q as (batch, kv_heads,
   group, seq, head_dim) and K/V as (batch, kv_heads, 1, seq, head_dim): the DSL's batch
   broadcasting shares each K/V head with its group and nothing is copied. The backward's dk
-  and dv come out per query head and are summed over the group.
+  and dv come out per query head and are summed over the group. Decoding (one query per
+  head) views q as (batch, kv_heads, 1, group, head_dim) instead: the group's query heads
+  are rows of one program, all at the last position, so each K/V head is read once.
 - With q_len != kv_len the causal mask is aligned bottom-right (query row i sees keys
   j <= i + kv_len - q_len), as in FlashAttention 2 and torch.nn.attention.bias.
   causal_lower_right. A sliding window of w keeps keys with i + kv_len - q_len - j < w.
@@ -40,17 +42,19 @@ inf = math.inf
 @fused
 def attention_fwd(q: Tensor[..., "L", "D"], k: Tensor[..., "K", "D"], v: Tensor[..., "K", "E"],
                   slopes, lens, scale: float, cap: float, causal: bool, window: int,
-                  capped: bool, alibi: bool, ragged: bool):
+                  capped: bool, alibi: bool, ragged: bool, fold: bool):
     # query row i sees key j when (causal: j <= i + off) and (window: i + off - j < window);
-    # ragged: the first lens[b] keys of sequence b are its cache, and its rows end there
+    # ragged: the first lens[b] keys of sequence b are its cache, and its rows end there;
+    # fold: one query per head, the rows are a K/V head's query heads, all at the last position
     n = lens[:, None, None, None, None] if ragged else size(k, -2)
-    i = arange(size(q, -2))[:, None] + (n - size(q, -2))
+    i = n - 1 if fold else arange(size(q, -2))[:, None] + (n - size(q, -2))
     j = arange(size(k, -2))[None, :]
     keep = ((j <= i) | (causal == 0)) & ((i - j < window) | (window <= 0)) & \
         ((j < n) | (ragged == 0))
     s = astype(q @ k.T, f32) * scale
     s = where(capped, cap * tanh(s / cap), s)
-    s = where(alibi, s - slopes[..., None, None] * abs(astype(i - j, s)), s)
+    slope = slopes[:, None, :, None] if fold else slopes[..., None, None]
+    s = where(alibi, s - slope * abs(astype(i - j, s)), s)
     s = where(keep, s, -inf)
     return astype(softmax(s, axis=-1) @ v, q), logsumexp(s, axis=-1)
 
@@ -59,9 +63,9 @@ def attention_fwd(q: Tensor[..., "L", "D"], k: Tensor[..., "K", "D"], v: Tensor[
 def attention_bwd(q: Tensor[..., "L", "D"], k: Tensor[..., "K", "D"], v: Tensor[..., "K", "E"],
                   o: Tensor[..., "L", "E"], do: Tensor[..., "L", "E"], lse: Tensor[..., "L"],
                   slopes, lens, scale: float, cap: float, causal: bool,
-                  window: int, capped: bool, alibi: bool, ragged: bool):
+                  window: int, capped: bool, alibi: bool, ragged: bool, fold: bool):
     n = lens[:, None, None, None, None] if ragged else size(k, -2)
-    i = arange(size(q, -2))[:, None] + (n - size(q, -2))
+    i = n - 1 if fold else arange(size(q, -2))[:, None] + (n - size(q, -2))
     j = arange(size(k, -2))[None, :]
     keep = ((j <= i) | (causal == 0)) & ((i - j < window) | (window <= 0)) & \
         ((j < n) | (ragged == 0))
@@ -69,7 +73,8 @@ def attention_bwd(q: Tensor[..., "L", "D"], k: Tensor[..., "K", "D"], v: Tensor[
     s = astype(q @ k.T, f32) * scale
     t = tanh(s / cap)
     s = where(capped, cap * t, s)
-    s = where(alibi, s - slopes[..., None, None] * abs(astype(i - j, s)), s)
+    slope = slopes[:, None, :, None] if fold else slopes[..., None, None]
+    s = where(alibi, s - slope * abs(astype(i - j, s)), s)
     p = exp(where(keep, s, -inf) - lse[..., None])
     ds = p * (do @ v.T - delta[..., None])
     ds = where(capped, ds * (1 - t * t), ds) * scale
@@ -78,16 +83,17 @@ def attention_bwd(q: Tensor[..., "L", "D"], k: Tensor[..., "K", "D"], v: Tensor[
 
 @custom_op("attention")
 def _attention(q: Tensor, k: Tensor, v: Tensor, slopes: Tensor, lens: Tensor, scale: float,
-               cap: float, causal: bool, window: int, alibi: bool, ragged: bool
+               cap: float, causal: bool, window: int, alibi: bool, ragged: bool, fold: bool
                ) -> tuple[Tensor, Tensor]:
-    """q: (b, hk, g, lq, d); k, v: (b, hk, 1, lk, d|e); slopes: (hk, g); lens: (b,)."""
+    """q: (b, hk, g, lq, d), or (b, hk, 1, g, d) with fold; k, v: (b, hk, 1, lk, d|e);
+    slopes: (hk, g); lens: (b,)."""
     o, lse = attention_fwd(q, k, v, slopes, lens, scale, cap, causal, window, cap > 0, alibi,
-                           ragged)
+                           ragged, fold)
     return o, lse
 
 
 @_attention.register_fake
-def _(q, k, v, slopes, lens, scale, cap, causal, window, alibi, ragged):
+def _(q, k, v, slopes, lens, scale, cap, causal, window, alibi, ragged, fold):
     b, hk, g, lq, _ = q.shape
     return (q.new_empty((b, hk, g, lq, v.shape[-1])),
             q.new_empty((b, hk, g, lq), dtype=torch.float32))
@@ -96,17 +102,17 @@ def _(q, k, v, slopes, lens, scale, cap, causal, window, alibi, ragged):
 @custom_op("attention_backward")
 def _attention_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor,
                         slopes: Tensor, lens: Tensor, scale: float, cap: float, causal: bool,
-                        window: int, alibi: bool, ragged: bool
+                        window: int, alibi: bool, ragged: bool, fold: bool
                         ) -> tuple[Tensor, Tensor, Tensor]:
     dq, dk, dv = attention_bwd(q, k, v, o, do, lse, slopes, lens, scale, cap, causal, window,
-                               cap > 0, alibi, ragged)
+                               cap > 0, alibi, ragged, fold)
     if dk.shape[2] != 1:  # grouped-query: each K/V head's gradient sums over its group
         dk, dv = dk.sum(2, keepdim=True), dv.sum(2, keepdim=True)
     return dq, dk, dv
 
 
 @_attention_backward.register_fake
-def _(do, q, k, v, o, lse, slopes, lens, scale, cap, causal, window, alibi, ragged):
+def _(do, q, k, v, o, lse, slopes, lens, scale, cap, causal, window, alibi, ragged, fold):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
@@ -158,7 +164,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
         raise SignatureError("fusile.stdlib.attention: q, k and v must be (batch, heads, seq, "
                              f"head_dim), got {tuple(q.shape)}, {tuple(k.shape)}, "
                              f"{tuple(v.shape)}")
-    b, h, _lq, d = q.shape
+    b, h, lq, d = q.shape
     bk, hk, lk, dk = k.shape
     if (bk, hk, lk) != tuple(v.shape[:3]) or dk != d or bk != b:
         raise SignatureError(f"fusile.stdlib.attention: shapes do not fit: q {tuple(q.shape)}, "
@@ -193,10 +199,15 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     g = h // hk
     q5 = q.unflatten(1, (hk, g))  # (b, hk, g, lq, d): a view
+    # decoding (one query per head): a K/V head's g query heads are the rows of one program,
+    # which reads that head's keys and values once, not once per query head
+    fold = lq == 1 and g > 1
+    if fold:
+        q5 = q5.transpose(2, 3)  # (b, hk, 1, g, d): a view
     k5, v5 = k.unsqueeze(2), v.unsqueeze(2)  # (b, hk, 1, lk, d): shared by the group
     alibi = alibi_slopes is not None
     slopes = (_no_slopes(h, q.device) if alibi_slopes is None else
               alibi_slopes.float()).view(hk, g)
     out, _ = apply(_attention, q5, k5, v5, slopes, lens, scale, float(softcap or 0.0),
-                   bool(causal), int(window or 0), alibi, ragged)
-    return out.flatten(1, 2)
+                   bool(causal), int(window or 0), alibi, ragged, fold)
+    return (out.transpose(2, 3) if fold else out).flatten(1, 2)

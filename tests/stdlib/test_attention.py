@@ -140,13 +140,14 @@ def test_alibi_and_bias_tensors_from_the_dsl() -> None:
 
 def _fwd_args(q: torch.Tensor, causal: bool = False, window: int = 0) -> tuple:
     ones, lens = torch.ones(q.shape[1], q.shape[2]), torch.ones(1, dtype=torch.int32)
-    return (q, q, q, ones, lens, 0.25, 0.0, causal, window, False, False, False)
+    return (q, q, q, ones, lens, 0.25, 0.0, causal, window, False, False, False, False)
 
 
 def _bwd_args(q: torch.Tensor, causal: bool = False, window: int = 0) -> tuple:
     lse = torch.randn(q.shape[:-1])
     ones, lens = torch.ones(q.shape[1], q.shape[2]), torch.ones(1, dtype=torch.int32)
-    return (q, q, q, q, q, lse, ones, lens, 0.25, 0.0, causal, window, False, False, False)
+    return (q, q, q, q, q, lse, ones, lens, 0.25, 0.0, causal, window, False, False, False,
+            False)
 
 
 def test_plans_keep_the_score_matrix_on_chip() -> None:
@@ -243,9 +244,9 @@ def test_cross_compiles_without_spills(target: str, d: int) -> None:
     for causal, capped, alibi, ragged in ((False, False, False, False),
                                           (True, False, False, False), (True, True, True, True)):
         fwd = list(_fwd_args(q, causal))
-        fwd[-3:] = [capped, alibi, ragged]
+        fwd[-4:-1] = [capped, alibi, ragged]
         bwd = list(_bwd_args(q, causal))
-        bwd[-3:] = [capped, alibi, ragged]
+        bwd[-4:-1] = [capped, alibi, ragged]
         kinds = []
         for compiled in (attention_fwd.compiled(*fwd), attention_bwd.compiled(*bwd)):
             for k in compile_for(compiled, targets.get(target), sizes=sizes).kernels:

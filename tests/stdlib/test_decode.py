@@ -105,7 +105,7 @@ def test_one_query_row_is_one_flash_kernel() -> None:
     q = torch.randn(2, 2, 4, 1, 1)
     k = torch.randn(2, 2, 1, 1, 1)
     args = (q, k, k, torch.ones(2, 4), torch.ones(2, dtype=torch.int32), 1.0, 0.0, True, 0,
-            False, False, True)
+            False, False, True, False)
     assert [x.kind for x in attention_fwd.explain(*args).kernels] == ["attention"]
 
 
@@ -117,7 +117,7 @@ def test_cache_lengths_bound_the_key_loop() -> None:
     q = torch.randn(2, 2, 4, 1, 16)
     k = torch.randn(2, 2, 1, 64, 16)
     args = (q, k, k, torch.ones(2, 4), torch.ones(2, dtype=torch.int32), 1.0, 0.0, True, 0,
-            False, False, True)
+            False, False, True, False)
     src = attention_fwd.triton(*args, target="cpu")
     assert "lens_bound = tl.load(" in src
     assert "hi = tl.minimum(hi, -((-(lens_bound))) + 0)" in src
