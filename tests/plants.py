@@ -12,7 +12,8 @@ the list cannot silently rot as the code moves.
     python -m tests.plants --pytest "-m gpu tests/backends/test_replay.py"  # e.g. on a GPU
 
 The first thirteen are the ones issue 25 reported as uncaught; the rest were added after it
-(the last six with concat, positions under a slice and the rope rewrite).
+(the six before the last five with concat, positions under a slice and the rope rewrite;
+the last five with decode attention and the fused cross-entropy reduction).
 """
 
 from __future__ import annotations
@@ -177,6 +178,30 @@ PLANTS = [
     Plant("rope_backward_sign", "fusile/stdlib/rope.py",
           "lo = x1 * c1 + x2 * s2 if backward", "lo = x1 * c1 - x2 * s2 if backward",
           "stdlib: rope's backward turns the first half the wrong way"),
+    # ---- decode attention: split keys, cache lengths, the folded query heads
+    Plant("decode_combine_weight", "fusile/backends/triton/codegen_decode.py",
+          '"beta = tl.exp2(m_s - m_use)"', '"beta = tl.exp2(m_i - m_use)"',
+          "codegen: the combine weighs each split's partials by the running max, not its own"),
+    Plant("decode_chunk_overlap", "fusile/backends/triton/codegen_decode.py",
+          'e("hi = tl.maximum(tl.minimum(hi, sid * S_CHUNK + S_CHUNK), lo)")',
+          'e("hi = tl.maximum(tl.minimum(hi, sid * S_CHUNK + S_CHUNK + BLOCK_N), lo)")',
+          "codegen: a split's chunk runs one key tile into the next split's"),
+    Plant("ragged_bound_short", "fusile/backends/triton/codegen_bounds.py",
+          "return 0, 0, [var]", "return 0, 0, [f\"{var} - 1\"]",
+          "codegen: a per-sequence cache length bounds the key loop one key short"),
+    Plant("fold_position", "fusile/stdlib/attention.py",
+          "    i = n - 1 if fold else arange(size(q, -2))[:, None] + (n - size(q, -2))\n"
+          "    j = arange(size(k, -2))[None, :]\n    keep = ((j <= i) | (causal == 0)) & "
+          "((i - j < window) | (window <= 0)) & \\\n        ((j < n) | (ragged == 0))\n"
+          "    s = astype(q @ k.T, f32) * scale",
+          "    i = n - 2 if fold else arange(size(q, -2))[:, None] + (n - size(q, -2))\n"
+          "    j = arange(size(k, -2))[None, :]\n    keep = ((j <= i) | (causal == 0)) & "
+          "((i - j < window) | (window <= 0)) & \\\n        ((j < n) | (ragged == 0))\n"
+          "    s = astype(q @ k.T, f32) * scale",
+          "stdlib: decoding's folded query heads sit one position before the last"),
+    Plant("ce_mean_count", "fusile/stdlib/kernels.py",
+          "count = sum(astype(kept, i64))", "count = sum(astype(kept, i64)) + 1",
+          "stdlib: cross-entropy's mean divides by one row too many"),
 ]
 
 _FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.M)
