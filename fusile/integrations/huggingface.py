@@ -1,0 +1,87 @@
+"""Hugging Face transformers: fusile's attention as an attention implementation.
+
+    from fusile.integrations import huggingface
+    huggingface.apply(model)   # model.set_attn_implementation("fusile")
+
+Registers "fusile" with transformers' AttentionInterface (and sdpa's mask rules with its
+AttentionMaskInterface, so the mask is left out wherever sdpa would rely on `is_causal`). A
+call fusile handles runs fusile.stdlib.attention: GQA, causal (bottom-right, and the top-left
+alignment transformers asks for when prefilling a static cache), sliding windows and
+soft-capping, decoding (one query row) included. A call it does not handle (an explicit
+attention mask, such as padding or a partly filled static cache while decoding; dropout;
+attention weights requested) goes to transformers' sdpa, logged once per reason: never a
+wrong answer. Only attention is covered so far: norms, MLPs, rope and the loss are not
+patched.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from fusile.stdlib.attention import attention
+
+NAME = "fusile"
+_log = logging.getLogger(__name__)
+_said: set[str] = set()
+
+
+def fusile_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
+                             value: torch.Tensor, attention_mask: torch.Tensor | None,
+                             dropout: float = 0.0, scaling: float | None = None,
+                             is_causal: bool | None = None, **kwargs: Any
+                             ) -> tuple[torch.Tensor, None]:
+    """transformers' attention signature: query (b, heads, q, d), key and value (b, kv_heads,
+    kv, d); returns (b, q, heads, d) and no weights."""
+    why = _unsupported(attention_mask, dropout, kwargs)
+    if why is not None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        if why not in _said:
+            _said.add(why)
+            _log.info("fusile attention: %s; this call runs transformers' sdpa", why)
+        return sdpa_attention_forward(module, query, key, value, attention_mask,
+                                      dropout=dropout, scaling=scaling, is_causal=is_causal,
+                                      **kwargs)
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    q_len, kv_len = query.shape[2], key.shape[2]
+    causal = bool(causal) and q_len > 1  # one row: every cached key (sdpa does the same)
+    lens = None
+    if causal and kv_len != q_len:
+        # no mask and more keys than queries: transformers' static-cache prefill, whose keys
+        # past q_len are empty slots; sdpa's is_causal aligns top-left, i.e. these q_len
+        lens = torch.full((query.shape[0],), q_len, dtype=torch.int32, device=query.device)
+    out = attention(query, key, value, causal=causal, scale=scaling,
+                    window=kwargs.get("sliding_window") or None,
+                    softcap=kwargs.get("softcap") or None, cache_seqlens=lens)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _unsupported(mask: torch.Tensor | None, dropout: float, kwargs: dict) -> str | None:
+    if mask is not None:
+        return "an explicit attention mask (padding, or a partly filled static cache)"
+    if dropout:
+        return "attention dropout"
+    if kwargs.get("output_attentions"):
+        return "attention weights requested"
+    if kwargs.get("position_bias") is not None or kwargs.get("s_aux") is not None:
+        return "a position bias or attention sinks"
+    return None
+
+
+def register() -> None:
+    """Make "fusile" an attention implementation transformers knows (idempotent)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(NAME, fusile_attention_forward)
+    AttentionMaskInterface.register(NAME, sdpa_mask)
+
+
+def apply(model: Any) -> Any:
+    """Run `model`'s attention through fusile (transformers' set_attn_implementation)."""
+    register()
+    model.set_attn_implementation(NAME)
+    return model

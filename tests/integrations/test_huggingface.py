@@ -1,0 +1,79 @@
+"""fusile's attention inside a tiny random Hugging Face Llama (GQA) on the interpreter:
+prefill logits and a few greedy decode steps, with a dynamic and a static cache, against the
+same model on transformers' sdpa; and a padded batch, which falls back to sdpa."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from fusile.integrations import huggingface  # noqa: E402
+from tests.numerics import assert_close  # noqa: E402
+
+
+def _models(**extra):
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=96,
+                                   num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, max_position_embeddings=64, **extra)
+    stock = transformers.LlamaForCausalLM(cfg).eval()
+    stock.set_attn_implementation("sdpa")
+    fused = huggingface.apply(copy.deepcopy(stock))
+    return stock, fused
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_llama_prefill_and_decode_match_sdpa(cache: str) -> None:
+    stock, fused = _models()
+    ids = torch.randint(0, 97, (2, 11))
+    calls = []
+    forward = huggingface.attention
+
+    def counted(*a, **k):
+        calls.append(a[0].shape[2])  # query length
+        return forward(*a, **k)
+
+    with torch.no_grad(), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(huggingface, "attention", counted)
+        kw = {"max_new_tokens": 4, "do_sample": False, "return_dict_in_generate": True,
+              "output_logits": True, "cache_implementation": cache}
+        want = stock.generate(ids, **kw)
+        got = fused.generate(ids, **kw)
+    assert torch.equal(got.sequences, want.sequences)
+    for g, w in zip(got.logits, want.logits, strict=True):
+        assert_close(g, w.double(), torch.float32, scale=4)
+    assert 11 in calls  # the prefill ran on fusile
+    if cache == "dynamic":  # decode steps have no mask: fusile; a static cache's have one
+        assert calls.count(1) == 3 * 2  # three decode steps, two layers
+
+
+def test_padded_batch_falls_back_to_sdpa() -> None:
+    stock, fused = _models()
+    ids = torch.randint(0, 97, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0  # left padding
+    with torch.no_grad():
+        want = stock(ids, attention_mask=mask).logits
+        got = fused(ids, attention_mask=mask).logits
+    assert_close(got[mask.bool()], want[mask.bool()].double(), torch.float32, scale=4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_cuda_llama_decode_matches_sdpa(cache: str) -> None:
+    """The same on a GPU in bf16: the logits of the prefill and of each decode step, up to
+    the first step where a near tie makes the two greedy generations pick different tokens."""
+    stock, fused = (m.to("cuda", torch.bfloat16) for m in _models())
+    ids = torch.randint(0, 97, (2, 11), device="cuda")
+    kw = {"max_new_tokens": 4, "do_sample": False, "return_dict_in_generate": True,
+          "output_logits": True, "cache_implementation": cache}
+    with torch.no_grad():
+        want, got = stock.generate(ids, **kw), fused.generate(ids, **kw)
+    for step, (g, w) in enumerate(zip(got.logits, want.logits, strict=True)):
+        assert_close(g, w.double(), torch.bfloat16, scale=2)
+        if not torch.equal(got.sequences[:, 11 + step], want.sequences[:, 11 + step]):
+            break
