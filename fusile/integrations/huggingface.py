@@ -1,7 +1,13 @@
-"""Hugging Face transformers: fusile's attention as an attention implementation.
+"""Hugging Face transformers: fusile's attention, RMSNorm and SwiGLU MLP in a model.
 
     from fusile.integrations import huggingface
-    huggingface.apply(model)   # model.set_attn_implementation("fusile")
+    huggingface.apply(model)   # attention, rms_norm, mlp: each can be turned off
+
+The norms and MLPs of the Llama, Mistral, Qwen2 and Qwen3 families are patched per module
+(this model's, not the class): RMSNorm runs fusile.stdlib.rms_norm (one rounding of
+x * rstd * weight, where transformers rounds the normalised x first), the MLP
+down(swiglu(gate(x), up(x))) with fusile's fused gate. Gemma's RMSNorm (1 + weight) is not
+patched yet.
 
 Registers "fusile" with transformers' AttentionInterface (and sdpa's mask rules with its
 AttentionMaskInterface, so the mask is left out wherever sdpa would rely on `is_causal`). A
@@ -10,18 +16,21 @@ alignment transformers asks for when prefilling a static cache), sliding windows
 soft-capping, decoding (one query row) included. A call it does not handle (an explicit
 attention mask, such as padding or a partly filled static cache while decoding; dropout;
 attention weights requested) goes to transformers' sdpa, logged once per reason: never a
-wrong answer. Only attention is covered so far: norms, MLPs, rope and the loss are not
-patched.
+wrong answer. Rope and the loss are not patched yet.
 """
 
 from __future__ import annotations
 
 import logging
+import types
 from typing import Any
 
 import torch
 
-from fusile.stdlib.attention import attention
+from fusile.stdlib import activations, ops
+from fusile.stdlib.attention import attention as fused_attention
+
+FAMILIES = ("Llama", "Mistral", "Qwen2", "Qwen3")
 
 NAME = "fusile"
 _log = logging.getLogger(__name__)
@@ -53,9 +62,9 @@ def fusile_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: 
         # no mask and more keys than queries: transformers' static-cache prefill, whose keys
         # past q_len are empty slots; sdpa's is_causal aligns top-left, i.e. these q_len
         lens = torch.full((query.shape[0],), q_len, dtype=torch.int32, device=query.device)
-    out = attention(query, key, value, causal=causal, scale=scaling,
-                    window=kwargs.get("sliding_window") or None,
-                    softcap=kwargs.get("softcap") or None, cache_seqlens=lens)
+    out = fused_attention(query, key, value, causal=causal, scale=scaling,
+                          window=kwargs.get("sliding_window") or None,
+                          softcap=kwargs.get("softcap") or None, cache_seqlens=lens)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -80,8 +89,29 @@ def register() -> None:
     AttentionMaskInterface.register(NAME, sdpa_mask)
 
 
-def apply(model: Any) -> Any:
-    """Run `model`'s attention through fusile (transformers' set_attn_implementation)."""
-    register()
-    model.set_attn_implementation(NAME)
+def _rms_norm_forward(self: Any, hidden_states: torch.Tensor) -> torch.Tensor:
+    return ops.rms_norm(hidden_states, hidden_states.shape[-1], self.weight,
+                        self.variance_epsilon)
+
+
+def _swiglu_mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
+    return self.down_proj(activations.swiglu(self.gate_proj(x), self.up_proj(x)))
+
+
+def apply(model: Any, attention: bool = True, rms_norm: bool = True, mlp: bool = True) -> Any:
+    """Run `model`'s attention (transformers' set_attn_implementation), RMSNorms and SwiGLU
+    MLPs through fusile; returns the model. Modules of other families are left as they are."""
+    if attention:
+        register()
+        model.set_attn_implementation(NAME)
+    for m in model.modules():
+        name = type(m).__name__
+        family = next((f for f in FAMILIES if name.startswith(f)), None)
+        if family is None:
+            continue
+        if rms_norm and name == f"{family}RMSNorm":
+            m.forward = types.MethodType(_rms_norm_forward, m)
+        elif mlp and name == f"{family}MLP" and \
+                getattr(m.config, "hidden_act", "") in ("silu", "swish"):
+            m.forward = types.MethodType(_swiglu_mlp_forward, m)
     return model

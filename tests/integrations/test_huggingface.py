@@ -31,14 +31,14 @@ def test_llama_prefill_and_decode_match_sdpa(cache: str) -> None:
     stock, fused = _models()
     ids = torch.randint(0, 97, (2, 11))
     calls = []
-    forward = huggingface.attention
+    forward = huggingface.fused_attention
 
     def counted(*a, **k):
         calls.append(a[0].shape[2])  # query length
         return forward(*a, **k)
 
     with torch.no_grad(), pytest.MonkeyPatch.context() as mp:
-        mp.setattr(huggingface, "attention", counted)
+        mp.setattr(huggingface, "fused_attention", counted)
         kw = {"max_new_tokens": 4, "do_sample": False, "return_dict_in_generate": True,
               "output_logits": True, "cache_implementation": cache}
         want = stock.generate(ids, **kw)
@@ -49,6 +49,31 @@ def test_llama_prefill_and_decode_match_sdpa(cache: str) -> None:
     assert 11 in calls  # the prefill ran on fusile
     if cache == "dynamic":  # decode steps have no mask: fusile; a static cache's have one
         assert calls.count(1) == 3 * 2  # three decode steps, two layers
+
+
+@pytest.mark.parametrize("family", ["Llama", "Qwen3"])
+def test_training_step_matches_stock(family: str) -> None:
+    """Attention, RMSNorms and SwiGLU MLPs on fusile: the loss and every parameter's gradient
+    of a forward+backward step equal the stock model's; the patched modules are fusile's."""
+    torch.manual_seed(0)
+    cfg = getattr(transformers, f"{family}Config")(
+        vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, head_dim=16)
+    stock = getattr(transformers, f"{family}ForCausalLM")(cfg)
+    stock.set_attn_implementation("sdpa")
+    fused = huggingface.apply(copy.deepcopy(stock))
+    patched = [m for m in fused.modules() if "forward" in vars(m)]
+    per_layer = 3 + 2 * (family == "Qwen3")  # the MLP and two norms (Qwen3: q and k norms)
+    assert len(patched) == 2 * per_layer + 1  # and the final norm
+    ids = torch.randint(0, 97, (2, 13))
+    losses = []
+    for model in (stock, fused):
+        out = model(ids, labels=ids)
+        out.loss.backward()
+        losses.append(out.loss)
+    assert_close(losses[1], losses[0].double(), torch.float32, scale=4)
+    for p, q in zip(stock.parameters(), fused.parameters(), strict=True):
+        assert_close(q.grad, p.grad.double(), torch.float32, scale=16)
 
 
 def test_padded_batch_falls_back_to_sdpa() -> None:
