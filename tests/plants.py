@@ -12,8 +12,9 @@ the list cannot silently rot as the code moves.
     python -m tests.plants --pytest "-m gpu tests/backends/test_replay.py"  # e.g. on a GPU
 
 The first thirteen are the ones issue 25 reported as uncaught; the rest were added after it
-(the six before the last five with concat, positions under a slice and the rope rewrite;
-the last five with decode attention and the fused cross-entropy reduction).
+(six with concat, positions under a slice and the rope rewrite;
+then five with decode attention and the fused cross-entropy reduction, two with the Hugging
+Face integration).
 """
 
 from __future__ import annotations
@@ -202,6 +203,13 @@ PLANTS = [
     Plant("ce_mean_count", "fusile/stdlib/kernels.py",
           "count = sum(astype(kept, i64))", "count = sum(astype(kept, i64)) + 1",
           "stdlib: cross-entropy's mean divides by one row too many"),
+    Plant("hf_mlp_gate", "fusile/integrations/huggingface.py",
+          "activations.swiglu(self.gate_proj(x), self.up_proj(x))",
+          "activations.swiglu(self.up_proj(x), self.up_proj(x))",
+          "integration: a patched MLP gates with the up projection"),
+    Plant("hf_static_prefill_alignment", "fusile/integrations/huggingface.py",
+          "    if causal and kv_len != q_len:", "    if causal and kv_len < q_len:",
+          "integration: a static cache's prefill aligned bottom-right (its empty slots seen)"),
 ]
 
 _FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.M)
