@@ -16,7 +16,9 @@ alignment transformers asks for when prefilling a static cache), sliding windows
 soft-capping, decoding (one query row) included. A call it does not handle (an explicit
 attention mask, such as padding or a partly filled static cache while decoding; dropout;
 attention weights requested) goes to transformers' sdpa, logged once per reason: never a
-wrong answer. Rope and the loss are not patched yet.
+wrong answer. Under torch.compile transformers builds the mask whenever it traces, so
+attention takes sdpa inside a compiled model (the norms and MLPs stay fusile's custom ops,
+with no graph break). Rope and the loss are not patched yet.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def fusile_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: 
     if why is not None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-        if why not in _said:
+        if why not in _said and not torch.compiler.is_compiling():  # Dynamo cannot trace it
             _said.add(why)
             _log.info("fusile attention: %s; this call runs transformers' sdpa", why)
         return sdpa_attention_forward(module, query, key, value, attention_mask,

@@ -76,6 +76,21 @@ def test_training_step_matches_stock(family: str) -> None:
         assert_close(q.grad, p.grad.double(), torch.float32, scale=16)
 
 
+def test_patched_model_compiles_with_fullgraph() -> None:
+    """torch.compile(fullgraph=True) of the patched model: no graph break, and its training
+    step's loss and gradients equal the stock model's (while tracing, transformers always
+    builds the mask, so attention takes sdpa there; norms and MLPs are fusile's ops)."""
+    stock, fused = _models()
+    ids = torch.randint(0, 97, (2, 13))
+    out = torch.compile(fused, fullgraph=True)(ids, labels=ids)
+    out.loss.backward()
+    ref = stock(ids, labels=ids)
+    ref.loss.backward()
+    assert_close(out.loss, ref.loss.double(), torch.float32, scale=4)
+    for p, q in zip(stock.parameters(), fused.parameters(), strict=True):
+        assert_close(q.grad, p.grad.double(), torch.float32, scale=16)
+
+
 def test_padded_batch_falls_back_to_sdpa() -> None:
     stock, fused = _models()
     ids = torch.randint(0, 97, (2, 9))
