@@ -76,8 +76,11 @@ def test_split_keys_match_reference(lq: int, lk: int, option: str,
 
     taken = []
     split = TiledLaunches._launch_split_keys
-    monkeypatch.setattr(TiledLaunches, "_launch_split_keys",
-                        lambda self, *a: taken.append(a[2]) or split(self, *a))
+    def spy(self, launch, plan, *rest):
+        taken.append(plan[1])  # the split count
+        return split(self, launch, plan, *rest)
+
+    monkeypatch.setattr(TiledLaunches, "_launch_split_keys", spy)
     with config.override(attn_splits=3):
         _check(lq, lk, option, torch.float32, "cpu", grad=lk < 1000)
     assert taken and all(n > 1 for n in taken)  # 3, or one a key tile when fewer

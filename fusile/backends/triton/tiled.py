@@ -82,33 +82,46 @@ class TiledLaunches:
             scalars = launch.ks.scalars
             extra["POS_SCALE"] = args[len(args) - len(scalars) +
                                       scalars.index(launch.ks.attn[1])] > 0
-        first = tune.attention_candidates(self.target, max(d, e), li)[0]
-        programs = batch * math.ceil(li / first.block_m)
-        splits = tune.attention_splits(self.target, programs, lj, first.block_n,
-                                       config.get("attn_splits"))
-        if splits > 1 and "split" in launch.fn:  # few row blocks: split their keys
-            consts = tune.attention_constexprs(first, d, e, lj, use_i64) | extra
-            self._launch_split_keys(launch, first, splits, programs, lj, consts, device, args)
+        shape = (li, lj, d, e, batch, use_i64, *extra.values())
+        key = ("split keys", config.get("attn_splits"), shape)
+        plan = launch.ready.get(key)
+        if plan is None:  # decided once per shape (and knob value), as a tuned config is
+            plan = launch.ready[key] = self._split_plan(launch, li, lj, d, e, batch, key[1],
+                                                        use_i64, extra)
+        if plan:  # few row blocks: split their keys
+            self._launch_split_keys(launch, plan, device, args)
             return
         self._launch_tuned(
-            launch, (li, lj, d, e, batch, use_i64, *extra.values()),
-            4 * li * lj * max(d, e) * batch,
+            launch, shape, 4 * li * lj * max(d, e) * batch,
             lambda: tune.attention_candidates(self.target, max(d, e), li),
             lambda: (f"{launch.key}|{dot.dtype}|{tune.bucket(li, lj, max(d, e), batch)}",
                      f"attention {batch} x {li}x{lj}, d={d}"),
             lambda c: (batch * math.ceil(li / c.block_m),),
             lambda c: tune.attention_constexprs(c, d, e, lj, use_i64) | extra, device, args)
 
-    def _launch_split_keys(self, launch: Launch, cfg: tune.DotConfig, splits: int,
-                           programs: int, keys: int, consts: dict[str, Any], device: Any,
-                           args: tuple) -> None:
+    def _split_plan(self, launch: Launch, li: int, lj: int, d: int, e: int, batch: int,
+                    forced: int, use_i64: bool, extra: dict[str, Any]) -> tuple:
+        """Flash-decoding's launch for these sizes, or () to run the one-kernel flash path:
+        (config, splits, chunk of keys, row blocks, constexprs), with the first candidate
+        config (tune.attention_splits says how many splits)."""
+        first = tune.attention_candidates(self.target, max(d, e), li)[0]
+        programs = batch * math.ceil(li / first.block_m)
+        splits = tune.attention_splits(self.target, programs, lj, first.block_n, forced)
+        if splits <= 1 or "split" not in launch.fn:
+            return ()
+        chunk = math.ceil(lj / splits / first.block_n) * first.block_n
+        splits = math.ceil(lj / chunk)  # no empty chunk at the end
+        consts = tune.attention_constexprs(first, d, e, lj, use_i64) | extra
+        return first, splits, chunk, programs, consts
+
+    def _launch_split_keys(self, launch: Launch, plan: tuple, device: Any, args: tuple
+                           ) -> None:
         """Flash-decoding (codegen_decode.py): `splits` programs per row block, each over a
         chunk of keys (a multiple of BLOCK_N), into a float32 buffer of partials; then one
         program per row block combines them and runs the epilogue."""
         import torch
 
-        chunk = math.ceil(keys / splits / cfg.block_n) * cfg.block_n
-        splits = math.ceil(keys / chunk)  # no empty chunk at the end
+        cfg, splits, chunk, programs, consts = plan
         parts = torch.empty(programs * splits * cfg.block_m * (consts["BLOCK_E"] + 2),
                             dtype=torch.float32, device=device)
         if self._rec is not None:
