@@ -6,13 +6,15 @@ interpreter when told."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
 import fusile
 from fusile.stdlib.attention import attention
 from tests.numerics import assert_close
-from tests.stdlib.test_attention import reference
+from tests.stdlib.test_attention import check_against, reference
 
 # q_len x kv_len, as the decode issue lists them (q_len <= kv_len: every row sees a key)
 GRID = [(1, 1), (1, 37), (2, 37), (7, 37), (1, 1000), (7, 1000), (64, 1000)]
@@ -40,22 +42,10 @@ def ragged_reference(q, k, v, lens, **opts) -> torch.Tensor:
 
 def _check(lq: int, lk: int, option: str, dtype: torch.dtype, device: str,
            grad: bool = True) -> None:
+    """Forward and (with grad) dq, dk, dv; keys past a cache's end get a zero gradient."""
     q, k, v, lens = _inputs(lq, lk, dtype, device, grad, lq * 1000 + lk)
-    opts = dict(OPTIONS[option])
-    if opts.pop("alibi", False):
-        opts["alibi_slopes"] = torch.rand(q.shape[1], device=device)
-    out = attention(q, k, v, cache_seqlens=lens, **opts)
-    ref_in = [t.detach().double().requires_grad_(grad) for t in (q, k, v)]
-    ref = ragged_reference(*ref_in, lens, **opts)
-    tol = 4 if dtype == torch.float32 else 1
-    assert_close(out, ref, dtype, scale=tol)
-    if not grad:
-        return
-    do = torch.randn_like(out)
-    grads = torch.autograd.grad(out, (q, k, v), do)
-    ref_grads = torch.autograd.grad(ref, ref_in, do.double())
-    for got, want in zip(grads, ref_grads, strict=True):  # keys past a cache's end get 0
-        assert_close(got, want, dtype, scale=8 if dtype == torch.float32 else 1.5)
+    check_against(functools.partial(ragged_reference, lens=lens), q, k, v,
+                  dict(OPTIONS[option]), grad, cache_seqlens=lens)
 
 
 @pytest.mark.parametrize("option", OPTIONS)
