@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_decode needs a CUDA GPU", file=sys.stderr)
-        return 1
+        return 2  # as the other benchmarks
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
     rows = run([int(x) for x in a.batches.split(",")], [int(x) for x in a.kv.split(",")],
                a.max_tokens)

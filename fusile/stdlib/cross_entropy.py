@@ -95,7 +95,7 @@ def cross_entropy(input: Tensor, target: Tensor, ignore_index: int = -100,
     if target.device != input.device:
         raise SignatureError("fusile.stdlib.cross_entropy: target and logits are on different "
                              "devices")
-    if reduction not in ("mean", "sum", "none"):
+    if reduction not in _REDUCE:
         raise SignatureError(f"fusile.stdlib.cross_entropy: reduction must be 'mean', 'sum' or "
                              f"'none', got {reduction!r}")
     if not 0.0 <= label_smoothing <= 1.0:  # also false for nan
