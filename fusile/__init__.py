@@ -17,6 +17,7 @@ cos = STUBS["cos"]
 erf = STUBS["erf"]
 exp = STUBS["exp"]
 exp2 = STUBS["exp2"]
+expand_as = STUBS["expand_as"]
 floor = STUBS["floor"]
 index = STUBS["index"]
 log = STUBS["log"]
@@ -44,7 +45,7 @@ where = STUBS["where"]
 
 __all__ = [
     "FusedFunction", "FusileError", "Tensor", "abs", "arange", "astype", "bf16", "bool_", "ceil",
-    "concat", "cos", "erf", "exp", "exp2", "f16", "f32", "f64", "floor", "from_source",
+    "concat", "cos", "erf", "exp", "exp2", "expand_as", "f16", "f32", "f64", "floor", "from_source",
     "fused", "i32", "i64", "index", "log", "log1p", "log2", "log_softmax", "logsumexp",
     "matmul", "max", "maximum", "mean", "min", "minimum", "rsqrt", "sigmoid", "sin", "size",
     "softmax", "sqrt", "stack", "sum", "tanh", "var", "where",

@@ -33,6 +33,7 @@ class Compiled:
     nonempty: list[tuple[Any, Any, Source, str]]  # dims max/min reduce over (signature.py)
     runtime_params: list[int]  # parameters passed at run time (tensors and float scalars)
     programs: dict[str, Any] = field(default_factory=dict)  # target name -> launchable program
+    grads: dict[tuple, Any] = field(default_factory=dict)  # (wrt, save) -> autograd.Derivation
 
     @functools.cached_property
     def derived(self) -> list[tuple[int, tuple]]:

@@ -11,7 +11,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fusile.dsl.errors import AxisError, BuiltinCallError, DTypeError, RankError, Span
+from fusile.dsl.errors import (
+    AxisError,
+    BuiltinCallError,
+    DTypeError,
+    RankError,
+    ShapeMismatchError,
+    Span,
+)
 from fusile.dsl.types import (
     DType,
     ScalarType,
@@ -23,6 +30,7 @@ from fusile.dsl.types import (
     i32,
     i64,
     result_dtype,
+    show_shape,
 )
 
 VALUE = "value"  # a tensor or scalar operand
@@ -196,6 +204,19 @@ def _contraction_mismatch(a: TensorType, b: TensorType, span: Span) -> Exception
         f"matmul: inner sizes differ, {show_shape(a.shape)} @ {show_shape(b.shape)}", span)
 
 
+def _expand_as(call: BoundCall, env: ShapeEnv) -> ValueType:
+    x, other = call.values
+    if not isinstance(other, TensorType):
+        raise RankError("expand_as() takes the shape of a tensor", call.value_spans[1])
+    shape = env.broadcast([x.shape if isinstance(x, TensorType) else (), other.shape],
+                          call.span)
+    if len(shape) != other.rank or any(env.find(a) != env.find(b)
+                                       for a, b in zip(shape, other.shape, strict=True)):
+        raise ShapeMismatchError("expand_as(x, other): x must broadcast to other's shape "
+                                 f"{show_shape(env.resolve(other.shape))}", call.span)
+    return TensorType(x.dtype, other.shape, getattr(x, "weak", False))
+
+
 def _arange(call: BoundCall, env: ShapeEnv) -> ValueType:
     return TensorType(i32, (call.options["n"],))
 
@@ -269,9 +290,18 @@ BUILTINS["arange"] = _b("arange", [Param("n", OPTION)], _arange,
                         "int32 positions 0..n-1; n is a constant or size(x, axis)")
 BUILTINS["index"] = _b("index", [_X, Param("axis", OPTION)], _index,
                        "int32 position along axis, shaped to broadcast against x")
+BUILTINS["expand_as"] = _b("expand_as", [_X, Param("other", VALUE)], _expand_as,
+                           "x broadcast to other's shape (other's values are not read)")
 BUILTINS["size"] = _b("size", [_X, Param("axis", OPTION)], _size, "the size of x along axis")
 # builtins whose result depends on their tensor argument's type, not on its values
 SHAPE_ONLY = frozenset({"size", "index", "arange"})
+# builtins that read only the type of some of their arguments (by position)
+SHAPE_ONLY_ARGS: dict[str, frozenset[int]] = {"expand_as": frozenset({1})}
+
+
+def shape_only(name: str, position: int) -> bool:
+    """Whether a builtin reads only the type of its argument at `position`."""
+    return name in SHAPE_ONLY or position in SHAPE_ONLY_ARGS.get(name, ())
 
 CONSTANTS: dict[str, float] = {"inf": float("inf"), "nan": float("nan"),
                                "pi": 3.141592653589793}

@@ -127,3 +127,8 @@ class LoweringError(FusileError):
 
 class BackendError(FusileError):
     """A backend could not run or compile a program."""
+
+
+class DerivativeError(FusileError):
+    """A program's backward cannot be derived: an op without a derivative rule, or a value
+    (a concat, an integer input) that gradients cannot flow through."""

@@ -38,8 +38,10 @@ class FusedFunction:
     """A function written in fusile's DSL. Call it on torch tensors."""
 
     def __init__(self, fn: Callable[..., Any] | None = None, *, source: Source | None = None,
-                 globals_: dict[str, Any] | None = None, name: str | None = None):
+                 globals_: dict[str, Any] | None = None, name: str | None = None,
+                 save: tuple[str, ...] | str = ("reductions",)):
         self._fn = fn
+        self._save = _save_rule(save)
         self._source = source
         self._globals = dict(globals_ or {})
         if fn is not None:
@@ -181,15 +183,11 @@ class FusedFunction:
         from fusile.backends import run
 
         values = self._bind_args(args, kwargs)
-        if check_grad and any(getattr(v, "requires_grad", False) for v in values):
+        grad = check_grad and any(getattr(v, "requires_grad", False) for v in values)
+        if grad:
             import torch
 
-            if torch.is_grad_enabled():
-                name = self.__fusile_funcdef__.name
-                raise SignatureError(
-                    f"{name}() has no backward yet, and an input requires grad: its result "
-                    "would carry no gradient. Call it under torch.no_grad() or on detached "
-                    "tensors (x.detach()), or use the fusile.stdlib op, which has a backward")
+            grad = torch.is_grad_enabled()
         devices = {str(v.device) for v in values if hasattr(v, "device")}
         if len(devices) > 1:
             raise SignatureError(f"{self.__fusile_funcdef__.name}() got tensors on different "
@@ -199,6 +197,10 @@ class FusedFunction:
         sizes = check_sizes(compiled.checks, shapes, self.params, self.__fusile_source__)
         check_nonempty(compiled.nonempty, sizes)
         runtime = compiled.runtime_args(values)
+        if grad:  # the derived forward and backward, under torch.autograd
+            from fusile import autograd
+
+            return _guard(lambda: autograd.call(self, compiled, runtime))
         outs = run.run(compiled, runtime)
         program = run.runner(compiled, runtime)
         if key is not None and program is not None:
@@ -380,13 +382,28 @@ def _guard(thunk: Callable[[], Any]) -> Any:
                           "the full traceback, and please report it)") from exc
 
 
-def fused(fn: Callable[..., Any] | None = None, *, name: str | None = None) -> Any:
+def fused(fn: Callable[..., Any] | None = None, *, name: str | None = None,
+          save: tuple[str, ...] | str = ("reductions",)) -> Any:
     """Mark a function as fusile DSL: `@fused def f(x, w): ...`. Under torch.compile it is
     the custom op `torch.ops.fusile_fn.<name>`, named from its module and qualified name
-    unless `@fused(name="...")` says otherwise."""
+    unless `@fused(name="...")` says otherwise.
+
+    Called on tensors that require grad, it runs a derived forward and backward (autodiff).
+    `save` says what the forward keeps for the backward: "reductions" (default: per-row
+    statistics such as a norm's mean of squares or a softmax's log-sum-exp, in float32),
+    "matmuls" (a matmul's result instead of recomputing it), both, or () to recompute
+    everything from the inputs."""
     if fn is None:
-        return lambda f: FusedFunction(f, name=name)
-    return FusedFunction(fn, name=name)
+        return lambda f: FusedFunction(f, name=name, save=save)
+    return FusedFunction(fn, name=name, save=save)
+
+
+def _save_rule(save: tuple[str, ...] | str) -> frozenset[str]:
+    rules = frozenset((save,) if isinstance(save, str) else save)
+    known = ("reductions", "matmuls")
+    if not rules <= set(known):
+        raise ValueError(f"fused(save=...) takes some of {known}, got {tuple(save)!r}")
+    return rules
 
 
 def from_source(text: str, globals_: dict[str, Any] | None = None,

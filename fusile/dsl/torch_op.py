@@ -96,7 +96,7 @@ class TorchOp:
         lib.define(name + _SCHEMA)
         lib.impl(name, self._impl, "CompositeExplicitAutograd")
         torch.library.register_fake(qualname, self._fake, lib=lib)
-        torch.library.register_autograd(qualname, self._no_backward, setup_context=_no_setup,
+        torch.library.register_autograd(qualname, self._backward, setup_context=_setup,
                                         lib=lib)
         self.op = getattr(getattr(torch.ops, NAMESPACE), name).default
         weakref.finalize(fn, _release, lib, name).atexit = False
@@ -159,11 +159,43 @@ class TorchOp:
         return [torch.empty(shape, dtype=dtype, device=device)
                 for shape, dtype in self.fn()._result_specs(args, kwargs)]
 
-    def _no_backward(self, ctx: Any, *grads: Any) -> Any:
-        fn = self._fn()
-        raise SignatureError(f"{getattr(fn, '__name__', self.name)}() has no backward yet: "
-                             "run it on inputs that do not require grad (detach them), or use "
-                             "the fusile.stdlib op, which has one")
+    def _backward(self, ctx: Any, grads: list[Any]) -> Any:
+        """The op's gradient while tracing (AOTAutograd): the derived backward of the
+        signature, as its own custom op, with everything recomputed from the inputs (the op's
+        results are the function's alone, so nothing else was kept)."""
+        import torch
+
+        from fusile import autograd
+
+        tensors = list(ctx.saved_tensors)
+        args, kwargs = _unpack(ctx.spec, tensors, ctx.floats, [int(i) for i in ctx.ints])
+        fn = self.fn()
+        values = fn._bind_args(tuple(args), kwargs)
+        compiled, _ = fn._lookup(values)
+        runtime = compiled.runtime_args(values)
+        wrt = tuple(i for i, v in enumerate(runtime) if isinstance(v, torch.Tensor) and
+                    v.dtype.is_floating_point)
+        d = autograd.derivation(compiled, wrt, frozenset())
+        given = tuple(i for i, g in enumerate(grads) if g is not None and d.float_results[i])
+        out: list[Any] = [None] * len(tensors)
+        if not given:
+            return out, None, None, None
+        _, bwd = d.backward(given)
+        gs = bwd(*runtime, *[grads[i] for i in given])
+        gs = list(gs) if isinstance(gs, tuple) else [gs]
+        sliced = {len(compiled.runtime_params) + k: (p, index)
+                  for k, (p, index) in enumerate(compiled.derived)}
+        for i, g in zip(wrt, gs, strict=True):
+            if i in sliced:  # a sliced parameter: its gradient lands in the slice
+                p, index = sliced[i]
+                full = torch.zeros_like(values[p])
+                full[index] = g
+                target, g = values[p], full
+            else:
+                target = runtime[i]
+            j = next(k for k, t in enumerate(tensors) if t is target)
+            out[j] = g if out[j] is None else out[j] + g
+        return out, None, None, None
 
 
 def _contiguous_format() -> Any:
@@ -200,8 +232,10 @@ def _unpack(spec: str, tensors: list[Any], floats: list[float], ints: list[int]
     return args, kwargs
 
 
-def _no_setup(ctx: Any, inputs: Any, output: Any) -> None:
-    return None
+def _setup(ctx: Any, inputs: Any, output: Any) -> None:
+    tensors, floats, ints, spec = inputs
+    ctx.save_for_backward(*tensors)
+    ctx.floats, ctx.ints, ctx.spec = floats, ints, spec
 
 
 def _release(lib: Any, name: str) -> None:

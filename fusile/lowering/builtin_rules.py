@@ -279,6 +279,13 @@ def _index(lo: Lowerer, call: BoundCall, args: list[Value]) -> Value:
     return lo.em.positions(_out(lo, call).shape, call.axes[0])
 
 
+@rule("expand_as")
+def _expand_as(lo: Lowerer, call: BoundCall, args: list[Value]) -> Value:
+    out = _out(lo, call)
+    d = out.dtype.compute
+    return lo.pointwise(args[:1], out, [d], lambda v: v[0])
+
+
 @rule("size")
 def _size(lo: Lowerer, call: BoundCall, args: list[Value]) -> Value:
     (x,) = args

@@ -13,7 +13,7 @@ from torch_mlir.dialects import arith, func
 from torch_mlir.dialects import math as mmath
 
 from fusile.dsl import ast
-from fusile.dsl.builtins import SHAPE_ONLY
+from fusile.dsl.builtins import shape_only
 from fusile.dsl.check import Typed
 from fusile.dsl.errors import ConstantError, FusileError, LoweringError
 from fusile.dsl.types import (
@@ -113,8 +113,8 @@ class Lowerer:
                                 self.t.source)
         if id(e) in self.t.builtins:
             bound = self.t.builtins[id(e)]
-            args = [self.expr(a) if bound.name not in SHAPE_ONLY else self.shape_of(a)
-                    for a in self.t.builtin_args[id(e)]]
+            args = [self.shape_of(a) if shape_only(bound.name, i) else self.expr(a)
+                    for i, a in enumerate(self.t.builtin_args[id(e)])]
             return RULES[bound.name](self, bound, args)
         if isinstance(e, ast.BinOp):
             return self.binop(e.op, self.expr(e.left), self.expr(e.right), self.t.type_of(e))

@@ -1,0 +1,178 @@
+"""Gradients of user @fused functions, derived: the forward and backward programs, and how
+they meet torch.autograd in eager mode and under torch.compile.
+
+Per compiled signature and set of inputs that need a gradient, lowering/autodiff.py derives
+two programs, printed as DSL source (lowering/to_source.py) and compiled like any other:
+
+  forward:  the function's results, then the values the backward reads that the save rule
+            keeps (a norm's mean of squares, a softmax's log-sum-exp: see autodiff.py);
+  backward: (the forward's runtime arguments, the kept values, one gradient per result that
+            received one) -> one gradient per input that needs one, in the input's dtype.
+
+A backward is compiled per subset of results whose gradient arrives (the others are zero).
+Sliced parameters are separate arguments of the lowered program (views of the caller's
+tensor); in eager mode torch's view autograd adds their gradients into the tensor's, and
+under torch.compile the custom op's backward does it with torch ops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fusile.dsl.fused import FusedFunction, from_source
+from fusile.lowering.autodiff import REDUCTIONS, Gradients, differentiate
+from fusile.lowering.to_source import Program, to_source
+from fusile.lowering.trace import Node, Traced, trace
+
+SAVE_RULES = frozenset({"reductions", "matmuls"})
+
+
+@dataclass
+class Derivation:
+    traced: Traced
+    wrt: tuple[int, ...]  # positions in the lowered program's arguments
+    save: frozenset[str]
+    forward_source: str
+    forward: FusedFunction
+    n_results: int
+    float_results: list[bool]
+    saved: list[Node]
+    backwards: dict[tuple[int, ...], tuple[str, FusedFunction]] = field(default_factory=dict)
+
+    def backward(self, given: tuple[int, ...]) -> tuple[str, FusedFunction]:
+        """The backward program for gradients arriving at the results in `given`."""
+        hit = self.backwards.get(given)
+        if hit is None:
+            grads = differentiate(self.traced, list(self.wrt), list(given), self.save)
+            extra = [s for s in grads.saved if s.id not in {t.id for t in self.saved}]
+            assert not extra, f"a backward reads values the forward did not keep: {extra}"
+            params = [*_params(self.traced), *[(f"saved{k}", s) for k, s in
+                                               enumerate(self.saved)],
+                      *[(f"grad{k}", g) for k, g in zip(given, grads.grads_in, strict=True)]]
+            text = to_source(Program(f"{self.traced.name}_backward", _unique(params),
+                                     grads.backward, self.traced.env))
+            hit = self.backwards[given] = (text, from_source(text, filename=
+                                                             f"<{self.traced.name} backward>"))
+        return hit
+
+
+def derivation(compiled: Any, wrt: tuple[int, ...], save: frozenset[str]) -> Derivation:
+    """The derived programs of a compiled signature for gradients of the arguments `wrt`."""
+    key = (wrt, save)
+    hit = compiled.grads.get(key)
+    if hit is not None:
+        return hit
+    traced = compiled.grads.get("traced")
+    if traced is None:
+        traced = compiled.grads["traced"] = trace(compiled.typed)
+    floats = [r.is_float for r in traced.results]
+    every = [i for i, f in enumerate(floats) if f]
+    grads: Gradients = differentiate(traced, list(wrt), every, save)
+    kept = [_kept(s) for s in grads.saved]
+    text = to_source(Program(f"{traced.name}_forward", _unique(_params(traced)),
+                             [*traced.results, *kept], traced.env))
+    d = Derivation(traced, wrt, save, text, from_source(text, filename=f"<{traced.name} "
+                                                                       "forward>"),
+                   len(traced.results), floats, grads.saved)
+    compiled.grads[key] = d
+    return d
+
+
+def _params(traced: Traced) -> list[tuple[str, Node]]:
+    return [(p.attrs["name"], p) for p in traced.params]
+
+
+def _unique(params: list[tuple[str, Node]]) -> list[tuple[str, Node]]:
+    """Parameter names made distinct from the user's (a user parameter named saved0)."""
+    seen: set[str] = set()
+    out = []
+    for name, n in params:
+        while name in seen:
+            name = "_" + name
+        seen.add(name)
+        out.append((name, n))
+    return out
+
+
+def _kept(s: Node) -> Node:
+    """A kept value as the forward returns it: reductions in the compute dtype."""
+    if s.op not in REDUCTIONS or s.type.dtype.bits >= 32:
+        return s
+    from fusile.dsl.types import TensorType, f32
+
+    return Node("astype", (s,), TensorType(f32, s.shape), {"options": {"dtype": "compute"},
+                                                          "axes": ()}, s.span, s.source)
+
+
+# ----------------------------------------------------------------------------- torch autograd
+
+
+def call(fn: FusedFunction, compiled: Any, runtime: list[Any]) -> Any:
+    """Run a compiled signature with autograd: the derived forward inside an
+    autograd.Function whose backward runs the derived backward."""
+    import torch
+
+    wrt = tuple(i for i, v in enumerate(runtime) if isinstance(v, torch.Tensor) and
+                v.requires_grad and v.dtype.is_floating_point)
+    d = derivation(compiled, wrt, fn._save)
+    outs = _Function.apply(d, *runtime)
+    return outs[0] if len(outs) == 1 else outs
+
+
+def _as_list(out: Any) -> list[Any]:
+    return list(out) if isinstance(out, tuple) else [out]
+
+
+def _function() -> Any:
+    import torch
+
+    class Function(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, d: Derivation, *runtime: Any) -> Any:
+            ctx.set_materialize_grads(False)
+            outs = _as_list(d.forward(*runtime))
+            results, saved = outs[:d.n_results], outs[d.n_results:]
+            ctx.d = d
+            ctx.layout = [isinstance(r, torch.Tensor) for r in runtime]
+            ctx.scalars = [r for r in runtime if not isinstance(r, torch.Tensor)]
+            ctx.save_for_backward(*[r for r in runtime if isinstance(r, torch.Tensor)],
+                                  *saved)
+            ctx.mark_non_differentiable(*[r for r, f in zip(results, d.float_results,
+                                                             strict=True) if not f])
+            return tuple(results)
+
+        @staticmethod
+        def backward(ctx: Any, *grads: Any) -> Any:
+            d: Derivation = ctx.d
+            n_in = len(ctx.layout)
+            given = tuple(i for i, g in enumerate(grads) if g is not None and
+                          d.float_results[i])
+            if not given:
+                return (None,) * (n_in + 1)
+            saved = list(ctx.saved_tensors)
+            tensors, kept = iter(saved[:sum(ctx.layout)]), saved[sum(ctx.layout):]
+            scalars = iter(ctx.scalars)
+            runtime = [next(tensors) if t else next(scalars) for t in ctx.layout]
+            _, bwd = d.backward(given)
+            gs = _as_list(bwd(*runtime, *kept, *[grads[i] for i in given]))
+            out: list[Any] = [None] * n_in
+            for i, g in zip(d.wrt, gs, strict=True):
+                out[i] = g
+            return (None, *out)
+
+    return Function
+
+
+class _Lazy:
+    """The autograd.Function class, made on first use (importing fusile imports no torch)."""
+
+    cls: Any = None
+
+    def apply(self, *args: Any) -> Any:
+        if self.cls is None:
+            self.cls = _function()
+        return self.cls.apply(*args)
+
+
+_Function = _Lazy()
