@@ -327,6 +327,21 @@ class FusedFunction:
         compiled, _ = self._lookup(values)
         return _guard(lambda: compile_for(compiled, t, sizes, progress=progress))
 
+    def backward_source(self, *args: Any, **kwargs: Any) -> tuple[str, str]:
+        """The derived programs for these arguments, as DSL source: the forward (results,
+        then the values it keeps) and the backward, for gradients of every floating-point
+        tensor argument arriving at every floating-point result."""
+        from fusile import autograd
+
+        values = self._bind_args(args, kwargs)
+        compiled, _ = self._lookup(values)
+        runtime = compiled.runtime_args(values)
+        wrt = tuple(i for i, v in enumerate(runtime) if getattr(v, "is_floating_point",
+                                                                 lambda: False)())
+        d = _guard(lambda: autograd.derivation(compiled, wrt, self._save))
+        given = tuple(i for i, f in enumerate(d.float_results) if f)
+        return d.forward_source, _guard(lambda: d.backward(given))[0]
+
     def reference(self, *args: Any, **kwargs: Any) -> Any:
         """Run the float64 numpy reference (the oracle); returns float64/int64 numpy arrays."""
         values = self._bind_args(args, kwargs)

@@ -178,8 +178,9 @@ class TorchOp:
         d = autograd.derivation(compiled, wrt, frozenset())
         given = tuple(i for i, g in enumerate(grads) if g is not None and d.float_results[i])
         out: list[Any] = [None] * len(tensors)
+        rest = ([None] * len(ctx.floats), [None] * len(ctx.ints), None)
         if not given:
-            return out, None, None, None
+            return out, *rest
         _, bwd = d.backward(given)
         gs = bwd(*runtime, *[grads[i] for i in given])
         gs = list(gs) if isinstance(gs, tuple) else [gs]
@@ -195,7 +196,7 @@ class TorchOp:
                 target = runtime[i]
             j = next(k for k, t in enumerate(tensors) if t is target)
             out[j] = g if out[j] is None else out[j] + g
-        return out, None, None, None
+        return out, *rest
 
 
 def _contiguous_format() -> Any:
