@@ -79,6 +79,18 @@ def derivation(compiled: Any, wrt: tuple[int, ...], save: frozenset[str]) -> Der
     return d
 
 
+def backward_source(fn: FusedFunction, args: tuple, kwargs: dict[str, Any]) -> tuple[str, str]:
+    """FusedFunction.backward_source: every floating-point tensor argument, every
+    floating-point result."""
+    values = fn._bind_args(args, kwargs)
+    compiled, _ = fn._lookup(values)
+    runtime = compiled.runtime_args(values)
+    wrt = tuple(i for i, v in enumerate(runtime) if getattr(v, "is_floating_point",
+                                                             lambda: False)())
+    d = derivation(compiled, wrt, fn._save)
+    return d.forward_source, d.backward(tuple(i for i, f in enumerate(d.float_results) if f))[0]
+
+
 def _params(traced: Traced) -> list[tuple[str, Node]]:
     return [(p.attrs["name"], p) for p in traced.params]
 
@@ -118,6 +130,39 @@ def call(fn: FusedFunction, compiled: Any, runtime: list[Any]) -> Any:
     d = derivation(compiled, wrt, fn._save)
     outs = _Function.apply(d, *runtime)
     return outs[0] if len(outs) == 1 else outs
+
+
+def op_gradients(fn: FusedFunction, inputs: list[Any], grads: list[Any],
+                 given: tuple[int, ...], args: list[Any], kwargs: dict[str, Any]) -> list[Any]:
+    """The custom op's gradient (dsl/torch_op.py), run on real tensors: one gradient per
+    floating-point tensor in `inputs`, the call's tensors, for gradients `grads` arriving at
+    the results in `given`. Recomputes everything (the op kept nothing)."""
+    import torch
+
+    values = fn._bind_args(tuple(args), kwargs)
+    compiled, _ = fn._lookup(values)
+    runtime = compiled.runtime_args(values)
+    wrt = tuple(i for i, v in enumerate(runtime) if isinstance(v, torch.Tensor) and
+                v.dtype.is_floating_point)
+    d = derivation(compiled, wrt, frozenset())
+    out: list[Any] = [torch.zeros_like(t) if t.is_floating_point() else None for t in inputs]
+    given = tuple(i for i in given if d.float_results[i])
+    if given:
+        _, bwd = d.backward(given)
+        gs = _as_list(bwd(*runtime, *[grads[k] for k, i in enumerate(given)]))
+        n_plain = len(compiled.runtime_params)
+        for i, g in zip(wrt, gs, strict=True):
+            if i < n_plain:
+                target, index = runtime[i], None
+            else:  # a sliced parameter: its gradient lands in the slice
+                p, index = compiled.derived[i - n_plain]
+                target = values[p]
+            j = next(k for k, t in enumerate(inputs) if t is target)
+            if index is None:
+                out[j] += g
+            else:
+                out[j][index] += g
+    return [o for o in out if o is not None]
 
 
 def _as_list(out: Any) -> list[Any]:

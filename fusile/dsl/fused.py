@@ -8,11 +8,10 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from fusile import config
 from fusile.backends import dispatch  # the call path's first step (it imports no stage)
 from fusile.dsl import ast
-from fusile.dsl.errors import FusileError, SignatureError, Source, Span
-from fusile.dsl.parse_errors import deep_recursion, too_deep
+from fusile.dsl.errors import SignatureError, Source, Span
+from fusile.dsl.parse_errors import guard as _guard
 from fusile.dsl.parser import parse, source_of
 from fusile.dsl.push import NeedStatic
 from fusile.dsl.signature import (
@@ -328,19 +327,10 @@ class FusedFunction:
         return _guard(lambda: compile_for(compiled, t, sizes, progress=progress))
 
     def backward_source(self, *args: Any, **kwargs: Any) -> tuple[str, str]:
-        """The derived programs for these arguments, as DSL source: the forward (results,
-        then the values it keeps) and the backward, for gradients of every floating-point
-        tensor argument arriving at every floating-point result."""
+        """The derived forward (results, then what it keeps) and backward, as DSL source."""
         from fusile import autograd
 
-        values = self._bind_args(args, kwargs)
-        compiled, _ = self._lookup(values)
-        runtime = compiled.runtime_args(values)
-        wrt = tuple(i for i, v in enumerate(runtime) if getattr(v, "is_floating_point",
-                                                                 lambda: False)())
-        d = _guard(lambda: autograd.derivation(compiled, wrt, self._save))
-        given = tuple(i for i, f in enumerate(d.float_results) if f)
-        return d.forward_source, _guard(lambda: d.backward(given))[0]
+        return _guard(lambda: autograd.backward_source(self, args, kwargs))
 
     def reference(self, *args: Any, **kwargs: Any) -> Any:
         """Run the float64 numpy reference (the oracle); returns float64/int64 numpy arrays."""
@@ -381,33 +371,14 @@ def _closure_vars(fn: Callable[..., Any]) -> dict[str, Any]:
         return {}
 
 
-def _guard(thunk: Callable[[], Any]) -> Any:
-    """Run a front-end step; internal errors become FusileErrors unless FUSILE_FRONTEND_DEBUG."""
-    try:
-        with deep_recursion():
-            return thunk()
-    except FusileError:
-        raise
-    except RecursionError:
-        raise too_deep() from None
-    except Exception as exc:
-        if config.get("frontend_debug"):
-            raise
-        raise FusileError(f"internal error in fusile: {exc!r} (set FUSILE_FRONTEND_DEBUG=1 for "
-                          "the full traceback, and please report it)") from exc
-
-
 def fused(fn: Callable[..., Any] | None = None, *, name: str | None = None,
           save: tuple[str, ...] | str = ("reductions",)) -> Any:
     """Mark a function as fusile DSL: `@fused def f(x, w): ...`. Under torch.compile it is
     the custom op `torch.ops.fusile_fn.<name>`, named from its module and qualified name
     unless `@fused(name="...")` says otherwise.
 
-    Called on tensors that require grad, it runs a derived forward and backward (autodiff).
-    `save` says what the forward keeps for the backward: "reductions" (default: per-row
-    statistics such as a norm's mean of squares or a softmax's log-sum-exp, in float32),
-    "matmuls" (a matmul's result instead of recomputing it), both, or () to recompute
-    everything from the inputs."""
+    On tensors that require grad it runs a derived forward and backward; `save` is what the
+    forward keeps for it: "reductions" (default), "matmuls", both, or () (autodiff.py)."""
     if fn is None:
         return lambda f: FusedFunction(f, name=name, save=save)
     return FusedFunction(fn, name=name, save=save)
@@ -415,9 +386,8 @@ def fused(fn: Callable[..., Any] | None = None, *, name: str | None = None,
 
 def _save_rule(save: tuple[str, ...] | str) -> frozenset[str]:
     rules = frozenset((save,) if isinstance(save, str) else save)
-    known = ("reductions", "matmuls")
-    if not rules <= set(known):
-        raise ValueError(f"fused(save=...) takes some of {known}, got {tuple(save)!r}")
+    if not rules <= {"reductions", "matmuls"}:
+        raise ValueError(f"fused(save=...) takes 'reductions', 'matmuls', both or (), got {save!r}")
     return rules
 
 

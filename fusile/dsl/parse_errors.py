@@ -11,7 +11,7 @@ from typing import Any
 
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
-from fusile.dsl.errors import FusileSyntaxError, Span
+from fusile.dsl.errors import FusileError, FusileSyntaxError, Span
 
 # A 1,000-term sum nests 1,000 deep in the tree each stage walks recursively
 _DEPTH = 20_000
@@ -96,3 +96,21 @@ def bad_dedent(text: str) -> FusileSyntaxError:
             return FusileSyntaxError("unindent does not match any outer indentation level",
                                      Span(n, 1, n, indent + 1))
     return FusileSyntaxError("inconsistent indentation", Span(1, 1, 1, 2))
+
+
+def guard(thunk: Callable[[], Any]) -> Any:
+    """Run a front-end step; internal errors become FusileErrors unless FUSILE_FRONTEND_DEBUG."""
+    from fusile import config
+
+    try:
+        with deep_recursion():
+            return thunk()
+    except FusileError:
+        raise
+    except RecursionError:
+        raise too_deep() from None
+    except Exception as exc:
+        if config.get("frontend_debug"):
+            raise
+        raise FusileError(f"internal error in fusile: {exc!r} (set FUSILE_FRONTEND_DEBUG=1 for "
+                          "the full traceback, and please report it)") from exc

@@ -98,7 +98,13 @@ class TorchOp:
         torch.library.register_fake(qualname, self._fake, lib=lib)
         torch.library.register_autograd(qualname, self._backward, setup_context=_setup,
                                         lib=lib)
+        # the gradient, its own op defined now (not when a backward is first traced: a graph
+        # loaded from torch.compile's caches calls it before anything is derived)
+        lib.define(name + "_backward" + _SCHEMA)
+        lib.impl(name + "_backward", self._grad_impl, "CompositeExplicitAutograd")
+        torch.library.register_fake(f"{qualname}_backward", self._grad_fake, lib=lib)
         self.op = getattr(getattr(torch.ops, NAMESPACE), name).default
+        self.grad_op = getattr(getattr(torch.ops, NAMESPACE), name + "_backward").default
         weakref.finalize(fn, _release, lib, name).atexit = False
 
     def fn(self) -> FusedFunction:
@@ -160,43 +166,41 @@ class TorchOp:
                 for shape, dtype in self.fn()._result_specs(args, kwargs)]
 
     def _backward(self, ctx: Any, grads: list[Any]) -> Any:
-        """The op's gradient while tracing (AOTAutograd): the derived backward of the
-        signature, as its own custom op, with everything recomputed from the inputs (the op's
-        results are the function's alone, so nothing else was kept)."""
-        import torch
-
-        from fusile import autograd
-
+        """The op's gradient while tracing (AOTAutograd): the gradient op, one per floating
+        input tensor. The op's results are the function's alone, so its derived backward
+        recomputes everything from the inputs (save rule: nothing kept)."""
         tensors = list(ctx.saved_tensors)
-        args, kwargs = _unpack(ctx.spec, tensors, ctx.floats, [int(i) for i in ctx.ints])
-        fn = self.fn()
-        values = fn._bind_args(tuple(args), kwargs)
-        compiled, _ = fn._lookup(values)
-        runtime = compiled.runtime_args(values)
-        wrt = tuple(i for i, v in enumerate(runtime) if isinstance(v, torch.Tensor) and
-                    v.dtype.is_floating_point)
-        d = autograd.derivation(compiled, wrt, frozenset())
-        given = tuple(i for i, g in enumerate(grads) if g is not None and d.float_results[i])
-        out: list[Any] = [None] * len(tensors)
+        given = [i for i, g in enumerate(grads) if g is not None]
         rest = ([None] * len(ctx.floats), [None] * len(ctx.ints), None)
         if not given:
-            return out, *rest
-        _, bwd = d.backward(given)
-        gs = bwd(*runtime, *[grads[i] for i in given])
-        gs = list(gs) if isinstance(gs, tuple) else [gs]
-        sliced = {len(compiled.runtime_params) + k: (p, index)
-                  for k, (p, index) in enumerate(compiled.derived)}
-        for i, g in zip(wrt, gs, strict=True):
-            if i in sliced:  # a sliced parameter: its gradient lands in the slice
-                p, index = sliced[i]
-                full = torch.zeros_like(values[p])
-                full[index] = g
-                target, g = values[p], full
-            else:
-                target = runtime[i]
-            j = next(k for k, t in enumerate(tensors) if t is target)
-            out[j] = g if out[j] is None else out[j] + g
-        return out, *rest
+            return [None] * len(tensors), *rest
+        spec = f"{ctx.spec}|{','.join(map(str, given))}"
+        gs = iter(self.grad_op([*tensors, *[grads[i] for i in given]], ctx.floats, ctx.ints,
+                               spec))
+        return [next(gs) if t.is_floating_point() else None for t in tensors], *rest
+
+    def _grad_call(self, tensors: list[Any], floats: list[float], ints: list[Any], spec: str
+                   ) -> tuple[list[Any], list[Any], tuple[int, ...], list[Any], dict]:
+        fwd_spec, given_text = spec.rsplit("|", 1)
+        n = sum(kind == "t" for _, kind, _ in _parse(fwd_spec))
+        args, kwargs = _unpack(fwd_spec, tensors[:n], floats, [int(i) for i in ints])
+        given = tuple(int(i) for i in given_text.split(",")) if given_text else ()
+        return tensors[:n], tensors[n:], given, args, kwargs
+
+    def _grad_impl(self, tensors: list[Any], floats: list[float], ints: list[int], spec: str
+                   ) -> list[Any]:
+        from fusile.autograd import op_gradients
+
+        inputs, grads, given, args, kwargs = self._grad_call(tensors, floats, ints, spec)
+        return op_gradients(self.fn(), inputs, grads, given, args, kwargs)
+
+    def _grad_fake(self, tensors: list[Any], floats: list[float], ints: list[Any], spec: str
+                   ) -> list[Any]:
+        import torch
+
+        inputs = self._grad_call(tensors, floats, ints, spec)[0]
+        return [torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in inputs
+                if t.is_floating_point()]
 
 
 def _contiguous_format() -> Any:

@@ -44,12 +44,15 @@ def test_layouts_and_dtypes_are_part_of_the_key() -> None:
         assert_close(scaled(x, 1.5), _scaled(x, 1.5), x.dtype)
 
 
-def test_a_cached_signature_still_refuses_inputs_that_need_grad() -> None:
+def test_a_cached_signature_still_takes_the_grad_path_for_inputs_that_need_grad() -> None:
     x = torch.randn(4, 8)
     scaled(x, 1.0)
     scaled(x, 1.0)
-    with pytest.raises(Exception, match="no backward yet"):
-        scaled(x.clone().requires_grad_(), 1.0)
+    xg = x.clone().requires_grad_()
+    out = scaled(xg, 1.0)
+    assert out.grad_fn is not None
+    out.backward(torch.ones_like(out))
+    assert torch.equal(xg.grad, torch.full_like(x, 8.0))  # a * size(x, -1)
     with torch.no_grad():
         assert_close(scaled(x.clone().requires_grad_(), 1.0), _scaled(x, 1.0), torch.float32)
 

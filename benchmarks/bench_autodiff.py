@@ -1,0 +1,127 @@
+"""Derived backwards (autodiff of a user @fused forward) against the stdlib's hand-written ones
+and torch.compile's, forward+backward at one size, bf16, in one run.
+
+Each row times the step `y = f(*inputs); torch.autograd.grad(y, float inputs, dy)` as a CUDA
+graph replay (do_bench_cudagraph: kernel time, no host) and from Python (do_bench median).
+
+    python -m benchmarks.bench_autodiff [--size 16384x4096] [--ops a,b] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+import torch.nn.functional as F
+from triton.testing import do_bench, do_bench_cudagraph
+
+import fusile.stdlib as S
+from benchmarks.bench_stdlib import make
+from fusile import erf, fused, index, logsumexp, mean, rsqrt, sigmoid, softmax, sum, where
+
+
+@fused
+def rms_norm(x, w, eps: float = 1e-6):
+    return x * rsqrt(mean(x * x, axis=-1, keepdims=True) + eps) * w
+
+
+@fused
+def layer_norm(x, w, b, eps: float = 1e-5):
+    xc = x - mean(x, axis=-1, keepdims=True)
+    return xc * rsqrt(mean(xc * xc, axis=-1, keepdims=True) + eps) * w + b
+
+
+@fused
+def softmax_rows(x):
+    return softmax(x, axis=-1)
+
+
+@fused
+def cross_entropy_rows(x, t):
+    hit = where(index(x, 1) == t[:, None], x, 0.0)
+    return logsumexp(x, axis=-1) - sum(hit, axis=-1)
+
+
+@fused
+def swiglu(a, b):
+    return a * sigmoid(a) * b
+
+
+@fused
+def gelu(x):
+    return 0.5 * x * (1.0 + erf(x * 0.7071067811865476))
+
+
+OPS = {  # name -> (derived, hand-written stdlib, torch, input kinds)
+    "rms_norm": (rms_norm, lambda x, w: S.rms_norm(x, x.shape[-1:], w, 1e-6),
+                 lambda x, w: F.rms_norm(x, x.shape[-1:], w, 1e-6), "xw"),
+    "layer_norm": (layer_norm, lambda x, w, b: S.layer_norm(x, x.shape[-1:], w, b),
+                   lambda x, w, b: F.layer_norm(x, x.shape[-1:], w, b), "xwb"),
+    "softmax": (softmax_rows, lambda x: S.softmax(x, -1), lambda x: torch.softmax(x, -1), "x"),
+    "cross_entropy": (lambda x, t: cross_entropy_rows(x, t).float().mean(),
+                      lambda x, t: S.cross_entropy(x, t), lambda x, t: F.cross_entropy(x, t),
+                      "xt"),
+    "swiglu": (swiglu, lambda a, b: S.swiglu(a, b), lambda a, b: F.silu(a) * b, "xr"),
+    "gelu": (gelu, lambda x: S.gelu(x), lambda x: F.gelu(x), "x"),
+}
+
+
+def _step(fn, inputs: list[torch.Tensor]):
+    floats = [t for t in inputs if t.dtype.is_floating_point]
+    y = fn(*inputs)
+    dy = torch.randn_like(y) if y.dim() else torch.ones_like(y)
+
+    def step() -> None:
+        torch.autograd.grad(fn(*inputs), floats, dy)
+
+    return step
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="derived backward vs hand-written vs torch.compile")
+    ap.add_argument("--size", default="16384x4096", help="rows x columns (default 16384x4096)")
+    ap.add_argument("--ops", default="", help="comma-separated op names (default: all)")
+    ap.add_argument("--json", help="also write the rows to this file")
+    a = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_autodiff: needs a CUDA or ROCm GPU", file=sys.stderr)
+        return 2
+    m, n = (int(v) for v in a.size.split("x"))
+    names = [o for o in a.ops.split(",") if o] or list(OPS)
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; {m}x{n} bf16 fwd+bwd, "
+          "ms (CUDA graph / from Python)")
+    print(f"{'op':14s} {'derived':>15s} {'hand-written':>15s} {'compile':>15s} "
+          f"{'der/hand':>8s} {'der/comp':>8s}")
+    rows = []
+    for name in names:
+        derived, hand, ref, kind = OPS[name]
+        torch.manual_seed(0)
+        inputs = make(kind, m, n)
+        for t in inputs:
+            if t.dtype.is_floating_point:
+                t.requires_grad_()
+        row: dict = {"op": name, "size": a.size}
+        for label, f in (("derived", derived), ("hand", hand),
+                         ("compile", torch.compile(ref))):
+            step = _step(f, inputs)
+            for _ in range(3):
+                step()  # compile and tune outside the timings
+            row[label + "_graph_ms"] = do_bench_cudagraph(step, rep=200, return_mode="median")
+            row[label + "_eager_ms"] = do_bench(step, warmup=50, rep=200, return_mode="median")
+        rows.append(row)
+        cells = [f"{row[k + '_graph_ms']:6.3f} /{row[k + '_eager_ms']:6.3f}"
+                 for k in ("derived", "hand", "compile")]
+        print(f"{name:14s} {cells[0]:>15s} {cells[1]:>15s} {cells[2]:>15s} "
+              f"{row['derived_graph_ms'] / row['hand_graph_ms']:8.2f} "
+              f"{row['derived_graph_ms'] / row['compile_graph_ms']:8.2f}")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                       "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
