@@ -43,11 +43,15 @@ NAMESPACE: dict[str, Any] = {
 
 def evaluate(source: str, args: list[torch.Tensor]) -> list[torch.Tensor]:
     """The program's results, computed by torch in float64 from (upcast) inputs."""
+    out = function(source)(*(a.detach().double().cpu() for a in args))
+    return list(out) if isinstance(out, tuple) else [out]
+
+
+def function(source: str) -> Any:
+    """The program as a torch function (its inputs as given: autograd sees the ops)."""
     scope: dict[str, Any] = dict(NAMESPACE)
     # fusile's .T swaps the last two axes, torch's .mT does (its .T reverses them all)
     exec(compile(source.replace(".T", ".mT"), "<torch oracle>", "exec"), scope)
-    fn = next(v for k, v in scope.items() if callable(v) and k not in NAMESPACE and
-              getattr(v, "__code__", None) is not None and v.__code__.co_filename ==
-              "<torch oracle>")
-    out = fn(*(a.detach().double().cpu() for a in args))
-    return list(out) if isinstance(out, tuple) else [out]
+    return next(v for k, v in scope.items() if callable(v) and k not in NAMESPACE and
+                getattr(v, "__code__", None) is not None and v.__code__.co_filename ==
+                "<torch oracle>")
