@@ -52,8 +52,7 @@ class Derivation:
                       *[(f"grad{k}", g) for k, g in zip(given, grads.grads_in, strict=True)]]
             text = to_source(Program(f"{self.traced.name}_backward", _unique(params),
                                      grads.backward, self.traced.env))
-            hit = self.backwards[given] = (text, from_source(text, filename=
-                                                             f"<{self.traced.name} backward>"))
+            hit = self.backwards[given] = (text, _program(text, f"{self.traced.name} backward"))
         return hit
 
 
@@ -72,23 +71,52 @@ def derivation(compiled: Any, wrt: tuple[int, ...], save: frozenset[str]) -> Der
     kept = [_kept(s) for s in grads.saved]
     text = to_source(Program(f"{traced.name}_forward", _unique(_params(traced)),
                              [*traced.results, *kept], traced.env))
-    d = Derivation(traced, wrt, save, text, from_source(text, filename=f"<{traced.name} "
-                                                                       "forward>"),
+    d = Derivation(traced, wrt, save, text, _program(text, f"{traced.name} forward"),
                    len(traced.results), floats, grads.saved)
     compiled.grads[key] = d
     return d
 
 
-def backward_source(fn: FusedFunction, args: tuple, kwargs: dict[str, Any]) -> tuple[str, str]:
-    """FusedFunction.backward_source: every floating-point tensor argument, every
-    floating-point result."""
+def _every(fn: FusedFunction, args: tuple, kwargs: dict[str, Any]
+           ) -> tuple[Derivation, list[Any], tuple[int, ...]]:
+    """The derivation for every floating-point tensor argument and result of a call."""
     values = fn._bind_args(args, kwargs)
     compiled, _ = fn._lookup(values)
     runtime = compiled.runtime_args(values)
     wrt = tuple(i for i, v in enumerate(runtime) if getattr(v, "is_floating_point",
                                                              lambda: False)())
     d = derivation(compiled, wrt, fn._save)
-    return d.forward_source, d.backward(tuple(i for i, f in enumerate(d.float_results) if f))[0]
+    return d, runtime, tuple(i for i, f in enumerate(d.float_results) if f)
+
+
+def backward_source(fn: FusedFunction, args: tuple, kwargs: dict[str, Any]) -> tuple[str, str]:
+    """FusedFunction.backward_source."""
+    d, _, given = _every(fn, args, kwargs)
+    return d.forward_source, d.backward(given)[0]
+
+
+def backward_plan(fn: FusedFunction, args: tuple, kwargs: dict[str, Any]) -> Any:
+    """FusedFunction.backward_plan: the derived backward's kernels and bytes for a call's
+    shapes (its kept values and gradients stand in as uninitialised tensors)."""
+    import torch
+
+    d, runtime, given = _every(fn, args, kwargs)
+    _, bwd = d.backward(given)
+    device = next((v.device for v in runtime if isinstance(v, torch.Tensor)), "cpu")
+    specs = d.forward._result_specs(runtime, {})
+    made = [torch.empty(shape, dtype=dtype, device=device) for shape, dtype in specs]
+    results, kept = made[:d.n_results], made[d.n_results:]
+    return bwd.plan(*runtime, *kept, *[results[i] for i in given])
+
+
+def _program(text: str, what: str) -> FusedFunction:
+    """A derived program, its text registered with linecache so that plans, explain and
+    tracebacks show its lines."""
+    import linecache
+
+    name = f"<{what} #{len(text)}:{hash(text) & 0xFFFFFF:06x}>"
+    linecache.cache[name] = (len(text), None, text.splitlines(True), name)
+    return from_source(text, filename=name)
 
 
 def _params(traced: Traced) -> list[tuple[str, Node]]:

@@ -10,7 +10,7 @@ from typing import Any
 
 from fusile.backends import dispatch  # the call path's first step (it imports no stage)
 from fusile.dsl import ast
-from fusile.dsl.errors import SignatureError, Source, Span
+from fusile.dsl.errors import SignatureError, Source
 from fusile.dsl.parse_errors import guard as _guard
 from fusile.dsl.parser import parse, source_of
 from fusile.dsl.push import NeedStatic
@@ -21,6 +21,8 @@ from fusile.dsl.signature import (
     cache_key,
     check_nonempty,
     check_sizes,
+    def_line,
+    default_value,
     describe_arg,
     parse_annotation,
     static_sizes,
@@ -94,7 +96,7 @@ class FusedFunction:
     def _bind_args(self, args: tuple, kwargs: dict[str, Any]) -> list[Any]:
         func, src = self.__fusile_funcdef__, self.__fusile_source__
         names = [p.name for p in func.params]
-        head = _def_line(func)  # errors about the call point at the def line or a parameter
+        head = def_line(func)  # errors about the call point at the def line or a parameter
         if len(args) > len(names):
             raise SignatureError(f"{func.name}() takes {len(names)} arguments, got {len(args)}",
                                  head, src)
@@ -112,7 +114,7 @@ class FusedFunction:
                 if p.default is None:
                     raise SignatureError(f"{func.name}() is missing argument {p.name!r}",
                                          p.span, src)
-                values[i] = _default_value(p, self._globals, src)
+                values[i] = default_value(p, self._globals, src)
         for i, ann in enumerate(self._annots()):  # an int for a float parameter is a float
             if ann.kind == "float" and type(values[i]) is int:
                 values[i] = float(values[i])
@@ -332,6 +334,12 @@ class FusedFunction:
 
         return _guard(lambda: autograd.backward_source(self, args, kwargs))
 
+    def backward_plan(self, *args: Any, **kwargs: Any) -> Any:
+        """The derived backward's kernels and HBM bytes for these arguments (like plan())."""
+        from fusile import autograd
+
+        return _guard(lambda: autograd.backward_plan(self, args, kwargs))
+
     def reference(self, *args: Any, **kwargs: Any) -> Any:
         """Run the float64 numpy reference (the oracle); returns float64/int64 numpy arrays."""
         values = self._bind_args(args, kwargs)
@@ -346,22 +354,6 @@ class FusedFunction:
 
 
 _MISSING = object()
-
-
-def _def_line(func: ast.FuncDef) -> Span:
-    """The `def name(...)` line alone (a FuncDef's span covers its whole body)."""
-    return Span(func.span.line, func.span.col, func.span.line, func.span.col + 3)
-
-
-def _default_value(p: ast.Param, globals_: dict[str, Any], source: Source) -> Any:
-    from fusile.dsl.check import Checker, Typed
-
-    assert p.default is not None
-    checker = Checker(Typed(ast.FuncDef(p.span, "", (), ()), source, ShapeEnv()), globals_)
-    b = _guard(lambda: checker.binding(p.default))  # type: ignore[arg-type]
-    if not b.is_const:
-        raise SignatureError("a parameter default must be a constant", p.default.span, source)
-    return b.const
 
 
 def _closure_vars(fn: Callable[..., Any]) -> dict[str, Any]:

@@ -309,3 +309,20 @@ def check_sizes(checks: list[SizeCheck], shapes: dict[int, tuple[int, ...]],
         bound.setdefault(c.dim, (actual, c.param, c.axis, c.span))
         sizes[c.dim] = actual
     return sizes
+
+
+def def_line(func: ast.FuncDef) -> Span:
+    """The `def name(...)` line alone (a FuncDef's span covers its whole body)."""
+    return Span(func.span.line, func.span.col, func.span.line, func.span.col + 3)
+
+
+def default_value(p: ast.Param, globals_: dict[str, Any], source: Source) -> Any:
+    from fusile.dsl.check import Checker, Typed
+    from fusile.dsl.parse_errors import guard
+
+    assert p.default is not None
+    checker = Checker(Typed(ast.FuncDef(p.span, "", (), ()), source, ShapeEnv()), globals_)
+    b = guard(lambda: checker.binding(p.default))  # type: ignore[arg-type]
+    if not b.is_const:
+        raise SignatureError("a parameter default must be a constant", p.default.span, source)
+    return b.const
