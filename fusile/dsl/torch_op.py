@@ -171,7 +171,7 @@ class TorchOp:
         recomputes everything from the inputs (save rule: nothing kept)."""
         tensors = list(ctx.saved_tensors)
         given = [i for i, g in enumerate(grads) if g is not None]
-        rest = ([None] * len(ctx.floats), [None] * len(ctx.ints), None)
+        rest = (_nones(ctx.floats), _nones(ctx.ints), None)  # the inputs' structure
         if not given:
             return [None] * len(tensors), *rest
         spec = f"{ctx.spec}|{','.join(map(str, given))}"
@@ -235,6 +235,12 @@ def _unpack(spec: str, tensors: list[Any], floats: list[float], ints: list[int]
         else:
             kwargs[key] = v
     return args, kwargs
+
+
+def _nones(arg: Any) -> Any:
+    """The gradient of a float[] or int[] argument, in the structure torch.library compares:
+    a list holding numbers is one leaf (None); an empty one is an empty list."""
+    return [] if isinstance(arg, list | tuple) and not arg else None
 
 
 def _setup(ctx: Any, inputs: Any, output: Any) -> None:

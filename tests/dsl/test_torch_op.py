@@ -154,6 +154,13 @@ def test_int_and_float_arguments_that_change_between_compiled_calls() -> None:
         assert_close(step(x, k, a), x.double() * k + a, torch.float32)
 
 
+def test_compiled_backward_with_int_and_float_arguments() -> None:
+    torch._dynamo.reset()
+    x = torch.randn(4, 8, requires_grad=True)
+    torch.compile(lambda x: scaled_by(x, 3, 0.5).sum(), fullgraph=True)(x).backward()
+    assert torch.equal(x.grad, torch.full_like(x, 3.0))
+
+
 def test_compiled_backward_through_a_user_function() -> None:
     torch._dynamo.reset()
     x = torch.randn(4, 8, requires_grad=True)
