@@ -161,34 +161,37 @@ def call(fn: FusedFunction, compiled: Any, runtime: list[Any]) -> Any:
 
 
 def op_gradients(fn: FusedFunction, inputs: list[Any], grads: list[Any],
-                 given: tuple[int, ...], args: list[Any], kwargs: dict[str, Any]) -> list[Any]:
+                 given: tuple[int, ...], need: list[bool], args: list[Any],
+                 kwargs: dict[str, Any]) -> list[Any]:
     """The custom op's gradient (dsl/torch_op.py), run on real tensors: one gradient per
-    floating-point tensor in `inputs`, the call's tensors, for gradients `grads` arriving at
-    the results in `given`. Recomputes everything (the op kept nothing)."""
+    tensor of `inputs` (the call's tensors) that `need`s one, for gradients `grads` arriving
+    at the results in `given`. Recomputes everything (the op kept nothing)."""
     import torch
 
     values = fn._bind_args(tuple(args), kwargs)
     compiled, _ = fn._lookup(values)
     runtime = compiled.runtime_args(values)
-    wrt = tuple(i for i, v in enumerate(runtime) if isinstance(v, torch.Tensor) and
-                v.dtype.is_floating_point)
+    n_plain = len(compiled.runtime_params)
+    targets = []  # per runtime argument: (its tensor among `inputs`, slice or None)
+    for i, v in enumerate(runtime):
+        p, index = (None, None) if i < n_plain else compiled.derived[i - n_plain]
+        base = v if p is None else values[p]
+        j = next((k for k, t in enumerate(inputs) if t is base), None)
+        targets.append((j, index))
+    wrt = tuple(i for i, (j, _) in enumerate(targets) if j is not None and need[j])
+    out: list[Any] = [torch.zeros_like(t) if n else None for t, n in zip(inputs, need,
+                                                                          strict=True)]
     d = derivation(compiled, wrt, frozenset())
-    out: list[Any] = [torch.zeros_like(t) if t.is_floating_point() else None for t in inputs]
-    given = tuple(i for i in given if d.float_results[i])
-    if given:
-        _, bwd = d.backward(given)
-        gs = _as_list(bwd(*runtime, *[grads[k] for k, i in enumerate(given)]))
-        n_plain = len(compiled.runtime_params)
+    pairs = [(i, g) for i, g in zip(given, grads, strict=True) if d.float_results[i]]
+    if pairs and wrt:
+        _, bwd = d.backward(tuple(i for i, _ in pairs))
+        gs = _as_list(bwd(*runtime, *[g for _, g in pairs]))
         for i, g in zip(wrt, gs, strict=True):
-            if i < n_plain:
-                target, index = runtime[i], None
-            else:  # a sliced parameter: its gradient lands in the slice
-                p, index = compiled.derived[i - n_plain]
-                target = values[p]
-            j = next(k for k, t in enumerate(inputs) if t is target)
+            j, index = targets[i]
+            assert j is not None
             if index is None:
                 out[j] += g
-            else:
+            else:  # a sliced parameter: its gradient lands in the slice
                 out[j][index] += g
     return [o for o in out if o is not None]
 

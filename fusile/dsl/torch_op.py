@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 NAMESPACE = "fusile_fn"
 _SCHEMA = "(Tensor[] tensors, float[] floats, SymInt[] ints, str spec) -> Tensor[]"
+_GRAD_SPEC = "g1"  # the gradient op's spec format: a compiled graph holds it as a constant
 _LOCK = threading.Lock()
 _TAKEN: set[str] = set()
 
@@ -166,41 +167,51 @@ class TorchOp:
                 for shape, dtype in self.fn()._result_specs(args, kwargs)]
 
     def _backward(self, ctx: Any, grads: list[Any]) -> Any:
-        """The op's gradient while tracing (AOTAutograd): the gradient op, one per floating
-        input tensor. The op's results are the function's alone, so its derived backward
-        recomputes everything from the inputs (save rule: nothing kept)."""
+        """The op's gradient while tracing (AOTAutograd): the gradient op, one result per
+        input tensor that needs a gradient. The op's results are the function's alone, so
+        its derived backward recomputes everything from the inputs (save rule: nothing
+        kept)."""
         tensors = list(ctx.saved_tensors)
         given = [i for i, g in enumerate(grads) if g is not None]
         rest = (_nones(ctx.floats), _nones(ctx.ints), None)  # the inputs' structure
-        if not given:
+        needs = ctx.needs_input_grad[0]
+        need = [bool(n) and t.is_floating_point() for n, t in zip(needs, tensors, strict=True)]
+        if not given or not any(need):
             return [None] * len(tensors), *rest
-        spec = f"{ctx.spec}|{','.join(map(str, given))}"
+        spec = "|".join([ctx.spec, ",".join(map(str, given)), "".join("01"[n] for n in need),
+                         _GRAD_SPEC])
         gs = iter(self.grad_op([*tensors, *[grads[i] for i in given]], ctx.floats, ctx.ints,
                                spec))
-        return [next(gs) if t.is_floating_point() else None for t in tensors], *rest
+        return [next(gs) if n else None for n in need], *rest
 
     def _grad_call(self, tensors: list[Any], floats: list[float], ints: list[Any], spec: str
-                   ) -> tuple[list[Any], list[Any], tuple[int, ...], list[Any], dict]:
-        fwd_spec, given_text = spec.rsplit("|", 1)
+                   ) -> tuple[list[Any], list[Any], tuple[int, ...], list[bool], list, dict]:
+        """The gradient op's arguments: the call's tensors, the results' gradients, which
+        results they belong to, which tensors need one, and the call's arguments."""
+        parts = spec.rsplit("|", 3)
+        if len(parts) != 4 or parts[3] != _GRAD_SPEC:  # a graph another fusile compiled
+            raise SignatureError(f"{self.name}_backward: this call comes from a graph that "
+                                 "another fusile version compiled (torch.compile's cache); "
+                                 "clear the cache (TORCHINDUCTOR_CACHE_DIR) and compile again")
+        fwd_spec, given_text, need_text, _ = parts
         n = sum(kind == "t" for _, kind, _ in _parse(fwd_spec))
         args, kwargs = _unpack(fwd_spec, tensors[:n], floats, [int(i) for i in ints])
         given = tuple(int(i) for i in given_text.split(",")) if given_text else ()
-        return tensors[:n], tensors[n:], given, args, kwargs
+        return tensors[:n], tensors[n:], given, [c == "1" for c in need_text], args, kwargs
 
     def _grad_impl(self, tensors: list[Any], floats: list[float], ints: list[int], spec: str
                    ) -> list[Any]:
         from fusile.autograd import op_gradients
 
-        inputs, grads, given, args, kwargs = self._grad_call(tensors, floats, ints, spec)
-        return op_gradients(self.fn(), inputs, grads, given, args, kwargs)
+        return op_gradients(self.fn(), *self._grad_call(tensors, floats, ints, spec))
 
     def _grad_fake(self, tensors: list[Any], floats: list[float], ints: list[Any], spec: str
                    ) -> list[Any]:
         import torch
 
-        inputs = self._grad_call(tensors, floats, ints, spec)[0]
-        return [torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in inputs
-                if t.is_floating_point()]
+        inputs, _, _, need, _, _ = self._grad_call(tensors, floats, ints, spec)
+        return [torch.empty(t.shape, dtype=t.dtype, device=t.device)
+                for t, n in zip(inputs, need, strict=True) if n]
 
 
 def _contiguous_format() -> Any:
