@@ -47,9 +47,17 @@ class Build:
         self.env = traced.env
         self.at = at  # the node whose rule is running: new nodes carry its line
         self.lses: dict[int, Node] = {}
+        # nodes already made, by (op, arguments, attributes): the same product asked for by
+        # two rules (x * x gives g * x twice) is one node, and one line of the backward
+        self.made: dict[tuple, Node] = {}
 
     def _node(self, op: str, args: list[Node], t: ValueType, **attrs: object) -> Node:
-        return Node(op, tuple(args), t, dict(attrs), self.at.span, self.at.source)
+        key = (op, tuple(a.id for a in args), repr(sorted(attrs.items())))
+        hit = self.made.get(key)
+        if hit is None:
+            hit = self.made[key] = Node(op, tuple(args), t, dict(attrs), self.at.span,
+                                        self.at.source)
+        return hit
 
     def _broadcast(self, args: list[Node], dtype: DType) -> ValueType:
         shapes = [a.shape for a in args if a.is_tensor]
@@ -168,6 +176,7 @@ def differentiate(traced: Traced, wrt: list[int], given: list[int],
         adj.setdefault(r.id, []).append(g)
     order = _topo(traced.results)
     lses = traced.extra
+    made: dict[tuple, Node] = {}
     for n in reversed(order):
         if n.op in ("param", "const") or not n.is_float:
             continue
@@ -175,7 +184,7 @@ def differentiate(traced: Traced, wrt: list[int], given: list[int],
         if not contribs:
             continue
         b = Build(traced, n)
-        b.lses = lses
+        b.lses, b.made = lses, made
         g = _sum_all(b, contribs, n)
         for arg, ga in zip(n.args, derivative(b, n, g), strict=True):
             if ga is None or not arg.is_float or arg.op == "const":
@@ -185,6 +194,7 @@ def differentiate(traced: Traced, wrt: list[int], given: list[int],
     for i in wrt:
         p = traced.params[i]
         b = Build(traced, p)
+        b.made = made
         contribs = adj.get(p.id)
         g = _sum_all(b, contribs, p) if contribs else b.expand(b.const(0.0), p)
         cast = b._node("astype", [g], TensorType(p.type.dtype, p.shape),
