@@ -30,6 +30,7 @@ SAVE_RULES = frozenset({"reductions", "matmuls"})
 
 @dataclass
 class Derivation:
+    compiled: Any  # the signature's Compiled
     traced: Traced
     wrt: tuple[int, ...]  # positions in the lowered program's arguments
     save: frozenset[str]
@@ -71,7 +72,7 @@ def derivation(compiled: Any, wrt: tuple[int, ...], save: frozenset[str]) -> Der
     kept = [_kept(s) for s in grads.saved]
     text = to_source(Program(f"{traced.name}_forward", _unique(_params(traced)),
                              [*traced.results, *kept], traced.env))
-    d = Derivation(traced, wrt, save, text, _program(text, f"{traced.name} forward"),
+    d = Derivation(compiled, traced, wrt, save, text, _program(text, f"{traced.name} forward"),
                    len(traced.results), floats, grads.saved)
     compiled.grads[key] = d
     return d
@@ -182,7 +183,10 @@ def op_gradients(fn: FusedFunction, inputs: list[Any], grads: list[Any],
     out: list[Any] = [torch.zeros_like(t) if n else None for t, n in zip(inputs, need,
                                                                           strict=True)]
     d = derivation(compiled, wrt, frozenset())
-    pairs = [(i, g) for i, g in zip(given, grads, strict=True) if d.float_results[i]]
+    caller: list[Any] = [None] * len(compiled.result_types)
+    for i, g in zip(given, grads, strict=True):
+        caller[i] = g
+    pairs = lowered_grads(compiled, caller, d.float_results)
     if pairs and wrt:
         _, bwd = d.backward(tuple(i for i, _ in pairs))
         gs = _as_list(bwd(*runtime, *[g for _, g in pairs]))
@@ -194,6 +198,23 @@ def op_gradients(fn: FusedFunction, inputs: list[Any], grads: list[Any],
             else:  # a sliced parameter: its gradient lands in the slice
                 out[j][index] += g
     return [o for o in out if o is not None]
+
+
+def lowered_grads(compiled: Any, grads: list[Any], floats: list[bool]) -> list[tuple[int, Any]]:
+    """(lowered result, gradient) for the gradients of the caller's results: a returned
+    concat's gradient is cut into its pieces' (views). Integer results and missing gradients
+    are left out; a piece returned twice gets the sum."""
+    joins = compiled.typed.joins or list(range(len(grads)))
+    out: dict[int, Any] = {}
+    for j, g in zip(joins, grads, strict=True):
+        if g is None:
+            continue
+        parts = [(j, ...)] if isinstance(j, int) else j.parts
+        for pos, index in parts:
+            if floats[pos]:
+                piece = g[index]
+                out[pos] = piece if pos not in out else out[pos] + piece
+    return sorted(out.items(), key=lambda kv: kv[0])
 
 
 def _as_list(out: Any) -> list[Any]:
@@ -208,30 +229,29 @@ def _function() -> Any:
         def forward(ctx: Any, d: Derivation, *runtime: Any) -> Any:
             ctx.set_materialize_grads(False)
             outs = _as_list(d.forward(*runtime))
-            results, saved = outs[:d.n_results], outs[d.n_results:]
+            pieces, saved = outs[:d.n_results], outs[d.n_results:]
+            results = d.compiled.assemble(pieces)
             ctx.d = d
             ctx.layout = [isinstance(r, torch.Tensor) for r in runtime]
             ctx.scalars = [r for r in runtime if not isinstance(r, torch.Tensor)]
             ctx.save_for_backward(*[r for r in runtime if isinstance(r, torch.Tensor)],
                                   *saved)
-            ctx.mark_non_differentiable(*[r for r, f in zip(results, d.float_results,
-                                                             strict=True) if not f])
+            ctx.mark_non_differentiable(*[r for r in results if not r.is_floating_point()])
             return tuple(results)
 
         @staticmethod
         def backward(ctx: Any, *grads: Any) -> Any:
             d: Derivation = ctx.d
             n_in = len(ctx.layout)
-            given = tuple(i for i, g in enumerate(grads) if g is not None and
-                          d.float_results[i])
-            if not given:
+            pairs = lowered_grads(d.compiled, list(grads), d.float_results)
+            if not pairs:
                 return (None,) * (n_in + 1)
             saved = list(ctx.saved_tensors)
             tensors, kept = iter(saved[:sum(ctx.layout)]), saved[sum(ctx.layout):]
             scalars = iter(ctx.scalars)
             runtime = [next(tensors) if t else next(scalars) for t in ctx.layout]
-            _, bwd = d.backward(given)
-            gs = _as_list(bwd(*runtime, *kept, *[grads[i] for i in given]))
+            _, bwd = d.backward(tuple(i for i, _ in pairs))
+            gs = _as_list(bwd(*runtime, *kept, *[g for _, g in pairs]))
             out: list[Any] = [None] * n_in
             for i, g in zip(d.wrt, gs, strict=True):
                 out[i] = g

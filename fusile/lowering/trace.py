@@ -55,8 +55,8 @@ class Node:
 
 @dataclass
 class Traced:
-    """A program as nodes: its parameters (runtime ones, then sliced views of them), the
-    results the caller sees, and the shape environment its symbolic sizes live in."""
+    """A program as nodes: its parameters (runtime ones, then sliced views of them), its
+    lowered results (a returned concat is its pieces) and the shape environment."""
 
     params: list[Node]
     results: list[Node]
@@ -84,9 +84,6 @@ def trace(typed: Typed) -> Traced:
                                      "slice": ops}, fdef.params[p].span, typed.source)
         params.append(node)
         scope[dname] = node
-    if typed.joins and any(not isinstance(j, int) for j in typed.joins):
-        raise DerivativeError("the backward of a returned concat is not implemented yet: "
-                              "return the pieces", fdef.span, typed.source)
     results = _Walker(typed, scope).body()
     return Traced(params, results, typed.env, fdef.name, typed.source)
 
@@ -102,15 +99,19 @@ class _Walker:
         for stmt in self.t.func.body:
             if isinstance(stmt, ast.Assign):
                 value = stmt.value
+                if id(value) in self.t.unlowered:  # a concat: its consumers read its pieces
+                    continue
                 if isinstance(value, ast.TupleExpr):
                     for name, v in zip(stmt.targets, value.items, strict=True):
-                        self.scope[name] = self.expr(v)
+                        if id(v) not in self.t.unlowered:
+                            self.scope[name] = self.expr(v)
                 else:
                     for name, node in zip(stmt.targets, self.multi(value), strict=True):
                         self.scope[name] = node
             else:
                 for e in stmt.values:
-                    results.extend(self.multi(e))
+                    pieces = self.t.pieces.get(id(e))  # a returned concat: its pieces
+                    results.extend(self.multi(e) if pieces is None else map(self.expr, pieces))
         return results
 
     def multi(self, e: ast.Expr) -> list[Node]:
