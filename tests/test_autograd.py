@@ -213,10 +213,11 @@ def test_compiled_training_step_through_user_functions(device: str) -> None:
 
     def step(x, w, t):
         loss, _ = soft_ce(rms_scaled(x, w) * 2.0, t)
-        return loss.mean() + halves(x).square().mean()
+        return loss.mean() + halves(x).square().mean() + rotary(x, c, s).square().mean()
 
     g = torch.Generator().manual_seed(3)
-    x, w, t = (torch.randn(s, generator=g).to(device) for s in [(6, 10), (10,), (6, 10)])
+    x, w, t, c, s = (torch.randn(shape, generator=g).to(device)
+                     for shape in [(6, 10), (10,), (6, 10), (6, 5), (6, 5)])
     x.requires_grad_()
     w.requires_grad_()
     step(x, w, t).backward()
