@@ -14,7 +14,7 @@ the list cannot silently rot as the code moves.
 The first thirteen are the ones issue 25 reported as uncaught; the rest were added after it
 (six with concat, positions under a slice and the rope rewrite;
 then five with decode attention and the fused cross-entropy reduction, two with the Hugging
-Face integration).
+Face integration, six with autodiff).
 """
 
 from __future__ import annotations
@@ -210,6 +210,24 @@ PLANTS = [
     Plant("hf_static_prefill_alignment", "fusile/integrations/huggingface.py",
           "    if causal and kv_len != q_len:", "    if causal and kv_len < q_len:",
           "integration: a static cache's prefill aligned bottom-right (its empty slots seen)"),
+    # ---- autodiff (issue 20)
+    Plant("grad_rsqrt_sign", "fusile/lowering/derivatives.py",
+          'return _times(b, g, b.ew("mul", cube, b.const(-0.5)))',
+          'return _times(b, g, b.ew("mul", cube, b.const(0.5)))',
+          "autodiff: rsqrt's derivative with the wrong sign"),
+    Plant("grad_mean_divisor", "fusile/lowering/derivatives.py",
+          'return [b.ew("div", b.unreduce(g, n), b.count(n))]',
+          'return [b.unreduce(g, n)]', "autodiff: mean's gradient not divided by the count"),
+    Plant("grad_unbroadcast_axes", "fusile/lowering/autodiff.py",
+          "if env.find(d) == 1 and env.find(e) != 1)", "if env.find(d) == 1 and False)",
+          "autodiff: a broadcast operand's gradient not summed over its axes of 1"),
+    Plant("grad_kept_in_bf16", "fusile/autograd.py",
+          "    if s.op not in REDUCTIONS or s.type.dtype.bits >= 32:",
+          "    if True:", "autograd: a 16-bit input's kept statistics stored in 16 bits"),
+    Plant("grad_join_piece", "fusile/autograd.py", "piece = g[index]", "piece = g[..., :1]",
+          "autograd: a returned concat's gradient not cut at its pieces"),
+    Plant("grad_op_slice", "fusile/autograd.py", "out[j][index] += g", "out[j] += 0 * out[j]",
+          "autograd: the compiled gradient of a sliced parameter dropped"),
 ]
 
 _FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.M)

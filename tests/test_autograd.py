@@ -146,6 +146,11 @@ def test_the_save_rule_decides_what_the_forward_keeps() -> None:
     assert d.forward_source.splitlines()[-1].strip() == "return v6, v2"  # y, mean(x * x)
     text, _ = d.backward((0,))
     assert "saved0" in text.splitlines()[0] and "mean(" not in text  # not recomputed
+    xb, wb = x.detach().bfloat16(), w.detach().bfloat16()
+    rms_scaled(xb.requires_grad_(), wb)  # the bf16 signature's derivation
+    db = next(v for k, v in rms_scaled.compiled(xb, wb).grads.items() if k != "traced")
+    y, kept = db.forward(xb.detach(), wb, 1e-6)
+    assert y.dtype == torch.bfloat16 and kept.dtype == torch.float32  # statistics in f32
     recompute = fusile.fused(rms_scaled.__wrapped__, save=())
     x.grad = w.grad = None
     recompute(x, w).sum().backward()
