@@ -252,8 +252,12 @@ def test_backward_plan_shows_the_derived_kernels() -> None:
     assert plan.bytes < 6 * 64 * 128 * 2
 
 
-@pytest.mark.parametrize("name", ["rms_norm_fwd", "layer_norm_fwd", "add_rms_norm_fwd",
-                                  "softmax_fwd", "log_softmax_fwd"])
+STDLIB_FORWARDS = ["rms_norm_fwd", "layer_norm_fwd", "add_rms_norm_fwd", "add_layer_norm_fwd",
+                   "softmax_fwd", "log_softmax_fwd", "gelu_erf", "gelu_tanh", "silu_fwd",
+                   "swiglu_fwd", "geglu_fwd", "geglu_tanh_fwd"]
+
+
+@pytest.mark.parametrize("name", STDLIB_FORWARDS)
 def test_stdlib_forwards_gradcheck(name: str) -> None:
     """The stdlib's DSL forwards (fusile/stdlib/kernels.py), differentiated: float64
     gradcheck of every result, statistics included."""
@@ -266,7 +270,9 @@ def test_stdlib_forwards_gradcheck(name: str) -> None:
         return torch.randn(shape, generator=g, dtype=torch.float64, requires_grad=True)
 
     args = {"rms_norm_fwd": (t(3, 5), t(5)), "layer_norm_fwd": (t(3, 5), t(5), t(5)),
-            "add_rms_norm_fwd": (t(3, 5), t(3, 5), t(5)), "softmax_fwd": (t(3, 5),),
-            "log_softmax_fwd": (t(3, 5),)}[name]
+            "add_rms_norm_fwd": (t(3, 5), t(3, 5), t(5)),
+            "add_layer_norm_fwd": (t(3, 5), t(3, 5), t(5), t(5))}.get(name)
+    if args is None:  # activations: one input, or two for the gated ones
+        args = (t(3, 5), t(3, 5)) if name.endswith("glu_fwd") or "glu_" in name else (t(3, 5),)
     eps = (1e-5,) if "norm" in name else ()
     assert torch.autograd.gradcheck(lambda *a: fn(*a, *eps), args, eps=1e-6, atol=1e-6)
