@@ -12,7 +12,8 @@ two programs, printed as DSL source (lowering/to_source.py) and compiled like an
 A backward is compiled per subset of results whose gradient arrives (the others are zero).
 Sliced parameters are separate arguments of the lowered program (views of the caller's
 tensor); in eager mode torch's view autograd adds their gradients into the tensor's, and
-under torch.compile the custom op's backward does it with torch ops.
+under torch.compile the gradient op (`<name>_backward`, dsl/torch_op.py) adds them into the
+slice itself. A returned concat is its pieces here: its gradient is cut into theirs.
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ from fusile.dsl.fused import FusedFunction, from_source
 from fusile.lowering.autodiff import REDUCTIONS, Gradients, differentiate
 from fusile.lowering.to_source import Program, to_source
 from fusile.lowering.trace import Node, Traced, trace
-
-SAVE_RULES = frozenset({"reductions", "matmuls"})
 
 
 @dataclass
@@ -114,8 +113,11 @@ def _program(text: str, what: str) -> FusedFunction:
     """A derived program, its text registered with linecache so that plans, explain and
     tracebacks show its lines."""
     import linecache
+    import zlib
 
-    name = f"<{what} #{len(text)}:{hash(text) & 0xFFFFFF:06x}>"
+    # the same name in every process (generated kernels carry it, and fusile's kernel cache
+    # is keyed by their text)
+    name = f"<{what} {zlib.crc32(text.encode()):08x}>"
     linecache.cache[name] = (len(text), None, text.splitlines(True), name)
     return from_source(text, filename=name)
 
