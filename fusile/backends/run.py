@@ -37,6 +37,8 @@ def backend_name(device: str = "cpu") -> str:
     name = config.get("target")
     if name == "reference":
         return "the float64 reference backend"
+    if name == "mlir-cpu":
+        return "MLIR's JIT for this CPU (mlir-cpu)"
     t = targets.for_device(device) if name == "auto" else targets.get(name)
     if t.backend == "interpreter":
         return "the Triton interpreter (CPU)"
@@ -53,7 +55,7 @@ def runner(compiled: Any, args: list[Any]) -> Any:
     import torch
 
     name = config.get("target")
-    if name == "reference":
+    if name in ("reference", "mlir-cpu"):
         return None
     device = next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
     return compiled.programs.get(_program_key(_target(name, device)))
@@ -80,7 +82,8 @@ def _program_key(target: targets.Target) -> str:
 
 def run(compiled: Any, args: list[Any]) -> list[Any]:
     """Run on the target for the inputs' device (FUSILE_TARGET overrides): Triton kernels on a
-    GPU, the Triton interpreter on the CPU, or the float64 reference ("reference")."""
+    GPU, the Triton interpreter on the CPU, the float64 reference ("reference"), or MLIR's
+    JIT for the CPU ("mlir-cpu", backends/mlir_cpu.py)."""
     import torch
 
     from fusile.backends.torch_dtypes import to_torch
@@ -92,6 +95,12 @@ def run(compiled: Any, args: list[Any]) -> list[Any]:
         return [torch.from_numpy(np.array(o, order="C")).to(device=device,
                                                              dtype=to_torch(t.dtype))
                 for o, t in zip(outs, compiled.result_types, strict=True)]
+    if name == "mlir-cpu":
+        from fusile.backends.mlir_cpu import program_for
+
+        with _PROGRAM_LOCK:
+            program_mlir = program_for(compiled)
+        return program_mlir(args)
     target = _target(name, device)
     key = _program_key(target)
     program = compiled.programs.get(key)

@@ -60,7 +60,8 @@ KNOBS: dict[str, Knob] = {
     ),
     "target": Knob(
         "FUSILE_TARGET", str, lambda: "auto",
-        "target for calls on tensors: auto (from the device), or a name from `fusile targets`",
+        "target for calls on tensors: auto (from the device), a name from `fusile targets`, "
+        "reference (the float64 oracle) or mlir-cpu (MLIR's JIT, CPU tensors)",
     ),
     "fast_launch": Knob(
         "FUSILE_FAST_LAUNCH", _as_bool, lambda: True,

@@ -1,0 +1,117 @@
+"""FUSILE_TARGET=mlir-cpu (fusile/backends/mlir_cpu.py): the fused linalg module JIT-compiled
+by MLIR for this CPU agrees with torch in float64 on the sample programs (float32 and float64),
+on strided and sliced inputs, returned concats, integers, contractions and derived
+gradients; 16-bit floats are refused with a message."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fusile
+from fusile import config
+from fusile import samples as S
+from fusile.dsl.errors import BackendError
+from tests.numerics import assert_close
+
+
+@pytest.fixture(autouse=True)
+def _mlir_cpu():
+    with config.override(target="mlir-cpu"):
+        yield
+
+
+def _check(fn, ref, args, dtype) -> None:
+    out = fn(*args)
+    outs = out if isinstance(out, tuple) else (out,)
+    refs = ref(*[a.double() if a.is_floating_point() else a for a in args])
+    refs = refs if isinstance(refs, tuple) else (refs,)
+    for o, r in zip(outs, refs, strict=True):
+        assert o.dtype == dtype and o.shape == r.shape
+        assert_close(o, r, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", sorted(S.cases(2, 2)))
+def test_sample_programs(name: str, dtype: torch.dtype) -> None:
+    fn, ref, args = S.cases(37, 129, dtype)[name]
+    _check(fn, ref, args, dtype)
+
+
+@pytest.mark.parametrize("name, shapes", [
+    ("linear_bias", [(5, 8), (8, 6), (6,)]), ("linear_t_gelu", [(5, 8), (6, 8), (6,)]),
+    ("attention_plain", [(5, 8), (7, 8), (7, 4)]), ("causal_scores", [(6, 6)]),
+    ("variance", [(5, 9)])])
+def test_contractions_masks_and_statistics(name: str, shapes: list) -> None:
+    g = torch.Generator().manual_seed(len(name))
+    args = [torch.randn(s, generator=g) for s in shapes]
+    _check(getattr(S, name), getattr(S, name + "_ref"), args, torch.float32)
+
+
+def test_strided_inputs_are_read_in_place() -> None:
+    base = torch.randn(40, 70)
+    x, w = base.t()[::2], torch.randn(40)[::1]  # (35, 40) with strides (1, 140)
+    assert not x.is_contiguous()
+    _check(S.rms_norm, S.rms_norm_ref, [x, w], torch.float32)
+
+
+def test_sliced_parameters_and_returned_concats() -> None:
+    f = fusile.from_source("def f(x, c, s):\n    h = x.shape[-1] // 2\n"
+                           "    x1, x2 = x[..., :h], x[..., h:]\n"
+                           "    return concat([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1)\n")
+    x, c, s = torch.randn(3, 7, 10), torch.randn(7, 5), torch.randn(7, 5)
+
+    def ref(x, c, s):
+        x1, x2 = x[..., :5], x[..., 5:]
+        return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], -1)
+
+    _check(f, ref, [x, c, s], torch.float32)
+
+
+def test_integers_and_booleans() -> None:
+    f = fusile.from_source("def f(i, x):\n    return sum(i * 3, axis=0), x > 0.5, "
+                           "where(x > 0, i, -i)\n")
+    i, x = torch.randint(-9, 9, (6, 5)), torch.randn(6, 5)
+    total, mask, picked = f(i, x)
+    assert torch.equal(total, (i * 3).sum(0)) and torch.equal(mask, x > 0.5)
+    assert torch.equal(picked, torch.where(x > 0, i, -i))
+
+
+def test_derived_gradients_run_there_too() -> None:
+    x, w = torch.randn(6, 33, requires_grad=True), torch.randn(33, requires_grad=True)
+    S.rms_norm(x, w).square().sum().backward()
+    xr, wr = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    S.rms_norm_ref(xr, wr).square().sum().backward()
+    assert_close(x.grad, xr.grad, torch.float32, scale=4)
+    assert_close(w.grad, wr.grad, torch.float32, scale=4)
+
+
+def test_sixteen_bit_floats_are_refused_with_a_message() -> None:
+    with pytest.raises(BackendError, match="mlir-cpu does not take bf16"):
+        S.swiglu(torch.randn(4, 8).bfloat16(), torch.randn(4, 8).bfloat16())
+
+
+def test_stdlib_forward_and_backward() -> None:
+    import torch.nn.functional as F
+
+    import fusile.stdlib as L
+
+    g = torch.Generator().manual_seed(2)
+    x, w = torch.randn(6, 32, generator=g), torch.randn(32, generator=g)
+    t = torch.randint(0, 32, (6,), generator=g)
+    q, k, v = (torch.randn(2, 4, 9, 16, generator=g) for _ in range(3))
+    cases = [(lambda x, w: L.rms_norm(x, (32,), w), lambda x, w: F.rms_norm(x, (32,), w),
+              [x, w]),
+             (lambda x: L.cross_entropy(x, t), lambda x: F.cross_entropy(x, t), [x]),
+             (lambda q, k, v: L.attention(q, k, v, causal=True),
+              lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+              [q, k, v])]
+    for fn, ref, args in cases:
+        ins = [a.clone().requires_grad_() for a in args]
+        refs = [a.double().requires_grad_() for a in args]
+        out, want = fn(*ins), ref(*refs)
+        assert_close(out, want, torch.float32, scale=4)
+        dy = torch.randn(out.shape, generator=g)
+        for got, exp in zip(torch.autograd.grad(out, ins, dy),
+                            torch.autograd.grad(want, refs, dy.double()), strict=True):
+            assert_close(got, exp, torch.float32, scale=8)
