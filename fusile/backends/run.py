@@ -55,8 +55,10 @@ def runner(compiled: Any, args: list[Any]) -> Any:
     import torch
 
     name = config.get("target")
-    if name in ("reference", "mlir-cpu"):
+    if name == "reference":
         return None
+    if name == "mlir-cpu":
+        return compiled.programs.get("mlir-cpu")
     device = next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
     return compiled.programs.get(_program_key(_target(name, device)))
 
