@@ -229,7 +229,7 @@ PLANTS = [
     Plant("grad_op_slice", "fusile/autograd.py", "out[j][index] += g", "out[j] += 0 * out[j]",
           "autograd: the compiled gradient of a sliced parameter dropped"),
     Plant("mlir_cpu_strides", "fusile/backends/mlir_cpu.py",
-          "d.strides[:] = list(a.stride())", "d.strides[:] = list(a.contiguous().stride())",
+          "slot.strides[:] = a.stride()", "slot.strides[:] = a.contiguous().stride()",
           "mlir-cpu: an input's strides taken as contiguous"),
 ]
 
