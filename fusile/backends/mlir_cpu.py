@@ -32,6 +32,9 @@ _PIPELINE = ("builtin.module(one-shot-bufferize{bufferize-function-boundaries},"
 _CTYPES: dict[DType, Any] = {f32: ctypes.c_float, f64: ctypes.c_double, i32: ctypes.c_int32,
                              i64: ctypes.c_int64, bool_: ctypes.c_bool, bf16: ctypes.c_uint16,
                              f16: ctypes.c_uint16}
+# a memref over a constant global carries this in place of an allocation (MLIR's lowering of
+# memref.get_global), so that freeing it can be told apart
+_GLOBAL = 0xDEADBEEF
 _free = ctypes.CDLL(None).free
 _free.argtypes = [ctypes.c_void_p]
 
@@ -103,13 +106,18 @@ class MlirCpuProgram:
                 else:
                     slot.value = a
             self.function(self.packed)
-            results = [_take(getattr(self.out, f"r{i}"), t)
-                       for i, t in enumerate(self.results)]
+            descs = [getattr(self.out, f"r{i}") for i in range(len(self.results))]
+            results = [_take(d, t) for d, t in zip(descs, self.results, strict=True)]
+            freed: set[int] = set()
+            for d in descs:  # each buffer the function allocated, once; never a constant's
+                if d.allocated and d.allocated != _GLOBAL and d.allocated not in freed:
+                    freed.add(d.allocated)
+                    _free(d.allocated)
         return self.compiled.assemble(results)
 
 
 def _take(d: Any, t: TensorType) -> Any:
-    """A result buffer the function allocated, as a torch tensor (copied; the buffer freed)."""
+    """A result buffer the function made, as a torch tensor (copied)."""
     import torch
 
     from fusile.backends.torch_dtypes import to_torch
@@ -129,8 +137,6 @@ def _take(d: Any, t: TensorType) -> Any:
             raw = (ctypes.c_byte * (span * size)).from_address(start)
             out.copy_(torch.frombuffer(raw, dtype=dtype, count=span).as_strided(shape,
                                                                                 strides))
-    if d.allocated:
-        _free(d.allocated)
     return out
 
 

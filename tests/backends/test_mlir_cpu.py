@@ -110,3 +110,13 @@ def test_stdlib_forward_and_backward() -> None:
         for got, exp in zip(torch.autograd.grad(out, ins, dy),
                             torch.autograd.grad(want, refs, dy.double()), strict=True):
             assert_close(got, exp, torch.float32, scale=8)
+
+
+def test_a_buffer_returned_twice_or_an_input_returned() -> None:
+    """Results that share the function's one buffer (freed once) or are the input itself."""
+    x = torch.randn(4, 3)
+    twice = fusile.from_source("def f(x):\n    y = x * 2.0\n    return y, y\n")(x)
+    same = fusile.from_source("def f(x):\n    return x, x * 2.0\n")(x)
+    for out in (*twice, same[1]):
+        assert torch.equal(out, x * 2)
+    assert torch.equal(same[0], x) and twice[0].data_ptr() != twice[1].data_ptr()

@@ -1,6 +1,7 @@
 """Every backend computes the same numbers as torch in float64 (the program's source run as
 torch code, tests/property/torch_eval.py) and as the float64 reference over the MLIR, on
-random programs.
+random programs: the Triton interpreter and MLIR's CPU JIT (mlir-cpu) on the CPU, Triton on
+the GPU.
 
 Profiles (tests/conftest.py): `ci` draws PROGRAMS_CI programs per property, derandomized;
 `deep` (HYPOTHESIS_PROFILE=deep) draws thousands, for the GPU and long runs.
@@ -52,6 +53,11 @@ def _run(p: Program, device: str) -> None:
         assert torch.isfinite(t).all(), "the generator promised a finite reference"
         check(o, t, p.bound, p.reduced)
         check(o, r, p.bound, p.reduced)  # the float64 reference over the MLIR agrees too
+    if device == "cpu":  # the third implementation: MLIR's own JIT (backends/mlir_cpu.py)
+        with config.override(target="mlir-cpu"):
+            jit = fn(*args)
+        for o, t in zip(jit if isinstance(jit, tuple) else (jit,), torch_refs, strict=True):
+            check(o, t, p.bound, p.reduced)
     if TALLY:
         with open(TALLY, "a") as f:
             f.write(f"{device} ok\n")
