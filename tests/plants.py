@@ -231,6 +231,9 @@ PLANTS = [
     Plant("mlir_cpu_strides", "fusile/backends/mlir_cpu.py",
           "slot.strides[:] = a.stride()", "slot.strides[:] = a.contiguous().stride()",
           "mlir-cpu: an input's strides taken as contiguous"),
+    Plant("mlir_cpu_double_free", "fusile/backends/mlir_cpu.py",
+          "d.allocated != _GLOBAL and d.allocated not in freed:", "d.allocated != _GLOBAL:",
+          "mlir-cpu: a buffer returned twice freed twice"),
 ]
 
 _FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.M)
