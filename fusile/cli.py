@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import importlib.util
 import json
 import re
@@ -222,6 +223,10 @@ def _targets(args: argparse.Namespace) -> int:
 
     for t in TARGETS.values():
         print(t.describe())
+    print(f"{'mlir-cpu':9} MLIR's JIT on this CPU ({os.cpu_count()} cores; scalar loops on one "
+          "thread for now): FUSILE_TARGET=mlir-cpu")
+    print(f"{'reference':9} the float64 oracle (numpy over the unfused MLIR): "
+          "FUSILE_TARGET=reference")
     return 0
 
 
