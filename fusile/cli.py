@@ -10,9 +10,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 import importlib.util
 import json
+import os
 import re
 import sys
 import time
