@@ -151,16 +151,25 @@ def _kept(s: Node) -> Node:
 # ----------------------------------------------------------------------------- torch autograd
 
 
-def call(fn: FusedFunction, compiled: Any, runtime: list[Any]) -> Any:
-    """Run a compiled signature with autograd: the derived forward inside an
-    autograd.Function whose backward runs the derived backward."""
-    import torch
+class Derived:
+    """A compiled signature run with autograd: the derived forward inside an
+    autograd.Function whose backward runs the derived backward. Called with the lowered
+    program's arguments, as a backend program is (the dispatch fast path keeps one per call
+    key, and the key holds which tensors require grad)."""
 
-    wrt = tuple(i for i, v in enumerate(runtime) if isinstance(v, torch.Tensor) and
-                v.requires_grad and v.dtype.is_floating_point)
-    d = derivation(compiled, wrt, fn._save)
-    outs = _Function.apply(d, *runtime)
-    return outs[0] if len(outs) == 1 else outs
+    def __init__(self, fn: FusedFunction, compiled: Any):
+        self.fn, self.compiled = fn, compiled
+        self.derivations: dict[tuple[int, ...], Derivation] = {}
+
+    def __call__(self, runtime: list[Any]) -> list[Any]:
+        import torch
+
+        wrt = tuple(i for i, v in enumerate(runtime) if isinstance(v, torch.Tensor) and
+                    v.requires_grad and v.dtype.is_floating_point)
+        d = self.derivations.get(wrt)
+        if d is None:
+            d = self.derivations[wrt] = derivation(self.compiled, wrt, self.fn._save)
+        return list(_Function.apply(d, *runtime))
 
 
 def op_gradients(fn: FusedFunction, inputs: list[Any], grads: list[Any],

@@ -276,3 +276,18 @@ def test_stdlib_forwards_gradcheck(name: str) -> None:
         args = (t(3, 5), t(3, 5)) if name.endswith("glu_fwd") or "glu_" in name else (t(3, 5),)
     eps = (1e-5,) if "norm" in name else ()
     assert torch.autograd.gradcheck(lambda *a: fn(*a, *eps), args, eps=1e-6, atol=1e-6)
+
+
+def test_repeated_calls_take_the_fast_path_and_stay_right() -> None:
+    from fusile import autograd
+
+    f = fusile.from_source("def f(x, w):\n    return x * tanh(w)\n")
+    for seed in range(3):  # the second and third calls go through the dispatch fast path
+        g = torch.Generator().manual_seed(seed)
+        x, w = (torch.randn(4, 6, generator=g).requires_grad_() for _ in range(2))
+        f(x, w).square().sum().backward()
+        xd, wd = x.detach().double(), w.detach().double()
+        y = xd * torch.tanh(wd)
+        assert rel_err(x.grad, 2 * y * torch.tanh(wd)) < 1e-6
+        assert rel_err(w.grad, 2 * y * xd / torch.cosh(wd) ** 2) < 1e-6
+    assert any(isinstance(h.program, autograd.Derived) for h in f._fast.values())

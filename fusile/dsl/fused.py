@@ -201,7 +201,11 @@ class FusedFunction:
         if grad:  # the derived forward and backward, under torch.autograd
             from fusile import autograd
 
-            return _guard(lambda: autograd.call(self, compiled, runtime))
+            derived = autograd.Derived(self, compiled)
+            outs = _guard(lambda: derived(runtime))
+            if key is not None:  # later calls with this key go straight there
+                self._fast[key] = dispatch.FastCall(compiled, derived, args, values)
+            return outs[0] if len(outs) == 1 else tuple(outs)
         outs = run.run(compiled, runtime)
         program = run.runner(compiled, runtime)
         if key is not None and program is not None:
