@@ -28,6 +28,7 @@ from fusile.dsl.types import (
 )
 from fusile.lowering.builtin_rules import RULES, binary_scalar, compare_scalar
 from fusile.lowering.emit import LV, SV, Emitter, cast, const_sv, constant, mlir_type
+from fusile.lowering.walk import Walk
 
 Value = LV | SV
 
@@ -35,47 +36,18 @@ Value = LV | SV
 # ----------------------------------------------------------------------------- the walker
 
 
-class Lowerer:
+class Lowerer(Walk[Value]):
     """Lowers one Typed body. Inlined @fused calls get a nested Lowerer over the same Emitter."""
 
     def __init__(self, typed: Typed, em: Emitter, scope: dict[str, Value]):
-        self.t = typed
+        super().__init__(typed, scope)
         self.em = em
-        self.scope = scope
         self.memo: dict[int, Value] = {}  # nodes a rewrite uses twice are lowered once
 
     def loc(self, node: ast.Node) -> ir.Location:
         src = self.t.source
         return ir.Location.file(src.filename, node.span.line + src.line_offset,
                                 node.span.col + src.col_offset)
-
-    def body(self) -> list[LV]:
-        results: list[LV] = []
-        for stmt in self.t.func.body:
-            if isinstance(stmt, ast.Assign):
-                value = stmt.value
-                if id(value) in self.t.unlowered:  # a concat: its consumers read its pieces
-                    continue
-                if isinstance(value, ast.TupleExpr):
-                    for name, v in zip(stmt.targets, value.items, strict=True):
-                        if id(v) not in self.t.unlowered:
-                            self.scope[name] = self.expr(v)
-                else:
-                    for name, val in zip(stmt.targets, self.multi(value), strict=True):
-                        self.scope[name] = val
-            else:
-                for e in stmt.values:
-                    pieces = self.t.pieces.get(id(e))
-                    for r in self.multi(e) if pieces is None else map(self.expr, pieces):
-                        assert isinstance(r, LV)
-                        results.append(r)
-        return results
-
-    def multi(self, e: ast.Expr) -> list[Value]:
-        if isinstance(e, ast.Call) and id(e) in self.t.inlined:
-            with self.loc(e):
-                return list(self.inline(e))
-        return [self.expr(e)]
 
     def expr(self, e: ast.Expr) -> Value:
         if id(e) in self.memo:
@@ -143,16 +115,12 @@ class Lowerer:
             return self.expr(e)
         return LV(None, t, tuple(range(t.rank)), t.dtype)
 
+    def nested(self, callee: Typed, scope: dict[str, Value]) -> Lowerer:
+        return Lowerer(callee, self.em, scope)
+
     def inline(self, e: ast.Call) -> list[Value]:
-        callee, args = self.t.inlined[id(e)]
-        scope: dict[str, Value] = {}
-        for p, a in zip(callee.func.params, args, strict=True):
-            if a is not None:
-                scope[p.name] = self.expr(a)
-            else:
-                assert p.default is not None
-                scope[p.name] = Lowerer(callee, self.em, {}).expr(p.default)
-        return list(Lowerer(callee, self.em, scope).body())
+        with self.loc(e):
+            return super().inline(e)
 
     # ------------------------------------------------------------------ helpers for rules
     @staticmethod
@@ -279,9 +247,9 @@ def to_mlir(typed: Typed, name: str | None = None) -> ir.Module:
         for (dname, t), arg in zip(derived, list(em.entry.arguments)[len(runtime):], strict=True):
             scope[dname] = LV(arg, t, tuple(range(t.rank)), t.dtype)
         with ir.InsertionPoint(em.entry):
-            lo = Lowerer(typed, em, scope)
-            results = lo.body()
-            outs = [em.materialize(r, t.dtype)
-                    for r, t in zip(results, typed.result_types, strict=True)]
+            outs = []
+            for r, t in zip(Lowerer(typed, em, scope).body(), typed.result_types, strict=True):
+                assert isinstance(r, LV)  # a result is a tensor
+                outs.append(em.materialize(r, t.dtype))
             func.ReturnOp(outs)
     return module

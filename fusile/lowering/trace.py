@@ -1,9 +1,10 @@
 """Typed program -> expression graph: the checked body as a DAG of primitive operations.
 
-The walk mirrors the Lowerer (to_mlir.py): constants are folded, spellings are read through
-their desugared form, @fused calls are inlined and locals name shared nodes. What comes out is
-small and explicit, one `Node` per operation with its type and the user's line, which is
-what autodiff reads and what `to_source` prints back as DSL text.
+The statements are walked as the Lowerer walks them (walk.py); expressions mirror its
+`_expr`: constants are folded, spellings are read through their desugared form, @fused
+calls are inlined and locals name shared nodes. What comes out is small and explicit, one
+`Node` per operation with its type and the user's line, which is what autodiff reads and
+what `to_source` prints back as DSL text.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from fusile.dsl.builtins import shape_only
 from fusile.dsl.check import Typed
 from fusile.dsl.errors import DerivativeError, Source, Span
 from fusile.dsl.types import ScalarType, ShapeEnv, TensorType, ValueType
+from fusile.lowering.walk import Walk
 
 _IDS = itertools.count()
 
@@ -88,36 +90,13 @@ def trace(typed: Typed) -> Traced:
     return Traced(params, results, typed.env, fdef.name, typed.source)
 
 
-class _Walker:
+class _Walker(Walk[Node]):
     def __init__(self, typed: Typed, scope: dict[str, Node]):
-        self.t = typed
-        self.scope = scope
+        super().__init__(typed, scope)
         self.memo: dict[int, Node] = {}
 
-    def body(self) -> list[Node]:
-        results: list[Node] = []
-        for stmt in self.t.func.body:
-            if isinstance(stmt, ast.Assign):
-                value = stmt.value
-                if id(value) in self.t.unlowered:  # a concat: its consumers read its pieces
-                    continue
-                if isinstance(value, ast.TupleExpr):
-                    for name, v in zip(stmt.targets, value.items, strict=True):
-                        if id(v) not in self.t.unlowered:
-                            self.scope[name] = self.expr(v)
-                else:
-                    for name, node in zip(stmt.targets, self.multi(value), strict=True):
-                        self.scope[name] = node
-            else:
-                for e in stmt.values:
-                    pieces = self.t.pieces.get(id(e))  # a returned concat: its pieces
-                    results.extend(self.multi(e) if pieces is None else map(self.expr, pieces))
-        return results
-
-    def multi(self, e: ast.Expr) -> list[Node]:
-        if isinstance(e, ast.Call) and id(e) in self.t.inlined:
-            return self.inline(e)
-        return [self.expr(e)]
+    def nested(self, callee: Typed, scope: dict[str, Node]) -> _Walker:
+        return _Walker(callee, scope)
 
     def node(self, op: str, args: list[Node], e: ast.Expr, **attrs: Any) -> Node:
         return Node(op, tuple(args), self.t.type_of(e), attrs, e.span, self.t.source)
@@ -160,15 +139,8 @@ class _Walker:
         raise DerivativeError(f"cannot differentiate {type(e).__name__}", e.span, t.source)
 
     def inline(self, e: ast.Call) -> list[Node]:
-        callee, args = self.t.inlined[id(e)]
+        callee, _ = self.t.inlined[id(e)]
         if callee.derived or callee.concats:
             raise DerivativeError("the backward of a called @fused function that slices or "
                                   "concatenates is not implemented yet", e.span, self.t.source)
-        scope: dict[str, Node] = {}
-        for p, a in zip(callee.func.params, args, strict=True):
-            if a is not None:
-                scope[p.name] = self.expr(a)
-            else:
-                assert p.default is not None
-                scope[p.name] = _Walker(callee, {}).expr(p.default)
-        return _Walker(callee, scope).body()
+        return super().inline(e)
