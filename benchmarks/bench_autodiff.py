@@ -19,6 +19,7 @@ from triton.testing import do_bench, do_bench_cudagraph
 
 import fusile.stdlib as S
 from benchmarks.bench_stdlib import make
+from benchmarks.bench_step import step_fn
 from fusile import erf, fused, index, logsumexp, mean, rsqrt, sigmoid, softmax, sum, where
 
 
@@ -68,17 +69,6 @@ OPS = {  # name -> (derived, hand-written stdlib, torch, input kinds)
 }
 
 
-def _step(fn, inputs: list[torch.Tensor]):
-    floats = [t for t in inputs if t.dtype.is_floating_point]
-    y = fn(*inputs)
-    dy = torch.randn_like(y) if y.dim() else torch.ones_like(y)
-
-    def step() -> None:
-        torch.autograd.grad(fn(*inputs), floats, dy)
-
-    return step
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="derived backward vs hand-written vs torch.compile")
     ap.add_argument("--size", default="16384x4096", help="rows x columns (default 16384x4096)")
@@ -105,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         row: dict = {"op": name, "size": a.size}
         for label, f in (("derived", derived), ("hand", hand),
                          ("compile", torch.compile(ref))):
-            step = _step(f, inputs)
+            step = step_fn(f, inputs)
             for _ in range(3):
                 step()  # compile and tune outside the timings
             row[label + "_graph_ms"] = do_bench_cudagraph(step, rep=200, return_mode="median")

@@ -35,10 +35,13 @@ class Derivation:
     save: frozenset[str]
     forward_source: str
     forward: FusedFunction
-    n_results: int
-    float_results: list[bool]
+    float_results: list[bool]  # per lowered result
     saved: list[Node]
     backwards: dict[tuple[int, ...], tuple[str, FusedFunction]] = field(default_factory=dict)
+
+    @property
+    def n_results(self) -> int:
+        return len(self.float_results)
 
     def backward(self, given: tuple[int, ...]) -> tuple[str, FusedFunction]:
         """The backward program for gradients arriving at the results in `given`."""
@@ -72,7 +75,7 @@ def derivation(compiled: Any, wrt: tuple[int, ...], save: frozenset[str]) -> Der
     text = to_source(Program(f"{traced.name}_forward", _unique(_params(traced)),
                              [*traced.results, *kept], traced.env))
     d = Derivation(compiled, traced, wrt, save, text, _program(text, f"{traced.name} forward"),
-                   len(traced.results), floats, grads.saved)
+                   floats, grads.saved)
     compiled.grads[key] = d
     return d
 

@@ -293,6 +293,8 @@ BUILTINS["index"] = _b("index", [_X, Param("axis", OPTION)], _index,
 BUILTINS["expand_as"] = _b("expand_as", [_X, Param("other", VALUE)], _expand_as,
                            "x broadcast to other's shape (other's values are not read)")
 BUILTINS["size"] = _b("size", [_X, Param("axis", OPTION)], _size, "the size of x along axis")
+# elementwise builtins whose result is a float whatever their argument's dtype
+FLOAT_RESULT = frozenset(name for name, b in BUILTINS.items() if b.infer is _unary_float)
 # builtins whose result depends on their tensor argument's type, not on its values
 SHAPE_ONLY = frozenset({"size", "index", "arange"})
 # builtins that read only the type of some of their arguments (by position)

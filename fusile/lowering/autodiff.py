@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fusile.dsl.builtins import FLOAT_RESULT
 from fusile.dsl.errors import DerivativeError
 from fusile.dsl.types import (
     DType,
@@ -35,18 +36,16 @@ from fusile.lowering.trace import Node, Traced
 
 REDUCTIONS = frozenset({"sum", "mean", "max", "min", "var", "logsumexp"})
 SAVE_KINDS = {"reductions": REDUCTIONS, "matmuls": frozenset({"matmul"})}
-_FLOAT_FNS = frozenset({"exp", "exp2", "log", "log2", "log1p", "sqrt", "rsqrt", "tanh",
-                        "sigmoid", "erf", "sin", "cos"})
 
 
 class Build:
     """Makes the nodes rules ask for, with their types (shapes broadcast in the program's
-    shape environment)."""
+    shape environment). One per sweep; `at` follows the node whose rule is running."""
 
     def __init__(self, traced: Traced, at: Node):
         self.env = traced.env
         self.at = at  # the node whose rule is running: new nodes carry its line
-        self.lses: dict[int, Node] = {}
+        self.lses = traced.extra  # a softmax's log-sum-exp, by the softmax's node
         # nodes already made, by (op, arguments, attributes): the same product asked for by
         # two rules (x * x gives g * x twice) is one node, and one line of the backward
         self.made: dict[tuple, Node] = {}
@@ -86,7 +85,7 @@ class Build:
             return self._node("matmul", list(args), t, options={}, axes=())
         vals = list(args[1:]) if name == "where" else list(args)
         d = result_dtype([a.type for a in vals])
-        if name in _FLOAT_FNS and not d.is_float:
+        if name in FLOAT_RESULT and not d.is_float:
             d = f32
         return self._node(name, list(args), self._broadcast(list(args), d), options={},
                           axes=())
@@ -153,7 +152,6 @@ class Build:
 class Gradients:
     """The two programs of a derived backward (graphs; to_source prints them)."""
 
-    forward: list[Node]  # the results, then the saved values
     saved: list[Node]  # what the backward reads from the forward
     backward: list[Node]  # one gradient per parameter of `wrt`, in the parameters' dtype
     grads_in: list[Node]  # the backward's gradient parameters, one per given result
@@ -175,16 +173,14 @@ def differentiate(traced: Traced, wrt: list[int], given: list[int],
         grads_in.append(g)
         adj.setdefault(r.id, []).append(g)
     order = _topo(traced.results)
-    lses = traced.extra
-    made: dict[tuple, Node] = {}
+    b = Build(traced, order[-1])
     for n in reversed(order):
         if n.op in ("param", "const") or not n.is_float:
             continue
         contribs = adj.pop(n.id, None)
         if not contribs:
             continue
-        b = Build(traced, n)
-        b.lses, b.made = lses, made
+        b.at = n
         g = _sum_all(b, contribs, n)
         for arg, ga in zip(n.args, derivative(b, n, g), strict=True):
             if ga is None or not arg.is_float or arg.op == "const":
@@ -192,9 +188,7 @@ def differentiate(traced: Traced, wrt: list[int], given: list[int],
             adj.setdefault(arg.id, []).append(_unbroadcast(b, ga, arg))
     outs = []
     for i in wrt:
-        p = traced.params[i]
-        b = Build(traced, p)
-        b.made = made
+        p = b.at = traced.params[i]
         contribs = adj.get(p.id)
         g = _sum_all(b, contribs, p) if contribs else b.expand(b.const(0.0), p)
         cast = b._node("astype", [g], TensorType(p.type.dtype, p.shape),
@@ -202,10 +196,8 @@ def differentiate(traced: Traced, wrt: list[int], given: list[int],
         outs.append(cast)
     savable = {n.id for n in order if n.op in kinds}
     if "logsumexp" in kinds:
-        savable |= {n.id for n in lses.values()}
-
-    saved = _choose_saved(outs, savable)
-    return Gradients([*traced.results, *saved], saved, outs, grads_in)
+        savable |= {n.id for n in traced.extra.values()}
+    return Gradients(_choose_saved(outs, savable), outs, grads_in)
 
 
 def _topo(roots: list[Node]) -> list[Node]:

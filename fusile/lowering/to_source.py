@@ -8,7 +8,7 @@ parameter or a small constant is written in place. The text is what the user can
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fusile.dsl.errors import DerivativeError
 from fusile.dsl.types import DType, ShapeEnv, Sym
@@ -29,8 +29,6 @@ class Program:
     params: list[tuple[str, Node]]
     results: list[Node]
     env: ShapeEnv
-    doc: str = ""
-    lines: list[str] = field(default_factory=list)
 
 
 def to_source(p: Program) -> str:
@@ -48,9 +46,8 @@ class _Printer:
     def text(self) -> str:
         outs = [self.ref(r) for r in self.p.results]
         head = f"def {self.p.name}({', '.join(name for name, _ in self.p.params)}):"
-        doc = [f'    """{self.p.doc}"""'] if self.p.doc else []
         body = [f"    {line}" for line in self.lines]
-        return "\n".join([head, *doc, *body, f"    return {', '.join(outs)}", ""])
+        return "\n".join([head, *body, f"    return {', '.join(outs)}", ""])
 
     def fresh(self) -> str:
         while True:
