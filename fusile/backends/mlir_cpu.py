@@ -138,10 +138,3 @@ def _take(d: Any, t: TensorType) -> Any:
             out.copy_(torch.frombuffer(raw, dtype=dtype, count=span).as_strided(shape,
                                                                                 strides))
     return out
-
-
-def program_for(compiled: Any) -> MlirCpuProgram:
-    program = compiled.programs.get("mlir-cpu")
-    if program is None:
-        program = compiled.programs["mlir-cpu"] = MlirCpuProgram(compiled)
-    return program

@@ -57,10 +57,8 @@ def runner(compiled: Any, args: list[Any]) -> Any:
     name = config.get("target")
     if name == "reference":
         return None
-    if name == "mlir-cpu":
-        return compiled.programs.get("mlir-cpu")
     device = next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
-    return compiled.programs.get(_program_key(_target(name, device)))
+    return compiled.programs.get(_program_key(name, device))
 
 
 def _target(name: str, device: Any) -> targets.Target:
@@ -77,9 +75,22 @@ def _target(name: str, device: Any) -> targets.Target:
     return t
 
 
-def _program_key(target: targets.Target) -> str:
-    """Programs differ by target, and by the TF32 opt-in (it changes the generated dots)."""
-    return target.name + ("+tf32" if config.get("tf32") else "")
+def _program_key(name: str, device: Any) -> str:
+    """Programs differ by target (FUSILE_TARGET `name`, or the device's own), and by the TF32
+    opt-in (it changes the generated dots); mlir-cpu has one program."""
+    if name == "mlir-cpu":
+        return name
+    return _target(name, device).name + ("+tf32" if config.get("tf32") else "")
+
+
+def _make_program(compiled: Any, name: str, device: Any) -> Any:
+    if name == "mlir-cpu":
+        from fusile.backends.mlir_cpu import MlirCpuProgram
+
+        return MlirCpuProgram(compiled)
+    from fusile.backends.triton.runtime import TritonProgram
+
+    return TritonProgram(compiled, _target(name, device))
 
 
 def run(compiled: Any, args: list[Any]) -> list[Any]:
@@ -97,20 +108,11 @@ def run(compiled: Any, args: list[Any]) -> list[Any]:
         return [torch.from_numpy(np.array(o, order="C")).to(device=device,
                                                              dtype=to_torch(t.dtype))
                 for o, t in zip(outs, compiled.result_types, strict=True)]
-    if name == "mlir-cpu":
-        from fusile.backends.mlir_cpu import program_for
-
-        with _PROGRAM_LOCK:
-            program_mlir = program_for(compiled)
-        return program_mlir(args)
-    target = _target(name, device)
-    key = _program_key(target)
+    key = _program_key(name, device)
     program = compiled.programs.get(key)
     if program is None:
-        from fusile.backends.triton.runtime import TritonProgram
-
         with _PROGRAM_LOCK:  # first calls from several threads build the program once
             program = compiled.programs.get(key)
             if program is None:
-                program = compiled.programs[key] = TritonProgram(compiled, target)
+                program = compiled.programs[key] = _make_program(compiled, name, device)
     return program(args)
