@@ -3,9 +3,9 @@ torch eager, in one run: small-call latency (8x64) and large rows (4096x4096), f
 
     python -m benchmarks.bench_cpu [--size 4096x4096] [--threads N]
 
-mlir-cpu runs scalar loops on one thread (backends/mlir_cpu.py); torch is timed with its
-default threads and with one, so the table says what threading and what code generation
-each account for. The interpreter is timed at the small size only (it takes seconds at the
+mlir-cpu (backends/mlir_cpu.py) is timed with its default threads (torch's) and with one,
+and so is torch eager, so the table says what threading and what code generation each
+account for. The interpreter is timed at the small size only (it takes seconds at the
 large one).
 """
 
@@ -51,19 +51,22 @@ def main(argv: list[str] | None = None) -> int:
     m, n = (int(v) for v in a.size.split("x"))
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, {threads} threads; float32, microseconds per call")
-    print(f"{'op':14s} {'size':>10s} {'mlir-cpu':>10s} {'interp':>10s} {'torch':>10s} "
-          f"{'torch 1t':>10s}")
+    print(f"{'op':14s} {'size':>10s} {'mlir-cpu':>10s} {'mlir 1t':>10s} {'interp':>10s} "
+          f"{'torch':>10s} {'torch 1t':>10s}")
     for size in ((8, 64), (m, n)):
         for name, (fus, ref) in _ops(*size).items():
             with config.override(target="mlir-cpu"):
                 jit = _time(fus)
-            interp = _time(fus) if size == (8, 64) else float("nan")
+                with config.override(cpu_threads=1):
+                    jit1 = _time(fus)
+            with config.override(target="cpu"):
+                interp = _time(fus) if size == (8, 64) else float("nan")
             eager = _time(ref)
             torch.set_num_threads(1)
             one = _time(ref)
             torch.set_num_threads(threads)
-            print(f"{name:14s} {size[0]:>4d}x{size[1]:<5d} {jit:10.0f} {interp:10.0f} "
-                  f"{eager:10.0f} {one:10.0f}")
+            print(f"{name:14s} {size[0]:>4d}x{size[1]:<5d} {jit:10.0f} {jit1:10.0f} "
+                  f"{interp:10.0f} {eager:10.0f} {one:10.0f}")
     return 0
 
 

@@ -14,7 +14,7 @@ the list cannot silently rot as the code moves.
 The first thirteen are the ones issue 25 reported as uncaught; the rest were added after it
 (six with concat, positions under a slice and the rope rewrite;
 then five with decode attention and the fused cross-entropy reduction, two with the Hugging
-Face integration, six with autodiff).
+Face integration, six with autodiff, two with mlir-cpu, four with its row blocks and exp).
 """
 
 from __future__ import annotations
@@ -234,6 +234,18 @@ PLANTS = [
     Plant("mlir_cpu_double_free", "fusile/backends/mlir_cpu.py",
           "d.allocated != _GLOBAL and d.allocated not in freed:", "d.allocated != _GLOBAL:",
           "mlir-cpu: a buffer returned twice freed twice"),
+    Plant("row_split_reduction", "fusile/lowering/row_blocks.py",
+          'node.iterators[loops[0]] != "parallel")', "False)",
+          "row blocks: a reduction over the rows split into blocks"),
+    Plant("row_split_index", "fusile/lowering/row_blocks.py",
+          'op.name == "linalg.index"', 'op.name == "linalg.nothing"',
+          "row blocks: a block's own row numbers taken for the rows' index"),
+    Plant("row_block_offset", "fusile/backends/mlir_cpu.py",
+          "x.narrow(ax, a, n) if ax", "x.narrow(ax, 0, n) if ax",
+          "mlir-cpu: every block reads the first rows"),
+    Plant("cpu_exp_ln2", "fusile/backends/cpu_math.py",
+          "_LN2_HI, _LN2_LO = 0.693359375, -2.12194440e-4", "_LN2_HI, _LN2_LO = 0.69314718, 0.0",
+          "mlir-cpu: exp's range reduction with a one-part ln 2"),
 ]
 
 _FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.M)

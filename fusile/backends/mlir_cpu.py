@@ -1,34 +1,45 @@
-"""The CPU through MLIR itself (issue 23, a first step): `FUSILE_TARGET=mlir-cpu`.
+"""The CPU through MLIR itself (issue 23): `FUSILE_TARGET=mlir-cpu`.
 
-The fused linalg-on-tensors module every backend reads (`compiled.stages.fused`) goes through
-upstream MLIR passes (one-shot bufferization across the function boundary, linalg to loops,
-then to the LLVM dialect) and MLIR's ExecutionEngine JIT-compiles it at -O3, once per compiled
-signature. A call hands the torch tensors' storage to the function as memref descriptors
-(no copies, strides honoured); each result comes back in a buffer the function allocated,
-copied into a torch tensor and freed.
+The fused linalg-on-tensors module every backend reads (`compiled.stages.fused`) is rewritten
+so that LLVM can vectorise it (backends/cpu_math.py: reassociable float arithmetic, float32
+exp as arithmetic), goes through upstream MLIR passes (one-shot bufferization across the
+function boundary, linalg to loops, then to the LLVM dialect) and MLIR's ExecutionEngine
+JIT-compiles it at -O3 for this CPU, once per compiled signature. A call hands the torch
+tensors' storage to the function as memref descriptors (no copies, strides honoured); each
+result comes back in a buffer the function allocated, copied into a torch tensor and freed.
+
+Threads and cache: the loops MLIR writes run on one thread, one whole pass over the data
+after another. Where the program is row-separable (lowering/row_blocks.py) a large call
+runs instead as blocks of rows, each small enough that the program's passes over it hit
+cache, taken by up to `config.cpu_threads` threads (the JIT's code runs without the GIL).
 
 bf16 and f16 travel as 16-bit storage; arith-expand rewrites their conversions into integer
 ops (the JIT links no runtime helpers for them) and the math runs in float32, as on the GPU.
-
-What this step is not yet: the loops are scalar and run on one thread (no tiling,
-vectorisation or OpenMP), and the default CPU target is still the Triton interpreter.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from fusile import config
+from fusile.backends.cpu_math import vectorisable
 from fusile.dsl.errors import BackendError
 from fusile.dsl.types import DType, TensorType, bf16, bool_, f16, f32, f64, i32, i64
+from fusile.lowering.row_blocks import row_split
 
 _PIPELINE = ("builtin.module(one-shot-bufferize{bufferize-function-boundaries},"
              "convert-linalg-to-loops,lower-affine,convert-scf-to-cf,convert-math-to-llvm,"
              "convert-math-to-libm,arith-expand{include-bf16=true},"
              "expand-strided-metadata,finalize-memref-to-llvm,convert-arith-to-llvm,"
              "convert-cf-to-llvm,convert-func-to-llvm,reconcile-unrealized-casts)")
+_EXPAND = "builtin.module(func.func(math-expand-ops))"  # tanh & co. in terms of exp
+_BLOCK_BYTES = 1 << 19  # a block's arguments and results: about half a typical L2
+_THREAD_BYTES = 1 << 21  # a call that moves less runs on the calling thread only
 _CTYPES: dict[DType, Any] = {f32: ctypes.c_float, f64: ctypes.c_double, i32: ctypes.c_int32,
                              i64: ctypes.c_int64, bool_: ctypes.c_bool, bf16: ctypes.c_uint16,
                              f16: ctypes.c_uint16}
@@ -49,10 +60,61 @@ def _descriptor(rank: int) -> Any:
     return type(f"Memref{rank}", (ctypes.Structure,), {"_fields_": fields})
 
 
+def takes(compiled: Any) -> bool:
+    """Whether every argument and result has a dtype this backend passes."""
+    return all(t.dtype in _CTYPES for t in [*compiled.arg_types, *compiled.typed.result_types])
+
+
+class _Slots:
+    """One set of argument slots for the function's C interface: results first (one
+    descriptor, or a struct of them), then one per argument; `packed` holds the address of
+    each slot's pointer (or scalar). Made once; a call only writes into them, so a set serves
+    one call at a time (each block thread takes its own)."""
+
+    def __init__(self, arg_types: list[Any], results: list[TensorType]):
+        fields = [(f"r{i}", _descriptor(len(t.shape))) for i, t in enumerate(results)]
+        self.out = type("Results", (ctypes.Structure,), {"_fields_": fields})()
+        self.descs = [getattr(self.out, f"r{i}") for i in range(len(results))]
+        self.slots: list[Any] = [self.descs[0] if len(fields) == 1 else self.out]
+        for t in arg_types:
+            self.slots.append(_descriptor(len(t.shape))() if isinstance(t, TensorType) else
+                              _CTYPES[t.dtype]())
+        self.holders = [ctypes.c_void_p(ctypes.addressof(slot)) for slot in self.slots]
+        self.packed = (ctypes.c_void_p * len(self.slots))()
+        for i, (t, slot) in enumerate(zip([None, *arg_types], self.slots, strict=True)):
+            scalar = t is not None and not isinstance(t, TensorType)
+            self.packed[i] = ctypes.addressof(slot if scalar else self.holders[i])
+
+    def run(self, function: Any, args: list[Any], results: list[TensorType],
+            into: list[Any] | None = None) -> list[Any]:
+        """Call the function (ctypes lets go of the GIL meanwhile); its results copied into
+        `into` (views of the call's outputs) or into new tensors, and its buffers freed."""
+        import torch
+
+        for a, slot in zip(args, self.slots[1:], strict=True):
+            if isinstance(a, torch.Tensor):
+                slot.aligned = a.data_ptr()
+                if a.dim():
+                    slot.shape[:] = a.shape
+                    slot.strides[:] = a.stride()
+            else:
+                slot.value = a
+        function(self.packed)
+        outs = [_take(d, t, None if into is None else into[i])
+                for i, (d, t) in enumerate(zip(self.descs, results, strict=True))]
+        freed: set[int] = set()
+        for d in self.descs:  # each buffer the function allocated, once; never a constant's
+            if d.allocated and d.allocated != _GLOBAL and d.allocated not in freed:
+                freed.add(d.allocated)
+                _free(d.allocated)
+        return outs
+
+
 class MlirCpuProgram:
-    """One compiled signature, JIT-compiled for this CPU. A call fills argument slots made
-    once (descriptors, scalars, the packed pointer array) and calls the function through its
-    C interface: a few microseconds of ctypes, under a lock since the slots are shared."""
+    """One compiled signature, JIT-compiled for this CPU. A row-separable program
+    (lowering/row_blocks.py) on a large input runs as blocks of rows of about _BLOCK_BYTES,
+    so that the program's passes over a block find it in cache, on up to
+    `config.cpu_threads` threads; any other call is one call of the function."""
 
     def __init__(self, compiled: Any):
         from torch_mlir import ir, passmanager
@@ -60,10 +122,12 @@ class MlirCpuProgram:
 
         self.compiled = compiled
         self.results: list[TensorType] = list(compiled.typed.result_types)
-        for t in [*compiled.arg_types, *self.results]:
-            if t.dtype not in _CTYPES:
-                raise BackendError(f"FUSILE_TARGET=mlir-cpu does not take {t.dtype} yet; use "
-                                   "the Triton interpreter (FUSILE_TARGET=auto) for it")
+        self.arg_types: list[Any] = list(compiled.arg_types)
+        if not takes(compiled):
+            bad = next(t.dtype for t in [*self.arg_types, *self.results]
+                       if t.dtype not in _CTYPES)
+            raise BackendError(f"FUSILE_TARGET=mlir-cpu does not take {bad} yet; use the "
+                               "Triton interpreter (FUSILE_TARGET=cpu) for it")
         self.context = ir.Context()
         with self.context:
             module = ir.Module.parse(str(compiled.stages.fused))
@@ -71,53 +135,104 @@ class MlirCpuProgram:
                         if op.operation.name == "func.func")
             name = ir.StringAttr(func.attributes["sym_name"]).value
             func.attributes["llvm.emit_c_interface"] = ir.UnitAttr.get()
+            passmanager.PassManager.parse(_EXPAND).run(module.operation)
+            vectorisable(module)
             passmanager.PassManager.parse(_PIPELINE).run(module.operation)
             self.engine = ExecutionEngine(module, opt_level=3)
             self.function = self.engine.lookup(name)
-        # the argument slots: results first (one descriptor, or a struct of them), then one
-        # per argument; `packed` holds the address of each slot's pointer (or scalar)
-        fields = [(f"r{i}", _descriptor(len(t.shape))) for i, t in enumerate(self.results)]
-        self.out = type("Results", (ctypes.Structure,), {"_fields_": fields})()
-        self.slots: list[Any] = [self.out.r0 if len(fields) == 1 else self.out]
-        for t in compiled.arg_types:
-            self.slots.append(_descriptor(len(t.shape))() if isinstance(t, TensorType) else
-                              _CTYPES[t.dtype]())
-        self.holders = [ctypes.c_void_p(ctypes.addressof(slot)) for slot in self.slots]
-        self.packed = (ctypes.c_void_p * len(self.slots))()
-        for i, (t, slot) in enumerate(zip([None, *compiled.arg_types], self.slots,
-                                          strict=True)):
-            scalar = t is not None and not isinstance(t, TensorType)
-            self.packed[i] = ctypes.addressof(slot if scalar else self.holders[i])
+        self.split = row_split(compiled.fused_graph)
+        self.free = [_Slots(self.arg_types, self.results)]
         self.lock = threading.Lock()
+
+    def _slots(self) -> _Slots:
+        with self.lock:
+            return self.free.pop() if self.free else _Slots(self.arg_types, self.results)
 
     def __call__(self, args: list[Any]) -> list[Any]:
         import torch
 
-        with self.lock:
-            for a, slot in zip(args, self.slots[1:], strict=True):
-                if isinstance(a, torch.Tensor):
-                    if a.device.type != "cpu":
-                        raise BackendError("FUSILE_TARGET=mlir-cpu runs on CPU tensors, got "
-                                           f"one on {a.device}")
-                    slot.aligned = a.data_ptr()
-                    if a.dim():
-                        slot.shape[:] = a.shape
-                        slot.strides[:] = a.stride()
-                else:
-                    slot.value = a
-            self.function(self.packed)
-            descs = [getattr(self.out, f"r{i}") for i in range(len(self.results))]
-            results = [_take(d, t) for d, t in zip(descs, self.results, strict=True)]
-            freed: set[int] = set()
-            for d in descs:  # each buffer the function allocated, once; never a constant's
-                if d.allocated and d.allocated != _GLOBAL and d.allocated not in freed:
-                    freed.add(d.allocated)
-                    _free(d.allocated)
-        return self.compiled.assemble(results)
+        for a in args:
+            if isinstance(a, torch.Tensor) and a.device.type != "cpu":
+                raise BackendError("FUSILE_TARGET=mlir-cpu runs on CPU tensors, got one on "
+                                   f"{a.device}")
+        blocks = self._blocks(args)
+        slots = self._slots()
+        try:
+            if blocks is None:
+                return self.compiled.assemble(slots.run(self.function, args, self.results))
+            return self.compiled.assemble(self._run_blocks(slots, args, *blocks))
+        finally:
+            with self.lock:
+                self.free.append(slots)
+
+    def _blocks(self, args: list[Any]) -> tuple[int, int, int] | None:
+        """(rows, rows per block, threads) when the call is worth splitting, else None."""
+        if self.split is None:
+            return None
+        split = [(a, ax) for a, ax in zip(args, self.split.args, strict=True) if ax is not None]
+        rows = split[0][0].shape[split[0][1]]
+        if any(a.shape[ax] != rows for a, ax in split) or rows < 2:
+            return None
+        row_bytes = 2 * sum(a.numel() * a.element_size() for a, _ in split) // rows
+        per_block = max(1, _BLOCK_BYTES // max(row_bytes, 1))
+        threads = config.get("cpu_threads") or _torch_threads()
+        if per_block >= rows and (threads == 1 or rows * row_bytes < _THREAD_BYTES):
+            return None
+        per_block = min(per_block, -(-rows // threads))
+        return rows, per_block, threads
+
+    def _run_blocks(self, slots: _Slots, args: list[Any], rows: int, per_block: int,
+                    threads: int) -> list[Any]:
+        import torch
+
+        def block(a: int) -> list[Any]:
+            n = min(per_block, rows - a)
+            return [x.narrow(ax, a, n) if ax is not None else x
+                    for x, ax in zip(args, self.split.args, strict=True)]  # type: ignore[union-attr]
+
+        first = slots.run(self.function, block(0), self.results)  # gives the results' shapes
+        outs = []
+        for r, ax in zip(first, self.split.results, strict=True):  # type: ignore[union-attr]
+            shape = list(r.shape)
+            shape[ax] = rows
+            out = torch.empty(shape, dtype=r.dtype)
+            out.narrow(ax, 0, r.shape[ax]).copy_(r)
+            outs.append(out)
+        starts = iter(range(per_block, rows, per_block))
+
+        def work() -> None:
+            mine = self._slots()
+            try:
+                for a in starts:  # shared: each block is taken by one thread
+                    n = min(per_block, rows - a)
+                    mine.run(self.function, block(a), self.results,
+                             [o.narrow(ax, a, n) for o, ax in
+                              zip(outs, self.split.results, strict=True)])  # type: ignore
+            finally:
+                with self.lock:
+                    self.free.append(mine)
+
+        helpers = [_pool().submit(work) for _ in range(threads - 1)]
+        work()
+        for h in helpers:
+            h.result()
+        return outs
 
 
-def _take(d: Any, t: TensorType) -> Any:
-    """A result buffer the function made, as a torch tensor (copied)."""
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 2) - 1),
+                              thread_name_prefix="fusile-cpu")
+
+
+def _take(d: Any, t: TensorType, into: Any = None) -> Any:
+    """A result buffer the function made, copied into `into` or into a new tensor."""
     import torch
 
     from fusile.backends.torch_dtypes import to_torch
@@ -126,11 +241,11 @@ def _take(d: Any, t: TensorType) -> Any:
     rank = len(t.shape)
     shape = list(d.shape) if rank else []
     strides = list(d.strides) if rank else []
-    out = torch.empty(shape, dtype=dtype)
+    out = torch.empty(shape, dtype=dtype) if into is None else into
     if out.numel():
         size = out.element_size()
         start = (d.aligned or 0) + d.offset * size
-        if strides == list(out.stride()):
+        if strides == list(out.stride()) and out.is_contiguous():
             ctypes.memmove(out.data_ptr(), start, out.numel() * size)
         else:
             span = 1 + sum((n - 1) * s for n, s in zip(shape, strides, strict=True))

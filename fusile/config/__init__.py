@@ -82,6 +82,11 @@ KNOBS: dict[str, Knob] = {
         "FUSILE_TF32", _as_bool, lambda: False,
         "let float32 matmuls run at TF32 precision on tensor cores (IEEE float32 by default)",
     ),
+    "cpu_threads": Knob(
+        "FUSILE_CPU_THREADS", int, lambda: 0,
+        "mlir-cpu: threads a row-separable call runs its blocks of rows on (0: torch's "
+        "get_num_threads(); 1: the calling thread only)",
+    ),
     "verify": Knob(
         "FUSILE_VERIFY", _as_bool, lambda: True,
         "verify the MLIR module after every pass (on by default; cheap at DSL sizes)",

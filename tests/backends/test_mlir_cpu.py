@@ -1,9 +1,13 @@
 """FUSILE_TARGET=mlir-cpu (fusile/backends/mlir_cpu.py): the fused linalg module JIT-compiled
 by MLIR for this CPU agrees with torch in float64 on the sample programs (float32, float64,
 bfloat16, float16), on strided and sliced inputs, returned concats, integers, contractions,
-derived gradients and the stdlib's forward and backward."""
+derived gradients and the stdlib's forward and backward; large row-separable calls run in
+blocks on threads, and only those; float32 exp is MLIR arithmetic, checked at its edges."""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -11,7 +15,21 @@ import torch
 import fusile
 from fusile import config
 from fusile import samples as S
+from fusile.backends import mlir_cpu
 from tests.numerics import assert_close
+
+
+@contextlib.contextmanager
+def one_row_blocks(on: bool = True) -> Iterator[None]:
+    """Every row-separable mlir-cpu call of any size runs as blocks of one row (as a large
+    call does in larger blocks), so that small test inputs take the block path."""
+    saved = mlir_cpu._BLOCK_BYTES, mlir_cpu._THREAD_BYTES
+    if on:
+        mlir_cpu._BLOCK_BYTES, mlir_cpu._THREAD_BYTES = 1, 0
+    try:
+        yield
+    finally:
+        mlir_cpu._BLOCK_BYTES, mlir_cpu._THREAD_BYTES = saved
 
 
 @pytest.fixture(autouse=True)
@@ -120,3 +138,70 @@ def test_a_buffer_returned_twice_or_an_input_returned() -> None:
     for out in (*twice, same[1]):
         assert torch.equal(out, x * 2)
     assert torch.equal(same[0], x) and twice[0].data_ptr() != twice[1].data_ptr()
+
+
+# each program and the axis it is row-separable along (rows [a, b) of the result need only
+# rows [a, b) of x along it), or None where neither axis is: a reduction, an index or a size
+# along an axis ties its rows together
+BLOCKS = {
+    "softmax": ("def f(x):\n    return softmax(x, axis=-1)\n", 0),
+    "norm": ("def f(x, w):\n    return x * w / sqrt(mean(x * x, axis=-1, keepdims=True))\n",
+             0),
+    "elementwise": ("def f(x, y):\n    return x * sigmoid(y)\n", 0),
+    "column_sum": ("def f(x):\n    return x - sum(x, axis=0, keepdims=True)\n", 1),
+    "row_index": ("def f(x):\n    return x + index(x, 0)\n", 1),
+    "row_count": ("def f(x):\n    return x / size(x, 0)\n", 1),
+    "both_sums": ("def f(x):\n    return sum(x, axis=0, keepdims=True) + sum(x, axis=1, "
+                  "keepdims=True)\n", None),
+    "both_indices": ("def f(x):\n    return x + index(x, 0) * index(x, 1)\n", None),
+    "total": ("def f(x):\n    return x / sum(x)\n", None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BLOCKS))
+def test_row_blocks_only_where_rows_are_independent(name: str) -> None:
+    """The plan says which programs may run in blocks of rows, and running every call of
+    each program in one-row blocks on two threads still gives torch's answer."""
+    from fusile.lowering.row_blocks import row_split
+
+    src, axis = BLOCKS[name]
+    fn = fusile.from_source(src, filename=f"{name}.py")
+    g = torch.Generator().manual_seed(5)
+    args = [torch.randn(37, 50, generator=g)] + (
+        [torch.randn(50, generator=g)] if name == "norm" else
+        [torch.randn(37, 50, generator=g)] if name == "elementwise" else [])
+    split = row_split(fn.compiled(*args).fused_graph)
+    assert (split and split.args[0]) == axis
+    with config.override(cpu_threads=2), one_row_blocks():
+        out = fn(*args)
+    with config.override(target="reference"):
+        want = torch.as_tensor(fn(*args))
+    assert_close(out, want.double(), torch.float32, scale=4)
+
+
+def test_a_large_call_runs_in_blocks_and_agrees() -> None:
+    """A call past the size where blocks start, at a row count no block size divides."""
+    x = torch.randn(1031, 700, generator=torch.Generator().manual_seed(6))
+    fn = fusile.from_source("def f(x):\n    return log_softmax(x, axis=-1)\n")
+    prog = mlir_cpu.MlirCpuProgram(fn.compiled(x))
+    with config.override(cpu_threads=3):
+        assert prog._blocks([x]) is not None
+        out = fn(x)
+    assert_close(out, torch.log_softmax(x.double(), -1), torch.float32, scale=4)
+
+
+def test_exp_at_its_edges() -> None:
+    """float32 exp as arithmetic (backends/cpu_math.py): near over- and underflow, in the
+    denormals, at the infinities and NaN."""
+    edges = [-float("inf"), -110.0, -103.9, -100.0, -88.0, -87.3, -20.0, -1e-3, -1e-30, 0.0,
+             1e-30, 1e-3, 0.5, 1.0, 10.0, 88.0, 88.7, 88.8, 1e3, float("inf"), float("nan")]
+    x = torch.cat([torch.tensor(edges), torch.linspace(-100, 88, 10007)])
+    got = fusile.from_source("def f(x):\n    return exp(x)\n")(x)
+    want = torch.exp(x.double())
+    assert torch.equal(torch.isnan(got), torch.isnan(want))
+    assert torch.equal(torch.isinf(got), torch.isinf(want.float()))
+    fin = torch.isfinite(want.float()) & (want > 1e-37)  # normal float32 results
+    rel = ((got.double() - want) / want)[fin].abs().max().item()
+    assert rel < 4 * 2.0**-23, rel  # within 4 ulp
+    tiny = torch.isfinite(want) & (want <= 1e-37)  # denormal or flushed: absolute error
+    assert (got.double() - want)[tiny].abs().max().item() < 2e-45 * 4

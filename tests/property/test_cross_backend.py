@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, assume, given, settings
 
 import fusile
 from fusile import config
+from tests.backends.test_mlir_cpu import one_row_blocks
 from tests.property.programs import Program, programs
 from tests.property.tolerance import check
 from tests.property.torch_eval import evaluate
@@ -53,11 +54,15 @@ def _run(p: Program, device: str) -> None:
         assert torch.isfinite(t).all(), "the generator promised a finite reference"
         check(o, t, p.bound, p.reduced)
         check(o, r, p.bound, p.reduced)  # the float64 reference over the MLIR agrees too
-    if device == "cpu":  # the third implementation: MLIR's own JIT (backends/mlir_cpu.py)
-        with config.override(target="mlir-cpu"):
-            jit = fn(*args)
-        for o, t in zip(jit if isinstance(jit, tuple) else (jit,), torch_refs, strict=True):
-            check(o, t, p.bound, p.reduced)
+    if device == "cpu":  # the third implementation: MLIR's own JIT (backends/mlir_cpu.py),
+        # called whole and, where the program is row-separable, in blocks of one row on two
+        # threads (as a large call runs)
+        for blocks in (False, True):
+            with config.override(target="mlir-cpu", cpu_threads=2), one_row_blocks(blocks):
+                jit = fn(*args)
+            for o, t in zip(jit if isinstance(jit, tuple) else (jit,), torch_refs,
+                            strict=True):
+                check(o, t, p.bound, p.reduced)
     if TALLY:
         with open(TALLY, "a") as f:
             f.write(f"{device} ok\n")
