@@ -37,7 +37,7 @@ def backend_name(device: str = "cpu") -> str:
     name = config.get("target")
     if name == "reference":
         return "the float64 reference backend"
-    if name == "mlir-cpu":
+    if name == "mlir-cpu" or (name == "auto" and str(device) == "cpu"):
         return "MLIR's JIT for this CPU (mlir-cpu)"
     t = targets.for_device(device) if name == "auto" else targets.get(name)
     if t.backend == "interpreter":
@@ -58,7 +58,7 @@ def runner(compiled: Any, args: list[Any]) -> Any:
     if name == "reference":
         return None
     device = next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
-    return compiled.programs.get(_program_key(name, device))
+    return compiled.programs.get(_program_key(name, device, compiled))
 
 
 def _target(name: str, device: Any) -> targets.Target:
@@ -75,12 +75,21 @@ def _target(name: str, device: Any) -> targets.Target:
     return t
 
 
-def _program_key(name: str, device: Any) -> str:
+def _program_key(name: str, device: Any, compiled: Any) -> str:
     """Programs differ by target (FUSILE_TARGET `name`, or the device's own), and by the TF32
-    opt-in (it changes the generated dots); mlir-cpu has one program."""
-    if name == "mlir-cpu":
-        return name
+    opt-in (it changes the generated dots); mlir-cpu has one program. CPU tensors go to
+    mlir-cpu unless a target is named (`cpu`: the Triton interpreter) or it does not take
+    the program's dtypes."""
+    if name == "mlir-cpu" or (name == "auto" and device.type == "cpu" and
+                              _mlir_cpu_takes(compiled)):
+        return "mlir-cpu"
     return _target(name, device).name + ("+tf32" if config.get("tf32") else "")
+
+
+def _mlir_cpu_takes(compiled: Any) -> bool:
+    from fusile.backends.mlir_cpu import takes
+
+    return takes(compiled)
 
 
 def _make_program(compiled: Any, name: str, device: Any) -> Any:
@@ -95,8 +104,8 @@ def _make_program(compiled: Any, name: str, device: Any) -> Any:
 
 def run(compiled: Any, args: list[Any]) -> list[Any]:
     """Run on the target for the inputs' device (FUSILE_TARGET overrides): Triton kernels on a
-    GPU, the Triton interpreter on the CPU, the float64 reference ("reference"), or MLIR's
-    JIT for the CPU ("mlir-cpu", backends/mlir_cpu.py)."""
+    GPU, MLIR's JIT on the CPU ("mlir-cpu", backends/mlir_cpu.py), the Triton interpreter
+    ("cpu") or the float64 reference ("reference")."""
     import torch
 
     from fusile.backends.torch_dtypes import to_torch
@@ -108,11 +117,12 @@ def run(compiled: Any, args: list[Any]) -> list[Any]:
         return [torch.from_numpy(np.array(o, order="C")).to(device=device,
                                                              dtype=to_torch(t.dtype))
                 for o, t in zip(outs, compiled.result_types, strict=True)]
-    key = _program_key(name, device)
+    key = _program_key(name, device, compiled)
     program = compiled.programs.get(key)
     if program is None:
         with _PROGRAM_LOCK:  # first calls from several threads build the program once
             program = compiled.programs.get(key)
             if program is None:
-                program = compiled.programs[key] = _make_program(compiled, name, device)
+                program = compiled.programs[key] = _make_program(
+                    compiled, "mlir-cpu" if key == "mlir-cpu" else name, device)
     return program(args)

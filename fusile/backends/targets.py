@@ -40,7 +40,8 @@ class Target:
 
     def describe(self) -> str:
         if self.backend == "interpreter":
-            return f"{self.name:<8} Triton interpreter on the CPU (tests, machines without a GPU)"
+            return (f"{self.name:<8} Triton interpreter on the CPU: runs the Triton kernels "
+                    "themselves (tests); FUSILE_TARGET=cpu")
         return (f"{self.name:<8} {self.backend} {self.arch}, warp {self.warp_size}, "
                 f"{self.compute_units} CUs/SMs, {self.smem_kib} KiB smem/LDS, "
                 f"{self.hbm_tb_s} TB/s, {self.bf16_tflops:g} bf16 TFLOP/s")
