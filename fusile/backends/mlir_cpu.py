@@ -28,6 +28,7 @@ from typing import Any
 
 from fusile import config
 from fusile.backends.cpu_math import vectorisable
+from fusile.backends.torch_dtypes import to_torch
 from fusile.dsl.errors import BackendError
 from fusile.dsl.types import DType, TensorType, bf16, bool_, f16, f32, f64, i32, i64
 from fusile.lowering.row_blocks import row_split
@@ -79,14 +80,14 @@ class _Slots:
         for t in arg_types:
             self.slots.append(_descriptor(len(t.shape))() if isinstance(t, TensorType) else
                               _CTYPES[t.dtype]())
+        self.kinds = [(to_torch(t.dtype), len(t.shape)) for t in results]
         self.holders = [ctypes.c_void_p(ctypes.addressof(slot)) for slot in self.slots]
         self.packed = (ctypes.c_void_p * len(self.slots))()
         for i, (t, slot) in enumerate(zip([None, *arg_types], self.slots, strict=True)):
             scalar = t is not None and not isinstance(t, TensorType)
             self.packed[i] = ctypes.addressof(slot if scalar else self.holders[i])
 
-    def run(self, function: Any, args: list[Any], results: list[TensorType],
-            into: list[Any] | None = None) -> list[Any]:
+    def run(self, function: Any, args: list[Any], into: list[Any] | None = None) -> list[Any]:
         """Call the function (ctypes lets go of the GIL meanwhile); its results copied into
         `into` (views of the call's outputs) or into new tensors, and its buffers freed."""
         import torch
@@ -101,7 +102,7 @@ class _Slots:
                 slot.value = a
         function(self.packed)
         outs = [_take(d, t, None if into is None else into[i])
-                for i, (d, t) in enumerate(zip(self.descs, results, strict=True))]
+                for i, (d, t) in enumerate(zip(self.descs, self.kinds, strict=True))]
         freed: set[int] = set()
         for d in self.descs:  # each buffer the function allocated, once; never a constant's
             if d.allocated and d.allocated != _GLOBAL and d.allocated not in freed:
@@ -152,14 +153,14 @@ class MlirCpuProgram:
         import torch
 
         for a in args:
-            if isinstance(a, torch.Tensor) and a.device.type != "cpu":
+            if isinstance(a, torch.Tensor) and not a.is_cpu:
                 raise BackendError("FUSILE_TARGET=mlir-cpu runs on CPU tensors, got one on "
                                    f"{a.device}")
         blocks = self._blocks(args)
         slots = self._slots()
         try:
             if blocks is None:
-                return self.compiled.assemble(slots.run(self.function, args, self.results))
+                return self.compiled.assemble(slots.run(self.function, args))
             return self.compiled.assemble(self._run_blocks(slots, args, *blocks))
         finally:
             with self.lock:
@@ -170,13 +171,16 @@ class MlirCpuProgram:
         if self.split is None:
             return None
         split = [(a, ax) for a, ax in zip(args, self.split.args, strict=True) if ax is not None]
+        total = 2 * sum(a.numel() * a.element_size() for a, _ in split)
+        if total <= min(_BLOCK_BYTES, _THREAD_BYTES):
+            return None  # one block on one thread: the common small call stops here
         rows = split[0][0].shape[split[0][1]]
         if any(a.shape[ax] != rows for a, ax in split) or rows < 2:
             return None
-        row_bytes = 2 * sum(a.numel() * a.element_size() for a, _ in split) // rows
-        per_block = max(1, _BLOCK_BYTES // max(row_bytes, 1))
+        row_bytes = max(total // rows, 1)
+        per_block = max(1, _BLOCK_BYTES // row_bytes)
         threads = config.get("cpu_threads") or _torch_threads()
-        if per_block >= rows and (threads == 1 or rows * row_bytes < _THREAD_BYTES):
+        if per_block >= rows and (threads == 1 or total < _THREAD_BYTES):
             return None
         per_block = min(per_block, -(-rows // threads))
         return rows, per_block, threads
@@ -190,7 +194,7 @@ class MlirCpuProgram:
             return [x.narrow(ax, a, n) if ax is not None else x
                     for x, ax in zip(args, self.split.args, strict=True)]  # type: ignore[union-attr]
 
-        first = slots.run(self.function, block(0), self.results)  # gives the results' shapes
+        first = slots.run(self.function, block(0))  # gives the results' shapes
         outs = []
         for r, ax in zip(first, self.split.results, strict=True):  # type: ignore[union-attr]
             shape = list(r.shape)
@@ -205,8 +209,7 @@ class MlirCpuProgram:
             try:
                 for a in starts:  # shared: each block is taken by one thread
                     n = min(per_block, rows - a)
-                    mine.run(self.function, block(a), self.results,
-                             [o.narrow(ax, a, n) for o, ax in
+                    mine.run(self.function, block(a), [o.narrow(ax, a, n) for o, ax in
                               zip(outs, self.split.results, strict=True)])  # type: ignore
             finally:
                 with self.lock:
@@ -231,21 +234,18 @@ def _pool() -> ThreadPoolExecutor:
                               thread_name_prefix="fusile-cpu")
 
 
-def _take(d: Any, t: TensorType, into: Any = None) -> Any:
+def _take(d: Any, kind: tuple[Any, int], into: Any = None) -> Any:
     """A result buffer the function made, copied into `into` or into a new tensor."""
     import torch
 
-    from fusile.backends.torch_dtypes import to_torch
-
-    dtype = to_torch(t.dtype)
-    rank = len(t.shape)
-    shape = list(d.shape) if rank else []
-    strides = list(d.strides) if rank else []
+    dtype, rank = kind
+    shape = d.shape[:] if rank else []
+    strides = tuple(d.strides[:]) if rank else ()
     out = torch.empty(shape, dtype=dtype) if into is None else into
     if out.numel():
         size = out.element_size()
         start = (d.aligned or 0) + d.offset * size
-        if strides == list(out.stride()) and out.is_contiguous():
+        if strides == out.stride() and (into is None or out.is_contiguous()):
             ctypes.memmove(out.data_ptr(), start, out.numel() * size)
         else:
             span = 1 + sum((n - 1) * s for n, s in zip(shape, strides, strict=True))

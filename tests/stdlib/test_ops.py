@@ -1,6 +1,7 @@
-"""Standard library ops against torch: forward and gradients (f32, bf16, odd sizes), float64
-gradcheck on the reference path, torch.compile(fullgraph=True), argument errors; and on a GPU
-the same, plus CUDA graph capture."""
+"""Standard library ops against torch: forward and gradients (f32, bf16, odd sizes) on the
+Triton interpreter and on mlir-cpu, float64 gradcheck on the reference path,
+torch.compile(fullgraph=True), argument errors; and on a GPU the same, plus CUDA graph
+capture."""
 
 from __future__ import annotations
 
@@ -127,6 +128,17 @@ def _compare(name: str, device: str, dtype: torch.dtype) -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_matches_torch_on_cpu(name: str, dtype: torch.dtype) -> None:
     _compare(name, "cpu", dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", NAMES)
+def test_matches_torch_on_mlir_cpu(name: str, dtype: torch.dtype) -> None:
+    """The default for CPU tensors, forward and backward; row-separable kernels in blocks of
+    one row on two threads (as a large call runs)."""
+    from tests.backends.test_mlir_cpu import one_row_blocks
+
+    with config.override(target="mlir-cpu", cpu_threads=2), one_row_blocks():
+        _compare(name, "cpu", dtype)
 
 
 @pytest.mark.parametrize("name", NAMES)
