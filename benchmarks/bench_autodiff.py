@@ -5,6 +5,10 @@ Each row times the step `y = f(*inputs); torch.autograd.grad(y, float inputs, dy
 graph replay (do_bench_cudagraph: kernel time, no host) and from Python (do_bench median).
 
     python -m benchmarks.bench_autodiff [--size 16384x4096] [--ops a,b] [--json PATH]
+                                        [--kernels]
+
+--kernels also lists each step's GPU kernels with their times (torch.profiler, one step after
+warm-up) and the bytes moved at the measured copy ceiling: where a slow row loses its time.
 """
 
 from __future__ import annotations
@@ -74,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", default="16384x4096", help="rows x columns (default 16384x4096)")
     ap.add_argument("--ops", default="", help="comma-separated op names (default: all)")
     ap.add_argument("--json", help="also write the rows to this file")
+    ap.add_argument("--kernels", action="store_true",
+                    help="list each step's GPU kernels and their times")
     a = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_autodiff: needs a CUDA or ROCm GPU", file=sys.stderr)
@@ -100,17 +106,37 @@ def main(argv: list[str] | None = None) -> int:
                 step()  # compile and tune outside the timings
             row[label + "_graph_ms"] = do_bench_cudagraph(step, rep=200, return_mode="median")
             row[label + "_eager_ms"] = do_bench(step, warmup=50, rep=200, return_mode="median")
+            if a.kernels:
+                row[label + "_kernels"] = _kernels(step)
         rows.append(row)
         cells = [f"{row[k + '_graph_ms']:6.3f} /{row[k + '_eager_ms']:6.3f}"
                  for k in ("derived", "hand", "compile")]
         print(f"{name:14s} {cells[0]:>15s} {cells[1]:>15s} {cells[2]:>15s} "
               f"{row['derived_graph_ms'] / row['hand_graph_ms']:8.2f} "
               f"{row['derived_graph_ms'] / row['compile_graph_ms']:8.2f}")
+    if a.kernels:
+        for row in rows:
+            for label in ("derived", "hand", "compile"):
+                print(f"  {row['op']} {label}:")
+                for name, us in row[label + "_kernels"]:
+                    print(f"    {us:8.1f} us  {name[:90]}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                        "rows": rows}, f, indent=1)
     return 0
+
+
+def _kernels(step) -> list[tuple[str, float]]:
+    """(kernel name, GPU microseconds) of one step, in launch order."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    return [(e.name, e.device_time) for e in prof.events()
+            if e.device_type.name == "CUDA" and e.device_time > 0]
 
 
 if __name__ == "__main__":

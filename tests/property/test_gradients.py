@@ -16,7 +16,9 @@ from tests.property.programs import Program, programs
 from tests.property.torch_eval import function
 
 DEEP = os.environ.get("HYPOTHESIS_PROFILE") == "deep"
-N_GRAD = 2000 if DEEP else 40
+# GRAD_PROGRAMS sets the count (a deep run sized to the time a GPU is lent for)
+N_GRAD = int(os.environ.get("GRAD_PROGRAMS") or (2000 if DEEP else 40))
+TALLY = os.environ.get("PROPERTY_TALLY")  # a file: one line per program checked
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                      HealthCheck.data_too_large])
 REL = 1e-3  # float32 arithmetic through a backward that may divide by small values
@@ -51,6 +53,9 @@ def _run(p: Program, device: str) -> None:
         err = float((gx.detach().double().cpu() - w).norm())
         limit = REL * float(w.norm()) + 1e-6 * w.numel() ** 0.5
         assert err <= limit, f"||grad - ref|| = {err:.3g} > {limit:.3g}"
+    if TALLY:
+        with open(TALLY, "a") as f:
+            f.write(f"{device} grad ok\n")
 
 
 @settings(max_examples=N_GRAD, **SETTINGS)
