@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import re
 import sys
 import time
@@ -138,8 +137,9 @@ def _check_target(name: str, emit: str | None = None) -> None:
     (checked before any compile work)."""
     from fusile.backends.targets import TARGETS
 
-    if name not in TARGETS:
-        raise CliError(f"unknown target {name!r}; known: {', '.join(TARGETS)}")
+    if name not in TARGETS and not (name == "mlir-cpu" and emit is None):
+        raise CliError(f"unknown target {name!r}; known: {', '.join(TARGETS)} "
+                       "(and mlir-cpu for explain)")
     if emit is None:
         return
     backend = TARGETS[name].backend
@@ -223,36 +223,12 @@ def _targets(args: argparse.Namespace) -> int:
 
     for t in TARGETS.values():
         print(t.describe())
-    from fusile import config
+    from fusile.backends.targets import this_cpu
 
-    threads = config.get("cpu_threads") or _torch_threads()
-    print(f"{'mlir-cpu':9} MLIR's JIT on this CPU, the default for CPU tensors: "
-          f"{os.cpu_count()} cores, {threads} threads, copy {_copy_gb_s():.1f} GB/s "
-          "(read+write, measured now); vectorised loops, large row-separable calls in "
-          "blocks of rows on the threads")
+    print(this_cpu().describe())
     print(f"{'reference':9} the float64 oracle (numpy over the unfused MLIR): "
           "FUSILE_TARGET=reference")
     return 0
-
-
-def _torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
-
-
-def _copy_gb_s() -> float:
-    """This machine's copy bandwidth through torch (64 MiB, best of three)."""
-    import torch
-
-    x = torch.ones(1 << 24)
-    y = torch.empty_like(x)
-    best = float("inf")
-    for _ in range(3):
-        t0 = time.perf_counter()
-        y.copy_(x)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * x.numel() * 4 / best / 1e9
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -70,8 +70,8 @@ class Explanation:
 
     def __str__(self) -> str:
         t = self.target
-        out = [f"{self.function} on {t.name} ({t.hbm_tb_s} TB/s, {t.fp32_tflops:g} fp32 / "
-               f"{t.bf16_tflops:g} bf16 TFLOP/s)"]
+        out = [f"{self.function} on {t.name} ({t.hbm_tb_s:.3g} TB/s, {t.fp32_tflops:.3g} fp32 / "
+               f"{t.bf16_tflops:.3g} bf16 TFLOP/s)"]
         head = (f"{'kernel':<8}{'kind':<12}{'read':>10}{'write':>10}{'FLOPs':>10}"
                 f"{'FLOP/B':>8}{'roofline':>11}  bound")
         if any(k.measured_us for k in self.kernels):
@@ -120,7 +120,11 @@ def build(function: str, report: PlanReport, target: Target, sixteen_bit: bool,
             "memory" if t_mem >= t_flop else "compute",
             None if measured_ms is None else measured_ms[i] * 1e3))
     notes = []
-    if measured_ms is None:
+    if measured_ms is None and target.backend == "mlir-cpu":
+        notes.append("(roofline from this CPU's copy and fp32 matmul rates, measured through "
+                     "torch; mlir-cpu runs the whole program as one call, blocks of rows on "
+                     "the threads where it can)")
+    elif measured_ms is None:
         notes.append("(roofline from datasheet numbers; measure=True on a GPU times each "
                      "kernel)")
     return Explanation(function, target, kernels, report.unfused_kernels, report.unfused_bytes,

@@ -109,3 +109,23 @@ def test_a_pointwise_program_counted_by_hand() -> None:
     assert k.roofline_us == pytest.approx(8 * e / 5.3e12 * 1e6)
     assert (ex.unfused_kernels, ex.unfused_bytes) == (2, 16 * e)  # x*2 and +1, each r+w
     assert ex.to_dict()["launches_saved"] == 1 and ex.to_dict()["bytes_saved"] == 8 * e
+
+
+def test_this_cpu_is_a_target_for_explain() -> None:
+    """mlir-cpu (and auto on CPU tensors): the roofline from this machine's measured copy and
+    matmul rates, said so; not a target to compile for ahead of time."""
+    from fusile.backends import targets
+    from fusile.dsl.errors import BackendError
+
+    x = torch.randn(256, 128)
+    cpu = targets.this_cpu()
+    assert cpu.hbm_tb_s > 0 and cpu.fp32_tflops > 0 and cpu.compute_units >= 1
+    for target in ("mlir-cpu", "auto"):
+        ex = samples.softmax_last.explain(x, target=target)
+        text = str(ex)
+        assert text.startswith("softmax_last on mlir-cpu") and "measured through torch" in text
+        (k,) = ex.kernels
+        assert k.bytes == 2 * 256 * 128 * 4  # one read, one write
+        assert k.roofline_us == pytest.approx(1e6 * k.bytes / (cpu.hbm_tb_s * 1e12))
+    with pytest.raises(BackendError, match="nothing to compile"):
+        cpu.gpu_target()

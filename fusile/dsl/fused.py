@@ -257,9 +257,10 @@ class FusedFunction:
     def explain(self, *args: Any, target: str | None = None, measure: bool = False,
                 sizes: dict[str, int] | None = None, **kwargs: Any) -> Any:
         """Kernels, HBM bytes, FLOPs and roofline time on `target` (default: the tensors' GPU,
-        else h100), for these tensors or for a signature: `f.explain(x=bf16["M", 4096],
-        w=bf16[4096], sizes={"M": 8192})`. measure=True (tensors on a GPU) also times each
-        kernel. Print it, or .to_dict()."""
+        else h100; "mlir-cpu", or "auto" on CPU tensors: this CPU, measured), for these
+        tensors or for a signature: `f.explain(x=bf16["M", 4096], w=bf16[4096],
+        sizes={"M": 8192})`. measure=True (tensors on a GPU) also times each kernel. Print
+        it, or .to_dict()."""
         import torch
 
         from fusile import explain as ex
@@ -280,8 +281,8 @@ class FusedFunction:
         device = next((v.device for v in runtime if isinstance(v, torch.Tensor)), None)
         if t is None:
             on_gpu = device is not None and device.type == "cuda"
-            t = (targets.for_device(device or "cpu") if on_gpu or target == "auto" else
-                 targets.get("h100"))
+            t = (targets.for_device(device) if on_gpu else targets.this_cpu()
+                 if target == "auto" else targets.get("h100"))
         measured = None
         if measure:
             if device is None or device.type != "cuda":
