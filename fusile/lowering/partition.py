@@ -98,11 +98,7 @@ def partition(graph: Graph) -> Plan:
             producer[r] = gi
             if not node.inputs:  # positions (arange/index): recomputable anywhere
                 free.add(r)
-        # a cheap producer (elementwise over arguments) is recomputed where it is read, so
-        # its kernel does not hold its readers back (as a norm backward's rsqrt of a kept
-        # statistic would: dx joining the dw kernel after it, a grid over the columns)
-        deps = [home[producer[t]] for t in node.inputs if producer.get(t) in home and
-                not _recomputable(graph, producer[t], producer)]
+        deps = [home[producer[t]] for t in node.inputs if producer.get(t) in home]
         earliest = max(deps, default=0)
         if is_contraction(node, free):  # a kernel of its own, which its epilogue joins
             group = Group(graph, ones, cls)
@@ -132,10 +128,6 @@ def partition(graph: Graph) -> Plan:
     kernels = [g.kernel(i, k) for i, (g, k) in enumerate(zip(groups, kinds, strict=True))]
     plan = Plan(graph, cls, kernels, fills, ones)
     _io(plan)
-    # a kernel whose every result its readers recompute writes nothing: nothing to launch
-    plan.kernels = [k for k in plan.kernels if k.writes]
-    for i, k in enumerate(plan.kernels):
-        k.index = i
     return plan
 
 
@@ -148,31 +140,20 @@ def _add_with_producers(group: Group, gi: int, graph: Graph, producer: dict[int,
     assert isinstance(node, Generic)
     saved = (list(group.gens), dict(group.uf.parent), dict(group.produced), dict(group.read),
              group.reduced)
-    late = []
     for t in node.inputs:
         p = producer.get(t)
         if p is None or p in group.gens or home.get(p) == gidx:
             continue
-        if _recomputable(graph, p, producer) and not group.try_add(p):
-            late.append(p)  # tied to the kernel only through gi: placed after it, ahead
+        pn = graph.nodes[p]
+        assert isinstance(pn, Generic)
+        args_only = all(u in graph.args or u not in producer for u in pn.inputs)
+        if not pn.reduction_loops and args_only:
+            group.try_add(p)  # best effort: if it does not fit, the tensor is read instead
     if group.try_add(gi):
-        for p in late:
-            group.try_add(p, before=gi)  # best effort: else the tensor is read instead
-        # what gi reads from another kernel must come from an earlier one
-        if all(producer.get(t) is None or home.get(producer[t], gidx + 1) <= gidx or
-               producer[t] in group.gens for t in node.inputs):
-            return True
+        return True
     group.gens, group.uf.parent, group.produced, group.read, group.reduced = (
         saved[0], saved[1], saved[2], saved[3], saved[4])
     return False
-
-
-def _recomputable(graph: Graph, p: int, producer: dict[int, int]) -> bool:
-    """An elementwise generic over program arguments only: as cheap to recompute as to read."""
-    pn = graph.nodes[p]
-    assert isinstance(pn, Generic)
-    return not pn.reduction_loops and all(u in graph.args or u not in producer
-                                          for u in pn.inputs)
 
 
 def _only_init(graph: Graph, t: int) -> bool:
