@@ -41,4 +41,7 @@ def test_h200_has_its_own_bandwidth_and_compiles_like_an_h100() -> None:
 def test_explain_defaults_to_the_tensors_gpu_else_h100() -> None:
     x, w = torch.randn(64, 256), torch.randn(256)
     assert " on h100 " in str(samples.rms_norm.explain(x, w))  # CPU tensors: the usual GPU
-    assert " on cpu " in str(samples.rms_norm.explain(x, w, target="auto"))
+    # auto: what the tensors' device runs, here mlir-cpu on this CPU (the Triton interpreter
+    # when named: target="cpu")
+    assert " on mlir-cpu " in str(samples.rms_norm.explain(x, w, target="auto"))
+    assert " on cpu " in str(samples.rms_norm.explain(x, w, target="cpu"))
