@@ -332,14 +332,15 @@ def main(argv: list[str] | None = None) -> int:
     t.set_defaults(run=_targets)
     d = verbs.add_parser("demo", help="run, check and explain the sample programs",
                          description="Compile the sample programs, run them on this machine "
-                         "(the GPU if there is one, else the Triton interpreter at small "
-                         "sizes), check them against float64, compile one for h100 and mi300x "
+                         "(the GPU if there is one, else this CPU through mlir-cpu, or the "
+                         "Triton interpreter with FUSILE_TARGET=cpu), check them against "
+                         "float64, compile one for h100 and mi300x "
                          "and print its explain table.")
     d.add_argument("--rows", type=_positive, default=17, help="rows on the CPU (default 17)")
     d.add_argument("--cols", type=_positive, default=1000,
                    help="columns on the CPU (default 1000)")
     d.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
-    d.add_argument("--cpu", action="store_true", help="use the interpreter even with a GPU")
+    d.add_argument("--cpu", action="store_true", help="run on the CPU even with a GPU")
     d.set_defaults(run=_demo)
     args = parser.parse_args(argv)
     if args.verb is None:
