@@ -217,8 +217,9 @@ class MlirCpuProgram:
 
         helpers = [_pool().submit(work) for _ in range(threads - 1)]
         work()
-        for h in helpers:
-            h.result()
+        for h in helpers:  # the blocks are all taken: a helper not yet started never need
+            if not h.cancel():
+                h.result()
         return outs
 
 
@@ -228,10 +229,16 @@ def _torch_threads() -> int:
     return torch.get_num_threads()
 
 
-@functools.cache
+_POOL: list[tuple[int, ThreadPoolExecutor]] = []
+
+
 def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 2) - 1),
-                              thread_name_prefix="fusile-cpu")
+    """The block threads, made again in a forked child (a DataLoader worker, say), where the
+    parent's threads do not exist."""
+    if not _POOL or _POOL[-1][0] != os.getpid():
+        _POOL[:] = [(os.getpid(), ThreadPoolExecutor(
+            max_workers=max(1, (os.cpu_count() or 2) - 1), thread_name_prefix="fusile-cpu"))]
+    return _POOL[-1][1]
 
 
 def _take(d: Any, kind: tuple[Any, int], into: Any = None) -> Any:

@@ -205,3 +205,24 @@ def test_exp_at_its_edges() -> None:
     assert rel < 4 * 2.0**-23, rel  # within 4 ulp
     tiny = torch.isfinite(want) & (want <= 1e-37)  # denormal or flushed: absolute error
     assert (got.double() - want)[tiny].abs().max().item() < 2e-45 * 4
+
+
+def test_blocks_run_in_a_forked_child_too() -> None:
+    """A process forked after a threaded call (a DataLoader worker) has none of the parent's
+    block threads: its own calls still finish, with the right numbers."""
+    import multiprocessing
+
+    x = torch.randn(64, 33, generator=torch.Generator().manual_seed(8))
+    fn = fusile.from_source("def f(x):\n    return softmax(x, axis=-1)\n")
+    with config.override(cpu_threads=2), one_row_blocks():
+        fn(x)  # the parent's pool exists now
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(1) as pool:
+            out = pool.apply_async(_softmax_in_child, (x,)).get(timeout=60)
+    assert_close(out, torch.softmax(x.double(), -1), torch.float32, scale=4)
+
+
+def _softmax_in_child(x: torch.Tensor) -> torch.Tensor:
+    fn = fusile.from_source("def f(x):\n    return softmax(x, axis=-1)\n")
+    with config.override(target="mlir-cpu", cpu_threads=2), one_row_blocks():
+        return fn(x)
