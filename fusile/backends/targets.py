@@ -71,8 +71,6 @@ _BY_NAME = [("H200", "h200"), ("H100", "h100"), ("A100", "a100")]
 
 
 def get(name: str) -> Target:
-    if name == "mlir-cpu":
-        return this_cpu()
     if name not in TARGETS:
         raise BackendError(f"unknown target {name!r}; known: {', '.join(TARGETS)} (or 'auto')")
     return TARGETS[name]

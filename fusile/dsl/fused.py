@@ -270,7 +270,8 @@ class FusedFunction:
         from fusile.lowering.partition import partition
         from fusile.lowering.report import plan_report
 
-        t = targets.get(target) if target not in (None, "auto") else None
+        t = (targets.this_cpu() if target == "mlir-cpu" else
+             targets.get(target) if target not in (None, "auto") else None)
         values = self._bind_args(args, kwargs)
         compiled, _ = self._lookup(values)
         shapes = [concrete_shape(v, sizes or {}) for v in compiled.runtime_args(values)]
