@@ -26,8 +26,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from fusile import config
 from fusile.backends.cpu_math import vectorisable
+from fusile.backends.targets import cpu_threads
 from fusile.backends.torch_dtypes import to_torch
 from fusile.dsl.errors import BackendError
 from fusile.dsl.types import DType, TensorType, bf16, bool_, f16, f32, f64, i32, i64
@@ -182,7 +182,7 @@ class MlirCpuProgram:
             return None
         row_bytes = max(total // rows, 1)
         per_block = max(1, _BLOCK_BYTES // row_bytes)
-        threads = config.get("cpu_threads") or _torch_threads()
+        threads = cpu_threads()
         if per_block >= rows and (threads == 1 or total < _THREAD_BYTES):
             return None
         per_block = min(per_block, -(-rows // threads))
@@ -224,12 +224,6 @@ class MlirCpuProgram:
             if not h.cancel():
                 h.result()
         return outs
-
-
-def _torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
 
 
 _POOL: list[tuple[int, ThreadPoolExecutor]] = []

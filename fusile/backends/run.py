@@ -80,8 +80,8 @@ def _program_key(name: str, device: Any, compiled: Any) -> str:
     opt-in (it changes the generated dots); mlir-cpu has one program. CPU tensors go to
     mlir-cpu unless a target is named (`cpu`: the Triton interpreter) or it does not take
     the program's dtypes."""
-    if name == "mlir-cpu" or (name == "auto" and device.type == "cpu" and
-                              _mlir_cpu_takes(compiled)):
+    if name == "mlir-cpu" or (name == "auto" and device.type == "cpu" and (
+            "mlir-cpu" in compiled.programs or _mlir_cpu_takes(compiled))):
         return "mlir-cpu"
     return _target(name, device).name + ("+tf32" if config.get("tf32") else "")
 

@@ -86,8 +86,6 @@ def this_cpu() -> Target:
 
     import torch
 
-    from fusile import config
-
     def best(fn: Any) -> float:
         fn()
         times = []
@@ -101,8 +99,21 @@ def this_cpu() -> Target:
     copy = 2 * x.numel() * 4 / best(lambda: y.copy_(x)) / 1e12
     a = torch.ones(512, 512)
     mm = 2 * 512**3 / best(lambda: a @ a) / 1e12
-    threads = config.get("cpu_threads") or torch.get_num_threads()
-    return Target("mlir-cpu", "mlir-cpu", "cpu", threads, os.cpu_count() or 1, 0, copy, mm, mm)
+    return Target("mlir-cpu", "mlir-cpu", "cpu", cpu_threads(), os.cpu_count() or 1, 0, copy,
+                  mm, mm)
+
+
+def cpu_threads() -> int:
+    """The threads mlir-cpu runs a call's blocks of rows on: FUSILE_CPU_THREADS, else
+    torch's."""
+    from fusile import config
+
+    threads = config.get("cpu_threads")
+    if threads:
+        return int(threads)
+    import torch
+
+    return torch.get_num_threads()
 
 
 def for_device(device: Any) -> Target:
