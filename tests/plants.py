@@ -14,7 +14,8 @@ the list cannot silently rot as the code moves.
 The first thirteen are the ones issue 25 reported as uncaught; the rest were added after it
 (six with concat, positions under a slice and the rope rewrite;
 then five with decode attention and the fused cross-entropy reduction, two with the Hugging
-Face integration, six with autodiff, two with mlir-cpu, four with its row blocks and exp).
+Face integration, six with autodiff, two with mlir-cpu, four with its row blocks and exp,
+one with the partition's deferred producers).
 """
 
 from __future__ import annotations
@@ -243,6 +244,10 @@ PLANTS = [
     Plant("row_block_offset", "fusile/backends/mlir_cpu.py",
           "x.narrow(ax, a, n) if ax", "x.narrow(ax, 0, n) if ax",
           "mlir-cpu: every block reads the first rows"),
+    Plant("partition_no_defer", "fusile/lowering/partition.py",
+          "    deferred = _deferrable(graph, taken | grad_members)",
+          "    deferred: set[int] = set()",
+          "partition: cheap producers get kernels of their own that hold their readers back"),
     Plant("cpu_exp_ln2", "fusile/backends/cpu_math.py",
           "_LN2_HI, _LN2_LO = 0.693359375, -2.12194440e-4", "_LN2_HI, _LN2_LO = 0.69314718, 0.0",
           "mlir-cpu: exp's range reduction with a one-part ln 2"),

@@ -152,8 +152,11 @@ class Group:
         assert isinstance(node, Generic)
         return [i for i in range(node.n_loops) if self.cls.find(("loop", gi, i)) not in self.ones]
 
-    def try_add(self, gi: int) -> bool:
-        """Add generic gi if it fits; leave the group unchanged and return False if not."""
+    def try_add(self, gi: int, before: int | None = None) -> bool:
+        """Add generic gi if it fits; leave the group unchanged and return False if not.
+        `before`: a generic of the group that reads gi's results, which gi is placed ahead
+        of and linked to through them (a producer recomputed here whose loops only its
+        reader ties to the kernel's)."""
         node = self.graph.nodes[gi]
         assert isinstance(node, Generic)
         uf = Classes()
@@ -174,6 +177,10 @@ class Group:
                 link(*self.produced[t], m)
             elif t in self.read and self.read[t][0] != gi:
                 link(*self.read[t], m)
+        late = [r for r in node.results if before is not None and r in self.read]
+        for r, m in zip(node.results, node.maps[n_in:], strict=True):
+            if r in late:
+                link(*self.read[r], m)
         for g in [*self.gens, gi]:  # no two loops of one generic may share an index
             roots = [uf.find((g, i)) for i in self.real_loops(g)]
             if len(set(roots)) != len(roots):
@@ -188,7 +195,9 @@ class Group:
         if red and old is not None and red != old and self.attn is None and self.grad is None:
             return False
         self.uf = uf
-        self.gens.append(gi)
+        self.gens.insert(self.gens.index(before) if before is not None else len(self.gens), gi)
+        for r in late:
+            del self.read[r]
         if red:
             self.reduced = red
         for t, m in zip(node.inputs, node.maps[:n_in], strict=True):

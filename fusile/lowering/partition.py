@@ -57,6 +57,7 @@ def partition(graph: Graph) -> Plan:
     taken = {mi for _, members in flash.values() for mi in members}
     grads = grad_kernels(graph, ones, cls, taken)
     grad_members = {mi for f in grads for mi in f.members}
+    deferred = _deferrable(graph, taken | grad_members)
     # placed at their first out dot: every producer of their inputs is placed by then
     first_grad = min((o.gi for f in grads for o in f.outs), default=None)
     for gi, node in enumerate(graph.nodes):
@@ -98,14 +99,17 @@ def partition(graph: Graph) -> Plan:
             producer[r] = gi
             if not node.inputs:  # positions (arange/index): recomputable anywhere
                 free.add(r)
-        deps = [home[producer[t]] for t in node.inputs if producer.get(t) in home]
+        if gi in deferred:
+            continue  # computed in the kernels that read it
+        deps = [home[producer[t]] for t in node.inputs
+                if producer.get(t) in home and producer[t] not in deferred]
         earliest = max(deps, default=0)
         if is_contraction(node, free):  # a kernel of its own, which its epilogue joins
             group = Group(graph, ones, cls)
             form = dot_form(gi, node)
             if form is not None and all(group.cls.find(("loop", gi, x)) not in ones
                                         for x in (form.m, form.n, form.k)):
-                _add_with_producers(group, gi, graph, producer, home, len(groups))
+                _add_with_producers(group, gi, graph, producer, home, len(groups), deferred)
                 group.dot = form
             else:
                 group.try_add(gi)
@@ -116,12 +120,13 @@ def partition(graph: Graph) -> Plan:
         for gidx in range(earliest, len(groups)):
             open_ = kinds[gidx] is None or groups[gidx].dot is not None or \
                 groups[gidx].grad is not None
-            if open_ and _add_with_producers(groups[gidx], gi, graph, producer, home, gidx):
+            if open_ and _add_with_producers(groups[gidx], gi, graph, producer, home, gidx,
+                                             deferred):
                 home[gi] = gidx
                 break
         else:
             group = Group(graph, ones, cls)
-            _add_with_producers(group, gi, graph, producer, home, len(groups))
+            _add_with_producers(group, gi, graph, producer, home, len(groups), deferred)
             groups.append(group)
             kinds.append(None)
             home[gi] = len(groups) - 1
@@ -132,28 +137,61 @@ def partition(graph: Graph) -> Plan:
 
 
 def _add_with_producers(group: Group, gi: int, graph: Graph, producer: dict[int, int],
-                        home: dict[int, int], gidx: int) -> bool:
+                        home: dict[int, int], gidx: int, deferred: set[int]) -> bool:
     """Add gi to group, first recomputing there any elementwise producer (computed in another
     kernel) whose own inputs are all program arguments: cheaper than a round trip through HBM.
-    Leaves the group unchanged if gi does not fit."""
+    A deferred producer (no kernel of its own) must be recomputed here, ahead of gi, or have
+    been computed by an earlier kernel. Leaves the group unchanged if gi does not fit."""
     node = graph.nodes[gi]
     assert isinstance(node, Generic)
     saved = (list(group.gens), dict(group.uf.parent), dict(group.produced), dict(group.read),
              group.reduced)
+    late = []  # deferred producers that only gi ties to the kernel: placed ahead of it after
     for t in node.inputs:
         p = producer.get(t)
-        if p is None or p in group.gens or home.get(p) == gidx:
+        if p is None or p in group.gens:
+            continue
+        if p in deferred:
+            if not group.try_add(p):
+                late.append(p)
+            continue
+        if home.get(p) == gidx:
             continue
         pn = graph.nodes[p]
         assert isinstance(pn, Generic)
         args_only = all(u in graph.args or u not in producer for u in pn.inputs)
         if not pn.reduction_loops and args_only:
             group.try_add(p)  # best effort: if it does not fit, the tensor is read instead
-    if group.try_add(gi):
+    if group.try_add(gi) and all(group.try_add(p, before=gi) or home.get(p, gidx) < gidx
+                                 for p in late):
+        for p in deferred & set(group.gens):
+            home.setdefault(p, gidx)
         return True
     group.gens, group.uf.parent, group.produced, group.read, group.reduced = (
         saved[0], saved[1], saved[2], saved[3], saved[4])
     return False
+
+
+def _deferrable(graph: Graph, special: set[int]) -> set[int]:
+    """Elementwise generics over program arguments only (a norm backward's rsqrt of a kept
+    statistic, dy * w) whose every reader is a plain generic: each is computed in the kernels
+    that read it, ahead of its reader, instead of first in a kernel of its own, which would
+    hold every reader back to that kernel or a later one (the dw column reduction, say, which
+    dx would then join)."""
+    gens = [(gi, n) for gi, n in enumerate(graph.nodes) if isinstance(n, Generic)]
+    producer = {r: gi for gi, n in gens for r in n.results}
+    free = {r for _, n in gens if not n.inputs for r in n.results}
+    out: set[int] = set()
+    for gi, n in gens:
+        if gi in special or n.reduction_loops or not n.inputs or any(
+                u in producer for u in n.inputs):
+            continue
+        mine = set(n.results)
+        readers = [(gj, m) for gj, m in gens if mine & set(m.inputs)]
+        if readers and not any(mine & set(m.outputs) for _, m in gens) and not any(
+                gj in special or is_contraction(m, free) for gj, m in readers):
+            out.add(gi)
+    return out
 
 
 def _only_init(graph: Graph, t: int) -> bool:

@@ -319,3 +319,22 @@ def _eager_step(x, r, t, w, d, cos, sin):
     h = S.softmax(h, -1) + S.log_softmax(h, -1) + S.rope(h, cos, sin)
     h, _ = S.add_layer_norm(h, r2, d, w, w)
     return S.cross_entropy(h, t, label_smoothing=0.1)
+
+
+@pytest.mark.parametrize("name", ["layer_norm_bwd", "rms_norm_bwd"])
+def test_norm_backward_plans_are_a_row_kernel_and_a_column_kernel(name: str) -> None:
+    """dx with its row means in one kernel; the weight (and bias) column sums in the other,
+    writing nothing else: a column reduction that also wrote a full-size intermediate (the
+    layer norm's xhat, in float32) moved ~60% more bytes and could not split its rows."""
+    from fusile.stdlib import kernels as K
+
+    m, n = 64, 256
+    dy, x = torch.randn(m, n).bfloat16(), torch.randn(m, n).bfloat16()
+    w, rstd = torch.randn(n).bfloat16(), torch.rand(m, 1) + 0.5
+    args = [dy, x, w, torch.randn(m, 1), rstd] if name == "layer_norm_bwd" else [dy, x, w, rstd]
+    plan = getattr(K, name).plan(*args)
+    assert len(plan.kernels) == 2
+    full = m * n * 2  # one bf16 tensor of x's shape
+    small = [k for k in plan.kernels if sum(k.writes.values()) < full]
+    assert len(small) == 1  # the column kernel writes only the (n,) sums
+    assert plan.bytes <= 5 * full + 64 * 1024  # x and dy read twice, dx written once
