@@ -15,7 +15,7 @@ The first thirteen are the ones issue 25 reported as uncaught; the rest were add
 (six with concat, positions under a slice and the rope rewrite;
 then five with decode attention and the fused cross-entropy reduction, two with the Hugging
 Face integration, six with autodiff, two with mlir-cpu, four with its row blocks and exp,
-one with the partition's deferred producers).
+one with the partition's deferred producers, three with rows+columns kernels).
 """
 
 from __future__ import annotations
@@ -251,6 +251,16 @@ PLANTS = [
     Plant("cpu_exp_ln2", "fusile/backends/cpu_math.py",
           "_LN2_HI, _LN2_LO = 0.693359375, -2.12194440e-4", "_LN2_HI, _LN2_LO = 0.69314718, 0.0",
           "mlir-cpu: exp's range reduction with a one-part ln 2"),
+    Plant("columns_unmasked_rows", "fusile/backends/triton/codegen_columns.py",
+          'fold_mask="mask")', 'fold_mask="mask_r")',
+          "rows+columns: a column sum adds the padded rows of a row block"),
+    Plant("columns_first_block_partial", "fusile/backends/triton/codegen_columns.py",
+          "tl.where(blk > prog, prev", "tl.where(blk > prog + G, prev",
+          "rows+columns (looped): a program's second row block overwrites its partials"),
+    Plant("columns_one_partial_row", "fusile/backends/triton/codegen_columns.py",
+          'head.emit(f"tl.store(part_ptr + ({j} * G + prog) * R',
+          'head.emit(f"tl.store(part_ptr + ({j} * G) * R',
+          "rows+columns: every program stores its column sums over the first one's"),
 ]
 
 _FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.M)

@@ -58,6 +58,11 @@ KNOBS: dict[str, Knob] = {
         "FUSILE_MAX_ROW_BLOCK", int, lambda: 0,
         "longest row a reduction keeps in registers before it loops (0: per-target default)",
     ),
+    "row_programs": Knob(
+        "FUSILE_ROW_PROGRAMS", int, lambda: 0,
+        "rows+columns kernels (a norm backward's dx with dw/db): persistent programs per SM/CU "
+        "(0: the default, 4)",
+    ),
     "target": Knob(
         "FUSILE_TARGET", str, lambda: "auto",
         "target for calls on tensors: auto (from the device), a name from `fusile targets`, "

@@ -13,6 +13,7 @@ from fusile.lowering.graph import Generic, Graph
 POINTWISE, REDUCTION = "pointwise", "reduction"
 CONTRACTION, ATTENTION = "contraction", "attention"
 ATTENTION_GRAD = "attention-grad"
+ROW_COLUMNS = "rows+columns"  # a row kernel that also sums over its rows (column partials)
 
 
 class Classes:
@@ -55,6 +56,10 @@ class Kernel:
     dot: DotForm | None = None  # a contraction kernel's tl.dot (None: gathered products)
     attn: attention.AttentionForm | None = None  # an attention kernel's chain
     grad: GradForm | None = None  # an attention backward kernel's score tiles and out dots
+    # a rows+columns kernel's generics computed from column partials: sums over the rows (P)
+    # and elementwise work on their results over the columns (R) only. The row kernel folds
+    # the sums into per-program float32 partials; a combine kernel finishes them.
+    columns: list[int] = field(default_factory=list)
 
     def access(self, gi: int, m: tuple[int | None, ...]) -> list[int | None]:
         """Index class per tensor axis for generic gi reading/writing through map m."""
@@ -146,6 +151,7 @@ class Group:
         self.dot: DotForm | None = None  # set once the contraction is in
         self.attn: attention.AttentionForm | None = None  # an attention chain: no R check
         self.grad: GradForm | None = None  # an attention backward kernel: no R check either
+        self.columns: list[int] = []  # generics over column partials (Kernel.columns)
 
     def real_loops(self, gi: int) -> list[int]:
         node = self.graph.nodes[gi]
@@ -192,13 +198,21 @@ class Group:
                 not self._fits_dot(uf, gi, real, red):
             return False
         old = {uf.find(c) for c in self.reduced} if self.reduced else None
-        if red and old is not None and red != old and self.attn is None and self.grad is None:
+        column = bool(red) and old is not None and red != old and \
+            self.attn is None and self.grad is None
+        if column and not self._column_sum(uf, gi, real, red, old or set()):
             return False
+        if any(self.produced.get(t, (-1,))[0] in self.columns for t in node.inputs):
+            if red or not self._column_epilogue(uf, gi, real, old or set()):
+                return False  # only the combine kernel has a column sum's result
+            column = True
         self.uf = uf
         self.gens.insert(self.gens.index(before) if before is not None else len(self.gens), gi)
         for r in late:
             del self.read[r]
-        if red:
+        if column:
+            self.columns.append(gi)
+        elif red:
             self.reduced = red
         for t, m in zip(node.inputs, node.maps[:n_in], strict=True):
             if t not in self.produced:
@@ -215,6 +229,40 @@ class Group:
         spans = [{uf.find((g, i)) for i in self.real_loops(g)} for g in [*self.gens, gi]]
         every = set().union(*spans)
         return any(s == every for s in spans)
+
+    def _column_sum(self, uf: Classes, gi: int, real: set[int], red: set, rows: set) -> bool:
+        """gi sums over the rows of a row kernel (its reduced classes `rows` are the
+        kernel's columns): every class of the kernel is a row or a column, gi keeps only
+        column classes, and it is a float sum of values computed per tile (not of another
+        column sum), over a tensor's rows, not along its contiguous last axis. Such a sum
+        joins as partials per program, combined after (a norm backward's dw and db next to
+        its dx)."""
+        node = self.graph.nodes[gi]
+        assert isinstance(node, Generic)
+        if self.dot is not None or red & rows or any(
+                self.produced.get(t, (-1,))[0] in self.columns for t in node.inputs):
+            return False
+        every = {uf.find((g, i)) for g in [*self.gens, gi] for i in self.real_loops(g)}
+        kept = {uf.find((gi, i)) for i in real if i not in node.reduction_loops}
+        if every != red | rows or not kept or not kept <= rows:
+            return False
+        for m in node.maps[:len(node.inputs)]:
+            axes = [e for e in m if e is not None and e in real]
+            if axes and axes[-1] in node.reduction_loops and \
+                    any(e not in node.reduction_loops for e in axes):
+                return False  # it sums along a tensor's contiguous axis: not a column sum
+        by = {op.results[0]: op for op in node.body}
+        accs = node.block_args[len(node.inputs):]
+        return all(y in by and by[y].name == "arith.addf" and acc in by[y].operands
+                   for y, acc in zip(node.yields, accs, strict=True))
+
+    def _column_epilogue(self, uf: Classes, gi: int, real: set[int], rows: set) -> bool:
+        """gi is elementwise over the kernel's columns only and computed from column sums
+        (and tensors read from HBM): the combine kernel runs it once the sums are whole."""
+        node = self.graph.nodes[gi]
+        assert isinstance(node, Generic)
+        return self.dot is None and {uf.find((gi, i)) for i in real} <= rows and all(
+            t not in self.produced or self.produced[t][0] in self.columns for t in node.inputs)
 
     def _fits_dot(self, uf: Classes, gi: int, real: set[int], red: set) -> bool:
         """Once a contraction kernel has its dot, a generic joins only as epilogue: elementwise
@@ -242,7 +290,7 @@ class Group:
                 class_global.setdefault(c, self.cls.find(("loop", gi, i)))
         reduced = sorted({ids[self.uf.find(r)] for r in self.reduced or ()})
         if kind is None:
-            kind = REDUCTION if reduced else POINTWISE
+            kind = ROW_COLUMNS if self.columns else REDUCTION if reduced else POINTWISE
         locs = []
         for gi in self.gens:
             node = self.graph.nodes[gi]
@@ -251,7 +299,7 @@ class Group:
         return Kernel(index, kind, list(self.gens), reduced, sorted(set(ids.values())),
                       loop_class, class_global, locs=locs,
                       dot=self.dot if self.attn is None else None, attn=self.attn,
-                      grad=self.grad)
+                      grad=self.grad, columns=list(self.columns))
 
 
 

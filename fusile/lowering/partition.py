@@ -25,6 +25,7 @@ from fusile.lowering.groups import (
     CONTRACTION,
     POINTWISE,
     REDUCTION,
+    ROW_COLUMNS,
     Classes,
     Group,
     Kernel,
@@ -36,7 +37,8 @@ from fusile.lowering.groups import (
     static_ones,
 )
 
-__all__ = ["ATTENTION", "ATTENTION_GRAD", "CONTRACTION", "POINTWISE", "REDUCTION", "Classes",
+__all__ = ["ATTENTION", "ATTENTION_GRAD", "CONTRACTION", "POINTWISE", "REDUCTION",
+           "ROW_COLUMNS", "Classes",
            "Kernel", "Plan", "partition"]
 
 
@@ -145,7 +147,7 @@ def _add_with_producers(group: Group, gi: int, graph: Graph, producer: dict[int,
     node = graph.nodes[gi]
     assert isinstance(node, Generic)
     saved = (list(group.gens), dict(group.uf.parent), dict(group.produced), dict(group.read),
-             group.reduced)
+             group.reduced, list(group.columns))
     late = []  # deferred producers that only gi ties to the kernel: placed ahead of it after
     for t in node.inputs:
         p = producer.get(t)
@@ -167,8 +169,8 @@ def _add_with_producers(group: Group, gi: int, graph: Graph, producer: dict[int,
         for p in deferred & set(group.gens):
             home.setdefault(p, gidx)
         return True
-    group.gens, group.uf.parent, group.produced, group.read, group.reduced = (
-        saved[0], saved[1], saved[2], saved[3], saved[4])
+    (group.gens, group.uf.parent, group.produced, group.read, group.reduced,
+     group.columns) = saved
     return False
 
 

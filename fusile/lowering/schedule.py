@@ -88,3 +88,24 @@ def split(p_total: int, r_total: int, target: Target) -> Split:
     combine = Config(block_p, pow2(splits), _warps(block_p * pow2(splits), target, 16), 1,
                      False)
     return Split(partial, combine, splits, chunk)
+
+
+def row_programs(blocks: int, r_total: int, parts: int, target: Target, looped: bool) -> int:
+    """Programs of a persistent rows+columns kernel (codegen_columns.py): a few per SM/CU, so
+    each keeps its column sums in registers over many row blocks, and the partials the
+    combine reads (programs x row length x float32 per sum) stay small next to the rows.
+    The looped variant adds its partials in place: at most 64 MiB of them."""
+    per_unit = config.get("row_programs") or 4
+    g = per_unit * max(1, target.compute_units)
+    if looped:
+        g = min(g, max(1, (64 << 20) // (4 * max(1, parts) * max(1, r_total))))
+    return min(blocks, max(1, g))  # no rows: no programs, and the combine sums none
+
+
+def columns_combine(r_total: int, programs: int, target: Target) -> Config:
+    """The combine of a rows+columns kernel: BLOCK_R columns per program, enough programs to
+    fill the machine once, BLOCK_P partial rows summed at a time."""
+    units = max(1, target.compute_units)
+    block_r = max(32, min(256, pow2(_cdiv(r_total, units))))
+    block_p = min(64, pow2(programs))
+    return Config(block_p, block_r, _warps(block_p * block_r, target, 16), 1, False)

@@ -27,7 +27,7 @@ from fusile.backends.triton.runtime import tensor_names
 from fusile.dsl.errors import BackendError
 from fusile.lowering import schedule
 from fusile.lowering.graph import Op
-from fusile.lowering.partition import POINTWISE, partition
+from fusile.lowering.partition import POINTWISE, ROW_COLUMNS, partition
 
 DEFAULT_SIZE = 4096  # for a size the signature leaves symbolic
 DEFAULT_HEAD_DIM = 128  # for an attention head dim the signature leaves symbolic
@@ -117,7 +117,7 @@ def _signature(ks: KernelSource, fn_params: list[str], constexprs: dict[str, Any
     for p in fn_params:
         if p in constexprs:
             sig[p] = "constexpr"
-        elif p == "part_ptr":  # flash-decoding partials (codegen_decode.py)
+        elif p == "part_ptr":  # partials: flash-decoding's, a rows+columns kernel's
             sig[p] = "*fp32"
         elif p.endswith("_ptr"):
             ta = next(t for t in ks.tensors if f"{t.name}_ptr" == p)
@@ -210,11 +210,19 @@ def compile_for(compiled: Any, target: Target, sizes: dict[str, int] | None = No
         name = ks.looped_name if cfg.looped and ks.looped_name else ks.name
         blocks = "ceil(P / BLOCK_P)" if ks.kind != POINTWISE else \
             "ceil(P / BLOCK_P) * ceil(R / BLOCK_R)"
-        out.kernels.append(_compile(
-            module, ks, name, target, {"BLOCK_P": cfg.block_p, "BLOCK_R": cfg.block_r,
-                                       "USE_I64": False, **spec[0]}, spec[1],
-            {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}, scalars,
-            (cfg.block_p, cfg.block_r), blocks))
+        variants = [(name, cfg, blocks)]
+        if ks.kind == ROW_COLUMNS:  # persistent row programs, then the columns' combine
+            progs = schedule.row_programs(math.ceil(p_total / cfg.block_p), r_total, ks.n_parts,
+                                      target, cfg.looped)
+            variants = [(name, cfg, f"G = {progs} (persistent)"),
+                        (ks.combine_name or "", schedule.columns_combine(r_total, progs, target),
+                         "ceil(R / BLOCK_R)")]
+        for vname, vcfg, grid in variants:
+            out.kernels.append(_compile(
+                module, ks, vname, target, {"BLOCK_P": vcfg.block_p, "BLOCK_R": vcfg.block_r,
+                                            "USE_I64": False, **spec[0]}, spec[1],
+                {"num_warps": vcfg.num_warps, "num_stages": vcfg.num_stages}, scalars,
+                (vcfg.block_p, vcfg.block_r), grid))
     return out
 
 

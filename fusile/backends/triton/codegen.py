@@ -10,13 +10,7 @@ file:line from the MLIR location.
 
 from __future__ import annotations
 
-from fusile.backends.triton.codegen_loops import (
-    parts,
-    splittable,
-    write_combine,
-    write_looped,
-    write_split,
-)
+from fusile.backends.triton.codegen_variants import variants
 from fusile.backends.triton.kernel_source import KernelSource, TensorArg, short_loc
 from fusile.backends.triton.ops import (
     NAN_COMBINE,
@@ -46,6 +40,8 @@ class KernelWriter:
         self.scalars: list[int] = []
         self.unmasked: set[int] = set()  # select results whose condition holds on this tile
         self.factor: dict[int, str | None] = {}  # mulf results to scale by a factor, or not
+        # what the row kernel stores; a rows+columns kernel's combine stores the rest
+        self.writes = [t for t in kernel.writes if self.producer.get(t) not in kernel.columns]
         self._order_classes()
 
     def _gen(self, gi: int) -> Generic:
@@ -156,10 +152,11 @@ class KernelWriter:
         return var
 
     def emit_generic(self, gi: int, scope: Scope, allow_reduce: bool,
-                     accumulate: dict[int, str] | None = None) -> None:
+                     accumulate: dict[int, str] | None = None, fold_mask: str = "mask_r"
+                     ) -> None:
         """Emit generic gi's region over tiles. A reduction either reduces its tile now
         (single pass) or, with `accumulate` (yield -> accumulator), folds one chunk into an
-        accumulator tile (looped)."""
+        accumulator tile (looped), where `fold_mask` holds (a column sum: "mask")."""
         node = self._gen(gi)
         reduces = self.plan.reduces(gi)
         if reduces and not (allow_reduce or accumulate is not None):
@@ -196,7 +193,7 @@ class KernelWriter:
                 scope.values[r] = self.resolve(y, local, scope)
                 continue
             op, f = combiners[y]
-            fv = f"tl.where(mask_r, {self.resolve(f, local, scope)}, {self._identity(op)})"
+            fv = f"tl.where({fold_mask}, {self.resolve(f, local, scope)}, {self._identity(op)})"
             if accumulate is not None:
                 acc = accumulate[y]
                 scope.emit(f"{acc} = {RULES[op.name]([acc, fv], op, self.target)}")
@@ -220,9 +217,10 @@ class KernelWriter:
         return var
 
     @staticmethod
-    def program_id(scope: Scope) -> None:
-        """`pid`, this program's index, 64-bit when offsets may pass 2**31 elements."""
-        scope.emit("pid = tl.program_id(0)")
+    def program_id(scope: Scope, index: str = "tl.program_id(0)") -> None:
+        """`pid`, this program's index (or the row block a persistent program is at), 64-bit
+        when offsets may pass 2**31 elements."""
+        scope.emit(f"pid = {index}")
         scope.emit("if USE_I64:  # offsets past 2**31 elements")
         scope.emit("    pid = pid.to(tl.int64)")
 
@@ -297,12 +295,17 @@ class KernelWriter:
             doc += ": " + ", ".join(locs)
         return ["@triton.jit", f"def {name}({', '.join(params)}):", f'    """{doc}"""']
 
-    def _prologue(self, s: Scope, pointwise: bool) -> None:
-        p = " * ".join(self.cname[c] for c in self.p_classes) or "1"
-        r = " * ".join(self.cname[c] for c in self.r_classes) or "1"
-        s.emit(f"P = {p}")
-        s.emit(f"R = {r}")
-        self.program_id(s)
+    def sizes(self, s: Scope) -> None:
+        """P and R: the rows (parallel classes) and the row length (reduced ones)."""
+        s.emit(f"P = {' * '.join(self.cname[c] for c in self.p_classes) or '1'}")
+        s.emit(f"R = {' * '.join(self.cname[c] for c in self.r_classes) or '1'}")
+
+    def _prologue(self, s: Scope, pointwise: bool, block: str | None = None) -> None:
+        """Sizes, this program's rows and their indices; `block`: the row block a persistent
+        program's loop is at (P and R already emitted)."""
+        if block is None:
+            self.sizes(s)
+        self.program_id(s, block or "tl.program_id(0)")
         if pointwise:
             s.emit("blocks_r = (R + BLOCK_R - 1) // BLOCK_R")
             s.emit("offs_p = (pid // blocks_r) * BLOCK_P + tl.arange(0, BLOCK_P)[:, None]")
@@ -357,7 +360,7 @@ class KernelWriter:
         self._prologue(body, pointwise)
         start = "(pid % blocks_r) * BLOCK_R + " if pointwise else ""
         self._r_index(body, start)
-        for t in self.k.writes:
+        for t in self.writes:
             self._store(t, body)
         return self.header(name, tensors, False) + body.lines
 
@@ -371,16 +374,7 @@ class KernelWriter:
         for _ in range(2):
             tensors = [self.tensor_arg(t, False) for t in self.k.reads] + [
                 self.tensor_arg(t, True) for t in self.k.writes]
-            lines = self.write_single(name, tensors)
-            looped_name = split = combine = None
-            if self.k.kind != POINTWISE:
-                looped_name = name + "_looped"
-                lines += ["", "", *write_looped(self, looped_name, tensors)]
-            if splittable(self):
-                split, combine = name + "_split", name + "_combine"
-                lines += ["", "", *write_split(self, split, tensors), "", "",
-                          *write_combine(self, combine, tensors)]
-        return KernelSource(name, self.k.kind, self.k.index, "\n".join(lines), tensors,
+            v = variants(self, name, tensors)
+        return KernelSource(name, self.k.kind, self.k.index, "\n".join(v.lines), tensors,
                             self.classes, self.p_classes, self.r_classes, self.k.class_global,
-                            list(self.scalars), looped_name, split, combine,
-                            len(parts(self)) if split else 0)
+                            list(self.scalars), v.looped, v.split, v.combine, v.n_parts)

@@ -5,6 +5,7 @@ ranges in parallel, then one kernel combines them and runs the epilogue)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from fusile.backends.triton.scope import Scope
@@ -36,12 +37,23 @@ def levels(w: KernelWriter) -> dict[int, int]:
             memo[gi] = 1 + deps(gi, set())
         return memo[gi]
 
-    return {gi: level(gi) for gi in w.k.generics if w.plan.reduces(gi)}
+    return {gi: level(gi) for gi in w.k.generics
+            if w.plan.reduces(gi) and gi not in w.k.columns}
 
 
 def write_looped(w: KernelWriter, name: str, tensors: list[TensorArg]) -> list[str]:
     top = Scope(None, "    ")
     w._prologue(top, False)
+    looped_body(w, top)
+    return w.header(name, tensors, True) + top.lines
+
+
+def looped_body(w: KernelWriter, top: Scope,
+                fold: Callable[[Scope], None] | None = None) -> None:
+    """A looped row kernel's body after its prologue, in `top`: a loop over the row per
+    reduction level, then one that stores what spans the row, where `fold` (if given) also
+    adds the chunk to column sums."""
+    inner = top.indent + "    "
     by_level = levels(w)
     for phase in range(1, max(by_level.values(), default=0) + 1):
         gens = [gi for gi, lv in by_level.items() if lv == phase]
@@ -55,7 +67,7 @@ def write_looped(w: KernelWriter, name: str, tensors: list[TensorArg]) -> list[s
                 top.emit(f"{acc} = tl.full([BLOCK_P, BLOCK_R], {w._identity(op)}, "
                          f"{dtype})")
         top.emit("for r0 in range(0, R, BLOCK_R):")
-        loop = Scope(top, "        ")
+        loop = Scope(top, inner)
         w._r_index(loop, "r0 + ")
         for gi in gens:
             w.emit_generic(gi, loop, False, {y: f"acc{y}" for (g, y) in accs if g == gi})
@@ -75,19 +87,20 @@ def write_looped(w: KernelWriter, name: str, tensors: list[TensorArg]) -> list[s
                              "keep_dims=True)")
                     top.tile(var, frozenset())
                 w._finish_reduce(r, op, var, top, init)
-    spanning = [t for t in w.k.writes
+    spanning = [t for t in w.writes
                 if "r" in w._axes_of_classes(w.tensor_arg(t, True).classes)]
-    for t in w.k.writes:
+    for t in w.writes:
         if t not in spanning:  # row results are stored once, outside the loops
             w._store(t, top)
-    if spanning:
+    if spanning or fold is not None:
         top.emit("for r0 in range(0, R, BLOCK_R):")
-        loop = Scope(top, "        ")
+        loop = Scope(top, inner)
         w._r_index(loop, "r0 + ")
         for t in spanning:
             w._store(t, loop)
+        if fold is not None:
+            fold(loop)
         top.lines += loop.lines
-    return w.header(name, tensors, True) + top.lines
 
 
 def parts(w: KernelWriter) -> list[tuple[int, int, int, Op, int]]:
@@ -109,7 +122,7 @@ def splittable(w: KernelWriter) -> bool:
     if set(levels(w).values()) != {1}:
         return False
     if any("r" in w._axes_of_classes(w.tensor_arg(t, True).classes)
-           for t in w.k.writes):
+           for t in w.writes):
         return False
     return all(op.dtype.is_float for _g, _r, _y, op, _i in parts(w))
 
@@ -155,7 +168,7 @@ def write_combine(w: KernelWriter, name: str, tensors: list[TensorArg]) -> list[
             top.tile(var, frozenset())
         top.emit(f"{var} = {w._reduce_call(op, f'part{r}')}")
         w._finish_reduce(r, op, var, top, init)
-    for t in w.k.writes:
+    for t in w.writes:
         w._store(t, top)
     return w.header(name, tensors, True, ("part_ptr", "S", "S_CHUNK"),
                        " (combine the partials, then the epilogue)") + top.lines

@@ -40,8 +40,9 @@ def kernel_functions(module: Any, ks: KernelSource, interpreter: bool) -> dict[s
     fns = {"dot" if ks.dot else "single": getattr(module, ks.name)}
     if ks.looped_name:
         fns["looped"] = getattr(module, ks.looped_name)
-    if ks.split_name and ks.combine_name:
+    if ks.split_name:
         fns["split"] = getattr(module, ks.split_name)
+    if ks.combine_name:  # after the split kernel, or a rows+columns kernel's
         fns["combine"] = getattr(module, ks.combine_name)
     if interpreter:
         from triton.runtime.interpreter import InterpretedFunction

@@ -32,7 +32,7 @@ from fusile.backends.triton.tiled import Launch, TiledLaunches
 from fusile.dsl.errors import BackendError
 from fusile.lowering import schedule
 from fusile.lowering.graph import Graph, Op, dim_sources
-from fusile.lowering.partition import POINTWISE, Plan, partition
+from fusile.lowering.partition import POINTWISE, ROW_COLUMNS, Plan, partition
 
 
 def tensor_names(graph: Graph, param_names: list[str]) -> dict[int, str]:
@@ -202,13 +202,16 @@ class TritonProgram(TiledLaunches):
             return
         p_total = math.prod(sizes[sized[c]] for c in ks.p_classes)
         r_total = math.prod(sizes[sized[c]] for c in ks.r_classes)
-        if p_total == 0 or (r_total == 0 and ks.kind == POINTWISE):
+        if (p_total == 0 and ks.kind != ROW_COLUMNS) or (r_total == 0 and ks.kind == POINTWISE):
             return  # nothing to write (an empty row still has its reduction: the identity)
         got = launch.configs.get((p_total, r_total))
         if got is None:
             got = launch.configs[(p_total, r_total)] = self._config(launch, p_total, r_total)
         cfg, grid = got
         use_i64 = p_total * r_total >= 2**31 - 1 or needs_i64(tensors)
+        if ks.kind == ROW_COLUMNS:
+            self._launch_rows_columns(launch, cfg, grid[0], args, r_total, use_i64, device)
+            return
         if cfg.looped and not launch.r_contiguous and "split" in launch.fn:
             self._launch_split(launch, tensors, strides, class_sizes, scalars, p_total,
                                r_total, use_i64, device)
@@ -266,6 +269,25 @@ class TritonProgram(TiledLaunches):
                   row_constexprs(plan.partial, use_i64), row_options(plan.partial), device, args)
         self._run(launch, "combine", (math.ceil(p_total / plan.combine.block_p),),
                   row_constexprs(plan.combine, use_i64), row_options(plan.combine), device, args)
+
+    def _launch_rows_columns(self, launch: Launch, cfg: schedule.Config, blocks: int,
+                             args: tuple, r_total: int, use_i64: bool, device: Any) -> None:
+        """A row kernel with column sums (codegen_columns.py): persistent row programs, each
+        leaving a float32 row of partials per sum, then a combine over the columns."""
+        import torch
+
+        g = schedule.row_programs(blocks, r_total, launch.ks.n_parts, self.target, cfg.looped)
+        parts = torch.empty((launch.ks.n_parts, g, r_total), dtype=torch.float32, device=device)
+        if self._rec is not None:
+            self._rec.alloc(parts)
+        args = (*args, parts, g)
+        if blocks:
+            self._run(launch, "looped" if cfg.looped else "single", (g,),
+                      row_constexprs(cfg, use_i64), row_options(cfg), device, args)
+        if r_total:
+            comb = schedule.columns_combine(r_total, g, self.target)
+            self._run(launch, "combine", (math.ceil(r_total / comb.block_r),),
+                      row_constexprs(comb, use_i64), row_options(comb), device, args)
 
     def _config(self, launch: Launch, p_total: int, r_total: int
                 ) -> tuple[schedule.Config, tuple[int]]:

@@ -1,0 +1,54 @@
+"""Which functions a row kernel's source holds: the single-pass kernel, the looped one (rows
+longer than a block), split and combine (long column reductions), or for a rows+columns
+kernel its persistent variants and the columns' combine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from fusile.backends.triton.codegen_columns import (
+    column_sums,
+    write_columns_combine,
+    write_rows_columns,
+)
+from fusile.backends.triton.codegen_loops import (
+    parts,
+    splittable,
+    write_combine,
+    write_looped,
+    write_split,
+)
+from fusile.lowering.partition import POINTWISE
+
+if TYPE_CHECKING:
+    from fusile.backends.triton.codegen import KernelWriter
+    from fusile.backends.triton.kernel_source import TensorArg
+
+
+@dataclass
+class Variants:
+    lines: list[str]
+    looped: str | None = None
+    split: str | None = None
+    combine: str | None = None
+    n_parts: int = 0  # reductions whose partials the split (or rows+columns) kernel stores
+
+
+def variants(w: KernelWriter, name: str, tensors: list[TensorArg]) -> Variants:
+    if w.k.columns:  # persistent row programs, then a combine
+        looped, combine = name + "_looped", name + "_combine"
+        return Variants([*write_rows_columns(w, name, tensors, False), "", "",
+                         *write_rows_columns(w, looped, tensors, True), "", "",
+                         *write_columns_combine(w, combine, tensors)],
+                        looped, None, combine, len(column_sums(w)))
+    out = Variants(w.write_single(name, tensors))
+    if w.k.kind != POINTWISE:
+        out.looped = name + "_looped"
+        out.lines += ["", "", *write_looped(w, out.looped, tensors)]
+    if splittable(w):
+        out.split, out.combine = name + "_split", name + "_combine"
+        out.lines += ["", "", *write_split(w, out.split, tensors), "", "",
+                      *write_combine(w, out.combine, tensors)]
+        out.n_parts = len(parts(w))
+    return out
