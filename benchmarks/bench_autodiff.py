@@ -1,5 +1,6 @@
 """Derived backwards (autodiff of a user @fused forward) against the stdlib's hand-written ones
-and torch.compile's, forward+backward at one size, bf16, in one run.
+and torch.compile's (and Liger-Kernel's, where installed), forward+backward at one size, bf16,
+in one run.
 
 Each row times the step `y = f(*inputs); torch.autograd.grad(y, float inputs, dy)` as a CUDA
 graph replay (do_bench_cudagraph: kernel time, no host) and from Python (do_bench median).
@@ -73,6 +74,27 @@ OPS = {  # name -> (derived, hand-written stdlib, torch, input kinds)
 }
 
 
+def _liger() -> dict:
+    """Liger-Kernel's versions of the ops, where it has them (an optional benchmark
+    dependency: empty without it). Its rms_norm writes dx over dy (in_place): off, as the
+    other rows keep dy."""
+    try:
+        from liger_kernel.ops.cross_entropy import LigerCrossEntropyFunction
+        from liger_kernel.ops.layer_norm import LigerLayerNormFunction
+        from liger_kernel.ops.rms_norm import LigerRMSNormFunction
+        from liger_kernel.ops.softmax import LigerSoftmaxFunction
+        from liger_kernel.ops.swiglu import LigerSiLUMulFunction
+    except ImportError:
+        return {}
+    return {
+        "rms_norm": lambda x, w: LigerRMSNormFunction.apply(x, w, 1e-6, 0.0, "llama", False),
+        "layer_norm": lambda x, w, b: LigerLayerNormFunction.apply(x, w, b, 1e-5),
+        "softmax": lambda x: LigerSoftmaxFunction.apply(x),
+        "cross_entropy": lambda x, t: LigerCrossEntropyFunction.apply(x, t)[0],
+        "swiglu": lambda a, b: LigerSiLUMulFunction.apply(a, b),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="derived backward vs hand-written vs torch.compile")
     ap.add_argument("--size", default="16384x4096", help="rows x columns (default 16384x4096)")
@@ -88,8 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     names = [o for o in a.ops.split(",") if o] or list(OPS)
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; {m}x{n} bf16 fwd+bwd, "
           "ms (CUDA graph / from Python)")
+    liger = _liger()
     print(f"{'op':14s} {'derived':>15s} {'hand-written':>15s} {'compile':>15s} "
-          f"{'der/hand':>8s} {'der/comp':>8s}")
+          f"{'Liger':>15s} {'der/hand':>8s} {'der/comp':>8s} {'der/Liger':>9s}")
     rows = []
     for name in names:
         derived, hand, ref, kind = OPS[name]
@@ -99,24 +122,38 @@ def main(argv: list[str] | None = None) -> int:
             if t.dtype.is_floating_point:
                 t.requires_grad_()
         row: dict = {"op": name, "size": a.size}
-        for label, f in (("derived", derived), ("hand", hand),
-                         ("compile", torch.compile(ref))):
+        impls = [("derived", derived), ("hand", hand), ("compile", torch.compile(ref))]
+        if name in liger:
+            impls.append(("liger", liger[name]))
+        for label, f in impls:
             step = step_fn(f, inputs)
             for _ in range(3):
                 step()  # compile and tune outside the timings
-            row[label + "_graph_ms"] = do_bench_cudagraph(step, rep=200, return_mode="median")
+            try:
+                row[label + "_graph_ms"] = do_bench_cudagraph(step, rep=200,
+                                                              return_mode="median")
+            except RuntimeError as err:  # a peer that cannot be captured: say so, go on
+                if label != "liger":
+                    raise
+                print(f"({name}: Liger's step is not capturable: {str(err)[:80]})")
+                continue
             row[label + "_eager_ms"] = do_bench(step, warmup=50, rep=200, return_mode="median")
             if a.kernels:
                 row[label + "_kernels"] = _kernels(step)
         rows.append(row)
         cells = [f"{row[k + '_graph_ms']:6.3f} /{row[k + '_eager_ms']:6.3f}"
-                 for k in ("derived", "hand", "compile")]
-        print(f"{name:14s} {cells[0]:>15s} {cells[1]:>15s} {cells[2]:>15s} "
+                 if k + "_graph_ms" in row else "-" for k in ("derived", "hand", "compile",
+                                                                 "liger")]
+        vs_liger = f"{row['derived_graph_ms'] / row['liger_graph_ms']:9.2f}" \
+            if "liger_graph_ms" in row else f"{'-':>9s}"
+        print(f"{name:14s} {cells[0]:>15s} {cells[1]:>15s} {cells[2]:>15s} {cells[3]:>15s} "
               f"{row['derived_graph_ms'] / row['hand_graph_ms']:8.2f} "
-              f"{row['derived_graph_ms'] / row['compile_graph_ms']:8.2f}")
+              f"{row['derived_graph_ms'] / row['compile_graph_ms']:8.2f} {vs_liger}")
     if a.kernels:
         for row in rows:
-            for label in ("derived", "hand", "compile"):
+            for label in ("derived", "hand", "compile", "liger"):
+                if label + "_kernels" not in row:
+                    continue
                 print(f"  {row['op']} {label}:")
                 for name, us in row[label + "_kernels"]:
                     print(f"    {us:8.1f} us  {name[:90]}")
