@@ -61,7 +61,7 @@ KNOBS: dict[str, Knob] = {
     "row_programs": Knob(
         "FUSILE_ROW_PROGRAMS", int, lambda: 0,
         "rows+columns kernels (a norm backward's dx with dw/db): persistent programs per SM/CU "
-        "(0: the default, 4)",
+        "(0: as many as fit at once)",
     ),
     "target": Knob(
         "FUSILE_TARGET", str, lambda: "auto",

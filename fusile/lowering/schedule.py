@@ -90,13 +90,16 @@ def split(p_total: int, r_total: int, target: Target) -> Split:
     return Split(partial, combine, splits, chunk)
 
 
-def row_programs(blocks: int, r_total: int, parts: int, target: Target, looped: bool) -> int:
-    """Programs of a persistent rows+columns kernel (codegen_columns.py): a few per SM/CU, so
-    each keeps its column sums in registers over many row blocks, and the partials the
-    combine reads (programs x row length x float32 per sum) stay small next to the rows.
-    The looped variant adds its partials in place: at most 64 MiB of them."""
-    per_unit = config.get("row_programs") or 4
+def row_programs(blocks: int, r_total: int, parts: int, target: Target, cfg: Config) -> int:
+    """Programs of a persistent rows+columns kernel (codegen_columns.py): as many as fit on
+    the machine at once (1024 threads per SM/CU at up to 64 registers each: 32 warps of 32,
+    16 of 64), so each keeps its column sums in registers over many row blocks and the
+    partials the combine reads (programs x row length x float32 per sum) stay small next to
+    the rows. The looped variant adds its partials in place: at most 64 MiB of them."""
+    fit = max(1, min(8, (1024 // target.warp_size) // cfg.num_warps))
+    per_unit = config.get("row_programs") or fit
     g = per_unit * max(1, target.compute_units)
+    looped = cfg.looped
     if looped:
         g = min(g, max(1, (64 << 20) // (4 * max(1, parts) * max(1, r_total))))
     return min(blocks, max(1, g))  # no rows: no programs, and the combine sums none

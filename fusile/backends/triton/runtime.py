@@ -276,7 +276,7 @@ class TritonProgram(TiledLaunches):
         leaving a float32 row of partials per sum, then a combine over the columns."""
         import torch
 
-        g = schedule.row_programs(blocks, r_total, launch.ks.n_parts, self.target, cfg.looped)
+        g = schedule.row_programs(blocks, r_total, launch.ks.n_parts, self.target, cfg)
         parts = torch.empty((launch.ks.n_parts, g, r_total), dtype=torch.float32, device=device)
         if self._rec is not None:
             self._rec.alloc(parts)
