@@ -92,10 +92,10 @@ def test_rows_and_column_sums_match_torch_on_the_gpu(m: int, n: int, dtype: torc
 
 
 @pytest.mark.parametrize("target", ["h100", "h200", "mi300x"])
-@pytest.mark.parametrize("n", [4096, 131072])
+@pytest.mark.parametrize("n", [4096, 32768])
 def test_norm_backwards_cross_compile_without_spills(target: str, n: int) -> None:
-    """The persistent row kernel (one block per row at 4096, looped at 131072) and its
-    combine, for each GPU target."""
+    """The persistent row kernel (one block per row at 4096, looped at 32768: held whole, its
+    registers spilled) and its combine, for each GPU target."""
     from fusile import bf16, f32
     from fusile.stdlib import kernels as K
 

@@ -206,7 +206,8 @@ def compile_for(compiled: Any, target: Target, sizes: dict[str, int] | None = No
         if ks.kind == POINTWISE:
             cfg = schedule.pointwise(p_total, r_total, target, elem)
         else:
-            cfg = schedule.reduction(p_total, r_total, target, elem)
+            cfg = schedule.reduction(p_total, r_total, target, elem,
+                                     columns=ks.kind == ROW_COLUMNS)
         name = ks.looped_name if cfg.looped and ks.looped_name else ks.name
         blocks = "ceil(P / BLOCK_P)" if ks.kind != POINTWISE else \
             "ceil(P / BLOCK_P) * ceil(R / BLOCK_R)"

@@ -295,5 +295,5 @@ class TritonProgram(TiledLaunches):
             cfg = schedule.pointwise(p_total, r_total, self.target, launch.elem_bytes)
             return cfg, (math.ceil(p_total / cfg.block_p) * math.ceil(r_total / cfg.block_r),)
         cfg = schedule.reduction(p_total, r_total, self.target, launch.elem_bytes,
-                                 launch.r_contiguous)
+                                 launch.r_contiguous, launch.ks.kind == ROW_COLUMNS)
         return cfg, (math.ceil(p_total / cfg.block_p),)
