@@ -15,7 +15,8 @@ The first thirteen are the ones issue 25 reported as uncaught; the rest were add
 (six with concat, positions under a slice and the rope rewrite;
 then five with decode attention and the fused cross-entropy reduction, two with the Hugging
 Face integration, six with autodiff, two with mlir-cpu, four with its row blocks and exp,
-one with the partition's deferred producers, three with rows+columns kernels).
+one with the partition's deferred producers, three with rows+columns kernels, one with
+mlir-cpu's results computed in place).
 """
 
 from __future__ import annotations
@@ -251,6 +252,9 @@ PLANTS = [
     Plant("cpu_exp_ln2", "fusile/backends/cpu_math.py",
           "_LN2_HI, _LN2_LO = 0.693359375, -2.12194440e-4", "_LN2_HI, _LN2_LO = 0.69314718, 0.0",
           "mlir-cpu: exp's range reduction with a one-part ln 2"),
+    Plant("cpu_outs_shared_empty", "fusile/backends/cpu_outs.py",
+          "if sum(o == empty for o in owners) == 1:", "if True:",
+          "mlir-cpu: two results started from one empty both computed into the first's tensor"),
     Plant("columns_unmasked_rows", "fusile/backends/triton/codegen_columns.py",
           'fold_mask="mask")', 'fold_mask="mask_r")',
           "rows+columns: a column sum adds the padded rows of a row block"),

@@ -5,8 +5,10 @@ so that LLVM can vectorise it (backends/cpu_math.py: reassociable float arithmet
 exp as arithmetic), goes through upstream MLIR passes (one-shot bufferization across the
 function boundary, linalg to loops, then to the LLVM dialect) and MLIR's ExecutionEngine
 JIT-compiles it at -O3 for this CPU, once per compiled signature. A call hands the torch
-tensors' storage to the function as memref descriptors (no copies, strides honoured); each
-result comes back in a buffer the function allocated, copied into a torch tensor and freed.
+tensors' storage to the function as memref descriptors (no copies, strides honoured). A
+result computed into a fresh tensor is computed into the torch tensor the call returns
+(backends/cpu_outs.py); any other comes back in a buffer the function allocated, copied into
+a torch tensor and freed.
 
 Threads and cache: the loops MLIR writes run on one thread, one whole pass over the data
 after another. Where the program is row-separable (lowering/row_blocks.py) a large call
@@ -27,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fusile.backends.cpu_math import vectorisable
+from fusile.backends.cpu_outs import destination_results, result_dims
 from fusile.backends.targets import cpu_threads
 from fusile.backends.torch_dtypes import to_torch
 from fusile.dsl.errors import BackendError
@@ -121,9 +124,6 @@ class MlirCpuProgram:
     `config.cpu_threads` threads; any other call is one call of the function."""
 
     def __init__(self, compiled: Any):
-        from torch_mlir import ir, passmanager
-        from torch_mlir.execution_engine import ExecutionEngine
-
         self.compiled = compiled
         self.results: list[TensorType] = list(compiled.typed.result_types)
         self.arg_types: list[Any] = list(compiled.arg_types)
@@ -132,25 +132,51 @@ class MlirCpuProgram:
                        if t.dtype not in _CTYPES)
             raise BackendError(f"FUSILE_TARGET=mlir-cpu does not take {bad} yet; use the "
                                "Triton interpreter (FUSILE_TARGET=cpu) for it")
+        self.dims = result_dims(compiled.fused_graph)
+        try:
+            self._jit([d is not None for d in self.dims])
+        except RuntimeError:  # a copy bufferization added for a result written in place
+            # needs the memrefCopy runtime, which the JIT does not link: results come back
+            self._jit([False] * len(self.dims))
+        # the function's arguments: the program's, then one per result it writes in place
+        self.slot_types = self.arg_types + [t for t, d in zip(self.results, self.dests,
+                                                                strict=True) if d]
+        self.split = row_split(compiled.fused_graph) if all(self.dests) else None
+        self.free = [_Slots(self.slot_types, self.results)]
+        self.kinds = self.free[0].kinds
+        self.lock = threading.Lock()
+
+    def _jit(self, allowed: list[bool]) -> None:
+        """Compile the function, writing the `allowed` results it can into arguments."""
+        from torch_mlir import ir, passmanager
+        from torch_mlir.execution_engine import ExecutionEngine
+
         self.context = ir.Context()
         with self.context:
-            module = ir.Module.parse(str(compiled.stages.fused))
+            module = ir.Module.parse(str(self.compiled.stages.fused))
             func = next(op for op in module.body.operations
                         if op.operation.name == "func.func")
             name = ir.StringAttr(func.attributes["sym_name"]).value
             func.attributes["llvm.emit_c_interface"] = ir.UnitAttr.get()
+            self.dests = destination_results(module, allowed)
             passmanager.PassManager.parse(_EXPAND).run(module.operation)
             vectorisable(module)
             passmanager.PassManager.parse(_PIPELINE).run(module.operation)
             self.engine = ExecutionEngine(module, opt_level=3)
             self.function = self.engine.lookup(name)
-        self.split = row_split(compiled.fused_graph)
-        self.free = [_Slots(self.arg_types, self.results)]
-        self.lock = threading.Lock()
 
     def _slots(self) -> _Slots:
         with self.lock:
-            return self.free.pop() if self.free else _Slots(self.arg_types, self.results)
+            return self.free.pop() if self.free else _Slots(self.slot_types, self.results)
+
+    def _outs(self, args: list[Any]) -> list[Any]:
+        """Per result, the tensor the function writes it into (None: it allocates it)."""
+        import torch
+
+        return [torch.empty([s if isinstance(s, int) else args[s[0]].shape[s[1]]
+                             for s in dims], dtype=kind[0]) if dest and dims is not None
+                else None for dest, dims, kind in zip(self.dests, self.dims, self.kinds,
+                                                      strict=True)]
 
     def __call__(self, args: list[Any]) -> list[Any]:
         import torch
@@ -163,7 +189,9 @@ class MlirCpuProgram:
         slots = self._slots()
         try:
             if blocks is None:
-                return self.compiled.assemble(slots.run(self.function, args))
+                outs = self._outs(args)
+                return self.compiled.assemble(slots.run(
+                    self.function, [*args, *(o for o in outs if o is not None)], outs))
             return self.compiled.assemble(self._run_blocks(slots, args, *blocks))
         finally:
             with self.lock:
@@ -190,36 +218,30 @@ class MlirCpuProgram:
 
     def _run_blocks(self, slots: _Slots, args: list[Any], rows: int, per_block: int,
                     threads: int) -> list[Any]:
-        import torch
+        """Blocks of rows, each computed straight into its rows of the results."""
+        split = self.split
+        assert split is not None
+        outs = self._outs(args)
+        starts = iter(range(0, rows, per_block))
 
-        def block(a: int) -> list[Any]:
-            n = min(per_block, rows - a)
-            return [x.narrow(ax, a, n) if ax is not None else x
-                    for x, ax in zip(args, self.split.args, strict=True)]  # type: ignore[union-attr]
+        def work(mine: _Slots) -> None:
+            for a in starts:  # shared: each block is taken by one thread
+                n = min(per_block, rows - a)
+                ins = [x.narrow(ax, a, n) if ax is not None else x
+                       for x, ax in zip(args, split.args, strict=True)]
+                into = [o.narrow(ax, a, n) for o, ax in zip(outs, split.results, strict=True)]
+                mine.run(self.function, [*ins, *into], into)
 
-        first = slots.run(self.function, block(0))  # gives the results' shapes
-        outs = []
-        for r, ax in zip(first, self.split.results, strict=True):  # type: ignore[union-attr]
-            shape = list(r.shape)
-            shape[ax] = rows
-            out = torch.empty(shape, dtype=r.dtype)
-            out.narrow(ax, 0, r.shape[ax]).copy_(r)
-            outs.append(out)
-        starts = iter(range(per_block, rows, per_block))
-
-        def work() -> None:
+        def helper() -> None:
             mine = self._slots()
             try:
-                for a in starts:  # shared: each block is taken by one thread
-                    n = min(per_block, rows - a)
-                    mine.run(self.function, block(a), [o.narrow(ax, a, n) for o, ax in
-                              zip(outs, self.split.results, strict=True)])  # type: ignore
+                work(mine)
             finally:
                 with self.lock:
                     self.free.append(mine)
 
-        helpers = [_pool().submit(work) for _ in range(threads - 1)]
-        work()
+        helpers = [_pool().submit(helper) for _ in range(threads - 1)]
+        work(slots)
         for h in helpers:  # the blocks are all taken: a helper not yet started never need
             if not h.cancel():
                 h.result()
@@ -249,6 +271,8 @@ def _take(d: Any, kind: tuple[Any, int], into: Any = None) -> Any:
     if out.numel():
         size = out.element_size()
         start = (d.aligned or 0) + d.offset * size
+        if start == out.data_ptr() and strides == out.stride():
+            return out  # computed in place (cpu_outs.py)
         if strides == out.stride() and (into is None or out.is_contiguous()):
             ctypes.memmove(out.data_ptr(), start, out.numel() * size)
         else:

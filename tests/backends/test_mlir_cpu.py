@@ -226,3 +226,21 @@ def _softmax_in_child(x: torch.Tensor) -> torch.Tensor:
     fn = fusile.from_source("def f(x):\n    return softmax(x, axis=-1)\n")
     with config.override(target="mlir-cpu", cpu_threads=2), one_row_blocks():
         return fn(x)
+
+
+def test_results_are_computed_in_the_callers_tensors() -> None:
+    """cpu_outs.py: a result computed into a fresh tensor is computed into the tensor the call
+    returns (no buffer of the function's, no copy), two results that MLIR started from one
+    empty tensor each into its own; an input returned, or a value returned twice, still
+    comes back the old way."""
+    x = torch.randn(64, 32, generator=torch.Generator().manual_seed(8))
+    fn = fusile.from_source("def f(x):\n    s = softmax(x, axis=-1)\n"
+                            "    return s, x, x * 2.0, s\n")
+    prog = mlir_cpu.MlirCpuProgram(fn.compiled(x))
+    assert prog.dests == [True, False, True, False]
+    s, same, total, again = fn(x)
+    want = torch.softmax(x.double(), -1)
+    assert_close(s, want, torch.float32, scale=4)
+    assert_close(again, want, torch.float32, scale=4)
+    assert torch.equal(same, x) and same.data_ptr() != x.data_ptr()
+    assert torch.equal(total, x * 2.0)
