@@ -104,8 +104,7 @@ def row_programs(blocks: int, r_total: int, parts: int, target: Target, cfg: Con
     fit = max(1, min(8, (1024 // target.warp_size) // cfg.num_warps))
     per_unit = config.get("row_programs") or fit
     g = per_unit * max(1, target.compute_units)
-    looped = cfg.looped
-    if looped:
+    if cfg.looped:
         g = min(g, max(1, (64 << 20) // (4 * max(1, parts) * max(1, r_total))))
     return min(blocks, max(1, g))  # no rows: no programs, and the combine sums none
 

@@ -213,8 +213,8 @@ def compile_for(compiled: Any, target: Target, sizes: dict[str, int] | None = No
             "ceil(P / BLOCK_P) * ceil(R / BLOCK_R)"
         variants = [(name, cfg, blocks)]
         if ks.kind == ROW_COLUMNS:  # persistent row programs, then the columns' combine
-            progs = schedule.row_programs(math.ceil(p_total / cfg.block_p), r_total, ks.n_parts,
-                                      target, cfg)
+            progs = schedule.row_programs(math.ceil(p_total / cfg.block_p), r_total,
+                                          ks.n_parts, target, cfg)
             variants = [(name, cfg, f"G = {progs} (persistent)"),
                         (ks.combine_name or "", schedule.columns_combine(r_total, progs, target),
                          "ceil(R / BLOCK_R)")]
