@@ -215,6 +215,20 @@ class _Builder:
                             max(a.bound, c.bound), red)
         return self.new(f"{op}({a.name}, {c.name})", shape, max(a.bound, c.bound), red)
 
+    def rows_and_columns(self, a: Value) -> tuple[Value, Value] | None:
+        """A norm's shape: each row scaled by a statistic of itself, and a sum of that over
+        the first axis (a norm backward's dx and dw: a row kernel with column partials)."""
+        if len(a.shape) < 2 or a.bound * a.bound > BOUND_CAP:
+            return None
+        n, m = a.shape[-1], a.shape[0]
+        rows = self.new(f"{a.name} * rsqrt(mean({a.name} * {a.name}, axis=-1, keepdims=True) "
+                        "+ 1.0)", a.shape, a.bound, a.reduced * n, False)
+        if rows.bound * a.bound * m > BOUND_CAP:
+            return None
+        cols = self.new(f"sum({rows.name} * {a.name}, axis=0)", a.shape[1:],
+                        rows.bound * a.bound * m, rows.reduced * m, False)
+        return rows, cols
+
     def reduce(self, a: Value) -> Value | None:
         if not a.shape:
             return None
@@ -265,10 +279,14 @@ def programs(draw: st.DrawFn, max_ops: int = 6, slices: bool = False) -> Program
     params = [f"x{i}" for i in range(n_in)]
     for p, s in zip(params, shapes, strict=True):
         b.values.append(Value(p, s, 2.0))
+    pair: tuple[Value, Value] | None = None  # a row value and its column sum, returned both
     for _ in range(draw(st.integers(1, max_ops))):
-        kinds = ["unary", "binary", "binary", "reduce"] + ["slice", "slice", "concat"] * slices
+        kinds = ["unary", "binary", "binary", "reduce", "rows_and_columns"] + \
+            ["slice", "slice", "concat"] * slices
         kind = draw(st.sampled_from(kinds))
-        if kind == "slice":
+        if kind == "rows_and_columns":
+            pair = b.rows_and_columns(b.pick()) or pair
+        elif kind == "slice":
             b.slice(b.pick())
         elif kind == "concat":
             b.concat(b.pick())
@@ -278,11 +296,15 @@ def programs(draw: st.DrawFn, max_ops: int = 6, slices: bool = False) -> Program
             b.binary(b.pick(), b.pick())
         else:
             b.reduce(b.pick())
+    if draw(st.integers(0, 4)) == 0:  # end on a row kernel with column partials
+        pair = b.rows_and_columns(b.pick()) or pair
     made = [v for v in b.values if v.name not in params]
     if not made:
         made = [b.new(f"{params[0]} * 1.0", shapes[0], 2.0, 1)]
     outs = [made[-1]]
-    if len(made) > 1 and draw(st.booleans()):
+    if pair is not None and pair[1] is made[-1]:
+        outs = [pair[1], pair[0]]
+    elif len(made) > 1 and draw(st.booleans()):
         extra = draw(st.sampled_from(made[:-1]))
         outs.append(extra)
     lines = _live(b.lines, [v.name for v in outs])
