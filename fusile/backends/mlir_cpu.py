@@ -264,6 +264,8 @@ def _take(d: Any, kind: tuple[Any, int], into: Any = None) -> Any:
     """A result buffer the function made, copied into `into` or into a new tensor."""
     import torch
 
+    if into is not None and d.aligned == into.data_ptr() and not d.offset:
+        return into  # computed in place (cpu_outs.py)
     dtype, rank = kind
     shape = d.shape[:] if rank else []
     strides = tuple(d.strides[:]) if rank else ()
@@ -271,8 +273,6 @@ def _take(d: Any, kind: tuple[Any, int], into: Any = None) -> Any:
     if out.numel():
         size = out.element_size()
         start = (d.aligned or 0) + d.offset * size
-        if start == out.data_ptr() and strides == out.stride():
-            return out  # computed in place (cpu_outs.py)
         if strides == out.stride() and (into is None or out.is_contiguous()):
             ctypes.memmove(out.data_ptr(), start, out.numel() * size)
         else:
