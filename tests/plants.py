@@ -16,7 +16,7 @@ The first thirteen are the ones issue 25 reported as uncaught; the rest were add
 then five with decode attention and the fused cross-entropy reduction, two with the Hugging
 Face integration, six with autodiff, two with mlir-cpu, four with its row blocks and exp,
 one with the partition's deferred producers, three with rows+columns kernels, one with
-mlir-cpu's results computed in place).
+mlir-cpu's results computed in place, one with float64 partials).
 """
 
 from __future__ import annotations
@@ -265,6 +265,9 @@ PLANTS = [
           'head.emit(f"tl.store(part_ptr + ({j} * G + prog) * R',
           'head.emit(f"tl.store(part_ptr + ({j} * G) * R',
           "rows+columns: every program stores its column sums over the first one's"),
+    Plant("f64_partials_in_f32", "fusile/backends/triton/codegen_variants.py",
+          "return f64 if any(", "return f32 if any(",
+          "split and rows+columns kernels: float64 sums' partials stored as float32"),
 ]
 
 _FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.M)

@@ -53,21 +53,25 @@ def _check(m: int, n: int, dtype: torch.dtype, device: str) -> None:
 
 
 SHAPES = [(64, 256), (37, 100), (1000, 48), (3, 700), (1, 5)]
+# float64: its sums stay float64 in the accumulators and the partials
+DTYPES, DTYPE_IDS = [torch.float32, torch.bfloat16, torch.float64], ["f32", "bf16", "f64"]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize(("m", "n"), SHAPES)
 def test_rows_and_column_sums_match_torch(m: int, n: int, dtype: torch.dtype) -> None:
     _check(m, n, dtype, "cpu")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("programs", [1, 0], ids=["one-program", "default"])
 @pytest.mark.parametrize(("m", "n"), [(37, 100), (200, 48)])
-def test_looped_rows_add_their_column_sums_in_place(m: int, n: int, programs: int) -> None:
+def test_looped_rows_add_their_column_sums_in_place(m: int, n: int, programs: int,
+                                                     dtype: torch.dtype) -> None:
     """Rows longer than a block: each chunk's column sums are added to the program's row of
     partials; one program takes every row block (its partials read back each time)."""
     with config.override(max_row_block=32, row_programs=programs):
-        _check(m, n, torch.float32, "cpu")
+        _check(m, n, dtype, "cpu")
 
 
 def test_no_rows_gives_zero_sums() -> None:
@@ -79,7 +83,7 @@ def test_no_rows_gives_zero_sums() -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize(("m", "n"), [*SHAPES, (4099, 4096), (300, 40000), (0, 64)])
 def test_rows_and_column_sums_match_torch_on_the_gpu(m: int, n: int, dtype: torch.dtype
                                                      ) -> None:

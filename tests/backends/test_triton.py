@@ -191,18 +191,24 @@ def test_cuda_rows_of_a_million() -> None:
     _check("layer_norm", 2, 2**20, torch.bfloat16, "cuda")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
-def test_long_column_reductions_split_across_programs(device: str) -> None:
+def test_long_column_reductions_split_across_programs(device: str, dtype: torch.dtype
+                                                      ) -> None:
+    """Partials of float64 sums are float64 (they were float32: a 1e-8 error)."""
     import fusile
 
     fn = fusile.from_source("def f(x, w):\n"
                             "    return sum(x * w, axis=0), max(x, axis=0), "
                             "mean(x, axis=0, keepdims=True), sum(w)\n")
-    x, w = torch.randn(3000, 50, device=device), torch.randn(50, device=device)
+    x = torch.randn(3000, 50, device=device, dtype=dtype)
+    w = torch.randn(50, device=device, dtype=dtype)
     assert "_split(" in fn.triton(x, w, target="cpu")
-    outs = fn(x, w)
-    for o, r in zip(outs, fn.reference(x, w), strict=True):
-        assert_close(o, torch.from_numpy(r), torch.float32, scale=4)
+    xd, wd = x.double(), w.double()
+    refs = [(xd * wd).sum(0), xd.amax(0), xd.mean(0, keepdim=True), wd.sum()]
+    for o, r in zip(fn(x, w), refs, strict=True):
+        assert o.dtype == dtype
+        assert_close(o, r, dtype, scale=4)
 
 
 def test_repeated_calls_keep_no_reference_to_earlier_tensors() -> None:

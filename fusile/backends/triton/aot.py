@@ -117,8 +117,8 @@ def _signature(ks: KernelSource, fn_params: list[str], constexprs: dict[str, Any
     for p in fn_params:
         if p in constexprs:
             sig[p] = "constexpr"
-        elif p == "part_ptr":  # partials: flash-decoding's, a rows+columns kernel's
-            sig[p] = "*fp32"
+        elif p == "part_ptr":  # partials: flash-decoding's, a split or rows+columns kernel's
+            sig[p] = _SIG[ks.part_dtype.name]
         elif p.endswith("_ptr"):
             ta = next(t for t in ks.tensors if f"{t.name}_ptr" == p)
             sig[p] = _SIG[ta.dtype.name]

@@ -377,4 +377,5 @@ class KernelWriter:
             v = variants(self, name, tensors)
         return KernelSource(name, self.k.kind, self.k.index, "\n".join(v.lines), tensors,
                             self.classes, self.p_classes, self.r_classes, self.k.class_global,
-                            list(self.scalars), v.looped, v.split, v.combine, v.n_parts)
+                            list(self.scalars), v.looped, v.split, v.combine, v.n_parts,
+                            v.part_dtype)

@@ -2,7 +2,7 @@
 a norm backward computes dx per row and dw, db over all rows, reading dy and x once.
 
 The row kernel is persistent: G programs, program `prog` taking row blocks prog, prog + G, ...
-Each column sum is folded into a float32 tile over the kernel's rows and stored once per
+Each column sum is folded into a float32 (float64: float64) tile over the kernel's rows and stored once per
 program as a row of partials, `part[j, prog, :]` (j: which sum). Where a row does not fit one
 block (the looped variant) each chunk's sum is added to that program's partial row in place
 (the program owns it, so no atomics; a barrier orders one row block's stores before the next
@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from fusile.backends.triton.codegen_loops import looped_body
+from fusile.backends.triton.ops import acc_type
 from fusile.backends.triton.scope import Scope
 from fusile.lowering.graph import Op
 
@@ -62,15 +63,15 @@ def write_rows_columns(w: KernelWriter, name: str, tensors: list[TensorArg], loo
     w.sizes(head)
     head.emit("prog = tl.program_id(0)")
     if not looped:
-        for _g, _r, y, _o, _i in sums:
-            head.emit(f"acc{y} = tl.full([BLOCK_P, BLOCK_R], 0.0, tl.float32)")
+        for _g, _r, y, op, _i in sums:
+            head.emit(f"acc{y} = tl.full([BLOCK_P, BLOCK_R], 0.0, {acc_type(op.dtype)})")
     head.emit("for blk in range(prog, (P + BLOCK_P - 1) // BLOCK_P, G):  # its row blocks")
     body = Scope(head, head.indent + "    ")
     w._prologue(body, False, block="blk")
     if looped:
         def fold(loop: Scope) -> None:
-            for _g, _r, y, _o, _i in sums:
-                loop.emit(f"acc{y} = tl.full([BLOCK_P, BLOCK_R], 0.0, tl.float32)")
+            for _g, _r, y, op, _i in sums:
+                loop.emit(f"acc{y} = tl.full([BLOCK_P, BLOCK_R], 0.0, {acc_type(op.dtype)})")
             _fold(w, loop, sums, False)
             for j, (_g, _r, y, _o, _i) in enumerate(sums):
                 at = f"part_ptr + ({j} * G + prog) * R + offs_r"
@@ -105,7 +106,7 @@ def write_columns_combine(w: KernelWriter, name: str, tensors: list[TensorArg]) 
     top.emit("mask_r = offs_r < R")
     w._unflatten(top, "offs_r", w.r_classes)
     for j, (_gi, r, y, op, init) in enumerate(column_sums(w)):
-        top.emit(f"acc{y} = tl.full([BLOCK_P, BLOCK_R], 0.0, tl.float32)")
+        top.emit(f"acc{y} = tl.full([BLOCK_P, BLOCK_R], 0.0, {acc_type(op.dtype)})")
         top.emit("for s0 in range(0, G, BLOCK_P):")
         top.emit("    offs_s = s0 + tl.arange(0, BLOCK_P)[:, None]")
         top.emit(f"    acc{y} += tl.load(part_ptr + ({j} * G + offs_s) * R + offs_r, "

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from fusile.backends.triton.ops import acc_type
 from fusile.backends.triton.scope import Scope
 from fusile.lowering.graph import Op
 from fusile.lowering.partition import POINTWISE
@@ -63,9 +64,8 @@ def looped_body(w: KernelWriter, top: Scope,
             for y, (op, _f) in w._combiners(node).items():
                 acc = f"acc{y}"
                 accs[(gi, y)] = acc
-                dtype = "tl.float32" if op.dtype.is_float else f"tl.int{op.dtype.bits}"
                 top.emit(f"{acc} = tl.full([BLOCK_P, BLOCK_R], {w._identity(op)}, "
-                         f"{dtype})")
+                         f"{acc_type(op.dtype)})")
         top.emit("for r0 in range(0, R, BLOCK_R):")
         loop = Scope(top, inner)
         w._r_index(loop, "r0 + ")
@@ -135,7 +135,8 @@ def write_split(w: KernelWriter, name: str, tensors: list[TensorArg]) -> list[st
     top.emit("r_hi = tl.minimum(r_lo + S_CHUNK, R)")
     items = parts(w)
     for _gi, _r, y, op, _init in items:
-        top.emit(f"acc{y} = tl.full([BLOCK_P, BLOCK_R], {w._identity(op)}, tl.float32)")
+        top.emit(f"acc{y} = tl.full([BLOCK_P, BLOCK_R], {w._identity(op)}, "
+                 f"{acc_type(op.dtype)})")
     top.emit("for r0 in range(r_lo, r_hi, BLOCK_R):")
     loop = Scope(top, "        ")
     w._r_index(loop, "r0 + ")

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from fusile.dsl.types import DType
+from fusile.dsl.types import DType, f32
 
 
 @dataclass
@@ -36,6 +36,7 @@ class KernelSource:
     split_name: str | None = None  # column reductions: partial reductions over row ranges,
     combine_name: str | None = None  # then combining them and the epilogue
     n_parts: int = 0  # reduction results the split kernel stores partials of
+    part_dtype: DType = f32  # their dtype: float64 where a float64 sum is among them
     dot: Any = None  # a contraction kernel's DotInfo (codegen_dot)
     attn: Any = None  # an attention kernel's (value-dim class, runtime scale or None); dot: i, j, d
     grad: Any = None  # an attention backward kernel's (head classes, each dot's head class)

@@ -260,8 +260,8 @@ class TritonProgram(TiledLaunches):
         if plan is None:
             plan = launch.splits[(p_total, r_total)] = schedule.split(p_total, r_total,
                                                                        self.target)
-        parts = torch.empty((launch.ks.n_parts, plan.splits, p_total), dtype=torch.float32,
-                            device=device)
+        parts = torch.empty((launch.ks.n_parts, plan.splits, p_total),
+                            dtype=to_torch(launch.ks.part_dtype), device=device)
         if self._rec is not None:
             self._rec.alloc(parts)
         args = (*tensors, *strides, *class_sizes, *scalars, parts, plan.splits, plan.chunk)
@@ -273,11 +273,12 @@ class TritonProgram(TiledLaunches):
     def _launch_rows_columns(self, launch: Launch, cfg: schedule.Config, blocks: int,
                              args: tuple, r_total: int, use_i64: bool, device: Any) -> None:
         """A row kernel with column sums (codegen_columns.py): persistent row programs, each
-        leaving a float32 row of partials per sum, then a combine over the columns."""
+        leaving a row of partials per sum, then a combine over the columns."""
         import torch
 
         g = schedule.row_programs(blocks, r_total, launch.ks.n_parts, self.target, cfg)
-        parts = torch.empty((launch.ks.n_parts, g, r_total), dtype=torch.float32, device=device)
+        parts = torch.empty((launch.ks.n_parts, g, r_total), dtype=to_torch(launch.ks.part_dtype),
+                            device=device)
         if self._rec is not None:
             self._rec.alloc(parts)
         args = (*args, parts, g)
