@@ -77,9 +77,9 @@ OPS = {  # name -> (derived, hand-written stdlib, torch, input kinds)
 def _liger() -> dict:
     """Liger-Kernel's versions of the ops, where it has them (an optional benchmark
     dependency: empty without it). Its rms_norm writes dx over dy (in_place): off, as the
-    other rows keep dy."""
+    other rows keep dy. Its cross-entropy is left out: it reads a count back to the host
+    (`.item()`), so its step cannot be captured as a CUDA graph."""
     try:
-        from liger_kernel.ops.cross_entropy import LigerCrossEntropyFunction
         from liger_kernel.ops.layer_norm import LigerLayerNormFunction
         from liger_kernel.ops.rms_norm import LigerRMSNormFunction
         from liger_kernel.ops.softmax import LigerSoftmaxFunction
@@ -90,7 +90,6 @@ def _liger() -> dict:
         "rms_norm": lambda x, w: LigerRMSNormFunction.apply(x, w, 1e-6, 0.0, "llama", False),
         "layer_norm": lambda x, w, b: LigerLayerNormFunction.apply(x, w, b, 1e-5),
         "softmax": lambda x: LigerSoftmaxFunction.apply(x),
-        "cross_entropy": lambda x, t: LigerCrossEntropyFunction.apply(x, t)[0],
         "swiglu": lambda a, b: LigerSiLUMulFunction.apply(a, b),
     }
 

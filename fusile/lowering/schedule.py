@@ -41,7 +41,10 @@ def reduction(p_total: int, r_total: int, target: Target, elem_bytes: int,
     """Rows of r_total elements reduced, p_total rows. `columns`: a rows+columns kernel,
     whose float32 column sums take registers next to the row's: a row of it is held whole up
     to 8192 elements (at 32768 the registers spilled: 2.8x torch.compile's time on an H100),
-    longer ones loop."""
+    longer ones loop over chunks of 8 rows x 1024. A chunk of one row (as other looped row
+    kernels take) read and wrote its program's partials once per row: at 4096x32768 on an
+    H100 8x1024 took an rms_norm step from 0.995 to 0.838 ms and a layer_norm step from 1.496
+    to 1.203 ms (benchmarks/sweep_columns.py)."""
     max_row = config.get("max_row_block") or (32768 if target.backend != "interpreter" else 8192)
     if columns:
         max_row = min(max_row, 8192)
@@ -58,6 +61,9 @@ def reduction(p_total: int, r_total: int, target: Target, elem_bytes: int,
         # keep ~16-32 elements per thread: registers hold the whole row
         warps = _warps(block_p * block_r, target, 2 * vec if block_r >= 4096 else vec)
         return Config(block_p, block_r, warps, 1, False)
+    if columns:  # 8 rows a chunk: each chunk's column sums reach the partials once per 8 rows
+        block_r = min(max_row, 1024)
+        return Config(8, block_r, _warps(8 * block_r, target, 32), 1, True)
     block_r = min(max_row, 4096)
     return Config(1, block_r, _warps(block_r, target, vec), 1, True)
 
@@ -102,6 +108,8 @@ def row_programs(blocks: int, r_total: int, parts: int, target: Target, cfg: Con
     partials the combine reads (programs x row length x float32 per sum) stay small next to
     the rows. The looped variant adds its partials in place: at most 64 MiB of them."""
     fit = max(1, min(8, (1024 // target.warp_size) // cfg.num_warps))
+    if cfg.looped:  # 2 per SM measured as fast as 1 at 4096x32768 (more: not measured)
+        fit = min(fit, 2)
     per_unit = config.get("row_programs") or fit
     g = per_unit * max(1, target.compute_units)
     if cfg.looped:

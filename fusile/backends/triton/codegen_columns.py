@@ -2,12 +2,12 @@
 a norm backward computes dx per row and dw, db over all rows, reading dy and x once.
 
 The row kernel is persistent: G programs, program `prog` taking row blocks prog, prog + G, ...
-Each column sum is folded into a float32 (float64: float64) tile over the kernel's rows and stored once per
-program as a row of partials, `part[j, prog, :]` (j: which sum). Where a row does not fit one
-block (the looped variant) each chunk's sum is added to that program's partial row in place
-(the program owns it, so no atomics; a barrier orders one row block's stores before the next
-block's loads). The combine kernel then sums the G partials of each column and runs the
-elementwise work on the sums (casts, scales) before storing them.
+Each column sum is folded into a float32 tile (float64 for a float64 sum) over the kernel's
+rows and stored once per program as a row of partials, `part[j, prog, :]` (j: which sum).
+Where a row does not fit one block (the looped variant) each chunk's sum is added to that
+program's partial row in place (the program owns it, so no atomics; a barrier orders one row
+block's stores before the next block's loads). The combine kernel then sums the G partials
+of each column and runs the elementwise work on the sums (casts, scales) before storing them.
 """
 
 from __future__ import annotations
