@@ -16,7 +16,8 @@ The first thirteen are the ones issue 25 reported as uncaught; the rest were add
 then five with decode attention and the fused cross-entropy reduction, two with the Hugging
 Face integration, six with autodiff, two with mlir-cpu, four with its row blocks and exp,
 one with the partition's deferred producers, three with rows+columns kernels, one with
-mlir-cpu's results computed in place, one with float64 partials).
+mlir-cpu's results computed in place, one with float64 partials,
+one with a row class added after a column sum).
 """
 
 from __future__ import annotations
@@ -268,6 +269,9 @@ PLANTS = [
     Plant("f64_partials_in_f32", "fusile/backends/triton/codegen_variants.py",
           "return f64 if any(", "return f32 if any(",
           "split and rows+columns kernels: float64 sums' partials stored as float32"),
+    Plant("columns_new_row_class", "fusile/lowering/groups.py",
+          "if self.columns and not column and not", "if False and not",
+          "rows+columns: a later generic over more rows joins; the column sums count its rows"),
 ]
 
 _FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.M)

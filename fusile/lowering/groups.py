@@ -206,6 +206,9 @@ class Group:
             if red or not self._column_epilogue(uf, gi, real, old or set()):
                 return False  # only the combine kernel has a column sum's result
             column = True
+        if self.columns and not column and not {uf.find((gi, i)) for i in real} <= {
+                uf.find((g, i)) for g in self.gens for i in self.real_loops(g)}:
+            return False  # a new row class: the column sums would count each row per value
         self.uf = uf
         self.gens.insert(self.gens.index(before) if before is not None else len(self.gens), gi)
         for r in late:

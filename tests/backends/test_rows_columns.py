@@ -74,6 +74,22 @@ def test_looped_rows_add_their_column_sums_in_place(m: int, n: int, programs: in
         _check(m, n, dtype, "cpu")
 
 
+def test_a_later_value_over_more_rows_stays_out_of_the_kernel() -> None:
+    """x0 + x1 broadcasts over a row axis the column sum does not have: in the kernel, its
+    rows would be counted once per x1 row (the GPU property suite found it: twice the sum)."""
+    fn = fusile.from_source("def f(x0, x1):\n"
+                            "    t0 = x0 * rsqrt(mean(x0 * x0, axis=-1, keepdims=True) + 1.0)\n"
+                            "    return exp(sum(t0 * x0, axis=0)), x0 + x1\n")
+    g = torch.Generator().manual_seed(7)
+    x0, x1 = torch.randn(5, 1, 6, generator=g), torch.randn(1, 3, 1, generator=g)
+    assert [k.kind for k in fn.plan(x0, x1).kernels] == ["rows+columns", "pointwise"]
+    s, h = fn(x0, x1)
+    xd = x0.double()
+    t0 = xd * torch.rsqrt((xd * xd).mean(-1, keepdim=True) + 1.0)
+    assert_close(s, torch.exp((t0 * xd).sum(0)), torch.float32)
+    assert_close(h, xd + x1.double(), torch.float32)
+
+
 def test_no_rows_gives_zero_sums() -> None:
     fn = fusile.from_source(SOURCE)
     dx, dw, db, s = fn(*_inputs(0, 24, torch.float32, "cpu", 0))
