@@ -320,12 +320,14 @@ class FusedFunction:
             return generate(partition(graph), "gpu", names)[0]
         return TritonProgram(compiled, t).source
 
-    def compile(self, target: str, sizes: dict[str, int] | None = None,
+    def compile(self, target: str, /, sizes: dict[str, int] | None = None,
                 progress: Any = None, **signature: Any) -> Any:
         """Compile ahead of time for a named target, with no GPU needed:
         `f.compile("mi300x", x=bf16["M", 4096], w=bf16[4096], eps=1e-6)`. Named sizes are
         symbolic; `sizes={"M": 8192}` tells the schedule what to expect. Returns the
-        artifacts (Triton, TTIR, PTX + cubin or AMDGCN + hsaco) with registers and spills."""
+        artifacts (Triton, TTIR, PTX + cubin or AMDGCN + hsaco) with registers and spills.
+        The target is positional only, so a parameter named `target` (a loss's class
+        indices) takes its spec by keyword like any other."""
         from fusile.backends import targets
         from fusile.backends.triton.aot import compile_for
 

@@ -8,7 +8,8 @@ import types
 import pytest
 import torch
 
-from fusile import bf16, samples
+import fusile
+from fusile import bf16, i64, samples
 from fusile.backends import targets
 
 
@@ -35,6 +36,15 @@ def test_h200_has_its_own_bandwidth_and_compiles_like_an_h100() -> None:
     x, w = torch.randn(64, 256), torch.randn(256)
     assert "4.8 TB/s" in str(samples.rms_norm.explain(x, w, target="h200"))
     art = samples.rms_norm.compile("h200", x=bf16["M", 256], weight=bf16[256])
+    assert art.kernels and all(k.spills == 0 for k in art.kernels)
+
+
+def test_a_parameter_named_target_compiles_ahead_of_time() -> None:
+    """compile()'s target is positional only: a cross-entropy's `target` is a parameter."""
+    fn = fusile.from_source("def f(logits, target):\n"
+                            "    hit = where(index(logits, 1) == target[:, None], logits, 0.0)\n"
+                            "    return logsumexp(logits, axis=-1) - sum(hit, axis=-1)\n")
+    art = fn.compile("h100", logits=bf16["M", 1000], target=i64["M"])
     assert art.kernels and all(k.spills == 0 for k in art.kernels)
 
 
