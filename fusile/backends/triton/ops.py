@@ -17,7 +17,6 @@ TL_DTYPE = {"bf16": "tl.bfloat16", "f16": "tl.float16", "f32": "tl.float32",
             "f64": "tl.float64", "i32": "tl.int32", "i64": "tl.int64", "bool": "tl.int1"}
 
 
-
 def acc_type(dtype: DType) -> str:
     """The Triton type a reduction accumulates `dtype` in across chunks or programs: its
     compute dtype (float32 for 16-bit floats, float64 kept float64)."""
