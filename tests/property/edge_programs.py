@@ -3,7 +3,8 @@ softmax or logsumexp over a non-last axis feeding a matmul (not attention), one 
 through several broadcast views in one reduction, size-0 and size-1 dims, rows holding NaN
 or infinities, float64 mixed with narrower inputs, one-signed rows through looped and split
 reductions (masked lanes must hold the identity), and contractions with prologues on both
-operands and a ragged K, and comparisons between tied values. Each draw is an `Edge`: source text
+operands and a ragged K, comparisons between tied values, and column sums beside
+broadcast partners (rows+columns kernels). Each draw is an `Edge`: source text
 plus concrete inputs, checked against torch (torch_eval.py), not against fusile's own
 reference."""
 
@@ -195,3 +196,32 @@ def comparisons_with_ties(draw: st.DrawFn) -> Edge:
         f"max(where(x {cmp} y, x, -5.0), axis=0)",
     ]))
     return Edge(f"def prog(x, y):\n    return {form}\n", [x, y])
+
+
+_COLUMN_EXTRAS = ["x0 + x1", "t0 * x1", "sigmoid(t1) * x1", "t1 + x2", "x0 * x2 - t0"]
+
+
+@st.composite
+def column_sums(draw: st.DrawFn) -> Edge:
+    """A norm's shape (a row statistic, then a sum over the rows of a row-scaled value: a
+    rows+columns kernel) beside outputs over broadcast partners: x1 may add a row axis that
+    the column sum does not have (it must not join that kernel), x2 runs along the columns.
+    Rows long enough to loop and to take several persistent programs."""
+    rows = draw(st.sampled_from([1, 2, 7, 40, 300]))
+    cols = draw(st.sampled_from([1, 5, 64, 129]))
+    new = draw(st.sampled_from([1, 3]))  # x1's extra row axis (size 1: no new axis)
+    dtype = draw(st.sampled_from([torch.float32, torch.float64]))
+    x0 = _randn(draw, (rows, 1, cols), dtype)
+    x1 = _randn(draw, (1, new, draw(st.sampled_from([1, cols]))), dtype)
+    x2 = _randn(draw, (cols,), dtype)
+    extras = draw(st.lists(st.sampled_from(_COLUMN_EXTRAS), min_size=1, max_size=3,
+                           unique=True))
+    # the last two are not 0 on a block's padded rows, so a sum that adds them shows it
+    summed = draw(st.sampled_from(["t0 * x0", "t0 * x0 + x2", "t0 + 1.0"]))
+    body = ("    t0 = x0 * rsqrt(mean(x0 * x0, axis=-1, keepdims=True) + 1.0)\n"
+            f"    t1 = sum({summed}, axis=0)\n")
+    outs = ["t1", *(f"e{i}" for i in range(len(extras)))]
+    body += "".join(f"    e{i} = {e}\n" for i, e in enumerate(extras))
+    block = draw(st.sampled_from([0, 32]))
+    return Edge(f"def prog(x0, x1, x2):\n{body}    return {', '.join(outs)}\n", [x0, x1, x2],
+                scale=4.0, max_row_block=block)
