@@ -76,14 +76,17 @@ def _target(name: str, device: Any) -> targets.Target:
 
 
 def _program_key(name: str, device: Any, compiled: Any) -> str:
-    """Programs differ by target (FUSILE_TARGET `name`, or the device's own), and by the TF32
-    opt-in (it changes the generated dots); mlir-cpu has one program. CPU tensors go to
-    mlir-cpu unless a target is named (`cpu`: the Triton interpreter) or it does not take
-    the program's dtypes."""
+    """Programs differ by target (FUSILE_TARGET `name`, or the device's own), by the TF32
+    opt-in (it changes the generated dots) and by the knobs that choose launch configs
+    (SCHEDULE_KNOBS: a program caches its configs and recorded launches per size, so a knob
+    set after the first call would otherwise be ignored); mlir-cpu has one program. CPU
+    tensors go to mlir-cpu unless a target is named (`cpu`: the Triton interpreter) or it
+    does not take the program's dtypes."""
     if name == "mlir-cpu" or (name == "auto" and device.type == "cpu" and (
             "mlir-cpu" in compiled.programs or _mlir_cpu_takes(compiled))):
         return "mlir-cpu"
-    return _target(name, device).name + ("+tf32" if config.get("tf32") else "")
+    knobs = "".join(f"+{k}={v}" for k in config.SCHEDULE_KNOBS if (v := config.get(k)))
+    return _target(name, device).name + ("+tf32" if config.get("tf32") else "") + knobs
 
 
 def _mlir_cpu_takes(compiled: Any) -> bool:

@@ -100,6 +100,10 @@ KNOBS: dict[str, Knob] = {
 
 _overrides: dict[str, Any] = {}
 
+# knobs that choose a kernel's launch config: part of the program key (backends/run.py) and
+# of the call key (backends/dispatch.py), so setting one between calls takes effect
+SCHEDULE_KNOBS = ("max_row_block", "row_programs", "attn_splits")
+
 
 def get(name: str) -> Any:
     """The current value of knob `name`: a scoped override, else the environment, else default."""

@@ -68,6 +68,32 @@ def test_the_target_knob_is_read_on_every_call(monkeypatch: pytest.MonkeyPatch) 
     assert len(scaled._fast) == before  # the reference has no program: nothing cached for it
 
 
+@fused
+def row_sums(x):
+    return sum(x * 2.0, axis=-1)
+
+
+def test_a_schedule_knob_set_between_calls_takes_effect(monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    """max_row_block after a first call: the program cached the first call's config (and a
+    GPU its launches) for these sizes, so the knob was silently ignored."""
+    from fusile.backends.triton import runtime
+
+    variants: list[str] = []
+    run = runtime.TritonProgram._run
+
+    def spy(self: object, launch: object, variant: str, *a: object) -> None:
+        variants.append(variant)
+        run(self, launch, variant, *a)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runtime.TritonProgram, "_run", spy)
+    x = torch.randn(3, 100)
+    for block, want in [(0, "single"), (32, "looped"), (0, "single"), (64, "looped")]:
+        with config.override(max_row_block=block):
+            assert_close(row_sums(x), x.double().sum(-1) * 2.0, torch.float32)
+        assert variants.pop() == want, block
+
+
 def test_a_replay_recomputes_exactly_the_scalars_of_its_floats() -> None:
     """CallScalars keeps the layout's values from the recorded call and recomputes the host
     arithmetic that depends on a float argument: here t = a * float(dim 1 of x) + 1.0 and
