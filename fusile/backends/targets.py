@@ -82,6 +82,16 @@ def this_cpu() -> Target:
     matmul rate measured through torch (best of three; about 0.1 s, once per process). The
     threads stand where a GPU has its warp size."""
     import os
+
+    copy, mm = _cpu_rates()
+    return Target("mlir-cpu", "mlir-cpu", "cpu", cpu_threads(), os.cpu_count() or 1, 0, copy,
+                  mm, mm)
+
+
+@functools.cache
+def _cpu_rates() -> tuple[float, float]:
+    """This CPU's copy bandwidth and fp32 matmul rate in TB/s and TFLOP/s, measured once (a
+    second measurement on a busy machine differs: explain's roofline would move with it)."""
     import time
 
     import torch
@@ -98,9 +108,7 @@ def this_cpu() -> Target:
     x, y = torch.ones(1 << 24), torch.empty(1 << 24)
     copy = 2 * x.numel() * 4 / best(lambda: y.copy_(x)) / 1e12
     a = torch.ones(512, 512)
-    mm = 2 * 512**3 / best(lambda: a @ a) / 1e12
-    return Target("mlir-cpu", "mlir-cpu", "cpu", cpu_threads(), os.cpu_count() or 1, 0, copy,
-                  mm, mm)
+    return copy, 2 * 512**3 / best(lambda: a @ a) / 1e12
 
 
 def cpu_threads() -> int:
