@@ -83,6 +83,12 @@ def push(ck: Checker, e: ast.Expr, ops: tuple[Op, ...], at: ast.Subscript) -> as
         return ast.Call(e.span, e.func, args, kwargs)
     if call is not None and call.name in ("index", "arange"):
         return _push_positions(ck, e, call.axes[0] if call.name == "index" else 0, ops)
+    if not at.items:  # no slice of the user's: a concat's seams cut this value
+        raise UnsupportedSyntaxError(
+            "this value meets a concat or stack along the axis it joins on, so fusile must "
+            "cut it at the seams, which it does for parameters, and elementwise math, views "
+            "and concats of them, not yet for a reduction or matmul; concatenate after "
+            "combining with it, or make it from the concat's pieces", e.span)
     raise UnsupportedSyntaxError(
         "slicing this value is not supported yet: fusile slices parameters, and elementwise "
         "math, views and concats of them; slice the inputs of the reduction or matmul "

@@ -197,9 +197,14 @@ class Emitter:
         out_shape = [self.env.find(x.shape[i]) for i in kept]
         init = self.fill(self.empty(out_shape, elem), identity, elem)
 
+        reduces = any(i in axes for i in loops)
+
         def region(args: list[ir.Value], acc: ir.Value) -> ir.Value:
             v = pre(args[0]) if pre else args[0]
-            return _COMBINE[combine](v, acc)
+            # every reduced axis a broadcast (size 1, no loop): elementwise, not reading the
+            # init. A parallel generic that reads its out, fused into a wider consumer, was
+            # applied once per consumer column (sum(stack([x, x], axis=1), axis=1) + x)
+            return _COMBINE[combine](v, acc if reduces else constant(identity, elem))
 
         v = self.generic([x], [in_map], init, out_map,
                          ["reduction" if i in axes else "parallel" for i in loops], [elem], elem,

@@ -128,7 +128,8 @@ def partition(graph: Graph) -> Plan:
                 break
         else:
             group = Group(graph, ones, cls)
-            _add_with_producers(group, gi, graph, producer, home, len(groups), deferred)
+            if not _add_with_producers(group, gi, graph, producer, home, len(groups), deferred):
+                raise AssertionError(f"generic {gi} fits no kernel, not even a new one")
             groups.append(group)
             kinds.append(None)
             home[gi] = len(groups) - 1
@@ -142,8 +143,15 @@ def _add_with_producers(group: Group, gi: int, graph: Graph, producer: dict[int,
                         home: dict[int, int], gidx: int, deferred: set[int]) -> bool:
     """Add gi to group, first recomputing there any elementwise producer (computed in another
     kernel) whose own inputs are all program arguments: cheaper than a round trip through HBM.
+    Where a recomputed producer keeps gi out (gi reads it two ways), gi reads it instead.
     A deferred producer (no kernel of its own) must be recomputed here, ahead of gi, or have
     been computed by an earlier kernel. Leaves the group unchanged if gi does not fit."""
+    return any(_add(group, gi, graph, producer, home, gidx, deferred, recompute)
+               for recompute in (True, False))
+
+
+def _add(group: Group, gi: int, graph: Graph, producer: dict[int, int], home: dict[int, int],
+         gidx: int, deferred: set[int], recompute: bool) -> bool:
     node = graph.nodes[gi]
     assert isinstance(node, Generic)
     saved = (list(group.gens), dict(group.uf.parent), dict(group.produced), dict(group.read),
@@ -157,7 +165,7 @@ def _add_with_producers(group: Group, gi: int, graph: Graph, producer: dict[int,
             if not group.try_add(p):
                 late.append(p)
             continue
-        if home.get(p) == gidx:
+        if home.get(p) == gidx or not recompute:
             continue
         pn = graph.nodes[p]
         assert isinstance(pn, Generic)
@@ -191,9 +199,19 @@ def _deferrable(graph: Graph, special: set[int]) -> set[int]:
         mine = set(n.results)
         readers = [(gj, m) for gj, m in gens if mine & set(m.inputs)]
         if readers and not any(mine & set(m.outputs) for _, m in gens) and not any(
-                gj in special or is_contraction(m, free) for gj, m in readers):
+                gj in special or is_contraction(m, free) or not _one_view(m, mine)
+                for gj, m in readers):
             out.add(gi)
     return out
+
+
+def _one_view(reader: Generic, tensors: set[int]) -> bool:
+    """The reader indexes these tensors one way: recomputed in the reader's kernel, a
+    producer read as t[j] and t[i] (`stack([x, exp(x)]) ... + exp(x)` broadcast both ways)
+    would tie i to j, and the reader would fit no kernel."""
+    n_in = len(reader.inputs)
+    return len({tuple(m) for t, m in zip(reader.inputs, reader.maps[:n_in], strict=True)
+                if t in tensors}) <= 1
 
 
 def _only_init(graph: Graph, t: int) -> bool:

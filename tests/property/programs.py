@@ -197,6 +197,8 @@ class _Builder:
         shape = _broadcast(a.shape, c.shape)
         if shape is None or _numel(shape) > MAX_NUMEL:
             return None
+        if any(u.joined and not v.sliceable and not v.joined for u, v in ((a, c), (c, a))):
+            return None  # a reduction's result cut at a concat's seams: refused, not yet done
         op = self.draw(st.sampled_from(BINARY))
         red = max(a.reduced, c.reduced)
         if op == "add":

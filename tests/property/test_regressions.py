@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -63,3 +65,39 @@ def test_found_spilling(src: str, shapes: list[tuple[int, ...]], target: str) ->
     art = fn.compile(target, **{f"x{i}": f16[s] for i, s in enumerate(shapes)})
     for k in art.kernels:
         assert k.spills == 0, k.summary()
+
+
+# found by a dev-profile run of the sliced-program property (2026-12-07)
+STACKED = [
+    # sum over a stack's axis of size-1 pieces was a parallel generic reading its init: fused
+    # into the wider `x0 + t2`, mlir-cpu applied it once per column (interpreter: right)
+    ("def prog(x0):\n    t1 = stack([x0, x0], axis=1)\n    t2 = sum(t1, axis=1, keepdims=True)\n"
+     "    t5 = x0 + t2\n    return t5\n",
+     lambda x: x + torch.stack([x, x], 1).sum(1, keepdim=True)),
+    # exp(x0) read as t0[j] and t0[i] by one generic: recomputed there it tied i to j, and the
+    # partition crashed (StopIteration) instead of reading it
+    ("def prog(x0):\n    t0 = exp(x0)\n    t1 = stack([x0, t0], axis=1)\n"
+     "    t2 = sum(t1, axis=1, keepdims=True)\n    t5 = t0 + t2\n    return t5\n",
+     lambda x: torch.exp(x) + torch.stack([x, torch.exp(x)], 1).sum(1, keepdim=True)),
+]
+
+
+@pytest.mark.parametrize("target", ["cpu", "mlir-cpu"])
+@pytest.mark.parametrize("src,ref", STACKED)
+def test_found_with_stacks(src: str, ref: Any, target: str) -> None:
+    fn = fusile.from_source(src)
+    for n in (2, 5):
+        x = torch.randn(n, dtype=torch.float64)
+        with config.override(target=target):
+            out = fn(x)
+        assert torch.allclose(out, ref(x), rtol=1e-12, atol=1e-12), (n, out, ref(x))
+
+
+def test_a_reduction_cut_at_a_stacks_seams_is_a_located_error() -> None:
+    """stack([x, x], 1) + softmax(x, 0): the softmax runs along the stack's axis, so it would
+    be cut at the seams; the message says so (it said 'slicing this value')."""
+    fn = fusile.from_source("def prog(x0):\n    t1 = stack([x0, x0], axis=1)\n"
+                            "    return t1 + softmax(x0, axis=0)\n", filename="s.py")
+    with pytest.raises(fusile.FusileError, match="meets a concat or stack") as info:
+        fn(torch.randn(2))
+    assert "s.py:3" in str(info.value)
