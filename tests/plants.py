@@ -17,7 +17,7 @@ then five with decode attention and the fused cross-entropy reduction, two with 
 Face integration, six with autodiff, two with mlir-cpu, four with its row blocks and exp,
 one with the partition's deferred producers, three with rows+columns kernels, one with
 mlir-cpu's results computed in place, one with float64 partials,
-one with a row class added after a column sum).
+one with a row class added after a column sum, one with a sum that reads its init).
 """
 
 from __future__ import annotations
@@ -272,6 +272,9 @@ PLANTS = [
     Plant("columns_new_row_class", "fusile/lowering/groups.py",
           "if self.columns and not column and not", "if False and not",
           "rows+columns: a later generic over more rows joins; the column sums count its rows"),
+    Plant("reduce_reads_init", "fusile/lowering/emit.py",
+          "acc if reduces else constant(identity, elem)", "acc",
+          "a sum over broadcast axes only reads its init: fused wider, it re-accumulates"),
 ]
 
 _FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.M)

@@ -139,3 +139,36 @@ def test_every_stage_verifies_and_debug_dumps(capsys) -> None:
     err = capsys.readouterr().err
     for stage in ("ast", "mlir", "linalg", "fused"):
         assert f"FUSILE_DEBUG {stage}" in err
+
+
+_REACCUMULATED = """
+#map = affine_map<(d0, d1) -> (d1)>
+#map1 = affine_map<(d0, d1) -> (d0)>
+#map2 = affine_map<(d0, d1) -> (d0, d1)>
+func.func @f(%x: tensor<?xf32>, %acc: tensor<?xf32>, %o: tensor<?x?xf32>) -> tensor<?x?xf32> {
+  %r:2 = linalg.generic {indexing_maps = [#map, #map1, #map2],
+      iterator_types = ["parallel", "parallel"]}
+      ins(%x : tensor<?xf32>) outs(%acc, %o : tensor<?xf32>, tensor<?x?xf32>) {
+  ^bb0(%in: f32, %a: f32, %out: f32):
+    %s = arith.addf %in, %a : f32
+    linalg.yield %s, %s : f32, f32
+  } -> (tensor<?xf32>, tensor<?x?xf32>)
+  return %r#1 : tensor<?x?xf32>
+}
+"""
+
+
+def test_a_parallel_generic_reading_a_narrower_init_is_refused() -> None:
+    """What upstream fusion made of `sum(stack([x, x], 1), 1) + x` before the emitter stopped
+    reading the init of a sum without reduction loops: out[d0] updated once per d1. The
+    check after fusion names it; a reduction over d1 (the same maps) is fine."""
+    from torch_mlir import ir
+
+    from fusile.lowering.pipeline import _reaccumulated
+
+    with ir.Context():
+        bad = ir.Module.parse(_REACCUMULATED)
+        assert "leaves out a parallel loop" in _reaccumulated(bad)
+        fine = ir.Module.parse(_REACCUMULATED.replace('["parallel", "parallel"]',
+                                                      '["parallel", "reduction"]'))
+        assert _reaccumulated(fine) == ""
