@@ -83,16 +83,49 @@ def push(ck: Checker, e: ast.Expr, ops: tuple[Op, ...], at: ast.Subscript) -> as
         return ast.Call(e.span, e.func, args, kwargs)
     if call is not None and call.name in ("index", "arange"):
         return _push_positions(ck, e, call.axes[0] if call.name == "index" else 0, ops)
+    if isinstance(e, ast.Call) and call is not None and call.name in REDUCTIONS:
+        pushed = _push_reduction(ck, e, call.name, call.axes, bool(call.options.get(
+            "keepdims")), ops, at)
+        if pushed is not None:
+            return pushed
     if not at.items:  # no slice of the user's: a concat's seams cut this value
         raise UnsupportedSyntaxError(
             "this value meets a concat or stack along the axis it joins on, so fusile must "
-            "cut it at the seams, which it does for parameters, and elementwise math, views "
-            "and concats of them, not yet for a reduction or matmul; concatenate after "
-            "combining with it, or make it from the concat's pieces", e.span)
+            "cut it at the seams, which it does for parameters, elementwise math, views, "
+            "concats and reductions along other axes, not yet for a reduction along that "
+            "axis or a matmul; concatenate after combining with it, or make it from the "
+            "concat's pieces", e.span)
     raise UnsupportedSyntaxError(
-        "slicing this value is not supported yet: fusile slices parameters, and elementwise "
-        "math, views and concats of them; slice the inputs of the reduction or matmul "
-        "instead", e.span)
+        "slicing this value is not supported yet: fusile slices parameters, elementwise "
+        "math, views, concats, and reductions along the axes they keep; slice the inputs "
+        "of the reduction or matmul instead", e.span)
+
+
+REDUCTIONS = {"sum", "mean", "max", "min", "var", "logsumexp", "softmax", "log_softmax"}
+
+
+def _push_reduction(ck: Checker, e: ast.Call, name: str, axes: tuple[int, ...], keepdims: bool,
+                    ops: tuple[Op, ...], at: ast.Subscript) -> ast.Expr | None:
+    """A reduction (or softmax) sliced along axes it keeps: the same call of its input
+    sliced there (`sum(x, axis=0)[a:b]` is `sum(x[:, a:b], axis=0)`). None where an op cuts
+    an axis it reduces (or a softmax's axis), or drops an axis (an integer index)."""
+    x = ck.t.builtin_args[id(e)][0]
+    xt = ck.t.types[id(x)]
+    if not isinstance(xt, TensorType):
+        return None
+    shaped = name in ("softmax", "log_softmax")  # the result has x's shape
+    kept = list(range(xt.rank)) if shaped or keepdims else \
+        [i for i in range(xt.rank) if i not in axes]
+    x_ops = [KEEP] * xt.rank
+    for axis, o in zip(kept, ops, strict=True):
+        if o == KEEP:
+            continue
+        if o[0] != "slice" or axis in axes:
+            return None
+        x_ops[axis] = o
+    piece = push(ck, x, tuple(x_ops), at)
+    return ast.Call(e.span, e.func, tuple(piece if a is x else a for a in e.args), tuple(
+        ast.Keyword(k.span, k.name, piece) if k.value is x else k for k in e.kwargs))
 
 
 def _operand(ck: Checker, e: ast.Expr, ops: tuple[Op, ...], at: ast.Subscript) -> ast.Expr:

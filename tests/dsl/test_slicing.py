@@ -50,6 +50,14 @@ def sliced_twice(x, w):
 
 
 @fused
+def reductions_sliced(x, a, b):
+    """A reduction (or softmax) cut along an axis it keeps is the same call of its input cut
+    there; a concat's seams cut the column sums it is added to."""
+    cut = x.sum(dim=0)[1:4] + x.mean(dim=-1, keepdim=True)[2:5]
+    return cut, torch.softmax(x, dim=-1)[1:3] * 2.0, torch.cat([a, b], dim=1) + x.sum(dim=0)
+
+
+@fused
 def up_to(x, k: int):
     return x[:, :k] + x[:, -k:]
 
@@ -61,6 +69,7 @@ CASES = {
     "columns": (columns, [(7, 11), (11,)]),
     "through_math": (through_math, [(4, 6, 38), (38,), (1, 6, 38)]),
     "sliced_twice": (sliced_twice, [(9, 15), (15,)]),
+    "reductions_sliced": (reductions_sliced, [(6, 5), (7, 2), (7, 3)]),
 }
 
 
