@@ -17,7 +17,8 @@ then five with decode attention and the fused cross-entropy reduction, two with 
 Face integration, six with autodiff, two with mlir-cpu, four with its row blocks and exp,
 one with the partition's deferred producers, three with rows+columns kernels, one with
 mlir-cpu's results computed in place, one with float64 partials,
-one with a row class added after a column sum, one with a sum that reads its init).
+one with a row class added after a column sum, one with a sum that reads its init,
+one with sliced reductions).
 """
 
 from __future__ import annotations
@@ -275,6 +276,9 @@ PLANTS = [
     Plant("reduce_reads_init", "fusile/lowering/emit.py",
           "acc if reduces else constant(identity, elem)", "acc",
           "a sum over broadcast axes only reads its init: fused wider, it re-accumulates"),
+    Plant("sliced_reduction_axes", "fusile/dsl/push.py",
+          "[i for i in range(xt.rank) if i not in axes]", "list(range(xt.rank))",
+          "a sliced reduction without keepdims cuts its input along the wrong axis"),
 ]
 
 _FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.M)

@@ -225,3 +225,31 @@ def column_sums(draw: st.DrawFn) -> Edge:
     block = draw(st.sampled_from([0, 32]))
     return Edge(f"def prog(x0, x1, x2):\n{body}    return {', '.join(outs)}\n", [x0, x1, x2],
                 scale=4.0, max_row_block=block)
+
+
+_KEEPING = ["sum", "mean", "max", "min", "logsumexp", "var", "softmax", "log_softmax"]
+
+
+@st.composite
+def sliced_reductions(draw: st.DrawFn) -> Edge:
+    """A reduction (or softmax) of a computed value, sliced along an axis it keeps (fusile
+    slices its input there instead), then more math: any mismatch between the result's axes
+    and the input's (keepdims, a reduced leading axis, a stepped or negative bound) shows."""
+    shape = (draw(st.sampled_from([3, 5, 8])), draw(st.sampled_from([4, 7, 33])))
+    op = draw(st.sampled_from(_KEEPING))
+    axis = draw(st.sampled_from([0, 1, -1]))
+    keep = draw(st.booleans())
+    call = f"{op}(x * 2.0 + y, axis={axis})" if op in ("softmax", "log_softmax") else \
+        f"{op}(x * 2.0 + y, axis={axis}, keepdims={keep})"
+    other = 1 if axis == 0 else 0  # the axis the call keeps
+    n = shape[other]
+    lo = draw(st.integers(-n, n - 1))
+    start = lo % n
+    stop = draw(st.integers(start + 1, n))
+    step = draw(st.sampled_from([1, 2]))
+    cut = f"{lo}:{stop}:{step}"
+    rank_out = 2 if keep or op in ("softmax", "log_softmax") else 1
+    pos = other if rank_out == 2 else 0
+    index = ", ".join(cut if a == pos else ":" for a in range(rank_out))
+    x, y = _randn(draw, shape), _randn(draw, shape)
+    return Edge(f"def prog(x, y):\n    return exp({call}[{index}] * 0.1)\n", [x, y], scale=4.0)

@@ -41,7 +41,8 @@ FAMILIES = {"softmax_into_matmul": E.softmax_into_matmul, "broadcast_views": E.b
             "small_dims": E.small_dims, "non_finite_rows": E.non_finite_rows,
             "float64_mixes": E.float64_mixes, "one_signed_rows": E.one_signed_rows,
             "prologue_contractions": E.prologue_contractions,
-            "comparisons_with_ties": E.comparisons_with_ties, "column_sums": E.column_sums}
+            "comparisons_with_ties": E.comparisons_with_ties, "column_sums": E.column_sums,
+            "sliced_reductions": E.sliced_reductions}
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

@@ -34,6 +34,7 @@ NAMESPACE: dict[str, Any] = {
     "logsumexp": lambda x, axis=-1, keepdims=False: torch.logsumexp(x, dim=axis,
                                                                     keepdim=keepdims),
     "softmax": lambda x, axis=-1: torch.softmax(x, dim=axis),
+    "log_softmax": lambda x, axis=-1: torch.log_softmax(x, dim=axis),
     "size": lambda x, axis: x.shape[axis],
     "concat": lambda xs, axis=0: torch.cat(xs, dim=axis),
     "stack": lambda xs, axis=0: torch.stack(xs, dim=axis),
