@@ -58,5 +58,6 @@ def variants(w: KernelWriter, name: str, tensors: list[TensorArg]) -> Variants:
         out.split, out.combine = name + "_split", name + "_combine"
         out.lines += ["", "", *write_split(w, out.split, tensors), "", "",
                       *write_combine(w, out.combine, tensors)]
-        out.n_parts, out.part_dtype = len(parts(w)), _part_dtype(parts(w))
+        items = parts(w)
+        out.n_parts, out.part_dtype = len(items), _part_dtype(items)
     return out
