@@ -16,8 +16,8 @@ from fusile.dsl.errors import Source
 from fusile.dsl.signature import SizeCheck, nonempty_checks, size_checks
 from fusile.dsl.slicing import derived_spec, torch_index
 from fusile.dsl.types import ShapeEnv, TensorSpec
-from fusile.lowering.graph import Graph, read_graph
-from fusile.lowering.pipeline import Stages, run_pipeline
+from fusile.lowering.graph import Graph, reaccumulated, read_graph
+from fusile.lowering.pipeline import FUSE, Stages, repro, run_pipeline
 from fusile.lowering.to_mlir import to_mlir
 
 
@@ -103,5 +103,10 @@ def compile_program(func: ast.FuncDef, source: Source, globals_: dict[str, Any],
     module = to_mlir(typed)  # lowering: func.func of linalg on tensors
     stages = run_pipeline(module)  # lowering: verify, generalize, fuse elementwise
     runtime = [i for i, b in enumerate(params) if not b.is_const]
-    return Compiled(typed, stages, read_graph(stages.linalg), read_graph(stages.fused),
+    fused = read_graph(stages.fused)
+    why = reaccumulated(fused)
+    if why:
+        raise repro(stages.linalg.operation.get_asm(enable_debug_info=True), FUSE[0], "fused",
+                    why)
+    return Compiled(typed, stages, read_graph(stages.linalg), fused,
                     size_checks(typed.param_types, env), nonempty_checks(env), runtime)

@@ -231,6 +231,26 @@ def read_graph(module: ir.Module) -> Graph:
     return g
 
 
+def reaccumulated(g: Graph) -> str:
+    """A generic that reads an output's init while a parallel loop is missing from that
+    output's map applies its update once per step of that loop: a value summed twice where
+    upstream fusion put a parallel producer that reads its init into a wider consumer.
+    Every backend would compute it differently (mlir-cpu sequentially, the Triton kernels as
+    a reduction): a compiler bug, never a silent answer. '' where there is none."""
+    for node in g.nodes:
+        if not isinstance(node, Generic):
+            continue
+        n_in = len(node.inputs)
+        read = {v for op in node.body for v in op.operands} | set(node.yields)
+        for k, (m, acc) in enumerate(zip(node.maps[n_in:], node.block_args[n_in:],
+                                         strict=True)):
+            if acc in read and any(it == "parallel" and d not in m
+                                   for d, it in enumerate(node.iterators)):
+                return (f"output {k} of a linalg.generic ({node.loc}) reads its init but its "
+                        f"map {m} leaves out a parallel loop")
+    return ""
+
+
 def _add_not_subtract(body: list[Op], yields: list[int], accs: list[int], ids: _Ids) -> None:
     """A sum of a negation, acc + (-x), reaches here as acc - x (canonicalize folds it): read
     it as acc + negf(x), so every reduction combines with its known combiner."""

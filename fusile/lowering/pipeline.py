@@ -46,12 +46,12 @@ def _run(module: ir.Module, passes: list[str], stage: str) -> None:
             pm.run(module.operation)
             ok = module.operation.verify() if config.get("verify") else True
         except Exception as exc:  # MLIRError: the pass itself failed
-            raise _repro(text_before, p, stage, str(exc)) from None
+            raise repro(text_before, p, stage, str(exc)) from None
         if not ok:
-            raise _repro(text_before, p, stage, "the module does not verify")
+            raise repro(text_before, p, stage, "the module does not verify")
 
 
-def _repro(text: str, p: str, stage: str, why: str) -> LoweringError:
+def repro(text: str, p: str, stage: str, why: str) -> LoweringError:
     with tempfile.NamedTemporaryFile("w", suffix=".mlir", prefix="fusile-", delete=False) as f:
         f.write(text)
     return LoweringError(
@@ -63,7 +63,7 @@ def _repro(text: str, p: str, stage: str, why: str) -> LoweringError:
 def run_pipeline(module: ir.Module) -> Stages:
     """Verify the emitted module, then generalize and fuse, verifying after every pass."""
     if not module.operation.verify():
-        raise _repro(str(module), "(emission)", "mlir", "the emitted module does not verify")
+        raise repro(str(module), "(emission)", "mlir", "the emitted module does not verify")
     emitted = module.operation.get_asm(enable_debug_info=True)
     _dump("mlir", emitted)
     _run(module, GENERALIZE, "linalg")
@@ -72,35 +72,7 @@ def run_pipeline(module: ir.Module) -> Stages:
     linalg = ir.Module.parse(linalg_text, context=module.context)
     _run(module, FUSE, "fused")
     _dump("fused", module.operation.get_asm(enable_debug_info=True))
-    why = _reaccumulated(module)
-    if why:
-        raise _repro(linalg_text, FUSE[0], "fused", why)
     return Stages(emitted, linalg, module)
-
-
-def _reaccumulated(module: ir.Module) -> str:
-    """A generic that reads an output's init while a parallel loop is missing from that
-    output's map applies its update once per step of that loop: a value summed twice where
-    upstream fusion put a parallel producer that reads its init into a wider consumer.
-    Every backend would compute it differently (mlir-cpu sequentially, the Triton kernels as
-    a reduction): a compiler bug, never a silent answer. '' where there is none."""
-    for func in module.body.operations:
-        for op in func.regions[0].blocks[0].operations if func.regions else ():
-            o = op.operation
-            if o.name != "linalg.generic":
-                continue
-            parallel = ["parallel" in str(a) for a in o.attributes["iterator_types"]]
-            maps = [ir.AffineMapAttr(a).value for a in o.attributes["indexing_maps"]]
-            n_in = len(op.inputs)
-            args = o.regions[0].blocks[0].arguments
-            for k, m in enumerate(maps[n_in:]):
-                dims = {d.position for e in m.results
-                        if isinstance(d := e.maybe_downcast(), ir.AffineDimExpr)}
-                if any(p and d not in dims for d, p in enumerate(parallel)) and \
-                        any(True for _ in args[n_in + k].uses):
-                    return (f"output {k} of a linalg.generic reads its init but its map {m} "
-                            "leaves out a parallel loop")
-    return ""
 
 
 def _dump(stage: str, text: str) -> None:

@@ -164,11 +164,11 @@ def test_a_parallel_generic_reading_a_narrower_init_is_refused() -> None:
     check after fusion names it; a reduction over d1 (the same maps) is fine."""
     from torch_mlir import ir
 
-    from fusile.lowering.pipeline import _reaccumulated
+    from fusile.lowering.graph import reaccumulated, read_graph
 
     with ir.Context():
-        bad = ir.Module.parse(_REACCUMULATED)
-        assert "leaves out a parallel loop" in _reaccumulated(bad)
-        fine = ir.Module.parse(_REACCUMULATED.replace('["parallel", "parallel"]',
-                                                      '["parallel", "reduction"]'))
-        assert _reaccumulated(fine) == ""
+        bad = read_graph(ir.Module.parse(_REACCUMULATED))
+        assert "leaves out a parallel loop" in reaccumulated(bad)
+        fine = read_graph(ir.Module.parse(_REACCUMULATED.replace('["parallel", "parallel"]',
+                                                                 '["parallel", "reduction"]')))
+        assert reaccumulated(fine) == ""
