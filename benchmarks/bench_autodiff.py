@@ -94,6 +94,16 @@ def _liger() -> dict:
     }
 
 
+def leaf_inputs(kind: str, m: int, n: int) -> list[torch.Tensor]:
+    """An op's inputs (bench_stdlib.make, seed 0), the float ones requiring grad."""
+    torch.manual_seed(0)
+    inputs = make(kind, m, n)
+    for t in inputs:
+        if t.dtype.is_floating_point:
+            t.requires_grad_()
+    return inputs
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="derived backward vs hand-written vs torch.compile")
     ap.add_argument("--size", default="16384x4096", help="rows x columns (default 16384x4096)")
@@ -115,11 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in names:
         derived, hand, ref, kind = OPS[name]
-        torch.manual_seed(0)
-        inputs = make(kind, m, n)
-        for t in inputs:
-            if t.dtype.is_floating_point:
-                t.requires_grad_()
+        inputs = leaf_inputs(kind, m, n)
         row: dict = {"op": name, "size": a.size}
         impls = [("derived", derived), ("hand", hand), ("compile", torch.compile(ref))]
         if name in liger:

@@ -16,8 +16,7 @@ import sys
 import torch
 from triton.testing import do_bench_cudagraph
 
-from benchmarks.bench_autodiff import OPS
-from benchmarks.bench_stdlib import make
+from benchmarks.bench_autodiff import OPS, leaf_inputs
 from benchmarks.bench_step import step_fn
 from fusile import config
 from fusile.lowering import schedule
@@ -66,11 +65,7 @@ def _sweep(a: argparse.Namespace, m: int, n: int) -> None:
     orig = schedule.reduction
     for name in a.ops.split(","):
         derived, _hand, ref, kind = OPS[name]
-        torch.manual_seed(0)
-        inputs = make(kind, m, n)
-        for t in inputs:
-            if t.dtype.is_floating_point:
-                t.requires_grad_()
+        inputs = leaf_inputs(kind, m, n)
         dy = torch.randn(m, n, device="cuda", dtype=torch.bfloat16)
         want = _grads(ref, inputs, dy)
         tiles = [tuple(int(v) for v in s.split("x")) for s in a.tiles.split(",")]
