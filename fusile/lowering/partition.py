@@ -146,17 +146,20 @@ def _add_with_producers(group: Group, gi: int, graph: Graph, producer: dict[int,
     Where a recomputed producer keeps gi out (gi reads it two ways), gi reads it instead.
     A deferred producer (no kernel of its own) must be recomputed here, ahead of gi, or have
     been computed by an earlier kernel. Leaves the group unchanged if gi does not fit."""
-    return any(_add(group, gi, graph, producer, home, gidx, deferred, recompute)
-               for recompute in (True, False))
+    fits, recomputed = _add(group, gi, graph, producer, home, gidx, deferred, True)
+    return fits or (recomputed and _add(group, gi, graph, producer, home, gidx, deferred,
+                                        False)[0])
 
 
 def _add(group: Group, gi: int, graph: Graph, producer: dict[int, int], home: dict[int, int],
-         gidx: int, deferred: set[int], recompute: bool) -> bool:
+         gidx: int, deferred: set[int], recompute: bool) -> tuple[bool, bool]:
+    """(gi fits, a producer was recomputed for it: without it gi may fit)."""
     node = graph.nodes[gi]
     assert isinstance(node, Generic)
     saved = (list(group.gens), dict(group.uf.parent), dict(group.produced), dict(group.read),
              group.reduced, list(group.columns))
     late = []  # deferred producers that only gi ties to the kernel: placed ahead of it after
+    recomputed = False
     for t in node.inputs:
         p = producer.get(t)
         if p is None or p in group.gens:
@@ -171,15 +174,16 @@ def _add(group: Group, gi: int, graph: Graph, producer: dict[int, int], home: di
         assert isinstance(pn, Generic)
         args_only = all(u in graph.args or u not in producer for u in pn.inputs)
         if not pn.reduction_loops and args_only:
-            group.try_add(p)  # best effort: if it does not fit, the tensor is read instead
+            # best effort: if it does not fit, the tensor is read instead
+            recomputed = group.try_add(p) or recomputed
     if group.try_add(gi) and all(group.try_add(p, before=gi) or home.get(p, gidx) < gidx
                                  for p in late):
         for p in deferred & set(group.gens):
             home.setdefault(p, gidx)
-        return True
+        return True, recomputed
     (group.gens, group.uf.parent, group.produced, group.read, group.reduced,
      group.columns) = saved
-    return False
+    return False, recomputed
 
 
 def _deferrable(graph: Graph, special: set[int]) -> set[int]:
