@@ -206,8 +206,8 @@ class Group:
             if red or not self._column_epilogue(uf, gi, real, old or set()):
                 return False  # only the combine kernel has a column sum's result
             column = True
-        if self.columns and not column and not {uf.find((gi, i)) for i in real} <= {
-                uf.find((g, i)) for g in self.gens for i in self.real_loops(g)}:
+        if self.columns and not column and not self._span(uf, gi) <= set().union(
+                *(self._span(uf, g) for g in self.gens)):
             return False  # a new row class: the column sums would count each row per value
         self.uf = uf
         self.gens.insert(self.gens.index(before) if before is not None else len(self.gens), gi)
@@ -224,12 +224,16 @@ class Group:
             self.produced[r] = (gi, m)
         return True
 
+    def _span(self, uf: Classes, g: int) -> set:
+        """The index classes of generic g's loops."""
+        return {uf.find((g, i)) for i in self.real_loops(g)}
+
     def _one_space(self, uf: Classes, gi: int) -> bool:
         """True if one generic's loops span every index class of the kernel with gi added:
         the grid is that generic's iteration space. Generics that share no tensor (two
         outputs of unrelated shapes) would otherwise make the kernel iterate over the product
         of their spaces: each element computed many times over, and a grid past 2**31."""
-        spans = [{uf.find((g, i)) for i in self.real_loops(g)} for g in [*self.gens, gi]]
+        spans = [self._span(uf, g) for g in [*self.gens, gi]]
         every = set().union(*spans)
         return any(s == every for s in spans)
 
@@ -245,7 +249,7 @@ class Group:
         if self.dot is not None or red & rows or any(
                 self.produced.get(t, (-1,))[0] in self.columns for t in node.inputs):
             return False
-        every = {uf.find((g, i)) for g in [*self.gens, gi] for i in self.real_loops(g)}
+        every = set().union(*(self._span(uf, g) for g in [*self.gens, gi]))
         kept = {uf.find((gi, i)) for i in real if i not in node.reduction_loops}
         if every != red | rows or not kept or not kept <= rows:
             return False
