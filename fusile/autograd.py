@@ -19,12 +19,15 @@ slice itself. A returned concat is its pieces here: its gradient is cut into the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fusile.dsl.fused import FusedFunction, from_source
+from fusile.dsl.errors import Source
 from fusile.lowering.autodiff import REDUCTIONS, Gradients, differentiate
 from fusile.lowering.to_source import Program, to_source
 from fusile.lowering.trace import Node, Traced, trace
+
+if TYPE_CHECKING:
+    from fusile.dsl.fused import FusedFunction
 
 
 @dataclass
@@ -55,12 +58,15 @@ class Derivation:
                       *[(f"grad{k}", g) for k, g in zip(given, grads.grads_in, strict=True)]]
             text = to_source(Program(f"{self.traced.name}_backward", _unique(params),
                                      grads.backward, self.traced.env))
-            hit = self.backwards[given] = (text, _program(text, f"{self.traced.name} backward"))
+            hit = self.backwards[given] = (text, _program(self.forward, text,
+                                                          f"{self.traced.name} backward"))
         return hit
 
 
-def derivation(compiled: Any, wrt: tuple[int, ...], save: frozenset[str]) -> Derivation:
-    """The derived programs of a compiled signature for gradients of the arguments `wrt`."""
+def derivation(fn: FusedFunction, compiled: Any, wrt: tuple[int, ...], save: frozenset[str]
+               ) -> Derivation:
+    """The derived programs of a compiled signature of `fn` for gradients of the arguments
+    `wrt`."""
     key = (wrt, save)
     hit = compiled.grads.get(key)
     if hit is not None:
@@ -74,7 +80,7 @@ def derivation(compiled: Any, wrt: tuple[int, ...], save: frozenset[str]) -> Der
     kept = [_kept(s) for s in grads.saved]
     text = to_source(Program(f"{traced.name}_forward", _unique(_params(traced)),
                              [*traced.results, *kept], traced.env))
-    d = Derivation(compiled, traced, wrt, save, text, _program(text, f"{traced.name} forward"),
+    d = Derivation(compiled, traced, wrt, save, text, _program(fn, text, f"{traced.name} forward"),
                    floats, grads.saved)
     compiled.grads[key] = d
     return d
@@ -88,7 +94,7 @@ def _every(fn: FusedFunction, args: tuple, kwargs: dict[str, Any]
     runtime = compiled.runtime_args(values)
     wrt = tuple(i for i, v in enumerate(runtime) if getattr(v, "is_floating_point",
                                                              lambda: False)())
-    d = derivation(compiled, wrt, fn._save)
+    d = derivation(fn, compiled, wrt, fn._save)
     return d, runtime, tuple(i for i, f in enumerate(d.float_results) if f)
 
 
@@ -112,17 +118,19 @@ def backward_plan(fn: FusedFunction, args: tuple, kwargs: dict[str, Any]) -> Any
     return bwd.plan(*runtime, *kept, *[results[i] for i in given])
 
 
-def _program(text: str, what: str) -> FusedFunction:
-    """A derived program, its text registered with linecache so that plans, explain and
+def _program(of: FusedFunction, text: str, what: str) -> FusedFunction:
+    """A derived program of `of`, made by its class (this module sits above the decorator
+    and never imports it), its text registered with linecache so that plans, explain and
     tracebacks show its lines."""
     import linecache
+    import textwrap
     import zlib
 
     # the same name in every process (generated kernels carry it, and fusile's kernel cache
     # is keyed by their text)
     name = f"<{what} {zlib.crc32(text.encode()):08x}>"
     linecache.cache[name] = (len(text), None, text.splitlines(True), name)
-    return from_source(text, filename=name)
+    return type(of)(source=Source(name, textwrap.dedent(text)))
 
 
 def _params(traced: Traced) -> list[tuple[str, Node]]:
@@ -171,7 +179,8 @@ class Derived:
                     v.requires_grad and v.dtype.is_floating_point)
         d = self.derivations.get(wrt)
         if d is None:
-            d = self.derivations[wrt] = derivation(self.compiled, wrt, self.fn._save)
+            d = self.derivations[wrt] = derivation(self.fn, self.compiled, wrt,
+                                                             self.fn._save)
         return list(_Function.apply(d, *runtime))
 
 
@@ -196,7 +205,7 @@ def op_gradients(fn: FusedFunction, inputs: list[Any], grads: list[Any],
     wrt = tuple(i for i, (j, _) in enumerate(targets) if j is not None and need[j])
     out: list[Any] = [torch.zeros_like(t) if n else None for t, n in zip(inputs, need,
                                                                           strict=True)]
-    d = derivation(compiled, wrt, frozenset())
+    d = derivation(fn, compiled, wrt, frozenset())
     caller: list[Any] = [None] * len(compiled.result_types)
     for i, g in zip(given, grads, strict=True):
         caller[i] = g

@@ -11,10 +11,11 @@ import numpy as np
 
 from fusile import config
 from fusile.dsl import ast
-from fusile.dsl.check import Binding, Typed, check
+from fusile.dsl.check import check
 from fusile.dsl.errors import Source
 from fusile.dsl.signature import SizeCheck, nonempty_checks, size_checks
 from fusile.dsl.slicing import derived_spec, torch_index
+from fusile.dsl.typed import Binding, Typed
 from fusile.dsl.types import ShapeEnv, TensorSpec
 from fusile.lowering.graph import Graph, reaccumulated, read_graph
 from fusile.lowering.pipeline import FUSE, Stages, repro, run_pipeline

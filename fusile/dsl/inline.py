@@ -7,10 +7,12 @@ from typing import TYPE_CHECKING, Any
 
 from fusile.dsl import ast, concat
 from fusile.dsl.errors import BuiltinCallError, ShapeMismatchError, Source, UnsupportedSyntaxError
+from fusile.dsl.typed import Binding, MultiType, Typed
 
 if TYPE_CHECKING:
-    from fusile.dsl.check import Binding, Checker, MultiType
+    from fusile.dsl.check import Checker
     from fusile.dsl.types import ValueType
+
 
 def inline(ck: Checker, e: ast.Call, fused_fn: Any,
            kwargs: dict[str, ast.Expr]) -> ValueType | MultiType:
@@ -30,10 +32,8 @@ def inline(ck: Checker, e: ast.Call, fused_fn: Any,
         if args[params.index(k)] is not None:
             raise BuiltinCallError(f"{func.name}() got two values for {k!r}", v.span)
         args[params.index(k)] = v
-    from fusile.dsl.check import Checker, Typed
-
     callee = Typed(func, source, ck.t.env)
-    inner = Checker(callee, fused_fn.__fusile_globals__, ck.depth + 1)
+    inner = type(ck)(callee, fused_fn.__fusile_globals__, ck.depth + 1)
     bindings: list[Binding] = []
     for p, a in zip(func.params, args, strict=True):
         if a is None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from fusile.dsl import ast
 from fusile.dsl.errors import AxisError, ShapeMismatchError, UnsupportedSyntaxError
+from fusile.dsl.typed import Binding
 from fusile.dsl.types import ScalarType, Sym, TensorType, result_dtype, show_shape
 
 if TYPE_CHECKING:
@@ -161,8 +162,6 @@ def _leaf(ck: Checker, e: ast.Name, ops: tuple[Op, ...], at: ast.Subscript) -> a
         assert isinstance(t, TensorType)
         name = f"{params[p]}[{len(ck.t.derived)}]"  # not an identifier: it clashes with no name
         ck.t.derived[key] = (name, TensorType(t.dtype, sliced_shape(t.shape, ops), t.weak))
-        from fusile.dsl.check import Binding
-
         ck.scope[name] = Binding(ck.t.derived[key][1])
     return ast.Name(e.span, ck.t.derived[key][0])
 

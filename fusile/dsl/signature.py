@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from fusile.dsl import ast
-from fusile.dsl.check import Binding
 from fusile.dsl.errors import AxisError, ShapeMismatchError, SignatureError, Source, Span
 from fusile.dsl.resolve import dtype_of, resolve_global
+from fusile.dsl.typed import Binding
 from fusile.dsl.types import (
     DType,
     ScalarType,

@@ -14,8 +14,8 @@ from torch_mlir.dialects import math as mmath
 
 from fusile.dsl import ast
 from fusile.dsl.builtins import shape_only
-from fusile.dsl.check import Typed
 from fusile.dsl.errors import ConstantError, FusileError, LoweringError
+from fusile.dsl.typed import Typed
 from fusile.dsl.types import (
     DType,
     ScalarType,

@@ -15,8 +15,8 @@ from typing import Any
 
 from fusile.dsl import ast
 from fusile.dsl.builtins import shape_only
-from fusile.dsl.check import Typed
 from fusile.dsl.errors import DerivativeError, Source, Span
+from fusile.dsl.typed import Typed
 from fusile.dsl.types import ScalarType, ShapeEnv, TensorType, ValueType
 from fusile.lowering.walk import Walk
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Generic, TypeVar
 
 from fusile.dsl import ast
-from fusile.dsl.check import Typed
+from fusile.dsl.typed import Typed
 
 V = TypeVar("V")
 
