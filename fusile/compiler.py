@@ -12,13 +12,14 @@ import numpy as np
 from fusile import config
 from fusile.dsl import ast
 from fusile.dsl.check import check
-from fusile.dsl.errors import Source
+from fusile.dsl.errors import InternalError, Source
 from fusile.dsl.signature import SizeCheck, nonempty_checks, size_checks
 from fusile.dsl.slicing import derived_spec, torch_index
 from fusile.dsl.typed import Binding, Typed
 from fusile.dsl.types import ShapeEnv, TensorSpec
-from fusile.lowering.graph import Graph, reaccumulated, read_graph
-from fusile.lowering.pipeline import FUSE, Stages, repro, run_pipeline
+from fusile.lowering.graph import Graph, reaccumulated, read_graph, tensor_names
+from fusile.lowering.partition import Plan, partition
+from fusile.lowering.pipeline import FUSE, Stages, repro, run_pipeline, save_module
 from fusile.lowering.to_mlir import to_mlir
 
 
@@ -35,6 +36,46 @@ class Compiled:
     runtime_params: list[int]  # parameters passed at run time (tensors and float scalars)
     programs: dict[str, Any] = field(default_factory=dict)  # target name -> launchable program
     grads: dict[tuple, Any] = field(default_factory=dict)  # (wrt, save) -> autograd.Derivation
+    sources: dict[tuple[str, bool], Any] = field(default_factory=dict)  # see triton()
+
+    @functools.cached_property
+    def plan(self) -> Plan:
+        """The fused graph partitioned into kernels, once: plan(), explain(), triton(), the
+        runtime and AOT all read this one."""
+        plan = partition(self.fused_graph)
+        if config.debug_enabled("plan"):
+            from fusile.lowering.report import plan_outline
+
+            print(f"# ----- FUSILE_DEBUG plan\n{plan_outline(plan, self.names)}", file=sys.stderr)
+        return plan
+
+    @functools.cached_property
+    def names(self) -> dict[int, str]:
+        """Readable kernel argument names (parameters by name, results out0.., others t<id>)."""
+        return tensor_names(self.fused_graph, self.arg_names)
+
+    def triton(self, family: str, tf32: bool) -> tuple[str, list[Any]]:
+        """The plan's Triton module for a target family ("gpu": what every GPU target
+        compiles, "interpreter"), with float32 dots at TF32 or not: its text and a
+        KernelSource per kernel, made once each. A code generator's internal error carries
+        the fused MLIR as its repro."""
+        from fusile.backends.triton.generate import generate
+
+        hit = self.sources.get((family, tf32))
+        if hit is None:
+            try:
+                hit = self.sources[(family, tf32)] = generate(self.plan, family, self.names,
+                                                              tf32)
+                if config.debug_enabled("triton"):
+                    print(f"# ----- FUSILE_DEBUG triton ({family}{', tf32' if tf32 else ''})\n"
+                          f"{hit[0]}", file=sys.stderr)
+            except InternalError as exc:
+                if exc.repro:
+                    raise
+                path = save_module(self.stages.fused.operation.get_asm(enable_debug_info=True))
+                raise InternalError(exc.detail, exc.span, exc.source, f"the fused MLIR the "
+                                    f"{family} code generator failed on: {path}") from exc
+        return hit
 
     @functools.cached_property
     def derived(self) -> list[tuple[int, tuple]]:

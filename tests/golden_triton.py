@@ -26,25 +26,30 @@ from typing import Any
 
 
 def _record() -> tuple[dict[str, set[tuple[str, str]]], Callable[[], None]]:
+    from fusile.backends.triton import generate as gen
     from fusile.backends.triton import runtime
 
     seen: dict[str, set[tuple[str, str]]] = {}
-    original = runtime.generate
+    original = gen.generate
 
     def generate(plan: Any, family: str, names: Any, tf32: bool = False) -> Any:
         for fam in ("interpreter", "gpu"):
             for t in (False, True):
-                src, kernels = original(plan, fam, names, t)
+                src = original(plan, fam, names, t)[0]
                 doc = re.search(r'^    """(.*)"""$', src, re.M)  # the first kernel's lines
                 first = doc.group(1) if doc else "-"
                 seen.setdefault(f"{fam}/tf32={t}", set()).add(
                     (first, hashlib.sha256(src.encode()).hexdigest()))
         return original(plan, family, names, tf32)
 
-    runtime.generate = generate
+    # the generator's module, and any module that imported it by name (older trees' runtime)
+    users = [m for m in (gen, runtime) if getattr(m, "generate", None) is original]
+    for m in users:
+        m.generate = generate  # type: ignore[attr-defined]
 
     def restore() -> None:
-        runtime.generate = original
+        for m in users:
+            m.generate = original  # type: ignore[attr-defined]
 
     return seen, restore
 
@@ -52,8 +57,8 @@ def _record() -> tuple[dict[str, set[tuple[str, str]]], Callable[[], None]]:
 def _backward(out: Any, inputs: list[Any]) -> None:
     import torch
 
-    outs = out if isinstance(out, tuple) else (out,)
-    outs = [o for o in outs if o.dtype.is_floating_point and o.requires_grad]
+    outs = [o for o in (out if isinstance(out, tuple) else (out,))
+            if o.dtype.is_floating_point and o.requires_grad]
     torch.autograd.backward(outs, [torch.randn_like(o) for o in outs])
     for x in inputs:
         x.grad = None
@@ -71,7 +76,8 @@ def workload() -> None:
     def r(*shape: int, dtype: torch.dtype = torch.float32, grad: bool = True) -> torch.Tensor:
         return torch.randn(shape, dtype=dtype).requires_grad_(grad)
 
-    samples = {"layer_norm": [(5, 9), (9,), (9,)], "rms_norm": [(5, 9), (9,)],
+    samples: dict[str, list[tuple[int, ...]]] = {
+               "layer_norm": [(5, 9), (9,), (9,)], "rms_norm": [(5, 9), (9,)],
                "add_rms_norm": [(5, 9), (5, 9), (9,)], "softmax_last": [(5, 9)],
                "softmax_by_hand": [(5, 9)], "log_softmax_last": [(5, 9)], "lse": [(5, 9)],
                "gelu_bias": [(5, 9), (9,)], "gelu_tanh": [(5, 9)], "swiglu": [(5, 9), (5, 9)],
@@ -114,7 +120,8 @@ def workload() -> None:
         _backward(S.rms_norm(x, 40, w), [x, w])
         _backward(S.softmax(x), [x])
 
-    cases = [(2, 2, 9, 9, {}), (2, 2, 9, 9, {"causal": True}), (2, 2, 9, 20, {"window": 5}),
+    cases: list[tuple[int, int, int, int, dict[str, Any]]] = [
+             (2, 2, 9, 9, {}), (2, 2, 9, 9, {"causal": True}), (2, 2, 9, 20, {"window": 5}),
              (2, 2, 9, 9, {"softcap": 3.0}), (4, 2, 9, 9, {"causal": True}),
              (4, 2, 9, 13, {"causal": True, "alibi_slopes": torch.rand(4)}),
              (8, 2, 1, 37, {"causal": True}), (4, 4, 1, 20, {"window": 5})]

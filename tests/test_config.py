@@ -27,3 +27,21 @@ def test_a_gpu_target_for_cpu_tensors_is_a_clear_error() -> None:
     with config.override(target="h100"), pytest.raises(fusile.FusileError,
                                                        match=r"FUSILE_TARGET=h100 .* cpu"):
         fn(torch.randn(3))
+
+
+def test_every_debug_stage_the_knob_lists_dumps(capsys: pytest.CaptureFixture[str]) -> None:
+    """FUSILE_DEBUG promises dumps of the stages its help lists: each one prints."""
+    import re
+
+    from fusile.dsl.fused import from_source
+
+    listed = re.search(r"made: (.*) \(or 'all'\)", config.KNOBS["debug"].doc)
+    assert listed is not None
+    stages = [s.strip() for s in listed.group(1).split(",")]
+    assert {"ast", "mlir", "plan", "triton"} <= set(stages)
+    for stage in stages:
+        fn = from_source(f"def f_{stage}(x):\n    return x * 2 + 1\n")  # a fresh compile
+        with config.override(debug=stage, target="cpu"):
+            fn(torch.randn(3, 5))
+        err = capsys.readouterr().err
+        assert f"FUSILE_DEBUG {stage}" in err, stage

@@ -44,7 +44,8 @@ class Knob:
 KNOBS: dict[str, Knob] = {
     "debug": Knob(
         "FUSILE_DEBUG", _split_csv, frozenset,
-        "comma list of stages to dump to stderr: ast, mlir, linalg, plan, triton (or 'all')",
+        "comma list of stages to dump to stderr as they are made: ast, mlir, linalg, fused, plan, "
+        "triton (or 'all')",
     ),
     "cache_dir": Knob(
         "FUSILE_CACHE_DIR", Path, lambda: Path.home() / ".cache" / "fusile",

@@ -122,7 +122,7 @@ class SignatureError(FusileError):
 
 
 class LoweringError(FusileError):
-    """An internal failure while lowering to MLIR; reported with the user's line and a repro."""
+    """A valid program that fusile cannot lower yet (a limitation, not a bug)."""
 
 
 class BackendError(FusileError):
@@ -132,3 +132,19 @@ class BackendError(FusileError):
 class DerivativeError(FusileError):
     """A program's backward cannot be derived: an op without a derivative rule, or a value
     (a concat, an integer input) that gradients cannot flow through."""
+
+
+class InternalError(FusileError):
+    """A bug in fusile, not in the user's program: the message says so, asks for a report and
+    carries what reproduces it (`repro`: a saved MLIR file and the command that fails on it,
+    or how to get the full traceback). Distinct from the user errors above; still a
+    FusileError, so it quotes the user's line where one is known."""
+
+    def __init__(self, message: str, span: Span | None = None, source: Source | None = None,
+                 repro: str = ""):
+        self.detail, self.repro = message, repro
+        text = f"internal error in fusile: {message}"
+        if repro:
+            text += f"\n  {repro}"
+        super().__init__(text + "\n  This is a bug in fusile, not in your program: please "
+                         "report it with the lines above.", span, source)

@@ -241,18 +241,13 @@ class FusedFunction:
     def plan(self, *args: Any, **kwargs: Any) -> Any:
         """Which ops share which kernel, and the HBM bytes each kernel reads and writes, for
         these arguments (print it, or .to_dict())."""
-        from fusile.backends.triton.runtime import tensor_names
-        from fusile.lowering.partition import partition
         from fusile.lowering.report import plan_report
 
         values = self._bind_args(args, kwargs)
         compiled, _ = self._lookup(values)
-        graph = compiled.fused_graph
-        params = compiled.arg_names
         shapes = [tuple(v.shape) if hasattr(v, "shape") else None
                   for v in compiled.runtime_args(values)]
-        return plan_report(partition(graph), compiled.reference_graph, shapes,
-                           tensor_names(graph, params))
+        return plan_report(compiled.plan, compiled.reference_graph, shapes, compiled.names)
 
     def explain(self, *args: Any, target: str | None = None, measure: bool = False,
                 sizes: dict[str, int] | None = None, **kwargs: Any) -> Any:
@@ -265,9 +260,7 @@ class FusedFunction:
 
         from fusile import explain as ex
         from fusile.backends import targets
-        from fusile.backends.triton.runtime import tensor_names
         from fusile.dsl.signature import concrete_shape
-        from fusile.lowering.partition import partition
         from fusile.lowering.report import plan_report
 
         t = (targets.this_cpu() if target == "mlir-cpu" else
@@ -275,9 +268,7 @@ class FusedFunction:
         values = self._bind_args(args, kwargs)
         compiled, _ = self._lookup(values)
         shapes = [concrete_shape(v, sizes or {}) for v in compiled.runtime_args(values)]
-        graph = compiled.fused_graph
-        names = tensor_names(graph, compiled.arg_names)
-        report = plan_report(partition(graph), compiled.reference_graph, shapes, names)
+        report = plan_report(compiled.plan, compiled.reference_graph, shapes, compiled.names)
         runtime = compiled.runtime_args(values)
         device = next((v.device for v in runtime if isinstance(v, torch.Tensor)), None)
         if t is None:
@@ -303,22 +294,15 @@ class FusedFunction:
         inputs' device; "cpu" is the interpreter flavour)."""
         import torch
 
+        from fusile import config
         from fusile.backends import targets
-        from fusile.backends.triton.runtime import TritonProgram
 
         values = self._bind_args(args, kwargs)
         compiled, _ = self._lookup(values)
         device = next((v.device for v in values if isinstance(v, torch.Tensor)), "cpu")
         t = targets.for_device(device) if target == "auto" else targets.get(target)
-        if t.backend != "interpreter":
-            from fusile.backends.triton.generate import generate
-            from fusile.backends.triton.runtime import tensor_names
-            from fusile.lowering.partition import partition
-
-            graph = compiled.fused_graph
-            names = tensor_names(graph, compiled.arg_names)
-            return generate(partition(graph), "gpu", names)[0]
-        return TritonProgram(compiled, t).source
+        family = "interpreter" if t.backend == "interpreter" else "gpu"
+        return str(compiled.triton(family, config.get("tf32"))[0])
 
     def compile(self, target: str, /, sizes: dict[str, int] | None = None,
                 progress: Any = None, **signature: Any) -> Any:

@@ -11,7 +11,7 @@ from typing import Any
 
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
-from fusile.dsl.errors import FusileError, FusileSyntaxError, Span
+from fusile.dsl.errors import FusileError, FusileSyntaxError, InternalError, Span
 
 # A 1,000-term sum nests 1,000 deep in the tree each stage walks recursively
 _DEPTH = 20_000
@@ -112,5 +112,5 @@ def guard(thunk: Callable[[], Any]) -> Any:
     except Exception as exc:
         if config.get("frontend_debug"):
             raise
-        raise FusileError(f"internal error in fusile: {exc!r} (set FUSILE_FRONTEND_DEBUG=1 for "
-                          "the full traceback, and please report it)") from exc
+        raise InternalError(f"{exc!r}", repro="set FUSILE_FRONTEND_DEBUG=1 for the full "
+                            "traceback") from exc

@@ -262,3 +262,15 @@ def _add_not_subtract(body: list[Op], yields: list[int], accs: list[int], ids: _
         neg = Op("arith.negf", [ids.fresh()], [op.operands[1]], op.dtype, {}, op.loc)
         body[k:k + 1] = [neg, Op("arith.addf", op.results, [acc, neg.results[0]], op.dtype,
                                  {}, op.loc)]
+
+
+def tensor_names(graph: Graph, param_names: list[str]) -> dict[int, str]:
+    """Readable kernel argument names: parameters by name, results out0.., others t<id>."""
+    names: dict[int, str] = {}
+    for vid, name in zip(graph.args, param_names, strict=True):
+        names[vid] = name
+    for i, r in enumerate(graph.results):
+        names.setdefault(r, f"out{i}")
+    for t in graph.tensors:
+        names.setdefault(t, f"t{t}")
+    return names

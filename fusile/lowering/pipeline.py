@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from torch_mlir import ir, passmanager
 
 from fusile import config
-from fusile.dsl.errors import LoweringError
+from fusile.dsl.errors import InternalError
 
 # One line per step; the comment says why it is there.
 GENERALIZE = [
@@ -51,13 +51,20 @@ def _run(module: ir.Module, passes: list[str], stage: str) -> None:
             raise repro(text_before, p, stage, "the module does not verify")
 
 
-def repro(text: str, p: str, stage: str, why: str) -> LoweringError:
+def repro(text: str, p: str, stage: str, why: str) -> InternalError:
+    """The error for a pass that failed (or a module it left wrong): its input is saved to a
+    file, and the message gives the command that reproduces the failure on it."""
+    path = save_module(text)
+    return InternalError(f"MLIR pass {p!r} failed in stage {stage!r}: {why}",
+                         repro=f"input saved to {path}\n  repro: torch-mlir-opt "
+                               f"--pass-pipeline='builtin.module(func.func({p}))' {path}")
+
+
+def save_module(text: str) -> str:
+    """Save a module's text for an error's repro; returns the file's path."""
     with tempfile.NamedTemporaryFile("w", suffix=".mlir", prefix="fusile-", delete=False) as f:
         f.write(text)
-    return LoweringError(
-        f"MLIR pass {p!r} failed in stage {stage!r}: {why}\n"
-        f"  input saved to {f.name}\n"
-        f"  repro: torch-mlir-opt --pass-pipeline='builtin.module(func.func({p}))' {f.name}")
+    return f.name
 
 
 def run_pipeline(module: ir.Module) -> Stages:

@@ -127,6 +127,31 @@ def _fmt(n: float) -> str:
     return f"{n:.1f} GB"
 
 
+def _kernel_lines(graph: Graph, k: Any) -> list[tuple[str, str]]:
+    """The user's lines a kernel fuses, (file:line, text), in file order."""
+    lines: list[tuple[str, str]] = []
+    for gi in k.generics:
+        node = graph.nodes[gi]
+        assert isinstance(node, Generic)
+        for op_loc in [node.loc, *[op.loc for op in node.body]]:
+            item = _source_line(op_loc)
+            if item[0] and item not in lines and not item[1].startswith("def "):
+                lines.append(item)
+    lines.sort(key=lambda x: (x[0].rsplit(":", 1)[0], int(x[0].rsplit(":", 1)[1])))
+    return lines
+
+
+def plan_outline(plan: Plan, names: dict[int, str]) -> str:
+    """A plan without sizes (FUSILE_DEBUG=plan): each kernel's kind, the tensors it reads and
+    writes, and the user's lines it fuses."""
+    out = []
+    for k in plan.kernels:
+        out.append(f"kernel {k.index} ({k.kind}): reads {', '.join(names[t] for t in k.reads)}"
+                   f"; writes {', '.join(names[t] for t in k.writes)}")
+        out.extend(f"    {where:<24} {text}" for where, text in _kernel_lines(plan.graph, k))
+    return "\n".join(out)
+
+
 def plan_report(plan: Plan, unfused: Graph, arg_shapes: list[tuple[int, ...] | None],
                 names: dict[int, str]) -> PlanReport:
     graph = plan.graph
@@ -134,15 +159,7 @@ def plan_report(plan: Plan, unfused: Graph, arg_shapes: list[tuple[int, ...] | N
                                                                        strict=True) if s})
     kernels = []
     for k in plan.kernels:
-        lines: list[tuple[str, str]] = []
-        for gi in k.generics:
-            node = graph.nodes[gi]
-            assert isinstance(node, Generic)
-            for op_loc in [node.loc, *[op.loc for op in node.body]]:
-                item = _source_line(op_loc)
-                if item[0] and item not in lines and not item[1].startswith("def "):
-                    lines.append(item)
-        lines.sort(key=lambda x: (x[0].rsplit(":", 1)[0], int(x[0].rsplit(":", 1)[1])))
+        lines = _kernel_lines(graph, k)
         flops = 0
         for gi in k.generics:
             node = graph.nodes[gi]

@@ -14,7 +14,7 @@ from torch_mlir.dialects import math as mmath
 
 from fusile.dsl import ast
 from fusile.dsl.builtins import shape_only
-from fusile.dsl.errors import ConstantError, FusileError, LoweringError
+from fusile.dsl.errors import ConstantError, FusileError, InternalError, LoweringError
 from fusile.dsl.typed import Typed
 from fusile.dsl.types import (
     DType,
@@ -59,8 +59,9 @@ class Lowerer(Walk[Value]):
             except FusileError:
                 raise
             except Exception as exc:  # an internal failure: report it at the user's line
-                raise LoweringError(f"internal error while lowering this expression: {exc!r}",
-                                    e.span, self.t.source) from exc
+                raise InternalError(f"lowering this expression failed: {exc!r} (the "
+                                    "traceback below shows where)", e.span,
+                                    self.t.source) from exc
 
     def _expr(self, e: ast.Expr) -> Value:
         if id(e) in self.t.consts:

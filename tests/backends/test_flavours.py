@@ -13,7 +13,7 @@ import torch
 import fusile
 from fusile import samples
 from fusile.backends.triton.generate import generate
-from fusile.backends.triton.runtime import tensor_names
+from fusile.lowering.graph import tensor_names
 from fusile.lowering.partition import partition
 
 # (GPU expression, interpreter expression) heads that compute the same thing

@@ -5,11 +5,14 @@ Golden messages: a change to any of them should be deliberate.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 import fusile
 from fusile.dsl import errors as E
+from fusile.dsl.errors import InternalError
 
 
 def _args(kind: str) -> tuple:
@@ -185,10 +188,35 @@ def test_internal_errors_are_wrapped_unless_debugging(monkeypatch: pytest.Monkey
     def boom() -> None:
         raise RuntimeError("boom")
 
-    with pytest.raises(fusile.FusileError, match="internal error in fusile"):
+    with pytest.raises(InternalError, match="internal error in fusile") as info:
         fused_mod._guard(boom)
+    assert "please report it" in str(info.value) and "FUSILE_FRONTEND_DEBUG" in str(info.value)
     with config.override(frontend_debug=True), pytest.raises(RuntimeError):
         fused_mod._guard(boom)
+
+
+def test_a_code_generator_bug_is_an_internal_error_with_the_fused_mlir(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer's internal error (not the user's fault) names itself so and saves the fused
+    MLIR it failed on; user errors stay their own classes."""
+    from fusile.backends.triton import generate
+
+    def broken(*_: object) -> None:
+        raise InternalError("a kernel writer found loops it cannot place")
+
+    monkeypatch.setattr(generate, "generate", broken)
+
+    @fusile.fused
+    def double(x):
+        return x * 2
+
+    with pytest.raises(InternalError) as info:
+        double.triton(torch.randn(3, 4), target="h100")
+    text = str(info.value)
+    assert "cannot place" in text and "please report it" in text
+    path = text.split("failed on: ")[1].split()[0]
+    assert "func.func" in Path(path).read_text()
+    assert not issubclass(E.ShapeMismatchError, InternalError)
 
 
 def test_calling_a_builtin_outside_fused_explains_itself() -> None:

@@ -20,14 +20,12 @@ from typing import Any
 from fusile import config
 from fusile.backends.targets import Target
 from fusile.backends.triton import cache, tune
-from fusile.backends.triton.generate import generate
 from fusile.backends.triton.kernel_source import KernelSource
 from fusile.backends.triton.launch import FP_FUSION
-from fusile.backends.triton.runtime import tensor_names
 from fusile.dsl.errors import BackendError
 from fusile.lowering import schedule
 from fusile.lowering.graph import Op
-from fusile.lowering.partition import POINTWISE, ROW_COLUMNS, partition
+from fusile.lowering.partition import POINTWISE, ROW_COLUMNS
 
 DEFAULT_SIZE = 4096  # for a size the signature leaves symbolic
 DEFAULT_HEAD_DIM = 128  # for an attention head dim the signature leaves symbolic
@@ -138,10 +136,8 @@ def compile_for(compiled: Any, target: Target, sizes: dict[str, int] | None = No
     of `dot_configs` instead when given."""
 
     graph = compiled.fused_graph
-    plan = partition(graph)
-    params = compiled.arg_names
-    names = tensor_names(graph, params)
-    source, kernels = generate(plan, "gpu", names, config.get("tf32"))
+    plan = compiled.plan
+    source, kernels = compiled.triton("gpu", config.get("tf32"))
     module = cache.load_module(source)
     out = Artifacts(target, source)
     known = _class_sizes(compiled, plan, sizes or {})

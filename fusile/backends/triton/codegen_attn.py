@@ -31,7 +31,7 @@ from fusile.backends.triton.codegen_dot import DotWriter
 from fusile.backends.triton.kernel_source import KernelSource, TensorArg
 from fusile.backends.triton.ops import TL_DTYPE
 from fusile.backends.triton.scope import Scope
-from fusile.dsl.errors import BackendError
+from fusile.dsl.errors import InternalError
 from fusile.dsl.types import DType
 from fusile.lowering.attention import AttentionForm
 from fusile.lowering.partition import Kernel, Plan
@@ -85,11 +85,11 @@ class AttnWriter(KeyBounds, DotWriter):
         except KeyError:  # a static size-1 axis among them
             linked = False
         if not linked:
-            raise BackendError("internal: attention loops do not line up (size-1 axes?)")
+            raise InternalError("attention loops do not line up (size-1 axes?)")
         self.batch = list(dict.fromkeys(lc[(qk.gi, b)] for b in qk.batch if (qk.gi, b) in lc))
         order = [*self.batch, self.i, self.j, self.d, self.e]
         if any(c not in order for c in self.k.domain):
-            raise BackendError("internal: an attention kernel has loops outside q, k, v")
+            raise InternalError("an attention kernel has loops outside q, k, v")
         self.classes = order
         self.p_classes, self.r_classes = [*self.batch, self.i, self.e], [self.j, self.d]
         self.cname = {c: f"n{i}" for i, c in enumerate(order)}
@@ -255,7 +255,7 @@ class AttnWriter(KeyBounds, DotWriter):
         out.values[self._gen(a.row_sum).results[0]] = "l_i"  # such as a log-sum-exp output
         for w in self.k.writes:
             if self.j in self.access_of(w) or self.d in self.access_of(w):
-                raise BackendError("internal: an attention kernel stores a per-key tensor")
+                raise InternalError("an attention kernel stores a per-key tensor")
             self._store(w, out)
         top.lines += out.lines
 

@@ -23,7 +23,7 @@ from fusile.backends.triton.codegen import KernelWriter
 from fusile.backends.triton.kernel_source import KernelSource, TensorArg
 from fusile.backends.triton.ops import TL_DTYPE
 from fusile.backends.triton.scope import Scope
-from fusile.dsl.errors import BackendError
+from fusile.dsl.errors import InternalError
 from fusile.dsl.types import DTYPES, DType
 from fusile.lowering.contraction import DotForm
 from fusile.lowering.graph import Generic
@@ -69,7 +69,7 @@ class DotWriter(KernelWriter):
         self.batch = list(dict.fromkeys(lc[(d.gi, b)] for b in d.batch if (d.gi, b) in lc))
         order = [*self.batch, self.m, self.n, self.kc]
         if any(c not in order for c in self.k.domain):
-            raise BackendError("internal: a contraction kernel has loops outside its dot")
+            raise InternalError("a contraction kernel has loops outside its dot")
         self.classes = order
         self.p_classes, self.r_classes = [*self.batch, self.m, self.n], [self.kc]
         self.cname = {c: f"n{i}" for i, c in enumerate(order)}
@@ -262,10 +262,10 @@ class DotWriter(KernelWriter):
         init = node.outputs[0]
         if init not in self.plan.fills or self.resolve(self.plan.fills[init], {}, top) not in (
                 "0.0", "0"):
-            raise BackendError("internal: a dot accumulates into a non-zero init")
+            raise InternalError("a dot accumulates into a non-zero init")
         for t in self.k.writes:
             if self.kc in self.access_of(t):
-                raise BackendError("internal: a contraction kernel stores a per-k tensor")
+                raise InternalError("a contraction kernel stores a per-k tensor")
         # the epilogue runs on each half of the tile in turn: half the live registers
         e("acc = tl.permute(tl.reshape(acc, [BLOCK_M, 2, BLOCK_N // 2]), [0, 2, 1])")
         e("acc_0, acc_1 = tl.split(acc)  # columns [0, BLOCK_N/2) and [BLOCK_N/2, BLOCK_N)")

@@ -26,7 +26,7 @@ from fusile.backends.triton.codegen_attn import AttnWriter, end_mask, head_mask
 from fusile.backends.triton.kernel_source import KernelSource, TensorArg
 from fusile.backends.triton.ops import TL_DTYPE
 from fusile.backends.triton.scope import Scope
-from fusile.dsl.errors import BackendError
+from fusile.dsl.errors import InternalError
 from fusile.dsl.types import DType
 from fusile.lowering.attention_grad import GradForm
 from fusile.lowering.contraction import DotForm
@@ -57,13 +57,13 @@ class GradWriter(AttnWriter):
         except KeyError:  # a static size-1 axis among them
             ok = False
         if not ok:
-            raise BackendError("internal: attention backward loops do not line up")
+            raise InternalError("attention backward loops do not line up")
         self.per_dot = tuple(heads)  # each dot's head class, score dots first
         self.heads = list(dict.fromkeys(heads))
         self.batch = list(dict.fromkeys(lc[(s0.gi, b)] for b in s0.batch if (s0.gi, b) in lc))
         order = [*self.batch, self.keep, self.loop, *self.heads]
         if any(c not in order for c in self.k.domain):
-            raise BackendError("internal: an attention backward kernel has other loops")
+            raise InternalError("an attention backward kernel has other loops")
         self.classes = order
         self.p_classes, self.r_classes = [*self.batch, self.keep, *self.heads], [self.loop]
         self.cname = {c: f"n{i}" for i, c in enumerate(order)}
@@ -152,7 +152,7 @@ class GradWriter(AttnWriter):
                     stored.add(w)
             top.lines += out.lines
         if stored != set(self.k.writes):
-            raise BackendError("internal: an attention backward kernel stores a tensor over "
+            raise InternalError("an attention backward kernel stores a tensor over "
                                "both sides")
         kinds = ", ".join(self._dtype(o, True).name for o in f.outs)
         note = f" (flash backward over {'queries' if f.loop_i else 'keys'}: dots on {kinds})"

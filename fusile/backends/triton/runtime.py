@@ -17,7 +17,7 @@ from fusile import config
 from fusile.backends.targets import Target
 from fusile.backends.torch_dtypes import to_torch
 from fusile.backends.triton import cache
-from fusile.backends.triton.generate import generate, kernel_functions
+from fusile.backends.triton.generate import kernel_functions
 from fusile.backends.triton.host import CallScalars, dynamic_values, host_env, needs_i64
 from fusile.backends.triton.joins import Joins
 from fusile.backends.triton.launch import (
@@ -32,21 +32,7 @@ from fusile.backends.triton.tiled import Launch, TiledLaunches
 from fusile.dsl.errors import BackendError
 from fusile.lowering import schedule
 from fusile.lowering.graph import Graph, Op, dim_sources
-from fusile.lowering.partition import POINTWISE, ROW_COLUMNS, Plan, partition
-
-
-def tensor_names(graph: Graph, param_names: list[str]) -> dict[int, str]:
-    """Readable kernel argument names: parameters by name, results out0.., others t<id>."""
-    names: dict[int, str] = {}
-    for vid, name in zip(graph.args, param_names, strict=True):
-        names[vid] = name
-    for i, r in enumerate(graph.results):
-        names.setdefault(r, f"out{i}")
-    for t in graph.tensors:
-        names.setdefault(t, f"t{t}")
-    return names
-
-
+from fusile.lowering.partition import POINTWISE, ROW_COLUMNS, Plan
 
 
 class TritonProgram(TiledLaunches):
@@ -56,11 +42,10 @@ class TritonProgram(TiledLaunches):
         graph: Graph = compiled.fused_graph
         self.graph = graph
         self.target = target
-        self.plan: Plan = partition(graph)
-        params = compiled.arg_names
-        self.names = tensor_names(graph, params)
+        self.plan: Plan = compiled.plan
+        self.names = compiled.names
         family = "interpreter" if target.backend == "interpreter" else "gpu"
-        self.source, kernels = generate(self.plan, family, self.names, config.get("tf32"))
+        self.source, kernels = compiled.triton(family, config.get("tf32"))
         module = cache.load_module(self.source)
         self.launches: list[Launch] = []
         for ks in kernels:
