@@ -19,7 +19,7 @@ from triton.testing import do_bench_cudagraph
 from benchmarks.bench_autodiff import OPS, leaf_inputs
 from benchmarks.bench_step import step_fn
 from fusile import config
-from fusile.lowering import schedule
+from fusile.backends.triton import schedule
 
 
 def _grads(f, inputs: list[torch.Tensor], dy: torch.Tensor) -> tuple:

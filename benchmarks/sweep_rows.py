@@ -12,7 +12,7 @@ import sys
 import torch
 
 from fusile import samples
-from fusile.lowering import schedule
+from fusile.backends.triton import schedule
 
 CASES = [("rms_norm", 16384, 4096), ("layer_norm", 16384, 4096), ("logsumexp", 16384, 4096),
          ("logsumexp", 4096, 32768), ("layer_norm", 4096, 32768)]

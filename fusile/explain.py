@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fusile.backends.targets import Target
-from fusile.lowering.report import PlanReport, _fmt
+from fusile.lowering.report import PlanReport, fmt_bytes
 
 
 @dataclass
@@ -78,7 +78,8 @@ class Explanation:
             head += f"{'measured':>11}{'of roof':>9}"
         out.append(head)
         for k in self.kernels:
-            row = (f"{k.index:<8}{k.kind:<12}{_fmt(k.read_bytes):>10}{_fmt(k.write_bytes):>10}"
+            row = (f"{k.index:<8}{k.kind:<12}{fmt_bytes(k.read_bytes):>10}"
+                   f"{fmt_bytes(k.write_bytes):>10}"
                    f"{_flops(k.flops):>10}{k.intensity:>8.2f}{k.roofline_us:>9.1f}us  "
                    f"{k.bound:<7}")
             if k.measured_us:
@@ -88,10 +89,10 @@ class Explanation:
                 out.append(f"        {where:<22} {text}")
         saved = self.unfused_bytes - self.bytes
         out.append(
-            f"total: {len(self.kernels)} kernel(s), {_fmt(self.bytes)} HBM, "
+            f"total: {len(self.kernels)} kernel(s), {fmt_bytes(self.bytes)} HBM, "
             f"{_flops(self.flops)} FLOPs (program: {_flops(self.program_flops)}); unfused: "
-            f"{self.unfused_kernels} kernels, {_fmt(self.unfused_bytes)}: saves "
-            f"{_fmt(saved)} ({100 * saved / max(1, self.unfused_bytes):.0f}%) and "
+            f"{self.unfused_kernels} kernels, {fmt_bytes(self.unfused_bytes)}: saves "
+            f"{fmt_bytes(saved)} ({100 * saved / max(1, self.unfused_bytes):.0f}%) and "
             f"{self.unfused_kernels - len(self.kernels)} launches")
         out += self.notes
         return "\n".join(out)

@@ -71,7 +71,7 @@ def _round(x: Any, d: DType) -> Any:
     return x if narrow is None else np.asarray(x).astype(narrow).astype(np.float64)
 
 
-def _scalar(op: Op, env: dict[int, Any], loop_index: Callable[[int], Array] | None) -> Any:
+def scalar_op(op: Op, env: dict[int, Any], loop_index: Callable[[int], Array] | None) -> Any:
     args = [env[o] for o in op.operands]
     if op.name == "arith.constant":
         v = op.attrs["value"]
@@ -140,7 +140,7 @@ def _eval_body(node: Generic, env: dict[int, Any], args: list[Any],
         return np.arange(loop_shape[d], dtype=np.int64).reshape(shape)
 
     for op in node.body:
-        local[op.results[0]] = _scalar(op, local, loop_index)
+        local[op.results[0]] = scalar_op(op, local, loop_index)
     return [local[y] for y in node.yields]
 
 
@@ -251,7 +251,7 @@ def _eval_value(v: int, by_result: dict[int, Op], local: dict[int, Any], node: G
         shape[d] = ext[d]
         return np.arange(ext[d], dtype=np.int64).reshape(shape)
 
-    local[v] = _scalar(op, local, loop_index)
+    local[v] = scalar_op(op, local, loop_index)
     return local[v]
 
 
@@ -291,7 +291,7 @@ def _eval_body_at(node: Generic, env: dict[int, Any], args: list[Any], ext: list
         return np.arange(ext[d], dtype=np.int64).reshape(shape)
 
     for op in node.body:
-        local[op.results[0]] = _scalar(op, local, loop_index)
+        local[op.results[0]] = scalar_op(op, local, loop_index)
     return [local[y] for y in node.yields]
 
 
@@ -312,7 +312,7 @@ def evaluate(graph: Graph, args: list[Any]) -> list[Array]:
     with np.errstate(all="ignore"):
         for node in graph.nodes:
             if isinstance(node, Op):
-                env[node.results[0]] = _scalar(node, env, None)
+                env[node.results[0]] = scalar_op(node, env, None)
             elif isinstance(node, Empty):
                 shape, dyn = [], iter(node.dyn)
                 for s in node.info.shape:

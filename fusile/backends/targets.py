@@ -1,5 +1,5 @@
 """Named targets and their numbers. Adding a target is adding a row here (and, where its
-tuning differs, a rule in lowering/schedule.py)."""
+tuning differs, a rule in backends/triton/schedule.py)."""
 
 from __future__ import annotations
 

@@ -123,7 +123,7 @@ def find(graph: Graph, pv_gi: int) -> AttentionForm | None:
         t = chain[0]
     if not _axes_line_up(graph, qk, pv, mods, (t_t, mx, sub, sm, u_t)):
         return None
-    masks = tuple((gi, op.results[0]) for gi in mods for op in _index_masks(graph, gi))
+    masks = tuple((gi, op.results[0]) for gi in mods for op in index_masks(graph, gi))
     return AttentionForm(qk, pv, tuple(mods), t_t, mx, sub, sm, masks, guard)
 
 
@@ -197,7 +197,7 @@ def _reaches_dot(graph: Graph, prod: dict[int, int], t: int) -> bool:
     return not node.reduction_loops and any(_reaches_dot(graph, prod, u) for u in node.inputs)
 
 
-def _index_masks(graph: Graph, gi: int) -> list[Op]:
+def index_masks(graph: Graph, gi: int) -> list[Op]:
     """select(cond, x, -inf) ops of generic gi whose condition depends on loop positions,
     scalars and tensors with one value per row and key tile (indexed by batch loops only, as
     a per-sequence cache length): masks a kernel evaluates per tile, whose bounds it can

@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fusile.lowering.attention import _index_masks
+from fusile.lowering.attention import index_masks
 from fusile.lowering.contraction import DotForm, dot_form
 from fusile.lowering.graph import Generic, Graph, producers
 
@@ -152,7 +152,7 @@ def masked_zero(graph: Graph, gens: dict[int, Generic], cone: list[int],
 
     def walk(gi: int) -> tuple[dict, dict]:
         n = gens[gi]
-        masks = {m[1] for m in (((gi, op.results[0]) for op in _index_masks(graph, gi))
+        masks = {m[1] for m in (((gi, op.results[0]) for op in index_masks(graph, gi))
                                 if gi in cone else ())}
         neg: dict[int, frozenset[Mask]] = {}
         zero: dict[int, frozenset[Mask]] = {}

@@ -108,18 +108,18 @@ class PlanReport:
     def __str__(self) -> str:
         out = []
         for k in self.kernels:
-            reads = ", ".join(f"{n} {_fmt(b)}" for n, b in k.reads.items())
-            writes = ", ".join(f"{n} {_fmt(b)}" for n, b in k.writes.items())
+            reads = ", ".join(f"{n} {fmt_bytes(b)}" for n, b in k.reads.items())
+            writes = ", ".join(f"{n} {fmt_bytes(b)}" for n, b in k.writes.items())
             out.append(f"kernel {k.index} ({k.kind}, {k.ops} fused linalg ops): "
-                       f"reads {reads or '-'}; writes {writes or '-'}; {_fmt(k.bytes)} HBM")
+                       f"reads {reads or '-'}; writes {writes or '-'}; {fmt_bytes(k.bytes)} HBM")
             for where, text in k.lines:
                 out.append(f"    {where:<24} {text}")
-        out.append(f"total: {len(self.kernels)} kernel(s), {_fmt(self.bytes)} through HBM; "
-                   f"unfused: {self.unfused_kernels} kernels, {_fmt(self.unfused_bytes)}")
+        out.append(f"total: {len(self.kernels)} kernel(s), {fmt_bytes(self.bytes)} through HBM; "
+                   f"unfused: {self.unfused_kernels} kernels, {fmt_bytes(self.unfused_bytes)}")
         return "\n".join(out)
 
 
-def _fmt(n: float) -> str:
+def fmt_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

@@ -19,11 +19,10 @@ from typing import Any
 
 from fusile import config
 from fusile.backends.targets import Target
-from fusile.backends.triton import cache, tune
+from fusile.backends.triton import cache, schedule, tune
 from fusile.backends.triton.kernel_source import KernelSource
 from fusile.backends.triton.launch import FP_FUSION
 from fusile.dsl.errors import BackendError
-from fusile.lowering import schedule
 from fusile.lowering.graph import Op
 from fusile.lowering.partition import POINTWISE, ROW_COLUMNS
 

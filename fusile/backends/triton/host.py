@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from fusile.backends.reference import _scalar
+from fusile.backends.reference import scalar_op
 from fusile.lowering.graph import Graph, Op
 
 _HOST = {
@@ -30,7 +30,7 @@ def host_scalar(op: Op, env: dict[int, Any]) -> Any:
         return float(env[op.operands[0]])
     if name in _HOST:
         return _HOST[name](env[op.operands[0]], env[op.operands[1]])
-    v = _scalar(op, env, None)
+    v = scalar_op(op, env, None)
     return v.item() if hasattr(v, "item") else v
 
 

@@ -10,8 +10,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from fusile.backends.triton import tune
-from fusile.lowering import schedule
+from fusile.backends.triton import schedule, tune
 
 # The Triton interpreter keeps global state while it runs a kernel (the grid index, patched
 # triton.language functions): one interpreted program at a time.

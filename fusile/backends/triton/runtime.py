@@ -16,7 +16,7 @@ from typing import Any
 from fusile import config
 from fusile.backends.targets import Target
 from fusile.backends.torch_dtypes import to_torch
-from fusile.backends.triton import cache
+from fusile.backends.triton import cache, schedule
 from fusile.backends.triton.generate import kernel_functions
 from fusile.backends.triton.host import CallScalars, dynamic_values, host_env, needs_i64
 from fusile.backends.triton.joins import Joins
@@ -30,7 +30,6 @@ from fusile.backends.triton.launch import (
 from fusile.backends.triton.replay import Recorder, Replay, layout_key
 from fusile.backends.triton.tiled import Launch, TiledLaunches
 from fusile.dsl.errors import BackendError
-from fusile.lowering import schedule
 from fusile.lowering.graph import Graph, Op, dim_sources
 from fusile.lowering.partition import POINTWISE, ROW_COLUMNS, Plan
 

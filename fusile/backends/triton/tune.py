@@ -29,7 +29,7 @@ from typing import Any
 
 from fusile import config
 from fusile.backends.targets import Target
-from fusile.lowering.schedule import pow2
+from fusile.backends.triton.schedule import pow2
 
 
 @dataclass(frozen=True)
