@@ -18,14 +18,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fusile.stages import AOT, FRONT_END, PLAN, STAGES
+
 
 class CliError(Exception):
     """A problem with what the user typed: printed as one line, exit status 2."""
 
 
-EMITS = ["mlir", "linalg", "fused", "plan", "triton", "ttir", "ttgir", "llir", "ptx", "cubin",
-         "amdgcn", "hsaco"]
-_BINARY = {"cubin", "hsaco"}
 
 
 def load_function(spec: str) -> Any:
@@ -128,10 +127,6 @@ def _signature(args: argparse.Namespace, need_sizes: bool = False
     return sig, sizes
 
 
-# what each backend can emit beyond the common stages
-_EMITS_FOR = {"cuda": {"ptx", "cubin"}, "hip": {"amdgcn", "hsaco"}}
-
-
 def _check_target(name: str, emit: str | None = None) -> None:
     """A known target; for `fusile compile`, one that compiles ahead of time and has `emit`
     (checked before any compile work)."""
@@ -142,17 +137,18 @@ def _check_target(name: str, emit: str | None = None) -> None:
                        "(and mlir-cpu for explain)")
     if emit is None:
         return
-    backend = TARGETS[name].backend
-    if emit in ("mlir", "linalg", "fused", "plan"):  # target-independent, or a table
+    backend, stage = TARGETS[name].backend, STAGES[emit]
+    if stage.source != AOT:  # target-independent, or a table
         return
-    if backend not in _EMITS_FOR:
-        gpus = ", ".join(n for n, t in TARGETS.items() if t.backend in _EMITS_FOR)
+    gpu = {b for s in STAGES.values() for b in s.backends}
+    if backend not in gpu:
+        gpus = ", ".join(n for n, t in TARGETS.items() if t.backend in gpu)
         raise CliError(f"--target {name} runs on the Triton interpreter and has nothing to "
                        f"compile ahead of time; pick a GPU target ({gpus})")
-    other = set().union(*_EMITS_FOR.values()) - _EMITS_FOR[backend]
-    if emit in other:
+    if stage.backends and backend not in stage.backends:
+        own = sorted(n for n, s in STAGES.items() if backend in s.backends)
         raise CliError(f"--emit {emit} does not exist for {name} ({backend}); it emits "
-                       f"{', '.join(sorted(_EMITS_FOR[backend]))} and the common stages")
+                       f"{', '.join(own)} and the common stages")
 
 
 def _compile(args: argparse.Namespace) -> int:
@@ -160,14 +156,15 @@ def _compile(args: argparse.Namespace) -> int:
     sig, sizes = _signature(args, need_sizes=args.emit == "plan")
     fn = load_function(args.function)
     out_dir = Path(args.output) if args.output else None
-    if args.emit in _BINARY and out_dir is None:
+    stage = STAGES[args.emit]
+    if stage.binary and out_dir is None:
         raise CliError(f"--emit {args.emit} is binary: give -o DIR")
     texts: dict[str, str | bytes] = {}
-    if args.emit in ("mlir", "linalg", "fused"):
-        texts[f"{fn.__name__}.{args.emit}.mlir"] = fn.mlir(stage=args.emit, **sig)
-    elif args.emit == "plan":
-        texts[f"{fn.__name__}.plan.txt"] = str(fn.explain(target=args.target, sizes=sizes,
-                                                          **sig))
+    if stage.source == FRONT_END:
+        texts[f"{fn.__name__}.{stage.suffix}"] = fn.compiled(**sig).artifact(args.emit)
+    elif stage.source == PLAN:
+        texts[f"{fn.__name__}.{stage.suffix}"] = str(fn.explain(target=args.target,
+                                                                sizes=sizes, **sig))
     else:
         print(f"compiling {fn.__name__} for {args.target} ...", file=sys.stderr)
         t0 = time.perf_counter()
@@ -175,15 +172,13 @@ def _compile(args: argparse.Namespace) -> int:
         print(f"done in {time.perf_counter() - t0:.1f}s: {len(art.kernels)} kernel(s)",
               file=sys.stderr)
         if args.emit == "triton":
-            texts[f"{fn.__name__}.triton.py"] = art.triton
+            texts[f"{fn.__name__}.{stage.suffix}"] = art.triton
         else:
-            ext = {"ttir": "ttir", "ttgir": "ttgir", "llir": "ll", "ptx": "ptx",
-                   "cubin": "cubin", "amdgcn": "amdgcn", "hsaco": "hsaco"}[args.emit]
             for k in art.kernels:
                 if args.emit not in k.asm:
                     raise CliError(f"--emit {args.emit} does not exist for target "
                                    f"{args.target} (have: {', '.join(sorted(k.asm))})")
-                texts[f"{k.name}.{ext}"] = k.asm[args.emit]
+                texts[f"{k.name}.{stage.suffix}"] = k.asm[args.emit]
             if out_dir is not None:
                 texts["metadata.json"] = json.dumps([{
                     "kernel": k.name, "kind": k.kind, "registers": k.registers,
@@ -297,6 +292,7 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fusile.backends.targets import TARGETS
     from fusile.dsl.errors import FusileError
 
     parser = argparse.ArgumentParser(
@@ -315,17 +311,24 @@ def main(argv: list[str] | None = None) -> int:
 
     c = verbs.add_parser("compile", help="compile ahead of time for a target (no GPU needed)",
                          description="Compile a fused function for a named target and emit "
-                         "one stage's artifact.")
+                         "one stage's artifact.", epilog="stages (--emit):\n" + "\n".join(
+                             f"  {s.name:<8}{s.what}" + (
+                                 f" ({', '.join(sorted(s.backends))} targets)" if s.backends
+                                 else "") for s in STAGES.values()),
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     shaped(c)
-    c.add_argument("--target", required=True, help="h100, a100, mi300x, mi250x")
-    c.add_argument("--emit", choices=EMITS, default="triton", help="artifact (default triton)")
+    c.add_argument("--target", required=True,
+                   help=f"one of {', '.join(TARGETS)} (`fusile targets` lists them)")
+    c.add_argument("--emit", choices=list(STAGES), default="triton", metavar="STAGE",
+                   help="the stage to emit (default triton; listed below)")
     c.add_argument("-o", "--output", metavar="DIR", help="write files here (needed for binaries)")
     c.set_defaults(run=_compile)
     e = verbs.add_parser("explain", help="kernels, bytes, FLOPs and roofline on a target",
                          description="Show which ops share each kernel, the HBM bytes and "
                          "FLOPs of each, and the roofline time on the target.")
     shaped(e)
-    e.add_argument("--target", default="h100", help="target (default h100)")
+    e.add_argument("--target", default="h100", help=f"one of {', '.join(TARGETS)}, or mlir-cpu "
+                   "(this CPU, measured); default h100")
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
     e.set_defaults(run=_explain)
     t = verbs.add_parser("targets", help="the known targets and their numbers")

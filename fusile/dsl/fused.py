@@ -234,8 +234,11 @@ class FusedFunction:
     def mlir(self, *args: Any, stage: str = "mlir", **kwargs: Any) -> str:
         """The MLIR module for these arguments: stage "mlir" (as emitted), "linalg"
         (generalized, what the reference evaluates) or "fused" (after elementwise fusion)."""
-        if stage not in ("mlir", "linalg", "fused"):
-            raise ValueError(f"stage must be 'mlir', 'linalg' or 'fused', got {stage!r}")
+        from fusile.stages import MLIR_STAGES
+
+        if stage not in MLIR_STAGES:
+            raise ValueError(f"stage must be one of {', '.join(map(repr, MLIR_STAGES))}, got "
+                             f"{stage!r}")
         return str(self.compiled(*args, **kwargs).artifact(stage))
 
     def plan(self, *args: Any, **kwargs: Any) -> Any:
