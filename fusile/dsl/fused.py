@@ -11,6 +11,7 @@ from typing import Any
 from fusile.backends import dispatch  # the call path's first step (it imports no stage)
 from fusile.dsl import ast
 from fusile.dsl.errors import SignatureError, Source
+from fusile.dsl.inspection import Inspection
 from fusile.dsl.parse_errors import guard as _guard
 from fusile.dsl.parser import parse, source_of
 from fusile.dsl.push import NeedStatic
@@ -35,7 +36,7 @@ from fusile.dsl.types import ShapeEnv, TensorType
 _COMPILE_LOCK = threading.RLock()
 
 
-class FusedFunction:
+class FusedFunction(Inspection):
     """A function written in fusile's DSL. Call it on torch tensors."""
 
     def __init__(self, fn: Callable[..., Any] | None = None, *, source: Source | None = None,
@@ -230,119 +231,6 @@ class FusedFunction:
             out.append(([d if isinstance(d, int) else sizes[d] for d in dims],
                         to_torch(t.dtype)))
         return out
-
-    def mlir(self, *args: Any, stage: str = "mlir", **kwargs: Any) -> str:
-        """The MLIR module for these arguments: stage "mlir" (as emitted), "linalg"
-        (generalized, what the reference evaluates) or "fused" (after elementwise fusion)."""
-        from fusile.stages import MLIR_STAGES
-
-        if stage not in MLIR_STAGES:
-            raise ValueError(f"stage must be one of {', '.join(map(repr, MLIR_STAGES))}, got "
-                             f"{stage!r}")
-        return str(self.compiled(*args, **kwargs).artifact(stage))
-
-    def plan(self, *args: Any, **kwargs: Any) -> Any:
-        """Which ops share which kernel, and the HBM bytes each kernel reads and writes, for
-        these arguments (print it, or .to_dict())."""
-        from fusile.lowering.report import plan_report
-
-        values = self._bind_args(args, kwargs)
-        compiled, _ = self._lookup(values)
-        shapes = [tuple(v.shape) if hasattr(v, "shape") else None
-                  for v in compiled.runtime_args(values)]
-        return plan_report(compiled.plan, compiled.reference_graph, shapes, compiled.names)
-
-    def explain(self, *args: Any, target: str | None = None, measure: bool = False,
-                sizes: dict[str, int] | None = None, **kwargs: Any) -> Any:
-        """Kernels, HBM bytes, FLOPs and roofline time on `target` (default: the tensors' GPU,
-        else h100; "mlir-cpu", or "auto" on CPU tensors: this CPU, measured), for these
-        tensors or for a signature: `f.explain(x=bf16["M", 4096], w=bf16[4096],
-        sizes={"M": 8192})`. measure=True (tensors on a GPU) also times each kernel. Print
-        it, or .to_dict()."""
-        import torch
-
-        from fusile import explain as ex
-        from fusile.backends import targets
-        from fusile.dsl.signature import concrete_shape
-        from fusile.lowering.report import plan_report
-
-        t = (targets.this_cpu() if target == "mlir-cpu" else
-             targets.get(target) if target not in (None, "auto") else None)
-        values = self._bind_args(args, kwargs)
-        compiled, _ = self._lookup(values)
-        shapes = [concrete_shape(v, sizes or {}) for v in compiled.runtime_args(values)]
-        report = plan_report(compiled.plan, compiled.reference_graph, shapes, compiled.names)
-        runtime = compiled.runtime_args(values)
-        device = next((v.device for v in runtime if isinstance(v, torch.Tensor)), None)
-        if t is None:
-            on_gpu = device is not None and device.type == "cuda"
-            t = (targets.for_device(device) if on_gpu else targets.this_cpu()
-                 if target == "auto" else targets.get("h100"))
-        measured = None
-        if measure:
-            if device is None or device.type != "cuda":
-                raise SignatureError("explain(measure=True) needs tensors on a GPU")
-            from fusile.backends import run
-
-            self(*args, **kwargs)
-            program = run.runner(compiled, runtime)
-            measured = program.time_kernels(runtime)
-        sixteen = any(getattr(p, "dtype", None) is not None and p.dtype.bits == 16
-                      for p in compiled.typed.param_types)
-        return ex.build(self.__name__ if hasattr(self, "__name__") else
-                        self.__fusile_funcdef__.name, report, t, sixteen, measured)
-
-    def triton(self, *args: Any, target: str = "auto", **kwargs: Any) -> str:
-        """The generated Triton source for these arguments, for `target` ("auto": the
-        inputs' device; "cpu" is the interpreter flavour)."""
-        import torch
-
-        from fusile import config
-        from fusile.backends import targets
-
-        values = self._bind_args(args, kwargs)
-        compiled, _ = self._lookup(values)
-        device = next((v.device for v in values if isinstance(v, torch.Tensor)), "cpu")
-        t = targets.for_device(device) if target == "auto" else targets.get(target)
-        family = "interpreter" if t.backend == "interpreter" else "gpu"
-        return str(compiled.triton(family, config.get("tf32"))[0])
-
-    def compile(self, target: str, /, sizes: dict[str, int] | None = None,
-                progress: Any = None, **signature: Any) -> Any:
-        """Compile ahead of time for a named target, with no GPU needed:
-        `f.compile("mi300x", x=bf16["M", 4096], w=bf16[4096], eps=1e-6)`. Named sizes are
-        symbolic; `sizes={"M": 8192}` tells the schedule what to expect. Returns the
-        artifacts (Triton, TTIR, PTX + cubin or AMDGCN + hsaco) with registers and spills.
-        The target is positional only, so a parameter named `target` (a loss's class
-        indices) takes its spec by keyword like any other."""
-        from fusile.backends import targets
-        from fusile.backends.triton.aot import compile_for
-
-        t = targets.get(target)
-        values = self._bind_args((), signature)
-        compiled, _ = self._lookup(values)
-        return _guard(lambda: compile_for(compiled, t, sizes, progress=progress))
-
-    def backward_source(self, *args: Any, **kwargs: Any) -> tuple[str, str]:
-        """The derived forward (results, then what it keeps) and backward, as DSL source."""
-        from fusile import autograd
-
-        return _guard(lambda: autograd.backward_source(self, args, kwargs))
-
-    def backward_plan(self, *args: Any, **kwargs: Any) -> Any:
-        """The derived backward's kernels and HBM bytes for these arguments (like plan())."""
-        from fusile import autograd
-
-        return _guard(lambda: autograd.backward_plan(self, args, kwargs))
-
-    def reference(self, *args: Any, **kwargs: Any) -> Any:
-        """Run the float64 numpy reference (the oracle); returns float64/int64 numpy arrays."""
-        values = self._bind_args(args, kwargs)
-        compiled, _ = self._lookup(values)
-        from fusile.backends import run
-
-        outs = run.run_reference(compiled, compiled.runtime_args(values))
-        return outs[0] if len(outs) == 1 else tuple(outs)
 
     def __repr__(self) -> str:
         return f"<fusile.fused {getattr(self, '__name__', '?')}>"
