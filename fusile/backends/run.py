@@ -50,17 +50,6 @@ def run_reference(compiled: Any, args: list[Any]) -> list[np.ndarray]:
                                                 [_to_numpy(a) for a in args]))
 
 
-def runner(compiled: Any, args: list[Any]) -> Any:
-    """The launchable program `run` used for these arguments (None for the reference)."""
-    import torch
-
-    name = config.get("target")
-    if name == "reference":
-        return None
-    device = next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
-    return compiled.programs.get(_program_key(name, device, compiled))
-
-
 def _target(name: str, device: Any) -> targets.Target:
     """The target FUSILE_TARGET names (or the device's own), checked to run on device."""
     if name == "auto":
@@ -105,21 +94,17 @@ def _make_program(compiled: Any, name: str, device: Any) -> Any:
     return TritonProgram(compiled, _target(name, device))
 
 
-def run(compiled: Any, args: list[Any]) -> list[Any]:
-    """Run on the target for the inputs' device (FUSILE_TARGET overrides): Triton kernels on a
-    GPU, MLIR's JIT on the CPU ("mlir-cpu", backends/mlir_cpu.py), the Triton interpreter
-    ("cpu") or the float64 reference ("reference")."""
+def program_for(compiled: Any, args: list[Any]) -> Any:
+    """The one dispatch step: the launchable program for these arguments, built on first use
+    (None: FUSILE_TARGET=reference, the float64 oracle). Triton kernels on a GPU, MLIR's JIT
+    on the CPU ("mlir-cpu", backends/mlir_cpu.py) or the Triton interpreter ("cpu"); the
+    target is the inputs' device's unless FUSILE_TARGET names one."""
     import torch
 
-    from fusile.backends.torch_dtypes import to_torch
-
-    device = next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
     name = config.get("target")
     if name == "reference":
-        outs = run_reference(compiled, args)
-        return [torch.from_numpy(np.array(o, order="C")).to(device=device,
-                                                             dtype=to_torch(t.dtype))
-                for o, t in zip(outs, compiled.result_types, strict=True)]
+        return None
+    device = next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
     key = _program_key(name, device, compiled)
     program = compiled.programs.get(key)
     if program is None:
@@ -128,4 +113,19 @@ def run(compiled: Any, args: list[Any]) -> list[Any]:
             if program is None:
                 program = compiled.programs[key] = _make_program(
                     compiled, "mlir-cpu" if key == "mlir-cpu" else name, device)
-    return program(args)
+    return program
+
+
+def run(compiled: Any, args: list[Any], program: Any) -> list[Any]:
+    """Run `program` (program_for's) on the arguments; None runs the float64 reference and
+    returns its results as tensors of the result dtypes on the inputs' device."""
+    if program is not None:
+        return program(args)
+    import torch
+
+    from fusile.backends.torch_dtypes import to_torch
+
+    device = next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
+    outs = run_reference(compiled, args)
+    return [torch.from_numpy(np.array(o, order="C")).to(device=device, dtype=to_torch(t.dtype))
+            for o, t in zip(outs, compiled.result_types, strict=True)]

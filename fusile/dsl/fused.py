@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fusile.backends import dispatch  # the call path's first step (it imports no stage)
+from fusile.bounded import Bounded
 from fusile.dsl import ast
 from fusile.dsl.errors import SignatureError, Source
 from fusile.dsl.inspection import Inspection
@@ -51,11 +52,11 @@ class FusedFunction(Inspection):
             self._globals = {**fn.__globals__, **_closure_vars(fn)}
         self._func: ast.FuncDef | None = None
         self._annotations: list[Annotation] | None = None
-        self._cache: dict[tuple, Any] = {}
+        self._cache: Bounded[tuple, Any] = Bounded()
         # per signature: the (parameter, axis) sizes it is specialised on (slices need them)
         self._static: dict[tuple, frozenset[tuple[int, int]]] = {}
         # positional calls seen before, by their layout (backends/dispatch.py)
-        self._fast: dict[tuple, Any] = {}
+        self._fast: Bounded[tuple, Any] = Bounded()
         # what tracers (torch.compile, export) see: one custom op, defined now, outside any trace
         self._torch_op = TorchOp(self, op_name(fn, name or (None if fn else "from_source")))
 
@@ -144,7 +145,7 @@ class FusedFunction(Inspection):
                     hit = _guard(lambda: self._compile(infos, base))
                     key = (base, static_sizes(self._static.get(base, frozenset()), infos,
                                               self.params))
-                    self._cache[key] = hit
+                    self._cache.put(key, hit)
         return hit, infos
 
     def _compile(self, infos: list[ArgInfo], base: tuple) -> Any:
@@ -205,14 +206,12 @@ class FusedFunction(Inspection):
             derived = autograd.Derived(self, compiled)
             outs = _guard(lambda: derived(runtime))
             if key is not None:  # later calls with this key go straight there
-                self._fast[key] = dispatch.FastCall(compiled, derived, args, values)
+                self._fast.put(key, dispatch.FastCall(compiled, derived, args, values))
             return outs[0] if len(outs) == 1 else tuple(outs)
-        outs = run.run(compiled, runtime)
-        program = run.runner(compiled, runtime)
+        program = run.program_for(compiled, runtime)
+        outs = run.run(compiled, runtime, program)
         if key is not None and program is not None:
-            if len(self._fast) > 256:
-                self._fast.clear()
-            self._fast[key] = dispatch.FastCall(compiled, program, args, values)
+            self._fast.put(key, dispatch.FastCall(compiled, program, args, values))
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     def _result_specs(self, args: list[Any], kwargs: dict[str, Any]) -> list[tuple[list, Any]]:

@@ -82,7 +82,7 @@ class Inspection:
             from fusile.backends import run
 
             self(*args, **kwargs)
-            program = run.runner(compiled, runtime)
+            program = run.program_for(compiled, runtime)
             measured = program.time_kernels(runtime)
         sixteen = any(getattr(p, "dtype", None) is not None and p.dtype.bits == 16
                       for p in compiled.typed.param_types)

@@ -29,6 +29,7 @@ from fusile.backends.triton.launch import (
 )
 from fusile.backends.triton.replay import Recorder, Replay, layout_key
 from fusile.backends.triton.tiled import Launch, TiledLaunches
+from fusile.bounded import Bounded
 from fusile.dsl.errors import BackendError
 from fusile.lowering.graph import Graph, Op, dim_sources
 from fusile.lowering.partition import POINTWISE, ROW_COLUMNS, Plan
@@ -67,7 +68,8 @@ class TritonProgram(TiledLaunches):
         # launch compiled kernels directly (skipping the JIT's argument binding) once the JIT
         # has compiled them for an argument specialization; off if the launcher is unfamiliar
         self._fast = config.get("fast_launch")
-        self._replays: dict[tuple, Replay] = {}  # argument layout -> its recorded launches
+        # argument layout -> its recorded launches
+        self._replays: Bounded[tuple, Replay] = Bounded()
         self._tls = threading.local()  # .rec: the Recorder of this thread's call in progress
 
     @property
@@ -121,9 +123,7 @@ class TritonProgram(TiledLaunches):
             replay = rec.replay(env, outs, device, launch_compiled, scalars) \
                 if scalars.ok else None
             if replay is not None:
-                if len(self._replays) > 256:
-                    self._replays.clear()
-                self._replays[key] = replay
+                self._replays.put(key, replay)
         return [t.clone() if r in self._arg_set else t
                 for t, r in zip(outs, self._joins.ids, strict=True)]
 
@@ -190,7 +190,7 @@ class TritonProgram(TiledLaunches):
             return  # nothing to write (an empty row still has its reduction: the identity)
         got = launch.configs.get((p_total, r_total))
         if got is None:
-            got = launch.configs[(p_total, r_total)] = self._config(launch, p_total, r_total)
+            got = launch.configs.put((p_total, r_total), self._config(launch, p_total, r_total))
         cfg, grid = got
         use_i64 = p_total * r_total >= 2**31 - 1 or needs_i64(tensors)
         if ks.kind == ROW_COLUMNS:
@@ -229,9 +229,7 @@ class TritonProgram(TiledLaunches):
             self._rec.abandon()
         kernel = launch.fn[variant][grid](*args, **consts, **opts, **FP_FUSION)
         if fast and kernel is not None:
-            if len(launch.compiled) > 512:
-                launch.compiled.clear()
-            launch.compiled[spec] = kernel
+            launch.compiled.put(spec, kernel)
 
     def _launch_split(self, launch: Launch, tensors: list[Any], strides: list[int],
                       class_sizes: list[int], scalars: list[Any], p_total: int, r_total: int,
@@ -242,8 +240,8 @@ class TritonProgram(TiledLaunches):
 
         plan = launch.splits.get((p_total, r_total))
         if plan is None:
-            plan = launch.splits[(p_total, r_total)] = schedule.split(p_total, r_total,
-                                                                       self.target)
+            plan = launch.splits.put((p_total, r_total),
+                                     schedule.split(p_total, r_total, self.target))
         parts = torch.empty((launch.ks.n_parts, plan.splits, p_total),
                             dtype=to_torch(launch.ks.part_dtype), device=device)
         if self._rec is not None:

@@ -17,6 +17,7 @@ from fusile.backends.triton.host import needs_i64
 from fusile.backends.triton.kernel_source import KernelSource
 from fusile.backends.triton.launch import dot_grid
 from fusile.backends.triton.replay import Recorder
+from fusile.bounded import Bounded
 
 
 @dataclass
@@ -28,10 +29,10 @@ class Launch:
     stride_axes: list[list[int]]  # per tensor argument, the axes whose stride is passed
     alloc_classes: dict[int, list[tuple]]  # output tensor -> class of each axis
     sized: dict[int, tuple]  # index class -> the global class that gives its size
-    configs: dict[tuple, Any] = field(default_factory=dict)  # row kernels: sizes -> config
-    ready: dict[tuple, Any] = field(default_factory=dict)  # tiled: shape -> grid, consts, opts
-    compiled: dict[tuple, Any] = field(default_factory=dict)  # specialization -> kernel
-    splits: dict[tuple[int, int], Any] = field(default_factory=dict)  # sizes -> split plan
+    configs: Bounded[tuple, Any] = field(default_factory=Bounded)  # row kernels: sizes -> config
+    ready: Bounded[tuple, Any] = field(default_factory=Bounded)  # tiled: shape -> launch
+    compiled: Bounded[tuple, Any] = field(default_factory=Bounded)  # specialization -> kernel
+    splits: Bounded[tuple[int, int], Any] = field(default_factory=Bounded)  # sizes -> split plan
     key: str = ""  # the kernel's source hash: what tuning results are remembered under
 
 
@@ -86,8 +87,8 @@ class TiledLaunches:
         key = ("split keys", config.get("attn_splits"), shape)
         plan = launch.ready.get(key)
         if plan is None:  # decided once per shape (and knob value), as a tuned config is
-            plan = launch.ready[key] = self._split_plan(launch, li, lj, d, e, batch, key[1],
-                                                        use_i64, extra)
+            plan = launch.ready.put(key, self._split_plan(launch, li, lj, d, e, batch,
+                                                          key[1], use_i64, extra))
         if plan:  # few row blocks: split their keys
             self._launch_split_keys(launch, plan, device, args)
             return
@@ -187,5 +188,6 @@ class TiledLaunches:
 
             key, size = label()
             cfg = tune.TUNER.best(self.target, key, cands, size, time, go)
-        ready = launch.ready[shape] = (grid(cfg), consts(cfg), cfg.options(self.target.backend))
+        ready = launch.ready.put(shape, (grid(cfg), consts(cfg),
+                                         cfg.options(self.target.backend)))
         self._run(launch, "dot", ready[0], ready[1], ready[2], device, args)
