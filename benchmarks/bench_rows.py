@@ -81,7 +81,7 @@ def host_overhead() -> dict:
     program = next(iter(fn.compiled(x).programs.values()))
     launch = program.launches[0]
     out = torch.empty_like(x)
-    kernel = launch.fn["single"]
+    kernel = launch.fn["main"]
 
     def bare() -> None:
         kernel[(4,)](x, out, x.stride(0), x.stride(1), out.stride(0), out.stride(1), 4, 128,

@@ -44,7 +44,7 @@ def capture(q, k, v, causal):
     """The attention launch fusile makes for these inputs: (source, grid, consts, opts, args,
     program)."""
     got = []
-    orig = runtime.TritonProgram._run
+    orig = runtime.TritonProgram.run_variant
 
     def spy(self, launch, variant, grid, consts, opts, device, args):
         if launch.ks.attn is not None:
@@ -52,12 +52,12 @@ def capture(q, k, v, causal):
         return orig(self, launch, variant, grid, consts, opts, device, args)
 
     replay = Replay.__call__
-    runtime.TritonProgram._run = spy
+    runtime.TritonProgram.run_variant = spy
     Replay.__call__ = lambda self, args, env: None  # the full launch path, through _run
     try:
         attention(q, k, v, causal=causal)
     finally:
-        runtime.TritonProgram._run = orig
+        runtime.TritonProgram.run_variant = orig
         Replay.__call__ = replay
     return got[-1]
 

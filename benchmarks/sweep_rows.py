@@ -40,7 +40,7 @@ def run(name: str, m: int, n: int, cfgs: list[schedule.Config], pointwise: bool 
             torch.cuda.synchronize()
             ms = do_bench(lambda: fn(*args), warmup=25, rep=150, return_mode="median")
             prog = next(iter(fn.compiled(*args).programs.values()))
-            kern = prog.launches[0].fn["looped" if cfg.looped else "single"]
+            kern = prog.launches[0].fn["looped" if cfg.looped else "main"]
             regs = "?"
             try:
                 for c in kern.device_caches.values():

@@ -80,15 +80,15 @@ def test_a_schedule_knob_set_between_calls_takes_effect(monkeypatch: pytest.Monk
     from fusile.backends.triton import runtime
 
     variants: list[str] = []
-    run = runtime.TritonProgram._run
+    run = runtime.TritonProgram.run_variant
 
     def spy(self: object, launch: object, variant: str, *a: object) -> None:
         variants.append(variant)
         run(self, launch, variant, *a)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(runtime.TritonProgram, "_run", spy)
+    monkeypatch.setattr(runtime.TritonProgram, "run_variant", spy)
     x = torch.randn(3, 100)
-    for block, want in [(0, "single"), (32, "looped"), (0, "single"), (64, "looped")]:
+    for block, want in [(0, "main"), (32, "looped"), (0, "main"), (64, "looped")]:
         with config.override(max_row_block=block):
             assert_close(row_sums(x), x.double().sum(-1) * 2.0, torch.float32)
         assert variants.pop() == want, block

@@ -62,15 +62,16 @@ def test_split_keys_match_reference(lq: int, lk: int, option: str,
     on the interpreter: forward, and the backward that reads its log-sum-exp; the split path
     is the one taken."""
     from fusile import config
-    from fusile.backends.triton.tiled import TiledLaunches
+    from fusile.backends.triton.kinds import flash
 
     taken = []
-    split = TiledLaunches._launch_split_keys
-    def spy(self, launch, plan, *rest):
-        taken.append(plan[1])  # the split count
-        return split(self, launch, plan, *rest)
+    split = flash.launch_split_keys
 
-    monkeypatch.setattr(TiledLaunches, "_launch_split_keys", spy)
+    def spy(prog, launch, plan, *rest):
+        taken.append(plan[1])  # the split count
+        return split(prog, launch, plan, *rest)
+
+    monkeypatch.setattr(flash, "launch_split_keys", spy)
     with config.override(attn_splits=3):
         _check(lq, lk, option, torch.float32, "cpu", grad=lk < 1000)
     assert taken and all(n > 1 for n in taken)  # 3, or one a key tile when fewer

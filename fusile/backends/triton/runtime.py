@@ -9,33 +9,31 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import math
 import threading
 from typing import Any
 
 from fusile import config
 from fusile.backends.targets import Target
 from fusile.backends.torch_dtypes import to_torch
-from fusile.backends.triton import cache, schedule
+from fusile.backends.triton import cache
 from fusile.backends.triton.generate import kernel_functions
-from fusile.backends.triton.host import CallScalars, dynamic_values, host_env, needs_i64
+from fusile.backends.triton.host import CallScalars, dynamic_values, host_env
 from fusile.backends.triton.joins import Joins
+from fusile.backends.triton.kinds import kind_of
 from fusile.backends.triton.launch import (
     FP_FUSION,
     interpreting,
     launch_compiled,
-    row_constexprs,
-    row_options,
 )
 from fusile.backends.triton.replay import Recorder, Replay, layout_key
-from fusile.backends.triton.tiled import Launch, TiledLaunches
+from fusile.backends.triton.tiled import Launch
 from fusile.bounded import Bounded
 from fusile.dsl.errors import BackendError
 from fusile.lowering.graph import Graph, Op, dim_sources
-from fusile.lowering.partition import POINTWISE, ROW_COLUMNS, Plan
+from fusile.lowering.partition import Plan
 
 
-class TritonProgram(TiledLaunches):
+class TritonProgram:
     """One compiled signature on one target family, ready to launch."""
 
     def __init__(self, compiled: Any, target: Target):
@@ -50,17 +48,13 @@ class TritonProgram(TiledLaunches):
         self.launches: list[Launch] = []
         for ks in kernels:
             fns = kernel_functions(module, ks, family == "interpreter")
-            main = max((t for t in ks.tensors), key=lambda t: len(t.classes), default=None)
-            r_contig = bool(main and main.classes and main.classes[-1] in ks.r_classes)
             sized = {c: ks.class_global[c] for c in ks.classes}
-            elem = max((t.dtype.bits // 8 for t in ks.tensors if t.dtype.bits >= 8), default=4)
             strides = [ta.stride_axes for ta in ks.tensors]
             alloc = {ta.tid: [self.plan.tensor_class(ta.tid, a)
                               for a in range(len(graph.tensors[ta.tid].shape))]
                      for ta in ks.tensors if ta.is_output}
             key = hashlib.sha256(ks.source.encode()).hexdigest()[:16]
-            self.launches.append(Launch(ks, fns, r_contig or ks.kind == POINTWISE, elem,
-                                         strides, alloc, sized, key=key))
+            self.launches.append(Launch(ks, fns, strides, alloc, sized, key=key))
         self._class_source = self._size_sources()
         self._joins = Joins(compiled, graph.results, self.plan.tensor_class)  # the results
         self._host_ops = [n for n in graph.nodes if isinstance(n, Op)]
@@ -73,7 +67,8 @@ class TritonProgram(TiledLaunches):
         self._tls = threading.local()  # .rec: the Recorder of this thread's call in progress
 
     @property
-    def _rec(self) -> Recorder | None:
+    def recorder(self) -> Recorder | None:
+        """The Recorder of this thread's call in progress (None: the call is not recorded)."""
         return getattr(self._tls, "rec", None)
 
     def _size_sources(self) -> dict[tuple, tuple[int, int] | int]:
@@ -163,8 +158,8 @@ class TritonProgram(TiledLaunches):
                 shape = [s if s is not None else sizes[c]
                          for s, c in zip(info.shape, launch.alloc_classes[ta.tid], strict=True)]
                 t = env[ta.tid] = torch.empty(shape, dtype=to_torch(info.dtype), device=device)
-                if self._rec is not None:
-                    self._rec.alloc(t)
+                if self.recorder is not None:
+                    self.recorder.alloc(t)
             tensors.append(t)
         strides = [t.stride(axis) for t, axes in zip(tensors, launch.stride_axes, strict=True)
                    for axis in axes]
@@ -172,40 +167,14 @@ class TritonProgram(TiledLaunches):
         class_sizes = [sizes[sized[c]] for c in ks.classes]
         scalars = [env[v] for v in ks.scalars]
         args = (*tensors, *strides, *class_sizes, *scalars)
-        if self._rec is not None:
+        if self.recorder is not None:
             first = len(args) - len(scalars)
-            self._rec.scalars = {first + i: v for i, v in enumerate(ks.scalars)}
-        if ks.grad is not None:
-            self._launch_grad(launch, tensors, args, sizes, device)
-            return
-        if ks.attn is not None:
-            self._launch_attn(launch, tensors, args, sizes, device)
-            return
-        if ks.dot is not None:
-            self._launch_dot(launch, tensors, args, sizes, device)
-            return
-        p_total = math.prod(sizes[sized[c]] for c in ks.p_classes)
-        r_total = math.prod(sizes[sized[c]] for c in ks.r_classes)
-        if (p_total == 0 and ks.kind != ROW_COLUMNS) or (r_total == 0 and ks.kind == POINTWISE):
-            return  # nothing to write (an empty row still has its reduction: the identity)
-        got = launch.configs.get((p_total, r_total))
-        if got is None:
-            got = launch.configs.put((p_total, r_total), self._config(launch, p_total, r_total))
-        cfg, grid = got
-        use_i64 = p_total * r_total >= 2**31 - 1 or needs_i64(tensors)
-        if ks.kind == ROW_COLUMNS:
-            self._launch_rows_columns(launch, cfg, grid[0], args, r_total, use_i64, device)
-            return
-        if cfg.looped and not launch.r_contiguous and "split" in launch.fn:
-            self._launch_split(launch, tensors, strides, class_sizes, scalars, p_total,
-                               r_total, use_i64, device)
-            return
-        variant = "looped" if cfg.looped else "single"
-        self._run(launch, variant, grid, row_constexprs(cfg, use_i64), row_options(cfg), device,
-                  args)
+            self.recorder.scalars = {first + i: v for i, v in enumerate(ks.scalars)}
+        kind_of(ks).launch(self, launch, tensors, args, sizes, device)
 
-    def _run(self, launch: Launch, variant: str, grid: tuple[int, ...], consts: dict[str, Any],
-             opts: dict[str, Any], device: Any, args: tuple) -> None:
+    def run_variant(self, launch: Launch, variant: str, grid: tuple[int, ...],
+                    consts: dict[str, Any], opts: dict[str, Any], device: Any, args: tuple
+                    ) -> None:
         """Launch one kernel variant: straight to the compiled kernel when one exists for this
         specialization (what Triton keys on: pointer alignment, the ints' values, the scalars'
         types), else through triton.jit, which compiles it and hands it back."""
@@ -220,63 +189,13 @@ class TritonProgram(TiledLaunches):
             if kernel is not None:
                 try:
                     launch_compiled(kernel, grid, device, (*args, *consts.values()))
-                    if self._rec is not None:
-                        self._rec.run(kernel, grid, args, consts)
+                    if self.recorder is not None:
+                        self.recorder.run(kernel, grid, args, consts)
                     return
                 except (AttributeError, TypeError):  # another Triton's launcher: use the JIT
                     self._fast = fast = False
-        if self._rec is not None:  # launched through the JIT: record a later call
-            self._rec.abandon()
+        if self.recorder is not None:  # launched through the JIT: record a later call
+            self.recorder.abandon()
         kernel = launch.fn[variant][grid](*args, **consts, **opts, **FP_FUSION)
         if fast and kernel is not None:
             launch.compiled.put(spec, kernel)
-
-    def _launch_split(self, launch: Launch, tensors: list[Any], strides: list[int],
-                      class_sizes: list[int], scalars: list[Any], p_total: int, r_total: int,
-                      use_i64: bool, device: Any) -> None:
-        """A long column reduction: partial reductions over row ranges in parallel, then a
-        second kernel combines them per column and runs the epilogue."""
-        import torch
-
-        plan = launch.splits.get((p_total, r_total))
-        if plan is None:
-            plan = launch.splits.put((p_total, r_total),
-                                     schedule.split(p_total, r_total, self.target))
-        parts = torch.empty((launch.ks.n_parts, plan.splits, p_total),
-                            dtype=to_torch(launch.ks.part_dtype), device=device)
-        if self._rec is not None:
-            self._rec.alloc(parts)
-        args = (*tensors, *strides, *class_sizes, *scalars, parts, plan.splits, plan.chunk)
-        self._run(launch, "split", (math.ceil(p_total / plan.partial.block_p), plan.splits),
-                  row_constexprs(plan.partial, use_i64), row_options(plan.partial), device, args)
-        self._run(launch, "combine", (math.ceil(p_total / plan.combine.block_p),),
-                  row_constexprs(plan.combine, use_i64), row_options(plan.combine), device, args)
-
-    def _launch_rows_columns(self, launch: Launch, cfg: schedule.Config, blocks: int,
-                             args: tuple, r_total: int, use_i64: bool, device: Any) -> None:
-        """A row kernel with column sums (codegen_columns.py): persistent row programs, each
-        leaving a row of partials per sum, then a combine over the columns."""
-        import torch
-
-        g = schedule.row_programs(blocks, r_total, launch.ks.n_parts, self.target, cfg)
-        parts = torch.empty((launch.ks.n_parts, g, r_total), dtype=to_torch(launch.ks.part_dtype),
-                            device=device)
-        if self._rec is not None:
-            self._rec.alloc(parts)
-        args = (*args, parts, g)
-        if blocks:
-            self._run(launch, "looped" if cfg.looped else "single", (g,),
-                      row_constexprs(cfg, use_i64), row_options(cfg), device, args)
-        if r_total:
-            comb = schedule.columns_combine(r_total, g, self.target)
-            self._run(launch, "combine", (math.ceil(r_total / comb.block_r),),
-                      row_constexprs(comb, use_i64), row_options(comb), device, args)
-
-    def _config(self, launch: Launch, p_total: int, r_total: int
-                ) -> tuple[schedule.Config, tuple[int]]:
-        if launch.ks.kind == POINTWISE:
-            cfg = schedule.pointwise(p_total, r_total, self.target, launch.elem_bytes)
-            return cfg, (math.ceil(p_total / cfg.block_p) * math.ceil(r_total / cfg.block_r),)
-        cfg = schedule.reduction(p_total, r_total, self.target, launch.elem_bytes,
-                                 launch.r_contiguous, launch.ks.kind == ROW_COLUMNS)
-        return cfg, (math.ceil(p_total / cfg.block_p),)

@@ -1,0 +1,142 @@
+"""Row kernels: pointwise, row reductions (held whole, looped, or split over row ranges for a
+long column reduction) and rows with column partials (persistent row programs, then a combine
+over the columns). Written by codegen.py; configs from schedule.py."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from fusile.backends.torch_dtypes import to_torch
+from fusile.backends.triton import schedule
+from fusile.backends.triton.aot_build import AotContext, KernelArtifact
+from fusile.backends.triton.host import needs_i64
+from fusile.backends.triton.kernel_source import KernelSource
+from fusile.backends.triton.kinds.kind import Kind
+from fusile.backends.triton.launch import row_constexprs, row_options
+from fusile.backends.triton.tiled import Launch
+from fusile.lowering.partition import POINTWISE, REDUCTION, ROW_COLUMNS, Kernel, Plan
+
+
+def write(plan: Plan, k: Kernel, family: str, names: dict[int, str], tf32: bool
+          ) -> KernelSource:
+    from fusile.backends.triton.codegen import KernelWriter
+
+    return KernelWriter(plan, k, family, names).source()
+
+
+def elem_bytes(ks: KernelSource) -> int:
+    """The element size a kernel's 16-byte accesses are counted in (schedule.py)."""
+    return max((t.dtype.bits // 8 for t in ks.tensors if t.dtype.bits >= 8), default=4)
+
+
+def r_contiguous(ks: KernelSource) -> bool:
+    """Whether the kernel's rows run along its widest tensor's contiguous axis (a pointwise
+    kernel's always do)."""
+    main = max((t for t in ks.tensors), key=lambda t: len(t.classes), default=None)
+    return ks.kind == POINTWISE or bool(main and main.classes and
+                                        main.classes[-1] in ks.r_classes)
+
+
+def config(ks: KernelSource, p_total: int, r_total: int, target: Any
+           ) -> tuple[schedule.Config, tuple[int]]:
+    """The schedule's config for these row and column counts, and its grid."""
+    if ks.kind == POINTWISE:
+        cfg = schedule.pointwise(p_total, r_total, target, elem_bytes(ks))
+        return cfg, (math.ceil(p_total / cfg.block_p) * math.ceil(r_total / cfg.block_r),)
+    cfg = schedule.reduction(p_total, r_total, target, elem_bytes(ks), r_contiguous(ks),
+                             ks.kind == ROW_COLUMNS)
+    return cfg, (math.ceil(p_total / cfg.block_p),)
+
+
+def launch(prog: Any, launch: Launch, tensors: list[Any], args: tuple,
+           sizes: dict[tuple, int], device: Any) -> None:
+    ks, sized = launch.ks, launch.sized
+    p_total = math.prod(sizes[sized[c]] for c in ks.p_classes)
+    r_total = math.prod(sizes[sized[c]] for c in ks.r_classes)
+    if (p_total == 0 and ks.kind != ROW_COLUMNS) or (r_total == 0 and ks.kind == POINTWISE):
+        return  # nothing to write (an empty row still has its reduction: the identity)
+    got = launch.configs.get((p_total, r_total))
+    if got is None:
+        got = launch.configs.put((p_total, r_total), config(ks, p_total, r_total, prog.target))
+    cfg, grid = got
+    use_i64 = p_total * r_total >= 2**31 - 1 or needs_i64(tensors)
+    if ks.kind == ROW_COLUMNS:
+        _rows_columns(prog, launch, cfg, grid[0], args, r_total, use_i64, device)
+    elif cfg.looped and not r_contiguous(ks) and "split" in launch.fn:
+        _split(prog, launch, args, p_total, r_total, use_i64, device)
+    else:
+        prog.run_variant(launch, "looped" if cfg.looped else "main", grid,
+                         row_constexprs(cfg, use_i64), row_options(cfg), device, args)
+
+
+def _split(prog: Any, launch: Launch, args: tuple, p_total: int, r_total: int, use_i64: bool,
+           device: Any) -> None:
+    """A long column reduction: partial reductions over row ranges in parallel, then a
+    second kernel combines them per column and runs the epilogue."""
+    import torch
+
+    plan = launch.splits.get((p_total, r_total))
+    if plan is None:
+        plan = launch.splits.put((p_total, r_total),
+                                 schedule.split(p_total, r_total, prog.target))
+    parts = torch.empty((launch.ks.n_parts, plan.splits, p_total),
+                        dtype=to_torch(launch.ks.part_dtype), device=device)
+    if prog.recorder is not None:
+        prog.recorder.alloc(parts)
+    args = (*args, parts, plan.splits, plan.chunk)
+    prog.run_variant(launch, "split", (math.ceil(p_total / plan.partial.block_p), plan.splits),
+                     row_constexprs(plan.partial, use_i64), row_options(plan.partial), device,
+                     args)
+    prog.run_variant(launch, "combine", (math.ceil(p_total / plan.combine.block_p),),
+                     row_constexprs(plan.combine, use_i64), row_options(plan.combine), device,
+                     args)
+
+
+def _rows_columns(prog: Any, launch: Launch, cfg: schedule.Config, blocks: int, args: tuple,
+                  r_total: int, use_i64: bool, device: Any) -> None:
+    """A row kernel with column sums (codegen_columns.py): persistent row programs, each
+    leaving a row of partials per sum, then a combine over the columns."""
+    import torch
+
+    g = schedule.row_programs(blocks, r_total, launch.ks.n_parts, prog.target, cfg)
+    parts = torch.empty((launch.ks.n_parts, g, r_total), dtype=to_torch(launch.ks.part_dtype),
+                        device=device)
+    if prog.recorder is not None:
+        prog.recorder.alloc(parts)
+    args = (*args, parts, g)
+    if blocks:
+        prog.run_variant(launch, "looped" if cfg.looped else "main", (g,),
+                         row_constexprs(cfg, use_i64), row_options(cfg), device, args)
+    if r_total:
+        comb = schedule.columns_combine(r_total, g, prog.target)
+        prog.run_variant(launch, "combine", (math.ceil(r_total / comb.block_r),),
+                         row_constexprs(comb, use_i64), row_options(comb), device, args)
+
+
+def compile(ctx: AotContext, ks: KernelSource) -> list[KernelArtifact]:
+    p_total = math.prod(ctx.size(ks, c) for c in ks.p_classes)
+    r_total = math.prod(ctx.size(ks, c) for c in ks.r_classes)
+    if ks.kind == POINTWISE:
+        cfg = schedule.pointwise(p_total, r_total, ctx.target, elem_bytes(ks))
+    else:
+        cfg = schedule.reduction(p_total, r_total, ctx.target, elem_bytes(ks),
+                                 columns=ks.kind == ROW_COLUMNS)
+    name = ks.looped_name if cfg.looped and ks.looped_name else ks.name
+    blocks = "ceil(P / BLOCK_P)" if ks.kind != POINTWISE else \
+        "ceil(P / BLOCK_P) * ceil(R / BLOCK_R)"
+    variants = [(name, cfg, blocks)]
+    if ks.kind == ROW_COLUMNS:  # persistent row programs, then the columns' combine
+        progs = schedule.row_programs(math.ceil(p_total / cfg.block_p), r_total,
+                                      ks.n_parts, ctx.target, cfg)
+        variants = [(name, cfg, f"G = {progs} (persistent)"),
+                    (ks.combine_name or "", schedule.columns_combine(r_total, progs, ctx.target),
+                     "ceil(R / BLOCK_R)")]
+    return [ctx.build(ks, vname, {"BLOCK_P": vcfg.block_p, "BLOCK_R": vcfg.block_r,
+                                  "USE_I64": False},
+                      {"num_warps": vcfg.num_warps, "num_stages": vcfg.num_stages},
+                      (vcfg.block_p, vcfg.block_r), grid)
+            for vname, vcfg, grid in variants]
+
+
+KIND = Kind("rows", (POINTWISE, REDUCTION, ROW_COLUMNS), write, launch, compile)
