@@ -4,7 +4,7 @@
     python -m tests.golden_triton --check golden.json   # after: exit 1 and the names if any differ
 
 The workload runs, on CPU tensors and the interpreter, every sample program forward and
-backward (float32 and bfloat16), every stdlib op forward and backward with its variants (norms,
+backward (float32 and bfloat16), an integer matmul, every stdlib op forward and backward with its variants (norms,
 softmaxes, cross-entropy reductions and smoothing, activations, rope conventions and partial
 rotary, attention: causal, window, softcap, ALiBi, GQA, decode, per-sequence cache lengths and
 split keys) and a user function's derived backward. Each program the runtime generates is also
@@ -133,6 +133,13 @@ def workload() -> None:
     _backward(S.attention(q, k, v, causal=True, cache_seqlens=lens), [q, k, v])
     with config.override(attn_splits=3):
         _backward(S.attention(q, k, v, causal=True), [q, k, v])
+
+    @fused
+    def int_matmul(a, b):  # a contraction tl.dot cannot take: a reduction kernel
+        return a @ b
+
+    int_matmul(torch.randint(-5, 5, (9, 7), dtype=torch.int32),
+               torch.randint(-5, 5, (7, 5), dtype=torch.int32))
 
     @fused
     def user_norm(x, w):

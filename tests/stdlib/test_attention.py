@@ -356,14 +356,15 @@ def test_gpu_tiles_stay_in_bounds(tile: tuple[int, int], monkeypatch: pytest.Mon
     a long cache with a window, more queries than keys): a tile start below 0 (Triton's //
     truncates negative bounds toward 0) faulted on the H200 with an illegal address."""
     from fusile import config
+    from fusile.bounded import Bounded
     from tests.bounds import checked
 
     cfg = tune.DotConfig(tile[0], tile[1], 0, 4, 1)
     monkeypatch.setattr(tune, "attention_candidates", lambda t, d, rows=None: [cfg])
     monkeypatch.setattr(tune, "grad_candidates", lambda t, d: [cfg])
     for f in (attention_fwd, attention_bwd):  # compile afresh with this tile
-        monkeypatch.setattr(f, "_cache", {})
-        monkeypatch.setattr(f, "_fast", {})
+        monkeypatch.setattr(f, "_cache", Bounded())
+        monkeypatch.setattr(f, "_fast", Bounded())
     torch.manual_seed(0)
     cases = [(9, 630, {"window": 5}), (64, 630, {"window": 5, "causal": True}),
              (40, 9, {"causal": True}), (128, 129, {"causal": True})]

@@ -28,7 +28,7 @@ from fusile.backends.triton.codegen_decode import (
     write_combine,
 )
 from fusile.backends.triton.codegen_dot import DotWriter
-from fusile.backends.triton.kernel_source import KernelSource, TensorArg
+from fusile.backends.triton.kernel_source import AttnInfo, KernelSource, TensorArg
 from fusile.backends.triton.ops import TL_DTYPE
 from fusile.backends.triton.scope import Scope
 from fusile.dsl.errors import InternalError
@@ -389,6 +389,6 @@ class AttnWriter(KeyBounds, DotWriter):
                     *write_combine(self, f"{name}_combine", tensors)]
 
         ks = self._source(write, self.i, self.j, self.d, self.dot_dtype(self.attn.qk),
-                          (self.e, self.scale_scalar))
+                          AttnInfo(self.e, self.scale_scalar))
         ks.split_name, ks.combine_name = f"{ks.name}_split", f"{ks.name}_combine"
         return ks

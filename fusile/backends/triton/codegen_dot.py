@@ -17,10 +17,9 @@ wrongly.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from fusile.backends.triton.codegen import KernelWriter
-from fusile.backends.triton.kernel_source import KernelSource, TensorArg
+from fusile.backends.triton.kernel_source import AttnInfo, DotInfo, KernelSource, TensorArg
 from fusile.backends.triton.ops import TL_DTYPE
 from fusile.backends.triton.scope import Scope
 from fusile.dsl.errors import InternalError
@@ -28,19 +27,6 @@ from fusile.dsl.types import DTYPES, DType
 from fusile.lowering.contraction import DotForm
 from fusile.lowering.graph import Generic
 from fusile.lowering.partition import Kernel, Plan
-
-
-@dataclass(frozen=True)
-class DotInfo:
-    """What the launcher needs: index classes of the batch, m, n and k loops."""
-
-    batch: list[int]
-    m: int
-    n: int
-    k: int
-    dtype: str  # operand type of tl.dot: bf16, f16 or f32
-    prologue: bool = False  # operands are computed (not just loaded): more registers per tile
-
 
 _FRAMES = {  # frame -> (row index, column index, row block, column block)
     "a": ("am", "ak", "BLOCK_M", "BLOCK_K"),
@@ -293,7 +279,7 @@ class DotWriter(KernelWriter):
         return self._source(self.write_dot, self.m, self.n, self.kc, self.dot_dtype(self.form))
 
     def _source(self, write: Callable[[str, list[TensorArg]], list[str]], m: int, n: int,
-                k: int, dtype: DType, attn: tuple[int, int | None] | None = None
+                k: int, dtype: DType, attn: AttnInfo | None = None
                 ) -> KernelSource:
         """Write the kernel twice (the first pass learns its scalar arguments, the second has
         the full header) and describe it for the launcher."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from fusile.backends.triton.codegen import KernelWriter
 from fusile.backends.triton.codegen_attn import AttnWriter, end_mask, head_mask
-from fusile.backends.triton.kernel_source import KernelSource, TensorArg
+from fusile.backends.triton.kernel_source import GradInfo, KernelSource, TensorArg
 from fusile.backends.triton.ops import TL_DTYPE
 from fusile.backends.triton.scope import Scope
 from fusile.dsl.errors import InternalError
@@ -206,5 +206,5 @@ class GradWriter(AttnWriter):
     def source(self) -> KernelSource:
         ks = self._source(self.write_grad, self.keep, self.loop, self.heads[0],
                           self._dtype(self.grad.scores[0]))
-        ks.grad = (tuple(self.heads), self.per_dot)
+        ks.grad = GradInfo(tuple(self.heads), tuple(self.per_dot))
         return ks

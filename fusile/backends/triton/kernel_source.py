@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
 
 from fusile.dsl.types import DType, f32
 
@@ -18,6 +17,36 @@ class TensorArg:
     stride_axes: list[int]  # axes whose stride is an argument (every axis not of size 1)
     dtype: DType
     is_output: bool
+
+
+@dataclass(frozen=True)
+class DotInfo:
+    """What the launcher needs of a tiled kernel: index classes of the batch, m, n and k
+    loops."""
+
+    batch: list[int]
+    m: int
+    n: int
+    k: int
+    dtype: str  # operand type of tl.dot: bf16, f16 or f32
+    prologue: bool = False  # operands are computed (not just loaded): more registers per tile
+
+
+@dataclass(frozen=True)
+class AttnInfo:
+    """A flash forward kernel's value head dim (index class) and its runtime score scale (the
+    value id the launch reads the sign of), if the scale is not a constant."""
+
+    value_dim: int
+    scale: int | None
+
+
+@dataclass(frozen=True)
+class GradInfo:
+    """A flash backward kernel's head dims (index classes) and each dot's head dim."""
+
+    heads: tuple[int, ...]
+    per_dot: tuple[int, ...]
 
 
 @dataclass
@@ -37,9 +66,9 @@ class KernelSource:
     combine_name: str | None = None  # then combining them and the epilogue
     n_parts: int = 0  # reduction results the split kernel stores partials of
     part_dtype: DType = f32  # their dtype: float64 where a float64 sum is among them
-    dot: Any = None  # a contraction kernel's DotInfo (codegen_dot)
-    attn: Any = None  # an attention kernel's (value-dim class, runtime scale or None); dot: i, j, d
-    grad: Any = None  # an attention backward kernel's (head classes, each dot's head class)
+    dot: DotInfo | None = None  # a tiled kernel's loops (flash: i, j and d)
+    attn: AttnInfo | None = None  # a flash forward kernel's
+    grad: GradInfo | None = None  # a flash backward kernel's
 
 
 def short_loc(loc: str) -> str:

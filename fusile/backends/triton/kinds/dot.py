@@ -13,7 +13,7 @@ from fusile.backends.triton.kernel_source import KernelSource
 from fusile.backends.triton.kinds.kind import Kind
 from fusile.backends.triton.launch import dot_grid
 from fusile.backends.triton.tiled import Launch, launch_tuned
-from fusile.lowering.partition import CONTRACTION, Kernel, Plan
+from fusile.lowering.partition import Kernel, Plan
 
 
 def write(plan: Plan, k: Kernel, family: str, names: dict[int, str], tf32: bool
@@ -26,6 +26,7 @@ def write(plan: Plan, k: Kernel, family: str, names: dict[int, str], tf32: bool
 def launch(prog: Any, launch: Launch, tensors: list[Any], args: tuple,
            sizes: dict[tuple, int], device: Any) -> None:
     dot, sized = launch.ks.dot, launch.sized
+    assert dot is not None
     m, n, k = (sizes[sized[c]] for c in (dot.m, dot.n, dot.k))
     batch = math.prod(sizes[sized[c]] for c in dot.batch)
     if m == 0 or n == 0 or batch == 0:
@@ -40,13 +41,15 @@ def launch(prog: Any, launch: Launch, tensors: list[Any], args: tuple,
 
 
 def compile(ctx: AotContext, ks: KernelSource) -> list[KernelArtifact]:
-    m, n, k = (ctx.size(ks, c) for c in (ks.dot.m, ks.dot.n, ks.dot.k))
-    batch = math.prod(ctx.size(ks, c) for c in ks.dot.batch)
+    dot = ks.dot
+    assert dot is not None
+    m, n, k = (ctx.size(ks, c) for c in (dot.m, dot.n, dot.k))
+    batch = math.prod(ctx.size(ks, c) for c in dot.batch)
     return [ctx.build(ks, ks.name, dcfg.constexprs(k, False), dcfg.options(ctx.target.backend),
                       (dcfg.block_m, dcfg.block_n),
                       "batch * ceil(M / BLOCK_M) * ceil(N / BLOCK_N)")
-            for dcfg in ctx.dot_configs or tune.candidates(ctx.target, ks.dot.dtype, m, n, k,
-                                                           batch, ks.dot.prologue)[:1]]
+            for dcfg in ctx.dot_configs or tune.candidates(ctx.target, dot.dtype, m, n, k,
+                                                           batch, dot.prologue)[:1]]
 
 
-KIND = Kind("dot", (CONTRACTION,), write, launch, compile)
+KIND = Kind("dot", lambda k: k.dot is not None, write, launch, compile)

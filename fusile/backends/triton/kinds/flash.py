@@ -14,7 +14,7 @@ from fusile.backends.triton.host import needs_i64
 from fusile.backends.triton.kernel_source import KernelSource
 from fusile.backends.triton.kinds.kind import Kind
 from fusile.backends.triton.tiled import Launch, launch_tuned
-from fusile.lowering.partition import ATTENTION, Kernel, Plan
+from fusile.lowering.partition import Kernel, Plan
 
 
 def write(plan: Plan, k: Kernel, family: str, names: dict[int, str], tf32: bool
@@ -26,18 +26,18 @@ def write(plan: Plan, k: Kernel, family: str, names: dict[int, str], tf32: bool
 
 def launch(prog: Any, launch: Launch, tensors: list[Any], args: tuple,
            sizes: dict[tuple, int], device: Any) -> None:
-    dot, sized = launch.ks.dot, launch.sized
+    dot, attn, sized = launch.ks.dot, launch.ks.attn, launch.sized
+    assert dot is not None and attn is not None
     li, lj, d = (sizes[sized[c]] for c in (dot.m, dot.n, dot.k))
-    e = sizes[sized[launch.ks.attn[0]]]
+    e = sizes[sized[attn.value_dim]]
     batch = math.prod(sizes[sized[c]] for c in dot.batch)
     if li == 0 or batch == 0 or e == 0:
         return
     use_i64 = needs_i64(tensors)
     extra = {}
-    if launch.ks.attn[1] is not None:  # the sign of a runtime score scale
+    if attn.scale is not None:  # the sign of a runtime score scale
         scalars = launch.ks.scalars
-        extra["POS_SCALE"] = args[len(args) - len(scalars) +
-                                  scalars.index(launch.ks.attn[1])] > 0
+        extra["POS_SCALE"] = args[len(args) - len(scalars) + scalars.index(attn.scale)] > 0
     shape = (li, lj, d, e, batch, use_i64, *extra.values())
     key = ("split keys", config.get("attn_splits"), shape)
     plan = launch.ready.get(key)
@@ -93,14 +93,16 @@ def launch_split_keys(prog: Any, launch: Launch, plan: tuple, device: Any, args:
 def compile(ctx: AotContext, ks: KernelSource) -> list[KernelArtifact]:
     # a head dim the signature leaves symbolic is 128 (not 4096) and keeps its masks, so the
     # kernel serves any head dim up to its block; a known one drops them when it is its block
-    head_classes = (ks.dot.k, ks.attn[0])
+    dot, attn = ks.dot, ks.attn
+    assert dot is not None and attn is not None
+    head_classes = (dot.k, attn.value_dim)
     heads = [ctx.size(ks, c, DEFAULT_HEAD_DIM) for c in head_classes]
     symbolic = any(ks.class_global[c] not in ctx.known for c in head_classes)
-    keys = ctx.known.get(ks.class_global[ks.dot.n])  # the looped length
+    keys = ctx.known.get(ks.class_global[dot.n])  # the looped length
 
     def consts(cfg: Any) -> dict[str, Any]:
         c = tune.attention_constexprs(cfg, heads[0], heads[1], keys, False)
-        if ks.attn[1] is not None:
+        if attn.scale is not None:
             c["POS_SCALE"] = True  # a positive score scale (the usual one)
         if symbolic:
             c["EVEN_HEADS"] = False
@@ -112,4 +114,4 @@ def compile(ctx: AotContext, ks: KernelSource) -> list[KernelArtifact]:
                              "batch * ceil(q_len / BLOCK_M)", extra)
 
 
-KIND = Kind("flash", (ATTENTION,), write, launch, compile)
+KIND = Kind("flash", lambda k: k.attn is not None, write, launch, compile)

@@ -12,7 +12,7 @@ from fusile.backends.triton.host import needs_i64
 from fusile.backends.triton.kernel_source import KernelSource
 from fusile.backends.triton.kinds.kind import Kind
 from fusile.backends.triton.tiled import Launch, launch_tuned
-from fusile.lowering.partition import ATTENTION_GRAD, Kernel, Plan
+from fusile.lowering.partition import Kernel, Plan
 
 
 def write(plan: Plan, k: Kernel, family: str, names: dict[int, str], tf32: bool
@@ -24,14 +24,15 @@ def write(plan: Plan, k: Kernel, family: str, names: dict[int, str], tf32: bool
 
 def launch(prog: Any, launch: Launch, tensors: list[Any], args: tuple,
            sizes: dict[tuple, int], device: Any) -> None:
-    dot, sized = launch.ks.dot, launch.sized
+    dot, grad, sized = launch.ks.dot, launch.ks.grad, launch.sized
+    assert dot is not None and grad is not None
     keep, loop = sizes[sized[dot.m]], sizes[sized[dot.n]]
-    heads = [sizes[sized[c]] for c in launch.ks.grad[0]]
+    heads = [sizes[sized[c]] for c in grad.heads]
     batch = math.prod(sizes[sized[c]] for c in dot.batch)
     if keep == 0 or batch == 0 or 0 in heads:
         return
     use_i64 = needs_i64(tensors)
-    flops = 2 * keep * loop * batch * sum(sizes[sized[c]] for c in launch.ks.grad[1])
+    flops = 2 * keep * loop * batch * sum(sizes[sized[c]] for c in grad.per_dot)
     launch_tuned(
         prog, launch, (keep, loop, *heads, batch, use_i64), flops,
         lambda: tune.grad_candidates(prog.target, max(heads)),
@@ -42,9 +43,11 @@ def launch(prog: Any, launch: Launch, tensors: list[Any], args: tuple,
 
 
 def compile(ctx: AotContext, ks: KernelSource) -> list[KernelArtifact]:
-    heads = [ctx.size(ks, c, DEFAULT_HEAD_DIM) for c in ks.grad[0]]
-    symbolic = any(ks.class_global[c] not in ctx.known for c in ks.grad[0])
-    keys = ctx.known.get(ks.class_global[ks.dot.n])  # the looped length
+    dot, grad = ks.dot, ks.grad
+    assert dot is not None and grad is not None
+    heads = [ctx.size(ks, c, DEFAULT_HEAD_DIM) for c in grad.heads]
+    symbolic = any(ks.class_global[c] not in ctx.known for c in grad.heads)
+    keys = ctx.known.get(ks.class_global[dot.n])  # the looped length
 
     def consts(cfg: Any) -> dict[str, Any]:
         c = tune.grad_constexprs(cfg, heads, keys, False)
@@ -56,4 +59,4 @@ def compile(ctx: AotContext, ks: KernelSource) -> list[KernelArtifact]:
                              "batch * ceil(kept_len / BLOCK_M)", [])
 
 
-KIND = Kind("flash_grad", (ATTENTION_GRAD,), write, launch, compile)
+KIND = Kind("flash_grad", lambda k: k.grad is not None, write, launch, compile)

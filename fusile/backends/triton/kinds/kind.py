@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Kind:
     name: str
-    takes: tuple[str, ...]  # the partitioner's kernel kinds (partition.POINTWISE, ...)
+    # whether it takes a plan kernel (or its KernelSource): kinds/__init__ asks them in order
+    takes: Callable[[Any], bool]
     # (plan, kernel, family "gpu" | "interpreter", tensor names, tf32) -> its source
     write: Callable[[Plan, Kernel, str, dict[int, str], bool], KernelSource]
     # (program, launch, tensors, arguments, sizes by class, device): runs it. The program is
