@@ -58,8 +58,12 @@ def reduction(p_total: int, r_total: int, target: Target, elem_bytes: int,
     if pow2(r_total) <= max_row:
         block_r = pow2(r_total)
         block_p = max(1, min(pow2(p_total), 2048 // block_r))
-        # keep ~16-32 elements per thread: registers hold the whole row
-        warps = _warps(block_p * block_r, target, 2 * vec if block_r >= 4096 else vec)
+        # keep ~16-32 elements per thread: registers hold the whole row; a rows+columns
+        # kernel's column sums take as many again, so it keeps 4-8 (16 warps at 4096: 121
+        # registers and half the programs resident at 8)
+        per_thread = (8 if block_r >= 4096 else 4) if columns else \
+            (2 * vec if block_r >= 4096 else vec)
+        warps = _warps(block_p * block_r, target, per_thread)
         return Config(block_p, block_r, warps, 1, False)
     if columns:  # 8 rows a chunk: each chunk's column sums reach the partials once per 8 rows
         block_r = min(max_row, 1024)
