@@ -4,12 +4,13 @@
     python -m tests.golden_triton --check golden.json   # after: exit 1 and the names if any differ
 
 The workload runs, on CPU tensors and the interpreter, every sample program forward and
-backward (float32 and bfloat16), an integer matmul, every stdlib op forward and backward with its variants (norms,
-softmaxes, cross-entropy reductions and smoothing, activations, rope conventions and partial
-rotary, attention: causal, window, softcap, ALiBi, GQA, decode, per-sequence cache lengths and
-split keys) and a user function's derived backward. Each program the runtime generates is also
-generated for the GPU family (what h100, h200 and mi300x compile; their source does not depend
-on the target, only their launch configs do) with tf32 off and on, and every source is hashed.
+backward (float32 and bfloat16), an integer matmul, every stdlib op forward and backward with
+its variants (norms, softmaxes, cross-entropy reductions and smoothing, activations, rope
+conventions and partial rotary, attention: causal, window, softcap, ALiBi, GQA, decode,
+per-sequence cache lengths and split keys) and a user function's derived backward. Each program
+the runtime generates is also generated for the GPU family (what h100, h200 and mi300x compile;
+their source does not depend on the target, only their launch configs do) with tf32 off and
+on, and every source is hashed.
 The result is, for each flavour, the sorted list of (the first kernel's docstring: its kind
 and the user's lines it fuses, sha256).
 """
