@@ -24,6 +24,9 @@ from fusile.dsl.errors import BackendError
 from fusile.lowering.graph import Generic, Graph, Op
 from fusile.lowering.partition import POINTWISE, Kernel, Plan
 
+# a header's place for the scalar parameters: the body names them as it reads them
+SCALARS = "<scalars>"
+
 
 class KernelWriter:
     def __init__(self, plan: Plan, kernel: Kernel, target: str, names: dict[int, str]):
@@ -287,7 +290,7 @@ class KernelWriter:
         for ta in tensors:
             params += [f"{ta.name}_s{axis}" for axis in ta.stride_axes]
         params += [self.cname[c] for c in self.classes]
-        params += [f"a{v}" for v in self.scalars]
+        params.append(SCALARS)  # the body's scalars, known once it is written (with_scalars)
         params += [*extra, *(f"{c}: tl.constexpr" for c in self.constexprs)]
         locs = sorted({short_loc(x) for x in self.k.locs if short_loc(x)})
         doc = f"{self.k.kind} kernel {self.k.index}" + (" (looped)" if looped else "") + note
@@ -355,7 +358,7 @@ class KernelWriter:
                    f"({val}).to({ta.name}_ptr.dtype.element_ty){masked})")
 
     def write_single(self, name: str, tensors: list[TensorArg]) -> list[str]:
-        body = Scope(None, "    ")
+        body = Scope.function()
         pointwise = self.k.kind == POINTWISE
         self._prologue(body, pointwise)
         start = "(pid % blocks_r) * BLOCK_R + " if pointwise else ""
@@ -368,14 +371,20 @@ class KernelWriter:
         node = self._gen(gi)
         return any(self.k.loop_class.get((gi, i)) in self.p_classes for i in range(node.n_loops))
 
+    def with_scalars(self, lines: list[str]) -> str:
+        """The kernel's text with the scalars its body read (collected as it was written) put
+        in each header's parameters."""
+        text = "\n".join(lines)
+        names = ", ".join(f"a{v}" for v in self.scalars)
+        return text.replace(f", {SCALARS}", f", {names}" if names else "").replace(
+            f"{SCALARS}, ", f"{names}, " if names else "")
+
     def source(self) -> KernelSource:
         name = f"fusile_k{self.k.index}"
-        # generate once to learn the scalar arguments, then again with the full header
-        for _ in range(2):
-            tensors = [self.tensor_arg(t, False) for t in self.k.reads] + [
-                self.tensor_arg(t, True) for t in self.k.writes]
-            v = variants(self, name, tensors)
-        return KernelSource(name, self.k.kind, self.k.index, "\n".join(v.lines), tensors,
+        tensors = [self.tensor_arg(t, False) for t in self.k.reads] + [
+            self.tensor_arg(t, True) for t in self.k.writes]
+        v = variants(self, name, tensors)
+        return KernelSource(name, self.k.kind, self.k.index, self.with_scalars(v.lines), tensors,
                             self.classes, self.p_classes, self.r_classes, self.k.class_global,
                             list(self.scalars), v.looped, v.split, v.combine, v.n_parts,
                             v.part_dtype)

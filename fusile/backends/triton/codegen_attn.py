@@ -114,10 +114,10 @@ class AttnWriter(KeyBounds, DotWriter):
         c = next(o for o in op.operands if o != s_arg)
         const = self.func_ops.get(c)
         if const is not None and const.name == "arith.constant":
-            return self.resolve(c, {}, Scope(None, "")), \
+            return self.resolve(c, {}, Scope.scratch()), \
                 "pos" if float(const.attrs["value"]) > 0 else "neg"
         self.scale_scalar = c
-        return self.resolve(c, {}, Scope(None, "")), "POS_SCALE"
+        return self.resolve(c, {}, Scope.scratch()), "POS_SCALE"
 
     def row_program(self, scope: Scope, rows: str, kv: tuple[str, str] | None = None) -> None:
         """This program's batch indices and first row `row0`: one program per BLOCK_M of
@@ -183,7 +183,7 @@ class AttnWriter(KeyBounds, DotWriter):
         row block and stores its running max, sum and unnormalised accumulator."""
         a = self.attn
         qk_dt, pv_dt = self.runnable(self.dot_dtype(a.qk)), self.runnable(self.rhs_dtype(a.pv))
-        top = Scope(None, "    ")
+        top = Scope.function()
         e = top.emit
         LI, LJ, D, E = (self.cname[c] for c in (self.i, self.j, self.d, self.e))
         kv_bytes = f"BLOCK_D * {qk_dt.bits // 8} + BLOCK_E * {pv_dt.bits // 8}"
@@ -239,7 +239,7 @@ class AttnWriter(KeyBounds, DotWriter):
         base 2, l_i), over the row block's rows (offs_m) and value dims (offs_e)."""
         a = self.attn
         LI, E = self.cname[self.i], self.cname[self.e]
-        out = Scope(top, "    ")
+        out = top.child()
         self.frame("o")
         for line in ("oi = offs_m[:, None]", "oe = offs_e[None, :]", f"mask_oi = oi < {LI}",
                      head_mask("oe", E, "[1, BLOCK_E]"), "mask_o = mask_oi & mask_oe",
@@ -288,7 +288,7 @@ class AttnWriter(KeyBounds, DotWriter):
         pipeliner fails on branches that compute more). `mode`: "folded" (a positive scale,
         _softmax), "general" or "either" (by POS_SCALE)."""
         a = self.attn
-        body = Scope(top, "        ")
+        body = top.child(deeper=True)
         b = body.emit
 
         def key_mask(var: str, shape: str) -> str:  # none in a whole tile
@@ -332,7 +332,7 @@ class AttnWriter(KeyBounds, DotWriter):
     @staticmethod
     def _nested(scope: Scope) -> Scope:
         """A scope one level in whose lines land in `scope` as they are emitted."""
-        inner = Scope(scope, scope.indent + "    ")
+        inner = scope.child(deeper=True)
         inner.lines = scope.lines
         return inner
 

@@ -115,7 +115,7 @@ class KeyBounds(KernelWriter):
         hi: list[str] = []
         lo_all: list[str] = []
         hi_all: list[str] = []
-        bounds = Scope(top, "    ")
+        bounds = top.child()
         exact = True
         for gi, sel in masks:
             sel_op = next(op for op in self._gen(gi).body if op.results[0] == sel)

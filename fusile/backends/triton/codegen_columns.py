@@ -59,14 +59,14 @@ def _fold(w: KernelWriter, scope: Scope, sums: list[tuple[int, int, int, Op, int
 def write_rows_columns(w: KernelWriter, name: str, tensors: list[TensorArg], looped: bool
                        ) -> list[str]:
     sums = column_sums(w)
-    head = Scope(None, "    ")
+    head = Scope.function()
     w.sizes(head)
     head.emit("prog = tl.program_id(0)")
     if not looped:
         for _g, _r, y, op, _i in sums:
             head.emit(f"acc{y} = tl.full([BLOCK_P, BLOCK_R], 0.0, {acc_type(op.dtype)})")
     head.emit("for blk in range(prog, (P + BLOCK_P - 1) // BLOCK_P, G):  # its row blocks")
-    body = Scope(head, head.indent + "    ")
+    body = head.child(deeper=True)
     w._prologue(body, False, block="blk")
     if looped:
         def fold(loop: Scope) -> None:
@@ -99,7 +99,7 @@ def write_rows_columns(w: KernelWriter, name: str, tensors: list[TensorArg], loo
 def write_columns_combine(w: KernelWriter, name: str, tensors: list[TensorArg]) -> list[str]:
     """One program per BLOCK_R columns: the G partials summed BLOCK_P at a time, then the
     elementwise work on the sums, and the stores."""
-    top = Scope(None, "    ")
+    top = Scope.function()
     w.sizes(top)
     w.program_id(top)
     top.emit("offs_r = pid * BLOCK_R + tl.arange(0, BLOCK_R)[None, :]")

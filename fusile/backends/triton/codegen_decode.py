@@ -69,7 +69,7 @@ class _Writer(Protocol):
 
 def write_combine(w: _Writer, name: str, tensors: list[TensorArg]) -> list[str]:
     """One program per row block: merge its S partials, then the flash kernel's epilogue."""
-    top = Scope(None, "    ")
+    top = Scope.function()
     e = top.emit
     w.row_program(top, w.cname[w.i])
     e("offs_m = row0 + tl.arange(0, BLOCK_M)")

@@ -197,7 +197,7 @@ class DotWriter(KernelWriter):
     def write_dot(self, name: str, tensors: list[TensorArg]) -> list[str]:
         dt = self.runnable(self.dot_dtype(self.form))
         tl_dt = TL_DTYPE[dt.name]
-        top = Scope(None, "    ")
+        top = Scope.function()
         e = top.emit
         M, N, K = (self.cname[c] for c in (self.m, self.n, self.kc))
         self.program_id(top)
@@ -222,7 +222,7 @@ class DotWriter(KernelWriter):
         e("mask_bn = tl.full([1, BLOCK_N], 1, tl.int1)")
         e("acc = tl.full([BLOCK_M, BLOCK_N], 0.0, tl.float32)")
         e(f"for k0 in range(0, {K}, BLOCK_K):")
-        loop_a = Scope(top, "        ")
+        loop_a = top.child(deeper=True)
         loop_a.emit("ak = k0 + offs_k[None, :]")
         loop_a.emit("if EVEN_K:  # no tail: unmasked loads")
         loop_a.emit("    mask_ak = tl.full([1, BLOCK_K], 1, tl.int1)")
@@ -233,7 +233,7 @@ class DotWriter(KernelWriter):
             top.tile(v, frozenset(axes))
         self.frame("a")
         lhs = self.operand(self.form, self.form.lhs, loop_a, tl_dt, self.kc)
-        loop_b = Scope(top, "        ")
+        loop_b = top.child(deeper=True)
         loop_b.emit("bk = k0 + offs_k[:, None]")
         loop_b.emit("if EVEN_K:")
         loop_b.emit("    mask_bk = tl.full([BLOCK_K, 1], 1, tl.int1)")
@@ -258,7 +258,7 @@ class DotWriter(KernelWriter):
         self.frame("c")
         self.blocks = ("BLOCK_M", "BLOCK_N // 2")
         for half in (0, 1):
-            out = Scope(top, "    ")
+            out = top.child()
             out.emit(f"# epilogue, half {half} of the tile's columns")
             out.emit("cm = offs_m[:, None]")
             start = " + BLOCK_N // 2" if half else ""
@@ -281,16 +281,13 @@ class DotWriter(KernelWriter):
     def _source(self, write: Callable[[str, list[TensorArg]], list[str]], m: int, n: int,
                 k: int, dtype: DType, attn: AttnInfo | None = None
                 ) -> KernelSource:
-        """Write the kernel twice (the first pass learns its scalar arguments, the second has
-        the full header) and describe it for the launcher."""
+        """Write the kernel (its scalar arguments collected as they are read) and describe it
+        for the launcher."""
         name = f"fusile_k{self.k.index}"
-        lines: list[str] = []
-        tensors: list[TensorArg] = []
-        for _ in range(2):
-            tensors = [self.tensor_arg(t, False) for t in self.k.reads] + [
-                self.tensor_arg(t, True) for t in self.k.writes]
-            lines = write(name, tensors)
+        tensors = [self.tensor_arg(t, False) for t in self.k.reads] + [
+            self.tensor_arg(t, True) for t in self.k.writes]
+        lines = write(name, tensors)
         info = DotInfo(list(self.batch), m, n, k, dtype.name, self.prologue)
-        return KernelSource(name, self.k.kind, self.k.index, "\n".join(lines), tensors,
+        return KernelSource(name, self.k.kind, self.k.index, self.with_scalars(lines), tensors,
                             self.classes, self.p_classes, self.r_classes, self.k.class_global,
                             list(self.scalars), dot=info, attn=attn)

@@ -112,7 +112,7 @@ class GradWriter(AttnWriter):
 
     def write_grad(self, name: str, tensors: list[TensorArg]) -> list[str]:
         f, lc = self.grad, self.k.loop_class
-        top = Scope(None, "    ")
+        top = Scope.function()
         e = top.emit
         KEEP, LOOP = self.cname[self.keep], self.cname[self.loop]
         self.row_program(top, KEEP)
@@ -122,7 +122,7 @@ class GradWriter(AttnWriter):
         for x, s in enumerate(f.scores):  # the kept side's operand: loaded once
             kc = lc[(s.gi, s.k)]
             kept_lhs = lc[(s.gi, s.m)] == self.keep
-            pre = Scope(top, "    ")
+            pre = top.child()
             self.enter(pre, self.keep, kc)
             a = self.operand(s, s.lhs if kept_lhs else s.rhs, pre, TL_DTYPE[
                 self._dtype(s).name], kc)
@@ -140,7 +140,7 @@ class GradWriter(AttnWriter):
         stored: set[int] = set()
         for x, o in enumerate(f.outs):
             nc = lc[(o.gi, o.n)]
-            out = Scope(top, "    ")
+            out = top.child()
             out.emit(f"# out dot {x}")
             self.enter(out, self.keep, nc)
             out.tile(f"acc{x}", frozenset("pr"))
@@ -164,13 +164,13 @@ class GradWriter(AttnWriter):
         f, lc = self.grad, self.k.loop_class
         self.full = full
         self.unmasked = {sel for _, sel in f.masks} if full else set()
-        body = Scope(top, "        ")
+        body = top.child(deeper=True)
         body.emit("offs_ln = l0 + offs_ln0")
         loaded: dict[tuple[int, int], list[tuple[object, str]]] = {}  # frame -> full tiles
         for x, s in enumerate(f.scores):
             kc = lc[(s.gi, s.k)]
             kept_lhs = lc[(s.gi, s.m)] == self.keep
-            bs = Scope(body, "        ")
+            bs = body.child()
             self.enter(bs, kc, self.loop)
             dt = self._dtype(s)
             b = self.operand(s, s.rhs if kept_lhs else s.lhs, bs, TL_DTYPE[dt.name], kc)
@@ -181,7 +181,7 @@ class GradWriter(AttnWriter):
             body.lines += bs.lines
             body.tile(f"s{x}", frozenset("pr"))
             body.values[self._gen(s.gi).results[0]] = f"s{x}"
-        cone = Scope(body, "        ")
+        cone = body.child()
         lhs = []
         for o in f.outs:
             self.enter(cone, self.keep, self.loop)
@@ -190,7 +190,7 @@ class GradWriter(AttnWriter):
         body.lines += cone.lines
         for x, o in enumerate(f.outs):
             nc = lc[(o.gi, o.n)]
-            rs = Scope(body, "        ")
+            rs = body.child()
             self.enter(rs, self.loop, nc)
             for key, var in loaded.get((nc, self.loop), []):
                 rs.emit(f"{var}_t = tl.trans({var})  # loaded once, used in both frames")

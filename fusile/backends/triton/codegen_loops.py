@@ -43,7 +43,7 @@ def levels(w: KernelWriter) -> dict[int, int]:
 
 
 def write_looped(w: KernelWriter, name: str, tensors: list[TensorArg]) -> list[str]:
-    top = Scope(None, "    ")
+    top = Scope.function()
     w._prologue(top, False)
     looped_body(w, top)
     return w.header(name, tensors, True) + top.lines
@@ -54,7 +54,6 @@ def looped_body(w: KernelWriter, top: Scope,
     """A looped row kernel's body after its prologue, in `top`: a loop over the row per
     reduction level, then one that stores what spans the row, where `fold` (if given) also
     adds the chunk to column sums."""
-    inner = top.indent + "    "
     by_level = levels(w)
     for phase in range(1, max(by_level.values(), default=0) + 1):
         gens = [gi for gi, lv in by_level.items() if lv == phase]
@@ -67,7 +66,7 @@ def looped_body(w: KernelWriter, top: Scope,
                 top.emit(f"{acc} = tl.full([BLOCK_P, BLOCK_R], {w._identity(op)}, "
                          f"{acc_type(op.dtype)})")
         top.emit("for r0 in range(0, R, BLOCK_R):")
-        loop = Scope(top, inner)
+        loop = top.child(deeper=True)
         w._r_index(loop, "r0 + ")
         for gi in gens:
             w.emit_generic(gi, loop, False, {y: f"acc{y}" for (g, y) in accs if g == gi})
@@ -94,7 +93,7 @@ def looped_body(w: KernelWriter, top: Scope,
             w._store(t, top)
     if spanning or fold is not None:
         top.emit("for r0 in range(0, R, BLOCK_R):")
-        loop = Scope(top, inner)
+        loop = top.child(deeper=True)
         w._r_index(loop, "r0 + ")
         for t in spanning:
             w._store(t, loop)
@@ -128,7 +127,7 @@ def splittable(w: KernelWriter) -> bool:
 
 
 def write_split(w: KernelWriter, name: str, tensors: list[TensorArg]) -> list[str]:
-    top = Scope(None, "    ")
+    top = Scope.function()
     w._prologue(top, False)
     top.emit("sid = tl.program_id(1)  # this program's range of rows")
     top.emit("r_lo = sid * S_CHUNK")
@@ -138,7 +137,7 @@ def write_split(w: KernelWriter, name: str, tensors: list[TensorArg]) -> list[st
         top.emit(f"acc{y} = tl.full([BLOCK_P, BLOCK_R], {w._identity(op)}, "
                  f"{acc_type(op.dtype)})")
     top.emit("for r0 in range(r_lo, r_hi, BLOCK_R):")
-    loop = Scope(top, "        ")
+    loop = top.child(deeper=True)
     w._r_index(loop, "r0 + ")
     for gi in dict.fromkeys(g for g, *_ in items):
         w.emit_generic(gi, loop, False, {y: f"acc{y}" for g, _r, y, _o, _i in items
@@ -152,7 +151,7 @@ def write_split(w: KernelWriter, name: str, tensors: list[TensorArg]) -> list[st
 
 
 def write_combine(w: KernelWriter, name: str, tensors: list[TensorArg]) -> list[str]:
-    top = Scope(None, "    ")
+    top = Scope.function()
     w._prologue(top, False)
     top.emit("offs_s = tl.arange(0, BLOCK_R)[None, :]  # one column per row range")
     top.emit("mask_s = offs_s < S")

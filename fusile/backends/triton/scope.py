@@ -15,6 +15,21 @@ class Scope:
     tiles: dict[str, frozenset[str]] = field(default_factory=dict)  # var -> tile axes
     taken: set[str] = field(default_factory=set)  # names made by fresh(), kept by the root
 
+    @classmethod
+    def function(cls) -> Scope:
+        """The top scope of a kernel function's body."""
+        return cls(None, "    ")
+
+    @classmethod
+    def scratch(cls) -> Scope:
+        """A scope for resolving values whose lines are not kept."""
+        return cls(None, "")
+
+    def child(self, deeper: bool = False) -> Scope:
+        """A scope inside this one, for a block's own values: at the same indentation (lines
+        spliced in later), or `deeper`, one level in (a loop's or a branch's body)."""
+        return Scope(self, self.indent + ("    " if deeper else ""))
+
     def fresh(self, base: str) -> str:
         """A variable name not yet made in this function: `base`, else `base_1`, `base_2`...
         (sibling scopes, such as a dot's two operand frames, count their lines apart)."""
