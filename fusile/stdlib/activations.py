@@ -7,11 +7,9 @@ from torch import Tensor
 
 from fusile.dsl.errors import SignatureError
 from fusile.stdlib import kernels as K
+from fusile.stdlib.define import define
 from fusile.stdlib.registry import (
     apply,
-    autograd,
-    call,
-    custom_op,
     same_device,
 )
 
@@ -19,31 +17,8 @@ from fusile.stdlib.registry import (
 
 
 def _unary(name: str, fwd, bwd):
-    @custom_op(name)
-    def op(x: Tensor) -> Tensor:
-        return fwd(x)
-
-    @op.register_fake
-    def _(x: Tensor) -> Tensor:
-        return x.new_empty(x.shape)
-
-    @custom_op(name + "_backward")
-    def op_bwd(dy: Tensor, x: Tensor) -> Tensor:
-        return bwd(dy, x)
-
-    @op_bwd.register_fake
-    def _(dy: Tensor, x: Tensor) -> Tensor:
-        return x.new_empty(x.shape)
-
-    def setup(ctx, inputs, output):
-        ctx.save_for_backward(inputs[0])
-
-    def grad(ctx, dy):
-        (x,) = ctx.saved_tensors
-        return call(op_bwd, dy.contiguous(), x)
-
-    autograd(op, grad, setup)
-    return op
+    return define(name, fwd, bwd, "(Tensor x) -> (Tensor y)", save=("x",), grad_of=("y",),
+                  grads={"x": 0})
 
 
 _gelu = _unary("gelu", K.gelu_erf, K.gelu_bwd)
@@ -65,32 +40,8 @@ def silu(input: Tensor) -> Tensor:
 
 
 def _gated(name: str, fwd, bwd):
-    @custom_op(name)
-    def op(a: Tensor, b: Tensor) -> Tensor:
-        return fwd(a, b)
-
-    @op.register_fake
-    def _(a: Tensor, b: Tensor) -> Tensor:
-        return a.new_empty(a.shape)
-
-    @custom_op(name + "_backward")
-    def op_bwd(dy: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-        da, db = bwd(dy, a, b)
-        return da, db
-
-    @op_bwd.register_fake
-    def _(dy: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-        return a.new_empty(a.shape), b.new_empty(b.shape)
-
-    def setup(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
-
-    def grad(ctx, dy):
-        a, b = ctx.saved_tensors
-        return call(op_bwd, dy.contiguous(), a, b)
-
-    autograd(op, grad, setup)
-    return op
+    return define(name, fwd, bwd, "(Tensor a, Tensor b) -> (Tensor y)", save=("a", "b"),
+                  grad_of=("y",), grads={"a": 0, "b": 1})
 
 
 _swiglu = _gated("swiglu", K.swiglu_fwd, K.swiglu_bwd)

@@ -17,57 +17,27 @@ from torch import Tensor
 
 from fusile.dsl.errors import SignatureError
 from fusile.stdlib import kernels as K
+from fusile.stdlib.define import define
 from fusile.stdlib.registry import (
     apply,
     as_rows,
     as_vector,
-    autograd,
-    call,
     check_param,
-    custom_op,
     default_eps,
     like_input,
     norm_shape,
     ones_for,
     same_device,
-    stat_dtype,
 )
 
 # ----------------------------------------------------------------------------- softmax
 
 
-def _rowwise(name: str, fwd, bwd):
-    """A normalizer over `dim` whose gradient needs only its output (softmax, log_softmax)."""
-    @custom_op(name)
-    def op(x: Tensor, dim: int) -> Tensor:
-        return fwd(x, dim)
-
-    @op.register_fake
-    def _(x: Tensor, dim: int) -> Tensor:
-        return x.new_empty(x.shape)
-
-    @custom_op(name + "_backward")
-    def op_bwd(dy: Tensor, y: Tensor, dim: int) -> Tensor:
-        return bwd(dy, y, dim)
-
-    @op_bwd.register_fake
-    def _(dy: Tensor, y: Tensor, dim: int) -> Tensor:
-        return y.new_empty(y.shape)
-
-    def setup(ctx, inputs, output):
-        ctx.save_for_backward(output)
-        ctx.dim = inputs[1]
-
-    def grad(ctx, dy):
-        (y,) = ctx.saved_tensors
-        return call(op_bwd, dy.contiguous(), y, ctx.dim), None
-
-    autograd(op, grad, setup)
-    return op
-
-
-_softmax = _rowwise("softmax", K.softmax_fwd, K.softmax_bwd)
-_log_softmax = _rowwise("log_softmax", K.log_softmax_fwd, K.log_softmax_bwd)
+_softmax = define("softmax", K.softmax_fwd, K.softmax_bwd, "(Tensor x, int dim) -> (Tensor y)",
+                  save=("y",), grad_of=("y",), grads={"x": 0}, keep=("dim",))
+_log_softmax = define("log_softmax", K.log_softmax_fwd, K.log_softmax_bwd,
+                      "(Tensor x, int dim) -> (Tensor y)", save=("y",), grad_of=("y",),
+                      grads={"x": 0}, keep=("dim",))
 
 
 def softmax(input: Tensor, dim: int = -1) -> Tensor:
@@ -85,40 +55,9 @@ def log_softmax(input: Tensor, dim: int = -1) -> Tensor:
 # ----------------------------------------------------------------------------- norms
 
 
-@custom_op("rms_norm")
-def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    y, rstd = K.rms_norm_fwd(x, weight, eps)
-    return y, rstd
-
-
-@_rms_norm.register_fake
-def _(x: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    return x.new_empty(x.shape), x.new_empty((x.shape[0], 1), dtype=stat_dtype(x))
-
-
-@custom_op("rms_norm_backward")
-def _rms_norm_bwd(dy: Tensor, x: Tensor, weight: Tensor, rstd: Tensor) -> tuple[Tensor, Tensor]:
-    dx, dw = K.rms_norm_bwd(dy, x, weight, rstd)
-    return dx, dw
-
-
-@_rms_norm_bwd.register_fake
-def _(dy: Tensor, x: Tensor, weight: Tensor, rstd: Tensor) -> tuple[Tensor, Tensor]:
-    return x.new_empty(x.shape), weight.new_empty(weight.shape)
-
-
-def _rms_setup(ctx, inputs, output):
-    x, weight, _eps = inputs
-    ctx.save_for_backward(x, weight, output[1])
-
-
-def _rms_grad(ctx, dy, _drstd):
-    x, weight, rstd = ctx.saved_tensors
-    dx, dw = call(_rms_norm_bwd, dy.contiguous(), x, weight, rstd)
-    return dx, dw, None
-
-
-autograd(_rms_norm, _rms_grad, _rms_setup)
+_rms_norm = define("rms_norm", K.rms_norm_fwd, K.rms_norm_bwd,
+                   "(Tensor x, Tensor weight, float eps) -> (Tensor y, Tensor rstd)",
+                   save=("x", "weight", "rstd"), grad_of=("y",), grads={"x": 0, "weight": 1})
 
 
 def rms_norm(input: Tensor, normalized_shape: int | list[int] | tuple[int, ...],
@@ -133,43 +72,10 @@ def rms_norm(input: Tensor, normalized_shape: int | list[int] | tuple[int, ...],
     return like_input(y, input)
 
 
-@custom_op("add_rms_norm")
-def _add_rms_norm(x: Tensor, residual: Tensor, weight: Tensor, eps: float
-                  ) -> tuple[Tensor, Tensor, Tensor]:
-    y, h, rstd = K.add_rms_norm_fwd(x, residual, weight, eps)
-    return y, h, rstd
-
-
-@_add_rms_norm.register_fake
-def _(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    return (x.new_empty(x.shape), x.new_empty(x.shape),
-            x.new_empty((x.shape[0], 1), dtype=stat_dtype(x)))
-
-
-@custom_op("add_rms_norm_backward")
-def _add_rms_norm_bwd(dy: Tensor, dh: Tensor, h: Tensor, weight: Tensor, rstd: Tensor
-                      ) -> tuple[Tensor, Tensor]:
-    dx, dw = K.add_rms_norm_bwd(dy, dh, h, weight, rstd)
-    return dx, dw
-
-
-@_add_rms_norm_bwd.register_fake
-def _(dy: Tensor, dh: Tensor, h: Tensor, weight: Tensor, rstd: Tensor) -> tuple[Tensor, Tensor]:
-    return h.new_empty(h.shape), weight.new_empty(weight.shape)
-
-
-def _add_rms_setup(ctx, inputs, output):
-    ctx.save_for_backward(output[1], inputs[2], output[2])
-
-
-def _add_rms_grad(ctx, dy, dh, _drstd):
-    h, weight, rstd = ctx.saved_tensors
-    dh = torch.zeros_like(h) if dh is None else dh.contiguous()
-    dx, dw = call(_add_rms_norm_bwd, dy.contiguous(), dh, h, weight, rstd)
-    return dx, dx, dw, None
-
-
-autograd(_add_rms_norm, _add_rms_grad, _add_rms_setup)
+_add_rms_norm = define(
+    "add_rms_norm", K.add_rms_norm_fwd, K.add_rms_norm_bwd,
+    "(Tensor x, Tensor residual, Tensor weight, float eps) -> (Tensor y, Tensor h, Tensor rstd)",
+    save=("h", "weight", "rstd"), grad_of=("y", "h"), grads={"x": 0, "residual": 0, "weight": 1})
 
 
 def add_rms_norm(input: Tensor, residual: Tensor,
@@ -189,44 +95,10 @@ def add_rms_norm(input: Tensor, residual: Tensor,
     return like_input(y, input), like_input(h, input)
 
 
-@custom_op("layer_norm")
-def _layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float
-                ) -> tuple[Tensor, Tensor, Tensor]:
-    y, mu, rstd = K.layer_norm_fwd(x, weight, bias, eps)
-    return y, mu, rstd
-
-
-@_layer_norm.register_fake
-def _(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    stat = x.new_empty((x.shape[0], 1), dtype=stat_dtype(x))
-    return x.new_empty(x.shape), stat, stat.new_empty(stat.shape)
-
-
-@custom_op("layer_norm_backward")
-def _layer_norm_bwd(dy: Tensor, x: Tensor, weight: Tensor, mu: Tensor, rstd: Tensor
-                    ) -> tuple[Tensor, Tensor, Tensor]:
-    dx, dw, db = K.layer_norm_bwd(dy, x, weight, mu, rstd)
-    return dx, dw, db
-
-
-@_layer_norm_bwd.register_fake
-def _(dy: Tensor, x: Tensor, weight: Tensor, mu: Tensor, rstd: Tensor
-      ) -> tuple[Tensor, Tensor, Tensor]:
-    return x.new_empty(x.shape), weight.new_empty(weight.shape), weight.new_empty(weight.shape)
-
-
-def _ln_setup(ctx, inputs, output):
-    x, weight, _bias, _eps = inputs
-    ctx.save_for_backward(x, weight, output[1], output[2])
-
-
-def _ln_grad(ctx, dy, _dmu, _drstd):
-    x, weight, mu, rstd = ctx.saved_tensors
-    dx, dw, db = call(_layer_norm_bwd, dy.contiguous(), x, weight, mu, rstd)
-    return dx, dw, db, None
-
-
-autograd(_layer_norm, _ln_grad, _ln_setup)
+_layer_norm = define(
+    "layer_norm", K.layer_norm_fwd, K.layer_norm_bwd,
+    "(Tensor x, Tensor weight, Tensor bias, float eps) -> (Tensor y, Tensor mu, Tensor rstd)",
+    save=("x", "weight", "mu", "rstd"), grad_of=("y",), grads={"x": 0, "weight": 1, "bias": 2})
 
 
 def layer_norm(input: Tensor, normalized_shape: int | list[int] | tuple[int, ...],
@@ -243,45 +115,12 @@ def layer_norm(input: Tensor, normalized_shape: int | list[int] | tuple[int, ...
     return like_input(y, input)
 
 
-@custom_op("add_layer_norm")
-def _add_layer_norm(x: Tensor, residual: Tensor, weight: Tensor, bias: Tensor, eps: float
-                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    y, h, mu, rstd = K.add_layer_norm_fwd(x, residual, weight, bias, eps)
-    return y, h, mu, rstd
-
-
-@_add_layer_norm.register_fake
-def _(x: Tensor, residual: Tensor, weight: Tensor, bias: Tensor, eps: float
-      ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    stat = x.new_empty((x.shape[0], 1), dtype=stat_dtype(x))
-    return x.new_empty(x.shape), x.new_empty(x.shape), stat, stat.new_empty(stat.shape)
-
-
-@custom_op("add_layer_norm_backward")
-def _add_layer_norm_bwd(dy: Tensor, dh: Tensor, h: Tensor, weight: Tensor, mu: Tensor,
-                        rstd: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    dx, dw, db = K.add_layer_norm_bwd(dy, dh, h, weight, mu, rstd)
-    return dx, dw, db
-
-
-@_add_layer_norm_bwd.register_fake
-def _(dy: Tensor, dh: Tensor, h: Tensor, weight: Tensor, mu: Tensor, rstd: Tensor
-      ) -> tuple[Tensor, Tensor, Tensor]:
-    return h.new_empty(h.shape), weight.new_empty(weight.shape), weight.new_empty(weight.shape)
-
-
-def _add_ln_setup(ctx, inputs, output):
-    ctx.save_for_backward(output[1], inputs[2], output[2], output[3])
-
-
-def _add_ln_grad(ctx, dy, dh, _dmu, _drstd):
-    h, weight, mu, rstd = ctx.saved_tensors
-    dh = torch.zeros_like(h) if dh is None else dh.contiguous()
-    dx, dw, db = call(_add_layer_norm_bwd, dy.contiguous(), dh, h, weight, mu, rstd)
-    return dx, dx, dw, db, None
-
-
-autograd(_add_layer_norm, _add_ln_grad, _add_ln_setup)
+_add_layer_norm = define(
+    "add_layer_norm", K.add_layer_norm_fwd, K.add_layer_norm_bwd,
+    "(Tensor x, Tensor residual, Tensor weight, Tensor bias, float eps) -> "
+    "(Tensor y, Tensor h, Tensor mu, Tensor rstd)",
+    save=("h", "weight", "mu", "rstd"), grad_of=("y", "h"),
+    grads={"x": 0, "residual": 0, "weight": 1, "bias": 2})
 
 
 def add_layer_norm(input: Tensor, residual: Tensor,
