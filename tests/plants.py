@@ -101,10 +101,10 @@ PLANTS = [
           'top.emit(f"{acc} = tl.full([BLOCK_P, BLOCK_R], 0, "',
           "codegen: a looped reduction's accumulator starts at 0, not its identity"),
     Plant("looped_skips_first_block", "fusile/backends/triton/codegen_loops.py",
-          'top.emit("for r0 in range(0, R, BLOCK_R):")\n        loop = Scope(top, "        ")\n'
+          'top.emit("for r0 in range(0, R, BLOCK_R):")\n        loop = top.child(deeper=True)\n'
           '        w._r_index(loop, "r0 + ")\n        for gi in gens:',
           'top.emit("for r0 in range(BLOCK_R if R > BLOCK_R else 0, R, BLOCK_R):")\n'
-          '        loop = Scope(top, "        ")\n        w._r_index(loop, "r0 + ")\n'
+          '        loop = top.child(deeper=True)\n        w._r_index(loop, "r0 + ")\n'
           '        for gi in gens:',
           "codegen: a looped reduction skips its first block when there are several"),
     Plant("store_unmasked", "fusile/backends/triton/codegen.py",
@@ -112,16 +112,16 @@ PLANTS = [
           'masked = ""\n        offset = self._offset(',
           "codegen: stores without their mask (writes past the end of a ragged row)"),
     Plant("causal_strict", "fusile/stdlib/attention.py",
-          "keep = ((j <= i) | (causal == 0)) & ((i - j < window) | (window <= 0))\n"
-          "    s = astype(q @ k.T, f32) * scale\n    s = where(capped, cap * tanh(s / cap), s)",
-          "keep = ((j < i) | (causal == 0)) & ((i - j < window) | (window <= 0))\n"
-          "    s = astype(q @ k.T, f32) * scale\n    s = where(capped, cap * tanh(s / cap), s)",
+          "keep = ((j <= i) | (causal == 0)) & ((i - j < window) | (window <= 0)) & \\\n"
+          "        ((j < n) | (ragged == 0))\n    s = astype(q @ k.T, f32) * scale",
+          "keep = ((j < i) | (causal == 0)) & ((i - j < window) | (window <= 0)) & \\\n"
+          "        ((j < n) | (ragged == 0))\n    s = astype(q @ k.T, f32) * scale",
           "stdlib attention forward: a causal row no longer sees its own key"),
     Plant("window_off_by_one", "fusile/stdlib/attention.py",
-          "keep = ((j <= i) | (causal == 0)) & ((i - j < window) | (window <= 0))\n"
-          "    delta",
-          "keep = ((j <= i) | (causal == 0)) & ((i - j <= window) | (window <= 0))\n"
-          "    delta",
+          "keep = ((j <= i) | (causal == 0)) & ((i - j < window) | (window <= 0)) & \\\n"
+          "        ((j < n) | (ragged == 0))\n    delta",
+          "keep = ((j <= i) | (causal == 0)) & ((i - j <= window) | (window <= 0)) & \\\n"
+          "        ((j < n) | (ragged == 0))\n    delta",
           "stdlib attention backward: a sliding window one key too wide"),
     Plant("key_bound_drops_diagonal", "fusile/backends/triton/codegen_bounds.py",
           'one = 1 if pred == "sle" else 0', "one = 0",
@@ -129,10 +129,10 @@ PLANTS = [
     Plant("negative_tile_start", "fusile/backends/triton/codegen_bounds.py",
           'e("hi = tl.maximum(hi, lo)")', "pass",
           "codegen: a loop bound left negative (Triton's // truncates: unmasked negative rows)"),
-    Plant("aot_bf16_as_fp16", "fusile/backends/triton/aot.py",
+    Plant("aot_bf16_as_fp16", "fusile/backends/triton/aot_build.py",
           '_SIG = {"bf16": "*bf16"', '_SIG = {"bf16": "*fp16"',
           "AOT: bf16 pointers compiled as fp16"),
-    Plant("aot_scalar_as_int", "fusile/backends/triton/aot.py",
+    Plant("aot_scalar_as_int", "fusile/backends/triton/aot_build.py",
           'scalars = {f"a{v}": scalar_dtypes.get(v, "fp32") for v in ks.scalars}',
           'scalars = {f"a{v}": scalar_dtypes.get(v, "i32") for v in ks.scalars}',
           "AOT: float scalar parameters compiled as i32"),
@@ -142,11 +142,11 @@ PLANTS = [
     Plant("replay_aliases_inputs", "fusile/backends/triton/replay.py",
           "return [args[x].clone() if kind == _INPUT", "return [args[x] if kind == _INPUT",
           "replay: a result that is an input returned as the input itself"),
-    Plant("call_key_ignores_ints", "fusile/dsl/fused.py",
+    Plant("call_key_ignores_ints", "fusile/backends/dispatch.py",
           "(type(a), a) if type(a) in (int, bool)", "(type(a),) if type(a) in (int, bool)",
           "call path: a program specialised on an int constant reused for another value"),
     Plant("cache_key_ignores_broadcast", "fusile/dsl/signature.py",
-          'key.append(("t", a.dtype, tuple(s == 1 for s in a.shape)))',
+          'key.append(("t", a.dtype, tuple(type(s) is int and s == 1 for s in a.shape)))',
           'key.append(("t", a.dtype, len(a.shape)))',
           "compile cache: a program for a broadcast (size-1) axis reused for a full one"),
     Plant("strides_reversed", "fusile/backends/triton/runtime.py",
