@@ -48,3 +48,20 @@ def filecheck(text: str, checks: list[tuple[str, str]]) -> None:
     for bad in pending_not:
         hit = [ln for ln in lines[pos:] if bad.search(ln)]
         assert not hit, f"CHECK-NOT {bad!r} matched {hit[0]!r}"
+
+
+def function(src: str, name: str) -> str:
+    """The text of one generated function, `def name(` up to the next top-level decorator or
+    def (a module holds a kernel and its variants: name_split, name_combine, ...)."""
+    m = re.search(rf"^def {re.escape(name)}\(", src, re.M)
+    assert m is not None, f"no function {name} in:\n{src}"
+    end = re.search(r"^(@|def )", src[m.end():], re.M)
+    return src[m.start(): m.end() + end.start() if end else len(src)]
+
+
+def between(text: str, start: str, end: str) -> str:
+    """The text after the first `start` up to the next `end` (both must be there)."""
+    assert start in text, f"{start!r} not in:\n{text}"
+    rest = text.split(start, 1)[1]
+    assert end in rest, f"{end!r} not after {start!r} in:\n{text}"
+    return rest.split(end, 1)[0]

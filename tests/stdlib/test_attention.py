@@ -16,6 +16,7 @@ from fusile.backends import targets
 from fusile.backends.triton import tune
 from fusile.backends.triton.aot import compile_for
 from fusile.stdlib.attention import attention, attention_bwd, attention_fwd
+from tests.filecheck import between, function
 from tests.numerics import assert_close
 
 
@@ -185,7 +186,7 @@ def test_masks_bound_the_loops() -> None:
     q = torch.randn(1, 1, 1, 40, 16)
 
     def one_kernel(src: str) -> str:  # the flash kernel, not its split-key variants
-        return src.split("_split(")[0]
+        return function(src, "fusile_k0")
 
     causal = one_kernel(attention_fwd.triton(*_fwd_args(q, True), target="cpu"))
     assert "hi = tl.minimum(hi," in causal and "lo = tl.maximum" not in causal
@@ -201,10 +202,10 @@ def test_masks_bound_the_loops() -> None:
     for src in (causal, window):  # POS_SCALE: one loop; else three
         split, staged = src.split("    if POS_SCALE:")[1].split("\n    else:")
         assert split.count("for j0 in range(") == 1 and staged.count("for j0 in range(") == 3
-        whole = split.split("else:  # every row sees the whole tile")[1].split("m_new")[0]
+        whole = between(split, "else:  # every row sees the whole tile", "m_new")
         assert "tl.where" not in whole  # no select
     for src in (causal, window, plain, biased):
-        whole = src.split("# whole tiles: no masks")[1].split("for j0")[0]
+        whole = between(src, "# whole tiles: no masks", "for j0")
         assert "-inf\"))" not in whole.replace("m_new == float(\"-inf\")", "")  # no select
     for src in (plain, biased):  # only the end cuts tiles: one loop under EVEN_N, else three
         even, ragged = src.split("    if EVEN_N:")[1].split("\n    else:")
@@ -212,7 +213,7 @@ def test_masks_bound_the_loops() -> None:
     # backward: the dk/dv kernel loops over queries i >= j (a lower bound), the dq kernel
     # over keys j <= i (an upper bound)
     src = attention_bwd.triton(*_bwd_args(q, True), target="cpu")
-    dkdv, dq = src.split("def fusile_k1")[1].split("def fusile_k2")
+    dkdv, dq = function(src, "fusile_k1"), function(src, "fusile_k2")
     assert "lo = tl.maximum(lo," in dkdv and "hi = tl.minimum(hi," not in dkdv
     assert "hi = tl.minimum(hi," in dq and "lo = tl.maximum(lo," not in dq
     plain = attention_bwd.triton(*_bwd_args(q), target="cpu")
