@@ -54,7 +54,7 @@ class TritonProgram:
                               for a in range(len(graph.tensors[ta.tid].shape))]
                      for ta in ks.tensors if ta.is_output}
             key = hashlib.sha256(ks.source.encode()).hexdigest()[:16]
-            self.launches.append(Launch(ks, fns, strides, alloc, sized, key=key))
+            self.launches.append(Launch(ks, fns, strides, alloc, sized, kind_of(ks), key=key))
         self._class_source = self._size_sources()
         self._joins = Joins(compiled, graph.results, self.plan.tensor_class)  # the results
         self._host_ops = [n for n in graph.nodes if isinstance(n, Op)]
@@ -170,7 +170,7 @@ class TritonProgram:
         if self.recorder is not None:
             first = len(args) - len(scalars)
             self.recorder.scalars = {first + i: v for i, v in enumerate(ks.scalars)}
-        kind_of(ks).launch(self, launch, tensors, args, sizes, device)
+        launch.kind.launch(self, launch, tensors, args, sizes, device)
 
     def run_variant(self, launch: Launch, variant: str, grid: tuple[int, ...],
                     consts: dict[str, Any], opts: dict[str, Any], device: Any, args: tuple

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fusile.backends.triton import tune
 from fusile.backends.triton.kernel_source import KernelSource
 from fusile.bounded import Bounded
+
+if TYPE_CHECKING:
+    from fusile.backends.triton.kinds.kind import Kind
 
 
 @dataclass
@@ -21,7 +24,9 @@ class Launch:
     stride_axes: list[list[int]]  # per tensor argument, the axes whose stride is passed
     alloc_classes: dict[int, list[tuple]]  # output tensor -> class of each axis
     sized: dict[int, tuple]  # index class -> the global class that gives its size
-    configs: Bounded[tuple, Any] = field(default_factory=Bounded)  # row kernels: sizes -> config
+    kind: Kind  # kinds/: how it launches
+    # row kernels: sizes -> (config, grid, whether a split column reduction)
+    configs: Bounded[tuple, Any] = field(default_factory=Bounded)
     ready: Bounded[tuple, Any] = field(default_factory=Bounded)  # tiled: shape -> launch
     compiled: Bounded[tuple, Any] = field(default_factory=Bounded)  # specialization -> kernel
     splits: Bounded[tuple[int, int], Any] = field(default_factory=Bounded)  # sizes -> split plan

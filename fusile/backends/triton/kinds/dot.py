@@ -8,19 +8,12 @@ from typing import Any
 
 from fusile.backends.triton import tune
 from fusile.backends.triton.aot_build import AotContext, KernelArtifact
+from fusile.backends.triton.codegen_dot import DotWriter
 from fusile.backends.triton.host import needs_i64
 from fusile.backends.triton.kernel_source import KernelSource
 from fusile.backends.triton.kinds.kind import Kind
 from fusile.backends.triton.launch import dot_grid
 from fusile.backends.triton.tiled import Launch, launch_tuned
-from fusile.lowering.partition import Kernel, Plan
-
-
-def write(plan: Plan, k: Kernel, family: str, names: dict[int, str], tf32: bool
-          ) -> KernelSource:
-    from fusile.backends.triton.codegen_dot import DotWriter
-
-    return DotWriter(plan, k, family, names, tf32).source()
 
 
 def launch(prog: Any, launch: Launch, tensors: list[Any], args: tuple,
@@ -52,4 +45,5 @@ def compile(ctx: AotContext, ks: KernelSource) -> list[KernelArtifact]:
                                                            batch, dot.prologue)[:1]]
 
 
-KIND = Kind("dot", lambda k: k.dot is not None, write, launch, compile)
+KIND = Kind("dot", lambda k: k.dot is not None,
+            lambda *a: DotWriter(*a).source(), launch, compile)

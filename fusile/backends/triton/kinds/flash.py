@@ -10,18 +10,11 @@ from typing import Any
 from fusile import config
 from fusile.backends.triton import tune
 from fusile.backends.triton.aot_build import DEFAULT_HEAD_DIM, AotContext, KernelArtifact
+from fusile.backends.triton.codegen_attn import AttnWriter
 from fusile.backends.triton.host import needs_i64
 from fusile.backends.triton.kernel_source import KernelSource
 from fusile.backends.triton.kinds.kind import Kind
 from fusile.backends.triton.tiled import Launch, launch_tuned
-from fusile.lowering.partition import Kernel, Plan
-
-
-def write(plan: Plan, k: Kernel, family: str, names: dict[int, str], tf32: bool
-          ) -> KernelSource:
-    from fusile.backends.triton.codegen_attn import AttnWriter
-
-    return AttnWriter(plan, k, family, names, tf32).source()
 
 
 def launch(prog: Any, launch: Launch, tensors: list[Any], args: tuple,
@@ -114,4 +107,5 @@ def compile(ctx: AotContext, ks: KernelSource) -> list[KernelArtifact]:
                              "batch * ceil(q_len / BLOCK_M)", extra)
 
 
-KIND = Kind("flash", lambda k: k.attn is not None, write, launch, compile)
+KIND = Kind("flash", lambda k: k.attn is not None,
+            lambda *a: AttnWriter(*a).source(), launch, compile)

@@ -8,18 +8,11 @@ from typing import Any
 
 from fusile.backends.triton import tune
 from fusile.backends.triton.aot_build import DEFAULT_HEAD_DIM, AotContext, KernelArtifact
+from fusile.backends.triton.codegen_grad import GradWriter
 from fusile.backends.triton.host import needs_i64
 from fusile.backends.triton.kernel_source import KernelSource
 from fusile.backends.triton.kinds.kind import Kind
 from fusile.backends.triton.tiled import Launch, launch_tuned
-from fusile.lowering.partition import Kernel, Plan
-
-
-def write(plan: Plan, k: Kernel, family: str, names: dict[int, str], tf32: bool
-          ) -> KernelSource:
-    from fusile.backends.triton.codegen_grad import GradWriter
-
-    return GradWriter(plan, k, family, names, tf32).source()
 
 
 def launch(prog: Any, launch: Launch, tensors: list[Any], args: tuple,
@@ -59,4 +52,5 @@ def compile(ctx: AotContext, ks: KernelSource) -> list[KernelArtifact]:
                              "batch * ceil(kept_len / BLOCK_M)", [])
 
 
-KIND = Kind("flash_grad", lambda k: k.grad is not None, write, launch, compile)
+KIND = Kind("flash_grad", lambda k: k.grad is not None,
+            lambda *a: GradWriter(*a).source(), launch, compile)

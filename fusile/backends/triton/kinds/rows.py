@@ -10,19 +10,13 @@ from typing import Any
 from fusile.backends.torch_dtypes import to_torch
 from fusile.backends.triton import schedule
 from fusile.backends.triton.aot_build import AotContext, KernelArtifact
+from fusile.backends.triton.codegen import KernelWriter
 from fusile.backends.triton.host import needs_i64
 from fusile.backends.triton.kernel_source import KernelSource
 from fusile.backends.triton.kinds.kind import Kind
 from fusile.backends.triton.launch import row_constexprs, row_options
 from fusile.backends.triton.tiled import Launch
-from fusile.lowering.partition import POINTWISE, ROW_COLUMNS, Kernel, Plan
-
-
-def write(plan: Plan, k: Kernel, family: str, names: dict[int, str], tf32: bool
-          ) -> KernelSource:
-    from fusile.backends.triton.codegen import KernelWriter
-
-    return KernelWriter(plan, k, family, names).source()
+from fusile.lowering.partition import POINTWISE, ROW_COLUMNS
 
 
 def elem_bytes(ks: KernelSource) -> int:
@@ -66,12 +60,14 @@ def launch(prog: Any, launch: Launch, tensors: list[Any], args: tuple,
         return  # nothing to write (an empty row still has its reduction: the identity)
     got = launch.configs.get((p_total, r_total))
     if got is None:
-        got = launch.configs.put((p_total, r_total), config(ks, p_total, r_total, prog.target))
-    cfg, grid = got
+        cfg, grid = config(ks, p_total, r_total, prog.target)
+        got = launch.configs.put((p_total, r_total), (
+            cfg, grid, cfg.looped and not r_contiguous(ks) and "split" in launch.fn))
+    cfg, grid, split = got
     use_i64 = p_total * r_total >= 2**31 - 1 or needs_i64(tensors)
     if ks.kind == ROW_COLUMNS:
         _rows_columns(prog, launch, cfg, grid[0], args, r_total, use_i64, device)
-    elif cfg.looped and not r_contiguous(ks) and "split" in launch.fn:
+    elif split:
         _split(prog, launch, args, p_total, r_total, use_i64, device)
     else:
         prog.run_variant(launch, "looped" if cfg.looped else "main", grid,
@@ -147,4 +143,7 @@ def compile(ctx: AotContext, ks: KernelSource) -> list[KernelArtifact]:
             for vname, vcfg, grid in variants]
 
 
-KIND = Kind("rows", lambda k: True, write, launch, compile)  # every kernel the others leave
+# every kernel the others leave; its writer has no tf32 dots
+KIND = Kind("rows", lambda k: True,
+            lambda plan, k, family, names, _tf32: KernelWriter(plan, k, family, names).source(),
+            launch, compile)
