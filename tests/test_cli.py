@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from fusile.cli import main
+from fusile.stages import FRONT_END_STAGES
 
 MODEL = '''
 from fusile import fused, rsqrt, mean
@@ -50,6 +51,14 @@ def test_compile_text_stages(model: str, emit: str, capsys) -> None:
     marker = {"mlir": "func.func", "fused": "linalg.generic", "plan": "kernel",
               "triton": "@triton.jit", "ptx": ".entry"}[emit]
     assert marker in text
+
+
+@pytest.mark.parametrize("emit", FRONT_END_STAGES)
+def test_every_front_end_stage_of_the_table_is_emitted(model: str, emit: str, capsys) -> None:
+    """stages.py's front-end stages and Compiled.artifact's table agree: each one emits."""
+    assert main(["compile", f"{model}:add_rms_norm", "--target", "h100", *SHAPES,
+                 "--emit", emit]) == 0
+    assert capsys.readouterr().out.strip()
 
 
 def test_plain_function_is_wrapped(model: str, capsys) -> None:
