@@ -1,8 +1,9 @@
-"""The constexpr names are a contract between each kind's writer (the kernel's header) and its
-launch (tune.py and launch.py fill them in): every launch on the interpreter passes exactly
-the kernel's constexpr parameters, and its other arguments fill the rest, for every kind and
-variant (rows held whole and looped, split columns, rows with column partials, dots, flash
-attention and flash-decoding's split and combine, the flash backward)."""
+"""The constexpr names are declared once per kind (constexprs.py): the writer lists them in
+the kernel's header and the kind's launch (kinds/) fills them in. Every launch on the
+interpreter passes exactly the kernel's constexpr parameters, and its other arguments fill the
+rest, for every kind and variant (rows held whole and looped, split columns, rows with column
+partials, dots, flash attention and flash-decoding's split and combine, the flash
+backward)."""
 
 from __future__ import annotations
 
@@ -47,3 +48,24 @@ def test_every_launch_passes_exactly_its_kernels_constexprs(monkeypatch) -> None
     variants = {variant for _, variant in seen}
     assert {"reduction", "rows+columns", "contraction", "attention", "attention-grad"} <= kinds
     assert {"main", "looped", "split", "combine"} <= variants
+
+
+def test_names_and_values_agree_field_by_field() -> None:
+    """names() (the signature) and values() (the launch) list the same parameters in the same
+    order: numbered fields one per value, an optional one only when given."""
+    from fusile.backends.triton.constexprs import (
+        AttnConstexprs,
+        DotConstexprs,
+        GradConstexprs,
+        RowConstexprs,
+    )
+
+    cases = [(RowConstexprs(4, 128, False), {}),
+             (DotConstexprs(64, 64, 32, 8, True, False), {}),
+             (AttnConstexprs(64, 32, 64, 128, False, True, False), {}),
+             (AttnConstexprs(64, 32, 64, 64, True, True, False, True), {"pos_scale": True}),
+             (GradConstexprs(64, 32, (64, 16, 32), False, True, True), {"block_h": 3})]
+    for c, shape in cases:
+        assert tuple(c.values()) == type(c).names(**shape), c
+    assert GradConstexprs.names(block_h=2)[2:4] == ("BLOCK_H0", "BLOCK_H1")
+    assert "POS_SCALE" not in AttnConstexprs.names()

@@ -14,6 +14,7 @@ from fusile import config, fused
 from fusile.backends import targets
 from fusile.backends.triton import tune
 from fusile.backends.triton.aot import compile_for
+from fusile.backends.triton.kinds import dot, flash
 from fusile.stdlib.kernels import gelu_erf
 from tests.bounds import checked
 from tests.numerics import assert_close
@@ -189,7 +190,7 @@ def test_every_candidate_config_compiles_without_spills(target: str) -> None:
     x, w, b, res = (_rand(*s, dtype=torch.bfloat16, device="cpu")
                     for s in [(64, 32), (32, 48), (48,), (64, 48)])
     compiled = linear_gelu_res.compiled(x, w, b, res)
-    cands = tune.candidates(t, "bf16", 4096, 4096, 4096)
+    cands = dot.candidates(t, "bf16", 4096, 4096, 4096)
     assert len(cands) > 1
     for k in compile_for(compiled, t, dot_configs=cands).kernels:
         assert k.spills == 0, k.summary()
@@ -198,7 +199,7 @@ def test_every_candidate_config_compiles_without_spills(target: str) -> None:
 def test_tuner_keeps_the_earlier_candidate_on_a_near_tie(tmp_path: Path) -> None:
     """Lists are ordered by prior measurements: a later candidate must win by the margin."""
     t = targets.get("h100")
-    cands = tune.attention_candidates(t, 64)
+    cands = flash.candidates(t, 64)
     near = {cands[0]: 1.0, cands[1]: 1.0 / (1 + tune.MARGIN / 2), cands[2]: 2.0, cands[3]: 3.0}
     clear = near | {cands[2]: 1.0 / (1 + 2 * tune.MARGIN)}
     with config.override(cache_dir=str(tmp_path), tune="quiet"):
@@ -221,7 +222,7 @@ def test_tuner_keeps_the_earlier_candidate_on_a_near_tie(tmp_path: Path) -> None
 def test_tuner_keeps_each_candidates_best_round(tmp_path: Path) -> None:
     """A transient slowdown in one round must not decide: each candidate keeps its best."""
     t = targets.get("h100")
-    cands = tune.attention_candidates(t, 64)[:2]
+    cands = flash.candidates(t, 64)[:2]
     rounds = {cands[0]: iter([1.3, 1.0]), cands[1]: iter([1.1, 1.1])}  # cands[0] hit once
     with config.override(cache_dir=str(tmp_path), tune="quiet"):
         assert tune.Tuner().best(t, "noisy", cands, "s", lambda c: next(rounds[c])) == cands[0]
@@ -229,7 +230,7 @@ def test_tuner_keeps_each_candidates_best_round(tmp_path: Path) -> None:
 
 def test_tuner_times_once_and_remembers_on_disk(tmp_path: Path) -> None:
     t = targets.get("h100")
-    cands = tune.candidates(t, "bf16", 4096, 4096, 4096)
+    cands = dot.candidates(t, "bf16", 4096, 4096, 4096)
     times = {c: 1.0 + i for i, c in enumerate(cands)}
     times[cands[2]] = 0.5  # the fastest
     calls: list[tune.DotConfig] = []

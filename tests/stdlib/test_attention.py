@@ -15,6 +15,7 @@ import fusile
 from fusile.backends import targets
 from fusile.backends.triton import tune
 from fusile.backends.triton.aot import compile_for
+from fusile.backends.triton.kinds import flash, flash_grad
 from fusile.stdlib.attention import attention, attention_bwd, attention_fwd
 from tests.filecheck import between, function
 from tests.numerics import assert_close
@@ -345,8 +346,8 @@ def test_cuda_head_dims(d: int) -> None:
 
 
 _GPU_TILES = sorted({(c.block_m, c.block_n) for d in (16, 64, 128) for t in ("h100", "mi300x")
-                     for c in [*tune.attention_candidates(targets.get(t), d, 1),
-                               *tune.grad_candidates(targets.get(t), d)]})
+                     for c in [*flash.candidates(targets.get(t), d, 1),
+                               *flash_grad.candidates(targets.get(t), d)]})
 
 
 @pytest.mark.parametrize("tile", _GPU_TILES, ids=lambda t: f"{t[0]}x{t[1]}")
@@ -360,9 +361,9 @@ def test_gpu_tiles_stay_in_bounds(tile: tuple[int, int], monkeypatch: pytest.Mon
     from fusile.bounded import Bounded
     from tests.bounds import checked
 
-    cfg = tune.DotConfig(tile[0], tile[1], 0, 4, 1)
-    monkeypatch.setattr(tune, "attention_candidates", lambda t, d, rows=None: [cfg])
-    monkeypatch.setattr(tune, "grad_candidates", lambda t, d: [cfg])
+    cfg = tune.tile(*tile, warps=4, stages=1)
+    monkeypatch.setattr(flash, "candidates", lambda t, d, rows=None: [cfg])
+    monkeypatch.setattr(flash_grad, "candidates", lambda t, d: [cfg])
     for f in (attention_fwd, attention_bwd):  # compile afresh with this tile
         monkeypatch.setattr(f, "_cache", Bounded())
         monkeypatch.setattr(f, "_fast", Bounded())

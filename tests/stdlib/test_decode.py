@@ -81,14 +81,14 @@ def test_split_count_follows_the_gpu() -> None:
     """Splits fill about two programs per SM when the row blocks leave SMs idle, keep four
     key tiles each, and the interpreter never splits unless told."""
     from fusile.backends import targets
-    from fusile.backends.triton.tune import attention_splits
+    from fusile.backends.triton.kinds.flash import splits
 
     h100 = targets.get("h100")
-    assert attention_splits(h100, 32, 4096, 64) == 9  # batch 1, 32 heads: 2 * 132 / 32
-    assert attention_splits(h100, 32, 256, 64) == 1  # four tiles: too short to split
-    assert attention_splits(h100, 512, 1 << 17, 64) == 1  # the row blocks fill the GPU
-    assert attention_splits(targets.get("cpu"), 1, 1 << 17, 64) == 1
-    assert attention_splits(targets.get("cpu"), 1, 300, 64, forced=9) == 5  # a split a tile
+    assert splits(h100, 32, 4096, 64) == 9  # batch 1, 32 heads: 2 * 132 / 32
+    assert splits(h100, 32, 256, 64) == 1  # four tiles: too short to split
+    assert splits(h100, 512, 1 << 17, 64) == 1  # the row blocks fill the GPU
+    assert splits(targets.get("cpu"), 1, 1 << 17, 64) == 1
+    assert splits(targets.get("cpu"), 1, 300, 64, forced=9) == 5  # a split a tile
 
 
 def test_one_query_row_is_one_flash_kernel() -> None:

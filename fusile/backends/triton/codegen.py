@@ -11,6 +11,7 @@ file:line from the MLIR location.
 from __future__ import annotations
 
 from fusile.backends.triton.codegen_variants import variants
+from fusile.backends.triton.constexprs import RowConstexprs
 from fusile.backends.triton.kernel_source import KernelSource, TensorArg, short_loc
 from fusile.backends.triton.ops import (
     NAN_COMBINE,
@@ -280,7 +281,7 @@ class KernelWriter:
         scope.values[r] = var
 
     # ------------------------------------------------------------------ kernels
-    constexprs: tuple[str, ...] = ("BLOCK_P", "BLOCK_R", "USE_I64")
+    constexprs: tuple[str, ...] = RowConstexprs.names()
 
     def header(self, name: str, tensors: list[TensorArg], looped: bool,
                extra: tuple[str, ...] = (), note: str = "") -> list[str]:

@@ -28,6 +28,7 @@ from fusile.backends.triton.codegen_decode import (
     write_combine,
 )
 from fusile.backends.triton.codegen_dot import DotWriter
+from fusile.backends.triton.constexprs import AttnConstexprs
 from fusile.backends.triton.kernel_source import AttnInfo, KernelSource, TensorArg
 from fusile.backends.triton.ops import TL_DTYPE
 from fusile.backends.triton.scope import Scope
@@ -61,8 +62,7 @@ def head_mask(var: str, bound: str, shape: str) -> str:
 
 
 class AttnWriter(KeyBounds, DotWriter):
-    constexprs: tuple[str, ...] = ("BLOCK_M", "BLOCK_N", "BLOCK_D", "BLOCK_E", "EVEN_HEADS",
-                                   "EVEN_N", "USE_I64")
+    constexprs: tuple[str, ...] = AttnConstexprs.names()
 
     def __init__(self, plan: Plan, kernel: Kernel, target: str, names: dict[int, str],
                  tf32: bool = False):
@@ -381,7 +381,7 @@ class AttnWriter(KeyBounds, DotWriter):
         self.scale_op = self._log2_scale()
         self.scale = self._scale_sign(self.scale_op)
         if self.scale is not None and self.scale[1] == "POS_SCALE":
-            self.constexprs = (*type(self).constexprs, "POS_SCALE")
+            self.constexprs = AttnConstexprs.names(pos_scale=True)
 
         def write(name: str, tensors: list[TensorArg]) -> list[str]:
             return [*self.write_attn(name, tensors), "", "",

@@ -9,7 +9,7 @@ aligned), and stores its running max m (base 2), sum l and unnormalised accumula
 The combine variant, one program per row block, merges the S partials as the online softmax
 merges tiles (M = max m_s, L = sum l_s 2^(m_s - M), O = sum acc_s 2^(m_s - M) / L) and runs
 the kernel's epilogue unchanged. The runtime picks S from the row blocks, the key length and
-the target's SM count (tune.attention_splits); S = 1 is the one-kernel flash path.
+the target's SM count (kinds/flash.py's splits); S = 1 is the one-kernel flash path.
 
 Partials live in one float32 buffer, per (program, split) and row of the block:
 acc [P * S * BLOCK_M, BLOCK_E], then m [P * S * BLOCK_M], then l [P * S * BLOCK_M].

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from fusile.backends.triton.codegen import KernelWriter
+from fusile.backends.triton.constexprs import DotConstexprs
 from fusile.backends.triton.kernel_source import AttnInfo, DotInfo, KernelSource, TensorArg
 from fusile.backends.triton.ops import TL_DTYPE
 from fusile.backends.triton.scope import Scope
@@ -37,8 +38,7 @@ _ZERO_KEEPING = ("arith.extf", "arith.truncf", "arith.negf", "arith.divf")  # 0 
 
 
 class DotWriter(KernelWriter):
-    constexprs: tuple[str, ...] = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "EVEN_K",
-                                   "USE_I64")
+    constexprs: tuple[str, ...] = DotConstexprs.names()
 
     def __init__(self, plan: Plan, kernel: Kernel, target: str, names: dict[int, str],
                  tf32: bool = False):

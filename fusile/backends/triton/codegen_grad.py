@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from fusile.backends.triton.codegen import KernelWriter
 from fusile.backends.triton.codegen_attn import AttnWriter, end_mask, head_mask
+from fusile.backends.triton.constexprs import GradConstexprs
 from fusile.backends.triton.kernel_source import GradInfo, KernelSource, TensorArg
 from fusile.backends.triton.ops import TL_DTYPE
 from fusile.backends.triton.scope import Scope
@@ -72,8 +73,7 @@ class GradWriter(AttnWriter):
             c: f"h{x}" for x, c in enumerate(self.heads)}
         self.block = {self.keep: "BLOCK_M", self.loop: "BLOCK_N"} | {
             c: f"BLOCK_H{x}" for x, c in enumerate(self.heads)}
-        self.constexprs = ("BLOCK_M", "BLOCK_N", *(self.block[c] for c in self.heads),
-                           "EVEN_HEADS", "EVEN_N", "USE_I64")
+        self.constexprs = GradConstexprs.names(block_h=len(self.heads))
         self.i, self.j = self.keep, self.loop  # what the key-bound solver calls rows and keys
         self.m, self.n, self.kc = self.keep, self.loop, self.heads[0]
 

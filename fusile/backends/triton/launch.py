@@ -1,16 +1,13 @@
-"""How a kernel is launched: Triton's compile options fusile always sets, the constexprs and
-options of a row kernel's config, a contraction's grid, the direct launch of a compiled
-kernel, and the interpreter's one-at-a-time rule."""
+"""How a kernel is launched: Triton's compile options fusile always sets, the direct launch of
+a compiled kernel, and the interpreter's one-at-a-time rule. What each kind launches with is
+its own (kinds/)."""
 
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 from collections.abc import Iterator
 from typing import Any
-
-from fusile.backends.triton import schedule, tune
 
 # The Triton interpreter keeps global state while it runs a kernel (the grid index, patched
 # triton.language functions): one interpreted program at a time.
@@ -30,18 +27,6 @@ def interpreting() -> Iterator[None]:
 # Triton's default (a * b + c contracts to one fma), said explicitly: Triton 3.9 warns on
 # every compile that leaves it unset
 FP_FUSION = {"enable_fp_fusion": True}
-
-
-def row_constexprs(cfg: schedule.Config, use_i64: bool) -> dict[str, Any]:
-    return {"BLOCK_P": cfg.block_p, "BLOCK_R": cfg.block_r, "USE_I64": use_i64}
-
-
-def row_options(cfg: schedule.Config) -> dict[str, Any]:
-    return {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
-
-
-def dot_grid(cfg: tune.DotConfig, m: int, n: int, batch: int) -> tuple[int]:
-    return (batch * math.ceil(m / cfg.block_m) * math.ceil(n / cfg.block_n),)
 
 
 def launch_compiled(kernel: Any, grid: tuple[int, ...], device: Any, args: tuple) -> None:

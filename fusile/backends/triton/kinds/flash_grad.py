@@ -4,15 +4,56 @@ the other axis, scores recomputed from the forward's log-sum-exp."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
+from fusile.backends.targets import Target
 from fusile.backends.triton import tune
 from fusile.backends.triton.aot_build import DEFAULT_HEAD_DIM, AotContext, KernelArtifact
 from fusile.backends.triton.codegen_grad import GradWriter
+from fusile.backends.triton.constexprs import GradConstexprs
 from fusile.backends.triton.host import needs_i64
 from fusile.backends.triton.kernel_source import KernelSource
 from fusile.backends.triton.kinds.kind import Kind
+from fusile.backends.triton.schedule import pow2
 from fusile.backends.triton.tiled import Launch, launch_tuned
+from fusile.backends.triton.tune import DotConfig, amd_tile, tile
+
+
+def candidates(target: Target, d: int) -> list[DotConfig]:
+    """Flash-backward tiles (block_m kept positions, block_n looped ones). Each program holds
+    one float32 accumulator per out dot (two for dk and dv) of block_m x d, so the kept block
+    is 64-128 with a short looped block, as in FlashAttention 2's backward. Hopper, in the
+    order the H100's tuning logs ranked them: 64 x 128 first at head dim 64, 64 x 64 at 128
+    (128 x 32 over 4 warps is left out: Triton 3.6's ptxas crashes on it at head dim 64).
+    AMD: 4 warps, one stage, waves_per_eu 1 (register-heavy), after AMD's Triton guidance."""
+    if target.backend == "interpreter":
+        return [tile(32, 16, warps=4, stages=1)]
+    if target.backend == "hip":
+        return [amd_tile(64, 32, warps=4, stages=1, waves=1, group_m=1),
+                amd_tile(128, 32, warps=4, stages=1, waves=1, group_m=1),
+                amd_tile(64, 64, warps=4, stages=1, waves=1, group_m=1)]
+    if d <= 64:
+        return [tile(64, 128, warps=4, stages=2), tile(128, 64, warps=8, stages=3),
+                tile(64, 64, warps=4, stages=3), tile(64, 128, warps=4, stages=3),
+                tile(128, 64, warps=8, stages=2), tile(64, 64, warps=4, stages=2),
+                tile(128, 32, warps=8, stages=3)]
+    if d <= 128:
+        return [tile(64, 64, warps=4, stages=2), tile(64, 32, warps=4, stages=3),
+                tile(64, 32, warps=4, stages=2), tile(128, 64, warps=8, stages=2),
+                tile(128, 32, warps=8, stages=3)]
+    return [tile(64, 32, warps=4, stages=1), tile(32, 32, warps=4, stages=2),
+            tile(64, 16, warps=4, stages=1)]
+
+
+def constexprs(cfg: DotConfig, heads: list[int], looped: int | None, use_i64: bool
+               ) -> GradConstexprs:
+    """Each head dim padded to a power of two >= 16, whether every head dim is its block, and
+    whether BLOCK_N divides the looped length (None: not known)."""
+    blocks = tuple(max(16, pow2(h)) for h in heads)
+    return GradConstexprs(cfg.block_m, cfg.block_n, blocks,
+                          all(h == b for h, b in zip(heads, blocks, strict=True)),
+                          looped is not None and looped % cfg.block_n == 0, use_i64)
 
 
 def launch(prog: Any, launch: Launch, tensors: list[Any], args: tuple,
@@ -28,11 +69,11 @@ def launch(prog: Any, launch: Launch, tensors: list[Any], args: tuple,
     flops = 2 * keep * loop * batch * sum(sizes[sized[c]] for c in grad.per_dot)
     launch_tuned(
         prog, launch, (keep, loop, *heads, batch, use_i64), flops,
-        lambda: tune.grad_candidates(prog.target, max(heads)),
+        lambda: candidates(prog.target, max(heads)),
         lambda: (f"{launch.key}|{dot.dtype}|{tune.bucket(keep, loop, max(heads), batch)}",
                  f"attention backward {batch} x {keep}x{loop}, d={max(heads)}"),
         lambda c: (batch * math.ceil(keep / c.block_m),),
-        lambda c: tune.grad_constexprs(c, heads, loop, use_i64), device, args)
+        lambda c: constexprs(c, heads, loop, use_i64).values(), device, args)
 
 
 def compile(ctx: AotContext, ks: KernelSource) -> list[KernelArtifact]:
@@ -42,13 +83,11 @@ def compile(ctx: AotContext, ks: KernelSource) -> list[KernelArtifact]:
     symbolic = any(ks.class_global[c] not in ctx.known for c in grad.heads)
     keys = ctx.known.get(ks.class_global[dot.n])  # the looped length
 
-    def consts(cfg: Any) -> dict[str, Any]:
-        c = tune.grad_constexprs(cfg, heads, keys, False)
-        if symbolic:
-            c["EVEN_HEADS"] = False
-        return c
+    def consts(cfg: DotConfig) -> dict[str, Any]:
+        c = constexprs(cfg, heads, keys, False)
+        return (replace(c, even_heads=False) if symbolic else c).values()
 
-    return ctx.first_fitting(ks, tune.grad_candidates(ctx.target, max(heads)), consts,
+    return ctx.first_fitting(ks, candidates(ctx.target, max(heads)), consts,
                              "batch * ceil(kept_len / BLOCK_M)", [])
 
 

@@ -11,10 +11,10 @@ from fusile.backends.torch_dtypes import to_torch
 from fusile.backends.triton import schedule
 from fusile.backends.triton.aot_build import AotContext, KernelArtifact
 from fusile.backends.triton.codegen import KernelWriter
+from fusile.backends.triton.constexprs import RowConstexprs
 from fusile.backends.triton.host import needs_i64
 from fusile.backends.triton.kernel_source import KernelSource
 from fusile.backends.triton.kinds.kind import Kind
-from fusile.backends.triton.launch import row_constexprs, row_options
 from fusile.backends.triton.tiled import Launch
 from fusile.lowering.partition import POINTWISE, ROW_COLUMNS
 
@@ -51,6 +51,20 @@ def config(ks: KernelSource, p_total: int, r_total: int, target: Any
     return cfg, (math.ceil(p_total / cfg.block_p),)
 
 
+def constexprs(cfg: schedule.Config, use_i64: bool) -> RowConstexprs:
+    return RowConstexprs(cfg.block_p, cfg.block_r, use_i64)
+
+
+def options(cfg: schedule.Config) -> dict[str, Any]:
+    return {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+
+
+def _run(prog: Any, launch: Launch, variant: str, grid: tuple[int, ...], cfg: schedule.Config,
+         use_i64: bool, device: Any, args: tuple) -> None:
+    prog.run_variant(launch, variant, grid, constexprs(cfg, use_i64).values(), options(cfg),
+                     device, args)
+
+
 def launch(prog: Any, launch: Launch, tensors: list[Any], args: tuple,
            sizes: dict[tuple, int], device: Any) -> None:
     ks, sized = launch.ks, launch.sized
@@ -70,8 +84,7 @@ def launch(prog: Any, launch: Launch, tensors: list[Any], args: tuple,
     elif split:
         _split(prog, launch, args, p_total, r_total, use_i64, device)
     else:
-        prog.run_variant(launch, "looped" if cfg.looped else "main", grid,
-                         row_constexprs(cfg, use_i64), row_options(cfg), device, args)
+        _run(prog, launch, "looped" if cfg.looped else "main", grid, cfg, use_i64, device, args)
 
 
 def _split(prog: Any, launch: Launch, args: tuple, p_total: int, r_total: int, use_i64: bool,
@@ -89,12 +102,10 @@ def _split(prog: Any, launch: Launch, args: tuple, p_total: int, r_total: int, u
     if prog.recorder is not None:
         prog.recorder.alloc(parts)
     args = (*args, parts, plan.splits, plan.chunk)
-    prog.run_variant(launch, "split", (math.ceil(p_total / plan.partial.block_p), plan.splits),
-                     row_constexprs(plan.partial, use_i64), row_options(plan.partial), device,
-                     args)
-    prog.run_variant(launch, "combine", (math.ceil(p_total / plan.combine.block_p),),
-                     row_constexprs(plan.combine, use_i64), row_options(plan.combine), device,
-                     args)
+    _run(prog, launch, "split", (math.ceil(p_total / plan.partial.block_p), plan.splits),
+         plan.partial, use_i64, device, args)
+    _run(prog, launch, "combine", (math.ceil(p_total / plan.combine.block_p),), plan.combine,
+         use_i64, device, args)
 
 
 def _rows_columns(prog: Any, launch: Launch, cfg: schedule.Config, blocks: int, args: tuple,
@@ -110,12 +121,11 @@ def _rows_columns(prog: Any, launch: Launch, cfg: schedule.Config, blocks: int, 
         prog.recorder.alloc(parts)
     args = (*args, parts, g)
     if blocks:
-        prog.run_variant(launch, "looped" if cfg.looped else "main", (g,),
-                         row_constexprs(cfg, use_i64), row_options(cfg), device, args)
+        _run(prog, launch, "looped" if cfg.looped else "main", (g,), cfg, use_i64, device, args)
     if r_total:
         comb = schedule.columns_combine(r_total, g, prog.target)
-        prog.run_variant(launch, "combine", (math.ceil(r_total / comb.block_r),),
-                         row_constexprs(comb, use_i64), row_options(comb), device, args)
+        _run(prog, launch, "combine", (math.ceil(r_total / comb.block_r),), comb, use_i64,
+             device, args)
 
 
 def compile(ctx: AotContext, ks: KernelSource) -> list[KernelArtifact]:
@@ -136,9 +146,7 @@ def compile(ctx: AotContext, ks: KernelSource) -> list[KernelArtifact]:
         variants = [(name, cfg, f"G = {progs} (persistent)"),
                     (ks.combine_name or "", schedule.columns_combine(r_total, progs, ctx.target),
                      "ceil(R / BLOCK_R)")]
-    return [ctx.build(ks, vname, {"BLOCK_P": vcfg.block_p, "BLOCK_R": vcfg.block_r,
-                                  "USE_I64": False},
-                      {"num_warps": vcfg.num_warps, "num_stages": vcfg.num_stages},
+    return [ctx.build(ks, vname, constexprs(vcfg, False).values(), options(vcfg),
                       (vcfg.block_p, vcfg.block_r), grid)
             for vname, vcfg, grid in variants]
 
