@@ -1,73 +1,23 @@
-"""Kernel plan -> readable Triton source, one @triton.jit function per kernel (and a looped
-variant for reductions whose rows do not fit one block).
+"""Kernel plan -> readable Triton source for row kernels (pointwise, row reductions, rows with
+column partials), one @triton.jit function per kernel and its variants (codegen_variants.py:
+looped, split, rows+columns).
 
-Tiles are 2-D: axis 0 ("p") runs over the kernel's parallel classes flattened (rows), axis 1
-("r") over the reduced classes flattened (or, in a pointwise kernel, the innermost class).
-A value's tile shape follows from the classes it depends on, so a row statistic is
-[BLOCK_P, 1] and broadcasts back over the row for free. Each line carries the user's
-file:line from the MLIR location.
+Axis 0 of a tile ("p") runs over the kernel's parallel classes flattened (rows), axis 1 ("r")
+over the reduced classes flattened (or, in a pointwise kernel, the innermost class).
 """
 
 from __future__ import annotations
 
 from fusile.backends.triton.codegen_variants import variants
 from fusile.backends.triton.constexprs import RowConstexprs
-from fusile.backends.triton.kernel_source import KernelSource, TensorArg, short_loc
-from fusile.backends.triton.ops import (
-    NAN_COMBINE,
-    REDUCE,
-    RULES,
-    int_identity,
-    literal,
-)
+from fusile.backends.triton.emitter import TileEmitter
+from fusile.backends.triton.kernel_source import KernelSource, TensorArg
 from fusile.backends.triton.scope import Scope
-from fusile.dsl.errors import BackendError
-from fusile.lowering.graph import Generic, Graph, Op
-from fusile.lowering.partition import POINTWISE, Kernel, Plan
-
-# a header's place for the scalar parameters: the body names them as it reads them
-SCALARS = "<scalars>"
+from fusile.lowering.partition import POINTWISE
 
 
-class KernelWriter:
-    def __init__(self, plan: Plan, kernel: Kernel, target: str, names: dict[int, str]):
-        self.plan, self.k, self.target = plan, kernel, target
-        self.g: Graph = plan.graph
-        self.names = names
-        self.producer: dict[int, int] = {}
-        for gi in kernel.generics:
-            node = self._gen(gi)
-            for r in node.results:
-                self.producer[r] = gi
-        self.func_ops: dict[int, Op] = {op.results[0]: op for op in self.g.nodes
-                                        if isinstance(op, Op)}
-        self.scalars: list[int] = []
-        self.unmasked: set[int] = set()  # select results whose condition holds on this tile
-        self.factor: dict[int, str | None] = {}  # mulf results to scale by a factor, or not
-        # what the row kernel stores; a rows+columns kernel's combine stores the rest
-        self.writes = [t for t in kernel.writes if self.producer.get(t) not in kernel.columns]
-        self._order_classes()
-
-    def _gen(self, gi: int) -> Generic:
-        node = self.g.nodes[gi]
-        assert isinstance(node, Generic)
-        return node
-
-    # ------------------------------------------------------------------ classes and tensors
-    def access_of(self, t: int) -> list[int | None]:
-        """Index classes of tensor t's axes as the kernel first touches it."""
-        k = self.k
-        if t in self.producer:
-            gi = self.producer[t]
-            node = self._gen(gi)
-            pos = node.results.index(t)
-            return k.access(gi, node.maps[len(node.inputs) + pos])
-        for gi in k.generics:
-            node = self._gen(gi)
-            for u, m in zip([*node.inputs, *node.outputs], node.maps, strict=True):
-                if u == t:
-                    return k.access(gi, m)
-        return [None] * len(self.g.tensors[t].shape)
+class RowWriter(TileEmitter):
+    constexprs: tuple[str, ...] = RowConstexprs.names()
 
     def _order_classes(self) -> None:
         k = self.k
@@ -93,211 +43,6 @@ class KernelWriter:
         self.masks: dict[frozenset[str], str | None] = {
             frozenset(): None, frozenset("p"): "mask_p", frozenset("r"): "mask_r",
             frozenset("pr"): "mask"}
-
-    def tensor_arg(self, t: int, is_output: bool) -> TensorArg:
-        info = self.g.tensors[t]
-        axes = [a for a, s in enumerate(info.shape) if s != 1]
-        return TensorArg(t, self.names[t], self.access_of(t), axes, info.dtype, is_output)
-
-    def _axes_of_classes(self, classes: list[int | None]) -> frozenset[str]:
-        return frozenset(self.axis_of[c] for c in classes if c in self.axis_of)
-
-    def _offset(self, ta: TensorArg, classes: list[int | None]) -> str:
-        terms = [f"{self.idx[c]} * {ta.name}_s{axis}" for axis, c in enumerate(classes)
-                 if c is not None and axis in ta.stride_axes]
-        return " + ".join(terms) if terms else "0"
-
-    def _mask(self, axes: frozenset[str]) -> str | None:
-        return self.masks[axes]
-
-    # ------------------------------------------------------------------ values
-    def resolve(self, v: int, local: dict[int, str], scope: Scope) -> str:
-        if v in local:
-            return local[v]
-        op = self.func_ops.get(v)
-        if op is not None and op.name == "arith.constant":
-            return literal(op.attrs["value"], op.dtype)
-        if v not in self.scalars:
-            self.scalars.append(v)
-        return f"a{v}"
-
-    def tensor_value(self, t: int, scope: Scope, allow_reduce: bool,
-                     classes: list[int | None] | None = None) -> str:
-        """The tile of tensor t: computed in this kernel, a fill constant, or loaded (indexed by
-        the reading generic's map, `classes`)."""
-        got = scope.get(t)
-        if got is not None:
-            return got
-        if t in self.plan.fills:
-            return self.resolve(self.plan.fills[t], {}, scope)
-        if t in self.producer:
-            self.emit_generic(self.producer[t], scope, allow_reduce)
-            got = scope.get(t)
-            assert got is not None
-            return got
-        ta = self.tensor_arg(t, False)
-        classes = ta.classes if classes is None else classes
-        key = (t, tuple(classes))
-        got = scope.get(key)
-        if got is not None:
-            return got
-        axes = self._axes_of_classes(classes)
-        mask = self._mask(axes)
-        var = scope.fresh(f"{ta.name}_{len(scope.lines)}")
-        masked = f", mask={mask}, other=0" if mask else ""
-        offset = self._offset(ta, classes)
-        if not axes and self.target == "interpreter":
-            # one element per program, loaded as a [1, 1] tile: the interpreter mis-types a
-            # 0-d comparison that meets a tile in & or | (GPU kernels keep the scalar load)
-            offset += " + tl.full([1, 1], 0, tl.int32)"
-        scope.emit(f"{var} = tl.load({ta.name}_ptr + {offset}{masked})")
-        scope.values[key] = var
-        scope.tile(var, axes)
-        return var
-
-    def emit_generic(self, gi: int, scope: Scope, allow_reduce: bool,
-                     accumulate: dict[int, str] | None = None, fold_mask: str = "mask_r"
-                     ) -> None:
-        """Emit generic gi's region over tiles. A reduction either reduces its tile now
-        (single pass) or, with `accumulate` (yield -> accumulator), folds one chunk into an
-        accumulator tile (looped), where `fold_mask` holds (a column sum: "mask")."""
-        node = self._gen(gi)
-        reduces = self.plan.reduces(gi)
-        if reduces and not (allow_reduce or accumulate is not None):
-            raise AssertionError("a reduction must be computed in an earlier phase")
-        n_in = len(node.inputs)
-        local: dict[int, str] = {}
-        for bid, t, m in zip(node.block_args[:n_in], node.inputs, node.maps[:n_in], strict=True):
-            local[bid] = self.tensor_value(t, scope, allow_reduce, self.k.access(gi, m))
-        if not reduces:
-            for bid, t in zip(node.block_args[n_in:], node.outputs, strict=True):
-                if t in self.plan.fills or t in self.producer or t in self.k.reads:
-                    local[bid] = self.tensor_value(t, scope, allow_reduce)
-        combiners = self._combiners(node) if reduces else {}
-        loc = short_loc(node.loc)
-        for op in node.body:
-            if op.results[0] in combiners:
-                continue
-            if op.name == "linalg.index":
-                local[op.results[0]] = self._loop_index(gi, op.attrs["dim"])
-                continue
-            if op.results[0] in self.unmasked:  # a mask known to be all true on this tile
-                local[op.results[0]] = self.resolve(op.operands[1], local, scope)
-                continue
-            args = [self.resolve(o, local, scope) for o in op.operands]
-            if op.results[0] in self.factor:  # x * c -> x * (c * factor): c is the scalar
-                k = 1 if scope.axes_of(args[1]) is None else 0
-                if self.factor[op.results[0]] is None:  # x * c -> x: c applied later
-                    local[op.results[0]] = args[1 - k]
-                    continue
-                args[k] = f"({args[k]} * {self.factor[op.results[0]]})"
-            local[op.results[0]] = self.emit_op(op, args, scope, loc)
-        for r, y, init in zip(node.results, node.yields, node.outputs, strict=True):
-            if y not in combiners:
-                scope.values[r] = self.resolve(y, local, scope)
-                continue
-            op, f = combiners[y]
-            fv = f"tl.where({fold_mask}, {self.resolve(f, local, scope)}, {self._identity(op)})"
-            if accumulate is not None:
-                acc = accumulate[y]
-                scope.emit(f"{acc} = {RULES[op.name]([acc, fv], op, self.target)}")
-                continue
-            var = f"red{r}"
-            scope.emit(f"{var} = {self._reduce_call(op, fv)}")
-            scope.tile(var, (scope.axes_of(self.resolve(f, local, scope)) or frozenset())
-                       & frozenset("p"))
-            self._finish_reduce(r, op, var, scope, init)
-
-    def emit_op(self, op: Op, args: list[str], scope: Scope, loc: str = "") -> str:
-        """Emit region op `op` on Triton values `args` as `v<result>`, with the user's line
-        (op's own, else `loc`) as a comment; return the variable."""
-        if op.name not in RULES:
-            raise BackendError(f"the Triton backend has no rule for {op.name}")
-        var = f"v{op.results[0]}"
-        where = short_loc(op.loc) or loc
-        comment = f"  # {where}" if where else ""
-        scope.emit(f"{var} = {RULES[op.name](args, op, self.target)}{comment}")
-        scope.derived(var, args)
-        return var
-
-    @staticmethod
-    def program_id(scope: Scope, index: str = "tl.program_id(0)") -> None:
-        """`pid`, this program's index (or the row block a persistent program is at), 64-bit
-        when offsets may pass 2**31 elements."""
-        scope.emit(f"pid = {index}")
-        scope.emit("if USE_I64:  # offsets past 2**31 elements")
-        scope.emit("    pid = pid.to(tl.int64)")
-
-    def _loop_index(self, gi: int, loop: int) -> str:
-        c = self.k.loop_class.get((gi, loop))
-        return "0" if c is None else self.idx[c]
-
-    def _combiners(self, node: Generic) -> dict[int, tuple[Op, int]]:
-        """yield value -> (combiner op, the value it folds in), checked to be acc-free."""
-        n_in = len(node.inputs)
-        accs = node.block_args[n_in:]
-        by = {op.results[0]: op for op in node.body}
-        out = {}
-        for y, acc in zip(node.yields, accs, strict=True):
-            op = by.get(y)
-            if op is None or op.name not in REDUCE or acc not in op.operands:
-                raise BackendError("unsupported reduction body (not a known combiner)")
-            other = op.operands[1] if op.operands[0] == acc else op.operands[0]
-            out[y] = (op, other)
-        return out
-
-    def _reduce_call(self, op: Op, tile: str) -> str:
-        fn = REDUCE[op.name][0]
-        if op.name not in NAN_COMBINE:
-            return self.row_reduce(fn, tile)
-        if self.target != "interpreter":
-            return f"tl.reduce({tile}, 1, {NAN_COMBINE[op.name]}, keep_dims=True)"
-        # the interpreter's max and min are numpy's nanmax and nanmin: put the NaN back
-        nan = self.row_reduce("tl.max", f"({tile} != {tile}).to(tl.int32)")
-        return f'tl.where({nan} > 0, float("nan"), {self.row_reduce(fn, tile)})'
-
-    def row_reduce(self, fn: str, tile: str) -> str:
-        """tl.sum / tl.max / tl.min of a tile along axis 1, keeping the dim."""
-        if self.target == "interpreter":  # tl.sum & co. are jit functions it cannot call
-            combine = {"tl.sum": "_sum_combine", "tl.max": "_elementwise_max",
-                       "tl.min": "_elementwise_min"}[fn]
-            return f"tl.reduce({tile}, 1, tl.standard.{combine}, keep_dims=True)"
-        return f"{fn}({tile}, axis=1, keep_dims=True)"
-
-    def _identity(self, op: Op) -> str:
-        _fn, ident = REDUCE[op.name]
-        if ident is None:
-            ident = int_identity(op.name, op.dtype)
-        return literal(ident, op.dtype)
-
-    def _finish_reduce(self, r: int, op: Op, var: str, scope: Scope, init: int) -> None:
-        init_v = self.tensor_value(init, scope, True) if (
-            init in self.plan.fills or init in self.producer or init in self.k.reads) else None
-        if init_v is not None and init_v != self._identity(op):
-            out = f"res{r}"
-            scope.emit(f"{out} = {RULES[op.name]([init_v, var], op, self.target)}")
-            scope.derived(out, [init_v, var])
-            var = out
-        scope.values[r] = var
-
-    # ------------------------------------------------------------------ kernels
-    constexprs: tuple[str, ...] = RowConstexprs.names()
-
-    def header(self, name: str, tensors: list[TensorArg], looped: bool,
-               extra: tuple[str, ...] = (), note: str = "") -> list[str]:
-        params = []
-        for ta in tensors:
-            params.append(f"{ta.name}_ptr")
-        for ta in tensors:
-            params += [f"{ta.name}_s{axis}" for axis in ta.stride_axes]
-        params += [self.cname[c] for c in self.classes]
-        params.append(SCALARS)  # the body's scalars, known once it is written (with_scalars)
-        params += [*extra, *(f"{c}: tl.constexpr" for c in self.constexprs)]
-        locs = sorted({short_loc(x) for x in self.k.locs if short_loc(x)})
-        doc = f"{self.k.kind} kernel {self.k.index}" + (" (looped)" if looped else "") + note
-        if locs:
-            doc += ": " + ", ".join(locs)
-        return ["@triton.jit", f"def {name}({', '.join(params)}):", f'    """{doc}"""']
 
     def sizes(self, s: Scope) -> None:
         """P and R: the rows (parallel classes) and the row length (reduced ones)."""
@@ -342,22 +87,6 @@ class KernelWriter:
                 rem = f"rem_{axis}"
             s.tile(var, frozenset(axis))
 
-    def _store(self, t: int, scope: Scope) -> None:
-        ta = self.tensor_arg(t, True)
-        val = self.tensor_value(t, scope, True)
-        axes = self._axes_of_classes(ta.classes)
-        have = scope.axes_of(val)
-        shape = f"[{self.blocks[0] if 'p' in axes else 1}, {self.blocks[1] if 'r' in axes else 1}]"
-        if have is None:
-            val = f"tl.full({shape}, {val}, {ta.name}_ptr.dtype.element_ty)"
-        elif have != axes:
-            val = f"tl.broadcast_to({val}, {shape})"
-        mask = self._mask(axes)
-        masked = f", mask={mask}" if mask else ""
-        offset = self._offset(ta, ta.classes) if axes else "tl.full([1, 1], 0, tl.int32)"
-        scope.emit(f"tl.store({ta.name}_ptr + {offset}, "
-                   f"({val}).to({ta.name}_ptr.dtype.element_ty){masked})")
-
     def write_single(self, name: str, tensors: list[TensorArg]) -> list[str]:
         body = Scope.function()
         pointwise = self.k.kind == POINTWISE
@@ -371,14 +100,6 @@ class KernelWriter:
     def _spans_p(self, gi: int) -> bool:
         node = self._gen(gi)
         return any(self.k.loop_class.get((gi, i)) in self.p_classes for i in range(node.n_loops))
-
-    def with_scalars(self, lines: list[str]) -> str:
-        """The kernel's text with the scalars its body read (collected as it was written) put
-        in each header's parameters."""
-        text = "\n".join(lines)
-        names = ", ".join(f"a{v}" for v in self.scalars)
-        return text.replace(f", {SCALARS}", f", {names}" if names else "").replace(
-            f"{SCALARS}, ", f"{names}, " if names else "")
 
     def source(self) -> KernelSource:
         name = f"fusile_k{self.k.index}"

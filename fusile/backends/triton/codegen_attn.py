@@ -19,7 +19,6 @@ Frames (tile axes): q (i, d), k (d, j), s (i, j), v (j, e), o (i, e).
 
 from __future__ import annotations
 
-from fusile.backends.triton.codegen import KernelWriter
 from fusile.backends.triton.codegen_bounds import KeyBounds
 from fusile.backends.triton.codegen_decode import (
     PART_ARGS,
@@ -27,8 +26,9 @@ from fusile.backends.triton.codegen_decode import (
     store_partials,
     write_combine,
 )
-from fusile.backends.triton.codegen_dot import DotWriter
+from fusile.backends.triton.codegen_tiled import DotOperands, row_program, tiled_source
 from fusile.backends.triton.constexprs import AttnConstexprs
+from fusile.backends.triton.emitter import TileEmitter
 from fusile.backends.triton.kernel_source import AttnInfo, KernelSource, TensorArg
 from fusile.backends.triton.ops import TL_DTYPE
 from fusile.backends.triton.scope import Scope
@@ -43,7 +43,6 @@ _FRAMES = {"q": ("qi", "qd", "BLOCK_M", "BLOCK_D"), "k": ("kd", "kj", "BLOCK_D",
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 _GUARD = "m_use = tl.where(m_new == float(\"-inf\"), 0.0, m_new)  # all -inf so far"
-L2_GROUP_BYTES = 16 << 20  # a third of the H100's 50 MB L2 (a quarter of MI300X's 256 MB LLC)
 
 
 def end_mask(var: str, bound: str, shape: str) -> str:
@@ -61,19 +60,19 @@ def head_mask(var: str, bound: str, shape: str) -> str:
     return f"mask_{var} = tl.full({shape}, 1, tl.int1) if EVEN_HEADS else {var} < {bound}"
 
 
-class AttnWriter(KeyBounds, DotWriter):
+class AttnWriter(TileEmitter):
     constexprs: tuple[str, ...] = AttnConstexprs.names()
 
     def __init__(self, plan: Plan, kernel: Kernel, target: str, names: dict[int, str],
                  tf32: bool = False):
         assert kernel.attn is not None
         self.attn: AttentionForm = kernel.attn
-        self.tf32 = tf32
-        self.prologue = False
+        self.dots = DotOperands(self, tf32)
         self.scale_op: int | None = None  # the `s * scale` op the base-2 factor folds into
         self.scale: tuple[str, str] | None = None  # its scale and sign (_scale_sign)
         self.scale_scalar: int | None = None  # a runtime scale: the launch tells its sign
-        KernelWriter.__init__(self, plan, kernel, target, names)
+        super().__init__(plan, kernel, target, names)
+        self.bounds = KeyBounds(self, self.i, self.j, self.batch)
 
     def _order_classes(self) -> None:
         a, lc = self.attn, self.k.loop_class
@@ -94,7 +93,6 @@ class AttnWriter(KeyBounds, DotWriter):
         self.p_classes, self.r_classes = [*self.batch, self.i, self.e], [self.j, self.d]
         self.cname = {c: f"n{i}" for i, c in enumerate(order)}
         self.bidx = {c: f"b{i}" for i, c in enumerate(self.batch)}
-        self.m, self.n, self.kc = self.i, self.j, self.d
         self.frame("o")
 
     def frame(self, f: str) -> None:
@@ -118,32 +116,6 @@ class AttnWriter(KeyBounds, DotWriter):
                 "pos" if float(const.attrs["value"]) > 0 else "neg"
         self.scale_scalar = c
         return self.resolve(c, {}, Scope.scratch()), "POS_SCALE"
-
-    def row_program(self, scope: Scope, rows: str, kv: tuple[str, str] | None = None) -> None:
-        """This program's batch indices and first row `row0`: one program per BLOCK_M of
-        `rows` per batch index. With `kv` (the looped length, an expression for the bytes of
-        K and V per looped position), programs go in groups of batch indices whose K and V
-        fit L2_GROUP_BYTES, and within a group the last row blocks of every batch index come
-        first: with a causal mask they see the most keys, so the last wave holds the shortest
-        programs (+3-4% on causal rows at 2k-4k tokens on the H100, benchmarks/RESULTS.md)."""
-        e = scope.emit
-        self.program_id(scope)
-        e(f"tiles_m = ({rows} + BLOCK_M - 1) // BLOCK_M")
-        if kv is None:
-            e("pid_b = pid // tiles_m  # batch index, flattened")
-            e("pid_m = pid % tiles_m")
-        else:
-            length, per_key = kv
-            e("n_b = tl.num_programs(0) // tiles_m  # batch indices, flattened")
-            e(f"grp = tl.maximum(1, tl.minimum(n_b, {L2_GROUP_BYTES} // ({per_key}) // "
-              f"tl.maximum({length}, 1)))  # K and V of grp batch indices fit L2")
-            e("g0 = pid // (grp * tiles_m) * grp")
-            e("gsz = tl.minimum(n_b - g0, grp)")
-            e("rr = pid - g0 * tiles_m")
-            e("pid_m = tiles_m - 1 - rr // gsz  # the longest row blocks of the group first")
-            e("pid_b = g0 + rr % gsz")
-        self.batch_index(scope)
-        e("row0 = pid_m * BLOCK_M")
 
     def _log2_scale(self) -> int | None:
         """The `s * scale` op of the score modifications when the scores are that product,
@@ -182,12 +154,13 @@ class AttnWriter(KeyBounds, DotWriter):
         codegen_decode.py): program (pid, sid) covers keys [sid * S_CHUNK, + S_CHUNK) of its
         row block and stores its running max, sum and unnormalised accumulator."""
         a = self.attn
-        qk_dt, pv_dt = self.runnable(self.dot_dtype(a.qk)), self.runnable(self.rhs_dtype(a.pv))
+        dots = self.dots
+        qk_dt, pv_dt = dots.runnable(dots.dot_dtype(a.qk)), dots.runnable(dots.rhs_dtype(a.pv))
         top = Scope.function()
         e = top.emit
         LI, LJ, D, E = (self.cname[c] for c in (self.i, self.j, self.d, self.e))
         kv_bytes = f"BLOCK_D * {qk_dt.bits // 8} + BLOCK_E * {pv_dt.bits // 8}"
-        self.row_program(top, LI, None if part else (LJ, kv_bytes))
+        row_program(self, top, LI, None if part else (LJ, kv_bytes))
         e("offs_m = row0 + tl.arange(0, BLOCK_M)")
         e("offs_n = tl.arange(0, BLOCK_N)")
         e("offs_d = tl.arange(0, BLOCK_D)")
@@ -201,10 +174,10 @@ class AttnWriter(KeyBounds, DotWriter):
         for v, ax in (("qi", "p"), ("qd", "r"), ("si", "p"), ("kd", "p"), ("ve", "r")):
             top.tile(v, frozenset(ax))
         self.frame("q")
-        q = self.operand(a.qk, a.qk.lhs, top, TL_DTYPE[qk_dt.name], self.d)
+        q = self.dots.operand(a.qk, a.qk.lhs, top, TL_DTYPE[qk_dt.name], self.d)
         e(f"q = {q}")
         top.tile("q", frozenset("pr"))
-        stages = self.loop_stages(top, a.masks, LJ)
+        stages = self.bounds.loop_stages(top, a.masks, LJ)
         if part:
             chunk_stages(top, stages)
         e("m_i = tl.full([BLOCK_M, 1], float(\"-inf\"), tl.float32)  # running max, base 2")
@@ -300,14 +273,14 @@ class AttnWriter(KeyBounds, DotWriter):
             b(line)
         body.tile("kj", frozenset("r"))
         self.frame("k")
-        kt = self.operand(a.qk, a.qk.rhs, body, TL_DTYPE[qk_dt.name], self.d)
-        b(f"s = tl.dot(q, {kt}{self.precision(qk_dt)})")
+        kt = self.dots.operand(a.qk, a.qk.rhs, body, TL_DTYPE[qk_dt.name], self.d)
+        b(f"s = tl.dot(q, {kt}{self.dots.precision(qk_dt)})")
         for line in ("vj = j0 + offs_n[:, None]", key_mask("vj", "[BLOCK_N, 1]"),
                      "mask_v = mask_vj & mask_ve"):
             b(line)
         body.tile("vj", frozenset("p"))
         self.frame("v")
-        vt = self.operand(a.pv, a.pv.rhs, body, TL_DTYPE[pv_dt.name], self.j)
+        vt = self.dots.operand(a.pv, a.pv.rhs, body, TL_DTYPE[pv_dt.name], self.j)
         for line in ("sj = j0 + offs_n[None, :]", key_mask("sj", "[1, BLOCK_N]"),
                      "mask_s = mask_si & mask_sj"):
             b(line)
@@ -326,7 +299,8 @@ class AttnWriter(KeyBounds, DotWriter):
         for line in ("alpha = tl.exp2(m_i - m_use)", f"l_i = l_i * alpha + {red_sum}",
                      "m_i = m_new"):
             b(line)
-        b(f"acc = tl.dot(p.to({TL_DTYPE[pv_dt.name]}), {vt}, acc * alpha{self.precision(pv_dt)})")
+        b(f"acc = tl.dot(p.to({TL_DTYPE[pv_dt.name]}), {vt}, "
+          f"acc * alpha{self.dots.precision(pv_dt)})")
         return body.lines
 
     @staticmethod
@@ -359,11 +333,11 @@ class AttnWriter(KeyBounds, DotWriter):
         if folded and whole:
             scope.emit("t = s")
             return
-        self.unmasked = {sel for _, sel in self.attn.masks} if whole else set()
-        self.factor = {} if self.scale_op is None else \
+        unmasked = {sel for _, sel in self.attn.masks} if whole else set()
+        factor = {} if self.scale_op is None else \
             {self.scale_op: None if folded else str(LOG2E)}
-        t = self.tensor_value(self.attn.scores, scope, False)
-        self.unmasked, self.factor = set(), {}
+        with self.assuming(unmasked, factor):
+            t = self.tensor_value(self.attn.scores, scope, False)
         if self.scale_op is None:  # base 2: one multiply
             t = f"({t}) * {LOG2E}"
         scope.emit(f"t = {t}" if whole else f"t = tl.where(mask_sj, {t}, float(\"-inf\"))")
@@ -388,7 +362,7 @@ class AttnWriter(KeyBounds, DotWriter):
                     *self.write_attn(f"{name}_split", tensors, part=True), "", "",
                     *write_combine(self, f"{name}_combine", tensors)]
 
-        ks = self._source(write, self.i, self.j, self.d, self.dot_dtype(self.attn.qk),
-                          AttnInfo(self.e, self.scale_scalar))
+        ks = tiled_source(self, self.dots, write, self.i, self.j, self.d,
+                          self.dots.dot_dtype(self.attn.qk), AttnInfo(self.e, self.scale_scalar))
         ks.split_name, ks.combine_name = f"{ks.name}_split", f"{ks.name}_combine"
         return ks

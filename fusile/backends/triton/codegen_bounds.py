@@ -12,28 +12,27 @@ solver serves the backward kernels, where the kept side plays the rows.
 
 from __future__ import annotations
 
-from fusile.backends.triton.codegen import KernelWriter
+from fusile.backends.triton.emitter import TileEmitter
 from fusile.backends.triton.scope import Scope
 
 
-class KeyBounds(KernelWriter):
-    """Mixin for the flash writers: `self.i` is the row class, `self.j` the looped one,
-    `self.batch` the batch classes."""
+class KeyBounds:
+    """The key-bound solver of a flash writer `w`: `i` is the row class (the kept side of a
+    backward kernel), `j` the looped one, `batch` the batch classes."""
 
-    i: int
-    j: int
-    batch: list[int]
+    def __init__(self, w: TileEmitter, i: int, j: int, batch: list[int]):
+        self.w, self.i, self.j, self.batch = w, i, j, batch
 
     def _affine(self, gi: int, v: int, scope: Scope) -> tuple[int, int, list[str]] | None:
         """v of generic gi as (coefficient of i, coefficient of j, constant source terms)."""
-        node = self._gen(gi)
+        node = self.w._gen(gi)
         op = node.defs.get(v)
         if v in node.block_args:
             return self._program_value(node.inputs[node.block_args.index(v)], scope)
         if op is None:
-            return 0, 0, [self.resolve(v, {}, scope)]
+            return 0, 0, [self.w.resolve(v, {}, scope)]
         if op.name == "linalg.index":
-            c = self.k.loop_class.get((gi, op.attrs["dim"]))
+            c = self.w.k.loop_class.get((gi, op.attrs["dim"]))
             return (1, 0, []) if c == self.i else (0, 1, []) if c == self.j else None
         if op.name in ("arith.index_cast", "arith.extsi", "arith.trunci"):
             return self._affine(gi, op.operands[0], scope)
@@ -50,15 +49,15 @@ class KeyBounds(KernelWriter):
     def _program_value(self, t: int, scope: Scope) -> tuple[int, int, list[str]] | None:
         """Tensor t as a term of a bound when it has one value per program: read from memory
         and indexed by batch loops only (a per-sequence cache length), loaded once here."""
-        if t in self.producer or t in self.plan.fills:
+        if t in self.w.producer or t in self.w.plan.fills:
             return None
-        ta = self.tensor_arg(t, False)
+        ta = self.w.tensor_arg(t, False)
         if any(c is not None and c not in self.batch for c in ta.classes):
             return None
         var = scope.values.get(("bound", t))
         if var is None:
             var = scope.values[("bound", t)] = scope.fresh(f"{ta.name}_bound")
-            scope.emit(f"{var} = tl.load({ta.name}_ptr + {self._offset(ta, ta.classes)})")
+            scope.emit(f"{var} = tl.load({ta.name}_ptr + {self.w._offset(ta, ta.classes)})")
         return 0, 0, [var]
 
     def _bounds(self, gi: int, cond: int, scope: Scope, lo: list[str], hi: list[str],
@@ -66,7 +65,7 @@ class KeyBounds(KernelWriter):
         """Collect the key bounds implied by condition `cond` for rows [first, last]: where
         any row may see keys ([lo, hi)) and where every row sees them all ([lo_all, hi_all)).
         True when the condition is exactly the conjunction of those bounds."""
-        node = self._gen(gi)
+        node = self.w._gen(gi)
         op = node.defs.get(cond)
         if op is None:
             return False
@@ -118,7 +117,7 @@ class KeyBounds(KernelWriter):
         bounds = top.child()
         exact = True
         for gi, sel in masks:
-            sel_op = next(op for op in self._gen(gi).body if op.results[0] == sel)
+            sel_op = next(op for op in self.w._gen(gi).body if op.results[0] == sel)
             exact &= self._bounds(gi, sel_op.operands[0], bounds, lo, hi, lo_all, hi_all)
         top.lines += bounds.lines
         e("lo = 0")

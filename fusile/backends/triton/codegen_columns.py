@@ -20,13 +20,13 @@ from fusile.backends.triton.scope import Scope
 from fusile.lowering.graph import Op
 
 if TYPE_CHECKING:
-    from fusile.backends.triton.codegen import KernelWriter
+    from fusile.backends.triton.codegen import RowWriter
     from fusile.backends.triton.kernel_source import TensorArg
 
 EXTRA = ("part_ptr", "G")  # the partials and the number of programs, after the scalars
 
 
-def column_sums(w: KernelWriter) -> list[tuple[int, int, int, Op, int]]:
+def column_sums(w: RowWriter) -> list[tuple[int, int, int, Op, int]]:
     """(generic, result, yield, combiner, init) of each column sum, in program order: the
     order of their partial rows."""
     out = []
@@ -40,14 +40,14 @@ def column_sums(w: KernelWriter) -> list[tuple[int, int, int, Op, int]]:
     return out
 
 
-def _sum_rows(w: KernelWriter, tile: str) -> str:
+def _sum_rows(w: RowWriter, tile: str) -> str:
     """A [BLOCK_P, BLOCK_R] float32 tile summed over its rows, kept 2-D."""
     if w.target == "interpreter":
         return f"tl.reduce({tile}, 0, tl.standard._sum_combine, keep_dims=True)"
     return f"tl.sum({tile}, axis=0, keep_dims=True)"
 
 
-def _fold(w: KernelWriter, scope: Scope, sums: list[tuple[int, int, int, Op, int]],
+def _fold(w: RowWriter, scope: Scope, sums: list[tuple[int, int, int, Op, int]],
           whole_rows: bool) -> None:
     """Add this tile's values of each column sum to its accumulator (acc<yield>). With
     `whole_rows` the row reductions they read are computed here, else in earlier loops."""
@@ -56,7 +56,7 @@ def _fold(w: KernelWriter, scope: Scope, sums: list[tuple[int, int, int, Op, int
                        {y: f"acc{y}" for g, _r, y, _o, _i in sums if g == gi}, fold_mask="mask")
 
 
-def write_rows_columns(w: KernelWriter, name: str, tensors: list[TensorArg], looped: bool
+def write_rows_columns(w: RowWriter, name: str, tensors: list[TensorArg], looped: bool
                        ) -> list[str]:
     sums = column_sums(w)
     head = Scope.function()
@@ -96,7 +96,7 @@ def write_rows_columns(w: KernelWriter, name: str, tensors: list[TensorArg], loo
     return w.header(name, tensors, looped, EXTRA, note) + head.lines
 
 
-def write_columns_combine(w: KernelWriter, name: str, tensors: list[TensorArg]) -> list[str]:
+def write_columns_combine(w: RowWriter, name: str, tensors: list[TensorArg]) -> list[str]:
     """One program per BLOCK_R columns: the G partials summed BLOCK_P at a time, then the
     elementwise work on the sums, and the stores."""
     top = Scope.function()

@@ -17,10 +17,14 @@ acc [P * S * BLOCK_M, BLOCK_E], then m [P * S * BLOCK_M], then l [P * S * BLOCK_
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING
 
+from fusile.backends.triton.codegen_tiled import row_program
 from fusile.backends.triton.kernel_source import TensorArg
 from fusile.backends.triton.scope import Scope
+
+if TYPE_CHECKING:
+    from fusile.backends.triton.codegen_attn import AttnWriter
 
 PART_ARGS = ("part_ptr", "S", "S_CHUNK")
 
@@ -54,24 +58,11 @@ def store_partials(top: Scope) -> None:
     e("tl.store(part_ptr + base_l + base, l_i)")
 
 
-class _Writer(Protocol):
-    cname: dict[int, str]
-    i: int
-
-    def row_program(self, scope: Scope, rows: str, kv: tuple[str, str] | None = None
-                    ) -> None: ...
-
-    def epilogue(self, top: Scope) -> None: ...
-
-    def header(self, name: str, tensors: list[TensorArg], looped: bool,
-               extra: tuple[str, ...] = (), note: str = "") -> list[str]: ...
-
-
-def write_combine(w: _Writer, name: str, tensors: list[TensorArg]) -> list[str]:
+def write_combine(w: AttnWriter, name: str, tensors: list[TensorArg]) -> list[str]:
     """One program per row block: merge its S partials, then the flash kernel's epilogue."""
     top = Scope.function()
     e = top.emit
-    w.row_program(top, w.cname[w.i])
+    row_program(w, top, w.cname[w.i])
     e("offs_m = row0 + tl.arange(0, BLOCK_M)")
     e("offs_e = tl.arange(0, BLOCK_E)")
     _offsets(top, "0")

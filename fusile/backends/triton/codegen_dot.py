@@ -8,23 +8,18 @@ and accumulates in float32 with tl.dot; the launch's num_stages pipelines the lo
 loop the epilogue (bias, activation, residual, scales, casts) runs on the accumulator tile
 (frame [BLOCK_M, BLOCK_N]) and every output is stored once.
 
-Operands go to tl.dot in the narrowest float type of the tensors they are computed from (bf16
-and f16 products are exact in float32); float32 operands run at IEEE precision unless the user
-opted into TF32 (FUSILE_TF32). The interpreter upcasts bf16 operands: it computes bf16 dots
-wrongly.
+The operands' tiles and the type tl.dot runs them in come from codegen_tiled.DotOperands.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from fusile.backends.triton.codegen import KernelWriter
+from fusile.backends.triton.codegen_tiled import DotOperands, batch_index, tiled_source
 from fusile.backends.triton.constexprs import DotConstexprs
-from fusile.backends.triton.kernel_source import AttnInfo, DotInfo, KernelSource, TensorArg
+from fusile.backends.triton.emitter import TileEmitter
+from fusile.backends.triton.kernel_source import KernelSource, TensorArg
 from fusile.backends.triton.ops import TL_DTYPE
 from fusile.backends.triton.scope import Scope
 from fusile.dsl.errors import InternalError
-from fusile.dsl.types import DTYPES, DType
 from fusile.lowering.contraction import DotForm
 from fusile.lowering.graph import Generic
 from fusile.lowering.partition import Kernel, Plan
@@ -34,18 +29,16 @@ _FRAMES = {  # frame -> (row index, column index, row block, column block)
     "b": ("bk", "bn", "BLOCK_K", "BLOCK_N"),
     "c": ("cm", "cn", "BLOCK_M", "BLOCK_N"),
 }
-_ZERO_KEEPING = ("arith.extf", "arith.truncf", "arith.negf", "arith.divf")  # 0 stays 0
 
 
-class DotWriter(KernelWriter):
+class DotWriter(TileEmitter):
     constexprs: tuple[str, ...] = DotConstexprs.names()
 
     def __init__(self, plan: Plan, kernel: Kernel, target: str, names: dict[int, str],
                  tf32: bool = False):
         assert kernel.dot is not None
         self.form: DotForm = kernel.dot
-        self.tf32 = tf32
-        self.prologue = False
+        self.dots = DotOperands(self, tf32)
         super().__init__(plan, kernel, target, names)
 
     # ------------------------------------------------------------------ classes and frames
@@ -68,134 +61,12 @@ class DotWriter(KernelWriter):
         rc, cc = {"a": (self.m, self.kc), "b": (self.kc, self.n), "c": (self.m, self.n)}[f]
         self.set_frame(rc, cc, row, col, (brow, bcol), f"mask_{f}")
 
-    def set_frame(self, rc: int, cc: int, row: str, col: str, blocks: tuple[str, str],
-                  mask: str) -> None:
-        """Tiles run class rc along rows (index `row`, mask `mask_<row>`) and cc along columns;
-        `mask` masks both."""
-        self.idx = dict(self.bidx) | {rc: row, cc: col}
-        self.axis_of = {rc: "p", cc: "r"}
-        self.blocks = blocks
-        self.masks = {frozenset(): None, frozenset("p"): f"mask_{row}",
-                      frozenset("r"): f"mask_{col}", frozenset("pr"): mask}
-
-    # ------------------------------------------------------------------ operands
     def _contraction(self) -> Generic:
         return self._gen(self.form.gi)
 
-    def _leaf_dtypes(self, t: int, seen: set[int]) -> list[DType]:
-        """Float dtypes of the HBM tensors tensor t is computed from in this kernel."""
-        if t in seen:
-            return []
-        seen.add(t)
-        if t in self.producer:
-            node = self._gen(self.producer[t])
-            return [d for u in node.inputs for d in self._leaf_dtypes(u, seen)]
-        d = self.g.tensors[t].dtype
-        return [d] if d.is_float else []
-
-    def _value_dtypes(self, gi: int, v: int) -> list[DType]:
-        """The float dtypes of the HBM tensors value v of generic gi is computed from."""
-        node = self._gen(gi)
-        args = node.args_of(v)
-        return [d for bid, t in zip(node.block_args, node.inputs, strict=False) if bid in args
-                for d in self._leaf_dtypes(t, set())]
-
-    def dot_dtype(self, form: DotForm) -> DType:
-        """The operand type of form's tl.dot: the one 16-bit float both operands come from,
-        else float32."""
-        dts = self._value_dtypes(form.gi, form.lhs) + self._value_dtypes(form.gi, form.rhs)
-        if not dts or any(d.bits > 16 for d in dts) or len({d.name for d in dts}) > 1:
-            return DTYPES["f32"]
-        return dts[0]
-
-    def rhs_dtype(self, form: DotForm) -> DType:
-        """The operand type of a dot whose left operand is computed in float32 on chip
-        (probabilities, score gradients): the 16-bit float the right operand comes from, to
-        which the left tile is rounded (as in FlashAttention), else float32."""
-        dts = self._value_dtypes(form.gi, form.rhs)
-        if dts and all(d.bits == 16 and d.name == dts[0].name for d in dts):
-            return dts[0]
-        return DTYPES["f32"]
-
-    def runnable(self, dt: DType) -> DType:
-        """The tl.dot operand type to emit for dt: float32 for bf16 on the interpreter, whose
-        bf16 dot is wrong (DESIGN.md, numerics)."""
-        return DTYPES["f32"] if self.target == "interpreter" and dt.name == "bf16" else dt
-
-    def precision(self, dt: DType) -> str:
-        """tl.dot's input_precision argument for operands of type dt: float32 runs at IEEE
-        precision unless the user opted into TF32."""
-        if dt.name != "f32":
-            return ""
-        return ', input_precision="tf32"' if self.tf32 else ', input_precision="ieee"'
-
-    def operand(self, form: DotForm, v: int, scope: Scope, dtype: str, kc: int) -> str:
-        """Emit operand value v of form's region in the current frame and return a full tile
-        of it in the dot's operand type, zero where the reduced class kc is past the end."""
-        gi = form.gi
-        node = self._gen(gi)
-        by = node.defs
-        n_in = len(node.inputs)
-        local: dict[int, str] = {}
-        zero: dict[int, bool] = {}  # value is 0 wherever k is past the end (masked loads)
-
-        def val(x: int) -> str:
-            if x in local:
-                return local[x]
-            if x in node.block_args[:n_in]:
-                j = node.block_args.index(x)
-                classes = self.k.access(gi, node.maps[j])
-                local[x] = self.tensor_value(node.inputs[j], scope, False, classes)
-                zero[x] = node.inputs[j] not in self.producer and kc in classes
-                return local[x]
-            op = by.get(x)
-            if op is None:  # defined outside the region: a scalar
-                return self.resolve(x, local, scope)
-            if op.name == "linalg.index":
-                local[x] = self._loop_index(gi, op.attrs["dim"])
-                return local[x]
-            if op.name not in _ZERO_KEEPING[:2]:  # more than a cast
-                self.prologue = True
-            var = local[x] = self.emit_op(op, [val(o) for o in op.operands], scope)
-            z = [zero.get(o, False) for o in op.operands]
-            zero[x] = (op.name in _ZERO_KEEPING and z[0]) or (op.name == "arith.mulf" and any(z))
-            return var
-
-        op = by.get(v)
-        src = v
-        if op is not None and op.name == "arith.extf" and by.get(op.operands[0]) is None and \
-                TL_DTYPE[self._arg_dtype(gi, op.operands[0]).name] == dtype:
-            src = op.operands[0]  # the loaded tile as is: no round trip through f32
-        tile = val(src)
-        rows, cols = self.blocks
-        have = scope.axes_of(tile)
-        if have is None:
-            tile = f"tl.full([{rows}, {cols}], {tile}, tl.float32)"
-        elif have != frozenset("pr"):
-            tile = f"tl.broadcast_to({tile}, [{rows}, {cols}])"
-        k_axis = "r" if self.axis_of.get(kc) == "r" else "p"
-        if not zero.get(src, False):
-            tile = f"tl.where({self.masks[frozenset(k_axis)]}, {tile}, 0.0)"
-        return f"({tile}).to({dtype})"
-
-    def batch_index(self, scope: Scope) -> None:
-        """Each batch class's index from the flattened batch index `pid_b`."""
-        rem = "pid_b"
-        for c in reversed(self.batch):
-            scope.emit(f"{self.bidx[c]} = {rem} % {self.cname[c]}")
-            scope.emit(f"{rem}_{c} = {rem} // {self.cname[c]}")
-            rem = f"{rem}_{c}"
-
-    def _arg_dtype(self, gi: int, bid: int) -> DType:
-        node = self._gen(gi)
-        if bid not in node.block_args[: len(node.inputs)]:
-            return DTYPES["f32"]
-        t = node.inputs[node.block_args.index(bid)]
-        return self.g.tensors[t].dtype
-
     # ------------------------------------------------------------------ the kernel
     def write_dot(self, name: str, tensors: list[TensorArg]) -> list[str]:
-        dt = self.runnable(self.dot_dtype(self.form))
+        dt = self.dots.runnable(self.dots.dot_dtype(self.form))
         tl_dt = TL_DTYPE[dt.name]
         top = Scope.function()
         e = top.emit
@@ -210,7 +81,7 @@ class DotWriter(KernelWriter):
         e("rows = tl.minimum(tiles_m - first_m, GROUP_M)")
         e("pid_m = first_m + (tile % group) % rows")
         e("pid_n = (tile % group) // rows")
-        self.batch_index(top)
+        batch_index(self, top)
         e("offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)")
         e("offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)")
         e("offs_k = tl.arange(0, BLOCK_K)")
@@ -232,7 +103,7 @@ class DotWriter(KernelWriter):
         for v, axes in (("am", "p"), ("ak", "r"), ("bk", "p"), ("bn", "r")):
             top.tile(v, frozenset(axes))
         self.frame("a")
-        lhs = self.operand(self.form, self.form.lhs, loop_a, tl_dt, self.kc)
+        lhs = self.dots.operand(self.form, self.form.lhs, loop_a, tl_dt, self.kc)
         loop_b = top.child(deeper=True)
         loop_b.emit("bk = k0 + offs_k[:, None]")
         loop_b.emit("if EVEN_K:")
@@ -241,8 +112,8 @@ class DotWriter(KernelWriter):
         loop_b.emit(f"    mask_bk = bk < {K}")
         loop_b.emit("mask_b = mask_bk & mask_bn")
         self.frame("b")
-        rhs = self.operand(self.form, self.form.rhs, loop_b, tl_dt, self.kc)
-        loop_b.emit(f"acc = tl.dot({lhs}, {rhs}, acc{self.precision(dt)})")
+        rhs = self.dots.operand(self.form, self.form.rhs, loop_b, tl_dt, self.kc)
+        loop_b.emit(f"acc = tl.dot({lhs}, {rhs}, acc{self.dots.precision(dt)})")
         top.lines += loop_a.lines + loop_b.lines
         node = self._contraction()
         init = node.outputs[0]
@@ -272,22 +143,9 @@ class DotWriter(KernelWriter):
             for t in self.k.writes:
                 self._store(t, out)
             top.lines += out.lines
-        note = f" (tl.dot on {dt.name}{' tf32' if self.tf32 and dt.name == 'f32' else ''})"
+        note = f" (tl.dot on {dt.name}{' tf32' if self.dots.tf32 and dt.name == 'f32' else ''})"
         return self.header(name, tensors, False, note=note) + top.lines
 
     def source(self) -> KernelSource:
-        return self._source(self.write_dot, self.m, self.n, self.kc, self.dot_dtype(self.form))
-
-    def _source(self, write: Callable[[str, list[TensorArg]], list[str]], m: int, n: int,
-                k: int, dtype: DType, attn: AttnInfo | None = None
-                ) -> KernelSource:
-        """Write the kernel (its scalar arguments collected as they are read) and describe it
-        for the launcher."""
-        name = f"fusile_k{self.k.index}"
-        tensors = [self.tensor_arg(t, False) for t in self.k.reads] + [
-            self.tensor_arg(t, True) for t in self.k.writes]
-        lines = write(name, tensors)
-        info = DotInfo(list(self.batch), m, n, k, dtype.name, self.prologue)
-        return KernelSource(name, self.k.kind, self.k.index, self.with_scalars(lines), tensors,
-                            self.classes, self.p_classes, self.r_classes, self.k.class_global,
-                            list(self.scalars), dot=info, attn=attn)
+        return tiled_source(self, self.dots, self.write_dot, self.m, self.n, self.kc,
+                            self.dots.dot_dtype(self.form))

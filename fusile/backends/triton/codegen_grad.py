@@ -21,9 +21,11 @@ are a tile's row and column index.
 
 from __future__ import annotations
 
-from fusile.backends.triton.codegen import KernelWriter
-from fusile.backends.triton.codegen_attn import AttnWriter, end_mask, head_mask
+from fusile.backends.triton.codegen_attn import end_mask, head_mask
+from fusile.backends.triton.codegen_bounds import KeyBounds
+from fusile.backends.triton.codegen_tiled import DotOperands, row_program, tiled_source
 from fusile.backends.triton.constexprs import GradConstexprs
+from fusile.backends.triton.emitter import TileEmitter
 from fusile.backends.triton.kernel_source import GradInfo, KernelSource, TensorArg
 from fusile.backends.triton.ops import TL_DTYPE
 from fusile.backends.triton.scope import Scope
@@ -34,15 +36,14 @@ from fusile.lowering.contraction import DotForm
 from fusile.lowering.partition import Kernel, Plan
 
 
-class GradWriter(AttnWriter):
+class GradWriter(TileEmitter):
     def __init__(self, plan: Plan, kernel: Kernel, target: str, names: dict[int, str],
                  tf32: bool = False):
         assert kernel.grad is not None
         self.grad: GradForm = kernel.grad
-        self.tf32 = tf32
-        self.prologue = False
-        self.full = False  # emitting a block every kept position sees whole
-        KernelWriter.__init__(self, plan, kernel, target, names)
+        self.dots = DotOperands(self, tf32)
+        super().__init__(plan, kernel, target, names)
+        self.bounds = KeyBounds(self, self.keep, self.loop, self.batch)
 
     # ------------------------------------------------------------------ classes and frames
     def _order_classes(self) -> None:
@@ -74,11 +75,10 @@ class GradWriter(AttnWriter):
         self.block = {self.keep: "BLOCK_M", self.loop: "BLOCK_N"} | {
             c: f"BLOCK_H{x}" for x, c in enumerate(self.heads)}
         self.constexprs = GradConstexprs.names(block_h=len(self.heads))
-        self.i, self.j = self.keep, self.loop  # what the key-bound solver calls rows and keys
-        self.m, self.n, self.kc = self.keep, self.loop, self.heads[0]
 
-    def enter(self, scope: Scope, rc: int, cc: int) -> None:
-        """Switch to the (rc rows, cc columns) frame, emitting its index tiles into scope."""
+    def enter(self, scope: Scope, rc: int, cc: int, full: bool = False) -> None:
+        """Switch to the (rc rows, cc columns) frame, emitting its index tiles into scope.
+        `full`: a looped block every kept position sees whole (its mask is a constant)."""
         r, c = self.base[rc], self.base[cc]
         row, col = f"{r}_r", f"{c}_c"
         self.set_frame(rc, cc, row, col, (self.block[rc], self.block[cc]), f"mask_{r}{c}")
@@ -91,7 +91,7 @@ class GradWriter(AttnWriter):
                 cls = rc if axis == "p" else cc
                 block = self.block[cls]
                 ones = f"[{block}, 1]" if axis == "p" else f"[1, {block}]"
-                if base == "ln" and self.full:  # a whole block: a constant mask folds away
+                if base == "ln" and full:  # a whole block: a constant mask folds away
                     scope.emit(f"mask_{var} = tl.full({ones}, 1, tl.int1)")
                 elif base == "ln":
                     scope.emit(end_mask(var, self.cname[cls], ones))
@@ -108,14 +108,15 @@ class GradWriter(AttnWriter):
     def _dtype(self, form: DotForm, out: bool = False) -> DType:
         """tl.dot operand type: a score dot's own; an out dot's from its right operand (the
         cone's tile is rounded to it)."""
-        return self.runnable(self.rhs_dtype(form) if out else self.dot_dtype(form))
+        dots = self.dots
+        return dots.runnable(dots.rhs_dtype(form) if out else dots.dot_dtype(form))
 
     def write_grad(self, name: str, tensors: list[TensorArg]) -> list[str]:
         f, lc = self.grad, self.k.loop_class
         top = Scope.function()
         e = top.emit
         KEEP, LOOP = self.cname[self.keep], self.cname[self.loop]
-        self.row_program(top, KEEP)
+        row_program(self, top, KEEP)
         e("offs_om = row0 + tl.arange(0, BLOCK_M)")
         for c in self.heads:
             e(f"offs_{self.base[c]} = tl.arange(0, {self.block[c]})")
@@ -124,12 +125,12 @@ class GradWriter(AttnWriter):
             kept_lhs = lc[(s.gi, s.m)] == self.keep
             pre = top.child()
             self.enter(pre, self.keep, kc)
-            a = self.operand(s, s.lhs if kept_lhs else s.rhs, pre, TL_DTYPE[
+            a = self.dots.operand(s, s.lhs if kept_lhs else s.rhs, pre, TL_DTYPE[
                 self._dtype(s).name], kc)
             pre.emit(f"a{x} = {a}")
             pre.tile(f"a{x}", frozenset("pr"))
             top.lines += pre.lines
-        stages = self.loop_stages(top, f.masks, LOOP)
+        stages = self.bounds.loop_stages(top, f.masks, LOOP)
         for x, o in enumerate(f.outs):
             e(f"acc{x} = tl.full([BLOCK_M, {self.block[lc[(o.gi, o.n)]]}], 0.0, tl.float32)")
         e("offs_ln0 = tl.arange(0, BLOCK_N)")
@@ -161,9 +162,11 @@ class GradWriter(AttnWriter):
     def _grad_body(self, top: Scope, full: bool) -> list[str]:
         """One block of the looped side: the score tiles, the cone and each out dot's
         update. `full`: every kept position sees the whole block (no masks, no ragged end)."""
+        with self.assuming({sel for _, sel in self.grad.masks} if full else set()):
+            return self._grad_block(top, full)
+
+    def _grad_block(self, top: Scope, full: bool) -> list[str]:
         f, lc = self.grad, self.k.loop_class
-        self.full = full
-        self.unmasked = {sel for _, sel in f.masks} if full else set()
         body = top.child(deeper=True)
         body.emit("offs_ln = l0 + offs_ln0")
         loaded: dict[tuple[int, int], list[tuple[object, str]]] = {}  # frame -> full tiles
@@ -171,10 +174,10 @@ class GradWriter(AttnWriter):
             kc = lc[(s.gi, s.k)]
             kept_lhs = lc[(s.gi, s.m)] == self.keep
             bs = body.child()
-            self.enter(bs, kc, self.loop)
+            self.enter(bs, kc, self.loop, full)
             dt = self._dtype(s)
-            b = self.operand(s, s.rhs if kept_lhs else s.lhs, bs, TL_DTYPE[dt.name], kc)
-            bs.emit(f"s{x} = tl.dot(a{x}, {b}{self.precision(dt)})")
+            b = self.dots.operand(s, s.rhs if kept_lhs else s.lhs, bs, TL_DTYPE[dt.name], kc)
+            bs.emit(f"s{x} = tl.dot(a{x}, {b}{self.dots.precision(dt)})")
             loaded[(kc, self.loop)] = [
                 (k, v) for k, v in bs.values.items() if isinstance(k, tuple) and
                 isinstance(k[0], int) and bs.tiles.get(v) == frozenset("pr")]
@@ -184,27 +187,26 @@ class GradWriter(AttnWriter):
         cone = body.child()
         lhs = []
         for o in f.outs:
-            self.enter(cone, self.keep, self.loop)
-            lhs.append(self.operand(o, o.lhs, cone, TL_DTYPE[self._dtype(o, True).name],
+            self.enter(cone, self.keep, self.loop, full)
+            lhs.append(self.dots.operand(o, o.lhs, cone, TL_DTYPE[self._dtype(o, True).name],
                                     self.loop))
         body.lines += cone.lines
         for x, o in enumerate(f.outs):
             nc = lc[(o.gi, o.n)]
             rs = body.child()
-            self.enter(rs, self.loop, nc)
+            self.enter(rs, self.loop, nc, full)
             for key, var in loaded.get((nc, self.loop), []):
                 rs.emit(f"{var}_t = tl.trans({var})  # loaded once, used in both frames")
                 rs.values[key] = f"{var}_t"
                 rs.tile(f"{var}_t", frozenset("pr"))
             dt = self._dtype(o, True)
-            rhs = self.operand(o, o.rhs, rs, TL_DTYPE[dt.name], self.loop)
-            rs.emit(f"acc{x} = tl.dot({lhs[x]}, {rhs}, acc{x}{self.precision(dt)})")
+            rhs = self.dots.operand(o, o.rhs, rs, TL_DTYPE[dt.name], self.loop)
+            rs.emit(f"acc{x} = tl.dot({lhs[x]}, {rhs}, acc{x}{self.dots.precision(dt)})")
             body.lines += rs.lines
-        self.full, self.unmasked = False, set()
         return body.lines
 
     def source(self) -> KernelSource:
-        ks = self._source(self.write_grad, self.keep, self.loop, self.heads[0],
-                          self._dtype(self.grad.scores[0]))
+        ks = tiled_source(self, self.dots, self.write_grad, self.keep, self.loop,
+                          self.heads[0], self._dtype(self.grad.scores[0]))
         ks.grad = GradInfo(tuple(self.heads), tuple(self.per_dot))
         return ks

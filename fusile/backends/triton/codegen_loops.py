@@ -1,4 +1,4 @@
-"""The multi-pass kernel variants of a reduction kernel, written over a KernelWriter:
+"""The multi-pass kernel variants of a reduction kernel, written over a RowWriter:
 looped (rows longer than one block: one loop over the row per reduction level, then a loop
 for the outputs), and split/combine (long column reductions: partial reductions over row
 ranges in parallel, then one kernel combines them and runs the epilogue)."""
@@ -14,11 +14,11 @@ from fusile.lowering.graph import Op
 from fusile.lowering.partition import POINTWISE
 
 if TYPE_CHECKING:
-    from fusile.backends.triton.codegen import KernelWriter
+    from fusile.backends.triton.codegen import RowWriter
     from fusile.backends.triton.kernel_source import TensorArg
 
 
-def levels(w: KernelWriter) -> dict[int, int]:
+def levels(w: RowWriter) -> dict[int, int]:
     """Reduction generic -> phase (1 + the deepest reduction it depends on)."""
     memo: dict[int, int] = {}
 
@@ -42,14 +42,14 @@ def levels(w: KernelWriter) -> dict[int, int]:
             if w.plan.reduces(gi) and gi not in w.k.columns}
 
 
-def write_looped(w: KernelWriter, name: str, tensors: list[TensorArg]) -> list[str]:
+def write_looped(w: RowWriter, name: str, tensors: list[TensorArg]) -> list[str]:
     top = Scope.function()
     w._prologue(top, False)
     looped_body(w, top)
     return w.header(name, tensors, True) + top.lines
 
 
-def looped_body(w: KernelWriter, top: Scope,
+def looped_body(w: RowWriter, top: Scope,
                 fold: Callable[[Scope], None] | None = None) -> None:
     """A looped row kernel's body after its prologue, in `top`: a loop over the row per
     reduction level, then one that stores what spans the row, where `fold` (if given) also
@@ -102,7 +102,7 @@ def looped_body(w: KernelWriter, top: Scope,
         top.lines += loop.lines
 
 
-def parts(w: KernelWriter) -> list[tuple[int, int, int, Op, int]]:
+def parts(w: RowWriter) -> list[tuple[int, int, int, Op, int]]:
     """(generic, result, yield, combiner, init) of each reduction, for split kernels."""
     out = []
     for gi, _lv in sorted(levels(w).items()):
@@ -113,7 +113,7 @@ def parts(w: KernelWriter) -> list[tuple[int, int, int, Op, int]]:
     return out
 
 
-def splittable(w: KernelWriter) -> bool:
+def splittable(w: RowWriter) -> bool:
     """One level of float reductions whose results are all the kernel writes per row: the
     rows can be cut into ranges reduced in parallel and combined after."""
     if w.k.kind == POINTWISE or not w.k.reduced:
@@ -126,7 +126,7 @@ def splittable(w: KernelWriter) -> bool:
     return all(op.dtype.is_float for _g, _r, _y, op, _i in parts(w))
 
 
-def write_split(w: KernelWriter, name: str, tensors: list[TensorArg]) -> list[str]:
+def write_split(w: RowWriter, name: str, tensors: list[TensorArg]) -> list[str]:
     top = Scope.function()
     w._prologue(top, False)
     top.emit("sid = tl.program_id(1)  # this program's range of rows")
@@ -150,7 +150,7 @@ def write_split(w: KernelWriter, name: str, tensors: list[TensorArg]) -> list[st
                        " (split: partial reductions over a range of rows)") + top.lines
 
 
-def write_combine(w: KernelWriter, name: str, tensors: list[TensorArg]) -> list[str]:
+def write_combine(w: RowWriter, name: str, tensors: list[TensorArg]) -> list[str]:
     top = Scope.function()
     w._prologue(top, False)
     top.emit("offs_s = tl.arange(0, BLOCK_R)[None, :]  # one column per row range")

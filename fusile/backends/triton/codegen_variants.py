@@ -24,7 +24,7 @@ from fusile.lowering.graph import Op
 from fusile.lowering.partition import POINTWISE
 
 if TYPE_CHECKING:
-    from fusile.backends.triton.codegen import KernelWriter
+    from fusile.backends.triton.codegen import RowWriter
     from fusile.backends.triton.kernel_source import TensorArg
 
 
@@ -42,7 +42,7 @@ def _part_dtype(items: list[tuple[int, int, int, Op, int]]) -> DType:
     return f64 if any(op.dtype.compute == f64 for *_, op, _i in items) else f32
 
 
-def variants(w: KernelWriter, name: str, tensors: list[TensorArg]) -> Variants:
+def variants(w: RowWriter, name: str, tensors: list[TensorArg]) -> Variants:
     if w.k.columns:  # persistent row programs, then a combine
         looped, combine = name + "_looped", name + "_combine"
         sums = column_sums(w)

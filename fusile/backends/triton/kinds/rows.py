@@ -10,7 +10,7 @@ from typing import Any
 from fusile.backends.torch_dtypes import to_torch
 from fusile.backends.triton import schedule
 from fusile.backends.triton.aot_build import AotContext, KernelArtifact
-from fusile.backends.triton.codegen import KernelWriter
+from fusile.backends.triton.codegen import RowWriter
 from fusile.backends.triton.constexprs import RowConstexprs
 from fusile.backends.triton.host import needs_i64
 from fusile.backends.triton.kernel_source import KernelSource
@@ -153,5 +153,5 @@ def compile(ctx: AotContext, ks: KernelSource) -> list[KernelArtifact]:
 
 # every kernel the others leave; its writer has no tf32 dots
 KIND = Kind("rows", lambda k: True,
-            lambda plan, k, family, names, _tf32: KernelWriter(plan, k, family, names).source(),
+            lambda plan, k, family, names, _tf32: RowWriter(plan, k, family, names).source(),
             launch, compile)
