@@ -101,11 +101,10 @@ PLANTS = [
           'top.emit(f"{acc} = tl.full([BLOCK_P, BLOCK_R], 0, "',
           "codegen: a looped reduction's accumulator starts at 0, not its identity"),
     Plant("looped_skips_first_block", "fusile/backends/triton/codegen_loops.py",
-          'top.emit("for r0 in range(0, R, BLOCK_R):")\n        loop = top.child(deeper=True)\n'
-          '        w._r_index(loop, "r0 + ")\n        for gi in gens:',
-          'top.emit("for r0 in range(BLOCK_R if R > BLOCK_R else 0, R, BLOCK_R):")\n'
-          '        loop = top.child(deeper=True)\n        w._r_index(loop, "r0 + ")\n'
-          '        for gi in gens:',
+          'with top.block("for r0 in range(0, R, BLOCK_R):") as loop:\n'
+          '            w._r_index(loop, "r0 + ")\n            for gi in gens:',
+          'with top.block("for r0 in range(BLOCK_R if R > BLOCK_R else 0, R, BLOCK_R):") '
+          'as loop:\n            w._r_index(loop, "r0 + ")\n            for gi in gens:',
           "codegen: a looped reduction skips its first block when there are several"),
     Plant("store_unmasked", "fusile/backends/triton/emitter.py",
           'masked = f", mask={mask}" if mask else ""\n        offset = self._offset(',

@@ -56,6 +56,20 @@ def _fold(w: RowWriter, scope: Scope, sums: list[tuple[int, int, int, Op, int]],
                        {y: f"acc{y}" for g, _r, y, _o, _i in sums if g == gi}, fold_mask="mask")
 
 
+def _fold_into_partials(w: RowWriter, loop: Scope,
+                        sums: list[tuple[int, int, int, Op, int]]) -> None:
+    """A looped row block's chunk of columns: its sums added to the program's partials (the
+    first block of the program sets them)."""
+    for _g, _r, y, op, _i in sums:
+        loop.emit(f"acc{y} = tl.full([BLOCK_P, BLOCK_R], 0.0, {acc_type(op.dtype)})")
+    _fold(w, loop, sums, False)
+    for j, (_g, _r, y, _o, _i) in enumerate(sums):
+        at = f"part_ptr + ({j} * G + prog) * R + offs_r"
+        loop.emit(f"prev{y} = tl.load({at}, mask=mask_r, other=0.0)")
+        loop.emit(f"prev{y} = tl.where(blk > prog, prev{y}, 0.0)  # the first: unset")
+        loop.emit(f"tl.store({at}, prev{y} + {_sum_rows(w, f'acc{y}')}, mask=mask_r)")
+
+
 def write_rows_columns(w: RowWriter, name: str, tensors: list[TensorArg], looped: bool
                        ) -> list[str]:
     sums = column_sums(w)
@@ -65,28 +79,17 @@ def write_rows_columns(w: RowWriter, name: str, tensors: list[TensorArg], looped
     if not looped:
         for _g, _r, y, op, _i in sums:
             head.emit(f"acc{y} = tl.full([BLOCK_P, BLOCK_R], 0.0, {acc_type(op.dtype)})")
-    head.emit("for blk in range(prog, (P + BLOCK_P - 1) // BLOCK_P, G):  # its row blocks")
-    body = head.child(deeper=True)
-    w._prologue(body, False, block="blk")
-    if looped:
-        def fold(loop: Scope) -> None:
-            for _g, _r, y, op, _i in sums:
-                loop.emit(f"acc{y} = tl.full([BLOCK_P, BLOCK_R], 0.0, {acc_type(op.dtype)})")
-            _fold(w, loop, sums, False)
-            for j, (_g, _r, y, _o, _i) in enumerate(sums):
-                at = f"part_ptr + ({j} * G + prog) * R + offs_r"
-                loop.emit(f"prev{y} = tl.load({at}, mask=mask_r, other=0.0)")
-                loop.emit(f"prev{y} = tl.where(blk > prog, prev{y}, 0.0)  # the first: unset")
-                loop.emit(f"tl.store({at}, prev{y} + {_sum_rows(w, f'acc{y}')}, mask=mask_r)")
-
-        looped_body(w, body, fold)
-        body.emit("tl.debug_barrier()  # this block's partials stored before the next loads")
-    else:
-        w._r_index(body, "")
-        for t in w.writes:
-            w._store(t, body)
-        _fold(w, body, sums, True)
-    head.lines += body.lines
+    with head.block("for blk in range(prog, (P + BLOCK_P - 1) // BLOCK_P, G):  # its row blocks"
+                    ) as body:
+        w._prologue(body, False, block="blk")
+        if looped:
+            looped_body(w, body, lambda loop: _fold_into_partials(w, loop, sums))
+            body.emit("tl.debug_barrier()  # this block's partials stored before the next loads")
+        else:
+            w._r_index(body, "")
+            for t in w.writes:
+                w._store(t, body)
+            _fold(w, body, sums, True)
     if not looped:
         head.emit("offs_c = tl.arange(0, BLOCK_R)[None, :]")
         for j, (_g, _r, y, _o, _i) in enumerate(sums):

@@ -65,12 +65,10 @@ def looped_body(w: RowWriter, top: Scope,
                 accs[(gi, y)] = acc
                 top.emit(f"{acc} = tl.full([BLOCK_P, BLOCK_R], {w._identity(op)}, "
                          f"{acc_type(op.dtype)})")
-        top.emit("for r0 in range(0, R, BLOCK_R):")
-        loop = top.child(deeper=True)
-        w._r_index(loop, "r0 + ")
-        for gi in gens:
-            w.emit_generic(gi, loop, False, {y: f"acc{y}" for (g, y) in accs if g == gi})
-        top.lines += loop.lines
+        with top.block("for r0 in range(0, R, BLOCK_R):") as loop:
+            w._r_index(loop, "r0 + ")
+            for gi in gens:
+                w.emit_generic(gi, loop, False, {y: f"acc{y}" for (g, y) in accs if g == gi})
         for gi in gens:
             node = w._gen(gi)
             for r, y, init in zip(node.results, node.yields, node.outputs, strict=True):
@@ -92,14 +90,12 @@ def looped_body(w: RowWriter, top: Scope,
         if t not in spanning:  # row results are stored once, outside the loops
             w._store(t, top)
     if spanning or fold is not None:
-        top.emit("for r0 in range(0, R, BLOCK_R):")
-        loop = top.child(deeper=True)
-        w._r_index(loop, "r0 + ")
-        for t in spanning:
-            w._store(t, loop)
-        if fold is not None:
-            fold(loop)
-        top.lines += loop.lines
+        with top.block("for r0 in range(0, R, BLOCK_R):") as loop:
+            w._r_index(loop, "r0 + ")
+            for t in spanning:
+                w._store(t, loop)
+            if fold is not None:
+                fold(loop)
 
 
 def parts(w: RowWriter) -> list[tuple[int, int, int, Op, int]]:
@@ -136,13 +132,11 @@ def write_split(w: RowWriter, name: str, tensors: list[TensorArg]) -> list[str]:
     for _gi, _r, y, op, _init in items:
         top.emit(f"acc{y} = tl.full([BLOCK_P, BLOCK_R], {w._identity(op)}, "
                  f"{acc_type(op.dtype)})")
-    top.emit("for r0 in range(r_lo, r_hi, BLOCK_R):")
-    loop = top.child(deeper=True)
-    w._r_index(loop, "r0 + ")
-    for gi in dict.fromkeys(g for g, *_ in items):
-        w.emit_generic(gi, loop, False, {y: f"acc{y}" for g, _r, y, _o, _i in items
-                                             if g == gi})
-    top.lines += loop.lines
+    with top.block("for r0 in range(r_lo, r_hi, BLOCK_R):") as loop:
+        w._r_index(loop, "r0 + ")
+        for gi in dict.fromkeys(g for g, *_ in items):
+            w.emit_generic(gi, loop, False, {y: f"acc{y}" for g, _r, y, _o, _i in items
+                                                 if g == gi})
     for j, (_gi, r, y, op, _init) in enumerate(items):
         top.emit(f"red{r} = {w._reduce_call(op, f'acc{y}')}")
         top.emit(f"tl.store(part_ptr + ({j} * S + sid) * P + offs_p, red{r}, mask=mask_p)")

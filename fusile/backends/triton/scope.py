@@ -3,6 +3,8 @@ enclosing scopes), and which of them are tiles and along which axes."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 
@@ -29,6 +31,15 @@ class Scope:
         """A scope inside this one, for a block's own values: at the same indentation (lines
         spliced in later), or `deeper`, one level in (a loop's or a branch's body)."""
         return Scope(self, self.indent + ("    " if deeper else ""))
+
+    @contextlib.contextmanager
+    def block(self, header: str) -> Iterator[Scope]:
+        """`header` (a for, if or else line) and its body: a scope one level in, with values
+        of its own, whose lines follow the header here when the block ends."""
+        self.emit(header)
+        inner = self.child(deeper=True)
+        yield inner
+        self.lines += inner.lines
 
     def fresh(self, base: str) -> str:
         """A variable name not yet made in this function: `base`, else `base_1`, `base_2`...
