@@ -65,3 +65,28 @@ def between(text: str, start: str, end: str) -> str:
     rest = text.split(start, 1)[1]
     assert end in rest, f"{end!r} not after {start!r} in:\n{text}"
     return rest.split(end, 1)[0]
+
+
+def branches(text: str, condition: str) -> tuple[str, str]:
+    """The two bodies of the first `if <condition>` in generated Python `text`: the lines
+    indented under it, and those under its `else:` (empty when it has none), each up to the
+    first line back at the `if`'s own indentation."""
+    lines = text.splitlines()
+    start = next((i for i, ln in enumerate(lines) if ln.lstrip().startswith(f"if {condition}")),
+                 None)
+    assert start is not None, f"no `if {condition}` in:\n{text}"
+    indent = len(lines[start]) - len(lines[start].lstrip())
+
+    def body(first: int) -> tuple[list[str], int]:
+        end = first
+        while end < len(lines) and (not lines[end].strip() or
+                                    len(lines[end]) - len(lines[end].lstrip()) > indent):
+            end += 1
+        return lines[first:end], end
+
+    then, end = body(start + 1)
+    other: list[str] = []
+    if end < len(lines) and lines[end].strip().startswith("else:") and \
+            len(lines[end]) - len(lines[end].lstrip()) == indent:
+        other, _ = body(end + 1)
+    return "\n".join(then), "\n".join(other)

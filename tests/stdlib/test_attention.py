@@ -17,7 +17,7 @@ from fusile.backends.triton import tune
 from fusile.backends.triton.aot import compile_for
 from fusile.backends.triton.kinds import flash, flash_grad
 from fusile.stdlib.attention import attention, attention_bwd, attention_fwd
-from tests.filecheck import between, function
+from tests.filecheck import between, branches, function
 from tests.numerics import assert_close
 
 
@@ -201,7 +201,7 @@ def test_masks_bound_the_loops() -> None:
     biased = one_kernel(fusile.from_source(BIAS).triton(q[0], k, v, torch.randn(1, 1, 40, 40),
                                                         0.25, target="cpu"))
     for src in (causal, window):  # POS_SCALE: one loop; else three
-        split, staged = src.split("    if POS_SCALE:")[1].split("\n    else:")
+        split, staged = branches(src, "POS_SCALE:")
         assert split.count("for j0 in range(") == 1 and staged.count("for j0 in range(") == 3
         whole = between(split, "else:  # every row sees the whole tile", "m_new")
         assert "tl.where" not in whole  # no select
@@ -209,7 +209,7 @@ def test_masks_bound_the_loops() -> None:
         whole = between(src, "# whole tiles: no masks", "for j0")
         assert "-inf\"))" not in whole.replace("m_new == float(\"-inf\")", "")  # no select
     for src in (plain, biased):  # only the end cuts tiles: one loop under EVEN_N, else three
-        even, ragged = src.split("    if EVEN_N:")[1].split("\n    else:")
+        even, ragged = branches(src, "EVEN_N:")
         assert even.count("for j0 in range(lo, hi,") == 1 and ragged.count("for j0 in") == 3
     # backward: the dk/dv kernel loops over queries i >= j (a lower bound), the dq kernel
     # over keys j <= i (an upper bound)
