@@ -36,17 +36,28 @@ class Compiled:
     runtime_params: list[int]  # parameters passed at run time (tensors and float scalars)
     programs: dict[str, Any] = field(default_factory=dict)  # target name -> launchable program
     grads: dict[tuple, Any] = field(default_factory=dict)  # (wrt, save) -> autograd.Derivation
-    sources: dict[tuple[str, bool], Any] = field(default_factory=dict)  # see triton()
+    sources: dict[tuple[str, bool, bool], Any] = field(default_factory=dict)  # see triton()
 
     @functools.cached_property
     def plan(self) -> Plan:
         """The fused graph partitioned into kernels, once: plan(), explain(), triton(), the
         runtime and AOT all read this one."""
-        plan = partition(self.fused_graph)
+        return self._partition(True)
+
+    @functools.cached_property
+    def plain_plan(self) -> Plan:
+        """The plan without flash attention kernels (scores through HBM), for head dims wider
+        than a target holds on chip; the same as `plan` where there is no attention."""
+        return self._partition(False)
+
+    def _partition(self, flash: bool) -> Plan:
+        plan = partition(self.fused_graph, flash)
         if config.debug_enabled("plan"):
             from fusile.lowering.report import plan_outline
 
-            print(f"# ----- FUSILE_DEBUG plan\n{plan_outline(plan, self.names)}", file=sys.stderr)
+            what = "" if flash else " (no flash kernels)"
+            print(f"# ----- FUSILE_DEBUG plan{what}\n{plan_outline(plan, self.names)}",
+                  file=sys.stderr)
         return plan
 
     @functools.cached_property
@@ -54,18 +65,19 @@ class Compiled:
         """Readable kernel argument names (parameters by name, results out0.., others t<id>)."""
         return tensor_names(self.fused_graph, self.arg_names)
 
-    def triton(self, family: str, tf32: bool) -> tuple[str, list[Any]]:
+    def triton(self, family: str, tf32: bool, flash: bool = True) -> tuple[str, list[Any]]:
         """The plan's Triton module for a target family ("gpu": what every GPU target
-        compiles, "interpreter"), with float32 dots at TF32 or not: its text and a
-        KernelSource per kernel, made once each. A code generator's internal error carries
-        the fused MLIR as its repro."""
+        compiles, "interpreter"), with float32 dots at TF32 or not (`flash=False`: the plain
+        plan's): its text and a KernelSource per kernel, made once each. A code generator's
+        internal error carries the fused MLIR as its repro."""
         from fusile.backends.triton.generate import generate
 
-        hit = self.sources.get((family, tf32))
+        hit = self.sources.get((family, tf32, flash))
         if hit is None:
             try:
-                hit = self.sources[(family, tf32)] = generate(self.plan, family, self.names,
-                                                              tf32)
+                plan = self.plan if flash else self.plain_plan
+                hit = self.sources[(family, tf32, flash)] = generate(plan, family, self.names,
+                                                                     tf32)
                 if config.debug_enabled("triton"):
                     print(f"# ----- FUSILE_DEBUG triton ({family}{', tf32' if tf32 else ''})\n"
                           f"{hit[0]}", file=sys.stderr)

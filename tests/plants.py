@@ -250,6 +250,11 @@ PLANTS = [
           "    deferred = _deferrable(graph, taken | grad_members)",
           "    deferred: set[int] = set()",
           "partition: cheap producers get kernels of their own that hold their readers back"),
+    Plant("wide_heads_run_flash", "fusile/backends/triton/runtime.py",
+          "        if self._held and any(sizes[c] > self._limit for c in self._held):\n"
+          "            return self.plain()(args)",
+          "        if False:\n            return self.plain()(args)",
+          "runtime: head dims past the target's limit still run the flash kernels"),
     Plant("cpu_exp_ln2", "fusile/backends/cpu_math.py",
           "_LN2_HI, _LN2_LO = 0.693359375, -2.12194440e-4", "_LN2_HI, _LN2_LO = 0.69314718, 0.0",
           "mlir-cpu: exp's range reduction with a one-part ln 2"),

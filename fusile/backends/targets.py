@@ -31,6 +31,19 @@ class Target:
     def max_warps(self) -> int:
         return self.max_threads // self.warp_size
 
+    @property
+    def max_head_dim(self) -> int:
+        """The widest head dim a flash kernel holds on chip (0: no limit, the interpreter):
+        FUSILE_MAX_HEAD_DIM, else 256, FlashAttention's own limit. A call with a wider one
+        (a linear cross-entropy's hidden size, say) runs its program's plain plan, the scores
+        through HBM: at 2048 the flash backward needed 320 KiB of shared memory on an H100
+        (227 usable) and spilled 47 KB a thread."""
+        from fusile import config
+
+        if self.backend == "interpreter":
+            return config.get("max_head_dim")
+        return config.get("max_head_dim") or 256
+
     def gpu_target(self) -> Any:
         from triton.backends.compiler import GPUTarget
 

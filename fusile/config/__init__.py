@@ -79,6 +79,11 @@ KNOBS: dict[str, Knob] = {
         "flash attention: split each query block's keys over this many programs "
         "(flash-decoding); 0 chooses from the shape and the GPU, 1 never splits",
     ),
+    "max_head_dim": Knob(
+        "FUSILE_MAX_HEAD_DIM", int, lambda: 0,
+        "flash attention kernels hold head dims up to this on chip (0: 256 on a GPU, no limit "
+        "on the interpreter); a call with a wider one runs the plan without flash kernels",
+    ),
     "tune": Knob(
         "FUSILE_TUNE", _choice("on", "quiet", "off"), lambda: "on",
         "contraction configs: on (time candidates on first use of a shape, say so on stderr), "
@@ -103,7 +108,7 @@ _overrides: dict[str, Any] = {}
 
 # knobs that choose a kernel's launch config: part of the program key (backends/run.py) and
 # of the call key (backends/dispatch.py), so setting one between calls takes effect
-SCHEDULE_KNOBS = ("max_row_block", "row_programs", "attn_splits")
+SCHEDULE_KNOBS = ("max_row_block", "row_programs", "attn_splits", "max_head_dim")
 
 
 def get(name: str) -> Any:

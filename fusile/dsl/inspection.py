@@ -84,6 +84,9 @@ class Inspection:
             self(*args, **kwargs)
             program = run.program_for(compiled, runtime)
             measured = program.time_kernels(runtime)
+            plan = program.plan_for(runtime)  # wide head dims: the plain plan ran
+            if plan is not compiled.plan:
+                report = plan_report(plan, compiled.reference_graph, shapes, compiled.names)
         sixteen = any(getattr(p, "dtype", None) is not None and p.dtype.bits == 16
                       for p in compiled.typed.param_types)
         return ex.build(self.__name__ if hasattr(self, "__name__") else

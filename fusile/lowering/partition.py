@@ -42,11 +42,12 @@ __all__ = ["ATTENTION", "ATTENTION_GRAD", "CONTRACTION", "POINTWISE", "REDUCTION
            "Kernel", "Plan", "partition"]
 
 
-def partition(graph: Graph) -> Plan:
+def partition(graph: Graph, flash: bool = True) -> Plan:
     """Place each generic in the earliest kernel its inputs allow that it fits (so an epilogue
     joins the row kernel it needs, not a later column kernel), and recompute cheap elementwise
     producers of program arguments in the kernels that read them instead of passing them
-    through HBM."""
+    through HBM. `flash=False` leaves attention chains and their backwards to contraction
+    and row kernels (the scores through HBM): for head dims too wide to hold on chip."""
     cls = loop_classes(graph)
     ones = static_ones(graph, cls)
     fills: dict[int, int] = {}
@@ -55,9 +56,9 @@ def partition(graph: Graph) -> Plan:
     home: dict[int, int] = {}  # generic -> the group that computes it first
     free: set[int] = set()  # tensors computed from no tensor at all
     producer: dict[int, int] = {}  # tensor -> generic
-    flash = attention_chains(graph, ones, cls)
-    taken = {mi for _, members in flash.values() for mi in members}
-    grads = grad_kernels(graph, ones, cls, taken)
+    chains = attention_chains(graph, ones, cls) if flash else {}
+    taken = {mi for _, members in chains.values() for mi in members}
+    grads = grad_kernels(graph, ones, cls, taken) if flash else []
     grad_members = {mi for f in grads for mi in f.members}
     deferred = _deferrable(graph, taken | grad_members)
     # placed at their first out dot: every producer of their inputs is placed by then
@@ -81,8 +82,8 @@ def partition(graph: Graph) -> Plan:
                 groups.append(group)
                 kinds.append(ATTENTION_GRAD)
             continue
-        if gi in flash:  # the whole chain, q @ k^T to P @ v, is one kernel
-            chain, members = flash[gi]
+        if gi in chains:  # the whole chain, q @ k^T to P @ v, is one kernel
+            chain, members = chains[gi]
             group = Group(graph, ones, cls)
             group.attn = chain
             for mi in members:

@@ -49,16 +49,22 @@ def compile_for(compiled: Any, target: Target, sizes: dict[str, int] | None = No
     """Compile every kernel of a compiled signature for `target`. A contraction kernel is
     compiled with the rule-based config for the sizes, an attention kernel (forward or
     backward) with its first candidate config that compiles without spills; either with each
-    of `dot_configs` instead when given."""
+    of `dot_configs` instead when given. A head dim the sizes make wider than the target's
+    flash kernels hold (Target.max_head_dim) compiles the plain plan, as the runtime runs it."""
     graph = compiled.fused_graph
     plan = compiled.plan
+    known = _class_sizes(compiled, plan, sizes or {})
     source, kernels = compiled.triton("gpu", config.get("tf32"))
+    held = {ks.class_global[c] for ks in kernels for c in kind_of(ks).held(ks)}
+    if target.max_head_dim and any(known.get(c, 0) > target.max_head_dim for c in held):
+        plan = compiled.plain_plan  # the same size classes: `known` holds
+        source, kernels = compiled.triton("gpu", config.get("tf32"), flash=False)
     out = Artifacts(target, source)
     scalars = {op.results[0]: "fp32" if op.dtype.is_float else "i32" for op in graph.nodes
                if isinstance(op, Op) and op.results}
     scalars.update(scalar_dtypes or {})
-    ctx = AotContext(cache.load_module(source), target, graph, plan,
-                     _class_sizes(compiled, plan, sizes or {}), scalars, dot_configs)
+    ctx = AotContext(cache.load_module(source), target, graph, plan, known, scalars,
+                     dot_configs)
     for i, ks in enumerate(kernels):
         if progress is not None:
             progress(i, len(kernels), ks.name)

@@ -34,16 +34,19 @@ from fusile.lowering.partition import Plan
 
 
 class TritonProgram:
-    """One compiled signature on one target family, ready to launch."""
+    """One compiled signature on one target family, ready to launch. A call whose head dims
+    are wider than its flash kernels hold on chip (Target.max_head_dim) runs the signature's
+    plain plan instead (`flash=False`: no flash kernels), a program of its own made on the
+    first such call."""
 
-    def __init__(self, compiled: Any, target: Target):
+    def __init__(self, compiled: Any, target: Target, flash: bool = True):
         graph: Graph = compiled.fused_graph
         self.graph = graph
         self.target = target
-        self.plan: Plan = compiled.plan
+        self.plan: Plan = compiled.plan if flash else compiled.plain_plan
         self.names = compiled.names
         family = "interpreter" if target.backend == "interpreter" else "gpu"
-        self.source, kernels = compiled.triton(family, config.get("tf32"))
+        self.source, kernels = compiled.triton(family, config.get("tf32"), flash)
         module = cache.load_module(self.source)
         self.launches: list[Launch] = []
         for ks in kernels:
@@ -56,6 +59,11 @@ class TritonProgram:
             key = hashlib.sha256(ks.source.encode()).hexdigest()[:16]
             self.launches.append(Launch(ks, fns, strides, alloc, sized, kind_of(ks), key=key))
         self._class_source = self._size_sources()
+        self._limit = target.max_head_dim
+        self._held = sorted({launch.ks.class_global[c] for launch in self.launches
+                             for c in launch.kind.held(launch.ks)}) if self._limit else []
+        self._compiled = compiled
+        self._plain: TritonProgram | None = None
         self._joins = Joins(compiled, graph.results, self.plan.tensor_class)  # the results
         self._host_ops = [n for n in graph.nodes if isinstance(n, Op)]
         self._arg_set = set(graph.args)
@@ -101,8 +109,10 @@ class TritonProgram:
                 outs = replay(args)
                 if outs is not None:
                     return outs
-        env = host_env(graph, self._host_ops, args)  # sizes and scalar math, on the host
         sizes = self._sizes(args)
+        if self._held and any(sizes[c] > self._limit for c in self._held):
+            return self.plain()(args)
+        env = host_env(graph, self._host_ops, args)  # sizes and scalar math, on the host
         rec = self._tls.rec = Recorder(args, dynamic_values(graph, self._host_ops, args)) \
             if replayable else None
         fulls = self._joins.place(env, sizes, device, self._arg_set, rec)  # concats' pieces
@@ -126,9 +136,26 @@ class TritonProgram:
         return {c: s if isinstance(s, int) else args[s[0]].shape[s[1]]
                 for c, s in self._class_source.items()}
 
+    def plain(self) -> TritonProgram:
+        """The program of the plain plan (made once), for calls with wide head dims."""
+        if self._plain is None:
+            self._plain = TritonProgram(self._compiled, self.target, flash=False)
+        return self._plain
+
+    def plan_for(self, args: list[Any]) -> Plan:
+        """The plan a call with these arguments runs (the plain one for wide head dims)."""
+        sizes = self._sizes(args)
+        if self._held and any(sizes[c] > self._limit for c in self._held):
+            return self.plain().plan
+        return self.plan
+
     def replay_for(self, args: list[Any]) -> Replay | None:
-        """The recorded launches of a call with these arguments' layout, if any."""
-        return self._replays.get(layout_key(args)) if self._replays else None
+        """The recorded launches of a call with these arguments' layout, if any (the plain
+        program's, for a call it ran)."""
+        got = self._replays.get(layout_key(args)) if self._replays else None
+        if got is None and self._plain is not None:
+            return self._plain.replay_for(args)
+        return got
 
     def time_kernels(self, args: list[Any]) -> list[float]:
         """Median time (ms) of each kernel on these inputs (CUDA events, do_bench)."""
@@ -136,6 +163,8 @@ class TritonProgram:
 
         graph = self.graph
         device = next(a.device for a in args if hasattr(a, "device"))
+        if self.plan_for(args) is not self.plan:
+            return self.plain().time_kernels(args)
         env = host_env(graph, self._host_ops, args)
         sizes = self._sizes(args)
         times = []

@@ -167,5 +167,11 @@ def compile(ctx: AotContext, ks: KernelSource) -> list[KernelArtifact]:
                              "batch * ceil(q_len / BLOCK_M)", extra)
 
 
+def held(ks: KernelSource) -> list[int]:
+    """The head dims: a program holds its q tile and accumulator whole."""
+    assert ks.dot is not None and ks.attn is not None
+    return [ks.dot.k, ks.attn.value_dim]
+
+
 KIND = Kind("flash", lambda k: k.attn is not None,
-            lambda *a: AttnWriter(*a).source(), launch, compile)
+            lambda *a: AttnWriter(*a).source(), launch, compile, held)

@@ -91,5 +91,11 @@ def compile(ctx: AotContext, ks: KernelSource) -> list[KernelArtifact]:
                              "batch * ceil(kept_len / BLOCK_M)", [])
 
 
+def held(ks: KernelSource) -> list[int]:
+    """The head dims: a program holds its kept operands and accumulators whole."""
+    assert ks.grad is not None
+    return list(ks.grad.heads)
+
+
 KIND = Kind("flash_grad", lambda k: k.grad is not None,
-            lambda *a: GradWriter(*a).source(), launch, compile)
+            lambda *a: GradWriter(*a).source(), launch, compile, held)

@@ -29,3 +29,6 @@ class Kind:
     launch: Callable[[Any, Launch, list[Any], tuple, dict[tuple, int], Any], None]
     # (context, kernel) -> its compiled variants for the context's target
     compile: Callable[[AotContext, KernelSource], list[KernelArtifact]]
+    # the kernel's index classes a program holds whole on chip (a flash kernel's head dims:
+    # Target.max_head_dim bounds them)
+    held: Callable[[KernelSource], list[int]] = lambda ks: []
