@@ -251,7 +251,7 @@ PLANTS = [
           "    deferred: set[int] = set()",
           "partition: cheap producers get kernels of their own that hold their readers back"),
     Plant("wide_heads_run_flash", "fusile/backends/triton/runtime.py",
-          "        if self._held and any(sizes[c] > self._limit for c in self._held):\n"
+          "        if self._held and too_wide(self._held, sizes, self._limit):\n"
           "            return self.plain()(args)",
           "        if False:\n            return self.plain()(args)",
           "runtime: head dims past the target's limit still run the flash kernels"),

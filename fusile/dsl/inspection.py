@@ -75,6 +75,18 @@ class Inspection:
             on_gpu = device is not None and device.type == "cuda"
             t = (targets.for_device(device) if on_gpu else targets.this_cpu()
                  if target == "auto" else targets.get("h100"))
+        if t.backend in ("cuda", "hip") and t.max_head_dim:  # wide head dims: no flash
+            from fusile import config
+            from fusile.backends.triton.kinds import held_classes, too_wide
+
+            graph, plan = compiled.fused_graph, compiled.plan
+            known = {plan.tensor_class(a, axis): n for a, shape in zip(graph.args, shapes,
+                                                                        strict=True)
+                     if shape is not None for axis, n in enumerate(shape)}
+            kernels = compiled.triton("gpu", config.get("tf32"))[1]
+            if too_wide(held_classes(kernels), known, t.max_head_dim):
+                report = plan_report(compiled.plain_plan, compiled.reference_graph, shapes,
+                                     compiled.names)
         measured = None
         if measure:
             if device is None or device.type != "cuda":

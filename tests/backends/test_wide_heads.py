@@ -116,6 +116,18 @@ def test_ahead_of_time_compiles_what_the_runtime_would_run(d: int) -> None:
     assert all(k.shared_bytes <= 227 * 1024 for k in arts.kernels), arts.kernels
 
 
+def test_explain_shows_the_plan_the_target_runs() -> None:
+    from fusile import bf16, f32, i64
+
+    def kinds(d: int, target: str) -> list[str]:
+        ex = LCE.explain(dloss=f32["N", 1], h=bf16["N", d], w=bf16["V", d], labels=i64["N"],
+                         lse=f32["N", 1], sizes={"N": 4096, "V": 32768}, target=target)
+        return [k.kind for k in ex.kernels]
+
+    assert kinds(256, "h100") == ["attention-grad"] * 2
+    assert kinds(2048, "h100") == kinds(2048, "mi300x") == ["contraction"] * 3
+
+
 @pytest.mark.gpu
 def test_wide_hidden_linear_cross_entropy_backward_on_the_gpu() -> None:
     """At hidden size 2048 the flash backward cannot launch on a GPU (shared memory): the

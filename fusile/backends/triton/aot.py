@@ -17,7 +17,7 @@ from fusile import config
 from fusile.backends.targets import Target
 from fusile.backends.triton import cache, tune
 from fusile.backends.triton.aot_build import AotContext, KernelArtifact
-from fusile.backends.triton.kinds import kind_of
+from fusile.backends.triton.kinds import held_classes, kind_of, too_wide
 from fusile.lowering.graph import Op
 
 __all__ = ["Artifacts", "KernelArtifact", "compile_for"]
@@ -55,8 +55,7 @@ def compile_for(compiled: Any, target: Target, sizes: dict[str, int] | None = No
     plan = compiled.plan
     known = _class_sizes(compiled, plan, sizes or {})
     source, kernels = compiled.triton("gpu", config.get("tf32"))
-    held = {ks.class_global[c] for ks in kernels for c in kind_of(ks).held(ks)}
-    if target.max_head_dim and any(known.get(c, 0) > target.max_head_dim for c in held):
+    if too_wide(held_classes(kernels), known, target.max_head_dim):
         plan = compiled.plain_plan  # the same size classes: `known` holds
         source, kernels = compiled.triton("gpu", config.get("tf32"), flash=False)
     out = Artifacts(target, source)

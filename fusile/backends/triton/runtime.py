@@ -19,7 +19,7 @@ from fusile.backends.triton import cache
 from fusile.backends.triton.generate import kernel_functions
 from fusile.backends.triton.host import CallScalars, dynamic_values, host_env
 from fusile.backends.triton.joins import Joins
-from fusile.backends.triton.kinds import kind_of
+from fusile.backends.triton.kinds import held_classes, kind_of, too_wide
 from fusile.backends.triton.launch import (
     FP_FUSION,
     interpreting,
@@ -60,8 +60,7 @@ class TritonProgram:
             self.launches.append(Launch(ks, fns, strides, alloc, sized, kind_of(ks), key=key))
         self._class_source = self._size_sources()
         self._limit = target.max_head_dim
-        self._held = sorted({launch.ks.class_global[c] for launch in self.launches
-                             for c in launch.kind.held(launch.ks)}) if self._limit else []
+        self._held = held_classes(kernels) if self._limit else []
         self._compiled = compiled
         self._plain: TritonProgram | None = None
         self._joins = Joins(compiled, graph.results, self.plan.tensor_class)  # the results
@@ -110,7 +109,7 @@ class TritonProgram:
                 if outs is not None:
                     return outs
         sizes = self._sizes(args)
-        if self._held and any(sizes[c] > self._limit for c in self._held):
+        if self._held and too_wide(self._held, sizes, self._limit):
             return self.plain()(args)
         env = host_env(graph, self._host_ops, args)  # sizes and scalar math, on the host
         rec = self._tls.rec = Recorder(args, dynamic_values(graph, self._host_ops, args)) \
@@ -144,8 +143,7 @@ class TritonProgram:
 
     def plan_for(self, args: list[Any]) -> Plan:
         """The plan a call with these arguments runs (the plain one for wide head dims)."""
-        sizes = self._sizes(args)
-        if self._held and any(sizes[c] > self._limit for c in self._held):
+        if self._held and too_wide(self._held, self._sizes(args), self._limit):
             return self.plain().plan
         return self.plan
 

@@ -18,3 +18,14 @@ KINDS: list[Kind] = [flash_grad.KIND, flash.KIND, dot.KIND, rows.KIND]
 def kind_of(kernel: Any) -> Kind:
     """The kind of a plan kernel or of its KernelSource (both carry .grad, .attn and .dot)."""
     return next(k for k in KINDS if k.takes(kernel))
+
+
+def held_classes(kernels: list[Any]) -> list[tuple]:
+    """The global (size) classes the kernels hold whole on chip (flash kernels' head dims)."""
+    return sorted({ks.class_global[c] for ks in kernels for c in kind_of(ks).held(ks)})
+
+
+def too_wide(held: list[tuple], sizes: dict[tuple, int], limit: int) -> bool:
+    """Whether a size (by global class; unknown ones count as fitting) of a held class passes
+    `limit` (Target.max_head_dim; 0: none): then the plain plan runs instead."""
+    return bool(limit) and any(sizes.get(c, 0) > limit for c in held)
