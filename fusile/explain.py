@@ -111,8 +111,8 @@ def build(function: str, report: PlanReport, target: Target, sixteen_bit: bool,
     kernels = []
     for i, k in enumerate(report.kernels):
         nbytes = sum(k.reads.values()) + sum(k.writes.values())
-        peak = target.bf16_tflops if (k.kind == "contraction" and sixteen_bit) else \
-            target.fp32_tflops
+        # tile dots (contractions, attention) on 16-bit operands run on tensor cores
+        peak = target.bf16_tflops if (k.dots and sixteen_bit) else target.fp32_tflops
         t_mem = nbytes / (target.hbm_tb_s * 1e12) if target.hbm_tb_s else 0.0
         t_flop = k.flops / (peak * 1e12) if peak else 0.0
         kernels.append(KernelExplain(

@@ -92,8 +92,8 @@ PLANTS = [
           "kernels, report.unfused_kernels, 2 * report.unfused_bytes,",
           "explain: unfused bytes doubled"),
     Plant("explain_peak_fp32", "fusile/explain.py",
-          'peak = target.bf16_tflops if (k.kind == "contraction" and sixteen_bit) else \\',
-          "peak = target.fp32_tflops if (k.kind == 'contraction' and sixteen_bit) else \\",
+          "peak = target.bf16_tflops if (k.dots and sixteen_bit) else target.fp32_tflops",
+          "peak = target.fp32_tflops if (k.dots and sixteen_bit) else target.fp32_tflops",
           "explain: the peak always fp32"),
     # ---- added after it: looped reductions, attention masks, AOT, the replay, and more
     Plant("looped_acc_identity", "fusile/backends/triton/codegen_loops.py",

@@ -83,6 +83,7 @@ class KernelReport:
     reads: dict[str, int]  # tensor name -> bytes
     writes: dict[str, int]
     flops: int = 0
+    dots: bool = False  # its products run as tile dots (tensor cores), not elementwise
 
     @property
     def bytes(self) -> int:
@@ -168,7 +169,8 @@ def plan_report(plan: Plan, unfused: Graph, arg_shapes: list[tuple[int, ...] | N
         kernels.append(KernelReport(
             k.index, k.kind, len(k.generics), lines,
             {names[t]: _nbytes(graph, shapes, t) for t in k.reads},
-            {names[t]: _nbytes(graph, shapes, t) for t in k.writes}, flops))
+            {names[t]: _nbytes(graph, shapes, t) for t in k.writes}, flops,
+            k.dot is not None or k.attn is not None or k.grad is not None))
     # every generic of the unfused IR as its own kernel
     u_plan = partition_each(unfused)
     u_shapes = tensor_shapes(unfused, u_plan, {a: s for a, s in zip(unfused.args, arg_shapes,
