@@ -116,6 +116,18 @@ def test_ahead_of_time_compiles_what_the_runtime_would_run(d: int) -> None:
     assert all(k.shared_bytes <= 227 * 1024 for k in arts.kernels), arts.kernels
 
 
+def test_an_artifact_past_the_shared_memory_says_it_cannot_launch() -> None:
+    from fusile.backends.triton.aot_build import KernelArtifact
+
+    def art(shared: int) -> KernelArtifact:
+        return KernelArtifact("k", "attention-grad", {}, 255, 0, shared, 4, (64, 16), "g",
+                              smem_limit=227 * 1024)
+
+    assert art(227 * 1024).launchable and "cannot launch" not in art(227 * 1024).summary()
+    big = art(320 * 1024)
+    assert not big.launchable and "over the target's 232448 B: it cannot launch" in big.summary()
+
+
 def test_explain_shows_the_plan_the_target_runs() -> None:
     from fusile import bf16, f32, i64
 

@@ -36,11 +36,19 @@ class KernelArtifact:
     block: tuple[int, int]
     grid: str
     constexprs: dict[str, Any] = field(default_factory=dict)  # what the binary was built with
+    smem_limit: int = 0  # the target's shared memory (LDS) per block, bytes (0: unknown)
+
+    @property
+    def launchable(self) -> bool:
+        """Whether its shared memory fits the target's (a launch past it fails)."""
+        return not self.smem_limit or self.shared_bytes <= self.smem_limit
 
     def summary(self) -> str:
+        over = "" if self.launchable else \
+            f" (over the target's {self.smem_limit} B: it cannot launch)"
         return (f"{self.name}: {self.kind}, {self.num_warps} warps, block {self.block}, "
                 f"{self.registers} registers, {self.spills} spilled bytes, "
-                f"{self.shared_bytes} B shared, grid {self.grid}")
+                f"{self.shared_bytes} B shared{over}, grid {self.grid}")
 
 
 def _ptxas_resources(ptx: str, arch: int) -> tuple[int | None, int | None]:
@@ -148,7 +156,7 @@ def _compile(module: Any, ks: KernelSource, name: str, target: Target,
         regs, spills, lds = _amdgcn_resources(asm["amdgcn"])
         shared = max(lds, int(getattr(k.metadata, "shared", 0)))  # LDS is allocated dynamically
     return KernelArtifact(name, ks.kind, asm, regs, spills, shared, options["num_warps"],
-                          block, grid, dict(constexprs))
+                          block, grid, dict(constexprs), target.smem_kib * 1024)
 
 
 @dataclass
@@ -178,15 +186,15 @@ class AotContext:
 
     def first_fitting(self, ks: KernelSource, cands: list[Any],
                       consts: Any, grid: str, extra: list[tuple[str, str]]) -> list[KernelArtifact]:
-        """A tiled kernel with the first candidate config that compiles without spills (the
-        last one if none does), or with each of `dot_configs`; `extra`: more variants
-        (name, grid) built with the same config."""
+        """A tiled kernel with the first candidate config that compiles without spills within
+        the target's shared memory (the last one if none does), or with each of
+        `dot_configs`; `extra`: more variants (name, grid) built with the same config."""
         out = []
         for cfg in self.dot_configs or cands:
             c = consts(cfg)
             opts = cfg.options(self.target.backend)
             art = self.build(ks, ks.name, c, opts, (cfg.block_m, cfg.block_n), grid)
-            if self.dot_configs or not art.spills or cfg == cands[-1]:
+            if self.dot_configs or (not art.spills and art.launchable) or cfg == cands[-1]:
                 out.append(art)
                 out.extend(self.build(ks, name, c, opts, (cfg.block_m, cfg.block_n), g)
                            for name, g in extra)
