@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fusile import bf16, f32, samples
+from fusile import bf16, f32, i64, samples
 
 M, N, K = 8, 1024, 64
 
@@ -111,6 +111,20 @@ def test_bf16_attention_runs_at_the_tensor_core_peak() -> None:
     t_mem = (k.read_bytes + k.write_bytes) / 3.35e12
     assert k.roofline_us == pytest.approx(1e6 * max(t_mem, k.flops / 989e12))
     assert k.bound == "compute"
+
+
+def test_a_parameter_named_target_is_the_functions_own() -> None:
+    """A loss's class indices are often called `target`: explain and triton take a value that
+    is not a target name as that argument."""
+    from fusile.stdlib import kernels as K
+
+    ex = K.cross_entropy_fwd.explain(logits=bf16["N", 4096], target=i64["N"], ignore_index=-100,
+                                     smoothing=0.0, reduce=2, sizes={"N": 8})
+    assert ex.kernels[0].read_bytes >= 8 * 4096 * 2 + 8 * 8  # the logits and the targets
+    logits, labels = torch.randn(8, 32), torch.randint(0, 32, (8,))
+    src = K.cross_entropy_fwd.triton(logits, target=labels, ignore_index=-100, smoothing=0.0,
+                                     reduce=2)
+    assert "def fusile_k0(" in src
 
 
 def test_a_pointwise_program_counted_by_hand() -> None:

@@ -49,13 +49,14 @@ class Inspection:
                   for v in compiled.runtime_args(values)]
         return plan_report(compiled.plan, compiled.reference_graph, shapes, compiled.names)
 
-    def explain(self, *args: Any, target: str | None = None, measure: bool = False,
+    def explain(self, *args: Any, target: Any = None, measure: bool = False,
                 sizes: dict[str, int] | None = None, **kwargs: Any) -> Any:
         """Kernels, HBM bytes, FLOPs and roofline time on `target` (default: the tensors' GPU,
         else h100; "mlir-cpu", or "auto" on CPU tensors: this CPU, measured), for these
         tensors or for a signature: `f.explain(x=bf16["M", 4096], w=bf16[4096],
         sizes={"M": 8192})`. measure=True (tensors on a GPU) also times each kernel. Print
-        it, or .to_dict()."""
+        it, or .to_dict(). For a function with its own parameter `target` (a loss's class
+        indices), `target=` with a value that is not a str is that argument."""
         import torch
 
         from fusile import explain as ex
@@ -63,6 +64,7 @@ class Inspection:
         from fusile.dsl.signature import concrete_shape
         from fusile.lowering.report import plan_report
 
+        target = _own_target(target, None, kwargs)
         t = (targets.this_cpu() if target == "mlir-cpu" else
              targets.get(target) if target not in (None, "auto") else None)
         values = self._bind_args(args, kwargs)
@@ -104,14 +106,16 @@ class Inspection:
         return ex.build(self.__name__ if hasattr(self, "__name__") else
                         self.__fusile_funcdef__.name, report, t, sixteen, measured)
 
-    def triton(self, *args: Any, target: str = "auto", **kwargs: Any) -> str:
+    def triton(self, *args: Any, target: Any = "auto", **kwargs: Any) -> str:
         """The generated Triton source for these arguments, for `target` ("auto": the
-        inputs' device; "cpu" is the interpreter flavour)."""
+        inputs' device; "cpu" is the interpreter flavour; not a str: the function's own
+        argument `target`, as for explain)."""
         import torch
 
         from fusile import config
         from fusile.backends import targets
 
+        target = _own_target(target, "auto", kwargs)
         values = self._bind_args(args, kwargs)
         compiled, _ = self._lookup(values)
         device = next((v.device for v in values if isinstance(v, torch.Tensor)), "cpu")
@@ -157,3 +161,12 @@ class Inspection:
 
         outs = run.run_reference(compiled, compiled.runtime_args(values))
         return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+def _own_target(target: Any, default: Any, kwargs: dict[str, Any]) -> Any:
+    """The inspection's target name; a `target=` that is not a str (a tensor, a signature
+    type) is the function's own argument of that name, moved to `kwargs`."""
+    if target is not None and not isinstance(target, str):
+        kwargs["target"] = target
+        return default
+    return target
