@@ -84,7 +84,7 @@ class Inspection:
             graph, plan = compiled.fused_graph, compiled.plan
             known = {plan.tensor_class(a, axis): n for a, shape in zip(graph.args, shapes,
                                                                         strict=True)
-                     if shape is not None for axis, n in enumerate(shape)}
+                     if shape is not None for axis, n in enumerate(shape) if type(n) is int}
             kernels = compiled.triton("gpu", config.get("tf32"))[1]
             if too_wide(held_classes(kernels), known, t.max_head_dim):
                 report = plan_report(compiled.plain_plan, compiled.reference_graph, shapes,
