@@ -171,6 +171,9 @@ def _compile(args: argparse.Namespace) -> int:
         art = fn.compile(args.target, sizes=sizes, progress=_progress, **sig)
         print(f"done in {time.perf_counter() - t0:.1f}s: {len(art.kernels)} kernel(s)",
               file=sys.stderr)
+        for k in art.kernels:
+            if not k.launchable:  # compiled, but a launch would fail: say so, do not stop
+                print(f"warning: {k.summary()}", file=sys.stderr)
         if args.emit == "triton":
             texts[f"{fn.__name__}.{stage.suffix}"] = art.triton
         else:
@@ -183,7 +186,8 @@ def _compile(args: argparse.Namespace) -> int:
                 texts["metadata.json"] = json.dumps([{
                     "kernel": k.name, "kind": k.kind, "registers": k.registers,
                     "spills": k.spills, "shared_bytes": k.shared_bytes,
-                    "num_warps": k.num_warps, "block": k.block, "grid": k.grid}
+                    "launchable": k.launchable, "num_warps": k.num_warps, "block": k.block,
+                    "grid": k.grid}
                     for k in art.kernels], indent=1)
     if out_dir is None:
         for text in texts.values():
