@@ -36,8 +36,9 @@ from fusile.dsl.errors import BackendError
 from fusile.dsl.types import DType, TensorType, bf16, bool_, f16, f32, f64, i32, i64
 from fusile.lowering.row_blocks import row_split
 
-_PIPELINE = ("builtin.module(one-shot-bufferize{bufferize-function-boundaries},"
-             "convert-linalg-to-loops,lower-affine,convert-scf-to-cf,convert-math-to-llvm,"
+_BUFFERIZE = "builtin.module(one-shot-bufferize{bufferize-function-boundaries})"
+_PIPELINE = ("builtin.module(convert-linalg-to-loops,lower-affine,convert-scf-to-cf,"
+             "convert-math-to-llvm,"
              "convert-math-to-libm,arith-expand{include-bf16=true},"
              "expand-strided-metadata,finalize-memref-to-llvm,convert-arith-to-llvm,"
              "convert-cf-to-llvm,convert-func-to-llvm,reconcile-unrealized-casts)")
@@ -117,6 +118,27 @@ class _Slots:
         return outs
 
 
+class _StridedCopy(Exception):
+    """Bufferization copied into a strided buffer: MLIR lowers that copy to a call of the
+    memrefCopy runtime, which this JIT does not link (LLVM printed "JIT session error:
+    Symbols not found: [ memrefCopy ]" on stderr before the engine failed)."""
+
+
+def _strided_copy(op: Any) -> bool:
+    """Whether op holds a memref.copy whose source or target has a non-identity layout (an
+    identity copy lowers to memcpy)."""
+    for region in op.regions:
+        for block in region.blocks:
+            for inner in block.operations:
+                inner = inner.operation
+                if inner.name == "memref.copy" and any(
+                        "strided" in str(v.type) for v in inner.operands):
+                    return True
+                if _strided_copy(inner):
+                    return True
+    return False
+
+
 class MlirCpuProgram:
     """One compiled signature, JIT-compiled for this CPU. A row-separable program
     (lowering/row_blocks.py) on a large input runs as blocks of rows of about _BLOCK_BYTES,
@@ -135,8 +157,9 @@ class MlirCpuProgram:
         self.dims = result_dims(compiled.fused_graph)
         try:
             self._jit([d is not None for d in self.dims])
-        except RuntimeError:  # a copy bufferization added for a result written in place
-            # needs the memrefCopy runtime, which the JIT does not link: results come back
+        except (_StridedCopy, RuntimeError):  # a copy bufferization added for a result
+            # written in place needs the memrefCopy runtime, which the JIT does not link:
+            # results come back
             self._jit([False] * len(self.dims))
         # the function's arguments: the program's, then one per result it writes in place
         self.slot_types = self.arg_types + [t for t, d in zip(self.results, self.dests,
@@ -161,6 +184,9 @@ class MlirCpuProgram:
             self.dests = destination_results(module, allowed)
             passmanager.PassManager.parse(_EXPAND).run(module.operation)
             vectorisable(module)
+            passmanager.PassManager.parse(_BUFFERIZE).run(module.operation)
+            if any(allowed) and _strided_copy(module.operation):
+                raise _StridedCopy
             passmanager.PassManager.parse(_PIPELINE).run(module.operation)
             self.engine = ExecutionEngine(module, opt_level=3)
             self.function = self.engine.lookup(name)
