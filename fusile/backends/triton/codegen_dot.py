@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from fusile.backends.triton.codegen_tiled import DotOperands, batch_index, tiled_source
 from fusile.backends.triton.constexprs import DotConstexprs
-from fusile.backends.triton.emitter import TileEmitter
+from fusile.backends.triton.emitter import TileEmitter, mask
 from fusile.backends.triton.kernel_source import KernelSource, TensorArg
 from fusile.backends.triton.ops import TL_DTYPE
 from fusile.backends.triton.scope import Scope
@@ -88,17 +88,17 @@ class DotWriter(TileEmitter):
         e("if USE_I64:")
         e("    offs_k = offs_k.to(tl.int64)")
         e(f"am = (offs_m % {M})[:, None]  # rows past the end wrap: loaded, never stored")
-        e("mask_am = tl.full([BLOCK_M, 1], 1, tl.int1)")
+        e(mask("am", None, "[BLOCK_M, 1]"))
         e(f"bn = (offs_n % {N})[None, :]")
-        e("mask_bn = tl.full([1, BLOCK_N], 1, tl.int1)")
+        e(mask("bn", None, "[1, BLOCK_N]"))
         e("acc = tl.full([BLOCK_M, BLOCK_N], 0.0, tl.float32)")
         e(f"for k0 in range(0, {K}, BLOCK_K):")
         loop_a = top.child(deeper=True)
         loop_a.emit("ak = k0 + offs_k[None, :]")
         loop_a.emit("if EVEN_K:  # no tail: unmasked loads")
-        loop_a.emit("    mask_ak = tl.full([1, BLOCK_K], 1, tl.int1)")
+        loop_a.emit("    " + mask("ak", None, "[1, BLOCK_K]"))
         loop_a.emit("else:")
-        loop_a.emit(f"    mask_ak = ak < {K}")
+        loop_a.emit("    " + mask("ak", K, "[1, BLOCK_K]"))
         loop_a.emit("mask_a = mask_am & mask_ak")
         for v, axes in (("am", "p"), ("ak", "r"), ("bk", "p"), ("bn", "r")):
             top.tile(v, frozenset(axes))
@@ -107,9 +107,9 @@ class DotWriter(TileEmitter):
         loop_b = top.child(deeper=True)
         loop_b.emit("bk = k0 + offs_k[:, None]")
         loop_b.emit("if EVEN_K:")
-        loop_b.emit("    mask_bk = tl.full([BLOCK_K, 1], 1, tl.int1)")
+        loop_b.emit("    " + mask("bk", None, "[BLOCK_K, 1]"))
         loop_b.emit("else:")
-        loop_b.emit(f"    mask_bk = bk < {K}")
+        loop_b.emit("    " + mask("bk", K, "[BLOCK_K, 1]"))
         loop_b.emit("mask_b = mask_bk & mask_bn")
         self.frame("b")
         rhs = self.dots.operand(self.form, self.form.rhs, loop_b, tl_dt, self.kc)
@@ -134,8 +134,8 @@ class DotWriter(TileEmitter):
             out.emit("cm = offs_m[:, None]")
             start = " + BLOCK_N // 2" if half else ""
             out.emit(f"cn = (pid_n * BLOCK_N{start} + tl.arange(0, BLOCK_N // 2))[None, :]")
-            out.emit(f"mask_cm = cm < {M}")
-            out.emit(f"mask_cn = cn < {N}")
+            out.emit(mask("cm", M, "[BLOCK_M, 1]"))
+            out.emit(mask("cn", N, "[1, BLOCK_N // 2]"))
             out.emit("mask_c = mask_cm & mask_cn")
             for v, axes in (("cm", "p"), ("cn", "r"), (f"acc_{half}", "pr")):
                 out.tile(v, frozenset(axes))

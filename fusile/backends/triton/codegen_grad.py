@@ -25,7 +25,7 @@ from fusile.backends.triton.codegen_attn import end_mask, head_mask
 from fusile.backends.triton.codegen_bounds import KeyBounds
 from fusile.backends.triton.codegen_tiled import DotOperands, row_program, tiled_source
 from fusile.backends.triton.constexprs import GradConstexprs
-from fusile.backends.triton.emitter import TileEmitter
+from fusile.backends.triton.emitter import TileEmitter, mask
 from fusile.backends.triton.kernel_source import GradInfo, KernelSource, TensorArg
 from fusile.backends.triton.ops import TL_DTYPE
 from fusile.backends.triton.scope import Scope
@@ -92,13 +92,13 @@ class GradWriter(TileEmitter):
                 block = self.block[cls]
                 ones = f"[{block}, 1]" if axis == "p" else f"[1, {block}]"
                 if base == "ln" and full:  # a whole block: a constant mask folds away
-                    scope.emit(f"mask_{var} = tl.full({ones}, 1, tl.int1)")
+                    scope.emit(mask(var, None, ones))
                 elif base == "ln":
                     scope.emit(end_mask(var, self.cname[cls], ones))
                 elif cls in self.heads:
                     scope.emit(head_mask(var, self.cname[cls], ones))
                 else:
-                    scope.emit(f"mask_{var} = {var} < {self.cname[cls]}")
+                    scope.emit(mask(var, self.cname[cls], ones))
                 scope.tile(var, frozenset(axis))
                 scope.values[("index", var)] = var
         scope.emit(f"mask_{r}{c} = mask_{row} & mask_{col}")

@@ -33,6 +33,18 @@ from fusile.lowering.partition import Kernel, Plan
 SCALARS = "<scalars>"
 
 
+def mask(var: str, bound: str | None, shape: str, even: str | None = None) -> str:
+    """The line `mask_<var> = ...` of index tile `var` (tile shape `shape`): `var < bound`;
+    constant true where `bound` is None (a whole block); with `even`, a constexpr the launch
+    sets, constant true wherever it holds, so the compares fold out of the loads."""
+    full = f"tl.full({shape}, 1, tl.int1)"
+    if bound is None:
+        return f"mask_{var} = {full}"
+    if even is None:
+        return f"mask_{var} = {var} < {bound}"
+    return f"mask_{var} = {full} if {even} else {var} < {bound}"
+
+
 class TileEmitter:
     # set by each writer's _order_classes (and set_frame)
     classes: list[int]
