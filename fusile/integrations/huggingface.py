@@ -3,11 +3,13 @@
     from fusile.integrations import huggingface
     huggingface.apply(model)   # attention, rms_norm, mlp: each can be turned off
 
-The norms and MLPs of the Llama, Mistral, Qwen2 and Qwen3 families are patched per module
-(this model's, not the class): RMSNorm runs fusile.stdlib.rms_norm (one rounding of
-x * rstd * weight, where transformers rounds the normalised x first), the MLP
-down(swiglu(gate(x), up(x))) with fusile's fused gate. Gemma's RMSNorm (1 + weight) is not
-patched yet.
+The norms and MLPs of the Llama, Mistral, Qwen2, Qwen3, Gemma 2 and Gemma 3 families are
+patched per module (this model's, not the class): RMSNorm runs fusile.stdlib.rms_norm (one
+rounding of x * rstd * weight, where Llama's transformers code rounds the normalised x first;
+Gemma's scales by 1 + weight, which for a 16-bit model is rounded to the model's dtype before
+the kernel, where transformers keeps it in float32), the MLP down(act(gate(x)) * up(x)) with
+fusile's fused gate: swiglu for SiLU, geglu for GELU (exact, or tanh-approximated as Gemma's
+gelu_pytorch_tanh).
 
 Registers "fusile" with transformers' AttentionInterface (and sdpa's mask rules with its
 AttentionMaskInterface, so the mask is left out wherever sdpa would rely on `is_causal`). A
@@ -32,7 +34,9 @@ import torch
 from fusile.stdlib import activations, ops
 from fusile.stdlib.attention import attention as fused_attention
 
-FAMILIES = ("Llama", "Mistral", "Qwen2", "Qwen3")
+FAMILIES = ("Llama", "Mistral", "Qwen2", "Qwen3", "Gemma2", "Gemma3")
+_GATES = {"silu": None, "swish": None, "gelu": "none", "gelu_pytorch_tanh": "tanh",
+          "gelu_new": "tanh"}  # the MLP's activation -> geglu's approximation (None: swiglu)
 
 NAME = "fusile"
 _log = logging.getLogger(__name__)
@@ -96,8 +100,22 @@ def _rms_norm_forward(self: Any, hidden_states: torch.Tensor) -> torch.Tensor:
                         self.variance_epsilon)
 
 
+def _gemma_rms_norm_forward(self: Any, hidden_states: torch.Tensor) -> torch.Tensor:
+    weight = (1.0 + self.weight.float()).to(hidden_states.dtype)
+    return ops.rms_norm(hidden_states, hidden_states.shape[-1], weight, self.eps)
+
+
 def _swiglu_mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
     return self.down_proj(activations.swiglu(self.gate_proj(x), self.up_proj(x)))
+
+
+def _geglu_mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
+    return self.down_proj(activations.geglu(self.gate_proj(x), self.up_proj(x),
+                                            self._fusile_approximate))
+
+
+def _activation(config: Any) -> str:
+    return str(getattr(config, "hidden_activation", None) or getattr(config, "hidden_act", ""))
 
 
 def apply(model: Any, attention: bool = True, rms_norm: bool = True, mlp: bool = True) -> Any:
@@ -112,8 +130,14 @@ def apply(model: Any, attention: bool = True, rms_norm: bool = True, mlp: bool =
         if family is None:
             continue
         if rms_norm and name == f"{family}RMSNorm":
-            m.forward = types.MethodType(_rms_norm_forward, m)
-        elif mlp and name == f"{family}MLP" and \
-                getattr(m.config, "hidden_act", "") in ("silu", "swish"):
-            m.forward = types.MethodType(_swiglu_mlp_forward, m)
+            gemma = family.startswith("Gemma")
+            m.forward = types.MethodType(_gemma_rms_norm_forward if gemma else
+                                         _rms_norm_forward, m)
+        elif mlp and name == f"{family}MLP" and _activation(m.config) in _GATES:
+            approximate = _GATES[_activation(m.config)]
+            if approximate is None:
+                m.forward = types.MethodType(_swiglu_mlp_forward, m)
+            else:
+                m._fusile_approximate = approximate
+                m.forward = types.MethodType(_geglu_mlp_forward, m)
     return model

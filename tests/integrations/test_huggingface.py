@@ -5,6 +5,7 @@ same model on transformers' sdpa; and a padded batch, which falls back to sdpa."
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 import torch
@@ -51,20 +52,32 @@ def test_llama_prefill_and_decode_match_sdpa(cache: str) -> None:
         assert calls.count(1) == 3 * 2  # three decode steps, two layers
 
 
-@pytest.mark.parametrize("family", ["Llama", "Qwen3"])
-def test_training_step_matches_stock(family: str) -> None:
-    """Attention, RMSNorms and SwiGLU MLPs on fusile: the loss and every parameter's gradient
-    of a forward+backward step equal the stock model's; the patched modules are fusile's."""
+def _family_model(family: str) -> Any:
     torch.manual_seed(0)
-    cfg = getattr(transformers, f"{family}Config")(
-        vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, head_dim=16)
-    stock = getattr(transformers, f"{family}ForCausalLM")(cfg)
-    stock.set_attn_implementation("sdpa")
+    config = getattr(transformers, f"{family}TextConfig" if family == "Gemma3" else
+                     f"{family}Config")
+    cfg = config(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                 head_dim=16)
+    model = getattr(transformers, f"{family}ForCausalLM")(cfg)
+    model.set_attn_implementation("sdpa")
+    return model
+
+
+@pytest.mark.parametrize("family", ["Llama", "Mistral", "Qwen2", "Qwen3", "Gemma2", "Gemma3"])
+def test_training_step_matches_stock(family: str) -> None:
+    """Attention, RMSNorms (Gemma's: 1 + weight) and gated MLPs (SwiGLU; Gemma's GeGLU with
+    tanh GELU) on fusile: the loss and every parameter's gradient of a forward+backward step
+    equal the stock model's; every norm and MLP module is fusile's."""
+    stock = _family_model(family)
+    for m in stock.modules():  # Gemma's norm weights start at 0: give them values
+        if type(m).__name__.endswith("RMSNorm"):
+            torch.nn.init.normal_(m.weight, 0.0 if family.startswith("Gemma") else 1.0, 0.1)
     fused = huggingface.apply(copy.deepcopy(stock))
-    patched = [m for m in fused.modules() if "forward" in vars(m)]
-    per_layer = 3 + 2 * (family == "Qwen3")  # the MLP and two norms (Qwen3: q and k norms)
-    assert len(patched) == 2 * per_layer + 1  # and the final norm
+    patched = [type(m).__name__ for m in fused.modules() if "forward" in vars(m)]
+    want = [type(m).__name__ for m in fused.modules()
+            if type(m).__name__ in (f"{family}RMSNorm", f"{family}MLP")]
+    assert patched == want and f"{family}MLP" in want and f"{family}RMSNorm" in want
     ids = torch.randint(0, 97, (2, 13))
     losses = []
     for model in (stock, fused):
