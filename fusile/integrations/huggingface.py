@@ -20,12 +20,18 @@ attention mask, such as padding or a partly filled static cache while decoding; 
 attention weights requested) goes to transformers' sdpa, logged once per reason: never a
 wrong answer. Under torch.compile transformers builds the mask whenever it traces, so
 attention takes sdpa inside a compiled model (the norms and MLPs stay fusile's custom ops,
-with no graph break). Rope and the loss are not patched yet.
+with no graph break).
+
+`rope=True` also runs rotary embeddings through fusile.stdlib.apply_rotary_pos_emb (q and k
+in one kernel). transformers' attention calls its modeling module's apply_rotary_pos_emb, a
+module function, so this replaces it for every model of the family in the process, as
+Liger's patching does; it is off by default. The loss is not patched yet.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import types
 from typing import Any
 
@@ -33,6 +39,7 @@ import torch
 
 from fusile.stdlib import activations, ops
 from fusile.stdlib.attention import attention as fused_attention
+from fusile.stdlib.rope import apply_rotary_pos_emb as fused_rotary
 
 FAMILIES = ("Llama", "Mistral", "Qwen2", "Qwen3", "Gemma2", "Gemma3")
 _GATES = {"silu": None, "swish": None, "gelu": "none", "gelu_pytorch_tanh": "tanh",
@@ -118,9 +125,18 @@ def _activation(config: Any) -> str:
     return str(getattr(config, "hidden_activation", None) or getattr(config, "hidden_act", ""))
 
 
-def apply(model: Any, attention: bool = True, rms_norm: bool = True, mlp: bool = True) -> Any:
-    """Run `model`'s attention (transformers' set_attn_implementation), RMSNorms and SwiGLU
-    MLPs through fusile; returns the model. Modules of other families are left as they are."""
+def _rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+            unsqueeze_dim: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """transformers' apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1), fused."""
+    return fused_rotary(q, k, cos, sin, unsqueeze_dim=unsqueeze_dim)
+
+
+def apply(model: Any, attention: bool = True, rms_norm: bool = True, mlp: bool = True,
+          rope: bool = False) -> Any:
+    """Run `model`'s attention (transformers' set_attn_implementation), RMSNorms and gated
+    MLPs through fusile, and with `rope` its family's rotary embeddings (process-wide: see
+    the module's docstring); returns the model. Modules of other families are left as they
+    are."""
     if attention:
         register()
         model.set_attn_implementation(NAME)
@@ -129,6 +145,9 @@ def apply(model: Any, attention: bool = True, rms_norm: bool = True, mlp: bool =
         family = next((f for f in FAMILIES if name.startswith(f)), None)
         if family is None:
             continue
+        module = sys.modules[type(m).__module__]
+        if rope and getattr(module, "apply_rotary_pos_emb", _rotary) is not _rotary:
+            module.apply_rotary_pos_emb = _rotary  # type: ignore[attr-defined]
         if rms_norm and name == f"{family}RMSNorm":
             gemma = family.startswith("Gemma")
             m.forward = types.MethodType(_gemma_rms_norm_forward if gemma else

@@ -89,6 +89,37 @@ def test_training_step_matches_stock(family: str) -> None:
         assert_close(q.grad, p.grad.double(), torch.float32, scale=16)
 
 
+@pytest.mark.parametrize("family", ["Llama", "Gemma3"])
+def test_rope_patched_too(family: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """apply(rope=True) replaces the family's apply_rotary_pos_emb (process-wide, so the
+    stock model runs first): the training step still matches, and the rotary embedding ran
+    through fusile, q and k in one call per attention layer."""
+    import sys
+
+    stock = _family_model(family)
+    fused = copy.deepcopy(stock)
+    ids = torch.randint(0, 97, (2, 13))
+    ref = stock(ids, labels=ids)
+    ref.loss.backward()
+    module = sys.modules[type(stock).__module__]
+    monkeypatch.setattr(module, "apply_rotary_pos_emb", module.apply_rotary_pos_emb)
+    calls = []
+    fused_rotary = huggingface.fused_rotary
+
+    def counted(*a, **k):
+        calls.append(a[0].shape)
+        return fused_rotary(*a, **k)
+
+    monkeypatch.setattr(huggingface, "fused_rotary", counted)
+    huggingface.apply(fused, rope=True)
+    out = fused(ids, labels=ids)
+    out.loss.backward()
+    assert len(calls) == 2  # one per layer
+    assert_close(out.loss, ref.loss.double(), torch.float32, scale=4)
+    for p, q in zip(stock.parameters(), fused.parameters(), strict=True):
+        assert_close(q.grad, p.grad.double(), torch.float32, scale=16)
+
+
 def test_patched_model_compiles_with_fullgraph() -> None:
     """torch.compile(fullgraph=True) of the patched model: no graph break, and its training
     step's loss and gradients equal the stock model's (while tracing, transformers always
