@@ -135,6 +135,24 @@ def test_patched_model_compiles_with_fullgraph() -> None:
         assert_close(q.grad, p.grad.double(), torch.float32, scale=16)
 
 
+def test_patched_gemma3_compiles_with_fullgraph() -> None:
+    """Gemma's norms (1 + weight) and GeGLU MLPs as fusile's custom ops under
+    torch.compile(fullgraph=True): the training step matches the stock model."""
+    stock = _family_model("Gemma3")
+    for m in stock.modules():
+        if type(m).__name__.endswith("RMSNorm"):
+            torch.nn.init.normal_(m.weight, 0.0, 0.1)
+    fused = huggingface.apply(copy.deepcopy(stock))
+    ids = torch.randint(0, 97, (2, 13))
+    out = torch.compile(fused, fullgraph=True)(ids, labels=ids)
+    out.loss.backward()
+    ref = stock(ids, labels=ids)
+    ref.loss.backward()
+    assert_close(out.loss, ref.loss.double(), torch.float32, scale=4)
+    for p, q in zip(stock.parameters(), fused.parameters(), strict=True):
+        assert_close(q.grad, p.grad.double(), torch.float32, scale=16)
+
+
 def test_padded_batch_falls_back_to_sdpa() -> None:
     stock, fused = _models()
     ids = torch.randint(0, 97, (2, 9))
