@@ -25,7 +25,13 @@ with no graph break).
 `rope=True` also runs rotary embeddings through fusile.stdlib.apply_rotary_pos_emb (q and k
 in one kernel). transformers' attention calls its modeling module's apply_rotary_pos_emb, a
 module function, so this replaces it for every model of the family in the process, as
-Liger's patching does; it is off by default. The loss is not patched yet.
+Liger's patching does; it is off by default.
+
+`loss=True` (the default) sets the model's loss_function to a causal-LM loss on
+fusile.stdlib.cross_entropy: labels shifted as transformers shifts them, the logits read in
+their own dtype (transformers first makes a float32 copy of them, and torch's cross-entropy
+saves a float32 log-softmax of the same size for its backward; fusile saves one float32
+log-sum-exp per row).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import torch
 
 from fusile.stdlib import activations, ops
 from fusile.stdlib.attention import attention as fused_attention
+from fusile.stdlib.cross_entropy import cross_entropy
 from fusile.stdlib.rope import apply_rotary_pos_emb as fused_rotary
 
 FAMILIES = ("Llama", "Mistral", "Qwen2", "Qwen3", "Gemma2", "Gemma3")
@@ -131,12 +138,34 @@ def _rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tens
     return fused_rotary(q, k, cos, sin, unsqueeze_dim=unsqueeze_dim)
 
 
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int,
+                   num_items_in_batch: torch.Tensor | int | None = None,
+                   ignore_index: int = -100, shift_labels: torch.Tensor | None = None,
+                   **kwargs: Any) -> torch.Tensor:
+    """transformers' ForCausalLMLoss (shift, flatten, mean or sum over num_items_in_batch)
+    on fusile's cross-entropy, without the float32 copy of the logits."""
+    if shift_labels is None:  # tokens < n predict n
+        labels = torch.nn.functional.pad(labels, (0, 1), value=ignore_index)
+        shift_labels = labels[..., 1:]
+    target = shift_labels.reshape(-1).to(logits.device)
+    reduction = "sum" if num_items_in_batch is not None else "mean"
+    loss = cross_entropy(logits.reshape(-1, vocab_size), target, ignore_index=ignore_index,
+                         reduction=reduction)
+    if num_items_in_batch is not None:
+        if torch.is_tensor(num_items_in_batch):
+            num_items_in_batch = num_items_in_batch.to(loss.device)
+        loss = loss / num_items_in_batch
+    return loss
+
+
 def apply(model: Any, attention: bool = True, rms_norm: bool = True, mlp: bool = True,
-          rope: bool = False) -> Any:
+          rope: bool = False, loss: bool = True) -> Any:
     """Run `model`'s attention (transformers' set_attn_implementation), RMSNorms and gated
-    MLPs through fusile, and with `rope` its family's rotary embeddings (process-wide: see
-    the module's docstring); returns the model. Modules of other families are left as they
-    are."""
+    MLPs through fusile, with `rope` its family's rotary embeddings (process-wide: see the
+    module's docstring), and with `loss` its causal-LM loss; returns the model. Modules of
+    other families are left as they are."""
+    if loss and hasattr(model, "loss_function"):
+        model.loss_function = causal_lm_loss
     if attention:
         register()
         model.set_attn_implementation(NAME)

@@ -120,6 +120,38 @@ def test_rope_patched_too(family: str, monkeypatch: pytest.MonkeyPatch) -> None:
         assert_close(q.grad, p.grad.double(), torch.float32, scale=16)
 
 
+def test_the_loss_is_fusiles(monkeypatch: pytest.MonkeyPatch) -> None:
+    """apply() sets the model's causal-LM loss to fusile's cross-entropy: shifted labels,
+    ignored positions (-100) and a sum over num_items_in_batch as transformers computes them;
+    loss=False leaves transformers' own."""
+    stock = _family_model("Qwen2")
+    fused = huggingface.apply(copy.deepcopy(stock), attention=False, rms_norm=False,
+                              mlp=False)
+    calls = []
+    ce = huggingface.cross_entropy
+
+    def counted(logits, target, **k):
+        calls.append((tuple(logits.shape), k["reduction"]))
+        return ce(logits, target, **k)
+
+    monkeypatch.setattr(huggingface, "cross_entropy", counted)
+    ids = torch.randint(0, 97, (2, 13))
+    labels = ids.clone()
+    labels[0, :4] = -100  # a prompt the loss ignores
+    for extra in ({}, {"num_items_in_batch": torch.tensor(17)}):
+        want = stock(ids, labels=labels, **extra)
+        got = fused(ids, labels=labels, **extra)
+        want.loss.backward()
+        got.loss.backward()
+        assert_close(got.loss, want.loss.double(), torch.float32, scale=4)
+        for p, q in zip(stock.parameters(), fused.parameters(), strict=True):
+            assert_close(q.grad, p.grad.double(), torch.float32, scale=16)
+    assert calls == [((26, 97), "mean"), ((26, 97), "sum")]
+    assert fused.loss_function is huggingface.causal_lm_loss
+    plain = huggingface.apply(copy.deepcopy(stock), loss=False)
+    assert plain.loss_function is stock.loss_function
+
+
 def test_patched_model_compiles_with_fullgraph() -> None:
     """torch.compile(fullgraph=True) of the patched model: no graph break, and its training
     step's loss and gradients equal the stock model's (while tracing, transformers always
