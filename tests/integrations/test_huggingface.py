@@ -64,15 +64,28 @@ def _family_model(family: str) -> Any:
     return model
 
 
+def _gemma_weights(model: Any) -> Any:
+    """Norm weights with values (Gemma's start at 0, the others' at 1)."""
+    gemma = type(model).__name__.startswith("Gemma")
+    for m in model.modules():
+        if type(m).__name__.endswith("RMSNorm"):
+            torch.nn.init.normal_(m.weight, 0.0 if gemma else 1.0, 0.1)
+    return model
+
+
+def _same_step(loss: torch.Tensor, ref: torch.Tensor, model: Any, stock: Any) -> None:
+    """The loss and every parameter's gradient as the stock model's, in float32."""
+    assert_close(loss, ref.double(), torch.float32, scale=4)
+    for p, q in zip(stock.parameters(), model.parameters(), strict=True):
+        assert_close(q.grad, p.grad.double(), torch.float32, scale=16)
+
+
 @pytest.mark.parametrize("family", ["Llama", "Mistral", "Qwen2", "Qwen3", "Gemma2", "Gemma3"])
 def test_training_step_matches_stock(family: str) -> None:
     """Attention, RMSNorms (Gemma's: 1 + weight) and gated MLPs (SwiGLU; Gemma's GeGLU with
     tanh GELU) on fusile: the loss and every parameter's gradient of a forward+backward step
     equal the stock model's; every norm and MLP module is fusile's."""
-    stock = _family_model(family)
-    for m in stock.modules():  # Gemma's norm weights start at 0: give them values
-        if type(m).__name__.endswith("RMSNorm"):
-            torch.nn.init.normal_(m.weight, 0.0 if family.startswith("Gemma") else 1.0, 0.1)
+    stock = _gemma_weights(_family_model(family))
     fused = huggingface.apply(copy.deepcopy(stock))
     patched = [type(m).__name__ for m in fused.modules() if "forward" in vars(m)]
     want = [type(m).__name__ for m in fused.modules()
@@ -84,9 +97,7 @@ def test_training_step_matches_stock(family: str) -> None:
         out = model(ids, labels=ids)
         out.loss.backward()
         losses.append(out.loss)
-    assert_close(losses[1], losses[0].double(), torch.float32, scale=4)
-    for p, q in zip(stock.parameters(), fused.parameters(), strict=True):
-        assert_close(q.grad, p.grad.double(), torch.float32, scale=16)
+    _same_step(losses[1], losses[0], fused, stock)
 
 
 @pytest.mark.parametrize("family", ["Llama", "Gemma3"])
@@ -115,9 +126,7 @@ def test_rope_patched_too(family: str, monkeypatch: pytest.MonkeyPatch) -> None:
     out = fused(ids, labels=ids)
     out.loss.backward()
     assert len(calls) == 2  # one per layer
-    assert_close(out.loss, ref.loss.double(), torch.float32, scale=4)
-    for p, q in zip(stock.parameters(), fused.parameters(), strict=True):
-        assert_close(q.grad, p.grad.double(), torch.float32, scale=16)
+    _same_step(out.loss, ref.loss, fused, stock)
 
 
 def test_the_loss_is_fusiles(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -143,46 +152,27 @@ def test_the_loss_is_fusiles(monkeypatch: pytest.MonkeyPatch) -> None:
         got = fused(ids, labels=labels, **extra)
         want.loss.backward()
         got.loss.backward()
-        assert_close(got.loss, want.loss.double(), torch.float32, scale=4)
-        for p, q in zip(stock.parameters(), fused.parameters(), strict=True):
-            assert_close(q.grad, p.grad.double(), torch.float32, scale=16)
+        _same_step(got.loss, want.loss, fused, stock)
     assert calls == [((26, 97), "mean"), ((26, 97), "sum")]
     assert fused.loss_function is huggingface.causal_lm_loss
     plain = huggingface.apply(copy.deepcopy(stock), loss=False)
     assert plain.loss_function is stock.loss_function
 
 
-def test_patched_model_compiles_with_fullgraph() -> None:
+@pytest.mark.parametrize("family", ["Llama", "Gemma3"])
+def test_patched_model_compiles_with_fullgraph(family: str) -> None:
     """torch.compile(fullgraph=True) of the patched model: no graph break, and its training
     step's loss and gradients equal the stock model's (while tracing, transformers always
-    builds the mask, so attention takes sdpa there; norms and MLPs are fusile's ops)."""
-    stock, fused = _models()
-    ids = torch.randint(0, 97, (2, 13))
-    out = torch.compile(fused, fullgraph=True)(ids, labels=ids)
-    out.loss.backward()
-    ref = stock(ids, labels=ids)
-    ref.loss.backward()
-    assert_close(out.loss, ref.loss.double(), torch.float32, scale=4)
-    for p, q in zip(stock.parameters(), fused.parameters(), strict=True):
-        assert_close(q.grad, p.grad.double(), torch.float32, scale=16)
-
-
-def test_patched_gemma3_compiles_with_fullgraph() -> None:
-    """Gemma's norms (1 + weight) and GeGLU MLPs as fusile's custom ops under
-    torch.compile(fullgraph=True): the training step matches the stock model."""
-    stock = _family_model("Gemma3")
-    for m in stock.modules():
-        if type(m).__name__.endswith("RMSNorm"):
-            torch.nn.init.normal_(m.weight, 0.0, 0.1)
+    builds the mask, so attention takes sdpa there; norms, MLPs (Gemma's: 1 + weight, GeGLU)
+    and the loss are fusile's ops)."""
+    stock = _models()[0] if family == "Llama" else _gemma_weights(_family_model(family))
     fused = huggingface.apply(copy.deepcopy(stock))
     ids = torch.randint(0, 97, (2, 13))
     out = torch.compile(fused, fullgraph=True)(ids, labels=ids)
     out.loss.backward()
     ref = stock(ids, labels=ids)
     ref.loss.backward()
-    assert_close(out.loss, ref.loss.double(), torch.float32, scale=4)
-    for p, q in zip(stock.parameters(), fused.parameters(), strict=True):
-        assert_close(q.grad, p.grad.double(), torch.float32, scale=16)
+    _same_step(out.loss, ref.loss, fused, stock)
 
 
 def test_padded_batch_falls_back_to_sdpa() -> None:
