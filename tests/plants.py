@@ -97,18 +97,18 @@ PLANTS = [
           "explain: the peak always fp32"),
     # ---- added after it: looped reductions, attention masks, AOT, the replay, and more
     Plant("looped_acc_identity", "fusile/backends/triton/codegen_loops.py",
-          'top.emit(f"{acc} = tl.full([BLOCK_P, BLOCK_R], {w._identity(op)}, "',
+          'top.emit(f"{acc} = tl.full([BLOCK_P, BLOCK_R], {w.identity(op)}, "',
           'top.emit(f"{acc} = tl.full([BLOCK_P, BLOCK_R], 0, "',
           "codegen: a looped reduction's accumulator starts at 0, not its identity"),
     Plant("looped_skips_first_block", "fusile/backends/triton/codegen_loops.py",
           'with top.block("for r0 in range(0, R, BLOCK_R):") as loop:\n'
-          '            w._r_index(loop, "r0 + ")\n            for gi in gens:',
+          '            w.r_index(loop, "r0 + ")\n            for gi in gens:',
           'with top.block("for r0 in range(BLOCK_R if R > BLOCK_R else 0, R, BLOCK_R):") '
-          'as loop:\n            w._r_index(loop, "r0 + ")\n            for gi in gens:',
+          'as loop:\n            w.r_index(loop, "r0 + ")\n            for gi in gens:',
           "codegen: a looped reduction skips its first block when there are several"),
     Plant("store_unmasked", "fusile/backends/triton/emitter.py",
-          'masked = f", mask={mask}" if mask else ""\n        offset = self._offset(',
-          'masked = ""\n        offset = self._offset(',
+          'masked = f", mask={mask}" if mask else ""\n        offset = self.offset(',
+          'masked = ""\n        offset = self.offset(',
           "codegen: stores without their mask (writes past the end of a ragged row)"),
     Plant("causal_strict", "fusile/stdlib/attention.py",
           "keep = ((j <= i) | (causal == 0)) & ((i - j < window) | (window <= 0)) & \\\n"

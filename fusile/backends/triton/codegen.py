@@ -49,7 +49,7 @@ class RowWriter(TileEmitter):
         s.emit(f"P = {' * '.join(self.cname[c] for c in self.p_classes) or '1'}")
         s.emit(f"R = {' * '.join(self.cname[c] for c in self.r_classes) or '1'}")
 
-    def _prologue(self, s: Scope, pointwise: bool, block: str | None = None) -> None:
+    def row_prologue(self, s: Scope, pointwise: bool, block: str | None = None) -> None:
         """Sizes, this program's rows and their indices; `block`: the row block a persistent
         program's loop is at (P and R already emitted)."""
         if block is None:
@@ -61,15 +61,15 @@ class RowWriter(TileEmitter):
         else:
             s.emit("offs_p = pid * BLOCK_P + tl.arange(0, BLOCK_P)[:, None]")
         s.emit("mask_p = offs_p < P")
-        self._unflatten(s, "offs_p", self.p_classes)
+        self.unflatten(s, "offs_p", self.p_classes)
 
-    def _r_index(self, s: Scope, start: str) -> None:
+    def r_index(self, s: Scope, start: str) -> None:
         s.emit(f"offs_r = {start}tl.arange(0, BLOCK_R)[None, :]")
         s.emit("mask_r = offs_r < R")
         s.emit("mask = mask_p & mask_r")
-        self._unflatten(s, "offs_r", self.r_classes)
+        self.unflatten(s, "offs_r", self.r_classes)
 
-    def _unflatten(self, s: Scope, flat: str, classes: list[int]) -> None:
+    def unflatten(self, s: Scope, flat: str, classes: list[int]) -> None:
         axis = "p" if flat == "offs_p" else "r"
         if len(classes) == 1:
             var = self.idx[classes[0]]
@@ -90,15 +90,15 @@ class RowWriter(TileEmitter):
     def write_single(self, name: str, tensors: list[TensorArg]) -> list[str]:
         body = Scope.function()
         pointwise = self.k.kind == POINTWISE
-        self._prologue(body, pointwise)
+        self.row_prologue(body, pointwise)
         start = "(pid % blocks_r) * BLOCK_R + " if pointwise else ""
-        self._r_index(body, start)
+        self.r_index(body, start)
         for t in self.writes:
-            self._store(t, body)
+            self.store(t, body)
         return self.header(name, tensors, False) + body.lines
 
-    def _spans_p(self, gi: int) -> bool:
-        node = self._gen(gi)
+    def spans_p(self, gi: int) -> bool:
+        node = self.gen(gi)
         return any(self.k.loop_class.get((gi, i)) in self.p_classes for i in range(node.n_loops))
 
     def source(self) -> KernelSource:

@@ -106,9 +106,9 @@ class AttnWriter(TileEmitter):
         "POS_SCALE", a constexpr the launch sets) for the `s * scale` op, or None."""
         if scale_op is None:
             return None
-        node = self._gen(self.attn.mods[0])
+        node = self.gen(self.attn.mods[0])
         op = next(o for o in node.body if o.results and o.results[0] == scale_op)
-        s_arg = node.block_args[node.inputs.index(self._gen(self.attn.qk.gi).results[0])]
+        s_arg = node.block_args[node.inputs.index(self.gen(self.attn.qk.gi).results[0])]
         c = next(o for o in op.operands if o != s_arg)
         const = self.func_ops.get(c)
         if const is not None and const.name == "arith.constant":
@@ -124,8 +124,8 @@ class AttnWriter(TileEmitter):
         a = self.attn
         if len(a.mods) != 1:
             return None
-        node = self._gen(a.mods[0])
-        s_t = self._gen(a.qk.gi).results[0]
+        node = self.gen(a.mods[0])
+        s_t = self.gen(a.qk.gi).results[0]
         if s_t not in node.inputs:
             return None
         s_arg = node.block_args[node.inputs.index(s_t)]
@@ -221,15 +221,15 @@ class AttnWriter(TileEmitter):
             out.emit(line)
         for v, ax in (("oi", "p"), ("oe", "r"), ("o", "pr"), ("m_i", "p"), ("l_i", "p")):
             out.tile(v, frozenset(ax))
-        out.values[self._gen(a.pv.gi).results[0]] = "o"
+        out.values[self.gen(a.pv.gi).results[0]] = "o"
         out.emit(f"m_nat = m_i * {LN2}  # the max in natural units")
         out.tile("m_nat", frozenset("p"))
-        out.values[self._gen(a.row_max).results[0]] = "m_nat"  # the statistics, for epilogues
-        out.values[self._gen(a.row_sum).results[0]] = "l_i"  # such as a log-sum-exp output
+        out.values[self.gen(a.row_max).results[0]] = "m_nat"  # the statistics, for epilogues
+        out.values[self.gen(a.row_sum).results[0]] = "l_i"  # such as a log-sum-exp output
         for w in self.k.writes:
             if self.j in self.access_of(w) or self.d in self.access_of(w):
                 raise InternalError("an attention kernel stores a per-key tensor")
-            self._store(w, out)
+            self.store(w, out)
         top.lines += out.lines
 
     @staticmethod
@@ -286,7 +286,7 @@ class AttnWriter(TileEmitter):
         body.tile("sj", frozenset("r"))
         body.tile("s", frozenset("pr"))
         self.frame("s")
-        body.values[self._gen(a.qk.gi).results[0]] = "s"
+        body.values[self.gen(a.qk.gi).results[0]] = "s"
         if mode != "either":
             self._softmax(body, kind, mode == "folded")
         else:
@@ -344,11 +344,11 @@ class AttnWriter(TileEmitter):
     def _scores_read_memory(self, t: int) -> bool:
         """Whether computing tensor t (the scores) loads a tensor besides q @ k^T: then the
         stages stay separate loops, whose loads Triton pipelines (not so inside a branch)."""
-        if t in self.plan.fills or t == self._gen(self.attn.qk.gi).results[0]:
+        if t in self.plan.fills or t == self.gen(self.attn.qk.gi).results[0]:
             return False
         if t not in self.producer:
             return True
-        return any(self._scores_read_memory(x) for x in self._gen(self.producer[t]).inputs)
+        return any(self._scores_read_memory(x) for x in self.gen(self.producer[t]).inputs)
 
     def source(self) -> KernelSource:
         self.scale_op = self._log2_scale()

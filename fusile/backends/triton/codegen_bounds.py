@@ -25,7 +25,7 @@ class KeyBounds:
 
     def _affine(self, gi: int, v: int, scope: Scope) -> tuple[int, int, list[str]] | None:
         """v of generic gi as (coefficient of i, coefficient of j, constant source terms)."""
-        node = self.w._gen(gi)
+        node = self.w.gen(gi)
         op = node.defs.get(v)
         if v in node.block_args:
             return self._program_value(node.inputs[node.block_args.index(v)], scope)
@@ -57,7 +57,7 @@ class KeyBounds:
         var = scope.values.get(("bound", t))
         if var is None:
             var = scope.values[("bound", t)] = scope.fresh(f"{ta.name}_bound")
-            scope.emit(f"{var} = tl.load({ta.name}_ptr + {self.w._offset(ta, ta.classes)})")
+            scope.emit(f"{var} = tl.load({ta.name}_ptr + {self.w.offset(ta, ta.classes)})")
         return 0, 0, [var]
 
     def _bounds(self, gi: int, cond: int, scope: Scope, lo: list[str], hi: list[str],
@@ -65,7 +65,7 @@ class KeyBounds:
         """Collect the key bounds implied by condition `cond` for rows [first, last]: where
         any row may see keys ([lo, hi)) and where every row sees them all ([lo_all, hi_all)).
         True when the condition is exactly the conjunction of those bounds."""
-        node = self.w._gen(gi)
+        node = self.w.gen(gi)
         op = node.defs.get(cond)
         if op is None:
             return False
@@ -117,7 +117,7 @@ class KeyBounds:
         bounds = top.child()
         exact = True
         for gi, sel in masks:
-            sel_op = next(op for op in self.w._gen(gi).body if op.results[0] == sel)
+            sel_op = next(op for op in self.w.gen(gi).body if op.results[0] == sel)
             exact &= self._bounds(gi, sel_op.operands[0], bounds, lo, hi, lo_all, hi_all)
         top.lines += bounds.lines
         e("lo = 0")

@@ -33,8 +33,8 @@ def column_sums(w: RowWriter) -> list[tuple[int, int, int, Op, int]]:
     for gi in w.k.columns:
         if not w.plan.reduces(gi):
             continue  # elementwise on the sums: the combine runs it
-        node = w._gen(gi)
-        combiners = w._combiners(node)
+        node = w.gen(gi)
+        combiners = w.combiners(node)
         for r, y, init in zip(node.results, node.yields, node.outputs, strict=True):
             out.append((gi, r, y, combiners[y][0], init))
     return out
@@ -81,14 +81,14 @@ def write_rows_columns(w: RowWriter, name: str, tensors: list[TensorArg], looped
             head.emit(f"acc{y} = tl.full([BLOCK_P, BLOCK_R], 0.0, {acc_type(op.dtype)})")
     with head.block("for blk in range(prog, (P + BLOCK_P - 1) // BLOCK_P, G):  # its row blocks"
                     ) as body:
-        w._prologue(body, False, block="blk")
+        w.row_prologue(body, False, block="blk")
         if looped:
             looped_body(w, body, lambda loop: _fold_into_partials(w, loop, sums))
             body.emit("tl.debug_barrier()  # this block's partials stored before the next loads")
         else:
-            w._r_index(body, "")
+            w.r_index(body, "")
             for t in w.writes:
-                w._store(t, body)
+                w.store(t, body)
             _fold(w, body, sums, True)
     if not looped:
         head.emit("offs_c = tl.arange(0, BLOCK_R)[None, :]")
@@ -107,7 +107,7 @@ def write_columns_combine(w: RowWriter, name: str, tensors: list[TensorArg]) -> 
     w.program_id(top)
     top.emit("offs_r = pid * BLOCK_R + tl.arange(0, BLOCK_R)[None, :]")
     top.emit("mask_r = offs_r < R")
-    w._unflatten(top, "offs_r", w.r_classes)
+    w.unflatten(top, "offs_r", w.r_classes)
     for j, (_gi, r, y, op, init) in enumerate(column_sums(w)):
         top.emit(f"acc{y} = tl.full([BLOCK_P, BLOCK_R], 0.0, {acc_type(op.dtype)})")
         top.emit("for s0 in range(0, G, BLOCK_P):")
@@ -117,8 +117,8 @@ def write_columns_combine(w: RowWriter, name: str, tensors: list[TensorArg]) -> 
         var = f"red{r}"
         top.emit(f"{var} = {_sum_rows(w, f'acc{y}')}")
         top.tile(var, frozenset("r"))
-        w._finish_reduce(r, op, var, top, init)
+        w.finish_reduce(r, op, var, top, init)
     for t in w.k.writes:
         if t not in w.writes:
-            w._store(t, top)
+            w.store(t, top)
     return w.header(name, tensors, True, EXTRA, " (combine the column partials)") + top.lines

@@ -62,7 +62,7 @@ class DotWriter(TileEmitter):
         self.set_frame(rc, cc, row, col, (brow, bcol), f"mask_{f}")
 
     def _contraction(self) -> Generic:
-        return self._gen(self.form.gi)
+        return self.gen(self.form.gi)
 
     # ------------------------------------------------------------------ the kernel
     def write_dot(self, name: str, tensors: list[TensorArg]) -> list[str]:
@@ -141,7 +141,7 @@ class DotWriter(TileEmitter):
                 out.tile(v, frozenset(axes))
             out.values[node.results[0]] = f"acc_{half}"
             for t in self.k.writes:
-                self._store(t, out)
+                self.store(t, out)
             top.lines += out.lines
         note = f" (tl.dot on {dt.name}{' tf32' if self.dots.tf32 and dt.name == 'f32' else ''})"
         return self.header(name, tensors, False, note=note) + top.lines

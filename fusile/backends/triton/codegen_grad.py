@@ -145,11 +145,11 @@ class GradWriter(TileEmitter):
             out.emit(f"# out dot {x}")
             self.enter(out, self.keep, nc)
             out.tile(f"acc{x}", frozenset("pr"))
-            out.values[self._gen(o.gi).results[0]] = f"acc{x}"
+            out.values[self.gen(o.gi).results[0]] = f"acc{x}"
             side = {*self.batch, self.keep, nc}
             for w in self.k.writes:
                 if w not in stored and {c for c in self.access_of(w) if c is not None} <= side:
-                    self._store(w, out)
+                    self.store(w, out)
                     stored.add(w)
             top.lines += out.lines
         if stored != set(self.k.writes):
@@ -183,7 +183,7 @@ class GradWriter(TileEmitter):
                 isinstance(k[0], int) and bs.tiles.get(v) == frozenset("pr")]
             body.lines += bs.lines
             body.tile(f"s{x}", frozenset("pr"))
-            body.values[self._gen(s.gi).results[0]] = f"s{x}"
+            body.values[self.gen(s.gi).results[0]] = f"s{x}"
         cone = body.child()
         lhs = []
         for o in f.outs:

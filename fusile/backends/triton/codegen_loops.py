@@ -23,7 +23,7 @@ def levels(w: RowWriter) -> dict[int, int]:
     memo: dict[int, int] = {}
 
     def deps(gi: int, seen: set[int]) -> int:
-        node = w._gen(gi)
+        node = w.gen(gi)
         best = 0
         for t in node.inputs:
             p = w.producer.get(t)
@@ -44,7 +44,7 @@ def levels(w: RowWriter) -> dict[int, int]:
 
 def write_looped(w: RowWriter, name: str, tensors: list[TensorArg]) -> list[str]:
     top = Scope.function()
-    w._prologue(top, False)
+    w.row_prologue(top, False)
     looped_body(w, top)
     return w.header(name, tensors, True) + top.lines
 
@@ -59,23 +59,23 @@ def looped_body(w: RowWriter, top: Scope,
         gens = [gi for gi, lv in by_level.items() if lv == phase]
         accs = {}
         for gi in gens:
-            node = w._gen(gi)
-            for y, (op, _f) in w._combiners(node).items():
+            node = w.gen(gi)
+            for y, (op, _f) in w.combiners(node).items():
                 acc = f"acc{y}"
                 accs[(gi, y)] = acc
-                top.emit(f"{acc} = tl.full([BLOCK_P, BLOCK_R], {w._identity(op)}, "
+                top.emit(f"{acc} = tl.full([BLOCK_P, BLOCK_R], {w.identity(op)}, "
                          f"{acc_type(op.dtype)})")
         with top.block("for r0 in range(0, R, BLOCK_R):") as loop:
-            w._r_index(loop, "r0 + ")
+            w.r_index(loop, "r0 + ")
             for gi in gens:
                 w.emit_generic(gi, loop, False, {y: f"acc{y}" for (g, y) in accs if g == gi})
         for gi in gens:
-            node = w._gen(gi)
+            node = w.gen(gi)
             for r, y, init in zip(node.results, node.yields, node.outputs, strict=True):
-                op, _ = w._combiners(node)[y]
+                op, _ = w.combiners(node)[y]
                 var = f"red{r}"
-                top.emit(f"{var} = {w._reduce_call(op, f'acc{y}')}")
-                if w._spans_p(gi):
+                top.emit(f"{var} = {w.reduce_call(op, f'acc{y}')}")
+                if w.spans_p(gi):
                     top.tile(var, frozenset("p"))
                 else:  # every row of the accumulator holds the same value: keep one
                     top.emit(f"{var} = tl.max({var}, axis=0, keep_dims=True)"
@@ -83,17 +83,17 @@ def looped_body(w: RowWriter, top: Scope,
                              f"{var} = tl.reduce({var}, 0, tl.standard._elementwise_max, "
                              "keep_dims=True)")
                     top.tile(var, frozenset())
-                w._finish_reduce(r, op, var, top, init)
+                w.finish_reduce(r, op, var, top, init)
     spanning = [t for t in w.writes
-                if "r" in w._axes_of_classes(w.tensor_arg(t, True).classes)]
+                if "r" in w.axes_of_classes(w.tensor_arg(t, True).classes)]
     for t in w.writes:
         if t not in spanning:  # row results are stored once, outside the loops
-            w._store(t, top)
+            w.store(t, top)
     if spanning or fold is not None:
         with top.block("for r0 in range(0, R, BLOCK_R):") as loop:
-            w._r_index(loop, "r0 + ")
+            w.r_index(loop, "r0 + ")
             for t in spanning:
-                w._store(t, loop)
+                w.store(t, loop)
             if fold is not None:
                 fold(loop)
 
@@ -102,8 +102,8 @@ def parts(w: RowWriter) -> list[tuple[int, int, int, Op, int]]:
     """(generic, result, yield, combiner, init) of each reduction, for split kernels."""
     out = []
     for gi, _lv in sorted(levels(w).items()):
-        node = w._gen(gi)
-        combiners = w._combiners(node)
+        node = w.gen(gi)
+        combiners = w.combiners(node)
         for r, y, init in zip(node.results, node.yields, node.outputs, strict=True):
             out.append((gi, r, y, combiners[y][0], init))
     return out
@@ -116,7 +116,7 @@ def splittable(w: RowWriter) -> bool:
         return False
     if set(levels(w).values()) != {1}:
         return False
-    if any("r" in w._axes_of_classes(w.tensor_arg(t, True).classes)
+    if any("r" in w.axes_of_classes(w.tensor_arg(t, True).classes)
            for t in w.writes):
         return False
     return all(op.dtype.is_float for _g, _r, _y, op, _i in parts(w))
@@ -124,21 +124,21 @@ def splittable(w: RowWriter) -> bool:
 
 def write_split(w: RowWriter, name: str, tensors: list[TensorArg]) -> list[str]:
     top = Scope.function()
-    w._prologue(top, False)
+    w.row_prologue(top, False)
     top.emit("sid = tl.program_id(1)  # this program's range of rows")
     top.emit("r_lo = sid * S_CHUNK")
     top.emit("r_hi = tl.minimum(r_lo + S_CHUNK, R)")
     items = parts(w)
     for _gi, _r, y, op, _init in items:
-        top.emit(f"acc{y} = tl.full([BLOCK_P, BLOCK_R], {w._identity(op)}, "
+        top.emit(f"acc{y} = tl.full([BLOCK_P, BLOCK_R], {w.identity(op)}, "
                  f"{acc_type(op.dtype)})")
     with top.block("for r0 in range(r_lo, r_hi, BLOCK_R):") as loop:
-        w._r_index(loop, "r0 + ")
+        w.r_index(loop, "r0 + ")
         for gi in dict.fromkeys(g for g, *_ in items):
             w.emit_generic(gi, loop, False, {y: f"acc{y}" for g, _r, y, _o, _i in items
                                                  if g == gi})
     for j, (_gi, r, y, op, _init) in enumerate(items):
-        top.emit(f"red{r} = {w._reduce_call(op, f'acc{y}')}")
+        top.emit(f"red{r} = {w.reduce_call(op, f'acc{y}')}")
         top.emit(f"tl.store(part_ptr + ({j} * S + sid) * P + offs_p, red{r}, mask=mask_p)")
     return w.header(name, tensors, True, ("part_ptr", "S", "S_CHUNK"),
                        " (split: partial reductions over a range of rows)") + top.lines
@@ -146,13 +146,13 @@ def write_split(w: RowWriter, name: str, tensors: list[TensorArg]) -> list[str]:
 
 def write_combine(w: RowWriter, name: str, tensors: list[TensorArg]) -> list[str]:
     top = Scope.function()
-    w._prologue(top, False)
+    w.row_prologue(top, False)
     top.emit("offs_s = tl.arange(0, BLOCK_R)[None, :]  # one column per row range")
     top.emit("mask_s = offs_s < S")
     for j, (gi, r, _y, op, init) in enumerate(parts(w)):
-        ident = w._identity(op)
+        ident = w.identity(op)
         var = f"red{r}"
-        if w._spans_p(gi):
+        if w.spans_p(gi):
             top.emit(f"part{r} = tl.load(part_ptr + ({j} * S + offs_s) * P + offs_p, "
                      f"mask=mask_p & mask_s, other={ident})")
             top.tile(var, frozenset("p"))
@@ -160,9 +160,9 @@ def write_combine(w: RowWriter, name: str, tensors: list[TensorArg]) -> list[str
             top.emit(f"part{r} = tl.load(part_ptr + ({j} * S + offs_s) * P, mask=mask_s, "
                      f"other={ident})")
             top.tile(var, frozenset())
-        top.emit(f"{var} = {w._reduce_call(op, f'part{r}')}")
-        w._finish_reduce(r, op, var, top, init)
+        top.emit(f"{var} = {w.reduce_call(op, f'part{r}')}")
+        w.finish_reduce(r, op, var, top, init)
     for t in w.writes:
-        w._store(t, top)
+        w.store(t, top)
     return w.header(name, tensors, True, ("part_ptr", "S", "S_CHUNK"),
                        " (combine the partials, then the epilogue)") + top.lines

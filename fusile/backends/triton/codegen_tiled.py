@@ -38,14 +38,14 @@ class DotOperands:
             return []
         seen.add(t)
         if t in w.producer:
-            node = w._gen(w.producer[t])
+            node = w.gen(w.producer[t])
             return [d for u in node.inputs for d in self._leaf_dtypes(u, seen)]
         d = w.g.tensors[t].dtype
         return [d] if d.is_float else []
 
     def _value_dtypes(self, gi: int, v: int) -> list[DType]:
         """The float dtypes of the HBM tensors value v of generic gi is computed from."""
-        node = self.w._gen(gi)
+        node = self.w.gen(gi)
         args = node.args_of(v)
         return [d for bid, t in zip(node.block_args, node.inputs, strict=False) if bid in args
                 for d in self._leaf_dtypes(t, set())]
@@ -80,7 +80,7 @@ class DotOperands:
         return ', input_precision="tf32"' if self.tf32 else ', input_precision="ieee"'
 
     def _arg_dtype(self, gi: int, bid: int) -> DType:
-        node = self.w._gen(gi)
+        node = self.w.gen(gi)
         if bid not in node.block_args[: len(node.inputs)]:
             return DTYPES["f32"]
         t = node.inputs[node.block_args.index(bid)]
@@ -92,7 +92,7 @@ class DotOperands:
         the end."""
         w = self.w
         gi = form.gi
-        node = w._gen(gi)
+        node = w.gen(gi)
         by = node.defs
         n_in = len(node.inputs)
         local: dict[int, str] = {}
@@ -111,7 +111,7 @@ class DotOperands:
             if op is None:  # defined outside the region: a scalar
                 return w.resolve(x, local, scope)
             if op.name == "linalg.index":
-                local[x] = w._loop_index(gi, op.attrs["dim"])
+                local[x] = w.loop_index(gi, op.attrs["dim"])
                 return local[x]
             if op.name not in _ZERO_KEEPING[:2]:  # more than a cast
                 self.prologue = True

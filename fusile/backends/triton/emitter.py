@@ -64,7 +64,7 @@ class TileEmitter:
         self.names = names
         self.producer: dict[int, int] = {}
         for gi in kernel.generics:
-            node = self._gen(gi)
+            node = self.gen(gi)
             for r in node.results:
                 self.producer[r] = gi
         self.func_ops: dict[int, Op] = {op.results[0]: op for op in self.g.nodes
@@ -107,7 +107,7 @@ class TileEmitter:
         finally:
             self.unmasked, self.factor = saved
 
-    def _gen(self, gi: int) -> Generic:
+    def gen(self, gi: int) -> Generic:
         node = self.g.nodes[gi]
         assert isinstance(node, Generic)
         return node
@@ -118,11 +118,11 @@ class TileEmitter:
         k = self.k
         if t in self.producer:
             gi = self.producer[t]
-            node = self._gen(gi)
+            node = self.gen(gi)
             pos = node.results.index(t)
             return k.access(gi, node.maps[len(node.inputs) + pos])
         for gi in k.generics:
-            node = self._gen(gi)
+            node = self.gen(gi)
             for u, m in zip([*node.inputs, *node.outputs], node.maps, strict=True):
                 if u == t:
                     return k.access(gi, m)
@@ -133,10 +133,10 @@ class TileEmitter:
         axes = [a for a, s in enumerate(info.shape) if s != 1]
         return TensorArg(t, self.names[t], self.access_of(t), axes, info.dtype, is_output)
 
-    def _axes_of_classes(self, classes: list[int | None]) -> frozenset[str]:
+    def axes_of_classes(self, classes: list[int | None]) -> frozenset[str]:
         return frozenset(self.axis_of[c] for c in classes if c in self.axis_of)
 
-    def _offset(self, ta: TensorArg, classes: list[int | None]) -> str:
+    def offset(self, ta: TensorArg, classes: list[int | None]) -> str:
         terms = [f"{self.idx[c]} * {ta.name}_s{axis}" for axis, c in enumerate(classes)
                  if c is not None and axis in ta.stride_axes]
         return " + ".join(terms) if terms else "0"
@@ -175,11 +175,11 @@ class TileEmitter:
         got = scope.get(key)
         if got is not None:
             return got
-        axes = self._axes_of_classes(classes)
+        axes = self.axes_of_classes(classes)
         mask = self._mask(axes)
         var = scope.fresh(f"{ta.name}_{len(scope.lines)}")
         masked = f", mask={mask}, other=0" if mask else ""
-        offset = self._offset(ta, classes)
+        offset = self.offset(ta, classes)
         if not axes and self.target == "interpreter":
             # one element per program, loaded as a [1, 1] tile: the interpreter mis-types a
             # 0-d comparison that meets a tile in & or | (GPU kernels keep the scalar load)
@@ -195,7 +195,7 @@ class TileEmitter:
         """Emit generic gi's region over tiles. A reduction either reduces its tile now
         (single pass) or, with `accumulate` (yield -> accumulator), folds one chunk into an
         accumulator tile (looped), where `fold_mask` holds (a column sum: "mask")."""
-        node = self._gen(gi)
+        node = self.gen(gi)
         reduces = self.plan.reduces(gi)
         if reduces and not (allow_reduce or accumulate is not None):
             raise AssertionError("a reduction must be computed in an earlier phase")
@@ -207,13 +207,13 @@ class TileEmitter:
             for bid, t in zip(node.block_args[n_in:], node.outputs, strict=True):
                 if t in self.plan.fills or t in self.producer or t in self.k.reads:
                     local[bid] = self.tensor_value(t, scope, allow_reduce)
-        combiners = self._combiners(node) if reduces else {}
+        combiners = self.combiners(node) if reduces else {}
         loc = short_loc(node.loc)
         for op in node.body:
             if op.results[0] in combiners:
                 continue
             if op.name == "linalg.index":
-                local[op.results[0]] = self._loop_index(gi, op.attrs["dim"])
+                local[op.results[0]] = self.loop_index(gi, op.attrs["dim"])
                 continue
             if op.results[0] in self.unmasked:  # a mask known to be all true on this tile
                 local[op.results[0]] = self.resolve(op.operands[1], local, scope)
@@ -231,16 +231,16 @@ class TileEmitter:
                 scope.values[r] = self.resolve(y, local, scope)
                 continue
             op, f = combiners[y]
-            fv = f"tl.where({fold_mask}, {self.resolve(f, local, scope)}, {self._identity(op)})"
+            fv = f"tl.where({fold_mask}, {self.resolve(f, local, scope)}, {self.identity(op)})"
             if accumulate is not None:
                 acc = accumulate[y]
                 scope.emit(f"{acc} = {RULES[op.name]([acc, fv], op, self.target)}")
                 continue
             var = f"red{r}"
-            scope.emit(f"{var} = {self._reduce_call(op, fv)}")
+            scope.emit(f"{var} = {self.reduce_call(op, fv)}")
             scope.tile(var, (scope.axes_of(self.resolve(f, local, scope)) or frozenset())
                        & frozenset("p"))
-            self._finish_reduce(r, op, var, scope, init)
+            self.finish_reduce(r, op, var, scope, init)
 
     def emit_op(self, op: Op, args: list[str], scope: Scope, loc: str = "") -> str:
         """Emit region op `op` on Triton values `args` as `v<result>`, with the user's line
@@ -262,11 +262,11 @@ class TileEmitter:
         scope.emit("if USE_I64:  # offsets past 2**31 elements")
         scope.emit("    pid = pid.to(tl.int64)")
 
-    def _loop_index(self, gi: int, loop: int) -> str:
+    def loop_index(self, gi: int, loop: int) -> str:
         c = self.k.loop_class.get((gi, loop))
         return "0" if c is None else self.idx[c]
 
-    def _combiners(self, node: Generic) -> dict[int, tuple[Op, int]]:
+    def combiners(self, node: Generic) -> dict[int, tuple[Op, int]]:
         """yield value -> (combiner op, the value it folds in), checked to be acc-free."""
         n_in = len(node.inputs)
         accs = node.block_args[n_in:]
@@ -280,7 +280,7 @@ class TileEmitter:
             out[y] = (op, other)
         return out
 
-    def _reduce_call(self, op: Op, tile: str) -> str:
+    def reduce_call(self, op: Op, tile: str) -> str:
         fn = REDUCE[op.name][0]
         if op.name not in NAN_COMBINE:
             return self.row_reduce(fn, tile)
@@ -298,16 +298,16 @@ class TileEmitter:
             return f"tl.reduce({tile}, 1, tl.standard.{combine}, keep_dims=True)"
         return f"{fn}({tile}, axis=1, keep_dims=True)"
 
-    def _identity(self, op: Op) -> str:
+    def identity(self, op: Op) -> str:
         _fn, ident = REDUCE[op.name]
         if ident is None:
             ident = int_identity(op.name, op.dtype)
         return literal(ident, op.dtype)
 
-    def _finish_reduce(self, r: int, op: Op, var: str, scope: Scope, init: int) -> None:
+    def finish_reduce(self, r: int, op: Op, var: str, scope: Scope, init: int) -> None:
         init_v = self.tensor_value(init, scope, True) if (
             init in self.plan.fills or init in self.producer or init in self.k.reads) else None
-        if init_v is not None and init_v != self._identity(op):
+        if init_v is not None and init_v != self.identity(op):
             out = f"res{r}"
             scope.emit(f"{out} = {RULES[op.name]([init_v, var], op, self.target)}")
             scope.derived(out, [init_v, var])
@@ -333,10 +333,10 @@ class TileEmitter:
             doc += ": " + ", ".join(locs)
         return ["@triton.jit", f"def {name}({', '.join(params)}):", f'    """{doc}"""']
 
-    def _store(self, t: int, scope: Scope) -> None:
+    def store(self, t: int, scope: Scope) -> None:
         ta = self.tensor_arg(t, True)
         val = self.tensor_value(t, scope, True)
-        axes = self._axes_of_classes(ta.classes)
+        axes = self.axes_of_classes(ta.classes)
         have = scope.axes_of(val)
         shape = f"[{self.blocks[0] if 'p' in axes else 1}, {self.blocks[1] if 'r' in axes else 1}]"
         if have is None:
@@ -345,7 +345,7 @@ class TileEmitter:
             val = f"tl.broadcast_to({val}, {shape})"
         mask = self._mask(axes)
         masked = f", mask={mask}" if mask else ""
-        offset = self._offset(ta, ta.classes) if axes else "tl.full([1, 1], 0, tl.int32)"
+        offset = self.offset(ta, ta.classes) if axes else "tl.full([1, 1], 0, tl.int32)"
         scope.emit(f"tl.store({ta.name}_ptr + {offset}, "
                    f"({val}).to({ta.name}_ptr.dtype.element_ty){masked})")
 
