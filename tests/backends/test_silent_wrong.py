@@ -77,6 +77,20 @@ def test_max_min_propagate_nan_and_logsumexp_keeps_inf(device: str, cols: int,
         torch.testing.assert_close(col, xt.amax(0), equal_nan=True)
 
 
+def test_a_row_of_nans_is_a_value_not_a_warning() -> None:
+    """The interpreter's max is numpy's nanmax, which warns on an all-NaN row: a NaN row is
+    data here, as on a GPU (the max is NaN, no warning reaches the user)."""
+    import warnings
+
+    x = torch.randn(3, 8)  # a whole block: no padding lanes (-inf) beside the NaNs
+    x[1] = math.nan
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        out = _fn("def f(x):\n    return max(x, axis=-1)\n")(x)
+    torch.testing.assert_close(out, x.amax(-1), equal_nan=True)
+    assert not [w for w in seen if "All-NaN" in str(w.message)], [str(w.message) for w in seen]
+
+
 @pytest.mark.parametrize("correction,n", [(0, 6), (1, 6), (6, 6), (7, 6)])
 def test_var_correction_like_torch(correction: int, n: int) -> None:
     x = torch.randn(4, n)

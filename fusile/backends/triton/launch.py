@@ -17,10 +17,14 @@ _INTERPRETER_LOCK = threading.Lock()
 @contextlib.contextmanager
 def interpreting() -> Iterator[None]:
     """One interpreted program at a time, with numpy's floating-point warnings off: inf and
-    NaN are values here as on a GPU (log(0) is -inf), not something to warn the user of."""
+    NaN are values here as on a GPU (log(0) is -inf), not something to warn the user of
+    (nor is a max over a row of NaNs, which numpy's nanmax, the interpreter's max, warns of)."""
+    import warnings
+
     import numpy as np
 
-    with _INTERPRETER_LOCK, np.errstate(all="ignore"):
+    with _INTERPRETER_LOCK, np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "All-NaN (slice|axis) encountered", RuntimeWarning)
         yield
 
 
