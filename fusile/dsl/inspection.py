@@ -41,13 +41,20 @@ class Inspection:
     def plan(self, *args: Any, **kwargs: Any) -> Any:
         """Which ops share which kernel, and the HBM bytes each kernel reads and writes, for
         these arguments (print it, or .to_dict())."""
+        import torch
+
+        from fusile.backends import targets
         from fusile.lowering.report import plan_report
 
         values = self._bind_args(args, kwargs)
         compiled, _ = self._lookup(values)
-        shapes = [tuple(v.shape) if hasattr(v, "shape") else None
-                  for v in compiled.runtime_args(values)]
-        return plan_report(compiled.plan, compiled.reference_graph, shapes, compiled.names)
+        runtime = compiled.runtime_args(values)
+        shapes = [tuple(v.shape) if hasattr(v, "shape") else None for v in runtime]
+        device = next((v.device for v in runtime if isinstance(v, torch.Tensor)), None)
+        plan = compiled.plan
+        if device is not None and device.type == "cuda":  # what this GPU runs
+            plan = _plan_on(compiled, targets.for_device(device), shapes)
+        return plan_report(plan, compiled.reference_graph, shapes, compiled.names)
 
     def explain(self, *args: Any, target: Any = None, measure: bool = False,
                 sizes: dict[str, int] | None = None, **kwargs: Any) -> Any:
@@ -70,25 +77,14 @@ class Inspection:
         values = self._bind_args(args, kwargs)
         compiled, _ = self._lookup(values)
         shapes = [concrete_shape(v, sizes or {}) for v in compiled.runtime_args(values)]
-        report = plan_report(compiled.plan, compiled.reference_graph, shapes, compiled.names)
         runtime = compiled.runtime_args(values)
         device = next((v.device for v in runtime if isinstance(v, torch.Tensor)), None)
         if t is None:
             on_gpu = device is not None and device.type == "cuda"
             t = (targets.for_device(device) if on_gpu else targets.this_cpu()
                  if target == "auto" else targets.get("h100"))
-        if t.backend in ("cuda", "hip") and t.max_head_dim:  # wide head dims: no flash
-            from fusile import config
-            from fusile.backends.triton.kinds import held_classes, too_wide
-
-            graph, plan = compiled.fused_graph, compiled.plan
-            known = {plan.tensor_class(a, axis): n for a, shape in zip(graph.args, shapes,
-                                                                        strict=True)
-                     if shape is not None for axis, n in enumerate(shape) if type(n) is int}
-            kernels = compiled.triton("gpu", config.get("tf32"))[1]
-            if too_wide(held_classes(kernels), known, t.max_head_dim):
-                report = plan_report(compiled.plain_plan, compiled.reference_graph, shapes,
-                                     compiled.names)
+        report = plan_report(_plan_on(compiled, t, shapes), compiled.reference_graph, shapes,
+                             compiled.names)
         measured = None
         if measure:
             if device is None or device.type != "cuda":
@@ -170,3 +166,20 @@ def _own_target(target: Any, default: Any, kwargs: dict[str, Any]) -> Any:
         kwargs["target"] = target
         return default
     return target
+
+
+def _plan_on(compiled: Any, target: Any, shapes: list[Any]) -> Any:
+    """The plan `target` runs for arguments of these shapes: the plain one where a flash
+    kernel would hold a head dim wider than the target's (Target.max_head_dim)."""
+    if target.backend not in ("cuda", "hip") or not target.max_head_dim:
+        return compiled.plan
+    from fusile import config
+    from fusile.backends.triton.kinds import held_classes, too_wide
+
+    graph, plan = compiled.fused_graph, compiled.plan
+    known = {plan.tensor_class(a, axis): n for a, shape in zip(graph.args, shapes, strict=True)
+             if shape is not None for axis, n in enumerate(shape) if type(n) is int}
+    kernels = compiled.triton("gpu", config.get("tf32"))[1]
+    if too_wide(held_classes(kernels), known, target.max_head_dim):
+        return compiled.plain_plan
+    return plan
