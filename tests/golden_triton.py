@@ -12,7 +12,9 @@ the runtime generates is also generated for the GPU family (what h100, h200 and 
 their source does not depend on the target, only their launch configs do) with tf32 off and
 on, and every source is hashed.
 The result is, for each flavour, the sorted list of (the first kernel's docstring: its kind
-and the user's lines it fuses, sha256).
+and the user's lines it fuses, sha256). The launch decisions are hashed too ("launch/<target>":
+every kind's tuning candidates, flash-decoding split counts, constexprs and compile options,
+and the row schedule, over a grid of shapes), for refactors of the launch path.
 """
 
 from __future__ import annotations
@@ -150,6 +152,50 @@ def workload() -> None:
     _backward(user_norm(x, w), [x, w])
 
 
+def launch_decisions() -> dict[str, set[tuple[str, str]]]:
+    """Per target, (what was decided, sha256 of the decisions over a grid of shapes)."""
+    import itertools
+    from dataclasses import astuple
+
+    from fusile.backends import targets
+    from fusile.backends.triton import schedule
+    from fusile.backends.triton.kinds import dot, flash, flash_grad, rows
+
+    def digest(items: list) -> str:
+        return hashlib.sha256(json.dumps(items, default=str).encode()).hexdigest()
+
+    out: dict[str, set[tuple[str, str]]] = {}
+    for name, t in sorted(targets.TARGETS.items()):
+        got: dict[str, list] = {"dot": [], "flash": [], "splits": [], "flash_grad": [],
+                                "rows": []}
+        for dt, m, n, k, b, pro in itertools.product(
+                ["f32", "bf16"], [16, 4096, 16384], [64, 16384], [64, 4096], [1, 8],
+                [False, True]):
+            for c in dot.candidates(t, dt, m, n, k, b, pro):
+                got["dot"].append((dt, m, n, k, b, pro, astuple(c), str(c),
+                                   dot.constexprs(c, k, True).values(), c.options(t.backend)))
+        for d, q in itertools.product([32, 64, 128, 256], [None, 1, 17, 4096]):
+            for c in flash.candidates(t, d, q):
+                for e, keys in itertools.product([d, 96], [None, 37, 4096]):
+                    got["flash"].append((d, q, e, keys, astuple(c), flash.constexprs(
+                        c, d, e, keys, False, True).values(), c.options(t.backend)))
+                for progs, keys in itertools.product([1, 200], [37, 131072]):
+                    got["splits"].append((d, progs, keys,
+                                          flash.splits(t, progs, keys, c.block_n, 0)))
+        for d in [32, 64, 128, 256]:
+            for c in flash_grad.candidates(t, d):
+                for heads, looped in itertools.product([[d], [d, 48]], [None, 4096]):
+                    got["flash_grad"].append((d, heads, looped, astuple(c), flash_grad.constexprs(
+                        c, heads, looped, True).values(), c.options(t.backend)))
+        for p_total, r_total in itertools.product([1, 16384], [7, 4096, 262144]):
+            for cfg in (schedule.reduction(p_total, r_total, t, 2),
+                        schedule.pointwise(p_total, r_total, t, 2)):
+                got["rows"].append((p_total, r_total, rows.constexprs(cfg, False).values(),
+                                    rows.options(cfg), cfg.looped))
+        out[f"launch/{name}"] = {(kind, digest(items)) for kind, items in got.items()}
+    return out
+
+
 def hashes() -> dict[str, list[list[str]]]:
     from fusile import config
 
@@ -159,6 +205,7 @@ def hashes() -> dict[str, list[list[str]]]:
             workload()
     finally:
         restore()
+    seen.update(launch_decisions())
     return {k: sorted(map(list, v)) for k, v in sorted(seen.items())}
 
 
