@@ -172,7 +172,7 @@ def _plan_on(compiled: Any, target: Any, shapes: list[Any]) -> Any:
     """The plan `target` runs for arguments of these shapes: the plain one where a flash
     kernel would hold a head dim wider than the target's (Target.max_head_dim)."""
     if target.backend not in ("cuda", "hip") or not target.max_head_dim or not any(
-            k.attn is not None or k.grad is not None for k in compiled.plan.kernels):
+            k.flash for k in compiled.plan.kernels):
         return compiled.plan  # no flash kernel: nothing held whole
     from fusile import config
     from fusile.backends.triton.kinds import held_classes, too_wide

@@ -61,6 +61,16 @@ class Kernel:
     # the sums into per-program float32 partials; a combine kernel finishes them.
     columns: list[int] = field(default_factory=list)
 
+    @property
+    def flash(self) -> bool:
+        """A flash kernel (attention forward or backward): it holds its head dims on chip."""
+        return self.attn is not None or self.grad is not None
+
+    @property
+    def tile_dots(self) -> bool:
+        """Its products run as tile dots (tensor cores), not elementwise."""
+        return self.dot is not None or self.flash
+
     def access(self, gi: int, m: tuple[int | None, ...]) -> list[int | None]:
         """Index class per tensor axis for generic gi reading/writing through map m."""
         return [None if e is None else self.loop_class.get((gi, e)) for e in m]

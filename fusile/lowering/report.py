@@ -170,7 +170,7 @@ def plan_report(plan: Plan, unfused: Graph, arg_shapes: list[tuple[int, ...] | N
             k.index, k.kind, len(k.generics), lines,
             {names[t]: _nbytes(graph, shapes, t) for t in k.reads},
             {names[t]: _nbytes(graph, shapes, t) for t in k.writes}, flops,
-            k.dot is not None or k.attn is not None or k.grad is not None))
+            k.tile_dots))
     # every generic of the unfused IR as its own kernel
     u_plan = partition_each(unfused)
     u_shapes = tensor_shapes(unfused, u_plan, {a: s for a, s in zip(unfused.args, arg_shapes,
