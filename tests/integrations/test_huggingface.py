@@ -81,7 +81,7 @@ def _same_step(loss: torch.Tensor, ref: torch.Tensor, model: Any, stock: Any) ->
 
 
 @pytest.mark.parametrize("family", ["Llama", "Mistral", "Qwen2", "Qwen3", "Gemma2", "Gemma3"])
-def test_training_step_matches_stock(family: str) -> None:
+def test_training_step_matches_stock(family: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Attention, RMSNorms (Gemma's: 1 + weight) and gated MLPs (SwiGLU; Gemma's GeGLU with
     tanh GELU) on fusile: the loss and every parameter's gradient of a forward+backward step
     equal the stock model's; every norm and MLP module is fusile's."""
@@ -91,6 +91,14 @@ def test_training_step_matches_stock(family: str) -> None:
     want = [type(m).__name__ for m in fused.modules()
             if type(m).__name__ in (f"{family}RMSNorm", f"{family}MLP")]
     assert patched == want and f"{family}MLP" in want and f"{family}RMSNorm" in want
+    calls = []
+    attend = huggingface.fused_attention
+
+    def counted(*a, **k):
+        calls.append(k["softcap"])
+        return attend(*a, **k)
+
+    monkeypatch.setattr(huggingface, "fused_attention", counted)
     ids = torch.randint(0, 97, (2, 13))
     losses = []
     for model in (stock, fused):
@@ -98,6 +106,8 @@ def test_training_step_matches_stock(family: str) -> None:
         out.loss.backward()
         losses.append(out.loss)
     _same_step(losses[1], losses[0], fused, stock)
+    # both layers' attention ran on fusile (Gemma 2's with its logit soft-capping)
+    assert calls == [50.0 if family == "Gemma2" else None] * 2, calls
 
 
 @pytest.mark.parametrize("family", ["Llama", "Gemma3"])
