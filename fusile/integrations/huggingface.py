@@ -1,7 +1,8 @@
 """Hugging Face transformers: fusile's attention, RMSNorm and SwiGLU MLP in a model.
 
     from fusile.integrations import huggingface
-    huggingface.apply(model)   # attention, rms_norm, mlp: each can be turned off
+    huggingface.apply(model)   # attention, rms_norm, mlp, loss: each can be turned off
+    huggingface.apply_to(transformers.LlamaForCausalLM)   # every model of the class, from now
 
 The norms and MLPs of the Llama, Mistral, Qwen2, Qwen3, Gemma 2 and Gemma 3 families are
 patched per module (this model's, not the class): RMSNorm runs fusile.stdlib.rms_norm (one
@@ -189,3 +190,20 @@ def apply(model: Any, attention: bool = True, rms_norm: bool = True, mlp: bool =
                 m._fusile_approximate = approximate
                 m.forward = types.MethodType(_geglu_mlp_forward, m)
     return model
+
+
+def apply_to(model_class: Any, **options: bool) -> Any:
+    """Patch every model of `model_class` made from now on, as apply() patches one
+    (`options` as apply's): its __init__ runs apply on the new model, so from_pretrained's
+    models come patched, their weights loaded as usual. Returns the class; a second call
+    changes the options."""
+    init = getattr(model_class.__init__, "_fusile_init", model_class.__init__)
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        if type(self) is model_class:  # a subclass's own __init__ ends later
+            apply(self, **options)
+
+    __init__._fusile_init = init  # type: ignore[attr-defined]
+    model_class.__init__ = __init__
+    return model_class

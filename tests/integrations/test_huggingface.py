@@ -185,6 +185,26 @@ def test_patched_model_compiles_with_fullgraph(family: str) -> None:
     _same_step(out.loss, ref.loss, fused, stock)
 
 
+def test_apply_to_a_class_patches_its_pretrained_models(tmp_path, monkeypatch) -> None:
+    """apply_to(LlamaForCausalLM): a model from from_pretrained comes patched (attention,
+    norms, MLPs, loss) with its weights loaded; a second call changes the options."""
+    cls = transformers.LlamaForCausalLM
+    monkeypatch.setattr(cls, "__init__", cls.__init__)  # undone after the test
+    stock = _family_model("Llama")
+    stock.save_pretrained(tmp_path)
+    assert huggingface.apply_to(cls) is cls
+    model = cls.from_pretrained(tmp_path)
+    assert model.config._attn_implementation == "fusile"
+    assert model.loss_function is huggingface.causal_lm_loss
+    assert sum("forward" in vars(m) for m in model.modules()) == 2 * 3 + 1
+    ids = torch.randint(0, 97, (2, 13))
+    with torch.no_grad():
+        assert_close(model(ids, labels=ids).loss, stock(ids, labels=ids).loss.double(),
+                     torch.float32, scale=4)
+    huggingface.apply_to(cls, mlp=False)
+    assert sum("forward" in vars(m) for m in cls(stock.config).modules()) == 2 * 2 + 1
+
+
 def test_padded_batch_falls_back_to_sdpa() -> None:
     stock, fused = _models()
     ids = torch.randint(0, 97, (2, 9))
