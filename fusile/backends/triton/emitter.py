@@ -5,7 +5,7 @@ axis ("p", rows; "r", columns), the block size of each axis and the mask of each
 a value's tile shape follows from the classes it depends on, so a row statistic is
 [BLOCK_P, 1] and broadcasts back over the row for free. tensor_value loads or computes a
 tensor's tile in the frame, emit_generic emits a generic's region (reductions included), and
-_store writes a tile back. Each line carries the user's file:line from the MLIR location.
+store writes a tile back. Each line carries the user's file:line from the MLIR location.
 The writers (codegen.py rows, codegen_dot.py, codegen_attn.py, codegen_grad.py) each set their
 classes and frames and write their kernels over it; what the tiled ones share is composed in
 (codegen_tiled.py, codegen_bounds.py), not inherited.
