@@ -26,6 +26,7 @@ import fusile.stdlib as S
 from benchmarks.bench_stdlib import make
 from benchmarks.bench_step import step_fn
 from fusile import erf, fused, index, logsumexp, mean, rsqrt, sigmoid, softmax, sum, where
+from fusile.stdlib import kernels as K
 
 
 @fused
@@ -69,6 +70,12 @@ OPS = {  # name -> (derived, hand-written stdlib, torch, input kinds)
     "cross_entropy": (lambda x, t: cross_entropy_rows(x, t).float().mean(),
                       lambda x, t: S.cross_entropy(x, t), lambda x, t: F.cross_entropy(x, t),
                       "xt"),
+    # the stdlib's own forward (ignore_index, the count, the target check) with its derived
+    # backward, against the same op's hand-written one: the like-for-like row (the one
+    # above derives a simpler program, without the count and the check)
+    "cross_entropy_stdlib": (lambda x, t: K.cross_entropy_fwd(x, t, -100, 0.0, 2)[0],
+                             lambda x, t: S.cross_entropy(x, t),
+                             lambda x, t: F.cross_entropy(x, t), "xt"),
     "swiglu": (swiglu, lambda a, b: S.swiglu(a, b), lambda a, b: F.silu(a) * b, "xr"),
     "gelu": (gelu, lambda x: S.gelu(x), lambda x: F.gelu(x), "x"),
 }
