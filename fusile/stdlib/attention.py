@@ -185,8 +185,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
         raise SignatureError(f"fusile.stdlib.attention: window must be a positive int, got "
                              f"{window!r}")
     ragged = cache_seqlens is not None
+    # the unread constants are made once per device in eager; inside torch.compile they are
+    # constants of the graph (Dynamo traces through lru_cache, warning that it does)
+    compiling = torch.compiler.is_compiling()
     if cache_seqlens is None:
-        lens = _no_lens(q.device)
+        lens = _no_lens.__wrapped__(q.device) if compiling else _no_lens(q.device)
     elif not isinstance(cache_seqlens, Tensor) or tuple(cache_seqlens.shape) != (b,) or \
             cache_seqlens.dtype not in (torch.int32, torch.int64) or \
             cache_seqlens.device != q.device:
@@ -206,8 +209,9 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
         q5 = q5.transpose(2, 3)  # (b, hk, 1, g, d): a view
     k5, v5 = k.unsqueeze(2), v.unsqueeze(2)  # (b, hk, 1, lk, d): shared by the group
     alibi = alibi_slopes is not None
-    slopes = (_no_slopes(h, q.device) if alibi_slopes is None else
-              alibi_slopes.float()).view(hk, g)
+    slopes = (alibi_slopes.float() if alibi_slopes is not None else
+              _no_slopes.__wrapped__(h, q.device) if compiling else
+              _no_slopes(h, q.device)).view(hk, g)
     out, _ = apply(_attention, q5, k5, v5, slopes, lens, scale, float(softcap or 0.0),
                    bool(causal), int(window or 0), alibi, ragged, fold)
     return (out.transpose(2, 3) if fold else out).flatten(1, 2)
