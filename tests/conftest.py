@@ -19,8 +19,10 @@ _TESTS = Path(__file__).resolve().parent
 
 settings.register_profile("ci", max_examples=60, derandomize=True, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("dev", max_examples=30, deadline=None)
-settings.register_profile("deep", max_examples=2000, deadline=None,
+# dev and deep draw fresh programs: a failure prints the @reproduce_failure blob that replays
+# it (the example database is per checkout, and a deleted one loses it)
+settings.register_profile("dev", max_examples=30, deadline=None, print_blob=True)
+settings.register_profile("deep", max_examples=2000, deadline=None, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
