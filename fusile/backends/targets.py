@@ -64,7 +64,8 @@ class Target:
                     "themselves (tests); FUSILE_TARGET=cpu")
         return (f"{self.name:<8} {self.backend} {self.arch}, warp {self.warp_size}, "
                 f"{self.compute_units} CUs/SMs, {self.smem_kib} KiB smem/LDS, "
-                f"{self.hbm_tb_s} TB/s, {self.bf16_tflops:g} bf16 TFLOP/s")
+                f"{self.hbm_tb_s} TB/s, {self.bf16_tflops:g} bf16 TFLOP/s, flash head dims "
+                f"up to {self.max_head_dim}")
 
 
 TARGETS: dict[str, Target] = {t.name: t for t in [
