@@ -33,8 +33,9 @@ class Target:
 
     @property
     def max_head_dim(self) -> int:
-        """The widest head dim a flash kernel holds on chip (0: no limit, the interpreter):
-        FUSILE_MAX_HEAD_DIM, else 256, FlashAttention's own limit. A call with a wider one
+        """The widest head dim a flash kernel holds on chip (0: no limit; mlir-cpu has no flash
+        kernels, the interpreter no limit unless set): FUSILE_MAX_HEAD_DIM, else 256 on a GPU,
+        FlashAttention's own limit. A call with a wider one
         (a linear cross-entropy's hidden size, say) runs its program's plain plan, the scores
         through HBM: at 2048 the flash backward needed 320 KiB of shared memory on an H100
         (227 usable) and spilled 47 KB a thread."""
@@ -42,6 +43,8 @@ class Target:
 
         if self.backend == "interpreter":
             return config.get("max_head_dim")
+        if self.backend not in ("cuda", "hip"):
+            return 0  # mlir-cpu runs no flash kernels
         return config.get("max_head_dim") or 256
 
     def gpu_target(self) -> Any:

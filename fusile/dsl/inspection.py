@@ -171,16 +171,9 @@ def _own_target(target: Any, default: Any, kwargs: dict[str, Any]) -> Any:
 def _plan_on(compiled: Any, target: Any, shapes: list[Any]) -> Any:
     """The plan `target` runs for arguments of these shapes: the plain one where a flash
     kernel would hold a head dim wider than the target's (Target.max_head_dim)."""
-    if target.backend not in ("cuda", "hip") or not target.max_head_dim or not any(
-            k.flash for k in compiled.plan.kernels):
-        return compiled.plan  # no flash kernel: nothing held whole
-    from fusile import config
-    from fusile.backends.triton.kinds import held_classes, too_wide
+    from fusile.backends.triton.kinds import runs_flash
 
     graph, plan = compiled.fused_graph, compiled.plan
     known = {plan.tensor_class(a, axis): n for a, shape in zip(graph.args, shapes, strict=True)
              if shape is not None for axis, n in enumerate(shape) if type(n) is int}
-    kernels = compiled.triton("gpu", config.get("tf32"))[1]
-    if too_wide(held_classes(kernels), known, target.max_head_dim):
-        return compiled.plain_plan
-    return plan
+    return plan if runs_flash(compiled, target, known) else compiled.plain_plan

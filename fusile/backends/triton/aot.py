@@ -17,7 +17,7 @@ from fusile import config
 from fusile.backends.targets import Target
 from fusile.backends.triton import cache, tune
 from fusile.backends.triton.aot_build import AotContext, KernelArtifact
-from fusile.backends.triton.kinds import held_classes, kind_of, too_wide
+from fusile.backends.triton.kinds import kind_of, runs_flash
 from fusile.lowering.graph import Op
 
 __all__ = ["Artifacts", "KernelArtifact", "compile_for"]
@@ -52,12 +52,10 @@ def compile_for(compiled: Any, target: Target, sizes: dict[str, int] | None = No
     of `dot_configs` instead when given. A head dim the sizes make wider than the target's
     flash kernels hold (Target.max_head_dim) compiles the plain plan, as the runtime runs it."""
     graph = compiled.fused_graph
-    plan = compiled.plan
-    known = _class_sizes(compiled, plan, sizes or {})
-    source, kernels = compiled.triton("gpu", config.get("tf32"))
-    if too_wide(held_classes(kernels), known, target.max_head_dim):
-        plan = compiled.plain_plan  # the same size classes: `known` holds
-        source, kernels = compiled.triton("gpu", config.get("tf32"), flash=False)
+    known = _class_sizes(compiled, compiled.plan, sizes or {})
+    flash = runs_flash(compiled, target, known)
+    plan = compiled.plan if flash else compiled.plain_plan  # the same size classes
+    source, kernels = compiled.triton("gpu", config.get("tf32"), flash)
     out = Artifacts(target, source)
     scalars = {op.results[0]: "fp32" if op.dtype.is_float else "i32" for op in graph.nodes
                if isinstance(op, Op) and op.results}

@@ -29,3 +29,15 @@ def too_wide(held: list[tuple], sizes: dict[tuple, int], limit: int) -> bool:
     """Whether a size (by global class; unknown ones count as fitting) of a held class passes
     `limit` (Target.max_head_dim; 0: none): then the plain plan runs instead."""
     return bool(limit) and any(sizes.get(c, 0) > limit for c in held)
+
+
+def runs_flash(compiled: Any, target: Any, sizes: dict[tuple, int]) -> bool:
+    """Whether `target` runs `compiled`'s plan with its flash kernels for these sizes (by
+    global class; unknown ones fit), rather than the plain plan: compile_for and explain
+    decide with it; the runtime keeps held_classes per program and asks too_wide per call."""
+    if not target.max_head_dim or not any(k.flash for k in compiled.plan.kernels):
+        return True
+    from fusile import config
+
+    kernels = compiled.triton("gpu", config.get("tf32"))[1]
+    return not too_wide(held_classes(kernels), sizes, target.max_head_dim)
