@@ -34,13 +34,26 @@ class Constexprs:
     def values(self) -> dict[str, Any]:
         """The parameters by name, as a launch passes them."""
         out: dict[str, Any] = {}
-        for f in fields(self):
-            v, name = getattr(self, f.name), f.name.upper()
-            if f.metadata.get("numbered"):
+        for attr, name, numbered in _layout(type(self)):
+            v = getattr(self, attr)
+            if numbered:
                 out.update((f"{name}{i}", x) for i, x in enumerate(v))
             elif v is not None:
                 out[name] = v
         return out
+
+
+_LAYOUTS: dict[type, tuple[tuple[str, str, bool], ...]] = {}
+
+
+def _layout(cls: type) -> tuple[tuple[str, str, bool], ...]:
+    """Each field's attribute, parameter name and whether it is numbered, read once per class
+    (dataclasses.fields() on every launch cost microseconds of host time a call)."""
+    got = _LAYOUTS.get(cls)
+    if got is None:
+        got = _LAYOUTS[cls] = tuple((f.name, f.name.upper(), bool(f.metadata.get("numbered")))
+                                    for f in fields(cls))
+    return got
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from fusile.backends.triton.host import needs_i64
 from fusile.backends.triton.kernel_source import KernelSource
 from fusile.backends.triton.kinds.kind import Kind
 from fusile.backends.triton.tiled import Launch
+from fusile.bounded import Bounded
 from fusile.lowering.partition import POINTWISE, ROW_COLUMNS
 
 
@@ -59,10 +60,16 @@ def options(cfg: schedule.Config) -> dict[str, Any]:
     return {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
 
 
+# (config, use_i64) -> its constexprs and options, read on every launch (not to be mutated)
+_VALUES: Bounded[tuple[schedule.Config, bool], tuple[dict[str, Any], dict[str, Any]]] = Bounded()
+
+
 def _run(prog: Any, launch: Launch, variant: str, grid: tuple[int, ...], cfg: schedule.Config,
          use_i64: bool, device: Any, args: tuple) -> None:
-    prog.run_variant(launch, variant, grid, constexprs(cfg, use_i64).values(), options(cfg),
-                     device, args)
+    got = _VALUES.get((cfg, use_i64))
+    if got is None:
+        got = _VALUES.put((cfg, use_i64), (constexprs(cfg, use_i64).values(), options(cfg)))
+    prog.run_variant(launch, variant, grid, got[0], got[1], device, args)
 
 
 def launch(prog: Any, launch: Launch, tensors: list[Any], args: tuple,
