@@ -61,7 +61,8 @@ def gelu(x):
     return 0.5 * x * (1.0 + erf(x * 0.7071067811865476))
 
 
-OPS = {  # name -> (derived, hand-written stdlib, torch, input kinds)
+OPS = {  # name -> (derived, stdlib (hand-written backward but for cross-entropy), torch,
+       #          input kinds)
     "rms_norm": (rms_norm, lambda x, w: S.rms_norm(x, x.shape[-1:], w, 1e-6),
                  lambda x, w: F.rms_norm(x, x.shape[-1:], w, 1e-6), "xw"),
     "layer_norm": (layer_norm, lambda x, w, b: S.layer_norm(x, x.shape[-1:], w, b),
@@ -70,9 +71,11 @@ OPS = {  # name -> (derived, hand-written stdlib, torch, input kinds)
     "cross_entropy": (lambda x, t: cross_entropy_rows(x, t).float().mean(),
                       lambda x, t: S.cross_entropy(x, t), lambda x, t: F.cross_entropy(x, t),
                       "xt"),
-    # the stdlib's own forward (ignore_index, the count, the target check) with its derived
-    # backward, against the same op's hand-written one: the like-for-like row (the one
-    # above derives a simpler program, without the count and the check)
+    # the stdlib's own forward (ignore_index, the count, the target check) run as a user
+    # function (the Derived path: the forward writes what the backward keeps), against the
+    # stdlib op. The op's backward is that same derivation since the hand-written one was
+    # deleted (it was 0.176 ms, the derived 0.173, 16384x4096 bf16 on an H100); it reads
+    # the forward's lse and count instead of an extra copy (autograd.op_gradients).
     "cross_entropy_stdlib": (lambda x, t: K.cross_entropy_fwd(x, t, -100, 0.0, 2)[0],
                              lambda x, t: S.cross_entropy(x, t),
                              lambda x, t: F.cross_entropy(x, t), "xt"),

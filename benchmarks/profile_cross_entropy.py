@@ -57,7 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         host = (time.perf_counter() - t0) / 20 * 1e6
         torch.cuda.synchronize()
         print(f"{name:12s} eager {eager:.3f} ms  graph {graph:.3f} ms  host {host:.0f} us/step")
-    for fn in (K.cross_entropy_fwd, K.cross_entropy_bwd):
+    backwards = [bwd for hit in K.cross_entropy_fwd._fast.values()
+                 for d in hit.compiled.grads.values() if hasattr(d, "backwards")
+                 for _, bwd in d.backwards.values()]  # the derived backward (autograd.py)
+    for fn in (K.cross_entropy_fwd, *backwards):
         for hit in fn._fast.values():
             print(f"{fn.__name__}: replayed={hit.replay is not None} tries={hit.tries}")
     import cProfile

@@ -186,10 +186,16 @@ class Derived:
 
 def op_gradients(fn: FusedFunction, inputs: list[Any], grads: list[Any],
                  given: tuple[int, ...], need: list[bool], args: list[Any],
-                 kwargs: dict[str, Any]) -> list[Any]:
+                 kwargs: dict[str, Any], results: list[Any] | None = None) -> list[Any]:
     """The custom op's gradient (dsl/torch_op.py), run on real tensors: one gradient per
     tensor of `inputs` (the call's tensors) that `need`s one, for gradients `grads` arriving
-    at the results in `given`. Recomputes everything (the op kept nothing)."""
+    at the results in `given`.
+
+    `results`, where given, are the call's results as the forward returned them (None for
+    one not kept). When every value the save rule keeps is one of them (a log-sum-exp the
+    forward returns, or its float32 copy), the backward reads them instead of recomputing:
+    the stdlib's cross-entropy keeps its lse and count this way. Otherwise, and without
+    `results`, everything is recomputed (the op kept nothing)."""
     import torch
 
     values = fn._bind_args(tuple(args), kwargs)
@@ -205,14 +211,19 @@ def op_gradients(fn: FusedFunction, inputs: list[Any], grads: list[Any],
     wrt = tuple(i for i, (j, _) in enumerate(targets) if j is not None and need[j])
     out: list[Any] = [torch.zeros_like(t) if n else None for t, n in zip(inputs, need,
                                                                           strict=True)]
-    d = derivation(fn, compiled, wrt, frozenset())
+    kept = None
+    if results is not None:
+        d = derivation(fn, compiled, wrt, fn._save)
+        kept = _from_results(d, results)
+    if kept is None:
+        d, kept = derivation(fn, compiled, wrt, frozenset()), []
     caller: list[Any] = [None] * len(compiled.result_types)
     for i, g in zip(given, grads, strict=True):
         caller[i] = g
     pairs = lowered_grads(compiled, caller, d.float_results)
     if pairs and wrt:
         _, bwd = d.backward(tuple(i for i, _ in pairs))
-        gs = _as_list(bwd(*runtime, *[g for _, g in pairs]))
+        gs = _as_list(bwd(*runtime, *kept, *[g for _, g in pairs]))
         for i, g in zip(wrt, gs, strict=True):
             j, index = targets[i]
             assert j is not None
@@ -221,6 +232,25 @@ def op_gradients(fn: FusedFunction, inputs: list[Any], grads: list[Any],
             else:  # a sliced parameter: its gradient lands in the slice
                 out[j][index] += g
     return [o for o in out if o is not None]
+
+
+def _from_results(d: Derivation, results: list[Any]) -> list[Any] | None:
+    """The values the derivation keeps, taken from the forward's results: each kept node
+    is a result, or a result is its float32 copy (`_kept`'s astype of a reduction). None
+    if one is not (or the results are a concat's pieces, not the lowered results)."""
+    joins = d.compiled.typed.joins
+    if any(j != k for k, j in enumerate(joins)) or len(results) != len(d.traced.results):
+        return None
+    out = []
+    for s in d.saved:
+        want = _kept(s)
+        k = next((k for k, r in enumerate(d.traced.results) if results[k] is not None and (
+            r.id == want.id or (r.op == "astype" and r.args[0].id == s.id and
+                                r.type == want.type))), None)
+        if k is None:
+            return None
+        out.append(results[k])
+    return out
 
 
 def lowered_grads(compiled: Any, grads: list[Any], floats: list[bool]) -> list[tuple[int, Any]]:

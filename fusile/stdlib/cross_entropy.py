@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from fusile.autograd import op_gradients
 from fusile.dsl.errors import SignatureError
 from fusile.stdlib import kernels as K
 from fusile.stdlib.registry import (
@@ -45,8 +46,13 @@ def _(logits: Tensor, target: Tensor, ignore_index: int, smoothing: float, reduc
 def _cross_entropy_bwd(dloss: Tensor, logits: Tensor, target: Tensor, lse: Tensor,
                        count: Tensor, ignore_index: int, smoothing: float, reduce: int
                        ) -> Tensor:
-    return K.cross_entropy_bwd(dloss.view(-1, 1) if reduce == 0 else dloss, logits, target, lse,
-                               count, ignore_index, smoothing, reduce)
+    """The gradient derived from the forward (fusile.autograd), reading the forward's saved
+    log-sum-exp and count instead of recomputing them: one pass over the logits."""
+    args = [logits, target, ignore_index, smoothing, reduce]
+    (g,) = op_gradients(K.cross_entropy_fwd, [logits], [dloss.view(-1, 1) if reduce == 0
+                                                        else dloss], (0,), [True], args, {},
+                        results=[None, lse, count, None])
+    return g
 
 
 @_cross_entropy_bwd.register_fake

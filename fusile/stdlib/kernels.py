@@ -220,16 +220,3 @@ def cross_entropy_fwd(logits, target, ignore_index: int, smoothing: float, reduc
     total = sum(rows)
     loss = astype(rows if reduce == 0 else total if reduce == 1 else total / count, logits)
     return loss, astype(lse, "compute"), count, bad == 0
-
-
-@fused
-def cross_entropy_bwd(dloss, logits, target, lse, count, ignore_index: int, smoothing: float,
-                      reduce: int):
-    """d loss / d logits = (softmax - (1 - s) onehot - s / V) times the row's gradient:
-    dloss (N, 1) per row (reduce 0), or the reduced loss's, over count for a mean."""
-    t = target[:, None]
-    p = exp(logits - lse)
-    onehot = where(index(logits, -1) == t, 1.0 - smoothing, 0.0)
-    g = p - onehot - smoothing / size(logits, -1)
-    scale = astype(dloss, "compute") / count if reduce == 2 else dloss
-    return astype(where(t != ignore_index, g * scale, 0.0), logits)

@@ -258,6 +258,26 @@ def test_cross_entropy_ignores_ignore_index_and_can_skip_the_check() -> None:
     S.cross_entropy(logits, torch.tensor([0, 9, 3]), check_targets=False)  # no error
 
 
+def test_cross_entropy_backward_reads_the_saved_lse_and_count() -> None:
+    """The op's backward is derived from its forward (fusile.autograd.op_gradients) and reads
+    the forward's log-sum-exp and count instead of recomputing them (one pass over the
+    logits): an lse one higher scales the softmax term by 1/e, a doubled count halves the
+    mean's gradient. A backward that recomputed them would not move."""
+    from fusile.stdlib import kernels as K
+    from fusile.stdlib.cross_entropy import _cross_entropy_bwd
+
+    logits, target = torch.randn(5, 7, dtype=torch.float64), torch.tensor([0, 3, 6, 1, 2])
+    _, lse, count, _ = K.cross_entropy_fwd(logits, target, -100, 0.0, 2)
+    dloss = torch.tensor(1.0, dtype=torch.float64)
+    g = _cross_entropy_bwd(dloss, logits, target, lse, count, -100, 0.0, 2)
+    onehot = F.one_hot(target, 7).double() / 5
+    torch.testing.assert_close(g, (torch.softmax(logits, -1) / 5 - onehot))
+    shifted = _cross_entropy_bwd(dloss, logits, target, lse + 1, count, -100, 0.0, 2)
+    torch.testing.assert_close(shifted + onehot, (g + onehot) / torch.e)
+    doubled = _cross_entropy_bwd(dloss, logits, target, lse, count * 2, -100, 0.0, 2)
+    torch.testing.assert_close(doubled, g / 2)
+
+
 # ----------------------------------------------------------------------------- GPU
 
 
