@@ -4,6 +4,7 @@ backward, torch.compile and CUDA graphs). Signatures follow torch.nn.functional.
 from fusile.stdlib.activations import geglu, gelu, silu, swiglu
 from fusile.stdlib.attention import attention
 from fusile.stdlib.cross_entropy import cross_entropy
+from fusile.stdlib.linear_cross_entropy import linear_cross_entropy
 from fusile.stdlib.ops import (
     add_layer_norm,
     add_rms_norm,
@@ -23,6 +24,7 @@ __all__ = [
     "geglu",
     "gelu",
     "layer_norm",
+    "linear_cross_entropy",
     "log_softmax",
     "rms_norm",
     "rope",

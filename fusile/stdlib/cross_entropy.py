@@ -110,15 +110,15 @@ def cross_entropy(input: Tensor, target: Tensor, ignore_index: int = -100,
     loss, _, _, ok = apply(_cross_entropy, input, target, int(ignore_index),
                            float(label_smoothing), _REDUCE[reduction])
     if check_targets:
-        _check_targets(ok, input, target, int(ignore_index))
+        target_check(ok, input.shape[1], target, int(ignore_index))
     return loss
 
 
-def _check_targets(ok: Tensor, logits: Tensor, target: Tensor, ignore_index: int) -> None:
+def target_check(ok: Tensor, classes: int, target: Tensor, ignore_index: int,
+                 op: str = "cross_entropy") -> None:
     """Raise (CPU) or assert on the device (GPU, compiling) unless `ok`: every target is a
     class or ignore_index. The kernel computed `ok`; a bad target is read only to compare."""
-    classes = logits.shape[1]
-    message = (f"fusile.stdlib.cross_entropy: a target is outside [0, {classes}) and is not "
+    message = (f"fusile.stdlib.{op}: a target is outside [0, {classes}) and is not "
                f"ignore_index ({ignore_index})")
     if target.device.type == "cpu" and not torch.compiler.is_compiling():
         if not bool(ok):

@@ -220,3 +220,27 @@ def cross_entropy_fwd(logits, target, ignore_index: int, smoothing: float, reduc
     total = sum(rows)
     loss = astype(rows if reduce == 0 else total if reduce == 1 else total / count, logits)
     return loss, astype(lse, "compute"), count, bad == 0
+
+
+# ----------------------------------------------------------------------------- linear CE
+
+
+@fused
+def linear_cross_entropy_rows(z, target, scale, ignore_index: int, smoothing: float,
+                              softcap: float, capped: int):
+    """One chunk of a linear cross-entropy (stdlib/linear_cross_entropy.py): the logits z
+    (rows, V) of the chunk, soft-capped (`cap * tanh(z / cap)`, Gemma 2) when `capped`, to
+    each row's loss (float32, 0 where ignored) and dloss/dz times `scale` (a 0-d or per-row
+    float32 tensor: 1/count for a mean, the upstream gradient for 'none'), in z's dtype. The
+    gradient comes with the loss, so the logits are read in this call and never again."""
+    t = target[:, None]
+    c = softcap * tanh(z / softcap) if capped else z
+    lse = logsumexp(c, axis=-1, keepdims=True)
+    hit = index(z, -1) == t
+    picked = sum(where(hit, c, 0.0), axis=-1, keepdims=True)
+    kept = t != ignore_index
+    smooth = lse - mean(c, axis=-1, keepdims=True)
+    loss = where(kept, (1.0 - smoothing) * (lse - picked) + smoothing * smooth, 0.0)
+    g = exp(c - lse) - where(hit, 1.0 - smoothing, 0.0) - smoothing / size(z, -1)
+    g = g * (1.0 - (c / softcap) * (c / softcap)) if capped else g
+    return astype(loss, "compute"), astype(where(kept, g * scale, 0.0), z)

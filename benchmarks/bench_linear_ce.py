@@ -1,0 +1,81 @@
+"""Linear cross-entropy (the LM head and its loss) forward+backward: fusile.stdlib against torch
+eager, torch.compile and Liger-Kernel's fused linear cross-entropy, time and peak memory.
+
+    python -m benchmarks.bench_linear_ce [--shape 8192,4096,128256]
+
+bf16, mean reduction, input (tokens, hidden) and weight (vocab, hidden) both needing
+gradients. Each step is `loss = f(h, w, y); torch.autograd.grad(loss, (h, w))`; time is
+do_bench's median, "peak" the step's peak allocation above what was allocated before it
+(inputs excluded), and TFLOP/s counts the three matmuls (logits, d input, d weight).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+import torch.nn.functional as F
+from triton.testing import do_bench
+
+import fusile.stdlib as S
+
+
+def torch_lce(h: torch.Tensor, w: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(h @ w.T, y)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", default="8192,4096,128256", help="tokens,hidden,vocab")
+    a = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_linear_ce: needs a CUDA or ROCm GPU", file=sys.stderr)
+        return 2
+    n, hidden, vocab = (int(v) for v in a.shape.split(","))
+    g = torch.Generator(device="cuda").manual_seed(0)
+    h = torch.randn(n, hidden, device="cuda", dtype=torch.bfloat16, generator=g)
+    w = (torch.randn(vocab, hidden, device="cuda", dtype=torch.bfloat16, generator=g)
+         / hidden ** 0.5)
+    y = torch.randint(0, vocab, (n,), device="cuda", generator=g)
+    y[::7] = -100  # some ignored rows
+    h.requires_grad_()
+    w.requires_grad_()
+    impls = {"torch eager": torch_lce, "torch.compile": torch.compile(torch_lce),
+             "fusile": lambda h, w, y: S.linear_cross_entropy(h, w, y)}
+    try:
+        from liger_kernel.ops.fused_linear_cross_entropy import (
+            LigerFusedLinearCrossEntropyFunction,
+        )
+        impls["Liger"] = lambda h, w, y: LigerFusedLinearCrossEntropyFunction.apply(h, w, y)[0]
+    except ImportError:
+        print("(Liger-Kernel is not installed: no Liger row)")
+    ref = [t.float() for t in (torch_lce(h.float(), w.float(), y),
+                               *torch.autograd.grad(torch_lce(h.float(), w.float(), y), (h, w)))]
+    flops = 3 * 2 * n * hidden * vocab
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; tokens {n}, hidden "
+          f"{hidden}, vocab {vocab}, bf16, fwd+bwd")
+    print(f"{'':14s} {'ms':>8s} {'TFLOP/s':>8s} {'peak GiB':>9s} {'loss err':>9s} "
+          f"{'dh err':>8s} {'dw err':>8s}")
+    for name, f in impls.items():
+        def step(f=f):
+            loss = f(h, w, y)
+            return (loss, *torch.autograd.grad(loss, (h, w)))
+
+        out = step()
+        errs = [float((o.float() - r).norm() / r.norm()) for o, r in zip(out, ref, strict=True)]
+        del out
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**30
+        ms = do_bench(step, warmup=2, rep=500, return_mode="median")
+        print(f"{name:14s} {ms:8.2f} {flops / ms / 1e9:8.0f} {peak:9.2f} {errs[0]:9.1e} "
+              f"{errs[1]:8.1e} {errs[2]:8.1e}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
