@@ -33,6 +33,12 @@ fusile.stdlib.cross_entropy: labels shifted as transformers shifts them, the log
 their own dtype (transformers first makes a float32 copy of them, and torch's cross-entropy
 saves a float32 log-softmax of the same size for its backward; fusile saves one float32
 log-sum-exp per row).
+
+`linear_loss=True` (the default) goes further for a causal LM in training mode given labels:
+its forward computes the loss from the last hidden states and the LM head's weight with
+fusile.stdlib.linear_cross_entropy (Gemma 2's final-logit soft-capping included), so the
+(tokens x vocab) logits are never made, and returns `logits=None`, as Liger's patched
+forwards do. In eval mode, or without labels, the forward is transformers' own.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ import torch
 from fusile.stdlib import activations, ops
 from fusile.stdlib.attention import attention as fused_attention
 from fusile.stdlib.cross_entropy import cross_entropy
+from fusile.stdlib.linear_cross_entropy import linear_cross_entropy
 from fusile.stdlib.rope import apply_rotary_pos_emb as fused_rotary
 
 FAMILIES = ("Llama", "Mistral", "Qwen2", "Qwen3", "Gemma2", "Gemma3")
@@ -145,9 +152,8 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int,
                    **kwargs: Any) -> torch.Tensor:
     """transformers' ForCausalLMLoss (shift, flatten, mean or sum over num_items_in_batch)
     on fusile's cross-entropy, without the float32 copy of the logits."""
-    if shift_labels is None:  # tokens < n predict n
-        labels = torch.nn.functional.pad(labels, (0, 1), value=ignore_index)
-        shift_labels = labels[..., 1:]
+    if shift_labels is None:
+        shift_labels = _shifted(labels, ignore_index)
     target = shift_labels.reshape(-1).to(logits.device)
     reduction = "sum" if num_items_in_batch is not None else "mean"
     loss = cross_entropy(logits.reshape(-1, vocab_size), target, ignore_index=ignore_index,
@@ -159,14 +165,57 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int,
     return loss
 
 
+def _shifted(labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Causal-LM targets: tokens < n predict token n; the last position predicts nothing."""
+    return torch.nn.functional.pad(labels, (0, 1), value=ignore_index)[..., 1:]
+
+
+def _linear_loss_forward(self: Any, input_ids: Any = None, attention_mask: Any = None,
+                         position_ids: Any = None, past_key_values: Any = None,
+                         inputs_embeds: Any = None, labels: torch.Tensor | None = None,
+                         use_cache: Any = None, logits_to_keep: int | torch.Tensor = 0,
+                         **kwargs: Any) -> Any:
+    """A causal LM's forward whose training loss never makes the logits (module docstring)."""
+    if labels is None or not self.training:
+        return self._fusile_forward(input_ids=input_ids, attention_mask=attention_mask,
+                                    position_ids=position_ids, past_key_values=past_key_values,
+                                    inputs_embeds=inputs_embeds, labels=labels,
+                                    use_cache=use_cache, logits_to_keep=logits_to_keep,
+                                    **kwargs)
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    out = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                     position_ids=position_ids, past_key_values=past_key_values,
+                     inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs)
+    hidden = out.last_hidden_state
+    shift = kwargs.get("shift_labels")
+    target = (_shifted(labels) if shift is None else shift).to(hidden.device)
+    items = kwargs.get("num_items_in_batch")
+    loss = linear_cross_entropy(hidden, self.lm_head.weight, target, self.lm_head.bias,
+                                softcap=getattr(self.config, "final_logit_softcapping", None),
+                                reduction="mean" if items is None else "sum")
+    if items is not None:
+        loss = loss / (items.to(loss.device) if torch.is_tensor(items) else items)
+    return CausalLMOutputWithPast(loss=loss,  # type: ignore[arg-type]
+                                  logits=None, past_key_values=out.past_key_values,
+                                  hidden_states=out.hidden_states, attentions=out.attentions)
+
+
 def apply(model: Any, attention: bool = True, rms_norm: bool = True, mlp: bool = True,
-          rope: bool = False, loss: bool = True) -> Any:
+          rope: bool = False, loss: bool = True, linear_loss: bool = True) -> Any:
     """Run `model`'s attention (transformers' set_attn_implementation), RMSNorms and gated
     MLPs through fusile, with `rope` its family's rotary embeddings (process-wide: see the
-    module's docstring), and with `loss` its causal-LM loss; returns the model. Modules of
-    other families are left as they are."""
+    module's docstring), with `loss` its causal-LM loss, and with `linear_loss` a training
+    loss that never makes the logits; returns the model. Modules of other families are left
+    as they are."""
     if loss and hasattr(model, "loss_function"):
         model.loss_function = causal_lm_loss
+    if linear_loss and type(model).__name__.endswith("ForCausalLM") and \
+            hasattr(model, "lm_head") and hasattr(model, "model"):
+        model._fusile_forward = getattr(model, "_fusile_forward", model.forward)
+        model.forward = types.MethodType(_linear_loss_forward, model)
+    elif not linear_loss and hasattr(model, "_fusile_forward"):  # applied before with it on
+        model.forward = model._fusile_forward
     if attention:
         register()
         model.set_attn_implementation(NAME)

@@ -89,7 +89,8 @@ def test_training_step_matches_stock(family: str, monkeypatch: pytest.MonkeyPatc
     fused = huggingface.apply(copy.deepcopy(stock))
     patched = [type(m).__name__ for m in fused.modules() if "forward" in vars(m)]
     want = [type(m).__name__ for m in fused.modules()
-            if type(m).__name__ in (f"{family}RMSNorm", f"{family}MLP")]
+            if type(m).__name__ in (f"{family}ForCausalLM", f"{family}RMSNorm",
+                                    f"{family}MLP")]  # the causal LM: its linear loss
     assert patched == want and f"{family}MLP" in want and f"{family}RMSNorm" in want
     calls = []
     attend = huggingface.fused_attention
@@ -145,7 +146,7 @@ def test_the_loss_is_fusiles(monkeypatch: pytest.MonkeyPatch) -> None:
     loss=False leaves transformers' own."""
     stock = _family_model("Qwen2")
     fused = huggingface.apply(copy.deepcopy(stock), attention=False, rms_norm=False,
-                              mlp=False)
+                              mlp=False, linear_loss=False)
     calls = []
     ce = huggingface.cross_entropy
 
@@ -167,6 +168,48 @@ def test_the_loss_is_fusiles(monkeypatch: pytest.MonkeyPatch) -> None:
     assert fused.loss_function is huggingface.causal_lm_loss
     plain = huggingface.apply(copy.deepcopy(stock), loss=False)
     assert plain.loss_function is stock.loss_function
+
+
+@pytest.mark.parametrize("family", ["Llama", "Gemma2"])
+def test_linear_loss_never_makes_the_logits(family: str, monkeypatch: pytest.MonkeyPatch
+                                            ) -> None:
+    """In training mode with labels the patched forward takes the loss from the hidden states
+    and the LM head (linear_cross_entropy; Gemma 2's final-logit soft-capping included):
+    logits None, the lm_head module never called, loss and gradients as the stock model's,
+    mean and sum over num_items_in_batch. In eval mode the forward is transformers' own."""
+    stock = _gemma_weights(_family_model(family))
+    fused = huggingface.apply(copy.deepcopy(stock), attention=False)
+    if family == "Gemma2":
+        assert fused.config.final_logit_softcapping
+    heads = []
+    fused.lm_head.register_forward_hook(lambda *a: heads.append(1))
+    calls = []
+    lce = huggingface.linear_cross_entropy
+
+    def counted(h, w, t, b=None, **k):
+        calls.append((tuple(h.shape), k["softcap"], k["reduction"]))
+        return lce(h, w, t, b, **k)
+
+    monkeypatch.setattr(huggingface, "linear_cross_entropy", counted)
+    ids = torch.randint(0, 97, (2, 13))
+    labels = ids.clone()
+    labels[1, :3] = -100
+    for extra in ({}, {"num_items_in_batch": torch.tensor(19)}):
+        want = stock(ids, labels=labels, **extra)
+        got = fused(ids, labels=labels, **extra)
+        assert got.logits is None
+        want.loss.backward()
+        got.loss.backward()
+        _same_step(got.loss, want.loss, fused, stock)
+    cap = fused.config.final_logit_softcapping if family == "Gemma2" else None
+    assert calls == [((2, 13, 64), cap, "mean"), ((2, 13, 64), cap, "sum")] and not heads
+    fused.eval()
+    with torch.no_grad():
+        assert_close(fused(ids, labels=labels).logits, stock.eval()(ids).logits.double(),
+                     torch.float32, scale=4)
+    assert heads and len(calls) == 2
+    again = huggingface.apply(fused, linear_loss=False)
+    assert "forward" not in vars(again) or again.forward == again._fusile_forward
 
 
 @pytest.mark.parametrize("family", ["Llama", "Gemma3"])
@@ -196,13 +239,14 @@ def test_apply_to_a_class_patches_its_pretrained_models(tmp_path, monkeypatch) -
     model = cls.from_pretrained(tmp_path)
     assert model.config._attn_implementation == "fusile"
     assert model.loss_function is huggingface.causal_lm_loss
-    assert sum("forward" in vars(m) for m in model.modules()) == 2 * 3 + 1
+    # per layer two norms and the MLP, the final norm, the causal LM's forward (linear loss)
+    assert sum("forward" in vars(m) for m in model.modules()) == 2 * 3 + 2
     ids = torch.randint(0, 97, (2, 13))
     with torch.no_grad():
         assert_close(model(ids, labels=ids).loss, stock(ids, labels=ids).loss.double(),
                      torch.float32, scale=4)
     huggingface.apply_to(cls, mlp=False)
-    assert sum("forward" in vars(m) for m in cls(stock.config).modules()) == 2 * 2 + 1
+    assert sum("forward" in vars(m) for m in cls(stock.config).modules()) == 2 * 2 + 2
 
 
 def test_padded_batch_falls_back_to_sdpa() -> None:
