@@ -43,8 +43,8 @@ def _chunks(h: Tensor, weight: Tensor, target: Tensor, bias: Tensor | None,
     row gradients `scale` (0-d, or per row (N, 1)): one chunk of logits at a time."""
     n, v = h.shape[0], weight.shape[0]
     losses = torch.empty(n, dtype=torch.float32, device=h.device)
-    dh = torch.empty_like(h) if grads else h.new_empty(_EMPTY)
-    dw = torch.zeros_like(weight) if grads else weight.new_empty(_EMPTY)
+    dh = h.new_empty(h.shape) if grads else h.new_empty(_EMPTY)  # contiguous, as the fakes
+    dw = weight.new_zeros(weight.shape) if grads else weight.new_empty(_EMPTY)
     db = torch.zeros(v, dtype=torch.float32, device=h.device) \
         if grads and bias is not None else h.new_empty(_EMPTY)
     step = chunk_rows(n, h.shape[1], v)
@@ -107,8 +107,8 @@ def _linear_ce_bwd(dloss: Tensor, h: Tensor, weight: Tensor, target: Tensor,
 @_linear_ce_bwd.register_fake
 def _(dloss: Tensor, h: Tensor, weight: Tensor, target: Tensor, bias: Tensor | None,
       ignore_index: int, smoothing: float, softcap: float) -> tuple[Tensor, Tensor, Tensor]:
-    return (torch.empty_like(h), torch.empty_like(weight),
-            torch.empty_like(bias) if bias is not None else h.new_empty(_EMPTY))
+    return (h.new_empty(h.shape), weight.new_empty(weight.shape),
+            bias.new_empty(bias.shape) if bias is not None else h.new_empty(_EMPTY))
 
 
 def _setup(ctx, inputs, output):

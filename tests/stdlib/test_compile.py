@@ -248,6 +248,11 @@ def test_fake_implementations_match_the_kernels(monkeypatch: pytest.MonkeyPatch)
     q = torch.randn(1, 5, 2, 8).transpose(1, 2)  # (batch, heads, seq, d) as a view
     k, v = (torch.randn(1, 5, 1, 8).transpose(1, 2) for _ in range(2))
     _grads(lambda q, k, v: S.attention(q, k, v, causal=True), [q, k, v])
+    h, w, b = torch.randn(8, 6).T, torch.randn(13, 8), torch.randn(13)  # h strided
+    t = torch.randint(0, 13, (6,))
+    for reduction in ("none", "mean"):  # 'none': the backward op; 'mean': in the forward
+        _grads(lambda h, w, b, r=reduction: S.linear_cross_entropy(h, w, t, b, reduction=r),
+               [h, w, b])
     assert set(seen) == set(OPS), f"no case reached {sorted(set(OPS) - set(seen))}"
     monkeypatch.undo()
     for name, args in seen.items():
