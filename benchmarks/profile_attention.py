@@ -64,11 +64,13 @@ def main() -> int:
     q5, k5, v5 = q[:, :, None], k[:, :, None], v[:, :, None]
     slopes = torch.ones(2, 1, device="cuda")
     lens = torch.ones(1, dtype=torch.int32, device="cuda")
+    no_mask = torch.ones((1, 1, 1, 1, 1), dtype=torch.bool, device="cuda")
     scale = 1 / 8
     calls = {
         "attention()": lambda: attention(q, k, v),
-        "attention_fwd (fused)": lambda: attention_fwd(q5, k5, v5, slopes, lens, scale, 0.0,
-                                                       False, 0, False, False, False, False),
+        "attention_fwd (fused)": lambda: attention_fwd(q5, k5, v5, slopes, lens, no_mask,
+                                                       scale, 0.0, False, 0, False, False,
+                                                       False, False, False),
         "SDPA (default)": lambda: F.scaled_dot_product_attention(q, k, v),
     }
     for name, fn in calls.items():

@@ -16,12 +16,12 @@ Registers "fusile" with transformers' AttentionInterface (and sdpa's mask rules 
 AttentionMaskInterface, so the mask is left out wherever sdpa would rely on `is_causal`). A
 call fusile handles runs fusile.stdlib.attention: GQA, causal (bottom-right, and the top-left
 alignment transformers asks for when prefilling a static cache), sliding windows and
-soft-capping, decoding (one query row) included. A call it does not handle (an explicit
-attention mask, such as padding or a partly filled static cache while decoding; dropout;
-attention weights requested) goes to transformers' sdpa, logged once per reason: never a
-wrong answer. Under torch.compile transformers builds the mask whenever it traces, so
-attention takes sdpa inside a compiled model (the norms and MLPs stay fusile's custom ops,
-with no graph break).
+soft-capping, decoding (one query row) included. Where transformers builds a mask (padding,
+a partly filled static cache while decoding, and always while torch.compile traces), fusile
+reads sdpa's boolean mask in its flash kernels, as sdpa applies it (the mask holds the causal
+and window structure; a row it leaves no key gets zeros). A call it does not handle (a
+non-boolean mask; dropout; attention weights requested) goes to transformers' sdpa, logged
+once per reason: never a wrong answer.
 
 `rope=True` also runs rotary embeddings through fusile.stdlib.apply_rotary_pos_emb (q and k
 in one kernel). transformers' attention calls its modeling module's apply_rotary_pos_emb, a
@@ -82,8 +82,13 @@ def fusile_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: 
         return sdpa_attention_forward(module, query, key, value, attention_mask,
                                       dropout=dropout, scaling=scaling, is_causal=is_causal,
                                       **kwargs)
-    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     q_len, kv_len = query.shape[2], key.shape[2]
+    if attention_mask is not None:  # sdpa's rule: the mask holds causality, windows, padding
+        out = fused_attention(query, key, value, scale=scaling,
+                              softcap=kwargs.get("softcap") or None,
+                              mask=attention_mask[:, :, :, :kv_len])
+        return out.transpose(1, 2).contiguous(), None
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     causal = bool(causal) and q_len > 1  # one row: every cached key (sdpa does the same)
     lens = None
     if causal and kv_len != q_len:
@@ -97,8 +102,8 @@ def fusile_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: 
 
 
 def _unsupported(mask: torch.Tensor | None, dropout: float, kwargs: dict) -> str | None:
-    if mask is not None:
-        return "an explicit attention mask (padding, or a partly filled static cache)"
+    if mask is not None and (mask.dtype != torch.bool or mask.dim() != 4):
+        return "an attention mask that is not sdpa's boolean (batch, heads, q, kv) one"
     if dropout:
         return "attention dropout"
     if kwargs.get("output_attentions"):

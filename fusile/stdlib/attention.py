@@ -41,11 +41,12 @@ inf = math.inf
 
 @fused
 def attention_fwd(q: Tensor[..., "L", "D"], k: Tensor[..., "K", "D"], v: Tensor[..., "K", "E"],
-                  slopes, lens, scale: float, cap: float, causal: bool, window: int,
-                  capped: bool, alibi: bool, ragged: bool, fold: bool):
+                  slopes, lens, mask, scale: float, cap: float, causal: bool, window: int,
+                  capped: bool, alibi: bool, ragged: bool, fold: bool, masked: bool):
     # query row i sees key j when (causal: j <= i + off) and (window: i + off - j < window);
     # ragged: the first lens[b] keys of sequence b are its cache, and its rows end there;
-    # fold: one query per head, the rows are a K/V head's query heads, all at the last position
+    # fold: one query per head, the rows are a K/V head's query heads, all at the last position;
+    # masked: and where the boolean mask is true (a row it leaves no key gets zeros, as sdpa)
     n = lens[:, None, None, None, None] if ragged else size(k, -2)
     i = n - 1 if fold else arange(size(q, -2))[:, None] + (n - size(q, -2))
     j = arange(size(k, -2))[None, :]
@@ -55,15 +56,18 @@ def attention_fwd(q: Tensor[..., "L", "D"], k: Tensor[..., "K", "D"], v: Tensor[
     s = where(capped, cap * tanh(s / cap), s)
     slope = slopes[:, None, :, None] if fold else slopes[..., None, None]
     s = where(alibi, s - slope * abs(astype(i - j, s)), s)
-    s = where(keep, s, -inf)
-    return astype(softmax(s, axis=-1) @ v, q), logsumexp(s, axis=-1)
+    s = where(keep, where(masked, where(mask, s, -inf), s), -inf)
+    lse = logsumexp(s, axis=-1)
+    o = softmax(s, axis=-1) @ v
+    return astype(where(masked, where(lse[..., None] == -inf, 0.0, o), o), q), lse
 
 
 @fused
 def attention_bwd(q: Tensor[..., "L", "D"], k: Tensor[..., "K", "D"], v: Tensor[..., "K", "E"],
                   o: Tensor[..., "L", "E"], do: Tensor[..., "L", "E"], lse: Tensor[..., "L"],
-                  slopes, lens, scale: float, cap: float, causal: bool,
-                  window: int, capped: bool, alibi: bool, ragged: bool, fold: bool):
+                  slopes, lens, mask, scale: float, cap: float, causal: bool,
+                  window: int, capped: bool, alibi: bool, ragged: bool, fold: bool,
+                  masked: bool):
     n = lens[:, None, None, None, None] if ragged else size(k, -2)
     i = n - 1 if fold else arange(size(q, -2))[:, None] + (n - size(q, -2))
     j = arange(size(k, -2))[None, :]
@@ -75,25 +79,26 @@ def attention_bwd(q: Tensor[..., "L", "D"], k: Tensor[..., "K", "D"], v: Tensor[
     s = where(capped, cap * t, s)
     slope = slopes[:, None, :, None] if fold else slopes[..., None, None]
     s = where(alibi, s - slope * abs(astype(i - j, s)), s)
-    p = exp(where(keep, s, -inf) - lse[..., None])
+    m = where(masked, where(lse == -inf, 0.0, lse), lse)  # a row that sees no key: p = 0
+    p = exp(where(keep, where(masked, where(mask, s, -inf), s), -inf) - m[..., None])
     ds = p * (do @ v.T - delta[..., None])
     ds = where(capped, ds * (1 - t * t), ds) * scale
     return astype(ds @ k, q), astype(ds.T @ q, k), astype(p.T @ do, v)
 
 
 @custom_op("attention")
-def _attention(q: Tensor, k: Tensor, v: Tensor, slopes: Tensor, lens: Tensor, scale: float,
-               cap: float, causal: bool, window: int, alibi: bool, ragged: bool, fold: bool
-               ) -> tuple[Tensor, Tensor]:
+def _attention(q: Tensor, k: Tensor, v: Tensor, slopes: Tensor, lens: Tensor, mask: Tensor,
+               scale: float, cap: float, causal: bool, window: int, alibi: bool, ragged: bool,
+               fold: bool, masked: bool) -> tuple[Tensor, Tensor]:
     """q: (b, hk, g, lq, d), or (b, hk, 1, g, d) with fold; k, v: (b, hk, 1, lk, d|e);
-    slopes: (hk, g); lens: (b,)."""
-    o, lse = attention_fwd(q, k, v, slopes, lens, scale, cap, causal, window, cap > 0, alibi,
-                           ragged, fold)
+    slopes: (hk, g); lens: (b,); mask: bool, broadcast to the scores (5-D)."""
+    o, lse = attention_fwd(q, k, v, slopes, lens, mask, scale, cap, causal, window, cap > 0,
+                           alibi, ragged, fold, masked)
     return o, lse
 
 
 @_attention.register_fake
-def _(q, k, v, slopes, lens, scale, cap, causal, window, alibi, ragged, fold):
+def _(q, k, v, slopes, lens, mask, scale, cap, causal, window, alibi, ragged, fold, masked):
     b, hk, g, lq, _ = q.shape
     return (q.new_empty((b, hk, g, lq, v.shape[-1])),
             q.new_empty((b, hk, g, lq), dtype=torch.float32))
@@ -101,32 +106,33 @@ def _(q, k, v, slopes, lens, scale, cap, causal, window, alibi, ragged, fold):
 
 @custom_op("attention_backward")
 def _attention_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor,
-                        slopes: Tensor, lens: Tensor, scale: float, cap: float, causal: bool,
-                        window: int, alibi: bool, ragged: bool, fold: bool
-                        ) -> tuple[Tensor, Tensor, Tensor]:
-    dq, dk, dv = attention_bwd(q, k, v, o, do, lse, slopes, lens, scale, cap, causal, window,
-                               cap > 0, alibi, ragged, fold)
+                        slopes: Tensor, lens: Tensor, mask: Tensor, scale: float, cap: float,
+                        causal: bool, window: int, alibi: bool, ragged: bool, fold: bool,
+                        masked: bool) -> tuple[Tensor, Tensor, Tensor]:
+    dq, dk, dv = attention_bwd(q, k, v, o, do, lse, slopes, lens, mask, scale, cap, causal,
+                               window, cap > 0, alibi, ragged, fold, masked)
     if dk.shape[2] != 1:  # grouped-query: each K/V head's gradient sums over its group
         dk, dv = dk.sum(2, keepdim=True), dv.sum(2, keepdim=True)
     return dq, dk, dv
 
 
 @_attention_backward.register_fake
-def _(do, q, k, v, o, lse, slopes, lens, scale, cap, causal, window, alibi, ragged, fold):
+def _(do, q, k, v, o, lse, slopes, lens, mask, scale, cap, causal, window, alibi, ragged, fold,
+      masked):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup(ctx, inputs, output) -> None:
-    q, k, v, slopes, lens, *rest = inputs
-    ctx.save_for_backward(q, k, v, output[0], output[1], slopes, lens)
+    q, k, v, slopes, lens, mask, *rest = inputs
+    ctx.save_for_backward(q, k, v, output[0], output[1], slopes, lens, mask)
     ctx.rest = rest
 
 
 def _grad(ctx, do, _dlse):
-    q, k, v, o, lse, slopes, lens = ctx.saved_tensors
-    dq, dk, dv = call(_attention_backward, do.contiguous(), q, k, v, o, lse, slopes, lens,
+    q, k, v, o, lse, slopes, lens, mask = ctx.saved_tensors
+    dq, dk, dv = call(_attention_backward, do.contiguous(), q, k, v, o, lse, slopes, lens, mask,
                       *ctx.rest)
-    return dq, dk, dv, *[None] * (len(ctx.rest) + 2)
+    return dq, dk, dv, *[None] * (len(ctx.rest) + 3)
 
 
 autograd(_attention, _grad, _setup)
@@ -145,10 +151,16 @@ def _no_lens(device: torch.device) -> Tensor:
     return torch.ones(1, dtype=torch.int32, device=device)
 
 
+@functools.lru_cache(maxsize=16)
+def _no_mask(device: torch.device) -> Tensor:
+    """The mask argument without a mask (unread by the kernel), made once per device."""
+    return torch.ones((1, 1, 1, 1, 1), dtype=torch.bool, device=device)
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
               scale: float | None = None, window: int | None = None,
               softcap: float | None = None, alibi_slopes: Tensor | None = None,
-              cache_seqlens: Tensor | None = None) -> Tensor:
+              cache_seqlens: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
     """softmax(mask(q @ k^T * scale)) @ v as one flash kernel, with a fused flash backward.
     q: (batch, heads, q_len, d); k: (batch, kv_heads, kv_len, d); v: (batch, kv_heads,
     kv_len, e); heads a multiple of kv_heads. scale defaults to 1/sqrt(d). alibi_slopes:
@@ -158,7 +170,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
     static cache): sequence b attends to its first cache_seqlens[b] keys only (which include
     this step's q_len new ones, already written to the cache), and the causal mask, window
     and ALiBi positions align its rows to that end (kv_len above reads cache_seqlens[b]). A
-    query row that then sees no key gets NaN, as a fully masked row does in torch."""
+    query row that then sees no key gets NaN (the log-sum-exp of no scores).
+
+    mask: boolean, (batch or 1, heads or 1, q_len or 1, kv_len), True where a query may see a
+    key (sdpa's boolean attn_mask, such as a padding mask), on top of the other masks. It is
+    read tile by tile in the flash kernels; a row it leaves no key gets zeros, as in sdpa."""
     same_device("attention", q, k, v, alibi_slopes)
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise SignatureError("fusile.stdlib.attention: q, k and v must be (batch, heads, seq, "
@@ -199,6 +215,15 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
                              f"int64 on {q.device}, got {got}")
     else:
         lens = cache_seqlens
+    if mask is not None and (not isinstance(mask, Tensor) or mask.dtype != torch.bool or
+                             mask.dim() != 4 or mask.device != q.device or mask.shape[3] != lk
+                             or any(m not in (1, n) for m, n in zip(mask.shape[:3], (b, h, lq),
+                                                                    strict=True))):
+        got = (f"{tuple(mask.shape)} {mask.dtype} on {mask.device}"
+               if isinstance(mask, Tensor) else type(mask).__name__)
+        raise SignatureError(f"fusile.stdlib.attention: mask must be a boolean ({b} or 1, {h} "
+                             f"or 1, {lq} or 1, {lk}) tensor on {q.device} (True: attend), "
+                             f"got {got}")
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     g = h // hk
     q5 = q.unflatten(1, (hk, g))  # (b, hk, g, lq, d): a view
@@ -212,6 +237,13 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
     slopes = (alibi_slopes.float() if alibi_slopes is not None else
               _no_slopes.__wrapped__(h, q.device) if compiling else
               _no_slopes(h, q.device)).view(hk, g)
-    out, _ = apply(_attention, q5, k5, v5, slopes, lens, scale, float(softcap or 0.0),
-                   bool(causal), int(window or 0), alibi, ragged, fold)
+    if mask is None:
+        m5 = _no_mask.__wrapped__(q.device) if compiling else _no_mask(q.device)
+    elif mask.shape[1] == 1:
+        m5 = mask.unsqueeze(2)  # (b|1, 1, 1, lq|1, lk)
+    else:  # per head: as q's heads are laid out
+        m5 = mask.unflatten(1, (hk, g))
+        m5 = m5.transpose(2, 3) if fold else m5
+    out, _ = apply(_attention, q5, k5, v5, slopes, lens, m5, scale, float(softcap or 0.0),
+                   bool(causal), int(window or 0), alibi, ragged, fold, mask is not None)
     return (out.transpose(2, 3) if fold else out).flatten(1, 2)

@@ -1,6 +1,6 @@
 """fusile's attention inside a tiny random Hugging Face Llama (GQA) on the interpreter:
 prefill logits and a few greedy decode steps, with a dynamic and a static cache, against the
-same model on transformers' sdpa; and a padded batch, which falls back to sdpa."""
+same model on transformers' sdpa; padded batches, whose mask fusile's flash kernels read."""
 
 from __future__ import annotations
 
@@ -48,8 +48,8 @@ def test_llama_prefill_and_decode_match_sdpa(cache: str) -> None:
     for g, w in zip(got.logits, want.logits, strict=True):
         assert_close(g, w.double(), torch.float32, scale=4)
     assert 11 in calls  # the prefill ran on fusile
-    if cache == "dynamic":  # decode steps have no mask: fusile; a static cache's have one
-        assert calls.count(1) == 3 * 2  # three decode steps, two layers
+    # three decode steps, two layers, on fusile (a static cache's with transformers' mask)
+    assert calls.count(1) == 3 * 2
 
 
 def _family_model(family: str) -> Any:
@@ -249,15 +249,39 @@ def test_apply_to_a_class_patches_its_pretrained_models(tmp_path, monkeypatch) -
     assert sum("forward" in vars(m) for m in cls(stock.config).modules()) == 2 * 2 + 2
 
 
-def test_padded_batch_falls_back_to_sdpa() -> None:
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_batch_runs_on_fusile(side: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A padded batch: transformers builds sdpa's boolean mask and fusile's flash kernels read
+    it. The logits equal sdpa's everywhere (a padded row that sees no key is zeros in both),
+    and a training step's loss and gradients equal the stock model's."""
     stock, fused = _models()
+    calls = []
+    attend = huggingface.fused_attention
+
+    def counted(*a, **k):
+        calls.append(k["mask"] is not None)
+        return attend(*a, **k)
+
+    monkeypatch.setattr(huggingface, "fused_attention", counted)
     ids = torch.randint(0, 97, (2, 9))
     mask = torch.ones_like(ids)
-    mask[0, :3] = 0  # left padding
+    if side == "left":
+        mask[0, :3] = 0
+    else:
+        mask[1, -4:] = 0
     with torch.no_grad():
         want = stock(ids, attention_mask=mask).logits
         got = fused(ids, attention_mask=mask).logits
-    assert_close(got[mask.bool()], want[mask.bool()].double(), torch.float32, scale=4)
+    assert_close(got, want.double(), torch.float32, scale=4)
+    assert calls == [True, True]  # both layers, on fusile with the mask
+    labels = ids.masked_fill(mask == 0, -100)
+    stock.train()
+    fused.train()
+    for model in (stock, fused):
+        model(ids, attention_mask=mask, labels=labels).loss.backward()
+    ref = stock(ids, attention_mask=mask, labels=labels).loss
+    out = fused(ids, attention_mask=mask, labels=labels).loss
+    _same_step(out, ref, fused, stock)
 
 
 @pytest.mark.gpu

@@ -147,16 +147,20 @@ def test_alibi_and_bias_tensors_from_the_dsl() -> None:
                  scale=4)
 
 
+NO_MASK = torch.ones((1, 1, 1, 1, 1), dtype=torch.bool)  # the mask argument, unread
+
+
 def _fwd_args(q: torch.Tensor, causal: bool = False, window: int = 0) -> tuple:
     ones, lens = torch.ones(q.shape[1], q.shape[2]), torch.ones(1, dtype=torch.int32)
-    return (q, q, q, ones, lens, 0.25, 0.0, causal, window, False, False, False, False)
+    return (q, q, q, ones, lens, NO_MASK, 0.25, 0.0, causal, window, False, False, False, False,
+            False)
 
 
 def _bwd_args(q: torch.Tensor, causal: bool = False, window: int = 0) -> tuple:
     lse = torch.randn(q.shape[:-1])
     ones, lens = torch.ones(q.shape[1], q.shape[2]), torch.ones(1, dtype=torch.int32)
-    return (q, q, q, q, q, lse, ones, lens, 0.25, 0.0, causal, window, False, False, False,
-            False)
+    return (q, q, q, q, q, lse, ones, lens, NO_MASK, 0.25, 0.0, causal, window, False, False,
+            False, False, False)
 
 
 def test_plans_keep_the_score_matrix_on_chip() -> None:

@@ -14,7 +14,7 @@ import torch
 import fusile
 from fusile.stdlib.attention import attention
 from tests.numerics import assert_close
-from tests.stdlib.test_attention import check_against, reference
+from tests.stdlib.test_attention import NO_MASK, check_against, reference
 
 # q_len x kv_len, as the decode issue lists them (q_len <= kv_len: every row sees a key)
 GRID = [(1, 1), (1, 37), (2, 37), (7, 37), (1, 1000), (7, 1000), (64, 1000)]
@@ -98,8 +98,8 @@ def test_one_query_row_is_one_flash_kernel() -> None:
 
     q = torch.randn(2, 2, 4, 1, 1)
     k = torch.randn(2, 2, 1, 1, 1)
-    args = (q, k, k, torch.ones(2, 4), torch.ones(2, dtype=torch.int32), 1.0, 0.0, True, 0,
-            False, False, True, False)
+    args = (q, k, k, torch.ones(2, 4), torch.ones(2, dtype=torch.int32), NO_MASK, 1.0, 0.0,
+            True, 0, False, False, True, False, False)
     assert [x.kind for x in attention_fwd.explain(*args).kernels] == ["attention"]
 
 
@@ -110,8 +110,8 @@ def test_cache_lengths_bound_the_key_loop() -> None:
 
     q = torch.randn(2, 2, 4, 1, 16)
     k = torch.randn(2, 2, 1, 64, 16)
-    args = (q, k, k, torch.ones(2, 4), torch.ones(2, dtype=torch.int32), 1.0, 0.0, True, 0,
-            False, False, True, False)
+    args = (q, k, k, torch.ones(2, 4), torch.ones(2, dtype=torch.int32), NO_MASK, 1.0, 0.0,
+            True, 0, False, False, True, False, False)
     src = attention_fwd.triton(*args, target="cpu")
     assert "lens_bound = tl.load(" in src
     assert "hi = tl.minimum(hi, -((-(lens_bound))) + 0)" in src
