@@ -209,8 +209,7 @@ def op_gradients(fn: FusedFunction, inputs: list[Any], grads: list[Any],
         j = next((k for k, t in enumerate(inputs) if t is base), None)
         targets.append((j, index))
     wrt = tuple(i for i, (j, _) in enumerate(targets) if j is not None and need[j])
-    out: list[Any] = [torch.zeros_like(t) if n else None for t, n in zip(inputs, need,
-                                                                          strict=True)]
+    out: list[Any] = [None] * len(inputs)
     kept = None
     if results is not None:
         d = derivation(fn, compiled, wrt, fn._save)
@@ -227,11 +226,17 @@ def op_gradients(fn: FusedFunction, inputs: list[Any], grads: list[Any],
         for i, g in zip(wrt, gs, strict=True):
             j, index = targets[i]
             assert j is not None
-            if index is None:
+            if index is None and out[j] is None:  # the usual case: the gradient as it came
+                out[j] = g
+                continue
+            if out[j] is None:
+                out[j] = torch.zeros_like(inputs[j])
+            if index is None:  # out[j] is a tensor this call made: add in place
                 out[j] += g
             else:  # a sliced parameter: its gradient lands in the slice
                 out[j][index] += g
-    return [o for o in out if o is not None]
+    return [o if o is not None else torch.zeros_like(t)
+            for o, t, n in zip(out, inputs, need, strict=True) if n]
 
 
 def _from_results(d: Derivation, results: list[Any]) -> list[Any] | None:
