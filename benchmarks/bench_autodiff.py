@@ -1,6 +1,6 @@
-"""Derived backwards (autodiff of a user @fused forward) against the stdlib's hand-written ones
-and torch.compile's (and Liger-Kernel's, where installed), forward+backward at one size, bf16,
-in one run.
+"""Derived backwards (autodiff of a user @fused forward) against the stdlib op's (hand-written,
+but for cross-entropy, whose stdlib backward is derived too) and torch.compile's (and
+Liger-Kernel's, where installed), forward+backward at one size, bf16, in one run.
 
 Each row times the step `y = f(*inputs); torch.autograd.grad(y, float inputs, dy)` as a CUDA
 graph replay (do_bench_cudagraph: kernel time, no host) and from Python (do_bench median).
@@ -130,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; {m}x{n} bf16 fwd+bwd, "
           "ms (CUDA graph / from Python)")
     liger = _liger()
-    print(f"{'op':14s} {'derived':>15s} {'hand-written':>15s} {'compile':>15s} "
-          f"{'Liger':>15s} {'der/hand':>8s} {'der/comp':>8s} {'der/Liger':>9s}")
+    print(f"{'op':14s} {'derived':>15s} {'stdlib op':>15s} {'compile':>15s} "
+          f"{'Liger':>15s} {'der/std':>8s} {'der/comp':>8s} {'der/Liger':>9s}")
     rows = []
     for name in names:
         derived, hand, ref, kind = OPS[name]

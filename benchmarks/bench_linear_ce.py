@@ -1,12 +1,14 @@
 """Linear cross-entropy (the LM head and its loss) forward+backward: fusile.stdlib against torch
 eager, torch.compile and Liger-Kernel's fused linear cross-entropy, time and peak memory.
 
-    python -m benchmarks.bench_linear_ce [--shape 8192,4096,128256]
+    python -m benchmarks.bench_linear_ce [--shape 8192,4096,128256] [--chunks 256,1024]
 
 bf16, mean reduction, input (tokens, hidden) and weight (vocab, hidden) both needing
 gradients. Each step is `loss = f(h, w, y); torch.autograd.grad(loss, (h, w))`; time is
 do_bench's median, "peak" the step's peak allocation above what was allocated before it
 (inputs excluded), and TFLOP/s counts the three matmuls (logits, d input, d weight).
+--chunks adds a fusile row per chunk size (rows per chunk), in place of the stdlib's rule,
+to find where the d weight updates stop being bound by their traffic.
 """
 
 from __future__ import annotations
@@ -25,9 +27,27 @@ def torch_lce(h: torch.Tensor, w: torch.Tensor, y: torch.Tensor) -> torch.Tensor
     return F.cross_entropy(h @ w.T, y)
 
 
+def _chunked(rows: int):
+    """fusile's linear cross-entropy with `rows` rows per chunk (the rule patched per call)."""
+    import importlib
+
+    # the module (fusile.stdlib's attribute of that name is the function)
+    L = importlib.import_module("fusile.stdlib.linear_cross_entropy")
+
+    def run(h, w, y):
+        rule, L.chunk_rows = L.chunk_rows, lambda *_: rows
+        try:
+            return S.linear_cross_entropy(h, w, y)
+        finally:
+            L.chunk_rows = rule
+
+    return run
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", default="8192,4096,128256", help="tokens,hidden,vocab")
+    ap.add_argument("--chunks", default="", help="also time fusile at these rows per chunk")
     a = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_linear_ce: needs a CUDA or ROCm GPU", file=sys.stderr)
@@ -43,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     w.requires_grad_()
     impls = {"torch eager": torch_lce, "torch.compile": torch.compile(torch_lce),
              "fusile": lambda h, w, y: S.linear_cross_entropy(h, w, y)}
+    for rows in (int(c) for c in a.chunks.split(",") if c):
+        impls[f"fusile, {rows} rows"] = _chunked(rows)
     try:
         from liger_kernel.ops.fused_linear_cross_entropy import (
             LigerFusedLinearCrossEntropyFunction,
@@ -55,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     flops = 3 * 2 * n * hidden * vocab
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; tokens {n}, hidden "
           f"{hidden}, vocab {vocab}, bf16, fwd+bwd")
-    print(f"{'':14s} {'ms':>8s} {'TFLOP/s':>8s} {'peak GiB':>9s} {'loss err':>9s} "
+    print(f"{'':18s} {'ms':>8s} {'TFLOP/s':>8s} {'peak GiB':>9s} {'loss err':>9s} "
           f"{'dh err':>8s} {'dw err':>8s}")
     for name, f in impls.items():
         def step(f=f):
@@ -72,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.synchronize()
         peak = (torch.cuda.max_memory_allocated() - base) / 2**30
         ms = do_bench(step, warmup=2, rep=500, return_mode="median")
-        print(f"{name:14s} {ms:8.2f} {flops / ms / 1e9:8.0f} {peak:9.2f} {errs[0]:9.1e} "
+        print(f"{name:18s} {ms:8.2f} {flops / ms / 1e9:8.0f} {peak:9.2f} {errs[0]:9.1e} "
               f"{errs[1]:8.1e} {errs[2]:8.1e}")
     return 0
 
