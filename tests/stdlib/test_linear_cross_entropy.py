@@ -126,3 +126,27 @@ def test_errors(call, message) -> None:
     h, w, _, t = _case(5, 4, 11, torch.float32, "cpu", False, 4)
     with pytest.raises(SignatureError, match=message):
         call(h, w, t)
+
+
+def test_no_logits_larger_than_a_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The (tokens x vocab) logits are never made: every logits tile the fused kernel reads
+    is one chunk of rows (about the input's size), and the chunks cover every row once."""
+    import importlib
+
+    lce = importlib.import_module("fusile.stdlib.linear_cross_entropy")
+    seen = []
+    kernel = lce.K.linear_cross_entropy_rows
+
+    class Spy:
+        def __call__(self, z, *args):
+            seen.append(tuple(z.shape))
+            return kernel(z, *args)
+
+    monkeypatch.setattr(lce.K, "linear_cross_entropy_rows", Spy())
+    h, w, _, t = _case(100, 16, 130, torch.float32, "cpu", False, 5)
+    step = chunk_rows(100, 16, 130)
+    assert step < 100
+    hg = h.clone().requires_grad_()
+    torch.autograd.grad(S.linear_cross_entropy(hg, w, t), [hg])
+    assert all(rows <= step and vocab == 130 for rows, vocab in seen)
+    assert sum(rows for rows, _ in seen) == 100  # each row once: the gradient came with it
