@@ -76,8 +76,8 @@ class Inspection:
              targets.get(target) if target not in (None, "auto") else None)
         values = self._bind_args(args, kwargs)
         compiled, _ = self._lookup(values)
-        shapes = [concrete_shape(v, sizes or {}) for v in compiled.runtime_args(values)]
         runtime = compiled.runtime_args(values)
+        shapes = [concrete_shape(v, sizes or {}) for v in runtime]
         device = next((v.device for v in runtime if isinstance(v, torch.Tensor)), None)
         if t is None:
             on_gpu = device is not None and device.type == "cuda"

@@ -71,9 +71,8 @@ def _linear_ce(h: Tensor, weight: Tensor, target: Tensor, bias: Tensor | None,
                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(loss, d input, d weight, d bias); the gradients (for an upstream gradient of 1) only
     with `grads` and a reduction (else empty)."""
-    kept = target != ignore_index
-    if reduce == 2:
-        scale = 1.0 / kept.sum().to(torch.float32)
+    if reduce == 2:  # over the rows not ignored
+        scale = 1.0 / (target != ignore_index).sum().to(torch.float32)
     else:
         scale = torch.ones((), dtype=torch.float32, device=h.device)
     losses, dh, dw, db = _chunks(h, weight, target, bias, ignore_index, smoothing, softcap,
