@@ -23,6 +23,7 @@ from fusile.dsl.types import (
     TensorSpec,
     TensorType,
     f32,
+    f64,
     show_shape,
 )
 
@@ -188,8 +189,12 @@ def bindings(func: ast.FuncDef, annotations: list[Annotation], infos: list[ArgIn
              source: Source, env: ShapeEnv,
              static: frozenset[tuple[int, int]] = frozenset()) -> list[Binding]:
     """Parameter bindings for the checker, from what the caller passed; the (parameter,
-    axis) pairs in `static` get their size as a fixed dim."""
+    axis) pairs in `static` get their size as a fixed dim. A float parameter is a float64
+    value where a tensor argument is float64 (as torch computes `x * a` for a float64 x),
+    else a float32 one."""
     out: list[Binding] = []
+    real = ScalarType(f64) if any(a.kind in ("tensor", "spec") and a.dtype == f64
+                                  for a in infos) else ScalarType(f32)
     for pi, (p, ann, a) in enumerate(zip(func.params, annotations, infos, strict=True)):
         if ann.kind in ("float", "int", "bool") and a.kind in ("tensor", "spec"):
             raise SignatureError(f"parameter {p.name!r} is annotated {ann.kind} but got a tensor",
@@ -207,12 +212,12 @@ def bindings(func: ast.FuncDef, annotations: list[Annotation], infos: list[ArgIn
             if ann.kind in ("int", "bool"):
                 raise SignatureError(f"parameter {p.name!r} is annotated {ann.kind} but got "
                                      f"{a.value!r}", p.span, source)
-            out.append(Binding(ScalarType(f32)))
+            out.append(Binding(real))
         elif ann.kind == "tensor":
             raise SignatureError(f"parameter {p.name!r} needs a tensor, got {a.value!r}",
                                  p.span, source)
         elif ann.kind == "float":  # an int passed where the function declares a float
-            out.append(Binding(ScalarType(f32)))
+            out.append(Binding(real))
         else:  # ints and bools are compile-time constants
             out.append(Binding(_scalar_type(a.value), a.value, is_const=True))
     return out

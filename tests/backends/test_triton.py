@@ -103,7 +103,7 @@ def test_aot_signature_types_follow_the_arguments(target: str) -> None:
     compiles fine and reads the bits as something else."""
     import re
 
-    from fusile import bf16, f16
+    from fusile import bf16, f16, f64
 
     fn = fusile.from_source("def f(x, w, s: float):\n"
                             "    return astype(x * w * s, x), astype(w, f32) + 1.0\n")
@@ -117,6 +117,10 @@ def test_aot_signature_types_follow_the_arguments(target: str) -> None:
     floats = [n for n, t in types.items() if t == "f32"]
     assert len(floats) == 1, types  # s
     assert all(t == "i32" for n, t in types.items() if n not in floats), types
+    # beside float64 tensors a float parameter is a double (torch's `x * s` for a float64 x)
+    k64 = fusile.from_source("def f(x, s: float):\n    return x * s\n").compile(
+        target, x=f64["M", 64], s=0.1).kernels[0]
+    assert re.search(r"%a\d+: f64", k64.asm["ttir"]), k64.asm["ttir"][:600]
 
 
 def test_aot_rejects_unknown_target() -> None:

@@ -18,9 +18,15 @@ from fusile.backends.targets import Target
 from fusile.backends.triton import cache, tune
 from fusile.backends.triton.aot_build import AotContext, KernelArtifact
 from fusile.backends.triton.kinds import kind_of, runs_flash
+from fusile.dsl.types import DType, f64
 from fusile.lowering.graph import Op
 
 __all__ = ["Artifacts", "KernelArtifact", "compile_for"]
+
+
+def _scalar_type(dtype: DType) -> str:
+    """Triton's type for a scalar argument of this dtype (float64 stays float64)."""
+    return ("fp64" if dtype == f64 else "fp32") if dtype.is_float else "i32"
 
 
 @dataclass
@@ -57,8 +63,10 @@ def compile_for(compiled: Any, target: Target, sizes: dict[str, int] | None = No
     plan = compiled.plan if flash else compiled.plain_plan  # the same size classes
     source, kernels = compiled.triton("gpu", config.get("tf32"), flash)
     out = Artifacts(target, source)
-    scalars = {op.results[0]: "fp32" if op.dtype.is_float else "i32" for op in graph.nodes
+    scalars = {op.results[0]: _scalar_type(op.dtype) for op in graph.nodes
                if isinstance(op, Op) and op.results}
+    scalars.update({v: _scalar_type(t) for v, t in zip(graph.args, graph.arg_info, strict=True)
+                    if isinstance(t, DType)})
     scalars.update(scalar_dtypes or {})
     ctx = AotContext(cache.load_module(source), target, graph, plan, known, scalars,
                      dot_configs)

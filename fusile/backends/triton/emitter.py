@@ -26,6 +26,7 @@ from fusile.backends.triton.ops import (
 )
 from fusile.backends.triton.scope import Scope
 from fusile.dsl.errors import BackendError
+from fusile.dsl.types import f64
 from fusile.lowering.graph import Generic, Graph, Op
 from fusile.lowering.partition import Kernel, Plan
 
@@ -153,6 +154,10 @@ class TileEmitter:
             return literal(op.attrs["value"], op.dtype)
         if v not in self.scalars:
             self.scalars.append(v)
+        if self.target == "interpreter" and self._annotation(v):
+            # the interpreter ignores the annotation: it would round the Python float to
+            # float32 where it meets a tensor
+            return f"tl.full([], a{v}, tl.float64)"
         return f"a{v}"
 
     def tensor_value(self, t: int, scope: Scope, allow_reduce: bool,
@@ -349,11 +354,18 @@ class TileEmitter:
         scope.emit(f"tl.store({ta.name}_ptr + {offset}, "
                    f"({val}).to({ta.name}_ptr.dtype.element_ty){masked})")
 
+    def _annotation(self, v: int) -> str:
+        """A float64 scalar's parameter annotation: Triton takes an unannotated Python float
+        as float32."""
+        op = self.func_ops.get(v)
+        dtype = op.dtype if op is not None else self.g.arg_info[self.g.args.index(v)]
+        return ": tl.float64" if dtype == f64 else ""
+
     def with_scalars(self, lines: list[str]) -> str:
         """The kernel's text with the scalars its body read (collected as it was written) put
         in each header's parameters."""
         text = "\n".join(lines)
-        names = ", ".join(f"a{v}" for v in self.scalars)
+        names = ", ".join(f"a{v}{self._annotation(v)}" for v in self.scalars)
         return text.replace(f", {SCALARS}", f", {names}" if names else "").replace(
             f"{SCALARS}, ", f"{names}, " if names else "")
 
