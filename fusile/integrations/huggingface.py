@@ -43,6 +43,7 @@ forwards do. In eval mode, or without labels, the forward is transformers' own.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
 import types
@@ -175,23 +176,21 @@ def _shifted(labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
     return torch.nn.functional.pad(labels, (0, 1), value=ignore_index)[..., 1:]
 
 
-def _linear_loss_forward(self: Any, input_ids: Any = None, attention_mask: Any = None,
-                         position_ids: Any = None, past_key_values: Any = None,
-                         inputs_embeds: Any = None, labels: torch.Tensor | None = None,
-                         use_cache: Any = None, logits_to_keep: int | torch.Tensor = 0,
-                         **kwargs: Any) -> Any:
-    """A causal LM's forward whose training loss never makes the logits (module docstring)."""
+def _linear_loss_forward(self: Any, *args: Any, **kwargs: Any) -> Any:
+    """A causal LM's forward whose training loss never makes the logits (module docstring).
+    The arguments go to the model by the names the caller's release uses (past_key_values
+    became cache); positional ones are named by the stock forward's signature."""
+    if args:
+        names = inspect.signature(self._fusile_forward).parameters
+        kwargs = {**dict(zip(names, args)), **kwargs}
+    labels = kwargs.get("labels")
     if labels is None or not self.training:
-        return self._fusile_forward(input_ids=input_ids, attention_mask=attention_mask,
-                                    position_ids=position_ids, past_key_values=past_key_values,
-                                    inputs_embeds=inputs_embeds, labels=labels,
-                                    use_cache=use_cache, logits_to_keep=logits_to_keep,
-                                    **kwargs)
+        return self._fusile_forward(**kwargs)
     from transformers.modeling_outputs import CausalLMOutputWithPast
 
-    out = self.model(input_ids=input_ids, attention_mask=attention_mask,
-                     position_ids=position_ids, past_key_values=past_key_values,
-                     inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs)
+    kwargs.pop("labels")
+    kwargs.pop("logits_to_keep", None)  # no logits are made
+    out = self.model(**kwargs)
     hidden = out.last_hidden_state
     shift = kwargs.get("shift_labels")
     target = (_shifted(labels) if shift is None else shift).to(hidden.device)
@@ -201,9 +200,9 @@ def _linear_loss_forward(self: Any, input_ids: Any = None, attention_mask: Any =
                                 reduction="mean" if items is None else "sum")
     if items is not None:
         loss = loss / (items.to(loss.device) if torch.is_tensor(items) else items)
-    return CausalLMOutputWithPast(loss=loss,  # type: ignore[arg-type]
-                                  logits=None, past_key_values=out.past_key_values,
-                                  hidden_states=out.hidden_states, attentions=out.attentions)
+    # the model's cache, hidden states and attentions, under this release's field names
+    return CausalLMOutputWithPast(loss=loss, logits=None,  # type: ignore[arg-type]
+                                  **{k: v for k, v in out.items() if k != "last_hidden_state"})
 
 
 def apply(model: Any, attention: bool = True, rms_norm: bool = True, mlp: bool = True,
@@ -248,16 +247,27 @@ def apply(model: Any, attention: bool = True, rms_norm: bool = True, mlp: bool =
 
 def apply_to(model_class: Any, **options: bool) -> Any:
     """Patch every model of `model_class` made from now on, as apply() patches one
-    (`options` as apply's): its __init__ runs apply on the new model, so from_pretrained's
-    models come patched, their weights loaded as usual. Returns the class; a second call
-    changes the options."""
+    (`options` as apply's): its __init__ runs apply on the new model, and from_pretrained
+    runs it again once the weights are loaded (loading may reset the forwards of layers that
+    transformers can swap for hub kernels). Returns the class; a second call changes the
+    options."""
     init = getattr(model_class.__init__, "_fusile_init", model_class.__init__)
+    load = getattr(model_class.from_pretrained, "_fusile_load",
+                   model_class.from_pretrained.__func__)
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         init(self, *args, **kwargs)
         if type(self) is model_class:  # a subclass's own __init__ ends later
             apply(self, **options)
 
+    def from_pretrained(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        model = load(cls, *args, **kwargs)
+        if type(model) is model_class:  # again: loading may reset the modules' forwards
+            apply(model, **options)     # (transformers 5.25 resets its hub kernels' layers)
+        return model
+
     __init__._fusile_init = init  # type: ignore[attr-defined]
+    from_pretrained._fusile_load = load  # type: ignore[attr-defined]
     model_class.__init__ = __init__
+    model_class.from_pretrained = classmethod(from_pretrained)
     return model_class
