@@ -182,7 +182,7 @@ def _linear_loss_forward(self: Any, *args: Any, **kwargs: Any) -> Any:
     became cache); positional ones are named by the stock forward's signature."""
     if args:
         names = inspect.signature(self._fusile_forward).parameters
-        kwargs = {**dict(zip(names, args)), **kwargs}
+        kwargs = {**dict(zip(names, args, strict=False)), **kwargs}
     labels = kwargs.get("labels")
     if labels is None or not self.training:
         return self._fusile_forward(**kwargs)
@@ -201,7 +201,7 @@ def _linear_loss_forward(self: Any, *args: Any, **kwargs: Any) -> Any:
     if items is not None:
         loss = loss / (items.to(loss.device) if torch.is_tensor(items) else items)
     # the model's cache, hidden states and attentions, under this release's field names
-    return CausalLMOutputWithPast(loss=loss, logits=None,  # type: ignore[arg-type]
+    return CausalLMOutputWithPast(loss=loss, logits=None,
                                   **{k: v for k, v in out.items() if k != "last_hidden_state"})
 
 
