@@ -33,10 +33,12 @@ class Source:
     text: str  # the (dedented) text fusile parsed
     line_offset: int = 0  # added to a parsed line to get the file's line
     col_offset: int = 0  # added to a parsed column to get the file's column (dedent)
+    in_file: bool = False  # read from `filename` (else the text is all there is)
 
     def file_line(self, line: int) -> str:
         """The user's line as it stands in the file (falls back to the parsed text)."""
-        real = linecache.getline(self.filename, line + self.line_offset)
+        real = linecache.getline(self.filename, line + self.line_offset) if self.in_file \
+            else ""
         if real:
             return real.rstrip("\n")
         lines = self.text.split("\n")  # as the parser counts lines (not at \f or \v)

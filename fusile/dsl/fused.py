@@ -267,7 +267,14 @@ def _save_rule(save: tuple[str, ...] | str) -> frozenset[str]:
 
 def from_source(text: str, globals_: dict[str, Any] | None = None,
                 filename: str = "<fusile>") -> FusedFunction:
-    """A fused function from source text (what tests and generated programs use)."""
+    """A fused function from source text (what tests and generated programs use). Errors
+    quote this text; unless `filename` names a file on disk, the text is also registered
+    under it with linecache, so plans and explain show its lines."""
+    import linecache
+    import os
     import textwrap
 
-    return FusedFunction(source=Source(filename, textwrap.dedent(text)), globals_=globals_)
+    text = textwrap.dedent(text)
+    if not os.path.exists(filename):
+        linecache.cache[filename] = (len(text), None, text.splitlines(True), filename)
+    return FusedFunction(source=Source(filename, text), globals_=globals_)

@@ -355,4 +355,4 @@ def source_of(fn: Callable[..., Any]) -> Source:
     raw = "".join(lines)
     text = textwrap.dedent(raw)
     indent = len(lines[0]) - len(lines[0].lstrip()) if text != raw else 0
-    return Source(filename, text, line_offset=first - 1, col_offset=indent)
+    return Source(filename, text, line_offset=first - 1, col_offset=indent, in_file=True)

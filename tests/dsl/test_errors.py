@@ -222,3 +222,20 @@ def test_a_code_generator_bug_is_an_internal_error_with_the_fused_mlir(
 def test_calling_a_builtin_outside_fused_explains_itself() -> None:
     with pytest.raises(TypeError, match="call it inside an @fused function"):
         fusile.exp(torch.randn(2))
+
+
+def test_from_source_quotes_its_own_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                         ) -> None:
+    """A program from text quotes that text, even when a file of its name lies where
+    linecache looks (it quoted the file's line), and explain shows its lines."""
+    (tmp_path / "prog.py").write_text("a\nb\nthe wrong file\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    fn = fusile.from_source("def f(x):\n    y = x * 2.0\n    return y + nope\n",
+                            filename="prog.py")
+    with pytest.raises(E.UnknownNameError) as got:
+        fn(torch.randn(3))
+    assert "3 |     return y + nope" in str(got.value) and "wrong" not in str(got.value)
+    shown = fusile.from_source("def f(x):\n    y = x * 2.0\n    return y\n",
+                               filename="<shown>").explain(torch.randn(3), target="h100")
+    assert "y = x * 2.0" in str(shown)
