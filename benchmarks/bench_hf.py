@@ -61,7 +61,7 @@ def run_one(variant: str, family: str, layers: int, batch: int, seq: int, steps:
     def step() -> float:
         out = run(input_ids=ids, labels=ids)
         out.loss.backward()
-        return float(out.loss)
+        return float(out.loss.detach())
 
     losses = [step() for _ in range(2)]  # compile, tune, allocate
     model.zero_grad(set_to_none=False)
@@ -90,15 +90,19 @@ def run_one(variant: str, family: str, layers: int, batch: int, seq: int, steps:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--family", default="Llama", help="Llama, Mistral, Qwen2, Qwen3")
-    ap.add_argument("--layers", type=int, default=8)
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--seq", type=int, default=2048)
+    ap.add_argument("--layers", type=int, help="default 8 (--tiny: 2)")
+    ap.add_argument("--batch", type=int, help="default 4 (--tiny: 2)")
+    ap.add_argument("--seq", type=int, help="default 2048 (--tiny: 64)")
     ap.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--device", default="cuda", help="cuda, or cpu for a smoke test")
     ap.add_argument("--tiny", action="store_true", help="a tiny model: a smoke test")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # run this variant here, print its JSON
     a = ap.parse_args(argv)
+    small = {"layers": 2, "batch": 2, "seq": 64} if a.tiny else {}
+    for name, default in (("layers", 8), ("batch", 4), ("seq", 2048)):
+        if getattr(a, name) is None:
+            setattr(a, name, small.get(name, default))
     if a.one:
         print(json.dumps(run_one(a.one, a.family, a.layers, a.batch, a.seq, a.steps,
                                  a.device, TINY if a.tiny else SHAPE)))
