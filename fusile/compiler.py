@@ -36,7 +36,7 @@ class Compiled:
     runtime_params: list[int]  # parameters passed at run time (tensors and float scalars)
     programs: dict[str, Any] = field(default_factory=dict)  # target name -> launchable program
     grads: dict[tuple, Any] = field(default_factory=dict)  # (wrt, save) -> autograd.Derivation
-    sources: dict[tuple[str, bool, bool], Any] = field(default_factory=dict)  # see triton()
+    sources: dict[tuple[str, bool, bool, bool], Any] = field(default_factory=dict)  # see triton()
 
     @functools.cached_property
     def plan(self) -> Plan:
@@ -72,12 +72,12 @@ class Compiled:
         internal error carries the fused MLIR as its repro."""
         from fusile.backends.triton.generate import generate
 
-        hit = self.sources.get((family, tf32, flash))
+        key = (family, tf32, flash, config.get("horizontal"))
+        hit = self.sources.get(key)
         if hit is None:
             try:
                 plan = self.plan if flash else self.plain_plan
-                hit = self.sources[(family, tf32, flash)] = generate(plan, family, self.names,
-                                                                     tf32)
+                hit = self.sources[key] = generate(plan, family, self.names, tf32)
                 if config.debug_enabled("triton"):
                     print(f"# ----- FUSILE_DEBUG triton ({family}{', tf32' if tf32 else ''})\n"
                           f"{hit[0]}", file=sys.stderr)

@@ -107,9 +107,10 @@ def _flops(n: float) -> str:
 
 
 def build(function: str, report: PlanReport, target: Target, sixteen_bit: bool,
-          measured_ms: list[float] | None = None) -> Explanation:
+          measured_ms: list[float | None] | None = None) -> Explanation:
     kernels = []
     for i, k in enumerate(report.kernels):
+        ms = None if measured_ms is None else measured_ms[i]
         nbytes = sum(k.reads.values()) + sum(k.writes.values())
         # tile dots (contractions, attention) on 16-bit operands run on tensor cores
         peak = target.bf16_tflops if (k.dots and sixteen_bit) else target.fp32_tflops
@@ -119,8 +120,11 @@ def build(function: str, report: PlanReport, target: Target, sixteen_bit: bool,
             k.index, k.kind, k.lines, sum(k.reads.values()), sum(k.writes.values()), k.flops,
             k.flops / max(1, nbytes), 1e6 * max(t_mem, t_flop),
             "memory" if t_mem >= t_flop else "compute",
-            None if measured_ms is None else measured_ms[i] * 1e3))
+            None if ms is None else ms * 1e3))
     notes = []
+    if measured_ms is not None and None in measured_ms:
+        notes.append("(kernels without a measured time ran in the launch of the kernel "
+                     "before them: independent pointwise kernels share one, timed together)")
     if measured_ms is None and target.backend == "mlir-cpu":
         notes.append("(roofline from this CPU's copy and fp32 matmul rates, measured through "
                      "torch; mlir-cpu runs the whole program as one call, blocks of rows on "

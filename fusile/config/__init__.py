@@ -74,6 +74,11 @@ KNOBS: dict[str, Knob] = {
         "launch cached compiled kernels directly instead of through triton.jit's binder, and "
         "replay a repeated call's launches (same argument layout) without recomputing them",
     ),
+    "horizontal": Knob(
+        "FUSILE_HORIZONTAL", _as_bool, lambda: True,
+        "launch consecutive independent pointwise kernels (rope's q and k, unrelated outputs) "
+        "as one kernel; 0 launches each on its own",
+    ),
     "attn_splits": Knob(
         "FUSILE_ATTN_SPLITS", int, lambda: 0,
         "flash attention: split each query block's keys over this many programs "
@@ -106,9 +111,11 @@ KNOBS: dict[str, Knob] = {
 
 _overrides: dict[str, Any] = {}
 
-# knobs that choose a kernel's launch config: part of the program key (backends/run.py) and
-# of the call key (backends/dispatch.py), so setting one between calls takes effect
-SCHEDULE_KNOBS = ("max_row_block", "row_programs", "attn_splits", "max_head_dim")
+# knobs that choose a kernel's launch config or which kernels launch together: part of the
+# program key (backends/run.py) and of the call key (backends/dispatch.py), so setting one
+# between calls takes effect
+SCHEDULE_KNOBS = ("max_row_block", "row_programs", "attn_splits", "max_head_dim",
+                  "horizontal")
 
 
 def get(name: str) -> Any:

@@ -69,6 +69,7 @@ class KernelSource:
     dot: DotInfo | None = None  # a tiled kernel's loops (flash: i, j and d)
     attn: AttnInfo | None = None  # a flash forward kernel's
     grad: GradInfo | None = None  # a flash backward kernel's
+    segments: list[KernelSource] | None = None  # independent kernels in one launch
 
 
 def short_loc(loc: str) -> str:

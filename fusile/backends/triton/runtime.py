@@ -155,8 +155,10 @@ class TritonProgram:
             return self._plain.replay_for(args)
         return got
 
-    def time_kernels(self, args: list[Any]) -> list[float]:
-        """Median time (ms) of each kernel on these inputs (CUDA events, do_bench)."""
+    def time_kernels(self, args: list[Any]) -> list[float | None]:
+        """Median time (ms) of each plan kernel on these inputs (CUDA events, do_bench);
+        kernels launched together (kinds/segments.py) are timed as one, the first holding
+        the time and the others None."""
         from triton.testing import do_bench
 
         graph = self.graph
@@ -170,6 +172,7 @@ class TritonProgram:
             self._launch(launch, env, sizes, device)
             times.append(do_bench(lambda launch=launch: self._launch(launch, env, sizes, device),
                                   warmup=100, rep=300, return_mode="median"))
+            times += [None] * (len(launch.ks.segments or [None]) - 1)
         return times
 
     def _launch(self, launch: Launch, env: dict[int, Any], sizes: dict[tuple, int],

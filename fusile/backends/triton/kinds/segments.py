@@ -1,0 +1,194 @@
+"""Independent pointwise kernels in one launch (horizontal fusion): consecutive pointwise
+kernels of a plan that share no tensor they write (rope's q and k, a function's unrelated
+outputs) become one kernel whose grid is theirs end to end. A program runs the kernel whose
+range of program ids holds its own:
+
+    if tl.program_id(0) < SEG1:
+        <the first kernel's body>
+        return
+    <the second kernel's body, its program ids counted from SEG1>
+
+Each member keeps its own tile (BLOCK_P_j, BLOCK_R_j) and sizes; the launch takes the most
+warps any member's tile asks for. Saves a launch per member (on the host, and on the GPU the
+gap and tail between kernels), never bytes. Members are written by the rows writer as usual
+and joined here; `FUSILE_HORIZONTAL=0` launches them one by one."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import replace
+from typing import Any
+
+from fusile.backends.triton import schedule
+from fusile.backends.triton.aot_build import AotContext, KernelArtifact
+from fusile.backends.triton.host import needs_i64
+from fusile.backends.triton.kernel_source import KernelSource, TensorArg
+from fusile.backends.triton.kinds.kind import Kind
+from fusile.backends.triton.kinds.rows import elem_bytes
+from fusile.backends.triton.tiled import Launch
+from fusile.lowering.partition import POINTWISE
+
+_PID = "    pid = tl.program_id(0)"
+
+
+def _alone(ks: KernelSource) -> bool:
+    """A plain pointwise kernel (no variants to launch, no partials)."""
+    return ks.kind == POINTWISE and ks.segments is None and not (
+        ks.looped_name or ks.split_name or ks.combine_name) and \
+        ks.source.count(_PID + "\n") == 1
+
+
+def _independent(a: list[KernelSource], b: KernelSource) -> bool:
+    """b reads nothing the kernels `a` write and writes nothing they read or write."""
+    written = {t.tid for k in a for t in k.tensors if t.is_output}
+    touched = {t.tid for k in a for t in k.tensors}
+    return not any(t.tid in (touched if t.is_output else written) for t in b.tensors)
+
+
+def merge(kernels: list[KernelSource]) -> list[KernelSource]:
+    """The kernels with each run of consecutive independent pointwise kernels joined."""
+    from fusile import config
+
+    if not config.get("horizontal"):
+        return kernels
+    out: list[KernelSource] = []
+    run: list[KernelSource] = []
+    for ks in [*kernels, None]:
+        if ks is not None and _alone(ks) and (not run or _independent(run, ks)):
+            run.append(ks)
+            continue
+        out.extend([_join(run)] if len(run) > 1 else run)
+        run = [ks] if ks is not None and _alone(ks) else []
+        if ks is not None and not run:
+            out.append(ks)
+    return out
+
+
+def _body(ks: KernelSource, j: int, first_size: int) -> list[str]:
+    """Member j's body (after its docstring) under the joined kernel's names: sizes n{i}
+    counted from `first_size`, blocks BLOCK_P_j / BLOCK_R_j, program ids from SEGj."""
+    lines = ks.source.split("\n")
+    start = next(i for i, line in enumerate(lines) if line.startswith('    """')) + 1
+    text = "\n".join(lines[start:])
+    if j:
+        text = re.sub(r"\bn(\d+)\b", lambda m: f"n{first_size + int(m.group(1))}", text)
+        text = re.sub(r"\b(BLOCK_[PR])\b", rf"\1_{j}", text)
+        text = text.replace(_PID + "\n", f"{_PID} - SEG{j}\n")
+    return text.rstrip("\n").split("\n")
+
+
+def _join(members: list[KernelSource]) -> KernelSource:
+    tensors: dict[int, TensorArg] = {}
+    for ks in members:
+        for ta in ks.tensors:
+            got = tensors.get(ta.tid)
+            tensors[ta.tid] = ta if got is None else replace(
+                got, stride_axes=sorted(set(got.stride_axes) | set(ta.stride_axes)))
+    classes: list[int] = []
+    class_global: dict[int, tuple] = {}
+    scalars: list[int] = []
+    firsts = []
+    for ks in members:
+        firsts.append(len(classes))
+        for c in ks.classes:
+            class_global[len(classes)] = ks.class_global[c]
+            classes.append(len(classes))
+        scalars += [v for v in ks.scalars if v not in scalars]
+    annotated = {}  # a scalar's parameter as a member wrote it (its type annotation)
+    for ks in members:
+        header = ks.source.split("\n", 2)[1]
+        for v in ks.scalars:
+            m = re.search(rf"\ba{v}(: [\w.]+)?(?=[,)])", header)
+            annotated[v] = m.group(0) if m else f"a{v}"
+    params = [f"{ta.name}_ptr" for ta in tensors.values()]
+    params += [f"{ta.name}_s{axis}" for ta in tensors.values() for axis in ta.stride_axes]
+    params += [f"n{i}" for i in classes] + [annotated[v] for v in scalars]
+    params += [f"SEG{j}" for j in range(1, len(members))]
+    params += [f"{block}{'' if j == 0 else f'_{j}'}: tl.constexpr"
+               for j in range(len(members)) for block in ("BLOCK_P", "BLOCK_R")]
+    params.append("USE_I64: tl.constexpr")
+    first = members[0]
+    locs = sorted({loc for ks in members for loc in _locs(ks)})
+    doc = (f"pointwise kernels {', '.join(str(ks.index) for ks in members)} (one launch)"
+           + (": " + ", ".join(locs) if locs else ""))
+    lines = ["@triton.jit", f"def {first.name}({', '.join(params)}):", f'    """{doc}"""']
+    for j, ks in enumerate(members):
+        body = _body(ks, j, firsts[j])
+        if j < len(members) - 1:
+            bound = f"SEG{j + 1}"
+            lines.append(f"    if tl.program_id(0) < {bound}:  # kernel {ks.index}")
+            lines += ["    " + line if line else line for line in body]
+            lines.append("        return")
+        else:
+            lines.append(f"    # kernel {ks.index}")
+            lines += body
+    return KernelSource(first.name, POINTWISE, first.index, "\n".join(lines),
+                        list(tensors.values()), classes, [], [], class_global, scalars,
+                        segments=members)
+
+
+def _locs(ks: KernelSource) -> list[str]:
+    doc = re.search(r'^    """[^:"]*: (.*)"""$', ks.source, re.M)
+    return doc.group(1).split(", ") if doc else []
+
+
+def _configs(members: list[KernelSource], totals: list[tuple[int, int]], target: Any
+             ) -> list[schedule.Config]:
+    return [schedule.pointwise(p, r, target, elem_bytes(ks))
+            for ks, (p, r) in zip(members, totals, strict=True)]
+
+
+def _blocks(cfg: schedule.Config, p: int, r: int) -> int:
+    return math.ceil(p / cfg.block_p) * math.ceil(r / cfg.block_r) if p and r else 0
+
+
+def _values(cfgs: list[schedule.Config], use_i64: bool) -> tuple[dict, dict]:
+    consts: dict[str, Any] = {}
+    for j, cfg in enumerate(cfgs):
+        suffix = "" if j == 0 else f"_{j}"
+        consts[f"BLOCK_P{suffix}"], consts[f"BLOCK_R{suffix}"] = cfg.block_p, cfg.block_r
+    consts["USE_I64"] = use_i64
+    return consts, {"num_warps": max(c.num_warps for c in cfgs), "num_stages": 1}
+
+
+def launch(prog: Any, launch: Launch, tensors: list[Any], args: tuple,
+           sizes: dict[tuple, int], device: Any) -> None:
+    members = launch.ks.segments
+    assert members is not None
+    totals = [(math.prod(sizes[ks.class_global[c]] for c in ks.p_classes),
+               math.prod(sizes[ks.class_global[c]] for c in ks.r_classes)) for ks in members]
+    key = tuple(totals)
+    got = launch.configs.get(key)
+    if got is None:
+        cfgs = _configs(members, totals, prog.target)
+        blocks = [_blocks(cfg, p, r) for cfg, (p, r) in zip(cfgs, totals, strict=True)]
+        use_i64 = any(p * r >= 2**31 - 1 for p, r in totals)
+        got = launch.configs.put(key, (cfgs, blocks, use_i64))
+    cfgs, blocks, use_i64 = got
+    if not sum(blocks):
+        return
+    consts, opts = _values(cfgs, use_i64 or needs_i64(tensors))
+    bounds = tuple(sum(blocks[:j]) for j in range(1, len(blocks)))
+    prog.run_variant(launch, "main", (sum(blocks),), consts, opts, device, (*args, *bounds))
+
+
+def compile(ctx: AotContext, ks: KernelSource) -> list[KernelArtifact]:
+    members = ks.segments
+    assert members is not None
+    totals = [(math.prod(ctx.size(m, c) for c in m.p_classes),
+               math.prod(ctx.size(m, c) for c in m.r_classes)) for m in members]
+    cfgs = _configs(members, totals, ctx.target)
+    consts, opts = _values(cfgs, False)
+    sfx = ["" if j == 0 else f"_{j}" for j in range(len(members))]
+    grid = " + ".join(f"ceil(P{m.index} / BLOCK_P{x}) * ceil(R{m.index} / BLOCK_R{x})"
+                      for m, x in zip(members, sfx, strict=True))
+    return [ctx.build(ks, ks.name, consts, opts, (cfgs[0].block_p, cfgs[0].block_r), grid)]
+
+
+def _write(*_args: Any) -> KernelSource:
+    raise AssertionError("a plan kernel is never a segments kernel: merge() joins sources")
+
+
+KIND = Kind("segments", lambda k: getattr(k, "segments", None) is not None, _write, launch,
+            compile)
