@@ -105,6 +105,31 @@ def small_dims(draw: st.DrawFn) -> Edge:
     return Edge(f"def prog(x):\n    return {expr}\n", [_randn(draw, shape)])
 
 
+_ELEMENTWISE = ["exp({v})", "{v} * 2.0 + 1.0", "where({v} > 0.0, {v}, {v} * 0.5)",
+                "sigmoid({v})", "{v} * {v}"]
+
+
+@st.composite
+def independent_outputs(draw: st.DrawFn) -> Edge:
+    """Two to four outputs of unrelated shapes (odd, empty, unit, some sharing an input), each
+    elementwise math of its own inputs: the pointwise kernels the backend joins into one
+    launch (kinds/segments.py), each member writing only its own elements."""
+    n = draw(st.integers(2, 4))
+    shapes = [tuple(draw(st.sampled_from([0, 1, 3, 7, 33, 130]))
+                    for _ in range(draw(st.integers(1, 3)))) for _ in range(n)]
+    inputs = [_randn(draw, s) for s in shapes]
+    outs = []
+    for i in range(n):
+        expr = draw(st.sampled_from(_ELEMENTWISE)).format(v=f"x{i}")
+        if i and draw(st.booleans()):  # also reads an earlier output's input, broadcast
+            j = draw(st.integers(0, i - 1))
+            if shapes[j] == shapes[i]:
+                expr = f"{expr} + x{j}"
+        outs.append(expr)
+    params = ", ".join(f"x{i}" for i in range(n))
+    return Edge(f"def prog({params}):\n    return {', '.join(outs)}\n", inputs)
+
+
 @st.composite
 def non_finite_rows(draw: st.DrawFn) -> Edge:
     """Rows holding NaN, +inf or -inf (some rows wholly), reduced along either axis."""

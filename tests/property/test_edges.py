@@ -42,7 +42,8 @@ FAMILIES = {"softmax_into_matmul": E.softmax_into_matmul, "broadcast_views": E.b
             "float64_mixes": E.float64_mixes, "one_signed_rows": E.one_signed_rows,
             "prologue_contractions": E.prologue_contractions,
             "comparisons_with_ties": E.comparisons_with_ties, "column_sums": E.column_sums,
-            "sliced_reductions": E.sliced_reductions}
+            "sliced_reductions": E.sliced_reductions,
+            "independent_outputs": E.independent_outputs}
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

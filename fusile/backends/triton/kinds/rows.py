@@ -46,10 +46,26 @@ def config(ks: KernelSource, p_total: int, r_total: int, target: Any
     """The schedule's config for these row and column counts, and its grid."""
     if ks.kind == POINTWISE:
         cfg = schedule.pointwise(p_total, r_total, target, elem_bytes(ks))
-        return cfg, (math.ceil(p_total / cfg.block_p) * math.ceil(r_total / cfg.block_r),)
+        return cfg, (blocks(p_total, cfg.block_p) * blocks(r_total, cfg.block_r),)
     cfg = schedule.reduction(p_total, r_total, target, elem_bytes(ks), r_contiguous(ks),
                              ks.kind == ROW_COLUMNS)
-    return cfg, (math.ceil(p_total / cfg.block_p),)
+    return cfg, (blocks(p_total, cfg.block_p),)
+
+
+def blocks(total: int, block: int) -> int:
+    """Blocks along a grid axis, at least one: a kernel runs when an axis is empty only
+    for a result that does not span it (empty_grid), and its one block masks the rest."""
+    return max(1, math.ceil(total / block))
+
+
+def empty_grid(ks: KernelSource, tensors: list[Any], p_total: int, r_total: int) -> bool:
+    """Nothing to compute: the grid is empty (no rows; a pointwise kernel's empty rows) and
+    so is every result. A result that spans neither (a one-element value joined to a kernel
+    over an empty batch) still needs the kernel: it was left unwritten."""
+    empty = (p_total == 0 and ks.kind != ROW_COLUMNS) or \
+        (r_total == 0 and ks.kind == POINTWISE)
+    return empty and not any(t.numel() for t, ta in zip(tensors, ks.tensors, strict=True)
+                             if ta.is_output)
 
 
 def constexprs(cfg: schedule.Config, use_i64: bool) -> RowConstexprs:
@@ -77,13 +93,14 @@ def launch(prog: Any, launch: Launch, tensors: list[Any], args: tuple,
     ks, sized = launch.ks, launch.sized
     p_total = math.prod(sizes[sized[c]] for c in ks.p_classes)
     r_total = math.prod(sizes[sized[c]] for c in ks.r_classes)
-    if (p_total == 0 and ks.kind != ROW_COLUMNS) or (r_total == 0 and ks.kind == POINTWISE):
+    if empty_grid(ks, tensors, p_total, r_total):
         return  # nothing to write (an empty row still has its reduction: the identity)
     got = launch.configs.get((p_total, r_total))
     if got is None:
         cfg, grid = config(ks, p_total, r_total, prog.target)
         got = launch.configs.put((p_total, r_total), (
-            cfg, grid, cfg.looped and not r_contiguous(ks) and "split" in launch.fn))
+            cfg, grid, cfg.looped and not r_contiguous(ks) and "split" in launch.fn and
+            p_total > 0))
     cfg, grid, split = got
     use_i64 = p_total * r_total >= 2**31 - 1 or needs_i64(tensors)
     if ks.kind == ROW_COLUMNS:

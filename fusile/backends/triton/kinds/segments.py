@@ -25,7 +25,7 @@ from fusile.backends.triton.aot_build import AotContext, KernelArtifact
 from fusile.backends.triton.host import needs_i64
 from fusile.backends.triton.kernel_source import KernelSource, TensorArg
 from fusile.backends.triton.kinds.kind import Kind
-from fusile.backends.triton.kinds.rows import elem_bytes
+from fusile.backends.triton.kinds.rows import blocks, elem_bytes, empty_grid
 from fusile.backends.triton.tiled import Launch
 from fusile.lowering.partition import POINTWISE
 
@@ -139,8 +139,6 @@ def _configs(members: list[KernelSource], totals: list[tuple[int, int]], target:
             for ks, (p, r) in zip(members, totals, strict=True)]
 
 
-def _blocks(cfg: schedule.Config, p: int, r: int) -> int:
-    return math.ceil(p / cfg.block_p) * math.ceil(r / cfg.block_r) if p and r else 0
 
 
 def _values(cfgs: list[schedule.Config], use_i64: bool) -> tuple[dict, dict]:
@@ -158,19 +156,23 @@ def launch(prog: Any, launch: Launch, tensors: list[Any], args: tuple,
     assert members is not None
     totals = [(math.prod(sizes[ks.class_global[c]] for c in ks.p_classes),
                math.prod(sizes[ks.class_global[c]] for c in ks.r_classes)) for ks in members]
-    key = tuple(totals)
+    by_tid = {ta.tid: t for ta, t in zip(launch.ks.tensors, tensors, strict=True)}
+    runs = tuple(not empty_grid(ks, [by_tid[ta.tid] for ta in ks.tensors], p, r)
+                 for ks, (p, r) in zip(members, totals, strict=True))
+    if not any(runs):
+        return
+    key = (tuple(totals), runs)
     got = launch.configs.get(key)
     if got is None:
         cfgs = _configs(members, totals, prog.target)
-        blocks = [_blocks(cfg, p, r) for cfg, (p, r) in zip(cfgs, totals, strict=True)]
+        counts = [blocks(p, cfg.block_p) * blocks(r, cfg.block_r) if run else 0
+                  for cfg, (p, r), run in zip(cfgs, totals, runs, strict=True)]
         use_i64 = any(p * r >= 2**31 - 1 for p, r in totals)
-        got = launch.configs.put(key, (cfgs, blocks, use_i64))
-    cfgs, blocks, use_i64 = got
-    if not sum(blocks):
-        return
+        got = launch.configs.put(key, (cfgs, counts, use_i64))
+    cfgs, counts, use_i64 = got
     consts, opts = _values(cfgs, use_i64 or needs_i64(tensors))
-    bounds = tuple(sum(blocks[:j]) for j in range(1, len(blocks)))
-    prog.run_variant(launch, "main", (sum(blocks),), consts, opts, device, (*args, *bounds))
+    bounds = tuple(sum(counts[:j]) for j in range(1, len(counts)))
+    prog.run_variant(launch, "main", (sum(counts),), consts, opts, device, (*args, *bounds))
 
 
 def compile(ctx: AotContext, ks: KernelSource) -> list[KernelArtifact]:
