@@ -139,8 +139,6 @@ def _configs(members: list[KernelSource], totals: list[tuple[int, int]], target:
             for ks, (p, r) in zip(members, totals, strict=True)]
 
 
-
-
 def _values(cfgs: list[schedule.Config], use_i64: bool) -> tuple[dict, dict]:
     consts: dict[str, Any] = {}
     for j, cfg in enumerate(cfgs):
