@@ -107,7 +107,8 @@ def _flops(n: float) -> str:
 
 
 def build(function: str, report: PlanReport, target: Target, sixteen_bit: bool,
-          measured_ms: list[float | None] | None = None) -> Explanation:
+          measured_ms: list[float | None] | None = None,
+          joined: list[list[int]] | None = None) -> Explanation:
     kernels = []
     for i, k in enumerate(report.kernels):
         ms = None if measured_ms is None else measured_ms[i]
@@ -121,7 +122,8 @@ def build(function: str, report: PlanReport, target: Target, sixteen_bit: bool,
             k.flops / max(1, nbytes), 1e6 * max(t_mem, t_flop),
             "memory" if t_mem >= t_flop else "compute",
             None if ms is None else ms * 1e3))
-    notes = []
+    notes = [f"(kernels {', '.join(map(str, group))} run as one launch: independent "
+             f"pointwise kernels, FUSILE_HORIZONTAL)" for group in joined or []]
     if measured_ms is not None and None in measured_ms:
         notes.append("(kernels without a measured time ran in the launch of the kernel "
                      "before them: independent pointwise kernels share one, timed together)")

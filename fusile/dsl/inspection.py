@@ -66,6 +66,7 @@ class Inspection:
         indices), `target=` with a value that is not a str is that argument."""
         import torch
 
+        from fusile import config
         from fusile import explain as ex
         from fusile.backends import targets
         from fusile.dsl.signature import concrete_shape
@@ -83,8 +84,11 @@ class Inspection:
             on_gpu = device is not None and device.type == "cuda"
             t = (targets.for_device(device) if on_gpu else targets.this_cpu()
                  if target == "auto" else targets.get("h100"))
-        report = plan_report(_plan_on(compiled, t, shapes), compiled.reference_graph, shapes,
-                             compiled.names)
+        plan = _plan_on(compiled, t, shapes)
+        report = plan_report(plan, compiled.reference_graph, shapes, compiled.names)
+        joined = [] if t.backend == "mlir-cpu" else [  # kernels a GPU launches together
+            [m.index for m in ks.segments] for ks in compiled.triton(
+                "gpu", config.get("tf32"), plan is compiled.plan)[1] if ks.segments]
         measured = None
         if measure:
             if device is None or device.type != "cuda":
@@ -100,7 +104,7 @@ class Inspection:
         sixteen = any(getattr(p, "dtype", None) is not None and p.dtype.bits == 16
                       for p in compiled.typed.param_types)
         return ex.build(self.__name__ if hasattr(self, "__name__") else
-                        self.__fusile_funcdef__.name, report, t, sixteen, measured)
+                        self.__fusile_funcdef__.name, report, t, sixteen, measured, joined)
 
     def triton(self, *args: Any, target: Any = "auto", **kwargs: Any) -> str:
         """The generated Triton source for these arguments, for `target` ("auto": the

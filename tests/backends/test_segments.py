@@ -110,3 +110,11 @@ def test_rope_q_and_k_cross_compile_as_one_kernel(target: str) -> None:
                                  partial=False, backward=False)
     (k,) = art.kernels
     assert k.spills == 0 and "(one launch)" in k.asm["triton"], k.summary()
+
+
+def test_explain_says_which_kernels_share_a_launch() -> None:
+    a, b, c = _rand(3, 5), _rand(7), _rand(2, 3, 4)
+    text = str(_fn(THREE).explain(a, b, c, target="h100"))
+    assert "3 kernel(s)" in text and "(kernels 0, 1, 2 run as one launch" in text
+    with config.override(horizontal=False):
+        assert "one launch" not in str(_fn(THREE).explain(a, b, c, target="h100"))
