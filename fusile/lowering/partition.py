@@ -121,8 +121,12 @@ def partition(graph: Graph, flash: bool = True) -> Plan:
             home[gi] = len(groups) - 1
             continue
         for gidx in range(earliest, len(groups)):
-            open_ = kinds[gidx] is None or groups[gidx].dot is not None or \
-                groups[gidx].grad is not None
+            # a tiled kernel takes epilogues only: generics that read what it computes (one
+            # that does not, a one-element value say, would run per tile, or never when
+            # the tiles are empty)
+            tiled = groups[gidx].dot is not None or groups[gidx].grad is not None
+            open_ = kinds[gidx] is None or (tiled and any(
+                t in groups[gidx].produced for t in node.inputs))
             if open_ and _add_with_producers(groups[gidx], gi, graph, producer, home, gidx,
                                              deferred):
                 home[gi] = gidx

@@ -246,17 +246,18 @@ def test_outputs_of_unrelated_shapes_on_the_gpu() -> None:
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("src,x_shape,y_shape", [
-    ("def f(x, y):\n    return x + y, exp(y)\n", (0, 7), (7,)),
-    ("def f(x, y):\n    return exp(x), exp(y)\n", (0,), (1,)),
-    ("def f(x, y):\n    return sum(x, axis=-1), exp(y)\n", (0, 7), (1,)),
+@pytest.mark.parametrize("src,shapes", [
+    ("def f(x, y):\n    return x + y, exp(y)\n", [(0, 7), (7,)]),
+    ("def f(x, y):\n    return exp(x), exp(y)\n", [(0,), (1,)]),
+    ("def f(x, y):\n    return sum(x, axis=-1), exp(y)\n", [(0, 7), (1,)]),
+    ("def f(x, w, y):\n    return x @ w, exp(y)\n", [(0, 5), (5, 3), (1,)]),
 ])
-def test_a_result_beside_an_empty_grid_is_written(device: str, src: str, x_shape: tuple,
-                                                  y_shape: tuple) -> None:
-    """exp(y) joins the kernel over x (it spans fewer of its axes); over an empty x the
-    kernel was skipped as having nothing to write, and exp(y) came back uninitialised."""
+def test_a_result_beside_an_empty_grid_is_written(device: str, src: str, shapes: list) -> None:
+    """exp(y) joins the kernel over x (it spans fewer of its axes; a matmul's, though it is
+    no epilogue); over an empty x the kernel was skipped as having nothing to write, and
+    exp(y) came back uninitialised."""
     fn = _fn(src)
-    x, y = _rand(*x_shape, device=device), _rand(*y_shape, device=device)
-    first, second = fn(x, y)
+    args = [_rand(*s, device=device) for s in shapes]
+    first, second = fn(*args)
     assert first.numel() == 0
-    assert_close(second, y.double().exp(), torch.float32)
+    assert_close(second, args[-1].double().exp(), torch.float32)
