@@ -261,3 +261,21 @@ def test_a_result_beside_an_empty_grid_is_written(device: str, src: str, shapes:
     first, second = fn(*args)
     assert first.numel() == 0
     assert_close(second, args[-1].double().exp(), torch.float32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_attention_over_no_keys_is_zero_and_over_masked_keys_nan(device: str) -> None:
+    """softmax(q @ k.T) @ v with no keys is 0 in torch (a matmul over an empty axis); the
+    flash kernel divided its empty sum by zero (NaN). A row whose keys are all masked stays
+    NaN, as torch's softmax of -inf makes it."""
+    fn = _fn("def f(q, k, v):\n    return softmax(q @ k.T, axis=-1) @ v\n")
+    q, k, v = _rand(3, 8, device=device), _rand(0, 8, device=device), _rand(0, 8, device=device)
+    assert torch.equal(fn(q, k, v).cpu(), torch.zeros(3, 8))
+    masked = _fn("def f(q, k, v, m):\n    return softmax(where(m, q @ k.T, -inf), axis=-1) @ v\n")
+    k, v = _rand(5, 8, device=device), _rand(5, 8, device=device)
+    m = torch.ones(3, 5, dtype=torch.bool, device=device)
+    m[1] = False
+    out = masked(q, k, v, m).cpu()
+    assert torch.isnan(out[1]).all() and not torch.isnan(out[[0, 2]]).any()
+    ref = torch.softmax(q.double() @ k.double().T, dim=-1) @ v.double()
+    assert_close(out[[0, 2]], ref[[0, 2]].cpu(), torch.float32, scale=4)

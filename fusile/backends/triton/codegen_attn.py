@@ -211,13 +211,15 @@ class AttnWriter(TileEmitter):
         """O = acc / l_i and what the kernel stores of it and of the row statistics (m_i in
         base 2, l_i), over the row block's rows (offs_m) and value dims (offs_e)."""
         a = self.attn
-        LI, E = self.cname[self.i], self.cname[self.e]
+        LI, LJ, E = self.cname[self.i], self.cname[self.j], self.cname[self.e]
         out = top.child()
         self.frame("o")
         for line in ("oi = offs_m[:, None]", "oe = offs_e[None, :]", mask("oi", LI, "[BLOCK_M, 1]"),
                      head_mask("oe", E, "[1, BLOCK_E]"), "mask_o = mask_oi & mask_oe",
                      "l_i = tl.where(mask_oi, l_i, 1.0)  # rows past the end: no 0 / 0",
-                     "o = acc / l_i"):
+                     # no keys at all: 0, as torch's matmul over the empty key axis (a row
+                     # whose keys are all masked stays 0 / 0 = NaN, as torch's softmax)
+                     f"o = acc / tl.where({LJ} > 0, l_i, 1.0)"):
             out.emit(line)
         for v, ax in (("oi", "p"), ("oe", "r"), ("o", "pr"), ("m_i", "p"), ("l_i", "p")):
             out.tile(v, frozenset(ax))
