@@ -23,9 +23,43 @@ def interpreting() -> Iterator[None]:
 
     import numpy as np
 
+    _round_bf16_in_the_interpreter()
     with _INTERPRETER_LOCK, np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.filterwarnings("ignore", "All-NaN (slice|axis) encountered", RuntimeWarning)
         yield
+
+
+_ROUNDING = [False]  # the interpreter's float32 -> bf16 cast is wrapped (once)
+
+
+def _round_bf16_in_the_interpreter() -> None:
+    """The Triton interpreter casts float32 to bf16 by truncation (its cast_impl passes no
+    rounding mode), where GPUs and torch round to nearest even: every bf16 result came out
+    up to an ulp toward zero. Wrap its cast once, where its builder has the shape known here
+    (a Triton that changed it keeps its own)."""
+    if _ROUNDING[0]:
+        return
+    _ROUNDING[0] = True
+    try:
+        import numpy as np
+        import triton.language as tl
+        from triton.runtime import interpreter as itp
+
+        builder, handle, original = (itp.InterpreterBuilder, itp.TensorHandle,
+                                     itp.InterpreterBuilder.cast_impl)
+    except (ImportError, AttributeError):
+        return
+
+    def cast_impl(self: Any, src: Any, dst_type: Any) -> Any:
+        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
+            f = np.asarray(src.data, dtype=np.float32)
+            bits = f.view(np.uint32)
+            up = np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))  # ties to even
+            out = ((bits + up) >> np.uint32(16)).astype(np.uint16)
+            return handle(np.where(np.isnan(f), np.uint16(0x7FC0), out), dst_type.scalar)
+        return original(self, src, dst_type)
+
+    builder.cast_impl = cast_impl
 
 
 # Triton's default (a * b + c contracts to one fma), said explicitly: Triton 3.9 warns on
