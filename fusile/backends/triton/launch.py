@@ -5,6 +5,7 @@ its own (kinds/)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -29,17 +30,12 @@ def interpreting() -> Iterator[None]:
         yield
 
 
-_ROUNDING = [False]  # the interpreter's float32 -> bf16 cast is wrapped (once)
-
-
+@functools.cache
 def _round_bf16_in_the_interpreter() -> None:
     """The Triton interpreter casts float32 to bf16 by truncation (its cast_impl passes no
     rounding mode), where GPUs and torch round to nearest even: every bf16 result came out
     up to an ulp toward zero. Wrap its cast once, where its builder has the shape known here
     (a Triton that changed it keeps its own)."""
-    if _ROUNDING[0]:
-        return
-    _ROUNDING[0] = True
     try:
         import numpy as np
         import triton.language as tl

@@ -154,11 +154,13 @@ def launch(prog: Any, launch: Launch, tensors: list[Any], args: tuple,
     assert members is not None
     totals = [(math.prod(sizes[ks.class_global[c]] for c in ks.p_classes),
                math.prod(sizes[ks.class_global[c]] for c in ks.r_classes)) for ks in members]
-    by_tid = {ta.tid: t for ta, t in zip(launch.ks.tensors, tensors, strict=True)}
-    runs = tuple(not empty_grid(ks, [by_tid[ta.tid] for ta in ks.tensors], p, r)
-                 for ks, (p, r) in zip(members, totals, strict=True))
-    if not any(runs):
-        return
+    runs = (True,) * len(members)
+    if not all(p and r for p, r in totals):  # an empty member may still have a result
+        by_tid = {ta.tid: t for ta, t in zip(launch.ks.tensors, tensors, strict=True)}
+        runs = tuple(not empty_grid(ks, [by_tid[ta.tid] for ta in ks.tensors], p, r)
+                     for ks, (p, r) in zip(members, totals, strict=True))
+        if not any(runs):
+            return
     key = (tuple(totals), runs)
     got = launch.configs.get(key)
     if got is None:
