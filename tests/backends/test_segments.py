@@ -16,13 +16,6 @@ from tests.numerics import assert_close
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
-@pytest.fixture(autouse=True)
-def _triton_on_the_cpu():
-    """CPU tensors run the Triton interpreter here (by default they run mlir-cpu, which has
-    no kernels to join)."""
-    with config.override(target="cpu"):
-        yield
-
 THREE = "def f(a, b, c):\n    return exp(a), b * 2.0, c + 1.0\n"
 # the second kernel reads y, which the first writes: they must stay two launches
 CHAINED = "def f(x):\n    y = exp(x) * 2.0\n    return y, y.T + y\n"

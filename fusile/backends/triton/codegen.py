@@ -56,7 +56,9 @@ class RowWriter(TileEmitter):
             self.sizes(s)
         self.program_id(s, block or "tl.program_id(0)")
         if pointwise:
-            s.emit("blocks_r = (R + BLOCK_R - 1) // BLOCK_R")
+            # at least 1: a kernel runs over empty rows for a result that spans neither axis
+            # (rows.empty_grid), and a GPU's pid // 0 is garbage, not a trap
+            s.emit("blocks_r = tl.maximum((R + BLOCK_R - 1) // BLOCK_R, 1)")
             s.emit("offs_p = (pid // blocks_r) * BLOCK_P + tl.arange(0, BLOCK_P)[:, None]")
         else:
             s.emit("offs_p = pid * BLOCK_P + tl.arange(0, BLOCK_P)[:, None]")
