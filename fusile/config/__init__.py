@@ -89,6 +89,12 @@ KNOBS: dict[str, Knob] = {
         "flash attention kernels hold head dims up to this on chip (0: 256 on a GPU, no limit "
         "on the interpreter); a call with a wider one runs the plan without flash kernels",
     ),
+    "ce_chunk_mib": Knob(
+        "FUSILE_CE_CHUNK_MIB", int, lambda: 256,
+        "linear cross-entropy: MiB of logits one chunk of rows may hold (its gradient as "
+        "much again); up to 1024 rows, as a weight-gradient matmul over fewer rows runs "
+        "below speed (0: Liger's rule, a chunk's logits about the input's size)",
+    ),
     "tune": Knob(
         "FUSILE_TUNE", _choice("on", "quiet", "off"), lambda: "on",
         "contraction configs: on (time candidates on first use of a shape, say so on stderr), "

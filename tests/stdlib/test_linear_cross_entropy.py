@@ -9,11 +9,35 @@ import torch
 import torch.nn.functional as F
 
 import fusile.stdlib as S
+from fusile import config
 from fusile.dsl.errors import SignatureError
 from fusile.stdlib.linear_cross_entropy import chunk_rows
 from tests.numerics import assert_close
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+@pytest.fixture(autouse=True)
+def _small_chunks():
+    """Liger's chunk rule: these sizes then take several chunks (the default's 256 MiB holds
+    any of them in one)."""
+    with config.override(ce_chunk_mib=0):
+        yield
+
+
+def test_chunks_are_as_deep_as_memory_allows() -> None:
+    """Up to 1024 rows (the d weight matmul's depth) within 256 MiB of logits; never fewer
+    than Liger's rule; no more rows than there are (a power of two)."""
+    with config.override(ce_chunk_mib=256):
+        assert chunk_rows(8192, 4096, 128256) == 1024  # Liger's rule: 256
+        assert chunk_rows(8192, 4096, 256000) == 512
+        assert chunk_rows(8192, 4096, 128256, itemsize=4) == 512
+        assert chunk_rows(300, 4096, 128256) == 512
+        assert chunk_rows(8192, 64, 128256) == 1024  # Liger's rule: 64
+        assert chunk_rows(8192, 8192, 4096) == 8192  # Liger's rule: a chunk of the input
+    with config.override(ce_chunk_mib=1):
+        assert chunk_rows(8192, 4096, 128256) == 256  # 4 rows fit: Liger's rule stands
+    assert chunk_rows(8192, 4096, 128256) == 256
 
 
 def reference(h, w, t, b=None, softcap=None, **kw):
