@@ -263,6 +263,24 @@ def test_a_result_beside_an_empty_grid_is_written(device: str, src: str, shapes:
     assert_close(second, args[-1].double().exp(), torch.float32)
 
 
+def test_an_integer_division_by_zero_raises_on_the_interpreter(monkeypatch) -> None:
+    """The pointwise prologue once divided the program id by 0 blocks over empty rows: 0 on
+    the interpreter, garbage on a GPU (an illegal address there). The interpreter now raises
+    on any integer division by zero; planted back, the old prologue must fail here."""
+    from fusile.backends.triton import scope
+
+    emit = scope.Scope.emit
+
+    def old_prologue(self, line, *rest, **kw):
+        return emit(self, line.replace("tl.maximum((R + BLOCK_R - 1) // BLOCK_R, 1)",
+                                       "(R + BLOCK_R - 1) // BLOCK_R"), *rest, **kw)
+
+    monkeypatch.setattr(scope.Scope, "emit", old_prologue)
+    fn = _fn("def f(x, y):\n    return exp(x) - 1.0, exp(y) - 1.0\n")
+    with config.override(target="cpu"), pytest.raises(Exception, match="division by zero"):
+        fn(_rand(0), _rand(1))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_attention_over_no_keys_is_zero_and_over_masked_keys_nan(device: str) -> None:
     """softmax(q @ k.T) @ v with no keys is 0 in torch (a matmul over an empty axis); the

@@ -25,6 +25,7 @@ def interpreting() -> Iterator[None]:
     import numpy as np
 
     _round_bf16_in_the_interpreter()
+    _trap_integer_division_by_zero()
     with _INTERPRETER_LOCK, np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.filterwarnings("ignore", "All-NaN (slice|axis) encountered", RuntimeWarning)
         yield
@@ -56,6 +57,36 @@ def _round_bf16_in_the_interpreter() -> None:
         return original(self, src, dst_type)
 
     builder.cast_impl = cast_impl
+
+
+@functools.cache
+def _trap_integer_division_by_zero() -> None:
+    """An integer division or remainder by zero is garbage on a GPU (no trap: a pointwise
+    kernel over empty rows once divided its program id by 0 blocks, and the garbage offset
+    passed its mask: an illegal address), and numpy's 0 here, silenced with the float
+    warnings. The interpreter raises instead, so the CPU tests see it."""
+    try:
+        import numpy as np
+        from triton.runtime import interpreter as itp
+
+        builder = itp.InterpreterBuilder
+        wrapped = {name: getattr(builder, name)
+                   for name in ("create_idiv", "create_srem", "create_urem")}
+    except (ImportError, AttributeError):
+        return
+
+    def trap(name: str, original: Any) -> Any:
+        def op(self: Any, lhs: Any, rhs: Any) -> Any:
+            data = np.asarray(rhs.data)
+            if data.dtype.kind in "iu" and not data.all():
+                what = "division" if name == "create_idiv" else "remainder"
+                raise ZeroDivisionError(f"integer {what} by zero in a kernel (garbage on a "
+                                        f"GPU, where nothing traps it)")
+            return original(self, lhs, rhs)
+        return op
+
+    for name, original in wrapped.items():
+        setattr(builder, name, trap(name, original))
 
 
 # Triton's default (a * b + c contracts to one fma), said explicitly: Triton 3.9 warns on
