@@ -9,10 +9,7 @@ import fusile.samples as S
 from fusile import fused
 from fusile.backends.triton.kinds import kind_of, rows
 from fusile.stdlib import kernels as K
-
-
-def _kernels(fn, *args):
-    return fn.compiled(*args).triton("gpu", False)[1]
+from tests.kernels import kernel_sources as _kernels
 
 
 def test_each_kernel_goes_to_the_kind_that_writes_it() -> None:

@@ -7,10 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-import fusile
 from fusile import bf16, config
 from fusile.backends.triton.kinds import kind_of
 from fusile.stdlib.rope import apply_rotary_pos_emb, rope_halves_qk
+from tests.kernels import kernel_sources as _kernels
+from tests.kernels import program as _fn
+from tests.kernels import rand as _rand
 from tests.numerics import assert_close
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
@@ -19,18 +21,6 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 THREE = "def f(a, b, c):\n    return exp(a), b * 2.0, c + 1.0\n"
 # the second kernel reads y, which the first writes: they must stay two launches
 CHAINED = "def f(x):\n    y = exp(x) * 2.0\n    return y, y.T + y\n"
-
-
-def _fn(src: str) -> fusile.FusedFunction:
-    return fusile.from_source(src, filename="prog.py")
-
-
-def _kernels(fn, *args):
-    return fn.compiled(*args).triton("gpu", False)[1]
-
-
-def _rand(*shape: int, device: str = "cpu") -> torch.Tensor:
-    return torch.randn(shape, dtype=torch.float64).float().to(device)
 
 
 @pytest.mark.parametrize("device", DEVICES)

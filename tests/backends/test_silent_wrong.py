@@ -10,17 +10,11 @@ import torch
 
 import fusile
 from fusile import config
+from tests.kernels import program as _fn
+from tests.kernels import rand as _rand
 from tests.numerics import assert_close
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
-
-
-def _fn(src: str) -> fusile.FusedFunction:
-    return fusile.from_source(src, filename="prog.py")
-
-
-def _rand(*shape: int, device: str = "cpu") -> torch.Tensor:
-    return torch.randn(shape, dtype=torch.float64).float().to(device)
 
 
 @pytest.mark.parametrize("device", DEVICES)
