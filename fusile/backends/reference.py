@@ -124,7 +124,8 @@ def _loop_extents(node: Generic, env: dict[int, Any]) -> list[int]:
         shape = np.shape(env[operand])
         for axis, e in enumerate(m):
             if e is not None:
-                extents[e] = max(extents[e], shape[axis]) if extents[e] == 1 else extents[e]
+                # a size-1 operand broadcasts; an empty one (0) sets the extent as any does
+                extents[e] = shape[axis] if extents[e] == 1 else extents[e]
     return extents
 
 
@@ -180,6 +181,8 @@ def _reduce_fast(node: Generic, env: dict[int, Any], ins: list[Any], inits: list
             return None
         plan.append((op, other))
     red = tuple(node.reduction_loops)
+    if any(ext[d] == 0 for d in red):  # nothing to combine: each result is its init
+        return list(inits)            # (numpy's max of an empty axis raises)
     local = dict(env)
     for bid, a in zip(node.block_args, [*ins, *inits], strict=True):
         local[bid] = a

@@ -161,3 +161,26 @@ def test_inlining_composes_fused_functions() -> None:
     x, r, w = rnd(4, 32), rnd(4, 32), rnd(32)
     y, h = P.add_rms_norm_ref(x, r, w)
     assert_close(block(x, r, w), P.swiglu_ref(y, h))
+
+
+@pytest.mark.parametrize("src,shapes,want", [
+    # a result that spans fewer loops than an empty one: the loop's extent was taken as 1
+    ("def f(x, y):\n    return x + y, exp(y) * 2.0\n", [(0, 7), (7,)],
+     lambda x, y: (x + y, y.exp() * 2)),
+    # reductions over an empty axis are their identity (numpy's max of nothing raised)
+    ("def f(x):\n    return softmax(x, axis=-1)\n", [(3, 0)], lambda x: (x,)),
+    ("def f(x):\n    return sum(x, axis=(1, 2)), max(x, axis=0)\n", [(4, 3, 0)],
+     lambda x: (x.sum((1, 2)), x.amax(0))),
+    ("def f(q, k, v):\n    return softmax(q @ k.T, axis=-1) @ v\n", [(3, 8), (0, 8), (0, 8)],
+     lambda q, k, v: (torch.zeros(3, 8, dtype=torch.float64),)),
+])
+def test_empty_axes_as_torch(src: str, shapes: list, want) -> None:
+    """The float64 oracle over empty axes: what torch gives, where it crashed in numpy."""
+    fn = fusile.from_source(src, filename="prog.py")
+    args = [rnd(*s) for s in shapes]
+    with fusile.config.override(target="reference"):
+        got = fn(*args)
+    got = got if isinstance(got, tuple) else (got,)
+    for g, w in zip(got, want(*(a.double() for a in args)), strict=True):
+        assert g.shape == w.shape
+        assert torch.allclose(g.double(), w, rtol=1e-6, atol=1e-6)

@@ -61,10 +61,13 @@ def _round_bf16_in_the_interpreter() -> None:
 
 @functools.cache
 def _trap_integer_division_by_zero() -> None:
-    """An integer division or remainder by zero is garbage on a GPU (no trap: a pointwise
-    kernel over empty rows once divided its program id by 0 blocks, and the garbage offset
-    passed its mask: an illegal address), and numpy's 0 here, silenced with the float
-    warnings. The interpreter raises instead, so the CPU tests see it."""
+    """An integer division or remainder by zero is garbage on a GPU (no trap) and numpy's 0
+    here, silenced with the float warnings. Of a program-level scalar it poisons every
+    offset a program computes (a pointwise kernel over empty rows once divided its program
+    id by 0 blocks, and the garbage offset passed its mask: an illegal address), so the
+    interpreter raises on it and the CPU tests see it. A tile's division by an empty axis's
+    size (unflattening the row index over empty rows) is left alone: every lane it feeds is
+    masked off by the offsets' own bounds check."""
     try:
         import numpy as np
         from triton.runtime import interpreter as itp
@@ -77,8 +80,9 @@ def _trap_integer_division_by_zero() -> None:
 
     def trap(name: str, original: Any) -> Any:
         def op(self: Any, lhs: Any, rhs: Any) -> Any:
-            data = np.asarray(rhs.data)
-            if data.dtype.kind in "iu" and not data.all():
+            data, left = np.asarray(rhs.data), np.asarray(lhs.data)
+            if data.dtype.kind in "iu" and left.ndim <= 1 and left.size == 1 and \
+                    not data.all():
                 what = "division" if name == "create_idiv" else "remainder"
                 raise ZeroDivisionError(f"integer {what} by zero in a kernel (garbage on a "
                                         f"GPU, where nothing traps it)")
