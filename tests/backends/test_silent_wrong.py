@@ -276,6 +276,19 @@ def test_an_integer_division_by_zero_raises_on_the_interpreter(monkeypatch) -> N
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(4, 3, 0), (4, 0, 3), (3, 0, 0)])
+def test_a_reduction_over_several_axes_one_empty(device: str, shape: tuple) -> None:
+    """Rows of no elements unflattened over an empty class divide by its size 0 in lanes
+    that are all masked off: the sum is 0 (and the interpreter's division trap, meant for
+    program-level scalars, must not fire)."""
+    fn = _fn("def f(x, y):\n    return sum(x, axis=(1, 2)), exp(y)\n")
+    x, y = _rand(*shape, device=device), _rand(5, device=device)
+    total, e = fn(x, y)
+    assert torch.equal(total.cpu(), torch.zeros(shape[0]))
+    assert_close(e, y.double().exp(), torch.float32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_attention_over_no_keys_is_zero_and_over_masked_keys_nan(device: str) -> None:
     """softmax(q @ k.T) @ v with no keys is 0 in torch (a matmul over an empty axis); the
     flash kernel divided its empty sum by zero (NaN). A row whose keys are all masked stays
