@@ -46,7 +46,8 @@ def attention_fwd(q: Tensor[..., "L", "D"], k: Tensor[..., "K", "D"], v: Tensor[
     # query row i sees key j when (causal: j <= i + off) and (window: i + off - j < window);
     # ragged: the first lens[b] keys of sequence b are its cache, and its rows end there;
     # fold: one query per head, the rows are a K/V head's query heads, all at the last position;
-    # masked: and where the boolean mask is true (a row it leaves no key gets zeros, as sdpa)
+    # masked: and where the boolean mask is true. A row left no key (by the mask, the causal
+    # mask of more queries than keys, or a short cache) gets zeros, as in sdpa and FlashAttention
     n = lens[:, None, None, None, None] if ragged else size(k, -2)
     i = n - 1 if fold else arange(size(q, -2))[:, None] + (n - size(q, -2))
     j = arange(size(k, -2))[None, :]
@@ -59,7 +60,8 @@ def attention_fwd(q: Tensor[..., "L", "D"], k: Tensor[..., "K", "D"], v: Tensor[
     s = where(keep, where(masked, where(mask, s, -inf), s), -inf)
     lse = logsumexp(s, axis=-1)
     o = softmax(s, axis=-1) @ v
-    return astype(where(masked, where(lse[..., None] == -inf, 0.0, o), o), q), lse
+    empty = masked | causal | ragged  # rows may see no key: their lse is -inf
+    return astype(where(empty, where(lse[..., None] == -inf, 0.0, o), o), q), lse
 
 
 @fused
@@ -79,7 +81,8 @@ def attention_bwd(q: Tensor[..., "L", "D"], k: Tensor[..., "K", "D"], v: Tensor[
     s = where(capped, cap * t, s)
     slope = slopes[:, None, :, None] if fold else slopes[..., None, None]
     s = where(alibi, s - slope * abs(astype(i - j, s)), s)
-    m = where(masked, where(lse == -inf, 0.0, lse), lse)  # a row that sees no key: p = 0
+    empty = masked | causal | ragged
+    m = where(empty, where(lse == -inf, 0.0, lse), lse)  # a row that sees no key: p = 0
     p = exp(where(keep, where(masked, where(mask, s, -inf), s), -inf) - m[..., None])
     ds = p * (do @ v.T - delta[..., None])
     ds = where(capped, ds * (1 - t * t), ds) * scale
@@ -169,12 +172,14 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
     cache_seqlens: (batch,) int32 or int64, for a KV cache longer than what it holds (a
     static cache): sequence b attends to its first cache_seqlens[b] keys only (which include
     this step's q_len new ones, already written to the cache), and the causal mask, window
-    and ALiBi positions align its rows to that end (kv_len above reads cache_seqlens[b]). A
-    query row that then sees no key gets NaN (the log-sum-exp of no scores).
+    and ALiBi positions align its rows to that end (kv_len above reads cache_seqlens[b]).
 
     mask: boolean, (batch or 1, heads or 1, q_len or 1, kv_len), True where a query may see a
     key (sdpa's boolean attn_mask, such as a padding mask), on top of the other masks. It is
-    read tile by tile in the flash kernels; a row it leaves no key gets zeros, as in sdpa."""
+    read tile by tile in the flash kernels.
+
+    A query row left no key (by the mask, by a causal mask over more queries than keys, or
+    by a short cache) gets zeros, as in sdpa and FlashAttention, and no gradient."""
     same_device("attention", q, k, v, alibi_slopes)
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise SignatureError("fusile.stdlib.attention: q, k and v must be (batch, heads, seq, "

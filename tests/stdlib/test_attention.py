@@ -43,7 +43,9 @@ def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
         keep &= j <= i
     if window:
         keep &= i - j < window
-    return torch.softmax(s.masked_fill(~keep, float("-inf")), -1) @ v
+    # a row left no key is zeros, as in sdpa and FlashAttention (torch.softmax gives NaN)
+    p = torch.softmax(s.masked_fill(~keep, float("-inf")), -1).nan_to_num(0.0)
+    return p @ v
 
 
 CASES = {  # name -> (q heads, kv heads, q_len, kv_len, d, e, options)
@@ -381,6 +383,24 @@ def test_gpu_tiles_stay_in_bounds(tile: tuple[int, int], monkeypatch: pytest.Mon
             out = attention(q, k, v, **opts)
             out.backward(torch.randn_like(out))
             ref = reference(q.detach(), k.detach(), v.detach(), **opts)
-            rows = torch.isfinite(ref).all(-1)  # rows that see a key (else NaN, as in torch)
-            assert_close(out[rows], ref[rows], torch.float32, scale=4)
+            assert_close(out, ref, torch.float32, scale=4)  # rows that see no key: zeros
     assert len(launched) >= 3 * len(cases)
+
+
+def test_rows_that_see_no_key_are_zeros_with_no_gradient() -> None:
+    """A row left no key, by a short cache (cache_seqlens) or a causal mask over more queries
+    than keys, is zeros as in sdpa and FlashAttention (it was NaN), and passes no gradient."""
+    torch.manual_seed(0)
+    q = torch.randn(2, 2, 3, 8, requires_grad=True)
+    k, v = (torch.randn(2, 1, 6, 8, requires_grad=True) for _ in range(2))
+    lens = torch.tensor([0, 2])
+    out = attention(q, k, v, causal=True, cache_seqlens=lens)
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), torch.randn_like(out))
+    assert not out[0].any()  # no cache at all
+    # sequence 1 holds 2 keys; its 3 query rows end there: row 0 sees none, rows 1-2 see 1-2
+    want = reference(q[1:].detach(), k[1:, :, :2].detach(), v[1:, :, :2].detach(), causal=True)
+    assert_close(out[1:], want, torch.float32, scale=4)
+    assert not out[1, :, 0].any()
+    assert not dq[0].any() and not dq[1, :, 0].any()
+    assert torch.isfinite(dk).all() and torch.isfinite(dv).all()
+    assert not dk[1, :, 2:].any()  # past the cache's end
