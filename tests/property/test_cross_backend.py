@@ -9,6 +9,7 @@ Profiles (tests/conftest.py): `ci` draws PROGRAMS_CI programs per property, dera
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -18,6 +19,7 @@ from hypothesis import HealthCheck, assume, given, settings
 import fusile
 from fusile import config
 from tests.backends.test_mlir_cpu import one_row_blocks
+from tests.bounds import checked
 from tests.property.programs import Program, programs
 from tests.property.tolerance import check
 from tests.property.torch_eval import evaluate
@@ -43,7 +45,8 @@ def _run(p: Program, device: str) -> None:
     # before compiling it, so a rejected draw costs little)
     assume(not any(_constant(t) for t in torch_refs))
     fn = fusile.from_source(p.source, filename="prog.py")
-    with config.override(max_row_block=p.max_row_block):
+    with config.override(max_row_block=p.max_row_block), \
+            checked() if device == "cpu" else contextlib.nullcontext():  # stray addresses
         out = fn(*args)
     ref = fn.reference(*args)
     outs = out if isinstance(out, tuple) else (out,)
