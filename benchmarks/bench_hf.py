@@ -41,6 +41,26 @@ def _model(family: str, layers: int, device: str, dtype, shape: dict):
     return model.train()
 
 
+def median_ms(step, steps: int, device: str) -> float:
+    """The median of `steps` calls of step(), in ms: CUDA-event times on a GPU."""
+    import torch
+
+    times = []
+    for _ in range(steps):
+        if device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            step()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            step()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return sorted(times)[len(times) // 2]
+
+
 def run_one(variant: str, family: str, layers: int, batch: int, seq: int, steps: int,
             device: str, shape: dict) -> dict:
     import torch
@@ -65,23 +85,10 @@ def run_one(variant: str, family: str, layers: int, batch: int, seq: int, steps:
 
     losses = [step() for _ in range(2)]  # compile, tune, allocate
     model.zero_grad(set_to_none=False)
-    times = []
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    for _ in range(steps):
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            step()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            step()
-            times.append((time.perf_counter() - t0) * 1e3)
-    ms = sorted(times)[len(times) // 2]
+    ms = median_ms(step, steps, device)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
     return {"variant": variant, "family": family, "ms": ms, "tokens_s": batch * seq / ms * 1e3,
             "peak_gib": peak, "loss": losses[0]}

@@ -19,9 +19,8 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 
-from benchmarks.bench_hf import SHAPE, TINY, _model
+from benchmarks.bench_hf import SHAPE, TINY, _model, median_ms
 
 VARIANTS = ("stock", "compile", "fusile", "fusile-compile", "fusile-graph")
 
@@ -67,21 +66,7 @@ def run_one(variant: str, family: str, layers: int, batch: int, prompt: int, ste
 
             def timed() -> None:
                 step()
-        times = []
-        for _ in range(steps):
-            if device == "cuda":
-                start = torch.cuda.Event(enable_timing=True)
-                end = torch.cuda.Event(enable_timing=True)
-                start.record()
-                timed()
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end))
-            else:
-                t0 = time.perf_counter()
-                timed()
-                times.append((time.perf_counter() - t0) * 1e3)
-    ms = sorted(times)[len(times) // 2]
+        ms = median_ms(timed, steps, device)
     return {"variant": variant, "family": family, "batch": batch, "prompt": prompt, "ms": ms,
             "tokens_s": batch / ms * 1e3, "graph_err": err,
             "logit": float(want[0, -1, :8].sum())}
