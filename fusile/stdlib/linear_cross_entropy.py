@@ -43,7 +43,7 @@ def chunk_rows(rows: int, hidden: int, vocab: int, itemsize: int = 2) -> int:
     which is the rule alone at FUSILE_CE_CHUNK_MIB=0."""
     per = max(1, math.ceil(vocab / max(hidden, 1)))
     rule = _pow2_at_least(math.ceil(rows / per))
-    room = (config.get("ce_chunk_mib") << 20) // max(1, vocab * itemsize)
+    room = (max(0, config.get("ce_chunk_mib")) << 20) // max(1, vocab * itemsize)
     wide = 1 << (min(room, _FULL_SPEED_ROWS).bit_length() - 1) if room else 0
     return min(_pow2_at_least(rows), max(rule, wide))
 
