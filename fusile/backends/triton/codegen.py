@@ -18,6 +18,15 @@ from fusile.lowering.partition import POINTWISE
 
 class RowWriter(TileEmitter):
     constexprs: tuple[str, ...] = RowConstexprs.names()
+    first_pid = "tl.program_id(0)"  # this kernel's first program (segment_member moves it)
+
+    def segment_member(self, size_base: int, j: int) -> None:
+        """Write this pointwise kernel as member j > 0 of a joined launch (kinds/segments.py):
+        its size parameters numbered from `size_base`, its tile BLOCK_P_j x BLOCK_R_j, its
+        program ids counted from SEGj, the first program of its range."""
+        self.cname = {c: f"n{size_base + i}" for i, c in enumerate(self.classes)}
+        self.blocks = (f"BLOCK_P_{j}", f"BLOCK_R_{j}")
+        self.first_pid = f"tl.program_id(0) - SEG{j}"
 
     def _order_classes(self) -> None:
         k = self.k
@@ -54,19 +63,20 @@ class RowWriter(TileEmitter):
         program's loop is at (P and R already emitted)."""
         if block is None:
             self.sizes(s)
-        self.program_id(s, block or "tl.program_id(0)")
+        self.program_id(s, block or self.first_pid)
+        bp, br = self.blocks
         if pointwise:
             # at least 1: a kernel runs over empty rows for a result that spans neither axis
             # (rows.empty_grid), and a GPU's pid // 0 is garbage, not a trap
-            s.emit("blocks_r = tl.maximum((R + BLOCK_R - 1) // BLOCK_R, 1)")
-            s.emit("offs_p = (pid // blocks_r) * BLOCK_P + tl.arange(0, BLOCK_P)[:, None]")
+            s.emit(f"blocks_r = tl.maximum((R + {br} - 1) // {br}, 1)")
+            s.emit(f"offs_p = (pid // blocks_r) * {bp} + tl.arange(0, {bp})[:, None]")
         else:
-            s.emit("offs_p = pid * BLOCK_P + tl.arange(0, BLOCK_P)[:, None]")
+            s.emit(f"offs_p = pid * {bp} + tl.arange(0, {bp})[:, None]")
         s.emit("mask_p = offs_p < P")
         self.unflatten(s, "offs_p", self.p_classes)
 
     def r_index(self, s: Scope, start: str) -> None:
-        s.emit(f"offs_r = {start}tl.arange(0, BLOCK_R)[None, :]")
+        s.emit(f"offs_r = {start}tl.arange(0, {self.blocks[1]})[None, :]")
         s.emit("mask_r = offs_r < R")
         s.emit("mask = mask_p & mask_r")
         self.unflatten(s, "offs_r", self.r_classes)
@@ -93,7 +103,7 @@ class RowWriter(TileEmitter):
         body = Scope.function()
         pointwise = self.k.kind == POINTWISE
         self.row_prologue(body, pointwise)
-        start = "(pid % blocks_r) * BLOCK_R + " if pointwise else ""
+        start = f"(pid % blocks_r) * {self.blocks[1]} + " if pointwise else ""
         self.r_index(body, start)
         for t in self.writes:
             self.store(t, body)

@@ -361,11 +361,15 @@ class TileEmitter:
         dtype = op.dtype if op is not None else self.g.arg_info[self.g.args.index(v)]
         return ": tl.float64" if dtype == f64 else ""
 
+    def scalar_params(self) -> dict[int, str]:
+        """The scalars the body read (collected as it was written): each one's parameter."""
+        return {v: f"a{v}{self._annotation(v)}" for v in self.scalars}
+
     def with_scalars(self, lines: list[str]) -> str:
-        """The kernel's text with the scalars its body read (collected as it was written) put
-        in each header's parameters."""
+        """The kernel's text with the scalars its body read put in each header's
+        parameters."""
         text = "\n".join(lines)
-        names = ", ".join(f"a{v}{self._annotation(v)}" for v in self.scalars)
+        names = ", ".join(self.scalar_params().values())
         return text.replace(f", {SCALARS}", f", {names}" if names else "").replace(
             f"{SCALARS}, ", f"{names}, " if names else "")
 

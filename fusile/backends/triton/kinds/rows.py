@@ -175,6 +175,21 @@ def compile(ctx: AotContext, ks: KernelSource) -> list[KernelArtifact]:
             for vname, vcfg, grid in variants]
 
 
+def segment_member(plan: Any, k: Any, family: str, names: dict[int, str], size_base: int,
+                   j: int) -> tuple[list[str], dict[int, str]]:
+    """Pointwise kernel k written as member j of a joined launch (kinds/segments.py): its
+    body (the lines after its docstring) and its scalars' parameters."""
+    w = RowWriter(plan, k, family, names)
+    if j:
+        w.segment_member(size_base, j)
+    tensors = [w.tensor_arg(t, False) for t in k.reads] + [w.tensor_arg(t, True)
+                                                          for t in k.writes]
+    lines = w.write_single(f"fusile_k{k.index}", tensors)
+    start = next(i for i, line in enumerate(lines) if line.startswith('    """')) + 1
+    body = "\n".join(lines[start:]).rstrip("\n").split("\n")
+    return body, w.scalar_params()
+
+
 # every kernel the others leave; its writer has no tf32 dots
 KIND = Kind("rows", lambda k: True,
             lambda plan, k, family, names, _tf32: RowWriter(plan, k, family, names).source(),

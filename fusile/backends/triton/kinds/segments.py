@@ -10,13 +10,15 @@ range of program ids holds its own:
 
 Each member keeps its own tile (BLOCK_P_j, BLOCK_R_j) and sizes; the launch takes the most
 warps any member's tile asks for. Saves a launch per member (on the host, and on the GPU the
-gap and tail between kernels), never bytes. Members are written by the rows writer as usual
-and joined here; `FUSILE_HORIZONTAL=0` launches them one by one."""
+gap and tail between kernels), never bytes. The rows writer writes each member under the
+joined kernel's names (RowWriter.segment_member: sizes, tile and first program id);
+`FUSILE_HORIZONTAL=0` launches them one by one."""
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -46,8 +48,14 @@ def _independent(a: list[KernelSource], b: KernelSource) -> bool:
     return not any(t.tid in (touched if t.is_output else written) for t in b.tensors)
 
 
-def merge(kernels: list[KernelSource]) -> list[KernelSource]:
-    """The kernels with each run of consecutive independent pointwise kernels joined."""
+# (kernel, first size number, member index) -> its body under the joined kernel's names
+# (the lines after its docstring) and its scalars' parameters
+Member = Callable[[KernelSource, int, int], tuple[list[str], dict[int, str]]]
+
+
+def merge(kernels: list[KernelSource], member: Member) -> list[KernelSource]:
+    """The kernels with each run of consecutive independent pointwise kernels joined;
+    `member` writes a kernel as a member of a joined one."""
     from fusile import config
 
     if not config.get("horizontal"):
@@ -58,27 +66,14 @@ def merge(kernels: list[KernelSource]) -> list[KernelSource]:
         if ks is not None and _alone(ks) and (not run or _independent(run, ks)):
             run.append(ks)
             continue
-        out.extend([_join(run)] if len(run) > 1 else run)
+        out.extend([_join(run, member)] if len(run) > 1 else run)
         run = [ks] if ks is not None and _alone(ks) else []
         if ks is not None and not run:
             out.append(ks)
     return out
 
 
-def _body(ks: KernelSource, j: int, first_size: int) -> list[str]:
-    """Member j's body (after its docstring) under the joined kernel's names: sizes n{i}
-    counted from `first_size`, blocks BLOCK_P_j / BLOCK_R_j, program ids from SEGj."""
-    lines = ks.source.split("\n")
-    start = next(i for i, line in enumerate(lines) if line.startswith('    """')) + 1
-    text = "\n".join(lines[start:])
-    if j:
-        text = re.sub(r"\bn(\d+)\b", lambda m: f"n{first_size + int(m.group(1))}", text)
-        text = re.sub(r"\b(BLOCK_[PR])\b", rf"\1_{j}", text)
-        text = text.replace(_PID + "\n", f"{_PID} - SEG{j}\n")
-    return text.rstrip("\n").split("\n")
-
-
-def _join(members: list[KernelSource]) -> KernelSource:
+def _join(members: list[KernelSource], member: Member) -> KernelSource:
     tensors: dict[int, TensorArg] = {}
     for ks in members:
         for ta in ks.tensors:
@@ -87,20 +82,17 @@ def _join(members: list[KernelSource]) -> KernelSource:
                 got, stride_axes=sorted(set(got.stride_axes) | set(ta.stride_axes)))
     classes: list[int] = []
     class_global: dict[int, tuple] = {}
-    scalars: list[int] = []
-    firsts = []
-    for ks in members:
-        firsts.append(len(classes))
+    bodies: list[list[str]] = []
+    annotated: dict[int, str] = {}  # each scalar's parameter, as its first reader wrote it
+    for j, ks in enumerate(members):
+        body, params_of = member(ks, len(classes), j)
+        bodies.append(body)
+        for v, param in params_of.items():
+            annotated.setdefault(v, param)
         for c in ks.classes:
             class_global[len(classes)] = ks.class_global[c]
             classes.append(len(classes))
-        scalars += [v for v in ks.scalars if v not in scalars]
-    annotated = {}  # a scalar's parameter as a member wrote it (its type annotation)
-    for ks in members:
-        header = ks.source.split("\n", 2)[1]
-        for v in ks.scalars:
-            m = re.search(rf"\ba{v}(: [\w.]+)?(?=[,)])", header)
-            annotated[v] = m.group(0) if m else f"a{v}"
+    scalars = list(annotated)
     params = [f"{ta.name}_ptr" for ta in tensors.values()]
     params += [f"{ta.name}_s{axis}" for ta in tensors.values() for axis in ta.stride_axes]
     params += [f"n{i}" for i in classes] + [annotated[v] for v in scalars]
@@ -113,8 +105,7 @@ def _join(members: list[KernelSource]) -> KernelSource:
     doc = (f"pointwise kernels {', '.join(str(ks.index) for ks in members)} (one launch)"
            + (": " + ", ".join(locs) if locs else ""))
     lines = ["@triton.jit", f"def {first.name}({', '.join(params)}):", f'    """{doc}"""']
-    for j, ks in enumerate(members):
-        body = _body(ks, j, firsts[j])
+    for j, (ks, body) in enumerate(zip(members, bodies, strict=True)):
         if j < len(members) - 1:
             bound = f"SEG{j + 1}"
             lines.append(f"    if tl.program_id(0) < {bound}:  # kernel {ks.index}")
