@@ -260,7 +260,7 @@ def test_a_result_beside_an_empty_grid_is_written(device: str, src: str, shapes:
 def test_an_integer_division_by_zero_raises_on_the_interpreter(monkeypatch) -> None:
     """The pointwise prologue once divided the program id by 0 blocks over empty rows: 0 on
     the interpreter, garbage on a GPU (an illegal address there). The interpreter now raises
-    on any integer division by zero; planted back, the old prologue must fail here."""
+    on a program-level integer division by zero; planted back, the old prologue fails here."""
     from fusile.backends.triton import scope
 
     emit = scope.Scope.emit
