@@ -46,3 +46,20 @@ def test_every_debug_stage_the_knob_lists_dumps(capsys: pytest.CaptureFixture[st
             fn(torch.randn(3, 5))
         err = capsys.readouterr().err
         assert f"FUSILE_DEBUG {stage}" in err, stage
+
+
+def test_a_reader_sees_the_environment_and_overrides_as_they_change(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """config.reader is the call key's view of the knobs (read on every fused call): an
+    environment variable set or removed between two reads, and an override, show at once."""
+    monkeypatch.delenv("FUSILE_MAX_ROW_BLOCK", raising=False)
+    monkeypatch.delenv("FUSILE_TF32", raising=False)
+    read = config.reader("tf32", "max_row_block")
+    assert read() == config.raw("tf32", "max_row_block")
+    first = read()
+    monkeypatch.setenv("FUSILE_MAX_ROW_BLOCK", "32")
+    assert read() != first and read() == config.raw("tf32", "max_row_block")
+    with config.override(tf32=True):
+        assert read() == config.raw("tf32", "max_row_block") != first
+    monkeypatch.delenv("FUSILE_MAX_ROW_BLOCK")
+    assert read() == first

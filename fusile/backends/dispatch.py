@@ -27,8 +27,11 @@ def call_key(args: tuple, check_grad: bool) -> tuple:
                 if hasattr(a, "data_ptr") else
                 float if type(a) is float else (type(a), a) if type(a) in (int, bool) else
                 (type(a), id(a)) for a in args)
-    return key, check_grad and _grad_enabled(), config.raw("target", "tf32",
-                                                           *config.SCHEDULE_KNOBS)
+    return key, check_grad and _grad_enabled(), _knobs()
+
+
+# the knobs a call's launches depend on (the target and the schedule's), read on every call
+_knobs = config.reader("target", "tf32", *config.SCHEDULE_KNOBS)
 
 
 def dense_strides(shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -135,8 +135,19 @@ def get(name: str) -> Any:
 
 def raw(*names: str) -> tuple:
     """The knobs as set, unparsed: an override, else the environment's value, else None. A
-    cheap key for what depends on them, read on every fused call (get parses)."""
+    cheap key for what depends on them (get parses)."""
     return tuple(_overrides[n] if n in _overrides else _env_get(_ENV_KEYS[n]) for n in names)
+
+
+def reader(*names: str) -> Callable[[], tuple]:
+    """raw(*names) as a function of no arguments, for a key read on every fused call: with
+    no override in force (the steady state) one C-level pass over the environment."""
+    keys = tuple(_ENV_KEYS[n] for n in names)
+
+    def read() -> tuple:
+        return tuple(map(_env_get, keys)) if not _overrides else raw(*names)
+
+    return read
 
 
 # os.environ.get encodes the name and decodes the value on every read; on POSIX the mapping
