@@ -84,7 +84,7 @@ OPS = {  # name -> (derived, stdlib (hand-written backward but for cross-entropy
 }
 
 
-def _liger() -> dict:
+def liger_ops() -> dict:
     """Liger-Kernel's versions of the ops, where it has them (an optional benchmark
     dependency: empty without it). Its rms_norm writes dx over dy (in_place): off, as the
     other rows keep dy. Its cross-entropy is left out: it reads a count back to the host
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [o for o in a.ops.split(",") if o] or list(OPS)
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; {m}x{n} bf16 fwd+bwd, "
           "ms (CUDA graph / from Python)")
-    liger = _liger()
+    liger = liger_ops()
     print(f"{'op':14s} {'derived':>15s} {'stdlib op':>15s} {'compile':>15s} "
           f"{'Liger':>15s} {'der/std':>8s} {'der/comp':>8s} {'der/Liger':>9s}")
     rows = []

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from benchmarks.bench_autodiff import liger_ops as autodiff_liger_ops
 from benchmarks.bench_stdlib import OPS, nbytes
 
 # issue 21: its table's rows, then rms_norm/layer_norm/softmax/cross_entropy at 16384x8192
@@ -37,22 +38,17 @@ SHAPES = {
 
 
 def liger_ops() -> dict[str, Any]:
-    """Liger-Kernel's versions of the ops (an optional benchmark dependency): {} without it."""
-    try:
-        from liger_kernel.ops.cross_entropy import LigerCrossEntropyFunction
-        from liger_kernel.ops.fused_add_rms_norm import LigerFusedAddRMSNormFunction
-        from liger_kernel.ops.layer_norm import LigerLayerNormFunction
-        from liger_kernel.ops.rms_norm import LigerRMSNormFunction
-        from liger_kernel.ops.softmax import LigerSoftmaxFunction
-        from liger_kernel.ops.swiglu import LigerSiLUMulFunction
-    except ImportError:
+    """Liger-Kernel's versions of the ops (an optional benchmark dependency): {} without it.
+    bench_autodiff's four, and its fused add + RMSNorm and cross-entropy (timed from Python
+    here, so its host read-back does not matter)."""
+    ops = autodiff_liger_ops()
+    if not ops:
         return {}
-    return {
-        "rms_norm": lambda x, w: LigerRMSNormFunction.apply(x, w, 1e-6, 0.0, "llama", False),
-        "layer_norm": lambda x, w, b: LigerLayerNormFunction.apply(x, w, b, 1e-5),
-        "softmax": lambda x: LigerSoftmaxFunction.apply(x),
+    from liger_kernel.ops.cross_entropy import LigerCrossEntropyFunction
+    from liger_kernel.ops.fused_add_rms_norm import LigerFusedAddRMSNormFunction
+
+    return ops | {
         "add_rms_norm": lambda x, r, w: LigerFusedAddRMSNormFunction.apply(x, r, w, 1e-6),
-        "swiglu": lambda a, b: LigerSiLUMulFunction.apply(a, b),
         "cross_entropy": lambda x, t: LigerCrossEntropyFunction.apply(x, t, None)[0],
     }
 
