@@ -17,6 +17,9 @@ from typing import Any
 
 from fusile import config
 
+# the knobs a call's launches depend on (the target and the schedule's), read on every call
+_knobs = config.reader("target", "tf32", *config.SCHEDULE_KNOBS)
+
 
 def call_key(args: tuple, check_grad: bool) -> tuple:
     """What decides everything but the values of a positional call: per tensor its dtype,
@@ -29,9 +32,6 @@ def call_key(args: tuple, check_grad: bool) -> tuple:
                 (type(a), id(a)) for a in args)
     return key, check_grad and _grad_enabled(), _knobs()
 
-
-# the knobs a call's launches depend on (the target and the schedule's), read on every call
-_knobs = config.reader("target", "tf32", *config.SCHEDULE_KNOBS)
 
 
 def dense_strides(shape: tuple[int, ...]) -> tuple[int, ...]:

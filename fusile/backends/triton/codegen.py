@@ -16,6 +16,14 @@ from fusile.backends.triton.scope import Scope
 from fusile.lowering.partition import POINTWISE
 
 
+def segment_blocks(j: int) -> tuple[str, str]:
+    """The tile-size constexprs of member j of a joined launch (kinds/segments.py): the
+    first member's are every row kernel's, BLOCK_P and BLOCK_R; member j's BLOCK_P_j and
+    BLOCK_R_j."""
+    suffix = f"_{j}" if j else ""
+    return f"BLOCK_P{suffix}", f"BLOCK_R{suffix}"
+
+
 class RowWriter(TileEmitter):
     constexprs: tuple[str, ...] = RowConstexprs.names()
     first_pid = "tl.program_id(0)"  # this kernel's first program (segment_member moves it)
@@ -25,7 +33,7 @@ class RowWriter(TileEmitter):
         its size parameters numbered from `size_base`, its tile BLOCK_P_j x BLOCK_R_j, its
         program ids counted from SEGj, the first program of its range."""
         self.cname = {c: f"n{size_base + i}" for i, c in enumerate(self.classes)}
-        self.blocks = (f"BLOCK_P_{j}", f"BLOCK_R_{j}")
+        self.blocks = segment_blocks(j)
         self.first_pid = f"tl.program_id(0) - SEG{j}"
 
     def _order_classes(self) -> None:
@@ -48,7 +56,7 @@ class RowWriter(TileEmitter):
         # the tile frame: which tile axis each class runs along (dim 0 "p", dim 1 "r"), the
         # block sizes of those axes and the masks of each combination (a dot kernel has three)
         self.axis_of = {c: "p" for c in self.p_classes} | {c: "r" for c in self.r_classes}
-        self.blocks = ("BLOCK_P", "BLOCK_R")
+        self.blocks = segment_blocks(0)
         self.masks: dict[frozenset[str], str | None] = {
             frozenset(): None, frozenset("p"): "mask_p", frozenset("r"): "mask_r",
             frozenset("pr"): "mask"}

@@ -24,6 +24,7 @@ from typing import Any
 
 from fusile.backends.triton import schedule
 from fusile.backends.triton.aot_build import AotContext, KernelArtifact
+from fusile.backends.triton.codegen import segment_blocks
 from fusile.backends.triton.host import needs_i64
 from fusile.backends.triton.kernel_source import KernelSource, TensorArg
 from fusile.backends.triton.kinds.kind import Kind
@@ -97,8 +98,8 @@ def _join(members: list[KernelSource], member: Member) -> KernelSource:
     params += [f"{ta.name}_s{axis}" for ta in tensors.values() for axis in ta.stride_axes]
     params += [f"n{i}" for i in classes] + [annotated[v] for v in scalars]
     params += [f"SEG{j}" for j in range(1, len(members))]
-    params += [f"{block}{'' if j == 0 else f'_{j}'}: tl.constexpr"
-               for j in range(len(members)) for block in ("BLOCK_P", "BLOCK_R")]
+    params += [f"{block}: tl.constexpr" for j in range(len(members))
+               for block in segment_blocks(j)]
     params.append("USE_I64: tl.constexpr")
     first = members[0]
     locs = sorted({loc for ks in members for loc in _locs(ks)})
@@ -133,8 +134,8 @@ def _configs(members: list[KernelSource], totals: list[tuple[int, int]], target:
 def _values(cfgs: list[schedule.Config], use_i64: bool) -> tuple[dict, dict]:
     consts: dict[str, Any] = {}
     for j, cfg in enumerate(cfgs):
-        suffix = "" if j == 0 else f"_{j}"
-        consts[f"BLOCK_P{suffix}"], consts[f"BLOCK_R{suffix}"] = cfg.block_p, cfg.block_r
+        block_p, block_r = segment_blocks(j)
+        consts[block_p], consts[block_r] = cfg.block_p, cfg.block_r
     consts["USE_I64"] = use_i64
     return consts, {"num_warps": max(c.num_warps for c in cfgs), "num_stages": 1}
 
@@ -173,9 +174,8 @@ def compile(ctx: AotContext, ks: KernelSource) -> list[KernelArtifact]:
                math.prod(ctx.size(m, c) for c in m.r_classes)) for m in members]
     cfgs = _configs(members, totals, ctx.target)
     consts, opts = _values(cfgs, False)
-    sfx = ["" if j == 0 else f"_{j}" for j in range(len(members))]
-    grid = " + ".join(f"ceil(P{m.index} / BLOCK_P{x}) * ceil(R{m.index} / BLOCK_R{x})"
-                      for m, x in zip(members, sfx, strict=True))
+    grid = " + ".join(f"ceil(P{m.index} / {bp}) * ceil(R{m.index} / {br})"
+                      for j, m in enumerate(members) for bp, br in [segment_blocks(j)])
     return [ctx.build(ks, ks.name, consts, opts, (cfgs[0].block_p, cfgs[0].block_r), grid)]
 
 
