@@ -94,17 +94,23 @@ def run_one(variant: str, family: str, layers: int, batch: int, seq: int, steps:
             "peak_gib": peak, "loss": losses[0]}
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def model_options(ap: argparse.ArgumentParser, variants: tuple[str, ...], steps: int) -> None:
+    """The options of a model benchmark (this one, bench_hf_decode): family, layers, timed
+    steps, variants, device, --tiny, and the hidden --one its subprocesses run."""
     ap.add_argument("--family", default="Llama", help="Llama, Mistral, Qwen2, Qwen3")
     ap.add_argument("--layers", type=int, help="default 8 (--tiny: 2)")
-    ap.add_argument("--batch", type=int, help="default 4 (--tiny: 2)")
-    ap.add_argument("--seq", type=int, help="default 2048 (--tiny: 64)")
-    ap.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--steps", type=int, default=steps, help=f"timed steps (default {steps})")
+    ap.add_argument("--variants", default=",".join(variants))
     ap.add_argument("--device", default="cuda", help="cuda, or cpu for a smoke test")
     ap.add_argument("--tiny", action="store_true", help="a tiny model: a smoke test")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # run this variant here, print its JSON
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    model_options(ap, VARIANTS, 10)
+    ap.add_argument("--batch", type=int, help="default 4 (--tiny: 2)")
+    ap.add_argument("--seq", type=int, help="default 2048 (--tiny: 64)")
     a = ap.parse_args(argv)
     small = {"layers": 2, "batch": 2, "seq": 64} if a.tiny else {}
     for name, default in (("layers", 8), ("batch", 4), ("seq", 2048)):

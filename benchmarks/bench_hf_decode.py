@@ -20,7 +20,7 @@ import json
 import subprocess
 import sys
 
-from benchmarks.bench_hf import SHAPE, TINY, _model, median_ms
+from benchmarks.bench_hf import SHAPE, TINY, _model, median_ms, model_options
 
 VARIANTS = ("stock", "compile", "fusile", "fusile-compile", "fusile-graph")
 
@@ -75,15 +75,9 @@ def run_one(variant: str, family: str, layers: int, batch: int, prompt: int, ste
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--family", default="Llama", help="Llama, Mistral, Qwen2, Qwen3")
-    ap.add_argument("--layers", type=int, help="default 8 (--tiny: 2)")
+    model_options(ap, VARIANTS, 50)
     ap.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
     ap.add_argument("--prompt", type=int, help="cached tokens (default 4096; --tiny: 16)")
-    ap.add_argument("--steps", type=int, default=50, help="timed steps (default 50)")
-    ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--device", default="cuda", help="cuda, or cpu for a smoke test")
-    ap.add_argument("--tiny", action="store_true", help="a tiny model: a smoke test")
-    ap.add_argument("--one", help=argparse.SUPPRESS)  # run this variant here, print its JSON
     a = ap.parse_args(argv)
     shape = TINY if a.tiny else SHAPE
     layers = a.layers or (2 if a.tiny else 8)
