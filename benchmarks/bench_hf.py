@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
@@ -94,6 +95,16 @@ def run_one(variant: str, family: str, layers: int, batch: int, seq: int, steps:
             "peak_gib": peak, "loss": losses[0]}
 
 
+def failure(stderr: str) -> str:
+    """The line that says why a variant's process failed: its exception's last line (what
+    follows it, such as CUDA's warnings at exit, would hide it), else its last line."""
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if re.match(r"[A-Za-z_][\w.]*(Error|Exception|Failed|Unsupported)\b", ln):
+            return ln
+    return lines[-1] if lines else "(no output)"
+
+
 def model_options(ap: argparse.ArgumentParser, variants: tuple[str, ...], steps: int) -> None:
     """The options of a model benchmark (this one, bench_hf_decode): family, layers, timed
     steps, variants, device, --tiny, and the hidden --one its subprocesses run."""
@@ -130,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         got = subprocess.run(cmd, capture_output=True, text=True)
         lines = got.stdout.strip().splitlines()
         if got.returncode or not lines:
-            print(f"{v:16s} failed: {(got.stderr.strip().splitlines() or ['?'])[-1][:100]}")
+            print(f"{v:16s} failed: {failure(got.stderr)[:300]}")
             continue
         r = json.loads(lines[-1])
         print(f"{v:16s} {r['ms']:8.1f} {r['tokens_s']:9.0f} {r['peak_gib']:9.2f} "

@@ -20,7 +20,7 @@ import json
 import subprocess
 import sys
 
-from benchmarks.bench_hf import SHAPE, TINY, _model, median_ms, model_options
+from benchmarks.bench_hf import SHAPE, TINY, _model, failure, median_ms, model_options
 
 VARIANTS = ("stock", "compile", "fusile", "fusile-compile", "fusile-graph")
 
@@ -101,8 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                 (["--tiny"] if a.tiny else [])
             got = subprocess.run(cmd, capture_output=True, text=True)
             if got.returncode:
-                tail = got.stderr.strip().splitlines()[-1:] or ["(no output)"]
-                print(f"{v:<16} {batch:>5} failed: {tail[0][:150]}", flush=True)
+                print(f"{v:<16} {batch:>5} failed: {failure(got.stderr)[:300]}", flush=True)
                 continue
             r = json.loads(got.stdout.strip().splitlines()[-1])
             base = base or r

@@ -5,6 +5,7 @@ layouts change between calls, against a float64 reference."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -135,7 +136,8 @@ class _Compiled:
     """A stand-in for Triton's CompiledKernel: its launcher records what it is given."""
 
     def __init__(self) -> None:
-        self.function, self.packed_metadata, self.calls = "fn", "meta", []
+        self.function, self.packed_metadata = "fn", "meta"
+        self.calls: list[tuple] = []
 
     def run(self, *args) -> None:
         self.calls.append(args)
@@ -176,6 +178,81 @@ def test_the_direct_launch_passes_grid_stream_and_spliced_arguments(
     assert len(seen) == 1 and len(kernel.calls) == 1
 
 
+class CudaLauncher:
+    """A stand-in of Triton 3.6's launcher object (named as it is: c_launch checks the name
+    and the __call__ signature): calling the object is a failure, its C `launch` records."""
+
+    def __init__(self, scratch: int = 0) -> None:
+        self.global_scratch_size, self.profile_scratch_size = scratch, 0
+        self.launch_cooperative_grid, self.launch_pdl = False, True
+        self.calls: list[tuple] = []
+        self.launch = lambda *a: self.calls.append(a)
+
+    def __call__(self, gridX, gridY, gridZ, stream, function, *args):
+        pytest.fail("the launcher object was called, not its C launch")
+
+
+class _Compiled36:
+    def __init__(self, scratch: int = 0) -> None:
+        self.function, self.packed_metadata = "fn", "meta"
+        self.run = CudaLauncher(scratch)
+
+
+def _replay_of(kernel: _Compiled36, x: torch.Tensor) -> Any:
+    env = {0: x, 1: 0.5, 2: 1.0, 3: 64}
+    rec = Recorder([x, 0.5], {1, 2})
+    out = torch.empty(3, 5)
+    env[9] = out
+    rec.alloc(out)
+    rec.scalars = {3: 2}
+    rec.run(kernel, (4, 2), (x, out, 64, 1.0), {"B": 16})
+    replay = rec.replay(env, [env[9]], torch.device("cpu"), lambda *a: pytest.fail("general path"),
+                        _scalars)
+    assert replay is not None and replay.direct is not None
+    return replay
+
+
+def test_triton_36_kernels_launch_through_the_c_launch_with_addresses(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Triton 3.6's launcher object only allocates scratch (none here) and calls its C launch:
+    the replay calls that directly, pointers as ints (a sliced parameter's address as given)."""
+    from fusile.backends.triton import replay as R
+
+    monkeypatch.setattr(R, "current_stream", lambda index: "stream")
+    monkeypatch.setattr(R, "hooks_active", lambda: False)
+    kernel = _Compiled36()
+    replay = _replay_of(kernel, torch.randn(3, 5))
+    y = torch.randn(3, 5)
+    for given in (y, y.data_ptr()):
+        outs = replay([given, 1.5])
+        assert outs is not None
+        call = kernel.run.calls[-1]
+        assert call[:13] == (4, 2, 1, "stream", "fn", False, True, None, None, "meta", None,
+                             None, None)
+        assert call[13:] == (y.data_ptr(), outs[0].data_ptr(), 64, 3.0, 16)
+    assert len(kernel.run.calls) == 2
+
+
+def test_other_launchers_are_called_as_objects() -> None:
+    """A kernel with scratch memory, or a launcher of another form (Triton 3.9's takes named
+    metadata arguments): no C launch, the object is called."""
+    from fusile.backends.triton.launch import c_launch, direct_launcher
+
+    assert c_launch(CudaLauncher()) is not None
+    assert c_launch(CudaLauncher(scratch=256)) is None
+
+    class Later(CudaLauncher):
+        def __call__(self, gridX, gridY, gridZ, stream, function, kernel_metadata,
+                     launch_metadata, launch_enter_hook, launch_exit_hook, *args):
+            pass
+
+    Later.__name__ = "CudaLauncher"
+    assert c_launch(Later()) is None
+    kernel = _Compiled36(scratch=256)
+    got = direct_launcher(kernel)
+    assert got is not None and got[0] is kernel.run and got[2] is False
+
+
 # ----------------------------------------------------------------------------- GPU
 
 def _reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
@@ -205,3 +282,25 @@ def test_repeated_calls_replay_correctly() -> None:
         q = wide[..., 64:]  # same shape, other strides and offset
         out = attention(q, k, v, causal=causal)
         assert_close(out, _reference(q, k, v, causal, 0.125), torch.bfloat16)
+
+
+@pytest.mark.gpu
+def test_triton_36_replays_through_the_c_launch() -> None:
+    """On Triton 3.6 (the lent GPU's) a replayed call takes the C launch with addresses, and
+    its results are right; another Triton may launch through the object (also right)."""
+    import triton
+
+    from fusile import samples
+    from fusile.backends import dispatch
+
+    x = torch.randn(6, 300, device="cuda")
+    for _ in range(4):  # compile, record, replay
+        y = samples.softmax_last(x)
+    fast = samples.softmax_last._fast.get(dispatch.call_key((x,), True))
+    assert fast is not None and fast.replay is not None and fast.replay.direct is not None
+    if triton.__version__.startswith("3.6."):
+        assert all(addresses for *_, addresses in fast.replay.direct)
+    for _ in range(3):
+        x = torch.randn(6, 300, device="cuda")
+        assert_close(samples.softmax_last(x), torch.softmax(x.double(), -1), torch.float32)
+    assert y.shape == x.shape

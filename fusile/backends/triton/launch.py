@@ -113,11 +113,44 @@ def launch_compiled(kernel: Any, grid: tuple[int, ...], device: Any, args: tuple
                kernel.packed_metadata, meta, enter, exit_, *args)
 
 
-def direct_launcher(kernel: Any) -> tuple[Any, Any, Any] | None:
-    """A CompiledKernel's (launcher, function handle, packed metadata), or None for anything
-    else (a stand-in, or a Triton whose CompiledKernel has changed)."""
+def direct_launcher(kernel: Any) -> tuple[Any, tuple, bool] | None:
+    """How to launch a CompiledKernel without the JIT: (f, head, addresses), called as
+    `f(gridX, gridY, gridZ, stream, *head, *args)`, where `addresses` says that pointer
+    arguments may be given as ints (the data_ptr of a CUDA tensor on the launch's device,
+    which skips the C launcher's per-pointer data_ptr call and cuPointerGetAttribute check).
+    Triton 3.6's C launch where calling it is all its launcher object would do (c_launch);
+    else the launcher object with no launch metadata (hooks: launch_compiled). None for
+    anything else (a stand-in, or a Triton whose CompiledKernel has changed)."""
     try:
-        return kernel.run, kernel.function, kernel.packed_metadata
+        run, function, meta = kernel.run, kernel.function, kernel.packed_metadata
+    except AttributeError:
+        return None
+    c = c_launch(run)
+    if c is not None:
+        launch, coop, pdl = c
+        return launch, (function, coop, pdl, None, None, meta, None, None, None), True
+    return run, (function, meta, None, None, None), False
+
+
+def c_launch(launcher: Any) -> tuple[Any, Any, Any] | None:
+    """(C launch, cooperative-grid flag, PDL flag) of a Triton 3.6 CudaLauncher whose kernel
+    needs no scratch memory: there its `__call__(gridX, gridY, gridZ, stream, function,
+    *args)` only allocates the two scratch buffers (None at size 0) and calls
+    `launch(gridX, gridY, gridZ, stream, function, cooperative, pdl, global_scratch,
+    profile_scratch, *args)`, a compiled C function. Calling that directly saves the
+    object's Python frame and two closures (about 1-2 us a launch). None for any other form
+    (Triton 3.9's launcher takes its arguments differently; HIP's; a kernel with scratch):
+    those launch through the object, as before."""
+    cls = type(launcher)
+    code = getattr(cls.__dict__.get("__call__"), "__code__", None)
+    if cls.__name__ != "CudaLauncher" or code is None or code.co_argcount != 6 or \
+            code.co_varnames[:6] != ("self", "gridX", "gridY", "gridZ", "stream", "function"):
+        return None
+    try:
+        if launcher.global_scratch_size or launcher.profile_scratch_size or \
+                getattr(launcher, "gsan_enabled", False):
+            return None
+        return launcher.launch, launcher.launch_cooperative_grid, launcher.launch_pdl
     except AttributeError:
         return None
 

@@ -121,9 +121,10 @@ class Replay:
     `signs`: the dynamic scalars it passes and whether each was positive when recorded;
     `scalars` computes them for a call (None when it passes none).
 
-    Compiled kernels are launched straight through their launcher (what JITFunction.run
-    does last), with the current stream read once and no launch metadata while no launch
-    hook is installed; `launch` is the general path (hooks, or an unfamiliar kernel)."""
+    Compiled kernels are launched without the JIT (launch.direct_launcher: Triton 3.6's C
+    launch with pointers as addresses, else the launcher object), with the current stream
+    read once and no launch metadata while no launch hook is installed; `launch` is the
+    general path (hooks, or an unfamiliar kernel)."""
 
     def __init__(self, slots: list[tuple[tuple[int, ...] | None, Any]], runs: list, outs: list,
                  signs: tuple[tuple[int, bool], ...], device: Any,
@@ -141,9 +142,13 @@ class Replay:
         self.plain = all(a[0] is not None for a in self.alloc)
         self.new = allocator(device)
         direct: list[Any] = [direct_launcher(kernel) for kernel, *_ in runs]
+        # per launch: (launch function, its whole argument list less the stream (slot 3)
+        # and the call's own values, where those go, whether pointers go as addresses)
         self.direct: list[Any] | None = None if None in direct or not runs else [
-            (d, (*grid, 1, 1)[:3], template, fills)
-            for d, (_, grid, template, fills) in zip(direct, runs, strict=True)]
+            (f, [*(*grid, 1, 1)[:3], None, *head, *template],
+             [(i + 4 + len(head), kind, x) for i, kind, x in fills], addresses)
+            for (f, head, addresses), (_, grid, template, fills) in zip(direct, runs,
+                                                                       strict=True)]
 
     def __call__(self, args: list[Any]) -> list[Any] | None:
         """The call's results, or None when a scalar's sign changed (run the full path)."""
@@ -163,11 +168,23 @@ class Replay:
                 made.append(new(*a) if a[0] is not None else made[a[1]][a[2]])
         if self.direct is not None and not hooks_active():
             stream = current_stream(dev.index)
-            for (run, function, meta), (g0, g1, g2), template, fills in self.direct:
+            for f, template, fills, addresses in self.direct:
                 a = template.copy()
-                for i, kind, x in fills:
-                    a[i] = args[x] if kind == _INPUT else made[x] if kind == _SLOT else env[x]
-                run(g0, g1, g2, stream, function, meta, None, None, None, *a)
+                a[3] = stream
+                if addresses:  # an input may be an address already (a sliced parameter)
+                    for i, kind, x in fills:
+                        if kind == _SLOT:
+                            a[i] = made[x].data_ptr()
+                        elif kind == _INPUT:
+                            v = args[x]
+                            a[i] = v if type(v) is int else v.data_ptr()
+                        else:
+                            a[i] = env[x]
+                else:
+                    for i, kind, x in fills:
+                        a[i] = args[x] if kind == _INPUT else made[x] if kind == _SLOT else \
+                            env[x]
+                f(*a)
         else:
             for kernel, grid, template, fills in self.runs:
                 a = template.copy()
