@@ -174,11 +174,17 @@ class FusedFunction(Inspection):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if traced(args) or (kwargs and traced(kwargs.values())):
             return self._torch_op(args, kwargs)  # one opaque op in the traced graph
-        return self._run(args, kwargs)
+        if kwargs:
+            return self._run(args, kwargs)
+        key = dispatch.call_key(args, True)  # a positional call seen before: straight to
+        hit = self._fast.get(key)  # its launches (the steady state: no other frame)
+        return hit(args) if hit is not None else self._run(args, kwargs, key=key)
 
-    def _run(self, args: tuple, kwargs: dict[str, Any], check_grad: bool = True) -> Any:
-        key = None
-        if not kwargs:  # a positional call seen before: straight to its launches
+    def _run(self, args: tuple, kwargs: dict[str, Any], check_grad: bool = True,
+             key: tuple | None = None) -> Any:
+        """The full path (binding, checks, lookup) of a call whose call key (`key`, when the
+        caller computed it) has no entry yet; it makes the entry."""
+        if key is None and not kwargs:  # a positional call seen before: to its launches
             key = dispatch.call_key(args, check_grad)
             hit = self._fast.get(key)
             if hit is not None:
