@@ -149,6 +149,8 @@ class _ToAst(Transformer[Token, Any]):
         values = children[0]
         if values is None:
             raise UnsupportedSyntaxError("return needs at least one value", _span(meta))
+        if len(values) == 1 and isinstance(values[0], ast.TupleExpr):
+            values = values[0].items  # return (a, b): the same as return a, b
         return ast.Return(_span(meta), tuple(values))
 
     def pass_stmt(self, meta: Any, children: list[Any]) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fusile.dsl import ast
-from fusile.dsl.errors import AxisError, ShapeMismatchError, UnsupportedSyntaxError
+from fusile.dsl.errors import ShapeMismatchError, UnsupportedSyntaxError
 from fusile.dsl.typed import Binding
 from fusile.dsl.types import ScalarType, Sym, TensorType, result_dtype, show_shape
 
@@ -202,7 +202,7 @@ class Concat:
 
 def make_concat(ck: Checker, at: ast.Node, pieces: list[ast.Expr], axis: int) -> ast.Expr:
     """A checked concat of typed pieces along `axis`: the single piece itself when the
-    others are empty, else a node the checker knows as a Concat."""
+    others are empty (the first when all are), else a node the checker knows as a Concat."""
     types = [ck.value(p) for p in pieces]
     dtype = result_dtype(types)  # torch.cat promotes: pieces of other dtypes are cast
     pieces = [p if t.dtype == dtype else ast.Call(p.span, ast.Name(p.span, "astype"), (
@@ -233,8 +233,8 @@ def make_concat(ck: Checker, at: ast.Node, pieces: list[ast.Expr], axis: int) ->
     kept = [(p, n) for p, n in zip(pieces, sizes, strict=True) if n > 0]
     if len(kept) == 1:
         return kept[0][0]
-    if not kept:
-        raise AxisError("every piece of this concat is empty", at.span)
+    if not kept:  # torch.cat of empty pieces: empty along the axis
+        return pieces[0]
     offsets = [0]
     for _, n in kept:
         offsets.append(offsets[-1] + n)

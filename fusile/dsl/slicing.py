@@ -130,13 +130,10 @@ def _op(ck: Checker, item: ast.Expr, dim: Any) -> Op:
         if step is not None and step < 1:
             raise AxisError("a slice's step must be a positive integer (torch refuses "
                             "negative steps too)", item.span)
-        for b in (start, stop):
-            if b is not None and not -d <= b <= d:
-                raise AxisError(f"slice bound {b} is out of range for an axis of size {d}",
-                                item.span)
+        # bounds out of range clamp and a slice may be empty, as in torch and numpy
         s, stop_, st = slice(start, stop, step).indices(d)
         if not range(s, stop_, st):
-            raise AxisError(f"this slice of an axis of size {d} is empty", item.span)
+            s = stop_ = min(s, d)
         return KEEP if (s, stop_, st) == (0, d, 1) else ("slice", s, stop_, st)
     i = _bound(ck, item, "index")
     if isinstance(d, Sym):

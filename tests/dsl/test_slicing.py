@@ -62,6 +62,14 @@ def up_to(x, k: int):
     return x[:, :k] + x[:, -k:]
 
 
+@fused
+def clamped(x, w):
+    """Slice bounds past the axis clamp and a slice may be empty, as in torch: an empty piece
+    leaves a concat, a concat of empty pieces is empty, a sum over nothing is 0."""
+    return (torch.cat([x[:, 7:3], x[:, 2:40]], dim=1) * w[-90:90], x[:, 3:3] * 2.0,
+            torch.cat([x[:, 9:], x[:, 4:1]], dim=1), x[:, 5:2].sum(dim=1), x[8:, ::4] + 1.0)
+
+
 CASES = {
     "halves": (halves, [(3, 5, 38)]),
     "rotate": (rotate, [(2, 3, 9, 24), (9, 24), (9, 24)]),
@@ -70,6 +78,7 @@ CASES = {
     "through_math": (through_math, [(4, 6, 38), (38,), (1, 6, 38)]),
     "sliced_twice": (sliced_twice, [(9, 15), (15,)]),
     "reductions_sliced": (reductions_sliced, [(6, 5), (7, 2), (7, 3)]),
+    "clamped": (clamped, [(6, 5), (3,)]),
 }
 
 
@@ -140,3 +149,14 @@ def test_aot_slicing_a_symbolic_dim_says_to_give_its_size() -> None:
     f = fusile.from_source("def f(x):\n    return x[..., :2] * 2.0\n", filename="p.py")
     with pytest.raises(fusile.FusileError, match=r"sliced along axis 1.*give an int, not 'D'"):
         f.compile("h100", x=bf16["M", "D"])
+
+
+def test_a_parenthesized_return_tuple_is_two_results() -> None:
+    import fusile
+
+    x = torch.randn(3, 4)
+    a = fusile.from_source("def f(x):\n    return (x * 2.0, x + 1.0)\n")(x)
+    b = fusile.from_source("def f(x):\n    return x * 2.0, x + 1.0\n")(x)
+    assert len(a) == len(b) == 2
+    for u, v in zip(a, b, strict=True):
+        torch.testing.assert_close(u, v)
