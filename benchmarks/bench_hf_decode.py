@@ -8,7 +8,8 @@ fusile's eager step captured by hand in a CUDA graph; step time and tokens/s.
 
 Random weights in bf16, bench_hf's Llama shape (hidden 2048, 16 heads, 4 KV heads,
 intermediate 5632, vocab 128256). The cache holds `--prompt` tokens after a prefill; each
-timed step decodes at the same position (so every step reads the same cache length). Each
+timed step decodes at the same position (so every step reads the same cache length: `rewind`
+puts the cache's own write counter back first). Each
 variant runs in a fresh process; one that fails prints its error and the others go on.
 Time is the median of the timed steps' CUDA-event times.
 """
@@ -19,6 +20,7 @@ import argparse
 import json
 import subprocess
 import sys
+from typing import Any
 
 from benchmarks.bench_hf import SHAPE, TINY, _model, failure, median_ms, model_options
 
@@ -47,6 +49,7 @@ def run_one(variant: str, family: str, layers: int, batch: int, prompt: int, ste
             prompt, device=device), use_cache=True)
 
         def step() -> torch.Tensor:
+            rewind(cache, prompt)
             return run(input_ids=tok, past_key_values=cache, cache_position=pos,
                        use_cache=True).logits
 
@@ -70,6 +73,18 @@ def run_one(variant: str, family: str, layers: int, batch: int, prompt: int, ste
     return {"variant": variant, "family": family, "batch": batch, "prompt": prompt, "ms": ms,
             "tokens_s": batch / ms * 1e3, "graph_err": err,
             "logit": float(want[0, -1, :8].sum())}
+
+
+def rewind(cache: Any, tokens: int) -> None:
+    """Put a static cache back to `tokens` cached tokens, in place (so a captured graph does
+    it too): transformers' static layers write each update where their own counter says
+    (`cumulative_length`, advanced by every update), not at the given cache_position, so the
+    same step run again and again would run off the cache's end (a device-side assert on a
+    GPU). Caches without the counter write at cache_position: nothing to do."""
+    for layer in getattr(cache, "layers", ()):
+        n = getattr(layer, "cumulative_length", None)
+        if hasattr(n, "fill_"):
+            n.fill_(tokens)
 
 
 def main(argv: list[str] | None = None) -> int:
