@@ -53,7 +53,11 @@ def test_found_by_hypothesis(src: str, shapes: list[tuple[int, ...]], block: int
 # rows of 31 halves are not 16-byte multiples: scalar loads, 16 per thread of a 2-warp tile,
 # took 80 registers and spilled on sm_90 (a pointwise x0 + x1, found by the dev profile)
 SPILLED = [("def prog(x0, x1):\n    t0 = x0 + x1\n    return t0\n", [(1, 13, 1), (2, 13, 31)]),
-           ("def prog(x0, x1):\n    t0 = x0 + x1\n    return t0\n", [(1, 13, 1), (3, 13, 31)])]
+           ("def prog(x0, x1):\n    t0 = x0 + x1\n    return t0\n", [(1, 13, 1), (3, 13, 31)]),
+           # one row of 1000 halves: the row's end is no multiple of 16, so 16 per thread were
+           # 16 predicated loads, and the predicates spilled (found by the dev profile, seed 17)
+           ("def prog(x0):\n    t0 = exp(x0)\n    t1 = where(t0 < x0, t0, x0 * 0.5)\n"
+            "    return t1\n", [(1000,)])]
 
 
 @pytest.mark.parametrize("target", ["h100", "mi300x"])

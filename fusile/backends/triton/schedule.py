@@ -74,13 +74,15 @@ def reduction(p_total: int, r_total: int, target: Target, elem_bytes: int,
 
 def pointwise(p_total: int, c_total: int, target: Target, elem_bytes: int) -> Config:
     """Tiles of up to 4096 elements, two 16-byte accesses per thread. Rows whose length is
-    not a multiple of 16 bytes cannot be read 16 bytes at a time (Triton knows no row
-    stride's alignment): each element is a load with its own 64-bit address, so a thread
-    takes 4 (16 of them needed 80 registers and spilled at 2 x 13 x 31 halves on sm_90)."""
+    not a multiple of 16 elements cannot be read 16 bytes at a time: Triton knows an int
+    argument's divisibility only as "by 16", so neither the row stride nor the mask of the
+    row's end is known to line up with a vector. Each element is then a load with its own
+    address and predicate, so a thread takes 4 (16 of them needed 80 registers and spilled
+    at 2 x 13 x 31 halves on sm_90; a single row of 1000 halves spilled predicates)."""
     vec = max(1, 16 // elem_bytes)
     block_c = min(pow2(c_total), 1024)
     block_p = max(1, min(pow2(p_total), 4096 // block_c))
-    per_thread = 2 * vec if c_total % vec == 0 or p_total == 1 else 4
+    per_thread = 2 * vec if c_total % 16 == 0 else 4
     return Config(block_p, block_c, _warps(block_p * block_c, target, per_thread), 1, False)
 
 
