@@ -142,7 +142,7 @@ PLANTS = [
           "return [args[x].clone() if kind == _INPUT", "return [args[x] if kind == _INPUT",
           "replay: a result that is an input returned as the input itself"),
     Plant("call_key_ignores_ints", "fusile/backends/dispatch.py",
-          "(type(a), a) if type(a) in (int, bool)", "(type(a),) if type(a) in (int, bool)",
+          "(t, a) if t is int or t is bool", "(t,) if t is int or t is bool",
           "call path: a program specialised on an int constant reused for another value"),
     Plant("cache_key_ignores_broadcast", "fusile/dsl/signature.py",
           'key.append(("t", a.dtype, tuple(type(s) is int and s == 1 for s in a.shape)))',
