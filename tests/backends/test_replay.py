@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 
+from fusile import config
 from fusile.backends.triton.replay import Recorder, layout_key
 from fusile.stdlib.attention import attention
 from tests.numerics import assert_close
@@ -221,7 +222,8 @@ def test_triton_36_kernels_launch_through_the_c_launch_with_addresses(
     monkeypatch.setattr(R, "current_stream", lambda index: "stream")
     monkeypatch.setattr(R, "hooks_active", lambda: False)
     kernel = _Compiled36()
-    replay = _replay_of(kernel, torch.randn(3, 5))
+    with config.override(c_launch=True):
+        replay = _replay_of(kernel, torch.randn(3, 5))
     y = torch.randn(3, 5)
     for given in (y, y.data_ptr()):
         outs = replay([given, 1.5])
@@ -240,6 +242,8 @@ def test_other_launchers_are_called_as_objects() -> None:
 
     assert c_launch(CudaLauncher()) is not None
     assert c_launch(CudaLauncher(scratch=256)) is None
+    plain = direct_launcher(_Compiled36())  # FUSILE_C_LAUNCH is off by default
+    assert plain is not None and plain[2] is False
 
     class Later(CudaLauncher):
         def __call__(self, gridX, gridY, gridZ, stream, function, kernel_metadata,
@@ -286,16 +290,18 @@ def test_repeated_calls_replay_correctly() -> None:
 
 @pytest.mark.gpu
 def test_triton_36_replays_through_the_c_launch() -> None:
-    """On Triton 3.6 (the lent GPU's) a replayed call takes the C launch with addresses, and
-    its results are right; another Triton may launch through the object (also right)."""
+    """With FUSILE_C_LAUNCH on Triton 3.6 (the lent GPU's) a replayed call takes the C launch
+    with addresses, and its results are right; another Triton may launch through the object
+    (also right)."""
     import triton
 
     from fusile import samples
     from fusile.backends import dispatch
 
     x = torch.randn(6, 300, device="cuda")
-    for _ in range(4):  # compile, record, replay
-        y = samples.softmax_last(x)
+    with config.override(c_launch=True):  # the knob is part of no key: a fresh shape
+        for _ in range(4):  # compile, record, replay
+            y = samples.softmax_last(x)
     fast = samples.softmax_last._fast.get(dispatch.call_key((x,), True))
     assert fast is not None and fast.replay is not None and fast.replay.direct is not None
     if triton.__version__.startswith("3.6."):

@@ -10,6 +10,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from fusile import config
+
 # The Triton interpreter keeps global state while it runs a kernel (the grid index, patched
 # triton.language functions): one interpreted program at a time.
 _INTERPRETER_LOCK = threading.Lock()
@@ -118,18 +120,23 @@ def direct_launcher(kernel: Any) -> tuple[Any, tuple, bool] | None:
     `f(gridX, gridY, gridZ, stream, *head, *args)`, where `addresses` says that pointer
     arguments may be given as ints (the data_ptr of a CUDA tensor on the launch's device,
     which skips the C launcher's per-pointer data_ptr call and cuPointerGetAttribute check).
-    Triton 3.6's C launch where calling it is all its launcher object would do (c_launch);
-    else the launcher object with no launch metadata (hooks: launch_compiled). None for
-    anything else (a stand-in, or a Triton whose CompiledKernel has changed)."""
+    Triton 3.6's C launch where calling it is all its launcher object would do (c_launch;
+    with FUSILE_C_LAUNCH=1 until it has run on a GPU); else the launcher object with no
+    launch metadata (hooks: launch_compiled). None for anything else (a stand-in, or a
+    Triton whose CompiledKernel has changed)."""
     try:
         run, function, meta = kernel.run, kernel.function, kernel.packed_metadata
     except AttributeError:
         return None
-    c = c_launch(run)
+    c = c_launch(run) if _c_launch_on() else None
     if c is not None:
         launch, coop, pdl = c
         return launch, (function, coop, pdl, None, None, meta, None, None, None), True
     return run, (function, meta, None, None, None), False
+
+
+def _c_launch_on() -> bool:
+    return bool(config.get("c_launch"))
 
 
 def c_launch(launcher: Any) -> tuple[Any, Any, Any] | None:
