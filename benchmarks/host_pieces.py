@@ -1,7 +1,9 @@
 """Where the host time of one steady-state fused call goes, piece by piece, on the GPU: the
-trace check, the call key, the fast-path lookup, the replay's allocation, and the launch
-itself three ways (Triton's launcher object, its C launch with the tensors, its C launch with
-addresses). Each piece is timed alone over many back-to-back repetitions (median of 5 rounds).
+trace check, the call key, the fast-path lookup, the replay (its loop and its generated
+straight-line code), the allocation, and the launch itself three ways (Triton's launcher
+object, its C launch with the tensors, its C launch with addresses); the whole call with and
+without FUSILE_FAST_REPLAY. Each piece is timed alone over many back-to-back repetitions
+(median of 5 rounds).
 
     python -m benchmarks.host_pieces [--n 5000]
 
@@ -18,9 +20,10 @@ from collections.abc import Callable
 
 import torch
 
-from fusile import samples
+from fusile import config, samples
 from fusile.backends import dispatch
 from fusile.backends.triton import launch as L
+from fusile.backends.triton.replay_code import straight_line
 from fusile.dsl.torch_op import traced
 
 
@@ -55,8 +58,13 @@ def pieces(n: int) -> list[tuple[str, float]]:
         def add(name: str, f: Callable[[], object]) -> None:
             out.append((name, per_call_us(f, n)))
 
+        x8 = torch.randn(8, 128, device="cuda", dtype=torch.bfloat16)
+        with config.override(fast_replay=True):  # another shape: recorded with the knob on
+            for _ in range(8):
+                fn(x8)
         add("torch.softmax (the op fusile is compared with)", lambda: torch.softmax(x, -1))
         add("user softmax, whole call", lambda: fn(x))
+        add("user softmax, whole call, FUSILE_FAST_REPLAY=1", lambda: fn(x8))
         add("traced(args)", lambda: traced(args))
         add("call_key", lambda: dispatch.call_key(args, True))
         add("fast-path lookup", lambda: fn._fast.get(key))
@@ -64,7 +72,10 @@ def pieces(n: int) -> list[tuple[str, float]]:
         add("stream query", lambda: L.current_stream(0))
         add("hooks_active", L.hooks_active)
         if replay is not None and replay.direct is not None:
-            add("replay (allocate + launch)", lambda: replay([x]))
+            add("replay (allocate + launch), loop", lambda: replay._loop([x]))
+            made = straight_line(replay, replay._loop)
+            if made is not None:
+                add("replay, generated code (replay_code.py)", lambda: made[0]([x]))
             spec = replay.alloc[0]
             add("allocation", lambda: replay.new(*spec))
             kernel, grid, template, fills = replay.runs[0]

@@ -74,11 +74,12 @@ KNOBS: dict[str, Knob] = {
         "launch cached compiled kernels directly instead of through triton.jit's binder, and "
         "replay a repeated call's launches (same argument layout) without recomputing them",
     ),
-    "c_launch": Knob(
-        "FUSILE_C_LAUNCH", _as_bool, lambda: False,
-        "replays call Triton 3.6's C launch function directly, pointers as addresses (skips "
-        "the launcher object's Python frame and a driver query per pointer); off until it "
-        "has passed the GPU suite and host_pieces has measured it (written on a CPU)",
+    "fast_replay": Knob(
+        "FUSILE_FAST_REPLAY", _as_bool, lambda: False,
+        "a repeated call's launches run as generated straight-line code, calling Triton "
+        "3.6's C launch function directly with pointers as addresses (no launcher object, "
+        "no per-pointer driver query); off until it has passed the GPU suite (written and "
+        "tested on a CPU only)",
     ),
     "horizontal": Knob(
         "FUSILE_HORIZONTAL", _as_bool, lambda: True,

@@ -218,11 +218,13 @@ def test_triton_36_kernels_launch_through_the_c_launch_with_addresses(
     """Triton 3.6's launcher object only allocates scratch (none here) and calls its C launch:
     the replay calls that directly, pointers as ints (a sliced parameter's address as given)."""
     from fusile.backends.triton import replay as R
+    from fusile.backends.triton import replay_code as C
 
-    monkeypatch.setattr(R, "current_stream", lambda index: "stream")
-    monkeypatch.setattr(R, "hooks_active", lambda: False)
+    for module in (R, C):
+        monkeypatch.setattr(module, "current_stream", lambda index: "stream")
+        monkeypatch.setattr(module, "hooks_active", lambda: False)
     kernel = _Compiled36()
-    with config.override(c_launch=True):
+    with config.override(fast_replay=True):
         replay = _replay_of(kernel, torch.randn(3, 5))
     y = torch.randn(3, 5)
     for given in (y, y.data_ptr()):
@@ -242,7 +244,7 @@ def test_other_launchers_are_called_as_objects() -> None:
 
     assert c_launch(CudaLauncher()) is not None
     assert c_launch(CudaLauncher(scratch=256)) is None
-    plain = direct_launcher(_Compiled36())  # FUSILE_C_LAUNCH is off by default
+    plain = direct_launcher(_Compiled36())  # FUSILE_FAST_REPLAY is off by default
     assert plain is not None and plain[2] is False
 
     class Later(CudaLauncher):
@@ -255,6 +257,107 @@ def test_other_launchers_are_called_as_objects() -> None:
     kernel = _Compiled36(scratch=256)
     got = direct_launcher(kernel)
     assert got is not None and got[0] is kernel.run and got[2] is False
+
+
+def _labelled(call: tuple, ins: list, outs: list) -> list:
+    """A launch's arguments with every pointer (a tensor, or an int address) named by what
+    it points into: ("in", i, byte offset) or ("out", j, byte offset)."""
+    def name(p: int):
+        for tag, ts in (("in", ins), ("out", outs)):
+            for i, t in enumerate(ts):
+                if isinstance(t, torch.Tensor) and \
+                        t.data_ptr() <= p < t.data_ptr() + max(1, t.nbytes):
+                    return tag, i, p - t.data_ptr()
+        return None
+
+    out = []
+    for v in call:
+        if isinstance(v, torch.Tensor):
+            out.append(("tensor", name(v.data_ptr()), tuple(v.shape), v.stride()))
+        elif type(v) is int and name(v) is not None:
+            out.append(("address", name(v)))
+        else:
+            out.append(v)
+    return out
+
+
+def _joined_recording(first: Any, second: Any) -> Any:
+    """Two launches (kernels `first` and `second`) writing the two pieces of one joined
+    result, a third piece copied from an input, a dynamic scalar of each sign-relevant kind,
+    and an input returned as a result."""
+    x, z = torch.randn(3, 5), torch.randn(3, 2)
+    rec = Recorder([x, 0.5, z], {1, 2})
+    full = torch.empty(3, 12)
+    rec.alloc(full)
+    a, b, c = full[:, :5], full[:, 5:10], full[:, 10:]
+    rec.view(a, full, (slice(None), slice(0, 5)))
+    rec.view(b, full, (slice(None), slice(5, 10)))
+    stats = torch.empty(3)
+    rec.alloc(stats)
+    rec.scalars = {3: 2}
+    rec.run(first, (3, 1), (x, a, stats, 12, 1.0), {"B": 8})
+    rec.scalars = {1: 1}
+    rec.run(second, (2,), (x, b, 0.5, float("inf")), {"B": 8, "EVEN": True})
+    rec.view(c, full, (slice(None), slice(10, 12)))
+    rec.copy(c, z)
+    env = {1: 0.5, 2: 1.0}
+    return rec.replay(env, [full, stats, z], torch.device("cpu"),
+                      lambda *a: pytest.fail("general path"),
+                      lambda args: {1: args[1], 2: args[1] * 2})
+
+
+@pytest.mark.parametrize("kinds", ["object,object", "c,c", "c,object"])
+def test_the_generated_replay_launches_what_the_loop_launches(
+        kinds: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """replay_code.straight_line against Replay._loop on one recording: the same launches with
+    the same arguments (pointers named by what they point into), the same results."""
+    from fusile.backends.triton import replay as R
+    from fusile.backends.triton import replay_code as C
+
+    for module in (R, C):
+        monkeypatch.setattr(module, "current_stream", lambda index: 77)
+        monkeypatch.setattr(module, "hooks_active", lambda: False)
+    kernels = [_Compiled36() if k == "c" else _Compiled() for k in kinds.split(",")]
+    with config.override(fast_replay=True):
+        replay = _joined_recording(*kernels)
+    assert replay is not None and replay.source and replay.run != replay._loop
+
+    def calls() -> list[list]:
+        return [k.run.calls if isinstance(k, _Compiled36) else k.calls for k in kernels]
+
+    x, z = torch.randn(3, 5), torch.randn(3, 2)
+    for given in ([x, 1.5, z], [x.data_ptr(), 2.5, z]):  # an input passed as its address
+        seen = []
+        for run in (replay._loop, replay.run):
+            before = [len(c) for c in calls()]
+            outs = run(given)
+            assert outs is not None and len(outs) == 3
+            assert torch.equal(outs[0][:, 10:], z) and torch.equal(outs[2], z)
+            assert outs[2] is not z
+            seen.append([_labelled(c, [x, None, z], outs)
+                         for cs, n in zip(calls(), before, strict=True) for c in cs[n:]])
+        assert seen[0] == seen[1] and len(seen[0]) == 2
+    assert replay.run([x, -1.0, z]) is None and replay._loop([x, -1.0, z]) is None
+
+
+def test_the_generated_replay_takes_the_general_path_under_a_hook(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from fusile.backends.triton import replay as R
+    from fusile.backends.triton import replay_code as C
+
+    for module in (R, C):
+        monkeypatch.setattr(module, "current_stream", lambda index: 77)
+        monkeypatch.setattr(module, "hooks_active", lambda: True)
+    with config.override(fast_replay=True):
+        replay = _joined_recording(_Compiled36(), _Compiled())
+    seen: list = []
+    replay.launch = lambda *a: seen.append(a)
+    outs = replay([torch.randn(3, 5), 1.5, torch.randn(3, 2)])
+    assert outs is not None and len(seen) == 2
+
+
+def test_the_generated_replay_is_off_by_default() -> None:
+    assert _joined_recording(_Compiled36(), _Compiled()).source == ""
 
 
 # ----------------------------------------------------------------------------- GPU
@@ -290,7 +393,7 @@ def test_repeated_calls_replay_correctly() -> None:
 
 @pytest.mark.gpu
 def test_triton_36_replays_through_the_c_launch() -> None:
-    """With FUSILE_C_LAUNCH on Triton 3.6 (the lent GPU's) a replayed call takes the C launch
+    """With FUSILE_FAST_REPLAY on Triton 3.6 (the lent GPU's) a replayed call takes the C launch
     with addresses, and its results are right; another Triton may launch through the object
     (also right)."""
     import triton
@@ -299,7 +402,7 @@ def test_triton_36_replays_through_the_c_launch() -> None:
     from fusile.backends import dispatch
 
     x = torch.randn(6, 300, device="cuda")
-    with config.override(c_launch=True):  # the knob is part of no key: a fresh shape
+    with config.override(fast_replay=True):  # the knob is part of no key: a fresh shape
         for _ in range(4):  # compile, record, replay
             y = samples.softmax_last(x)
     fast = samples.softmax_last._fast.get(dispatch.call_key((x,), True))

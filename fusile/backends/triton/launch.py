@@ -121,7 +121,7 @@ def direct_launcher(kernel: Any) -> tuple[Any, tuple, bool] | None:
     arguments may be given as ints (the data_ptr of a CUDA tensor on the launch's device,
     which skips the C launcher's per-pointer data_ptr call and cuPointerGetAttribute check).
     Triton 3.6's C launch where calling it is all its launcher object would do (c_launch;
-    with FUSILE_C_LAUNCH=1 until it has run on a GPU); else the launcher object with no
+    with FUSILE_FAST_REPLAY=1 until it has run on a GPU); else the launcher object with no
     launch metadata (hooks: launch_compiled). None for anything else (a stand-in, or a
     Triton whose CompiledKernel has changed)."""
     try:
@@ -136,7 +136,7 @@ def direct_launcher(kernel: Any) -> tuple[Any, tuple, bool] | None:
 
 
 def _c_launch_on() -> bool:
-    return bool(config.get("c_launch"))
+    return bool(config.get("fast_replay"))
 
 
 def c_launch(launcher: Any) -> tuple[Any, Any, Any] | None:

@@ -16,8 +16,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from fusile import config
 from fusile.backends.dispatch import dense_strides
 from fusile.backends.triton.launch import current_stream, direct_launcher, hooks_active
+from fusile.backends.triton.replay_code import straight_line
 
 _INPUT, _SLOT, _SCALAR = 0, 1, 2
 
@@ -150,8 +152,19 @@ class Replay:
             for (f, head, addresses), (_, grid, template, fills) in zip(direct, runs,
                                                                        strict=True)]
 
+        self.source = ""  # the generated replay's code, if any
+        self.run: Callable[[list[Any]], list[Any] | None] = self._loop
+        if self.direct is not None and config.get("fast_replay"):
+            made = straight_line(self, self._loop)
+            if made is not None:
+                self.run, self.source = made
+
     def __call__(self, args: list[Any]) -> list[Any] | None:
         """The call's results, or None when a scalar's sign changed (run the full path)."""
+        return self.run(args)
+
+    def _loop(self, args: list[Any]) -> list[Any] | None:
+        """__call__ by walking the recorded lists (replay_code.py says the same as code)."""
         env: dict[int, Any] = {}
         if self.scalars is not None:
             env = self.scalars(args)
