@@ -26,6 +26,7 @@ from fusile.dsl.errors import (
 )
 from fusile.dsl.options import option
 from fusile.dsl.resolve import resolve_global
+from fusile.dsl.shadow import unshadow
 from fusile.dsl.typed import Binding, MultiType, Typed
 from fusile.dsl.types import (
     DType,
@@ -65,6 +66,7 @@ def _scalar_of(value: Any) -> ScalarType:
 
 class Checker:
     def __init__(self, typed: Typed, globals_: dict[str, Any], depth: int = 0):
+        typed.func = unshadow(typed.func, BUILTINS)  # `var = x.var(-1)`: a local, renamed
         self.t = typed
         self.globals = globals_
         self.scope: dict[str, Binding] = {}
@@ -110,9 +112,7 @@ class Checker:
             raise ShapeMismatchError(
                 f"cannot unpack {len(types)} value(s) into {len(stmt.targets)} name(s)",
                 stmt.span, self.t.source)
-        for name, sp, b in zip(stmt.targets, stmt.target_spans, types, strict=True):
-            if name in BUILTINS:
-                raise UnsupportedSyntaxError(f"cannot assign to builtin name {name!r}", sp)
+        for name, b in zip(stmt.targets, types, strict=True):
             self.scope[name] = b
             self.defs[name] = value.items[stmt.targets.index(name)] if isinstance(
                 value, ast.TupleExpr) else value if len(stmt.targets) == 1 else None

@@ -93,6 +93,17 @@ def arith(x, y):
     return x.add(y) - torch.sub(x, y) + x.mul(y).div(2.0) + torch.neg(x) + x.true_divide(3.0)
 
 
+@fused
+def shadowing(x, w):
+    """Locals named like builtins, as torch code names them: each use means the local, and
+    the methods of the same names still mean the builtins."""
+    mean = x.mean(-1, keepdim=True)
+    var = ((x - mean) ** 2).mean(-1, keepdim=True)
+    max = x.amax(-1, keepdim=True)
+    sum = torch.exp(x - max).sum(-1, keepdim=True)
+    return (x - mean) * torch.rsqrt(var + 1e-5) * w + torch.log(sum) + x.var(-1, keepdim=True)
+
+
 CASES = {  # name: (function, shapes of its tensor arguments)
     "reductions": (reductions, [(5, 37)]),
     "unary": (unary, [(5, 37)]),
@@ -107,6 +118,7 @@ CASES = {  # name: (function, shapes of its tensor arguments)
     "matmuls": (matmuls, [(37, 5), (37, 6)]),
     "wheres": (wheres, [(5, 37), (5, 37)]),
     "arith": (arith, [(5, 37), (5, 37)]),
+    "shadowing": (shadowing, [(5, 37), (37,)]),
 }
 
 
@@ -173,3 +185,12 @@ def test_spellings_fusile_refuses_say_what_to_write(line: str, cls: type, text: 
     with pytest.raises(cls) as info:
         fn(torch.randn(3, 4))
     assert text in str(info.value) and "prog.py:2:" in str(info.value)
+
+
+def test_a_renamed_local_does_not_meet_another_local() -> None:
+    """`var` is renamed away from the builtin; the new name must not be a name the function
+    already has (`var_` here)."""
+    f = fusile.from_source("def f(x):\n    var_ = x + 1.0\n    var = x * 2.0\n"
+                           "    return var_ + var + x.var(-1, keepdim=True)\n")
+    x = torch.randn(3, 8, dtype=torch.float64)
+    torch.testing.assert_close(f(x), (x + 1.0) + x * 2.0 + x.var(-1, keepdim=True))
