@@ -40,7 +40,8 @@ _CASTS = {"float": "f32", "half": "f16", "bfloat16": "bf16", "double": "f64", "i
 _ARITH = {"add": "add", "sub": "sub", "subtract": "sub", "mul": "mul", "multiply": "mul",
           "div": "div", "divide": "div", "true_divide": "div", "floor_divide": "floordiv"}
 # functions fusile spells itself too (clamp(x, lo, hi) works without a prefix)
-EXTRAS = ("clamp", "clip", "relu", "silu", "gelu", "square", "remainder", "std")
+EXTRAS = ("clamp", "clip", "relu", "silu", "gelu", "square", "remainder", "std", "softplus",
+          "zeros_like", "ones_like", "full_like")
 
 
 def kwargs_alias(kwargs: dict[str, ast.Expr], params: set[str], span: Span
@@ -137,6 +138,44 @@ def _gelu(span: Span, x: ast.Expr, approximate: ast.Expr | None) -> ast.Expr:
     return binop("mul", binop("mul", num(0.5), x), binop("add", num(1.0), core))
 
 
+def _like(span: Span, name: str, args: list[ast.Expr], kwargs: dict[str, ast.Expr]
+          ) -> ast.Expr:
+    """zeros_like / ones_like / full_like(x, fill_value): the value broadcast to x's shape, in
+    x's dtype (or dtype=)."""
+    kw = dict(kwargs)
+    x = args[0] if args else kw.pop("input", None)
+    fill: ast.Expr | None = ast.Num(span, 0.0 if name == "zeros_like" else 1.0)
+    if name == "full_like":
+        fill = args[1] if len(args) > 1 else kw.pop("fill_value", None)
+    dtype = kw.pop("dtype", None)
+    if x is None or fill is None or len(args) > (2 if name == "full_like" else 1) or kw:
+        raise BuiltinCallError(f"{name}() takes (input{', fill_value' * (name == 'full_like')}"
+                               f", dtype=None)", span)
+    full = _call(span, "expand_as", [fill, x], {})
+    return _call(span, "astype", [full, x if dtype is None else dtype], {})
+
+
+def _softplus(span: Span, args: list[ast.Expr], kwargs: dict[str, ast.Expr]) -> ast.Expr:
+    """F.softplus(x, beta=1, threshold=20): x where beta * x > threshold, else
+    log(1 + exp(beta * x)) / beta in its overflow-free form max(z, 0) + log1p(exp(-|z|))
+    (finite in both branches, so where's gradient is too)."""
+    names = ("input", "beta", "threshold")
+    if len(args) > 3 or set(kwargs) - set(names):
+        raise BuiltinCallError("softplus() takes (input, beta=1, threshold=20)", span)
+    given = dict(zip(names, args, strict=False)) | kwargs
+    if "input" not in given:
+        raise BuiltinCallError("softplus() needs its input", span)
+    x = given["input"]
+    beta = given.get("beta", ast.Num(span, 1.0))
+    threshold = given.get("threshold", ast.Num(span, 20.0))
+    z = ast.BinOp(span, "mul", x, beta)
+    tail = _call(span, "log1p", [_call(span, "exp", [ast.UnaryOp(
+        span, "neg", _call(span, "abs", [z], {}))], {})], {})
+    stable = ast.BinOp(span, "div", ast.BinOp(span, "add", _call(
+        span, "maximum", [z, ast.Num(span, 0.0)], {}), tail), beta)
+    return _call(span, "where", [ast.Compare(span, ">", z, threshold), x, stable], {})
+
+
 def function(span: Span, name: str, args: list[ast.Expr], kwargs: dict[str, ast.Expr]
              ) -> ast.Expr | None:
     """The core form of torch function `name` called with these arguments (the receiver of a
@@ -178,6 +217,10 @@ def function(span: Span, name: str, args: list[ast.Expr], kwargs: dict[str, ast.
         if name == "square":
             return ast.BinOp(span, "mul", x, x)
         return _gelu(span, x, kwargs.get("approximate"))
+    if name in ("zeros_like", "ones_like", "full_like"):
+        return _like(span, name, args, kwargs)
+    if name == "softplus":
+        return _softplus(span, args, kwargs)
     if name == "remainder":
         if len(args) != 2 or kwargs:
             raise BuiltinCallError("remainder() takes (a, b)", span)

@@ -104,6 +104,13 @@ def shadowing(x, w):
     return (x - mean) * torch.rsqrt(var + 1e-5) * w + torch.log(sum) + x.var(-1, keepdim=True)
 
 
+@fused
+def fills(x, y):
+    """softplus (its threshold on both sides of large inputs) and the *_like fills."""
+    return (F.softplus(x * 8.0) + F.softplus(x, beta=2.0, threshold=1.0)
+            + torch.zeros_like(x) + torch.ones_like(y) * 2.0 + torch.full_like(x, 3.5))
+
+
 CASES = {  # name: (function, shapes of its tensor arguments)
     "reductions": (reductions, [(5, 37)]),
     "unary": (unary, [(5, 37)]),
@@ -119,6 +126,7 @@ CASES = {  # name: (function, shapes of its tensor arguments)
     "wheres": (wheres, [(5, 37), (5, 37)]),
     "arith": (arith, [(5, 37), (5, 37)]),
     "shadowing": (shadowing, [(5, 37), (37,)]),
+    "fills": (fills, [(5, 37), (5, 37)]),
 }
 
 
@@ -194,3 +202,13 @@ def test_a_renamed_local_does_not_meet_another_local() -> None:
                            "    return var_ + var + x.var(-1, keepdim=True)\n")
     x = torch.randn(3, 8, dtype=torch.float64)
     torch.testing.assert_close(f(x), (x + 1.0) + x * 2.0 + x.var(-1, keepdim=True))
+
+
+def test_softplus_gradient_is_finite_past_the_threshold() -> None:
+    """The overflow-free softplus: exp of a large input never reaches the derived backward
+    (log(1 + exp(z)) would give inf * 0 = NaN in the branch where() drops)."""
+    x = (torch.randn(4, 9, dtype=torch.float64) * 60).requires_grad_()
+    y = torch.randn(4, 9, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: fills(a, b), (x, y))
+    fills(x, y).sum().backward()
+    assert torch.isfinite(x.grad).all()
