@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from fusile.dsl import ast
 from fusile.dsl.builtins import BUILTINS
 from fusile.dsl.errors import BuiltinCallError, Span, UnsupportedSyntaxError
+from fusile.dsl.push import make_view
 from fusile.dsl.types import TensorType
 
 if TYPE_CHECKING:
@@ -234,6 +235,38 @@ def function(span: Span, name: str, args: list[ast.Expr], kwargs: dict[str, ast.
     return None
 
 
+def _axis_const(ck: Checker, d: ast.Expr, rank: int, what: str) -> int:
+    ck.value(d)
+    axis = ck.t.consts.get(id(d))
+    if not isinstance(axis, int) or isinstance(axis, bool) or not -rank <= axis < rank:
+        raise BuiltinCallError(f"{what}: a dim must be an integer constant in [{-rank}, "
+                               f"{rank - 1}]", d.span)
+    return axis % rank
+
+
+def _permuted(ck: Checker, span: Span, name: str, x: ast.Expr, args: list[ast.Expr],
+              kwargs: dict[str, ast.Expr]) -> ast.Expr:
+    """x.transpose(a, b) / swapaxes / swapdims / x.permute(*dims): a view (no copy)."""
+    rank = _rank(ck, x, f".{name}()")
+    if name == "permute":
+        given = list(args[0].items) if len(args) == 1 and isinstance(
+            args[0], ast.TupleExpr | ast.ListExpr) else list(args)
+        if "dims" in kwargs and not given:
+            d = kwargs.pop("dims")
+            given = list(d.items) if isinstance(d, ast.TupleExpr | ast.ListExpr) else [d]
+        dims = [_axis_const(ck, d, rank, ".permute()") for d in given]
+        if kwargs or sorted(dims) != list(range(rank)):
+            raise BuiltinCallError(f".permute() takes each of the {rank} dims once", span)
+    else:
+        pair = list(args) + [kwargs.pop(k) for k in ("dim0", "dim1") if k in kwargs]
+        if len(pair) != 2 or kwargs:
+            raise BuiltinCallError(f".{name}() takes two dims", span)
+        a, b = (_axis_const(ck, d, rank, f".{name}()") for d in pair)
+        dims = list(range(rank))
+        dims[a], dims[b] = dims[b], dims[a]
+    return make_view(ck, x, tuple(dims))
+
+
 def method(ck: Checker, e: ast.Call) -> ast.Expr:
     """The core form of a method call `x.name(...)` on a tensor or scalar value."""
     assert isinstance(e.func, ast.Attribute)
@@ -272,6 +305,8 @@ def method(ck: Checker, e: ast.Call) -> ast.Expr:
     if name == "t":
         _no_args(span, ".t()", args, kwargs)
         return ast.Attribute(span, x, "T")
+    if name in ("transpose", "swapaxes", "swapdims", "permute"):
+        return _permuted(ck, span, name, x, args, kwargs)
     if name == "where":  # torch: x.where(cond, other) is where(cond, x, other)
         if len(args) != 2 or kwargs:
             raise BuiltinCallError(".where() takes (condition, other)", span)
@@ -280,7 +315,8 @@ def method(ck: Checker, e: ast.Call) -> ast.Expr:
     if out is None:
         methods = sorted({*_SAME, *_RENAMED, *_CASTS, *EXTRAS, *_ARITH, "max", "min", "var",
                           "pow", "neg",
-                          "to", "type", "astype", "size", "dim", "unsqueeze", "t"})
+                          "to", "type", "astype", "size", "dim", "unsqueeze", "t", "transpose",
+                          "swapaxes", "swapdims", "permute"})
         raise UnsupportedSyntaxError(f"fusile has no method '.{name}()'; the methods it "
                                      f"knows: {', '.join(methods)}", e.func.span)
     return out

@@ -105,7 +105,10 @@ class Build:
 
     def swap_last(self, x: Node) -> Node:
         r = len(x.shape)
-        dims = (*range(r - 2), r - 1, r - 2)
+        return self.permute(x, (*range(r - 2), r - 1, r - 2))
+
+    def permute(self, x: Node, dims: tuple[int, ...]) -> Node:
+        """x's axes in the order dims (result axis k is x's axis dims[k])."""
         return self._node("view", [x], TensorType(x.type.dtype, tuple(x.shape[d] for d in dims)),
                           dims=dims)
 

@@ -195,8 +195,11 @@ def _view(b: Build, n: Node, g: Node) -> Grads:
     if new:  # drop the axes the view added (each of size 1)
         g = b.reduce("sum", g, new, keepdims=False)
         dims = tuple(d for d in dims if d is not None)
-    if list(dims) != sorted(dims):  # .T / .mT: swap back
-        g = b.swap_last(g)
+    if list(dims) != sorted(dims):  # a permutation (.T, .mT, .transpose, .permute): undo it
+        inverse = [0] * len(dims)
+        for k, d in enumerate(dims):
+            inverse[d] = k
+        g = b.permute(g, tuple(inverse))
     return [g]
 
 

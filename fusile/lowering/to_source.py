@@ -141,10 +141,10 @@ def _view(x: str, dims: tuple[int | None, ...], n: Node) -> str:
     src = [d for d in dims if d is not None]
     rank = len(src)
     if src != sorted(src):
-        if src[-2:] != [rank - 1, rank - 2] or src[:-2] != list(range(rank - 2)):
-            raise DerivativeError("this view cannot be written back as source", n.span,
-                                  n.source)
-        x = f"{x}.mT"
+        if src[-2:] == [rank - 1, rank - 2] and src[:-2] == list(range(rank - 2)):
+            x = f"{x}.mT"
+        else:
+            x = f"{x}.permute({', '.join(map(str, src))})"
     if None not in dims:
         return x
     return f"{x}[{', '.join('None' if d is None else ':' for d in dims)}]"

@@ -111,6 +111,16 @@ def fills(x, y):
             + torch.zeros_like(x) + torch.ones_like(y) * 2.0 + torch.full_like(x, 3.5))
 
 
+@fused
+def permutes(x, y):
+    """transpose / swapaxes / permute views, of parameters and of math on them, and the
+    attention-style scores of a transposed key."""
+    s = x @ y.transpose(-2, -1)
+    return (s.swapaxes(0, 1).sum(dim=-1) + torch.exp(x.permute(1, 0, 2)).sum(dim=-1)
+            + (x.transpose(0, 2) * y.permute(2, 1, 0)).sum(dim=0)
+            + torch.sigmoid(y.permute(1, 2, 0)).sum(dim=1))  # a 3-cycle: not its own inverse
+
+
 CASES = {  # name: (function, shapes of its tensor arguments)
     "reductions": (reductions, [(5, 37)]),
     "unary": (unary, [(5, 37)]),
@@ -127,6 +137,7 @@ CASES = {  # name: (function, shapes of its tensor arguments)
     "arith": (arith, [(5, 37), (5, 37)]),
     "shadowing": (shadowing, [(5, 37), (37,)]),
     "fills": (fills, [(5, 37), (5, 37)]),
+    "permutes": (permutes, [(3, 5, 7), (3, 5, 7)]),
 }
 
 
@@ -212,3 +223,23 @@ def test_softplus_gradient_is_finite_past_the_threshold() -> None:
     assert torch.autograd.gradcheck(lambda a, b: fills(a, b), (x, y))
     fills(x, y).sum().backward()
     assert torch.isfinite(x.grad).all()
+
+
+def test_permuted_views_differentiate() -> None:
+    """A view's gradient undoes its permutation (any order, not only the last two axes):
+    against torch autograd of the same body in float64."""
+    x, y = (torch.randn(3, 5, 7).requires_grad_() for _ in range(2))
+    g = torch.randn(5, 3)
+    got = torch.autograd.grad(permutes(x, y), (x, y), g)
+    x64, y64 = (t.detach().double().requires_grad_() for t in (x, y))
+    want = torch.autograd.grad(permutes.__wrapped__(x64, y64), (x64, y64), g.double())
+    for a, b in zip(got, want, strict=True):
+        assert_close(a, b, torch.float32)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+def test_permutes_on_the_gpu(dtype: torch.dtype) -> None:
+    from tests.numerics import check_torch_twin
+
+    check_torch_twin(permutes, [(3, 5, 7), (3, 5, 7)], "permutes", dtype, "cuda", calls=2)
