@@ -57,7 +57,12 @@ SPILLED = [("def prog(x0, x1):\n    t0 = x0 + x1\n    return t0\n", [(1, 13, 1),
            # one row of 1000 halves: the row's end is no multiple of 16, so 16 per thread were
            # 16 predicated loads, and the predicates spilled (found by the dev profile, seed 17)
            ("def prog(x0):\n    t0 = exp(x0)\n    t1 = where(t0 < x0, t0, x0 * 0.5)\n"
-            "    return t1\n", [(1000,)])]
+            "    return t1\n", [(1000,)]),
+           # contractions over K = 7 and 100 halves (rows no 16-byte multiple, loads not
+           # vectorized): the 128x64x64 4-stage pick took 255 registers and spilled 672 bytes
+           ("def prog(x0, x1):\n    return x0 @ x1.mT\n", [(512, 100), (512, 100)]),
+           ("def prog(x0, x1):\n    return x0 @ x1.mT\n", [(3, 5, 7), (3, 5, 7)]),
+           ("def prog(x0, x1):\n    return x0 @ x1\n", [(512, 100), (100, 512)])]
 
 
 @pytest.mark.parametrize("target", ["h100", "mi300x"])

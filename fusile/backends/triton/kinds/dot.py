@@ -26,7 +26,7 @@ from fusile.backends.triton.tiled import Launch, launch_tuned
 from fusile.backends.triton.tune import DotConfig, amd_tile, tile
 
 
-def _cuda(dtype: str, tiles: Callable[[int, int], int], sms: int) -> list[DotConfig]:
+def _cuda(dtype: str, tiles: Callable[[int, int], int], sms: int, k: int) -> list[DotConfig]:
     if dtype == "f32":  # IEEE float32 runs on FMA units: smaller tiles, deeper pipelines
         return [tile(64, 64, 32, warps=4, stages=3), tile(128, 64, 32, warps=4, stages=3),
                 tile(64, 128, 32, warps=4, stages=3), tile(32, 64, 32, warps=4, stages=3)]
@@ -34,6 +34,12 @@ def _cuda(dtype: str, tiles: Callable[[int, int], int], sms: int) -> list[DotCon
            tile(128, 256, 32, warps=8, stages=4), tile(128, 256, 64, warps=8, stages=4)]
     small = [tile(128, 64, 64, warps=4, stages=4), tile(64, 128, 64, warps=4, stages=4),
              tile(64, 64, 64, warps=4, stages=4)]
+    if k % 16:  # rows of K elements are no multiple of 16: Triton cannot prove 16-byte
+        # alignment, so each operand element is its own load; 64-deep tiles over 4 stages
+        # then spilled on sm_90 (128x64x64: 255 registers, 672 bytes at 512x100 @ 100x512)
+        # where 32-deep tiles over 3 stages did not
+        narrow = [tile(128, 128, 32, warps=8, stages=3), tile(64, 64, 32, warps=4, stages=3)]
+        return (narrow if tiles(128, 128) >= sms else narrow[::-1]) + big[:2] + small
     if tiles(128, 256) >= sms:
         return big + small
     if tiles(128, 128) >= sms:
@@ -63,7 +69,6 @@ def candidates(target: Target, dtype: str, m: int, n: int, k: int, batch: int = 
                prologue: bool = False) -> list[DotConfig]:
     """Configs to try for an (m x k) @ (k x n) product, `batch` of them; the first is the
     rule-based pick. `prologue`: the operands are computed from their loads (not only cast)."""
-    del k
 
     def tiles(bm: int, bn: int) -> int:
         return batch * -(-m // bm) * -(-n // bn)
@@ -72,7 +77,7 @@ def candidates(target: Target, dtype: str, m: int, n: int, k: int, batch: int = 
         return [tile(32, 32, 32, warps=4, stages=1, group_m=4)]
     if target.backend == "hip":
         return _hip(dtype, tiles, target.compute_units, prologue)
-    return _cuda(dtype, tiles, target.compute_units)
+    return _cuda(dtype, tiles, target.compute_units, k)
 
 
 def constexprs(cfg: DotConfig, k: int, use_i64: bool) -> DotConstexprs:
