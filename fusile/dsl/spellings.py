@@ -40,6 +40,8 @@ _CASTS = {"float": "f32", "half": "f16", "bfloat16": "bf16", "double": "f64", "i
           "long": "i64", "bool": "bool"}
 _ARITH = {"add": "add", "sub": "sub", "subtract": "sub", "mul": "mul", "multiply": "mul",
           "div": "div", "divide": "div", "true_divide": "div", "floor_divide": "floordiv"}
+# torch functions that are no tensor methods (left out of the methods an error lists)
+_NOT_METHODS = {"softplus", "zeros_like", "ones_like", "full_like"}
 # functions fusile spells itself too (clamp(x, lo, hi) works without a prefix)
 EXTRAS = ("clamp", "clip", "relu", "silu", "gelu", "square", "remainder", "std", "softplus",
           "zeros_like", "ones_like", "full_like")
@@ -316,7 +318,7 @@ def method(ck: Checker, e: ast.Call) -> ast.Expr:
         methods = sorted({*_SAME, *_RENAMED, *_CASTS, *EXTRAS, *_ARITH, "max", "min", "var",
                           "pow", "neg",
                           "to", "type", "astype", "size", "dim", "unsqueeze", "t", "transpose",
-                          "swapaxes", "swapdims", "permute"})
+                          "swapaxes", "swapdims", "permute"} - _NOT_METHODS)
         raise UnsupportedSyntaxError(f"fusile has no method '.{name}()'; the methods it "
                                      f"knows: {', '.join(methods)}", e.func.span)
     return out
