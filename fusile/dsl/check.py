@@ -41,6 +41,7 @@ from fusile.dsl.types import (
     result_dtype,
     show_shape,
 )
+from fusile.dsl.unpack import unpack_splits
 
 _ARITH = {"add", "sub", "mul", "div", "floordiv", "mod", "pow"}
 _BITWISE = {"and_", "or_", "xor"}
@@ -66,7 +67,6 @@ def _scalar_of(value: Any) -> ScalarType:
 
 class Checker:
     def __init__(self, typed: Typed, globals_: dict[str, Any], depth: int = 0):
-        typed.func = unshadow(typed.func, BUILTINS)  # `var = x.var(-1)`: a local, renamed
         self.t = typed
         self.globals = globals_
         self.scope: dict[str, Binding] = {}
@@ -81,7 +81,9 @@ class Checker:
             raise err.located(self.t.func.span, self.t.source) from None
 
     def _run(self, params: list[Binding]) -> Typed:
-        func = self.t.func
+        # the tree as Python scopes it (`var = x.var(-1)`: a local, renamed away from the
+        # builtin) with torch's splits unpacked into slices (`a, b = x.chunk(2, dim=-1)`)
+        func = self.t.func = unpack_splits(unshadow(self.t.func, BUILTINS))
         for p, b in zip(func.params, params, strict=True):
             self.scope[p.name] = b
         self.t.param_types = [b.type for b in params]  # type: ignore[misc]

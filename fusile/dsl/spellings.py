@@ -307,6 +307,9 @@ def method(ck: Checker, e: ast.Call) -> ast.Expr:
     if name == "t":
         _no_args(span, ".t()", args, kwargs)
         return ast.Attribute(span, x, "T")
+    if name in ("chunk", "split", "unbind"):  # unpacked into names: dsl/unpack.py
+        raise UnsupportedSyntaxError(f"x.{name}() gives several tensors: unpack them into "
+                                     f"names, as in a, b = x.{name}(...)", span)
     if name in ("transpose", "swapaxes", "swapdims", "permute"):
         return _permuted(ck, span, name, x, args, kwargs)
     if name == "where":  # torch: x.where(cond, other) is where(cond, x, other)

@@ -121,6 +121,17 @@ def permutes(x, y):
             + torch.sigmoid(y.permute(1, 2, 0)).sum(dim=1))  # a 3-cycle: not its own inverse
 
 
+@fused
+def splits(x, w):
+    """chunk / split / unbind unpacked into names: slices (and indices) of x and w."""
+    a, b = x.chunk(2, dim=-1)
+    q, k, v = torch.split(x, [2, 3, 5], dim=-1)
+    r0, r1 = w.unbind(0)
+    top, rest = x.split(3)
+    return (a * torch.sigmoid(b) + q.sum(-1, keepdim=True) * k.mean(-1, keepdim=True)
+            + v * (r0[:5] * r1[5:]) + top.sum(0)[:5] - rest.amax(0)[5:])
+
+
 CASES = {  # name: (function, shapes of its tensor arguments)
     "reductions": (reductions, [(5, 37)]),
     "unary": (unary, [(5, 37)]),
@@ -138,6 +149,7 @@ CASES = {  # name: (function, shapes of its tensor arguments)
     "shadowing": (shadowing, [(5, 37), (37,)]),
     "fills": (fills, [(5, 37), (5, 37)]),
     "permutes": (permutes, [(3, 5, 7), (3, 5, 7)]),
+    "splits": (splits, [(5, 10), (2, 10)]),
 }
 
 
@@ -239,7 +251,24 @@ def test_permuted_views_differentiate() -> None:
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
-def test_permutes_on_the_gpu(dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("name", ["permutes", "splits", "shadowing", "fills"])
+def test_new_spellings_on_the_gpu(name: str, dtype: torch.dtype) -> None:
     from tests.numerics import check_torch_twin
 
-    check_torch_twin(permutes, [(3, 5, 7), (3, 5, 7)], "permutes", dtype, "cuda", calls=2)
+    fn, shapes = CASES[name]
+    check_torch_twin(fn, shapes, name, dtype, "cuda", calls=2)
+
+
+@pytest.mark.parametrize("line,text", [
+    ("a, b = x.chunk(3, dim=-1)", "x.chunk(3) gives 3 pieces here; unpack them into as many "
+                                  "names (got 2)"),
+    ("a = x.chunk(2)", "chunk() gives several tensors: unpack them into names"),
+    ("a, b = x.split(k)", "split(): split_size must be an integer literal here"),
+    ("a = x.chunk(2)[0]", "x.chunk() gives several tensors: unpack them into names"),
+])
+def test_splits_fusile_refuses_say_why(line: str, text: str) -> None:
+    f = fusile.from_source(f"def f(x, k: int = 2):\n    {line}\n    return a\n",
+                           filename="prog.py")
+    with pytest.raises(E.FusileError) as got:
+        f(torch.randn(4, 6))
+    assert text in str(got.value) and "prog.py:2" in str(got.value)
