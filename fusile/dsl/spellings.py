@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from fusile.dsl import ast
+from fusile.dsl import ast, norms
 from fusile.dsl.builtins import BUILTINS
 from fusile.dsl.errors import BuiltinCallError, Span, UnsupportedSyntaxError
 from fusile.dsl.push import make_view
@@ -41,10 +41,11 @@ _CASTS = {"float": "f32", "half": "f16", "bfloat16": "bf16", "double": "f64", "i
 _ARITH = {"add": "add", "sub": "sub", "subtract": "sub", "mul": "mul", "multiply": "mul",
           "div": "div", "divide": "div", "true_divide": "div", "floor_divide": "floordiv"}
 # torch functions that are no tensor methods (left out of the methods an error lists)
-_NOT_METHODS = {"softplus", "zeros_like", "ones_like", "full_like"}
+_NOT_METHODS = {"softplus", "zeros_like", "ones_like", "full_like", "normalize", "layer_norm",
+                "rms_norm", "vector_norm"}
 # functions fusile spells itself too (clamp(x, lo, hi) works without a prefix)
 EXTRAS = ("clamp", "clip", "relu", "silu", "gelu", "square", "remainder", "std", "softplus",
-          "zeros_like", "ones_like", "full_like")
+          "zeros_like", "ones_like", "full_like", "normalize", "layer_norm", "rms_norm", "norm")
 
 
 def kwargs_alias(kwargs: dict[str, ast.Expr], params: set[str], span: Span
@@ -116,6 +117,34 @@ def _max_min(span: Span, name: str, args: list[ast.Expr], kwargs: dict[str, ast.
             f"torch's {name}(x, dim) returns (values, indices); for the values write "
             f"x.a{name}(dim=...) or {name}(x, axis=...)", span)
     return _call(span, name, args, {})
+
+
+def extreme_values(e: ast.Attribute) -> ast.Expr | None:
+    """`torch.max(x, dim).values` / `x.min(dim=d, keepdim=True).values`: the amax / amin;
+    `.indices` says it is not spelled. None for anything else."""
+    c = e.value
+    assert isinstance(c, ast.Call)
+    f = c.func
+    if not isinstance(f, ast.Attribute) or f.attr not in ("max", "min"):
+        return None
+    args = list(c.args)
+    if isinstance(f.value, ast.Name) and f.value.id == "torch":
+        if not args:
+            return None
+        x = args.pop(0)
+    else:
+        x = f.value
+    kwargs = {k.name: k.value for k in c.kwargs}
+    given = dict(zip(("dim", "keepdim"), args, strict=False)) | kwargs
+    if "dim" not in given or len(args) > 2 or set(kwargs) - {"dim", "keepdim"}:
+        return None
+    if e.attr == "indices":
+        raise UnsupportedSyntaxError(f"the indices of torch's {f.attr}(x, dim) (an argmax) "
+                                     "are not spelled in fusile; .values is", e.span)
+    out = {"axis": given["dim"]}
+    if "keepdim" in given:
+        out["keepdims"] = given["keepdim"]
+    return _call(e.span, f.attr, [x], out)
 
 
 def _gelu(span: Span, x: ast.Expr, approximate: ast.Expr | None) -> ast.Expr:
@@ -222,6 +251,8 @@ def function(span: Span, name: str, args: list[ast.Expr], kwargs: dict[str, ast.
         return _gelu(span, x, kwargs.get("approximate"))
     if name in ("zeros_like", "ones_like", "full_like"):
         return _like(span, name, args, kwargs)
+    if name in ("norm", "vector_norm", "normalize", "layer_norm", "rms_norm"):
+        return norms.spelled(span, name, args, kwargs, _call)
     if name == "softplus":
         return _softplus(span, args, kwargs)
     if name == "remainder":

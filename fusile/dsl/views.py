@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fusile.dsl import ast, slicing
+from fusile.dsl import ast, slicing, spellings
 from fusile.dsl.errors import RankError, UnsupportedSyntaxError
 from fusile.dsl.resolve import resolve_global
 from fusile.dsl.types import TensorType, ValueType
@@ -93,6 +93,10 @@ def attribute(ck: Checker, e: ast.Attribute) -> ValueType | tuple[ValueType, ...
         dims = (*range(t.rank - 2), t.rank - 1, t.rank - 2)
         ck.t.views[id(e)] = dims
         return TensorType(t.dtype, tuple(t.shape[d] for d in dims))
+    if e.attr in ("values", "indices") and isinstance(e.value, ast.Call):
+        core = spellings.extreme_values(e)  # torch.max(x, dim).values
+        if core is not None:
+            return ck.desugar(e, core)
     name = dotted(e)
     if name and root_is_global(e, ck.scope):
         found, obj = resolve_global(name, ck.globals)

@@ -132,6 +132,15 @@ def splits(x, w):
             + v * (r0[:5] * r1[5:]) + top.sum(0)[:5] - rest.amax(0)[5:])
 
 
+@fused
+def norms(x, w, b):
+    """The norm spellings, and the values of torch.max / min over a dim."""
+    return (F.layer_norm(x, (x.shape[-1],), w, b, 1e-5) + F.rms_norm(x, [37], w, eps=1e-6)
+            + F.normalize(x, dim=-1) + x.norm(dim=-1, keepdim=True)
+            + torch.linalg.vector_norm(x, dim=-1, keepdim=True) + F.layer_norm(x, (37,))
+            + torch.max(x, dim=-1, keepdim=True).values - x.min(0).values)
+
+
 CASES = {  # name: (function, shapes of its tensor arguments)
     "reductions": (reductions, [(5, 37)]),
     "unary": (unary, [(5, 37)]),
@@ -150,6 +159,7 @@ CASES = {  # name: (function, shapes of its tensor arguments)
     "fills": (fills, [(5, 37), (5, 37)]),
     "permutes": (permutes, [(3, 5, 7), (3, 5, 7)]),
     "splits": (splits, [(5, 10), (2, 10)]),
+    "norms": (norms, [(5, 37), (37,), (37,)]),
 }
 
 
@@ -251,7 +261,7 @@ def test_permuted_views_differentiate() -> None:
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
-@pytest.mark.parametrize("name", ["permutes", "splits", "shadowing", "fills"])
+@pytest.mark.parametrize("name", ["permutes", "splits", "shadowing", "fills", "norms"])
 def test_new_spellings_on_the_gpu(name: str, dtype: torch.dtype) -> None:
     from tests.numerics import check_torch_twin
 
@@ -265,10 +275,13 @@ def test_new_spellings_on_the_gpu(name: str, dtype: torch.dtype) -> None:
     ("a = x.chunk(2)", "chunk() gives several tensors: unpack them into names"),
     ("a, b = x.split(k)", "split(): split_size must be an integer literal here"),
     ("a = x.chunk(2)[0]", "x.chunk() gives several tensors: unpack them into names"),
+    ("a = torch.max(x, dim=0).indices", "the indices of torch's max(x, dim) (an argmax)"),
+    ("a = F.rms_norm(x, (6,))", "rms_norm(): give eps="),
+    ("a = x.norm(p=1)", "only the 2-norm is spelled in fusile"),
 ])
 def test_splits_fusile_refuses_say_why(line: str, text: str) -> None:
     f = fusile.from_source(f"def f(x, k: int = 2):\n    {line}\n    return a\n",
-                           filename="prog.py")
+                           filename="prog.py", globals_={"torch": torch, "F": F})
     with pytest.raises(E.FusileError) as got:
         f(torch.randn(4, 6))
     assert text in str(got.value) and "prog.py:2" in str(got.value)

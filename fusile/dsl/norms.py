@@ -1,0 +1,82 @@
+"""torch's norm spellings as formulas over the core builtins: `x.norm(dim=...)`,
+`torch.linalg.vector_norm`, `F.normalize`, `F.layer_norm` and `F.rms_norm` (the 2-norm only;
+normalization over the trailing axes that normalized_shape names)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fusile.dsl import ast
+from fusile.dsl.errors import BuiltinCallError, Span
+
+_PARAMS = {
+    "norm": ("input", "p", "dim", "keepdim"),
+    "vector_norm": ("input", "ord", "dim", "keepdim"),
+    "normalize": ("input", "p", "dim", "eps"),
+    "layer_norm": ("input", "normalized_shape", "weight", "bias", "eps"),
+    "rms_norm": ("input", "normalized_shape", "weight", "eps"),
+}
+
+
+def spelled(span: Span, name: str, args: list[ast.Expr], kwargs: dict[str, ast.Expr],
+            call: Callable[..., ast.Expr]) -> ast.Expr:
+    """The core form of torch's `name` called with these arguments (the receiver first)."""
+    names = _PARAMS[name]
+    if len(args) > len(names) or set(kwargs) - set(names):
+        raise BuiltinCallError(f"{name}() takes ({', '.join(names)})", span)
+    a = dict(zip(names, args, strict=False)) | kwargs
+    if "input" not in a:
+        raise BuiltinCallError(f"{name}() needs its input", span)
+    x = a["input"]
+
+    def num(v: float) -> ast.Num:
+        return ast.Num(span, v)
+
+    def mul(p: ast.Expr, q: ast.Expr) -> ast.Expr:
+        return ast.BinOp(span, "mul", p, q)
+
+    def norm2(dim: ast.Expr | None, keep: ast.Expr) -> ast.Expr:
+        kw: dict[str, ast.Expr] = {"keepdims": keep}
+        if dim is not None and not (isinstance(dim, ast.Const) and dim.value is None):
+            kw["axis"] = dim
+        return call(span, "sqrt", [call(span, "sum", [mul(x, x)], kw)], {})
+
+    if name in ("norm", "vector_norm", "normalize"):
+        p = a.get("ord" if name == "vector_norm" else "p")
+        if p is not None and not (isinstance(p, ast.Num) and p.value == 2):
+            raise BuiltinCallError(f"{name}(): only the 2-norm is spelled in fusile (p=2); "
+                                   f"write others from abs, sum and pow", p.span)
+    if name != "normalize" and name in ("norm", "vector_norm"):
+        return norm2(a.get("dim"), a.get("keepdim", ast.Const(span, False)))
+    if name == "normalize":
+        n = norm2(a.get("dim", num(1)), ast.Const(span, True))
+        eps = a.get("eps", num(1e-12))
+        return ast.BinOp(span, "div", x, call(span, "maximum", [n, eps], {}))
+    shape = a.get("normalized_shape")
+    if shape is None:
+        raise BuiltinCallError(f"{name}() needs normalized_shape", span)
+    k = len(shape.items) if isinstance(shape, ast.TupleExpr | ast.ListExpr) else 1
+    axes: ast.Expr = num(-1) if k == 1 else ast.TupleExpr(span, tuple(
+        num(-i) for i in range(k, 0, -1)))
+    keep = ast.Const(span, True)
+    centered: ast.Expr
+    if name == "layer_norm":
+        centered = ast.BinOp(span, "sub", x, call(span, "mean", [x], {"axis": axes,
+                                                                     "keepdims": keep}))
+        spread = call(span, "var", [x], {"axis": axes, "keepdims": keep,
+                                         "correction": num(0)})
+        eps = a.get("eps", num(1e-5))
+    else:
+        if "eps" not in a or (isinstance(a["eps"], ast.Const) and a["eps"].value is None):
+            raise BuiltinCallError("rms_norm(): give eps= (torch's default, the dtype's "
+                                   "machine epsilon, is not spelled in fusile)", span)
+        centered = x
+        spread = call(span, "mean", [mul(x, x)], {"axis": axes, "keepdims": keep})
+        eps = a["eps"]
+    y = mul(centered, call(span, "rsqrt", [ast.BinOp(span, "add", spread, eps)], {}))
+    for param, op in (("weight", "mul"), ("bias", "add")):
+        v: Any = a.get(param)
+        if v is not None and not (isinstance(v, ast.Const) and v.value is None):
+            y = ast.BinOp(span, op, y, v)
+    return y
