@@ -15,30 +15,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Callable
 
 import torch
 
+from benchmarks.host_latency import per_call_us
 from fusile import config, samples
 from fusile.backends import dispatch
 from fusile.backends.triton import launch as L
 from fusile.backends.triton.replay_code import straight_line
 from fusile.dsl.torch_op import traced
-
-
-def per_call_us(fn: Callable[[], object], n: int) -> float:
-    for _ in range(200):
-        fn()
-    torch.cuda.synchronize()
-    rounds = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        torch.cuda.synchronize()
-        rounds.append((time.perf_counter() - t0) / n * 1e6)
-    return sorted(rounds)[2]
 
 
 def pieces(n: int) -> list[tuple[str, float]]:

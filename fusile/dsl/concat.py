@@ -68,18 +68,20 @@ def call(ck: Checker, e: ast.Call, name: str) -> Any:
     first = types[0]
     assert isinstance(first, TensorType)
     rank = first.rank + (name == "stack")
-    axis = _axis(ck, args[1], rank, name) if len(args) == 2 else 0
+    axis = const_axis(ck, args[1], rank, f"{name}()") if len(args) == 2 else 0
     if name == "stack":
         pieces = [make_view(ck, p, (*range(axis), None, *range(axis, rank - 1)))
                   for p in pieces]
     return ck.desugar(e, make_concat(ck, e, pieces, axis))
 
 
-def _axis(ck: Checker, e: ast.Expr, rank: int, name: str) -> int:
+def const_axis(ck: Checker, e: ast.Expr, rank: int, what: str) -> int:
+    """An axis argument of `what` (a call, as written): an integer constant in [-rank, rank),
+    made non-negative."""
     ck.value(e)
     a = ck.t.consts.get(id(e))
     if not isinstance(a, int) or isinstance(a, bool) or not -rank <= a < rank:
-        raise AxisError(f"{name}(): the axis must be an integer constant in [{-rank}, "
+        raise AxisError(f"{what}: the axis must be an integer constant in [{-rank}, "
                         f"{rank})", e.span)
     return a % rank
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from fusile.dsl import ast, norms
 from fusile.dsl.builtins import BUILTINS
+from fusile.dsl.concat import const_axis
 from fusile.dsl.errors import BuiltinCallError, Span, UnsupportedSyntaxError
 from fusile.dsl.push import make_view
 from fusile.dsl.types import TensorType
@@ -119,6 +120,16 @@ def _max_min(span: Span, name: str, args: list[ast.Expr], kwargs: dict[str, ast.
     return _call(span, name, args, {})
 
 
+def receiver(c: ast.Call) -> tuple[ast.Expr, list[ast.Expr]] | None:
+    """The tensor a method-like call is about and its other positional arguments: x of
+    `x.f(a)` or of `torch.f(x, a)`; None for `torch.f()` with no argument."""
+    assert isinstance(c.func, ast.Attribute)
+    args = list(c.args)
+    if isinstance(c.func.value, ast.Name) and c.func.value.id == "torch":
+        return (args[0], args[1:]) if args else None
+    return c.func.value, args
+
+
 def extreme_values(e: ast.Attribute) -> ast.Expr | None:
     """`torch.max(x, dim).values` / `x.min(dim=d, keepdim=True).values`: the amax / amin;
     `.indices` says it is not spelled. None for anything else."""
@@ -127,13 +138,10 @@ def extreme_values(e: ast.Attribute) -> ast.Expr | None:
     f = c.func
     if not isinstance(f, ast.Attribute) or f.attr not in ("max", "min"):
         return None
-    args = list(c.args)
-    if isinstance(f.value, ast.Name) and f.value.id == "torch":
-        if not args:
-            return None
-        x = args.pop(0)
-    else:
-        x = f.value
+    got = receiver(c)
+    if got is None:
+        return None
+    x, args = got
     kwargs = {k.name: k.value for k in c.kwargs}
     given = dict(zip(("dim", "keepdim"), args, strict=False)) | kwargs
     if "dim" not in given or len(args) > 2 or set(kwargs) - {"dim", "keepdim"}:
@@ -268,15 +276,6 @@ def function(span: Span, name: str, args: list[ast.Expr], kwargs: dict[str, ast.
     return None
 
 
-def _axis_const(ck: Checker, d: ast.Expr, rank: int, what: str) -> int:
-    ck.value(d)
-    axis = ck.t.consts.get(id(d))
-    if not isinstance(axis, int) or isinstance(axis, bool) or not -rank <= axis < rank:
-        raise BuiltinCallError(f"{what}: a dim must be an integer constant in [{-rank}, "
-                               f"{rank - 1}]", d.span)
-    return axis % rank
-
-
 def _permuted(ck: Checker, span: Span, name: str, x: ast.Expr, args: list[ast.Expr],
               kwargs: dict[str, ast.Expr]) -> ast.Expr:
     """x.transpose(a, b) / swapaxes / swapdims / x.permute(*dims): a view (no copy)."""
@@ -287,14 +286,14 @@ def _permuted(ck: Checker, span: Span, name: str, x: ast.Expr, args: list[ast.Ex
         if "dims" in kwargs and not given:
             d = kwargs.pop("dims")
             given = list(d.items) if isinstance(d, ast.TupleExpr | ast.ListExpr) else [d]
-        dims = [_axis_const(ck, d, rank, ".permute()") for d in given]
+        dims = [const_axis(ck, d, rank, ".permute()") for d in given]
         if kwargs or sorted(dims) != list(range(rank)):
             raise BuiltinCallError(f".permute() takes each of the {rank} dims once", span)
     else:
         pair = list(args) + [kwargs.pop(k) for k in ("dim0", "dim1") if k in kwargs]
         if len(pair) != 2 or kwargs:
             raise BuiltinCallError(f".{name}() takes two dims", span)
-        a, b = (_axis_const(ck, d, rank, f".{name}()") for d in pair)
+        a, b = (const_axis(ck, d, rank, f".{name}()") for d in pair)
         dims = list(range(rank))
         dims[a], dims[b] = dims[b], dims[a]
     return make_view(ck, x, tuple(dims))

@@ -15,6 +15,7 @@ from typing import Any
 
 from fusile.dsl import ast
 from fusile.dsl.errors import BuiltinCallError, Span
+from fusile.dsl.spellings import receiver
 
 _SPLITTERS = ("chunk", "split", "unbind")
 
@@ -37,13 +38,10 @@ def _pieces(call: ast.Call, n: int) -> list[ast.Expr] | None:
     f = call.func
     if not isinstance(f, ast.Attribute) or f.attr not in _SPLITTERS:
         return None
-    args = list(call.args)
-    if isinstance(f.value, ast.Name) and f.value.id == "torch":  # torch.chunk(x, ...)
-        if not args:
-            return None
-        x = args.pop(0)
-    else:
-        x = f.value
+    got = receiver(call)  # x.chunk(...) or torch.chunk(x, ...)
+    if got is None:
+        return None
+    x, args = got
     kwargs = {k.name: k.value for k in call.kwargs}
     span = call.span
     if n < 2:
