@@ -22,6 +22,7 @@ floor = STUBS["floor"]
 index = STUBS["index"]
 log = STUBS["log"]
 log1p = STUBS["log1p"]
+expm1 = STUBS["expm1"]
 log2 = STUBS["log2"]
 log_softmax = STUBS["log_softmax"]
 logsumexp = STUBS["logsumexp"]
@@ -44,10 +45,52 @@ var = STUBS["var"]
 where = STUBS["where"]
 
 __all__ = [
-    "FusedFunction", "FusileError", "Tensor", "abs", "arange", "astype", "bf16", "bool_", "ceil",
-    "concat", "cos", "erf", "exp", "exp2", "expand_as", "f16", "f32", "f64", "floor", "from_source",
-    "fused", "i32", "i64", "index", "log", "log1p", "log2", "log_softmax", "logsumexp",
-    "matmul", "max", "maximum", "mean", "min", "minimum", "rsqrt", "sigmoid", "sin", "size",
-    "softmax", "sqrt", "stack", "sum", "tanh", "var", "where",
+    "FusedFunction",
+    "FusileError",
+    "Tensor",
+    "abs",
+    "arange",
+    "astype",
+    "bf16",
+    "bool_",
+    "ceil",
+    "concat",
+    "cos",
+    "erf",
+    "exp",
+    "exp2",
+    "expand_as",
+    "expm1",
+    "f16",
+    "f32",
+    "f64",
+    "floor",
+    "from_source",
+    "fused",
+    "i32",
+    "i64",
+    "index",
+    "log",
+    "log1p",
+    "log2",
+    "log_softmax",
+    "logsumexp",
+    "matmul",
+    "max",
+    "maximum",
+    "mean",
+    "min",
+    "minimum",
+    "rsqrt",
+    "sigmoid",
+    "sin",
+    "size",
+    "softmax",
+    "sqrt",
+    "stack",
+    "sum",
+    "tanh",
+    "var",
+    "where",
 ]
 __version__ = "0.1.0"

@@ -5,6 +5,8 @@
 - float32 `math.exp` becomes arithmetic (`_exp`): the JIT links libm's expf, a call per element
   that no loop around it can vectorise. math-expand-ops (run before) writes tanh, sinh and the
   like in terms of exp, so they take the same path.
+- `math.log1p` and `math.expm1` become Kahan's forms, exact near 0 (MLIR lowers them as
+  log(1 + x) and exp(x) - 1, which lose every digit of a tiny x).
 
 exp is Cody-Waite range reduction with a degree-6 polynomial (Cephes' expf coefficients,
 rel. error about 2 ulp over the float32 range); below the smallest denormal it gives 0,
@@ -32,18 +34,27 @@ def vectorisable(module: ir.Module) -> None:
     """Rewrite the module in place (its context must be current)."""
     fast = ir.Attribute.parse("#arith.fastmath<reassoc,contract>")
     exps: list[Any] = []
+    near_zero: list[Any] = []
 
     def visit(op: Any) -> Any:
         if op.name in _FLOAT_OPS:
             op.attributes["fastmath"] = fast
         elif op.name == "math.exp" and str(op.results[0].type) == "f32":
             exps.append(op)
+        elif op.name in ("math.log1p", "math.expm1"):
+            near_zero.append(op)
         return ir.WalkResult.ADVANCE
 
     module.operation.walk(visit)
     for op in exps:
         with ir.InsertionPoint(op), op.location:
             op.results[0].replace_all_uses_with(_exp(op.operands[0]))
+        op.erase()
+    for op in near_zero:  # after the walk: these ops must not be reassociated
+        with ir.InsertionPoint(op), op.location:
+            x = op.operands[0]
+            op.results[0].replace_all_uses_with(
+                _log1p(x) if op.name == "math.log1p" else _expm1(x))
         op.erase()
 
 
@@ -68,6 +79,33 @@ def _exp(x: Any) -> Any:
     v = arith.select(arith.cmpf(arith.CmpFPredicate.OLT, x, c(_LO)), c(0.0), v)
     v = arith.select(arith.cmpf(arith.CmpFPredicate.OGT, x, c(_HI)), c(float("inf")), v)
     return arith.select(arith.cmpf(arith.CmpFPredicate.UNO, x, x), x, v)
+
+
+def _log1p(x: Any) -> Any:
+    """log(1 + x) exact near 0 (Kahan): log(u) * x / (u - 1) with u = 1 + x rounded, which
+    cancels u's rounding error. MLIR's own lowering is log(1 + x): 0 for |x| < 6e-8 (f32).
+    No reassoc flag on these ops: folding (1 + x) - 1 into x would undo the trick."""
+    t = x.type
+    one = arith.constant(t, 1.0)
+    u = arith.addf(one, x)
+    r = arith.mulf(mmath.log(u), arith.divf(x, arith.subf(u, one)))
+    r = arith.select(arith.cmpf(arith.CmpFPredicate.OEQ, u, arith.constant(t, float("inf"))),
+                     u, r)
+    return arith.select(arith.cmpf(arith.CmpFPredicate.OEQ, u, one), x, r)
+
+
+def _expm1(x: Any) -> Any:
+    """exp(x) - 1 exact near 0 (Kahan): (u - 1) * x / log(u) with u = exp(x) rounded."""
+    t = x.type
+    one = arith.constant(t, 1.0)
+    u = _exp(x) if str(t) == "f32" else mmath.exp(x)
+    um1 = arith.subf(u, one)
+    r = arith.divf(arith.mulf(um1, x), mmath.log(u))
+    r = arith.select(arith.cmpf(arith.CmpFPredicate.OEQ, um1, arith.constant(t, -1.0)),
+                     um1, r)
+    r = arith.select(arith.cmpf(arith.CmpFPredicate.OEQ, u, arith.constant(t, float("inf"))),
+                     u, r)
+    return arith.select(arith.cmpf(arith.CmpFPredicate.OEQ, u, one), x, r)
 
 
 def _pow2(k: Any) -> Any:

@@ -29,6 +29,7 @@ _UNARY: dict[str, Callable[[Any], Any]] = {
     "math.exp": np.exp, "math.exp2": np.exp2, "math.log": np.log, "math.log2": np.log2,
     "math.sqrt": np.sqrt, "math.rsqrt": lambda x: 1.0 / np.sqrt(x), "math.tanh": np.tanh,
     "math.erf": _erf, "math.sin": np.sin, "math.cos": np.cos, "math.log1p": np.log1p,
+    "math.expm1": np.expm1,
     "math.floor": np.floor, "math.ceil": np.ceil, "math.absf": np.abs, "math.absi": np.abs,
     "arith.negf": np.negative,
     "arith.extf": lambda x: x,

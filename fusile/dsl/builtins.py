@@ -258,7 +258,8 @@ for _name, _doc in [
     ("exp", "e**x"), ("exp2", "2**x"), ("log", "natural log"), ("log2", "base-2 log"),
     ("sqrt", "square root"), ("rsqrt", "1/sqrt(x)"), ("tanh", "hyperbolic tangent"),
     ("erf", "error function"), ("sigmoid", "1/(1+exp(-x))"), ("sin", "sine"), ("cos", "cosine"),
-    ("log1p", "log(1+x)"), ("floor", "round down"), ("ceil", "round up"),
+    ("log1p", "log(1+x), exact near 0"), ("expm1", "exp(x)-1, exact near 0"),
+    ("floor", "round down"), ("ceil", "round up"),
 ]:
     BUILTINS[_name] = _b(_name, [_X], _unary_float, _doc)
 BUILTINS["abs"] = _b("abs", [_X], _unary_same, "absolute value")

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 Op = tuple[Any, ...]  # per source axis: ("keep",) | ("slice", start, stop, step) | ("index", i)
 KEEP: Op = ("keep",)
 ELEMENTWISE = {"exp", "exp2", "log", "log2", "sqrt", "rsqrt", "tanh", "erf", "sigmoid", "sin",
-                "cos", "log1p", "floor", "ceil", "abs", "maximum", "minimum", "where", "astype"}
+               "cos", "log1p", "expm1", "floor", "ceil", "abs", "maximum", "minimum", "where",
+               "astype"}
 
 
 class NeedStatic(Exception):

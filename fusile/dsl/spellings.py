@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 # names torch and fusile share, with the same meaning (a torch. / F. prefix or a method)
 _SAME = {"exp", "exp2", "log", "log2", "sqrt", "rsqrt", "tanh", "erf", "sigmoid", "sin", "cos",
-         "log1p", "floor", "ceil", "abs", "maximum", "minimum", "where", "sum", "mean",
+         "log1p", "expm1", "floor", "ceil", "abs", "maximum", "minimum", "where", "sum", "mean",
          "logsumexp", "softmax", "log_softmax", "matmul", "expand_as"}
 _RENAMED = {"amax": "max", "amin": "min", "absolute": "abs", "fmax": "maximum",
             "fmin": "minimum"}

@@ -44,7 +44,8 @@ _FLOAT_UNARY: dict[str, Callable[[ir.Value], ir.Value]] = {
     "sqrt": lambda v: mmath.SqrtOp(v).result, "rsqrt": lambda v: mmath.RsqrtOp(v).result,
     "tanh": lambda v: mmath.TanhOp(v).result, "erf": lambda v: mmath.ErfOp(v).result,
     "sin": lambda v: mmath.SinOp(v).result, "cos": lambda v: mmath.CosOp(v).result,
-    "log1p": lambda v: mmath.Log1pOp(v).result, "floor": lambda v: mmath.FloorOp(v).result,
+    "log1p": lambda v: mmath.Log1pOp(v).result, "expm1": lambda v: mmath.ExpM1Op(v).result,
+    "floor": lambda v: mmath.FloorOp(v).result,
     "ceil": lambda v: mmath.CeilOp(v).result,
 }
 

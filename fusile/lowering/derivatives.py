@@ -109,6 +109,11 @@ def _log2(b: Build, n: Node, g: Node) -> Grads:
     return [b.ew("div", g, b.ew("mul", n.args[0], b.const(math.log(2.0))))]
 
 
+@rule("expm1")
+def _expm1(b: Build, n: Node, g: Node) -> Grads:
+    return [b.ew("mul", g, b.ew("add", n, b.const(1.0)))]  # exp(x) = expm1(x) + 1
+
+
 @rule("log1p")
 def _log1p(b: Build, n: Node, g: Node) -> Grads:
     return [b.ew("div", g, b.ew("add", n.args[0], b.const(1.0)))]

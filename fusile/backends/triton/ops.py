@@ -131,7 +131,22 @@ def _tanh(a: list[str], op: Op, t: str) -> str:
 
 @rule("math.log1p")
 def _log1p(a: list[str], op: Op, t: str) -> str:
-    return f"libdevice.log1p({a[0]})" if t != "interpreter" else f"tl.log(1.0 + {a[0]})"
+    if t != "interpreter":
+        return f"libdevice.log1p({a[0]})"
+    # interpreter: Kahan's form, exact near 0 where log(1 + x) loses x's low digits
+    x, u = a[0], f"(1.0 + {a[0]})"
+    return (f"tl.where({u} == 1.0, {x}, tl.where({u} == float('inf'), {u}, "
+            f"tl.log({u}) * {x} / ({u} - 1.0)))")
+
+
+@rule("math.expm1")
+def _expm1(a: list[str], op: Op, t: str) -> str:
+    if t != "interpreter":
+        return f"libdevice.expm1({a[0]})"
+    # interpreter: Kahan's form, (u - 1) * x / log(u) with u = exp(x); exact near 0
+    x, u = a[0], f"tl.exp({a[0]})"
+    return (f"tl.where({u} == 1.0, {x}, tl.where({u} == float('inf'), {u}, "
+            f"tl.where({u} - 1.0 == -1.0, -1.0, ({u} - 1.0) * {x} / tl.log({u}))))")
 
 
 @rule("math.powf")
