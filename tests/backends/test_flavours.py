@@ -19,7 +19,8 @@ from fusile.lowering.partition import partition
 # (GPU expression, interpreter expression) heads that compute the same thing
 SUBSTITUTIONS = [
     (r"^libdevice\.tanh\(", r"tl\.exp\(-2\.0 \* tl\.abs\("),
-    (r"^libdevice\.log1p\(", r"^tl\.log\(1\.0 \+ "),
+    (r"^libdevice\.log1p\(", r"^tl\.where\(\(1\.0 \+ .*\) == 1\.0, "),  # Kahan's forms
+    (r"^libdevice\.expm1\(", r"^tl\.where\(tl\.exp\(.*\) == 1\.0, "),
     (r"^libdevice\.pow\(", r"^tl\.exp2\("),
     (r"^tl\.sum\(", r"^tl\.reduce\(.*, tl\.standard\._sum_combine, keep_dims=True\)$"),
     (r"^tl\.max\(", r"^tl\.reduce\(.*, tl\.standard\._elementwise_max, keep_dims=True\)$"),
@@ -32,7 +33,8 @@ SUBSTITUTIONS = [
 VALUE = re.compile(r"^\s*((?:v|red|res)\d+) = (.*?)(?:  # .*)?$")
 
 EXTRA = {
-    "math": "def f(x):\n    return tanh(x) + log1p(abs(x)) + abs(x) ** 2.5 + erf(x)\n",
+    "math": "def f(x):\n    return tanh(x) + log1p(abs(x)) + abs(x) ** 2.5 + erf(x) + "
+            "expm1(x)\n",
     "minmax": "def f(x):\n    return max(x, axis=-1) - min(x, axis=0, keepdims=True)\n",
     "columns": "def f(x):\n    return sum(x * x, axis=0) + max(x, axis=0)\n",
     "matmul": "def f(x):\n    return tanh(x @ x.T) * 2.0\n",
