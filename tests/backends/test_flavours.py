@@ -77,5 +77,6 @@ def test_the_comparison_sees_the_substituted_lines() -> None:
     plan, names = partition(graph), tensor_names(graph, ["x"])
     gpu = dict(_values(generate(plan, "gpu", names)[0]))
     heads = " ".join(gpu.values())
-    for call in ("libdevice.tanh(", "libdevice.log1p(", "libdevice.pow(", "tl.sum("):
+    for call in ("libdevice.tanh(", "libdevice.log1p(", "libdevice.expm1(", "libdevice.pow(",
+                 "tl.sum("):
         assert call in heads
