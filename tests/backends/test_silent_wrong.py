@@ -324,3 +324,18 @@ def test_float64_to_a_16_bit_float_rounds_as_torch(target: str, to: torch.dtype)
     want = x.to(to)
     assert torch.equal(out[:, 1:], want[:, 1:]) and torch.equal(via_f32[:, 1:], want[:, 1:])
     assert torch.isnan(out[0, 0]) and torch.equal(out[1:, 0], want[1:, 0])
+
+
+@pytest.mark.parametrize("target", ["cpu", "mlir-cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_integers_and_bools_to_bf16_convert_as_torch(target: str) -> None:
+    """The interpreter cast int32 to bf16 by its bits (1 became 9.2e-41): sign() of a bf16
+    tensor, which picks among integer constants and casts, gave garbage there."""
+    device = "cuda" if target == "cuda" else "cpu"
+    i = torch.tensor([1, 2, 3, 300, -7, 257, 0, 65537], device=device)
+    fn = _fn("def f(i, x):\n    return astype(i, bf16) + astype(i > 2, bf16), sign(x)\n")
+    x = torch.tensor([0.5, -2.0, 0.0, float("nan"), 3.0, -0.0, 1e-30, -7.0],
+                     dtype=torch.bfloat16, device=device)
+    with config.override(target="auto" if target == "cuda" else target):
+        cast, sign = fn(i, x)
+    assert torch.equal(cast, i.to(torch.bfloat16) + (i > 2).to(torch.bfloat16))
+    assert torch.equal(sign, torch.sign(x))

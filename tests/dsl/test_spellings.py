@@ -141,6 +141,16 @@ def norms(x, w, b):
             + torch.max(x, dim=-1, keepdim=True).values - x.min(0).values)
 
 
+@fused
+def formulas(x, y):
+    """Activations and small functions torch documents as formulas."""
+    return (F.leaky_relu(x, 0.2) + F.elu(x) + F.relu6(x * 4.0) + F.hardtanh(x, -0.5, 0.5)
+            + F.hardsigmoid(x * 3.0) + F.hardswish(x * 3.0) + F.mish(x)
+            + x.masked_fill(y > 0.5, -1.0) + x.clamp_min(0.1) + torch.clamp_max(x, 0.2)
+            + (x * x + 1.0).reciprocal() + torch.sign(y) + torch.lerp(x, y, 0.3)
+            + torch.log10(x.abs() + 1.0) + F.leaky_relu(x, negative_slope=0.1, inplace=False))
+
+
 CASES = {  # name: (function, shapes of its tensor arguments)
     "reductions": (reductions, [(5, 37)]),
     "unary": (unary, [(5, 37)]),
@@ -160,6 +170,7 @@ CASES = {  # name: (function, shapes of its tensor arguments)
     "permutes": (permutes, [(3, 5, 7), (3, 5, 7)]),
     "splits": (splits, [(5, 10), (2, 10)]),
     "norms": (norms, [(5, 37), (37,), (37,)]),
+    "formulas": (formulas, [(5, 37), (5, 37)]),
 }
 
 
@@ -261,7 +272,8 @@ def test_permuted_views_differentiate() -> None:
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
-@pytest.mark.parametrize("name", ["permutes", "splits", "shadowing", "fills", "norms"])
+@pytest.mark.parametrize("name", ["permutes", "splits", "shadowing", "fills", "norms",
+                                  "formulas"])
 def test_new_spellings_on_the_gpu(name: str, dtype: torch.dtype) -> None:
     from tests.numerics import check_torch_twin
 
@@ -285,3 +297,21 @@ def test_splits_fusile_refuses_say_why(line: str, text: str) -> None:
     with pytest.raises(E.FusileError) as got:
         f(torch.randn(4, 6))
     assert text in str(got.value) and "prog.py:2" in str(got.value)
+
+
+def test_formula_gradients_match_torch() -> None:
+    x, y = (torch.randn(5, 37).requires_grad_() for _ in range(2))
+    g = torch.randn(5, 37)
+    got = torch.autograd.grad(formulas(x, y), (x, y), g)
+    x64, y64 = (t.detach().double().requires_grad_() for t in (x, y))
+    want = torch.autograd.grad(formulas.__wrapped__(x64, y64), (x64, y64), g.double())
+    for a, b in zip(got, want, strict=True):
+        assert_close(a, b, torch.float32)
+
+
+def test_sign_is_torchs_at_zero_and_nan() -> None:
+    f = fusile.from_source("def f(x):\n    return sign(x)\n")
+    x = torch.tensor([float("nan"), 0.0, 2.0, -3.0, float("-inf")])
+    torch.testing.assert_close(f(x), torch.sign(x), equal_nan=True)
+    n = torch.tensor([3, -2, 0])
+    assert torch.equal(f(n), torch.sign(n))

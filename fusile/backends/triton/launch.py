@@ -37,8 +37,8 @@ def interpreting() -> Iterator[None]:
 def _round_bf16_in_the_interpreter() -> None:
     """The Triton interpreter casts float32 to bf16 by truncation (its cast_impl passes no
     rounding mode), where GPUs and torch round to nearest even: every bf16 result came out
-    up to an ulp toward zero. Wrap its cast once, where its builder has the shape known here
-    (a Triton that changed it keeps its own)."""
+    up to an ulp toward zero; and it cast integers to bf16 by their bits. Wrap its cast once,
+    where its builder has the shape known here (a Triton that changed it keeps its own)."""
     try:
         import numpy as np
         import triton.language as tl
@@ -50,8 +50,11 @@ def _round_bf16_in_the_interpreter() -> None:
         return
 
     def cast_impl(self: Any, src: Any, dst_type: Any) -> Any:
-        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
-            f = np.asarray(src.data, dtype=np.float32)
+        s = src.dtype.scalar
+        if dst_type.scalar == tl.bfloat16 and (s == tl.float32 or s.is_int() or s.is_bool()):
+            # integers too: the interpreter's own int -> bf16 cast reinterpreted the bits
+            # (1 became 9.2e-41)
+            f = np.asarray(src.data).astype(np.float32)
             bits = f.view(np.uint32)
             up = np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))  # ties to even
             out = ((bits + up) >> np.uint32(16)).astype(np.uint16)

@@ -1,0 +1,97 @@
+"""torch functions that are formulas over fusile's builtins: activations (F.leaky_relu, elu,
+relu6, hardtanh, hardsigmoid, hardswish, mish), x.masked_fill, clamp_min / clamp_max,
+reciprocal, sign, lerp, log10. Each becomes the formula torch documents, written in the
+core language, so it fuses, differentiates and cross-compiles like hand-written math."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from fusile.dsl import ast
+from fusile.dsl.errors import BuiltinCallError, Span
+
+# name: (parameters, defaults of the trailing ones)
+_PARAMS: dict[str, tuple[tuple[str, ...], dict[str, float]]] = {
+    "leaky_relu": (("input", "negative_slope"), {"negative_slope": 0.01}),
+    "elu": (("input", "alpha"), {"alpha": 1.0}),
+    "relu6": (("input",), {}),
+    "hardtanh": (("input", "min_val", "max_val"), {"min_val": -1.0, "max_val": 1.0}),
+    "hardsigmoid": (("input",), {}),
+    "hardswish": (("input",), {}),
+    "mish": (("input",), {}),
+    "masked_fill": (("input", "mask", "value"), {}),
+    "clamp_min": (("input", "min"), {}),
+    "clamp_max": (("input", "max"), {}),
+    "reciprocal": (("input",), {}),
+    "sign": (("input",), {}),
+    "lerp": (("input", "end", "weight"), {}),
+    "log10": (("input",), {}),
+}
+NAMES = tuple(_PARAMS)
+METHODS = ("masked_fill", "clamp_min", "clamp_max", "reciprocal", "sign", "lerp", "log10")
+
+
+def spelled(span: Span, name: str, args: list[ast.Expr], kwargs: dict[str, ast.Expr],
+            call: Callable[..., ast.Expr]) -> ast.Expr:
+    """The formula of torch's `name` for these arguments (a method's receiver first)."""
+    names, defaults = _PARAMS[name]
+    kw = {k: v for k, v in kwargs.items() if k != "inplace"}  # F.*(inplace=): same values
+    if len(args) > len(names) or set(kw) - set(names):
+        raise BuiltinCallError(f"{name}() takes ({', '.join(names)})", span)
+    a: dict[str, ast.Expr] = {k: ast.Num(span, v) for k, v in defaults.items()}
+    a |= dict(zip(names, args, strict=False)) | kw
+    missing = [n for n in names if n not in a]
+    if missing:
+        raise BuiltinCallError(f"{name}() needs {', '.join(missing)}", span)
+    x = a["input"]
+
+    def num(v: float) -> ast.Num:
+        return ast.Num(span, v)
+
+    def op(o: str, p: ast.Expr, q: ast.Expr) -> ast.Expr:
+        return ast.BinOp(span, o, p, q)
+
+    def f(fn: str, *xs: ast.Expr) -> ast.Expr:
+        return call(span, fn, list(xs), {})
+
+    def positive(v: ast.Expr) -> ast.Expr:
+        return ast.Compare(span, ">", v, num(0.0))
+
+    def clip(v: ast.Expr, lo: ast.Expr, hi: ast.Expr) -> ast.Expr:
+        return f("minimum", f("maximum", v, lo), hi)
+
+    if name == "leaky_relu":
+        return f("where", positive(x), x, op("mul", x, a["negative_slope"]))
+    if name == "elu":  # alpha * (exp(x) - 1) below 0; exp of a positive x is never used
+        return f("where", positive(x), x,
+                 op("mul", a["alpha"], f("expm1", f("minimum", x, num(0.0)))))
+    if name == "relu6":
+        return clip(x, num(0.0), num(6.0))
+    if name == "hardtanh":
+        return clip(x, a["min_val"], a["max_val"])
+    if name == "hardsigmoid":
+        return op("div", clip(op("add", x, num(3.0)), num(0.0), num(6.0)), num(6.0))
+    if name == "hardswish":
+        return op("mul", x, op("div", clip(op("add", x, num(3.0)), num(0.0), num(6.0)),
+                               num(6.0)))
+    if name == "mish":  # x * tanh(softplus(x)), softplus overflow-free
+        z = op("add", f("maximum", x, num(0.0)),
+               f("log1p", f("exp", ast.UnaryOp(span, "neg", f("abs", x)))))
+        return op("mul", x, f("tanh", z))
+    if name == "masked_fill":
+        return f("where", a["mask"], a["value"], x)
+    if name == "clamp_min":
+        return f("maximum", x, a["min"])
+    if name == "clamp_max":
+        return f("minimum", x, a["max"])
+    if name == "reciprocal":
+        return op("div", num(1.0), x)
+    if name == "sign":  # 0 at 0 and at NaN, as torch.sign; in x's dtype
+        s = f("where", positive(x), num(1), f("where", ast.Compare(span, "<", x, num(0)),
+                                               num(-1), num(0)))
+        return f("astype", s, x)
+    if name == "lerp":
+        return op("add", x, op("mul", a["weight"], op("sub", a["end"], x)))
+    assert name == "log10"
+    return op("div", f("log", x), num(math.log(10.0)))
