@@ -258,14 +258,17 @@ def test_softplus_gradient_is_finite_past_the_threshold() -> None:
     assert torch.isfinite(x.grad).all()
 
 
-def test_permuted_views_differentiate() -> None:
-    """A view's gradient undoes its permutation (any order, not only the last two axes):
-    against torch autograd of the same body in float64."""
-    x, y = (torch.randn(3, 5, 7).requires_grad_() for _ in range(2))
-    g = torch.randn(5, 3)
-    got = torch.autograd.grad(permutes(x, y), (x, y), g)
-    x64, y64 = (t.detach().double().requires_grad_() for t in (x, y))
-    want = torch.autograd.grad(permutes.__wrapped__(x64, y64), (x64, y64), g.double())
+@pytest.mark.parametrize("name", ["permutes", "formulas", "splits", "norms"])
+def test_gradients_match_torch(name: str) -> None:
+    """Derived gradients of the new spellings against torch autograd of the same body in
+    float64 (permutes: a view's gradient undoes any permutation, not only the last two axes)."""
+    fn, shapes = CASES[name]
+    xs = [torch.randn(s).requires_grad_() for s in shapes]
+    out = fn(*xs)
+    g = torch.randn(out.shape)
+    got = torch.autograd.grad(out, xs, g)
+    x64 = [t.detach().double().requires_grad_() for t in xs]
+    want = torch.autograd.grad(fn.__wrapped__(*x64), x64, g.double())
     for a, b in zip(got, want, strict=True):
         assert_close(a, b, torch.float32)
 
@@ -297,16 +300,6 @@ def test_splits_fusile_refuses_say_why(line: str, text: str) -> None:
     with pytest.raises(E.FusileError) as got:
         f(torch.randn(4, 6))
     assert text in str(got.value) and "prog.py:2" in str(got.value)
-
-
-def test_formula_gradients_match_torch() -> None:
-    x, y = (torch.randn(5, 37).requires_grad_() for _ in range(2))
-    g = torch.randn(5, 37)
-    got = torch.autograd.grad(formulas(x, y), (x, y), g)
-    x64, y64 = (t.detach().double().requires_grad_() for t in (x, y))
-    want = torch.autograd.grad(formulas.__wrapped__(x64, y64), (x64, y64), g.double())
-    for a, b in zip(got, want, strict=True):
-        assert_close(a, b, torch.float32)
 
 
 def test_sign_is_torchs_at_zero_and_nan() -> None:
