@@ -86,7 +86,8 @@ def input_shape(draw: st.DrawFn, base: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(dims)
 
 
-UNARY = ["exp", "log", "rsqrt", "sqrt", "tanh", "erf", "sigmoid", "abs", "neg", "square"]
+UNARY = ["exp", "log", "rsqrt", "sqrt", "tanh", "erf", "sigmoid", "abs", "neg", "square",
+         "expm1", "log1p"]
 BINARY = ["add", "sub", "mul", "div", "maximum", "minimum", "where"]
 REDUCE = ["sum", "mean", "max", "min", "logsumexp", "softmax", "var"]
 
@@ -176,6 +177,13 @@ class _Builder:
             if b > 8:
                 return None
             return self.new(f"exp({a.name})", a.shape, math.exp(b), a.reduced)
+        if op == "expm1":
+            if b > 8:
+                return None
+            return self.new(f"expm1({a.name})", a.shape, math.exp(b), a.reduced)
+        if op == "log1p":  # of a non-negative value
+            return self.new(f"log1p(abs({a.name}))", a.shape, max(math.log1p(b), 0.7),
+                            a.reduced)
         if op == "log":  # of a positive value
             return self.new(f"log(abs({a.name}) + 0.5)", a.shape, max(math.log(b + 0.5), 0.7),
                             a.reduced)

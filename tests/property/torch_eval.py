@@ -24,6 +24,7 @@ def _reduce(fn: Any) -> Any:
 NAMESPACE: dict[str, Any] = {
     "exp": torch.exp, "log": torch.log, "sqrt": torch.sqrt, "rsqrt": torch.rsqrt,
     "tanh": torch.tanh, "abs": torch.abs, "sigmoid": torch.sigmoid, "erf": torch.erf,
+    "expm1": torch.expm1, "log1p": torch.log1p,
     "maximum": torch.maximum, "minimum": torch.minimum,
     "where": lambda c, a, b: torch.where(c, torch.as_tensor(a, dtype=torch.float64),
                                          torch.as_tensor(b, dtype=torch.float64)),
