@@ -131,11 +131,9 @@ def receiver(c: ast.Call) -> tuple[ast.Expr, list[ast.Expr]] | None:
     return c.func.value, args
 
 
-def extreme_values(e: ast.Attribute) -> ast.Expr | None:
-    """`torch.max(x, dim).values` / `x.min(dim=d, keepdim=True).values`: the amax / amin;
-    `.indices` says it is not spelled. None for anything else."""
-    c = e.value
-    assert isinstance(c, ast.Call)
+def extreme_values(c: ast.Call, part: str, span: Span) -> ast.Expr | None:
+    """`torch.max(x, dim).values` (or `[0]`) / `x.min(dim=d, keepdim=True).values`: the amax
+    / amin; `.indices` (or `[1]`) says it is not spelled. None for any other call."""
     f = c.func
     if not isinstance(f, ast.Attribute) or f.attr not in ("max", "min"):
         return None
@@ -147,13 +145,13 @@ def extreme_values(e: ast.Attribute) -> ast.Expr | None:
     given = dict(zip(("dim", "keepdim"), args, strict=False)) | kwargs
     if "dim" not in given or len(args) > 2 or set(kwargs) - {"dim", "keepdim"}:
         return None
-    if e.attr == "indices":
-        raise UnsupportedSyntaxError(f"the indices of torch's {f.attr}(x, dim) (an argmax) "
-                                     "are not spelled in fusile; .values is", e.span)
+    if part == "indices":
+        raise UnsupportedSyntaxError(f"the indices of torch's {f.attr}(x, dim) (an arg{f.attr}) "
+                                     "are not spelled in fusile; the values are", span)
     out = {"axis": given["dim"]}
     if "keepdim" in given:
         out["keepdims"] = given["keepdim"]
-    return _call(e.span, f.attr, [x], out)
+    return _call(span, f.attr, [x], out)
 
 
 def _gelu(span: Span, x: ast.Expr, approximate: ast.Expr | None) -> ast.Expr:

@@ -47,6 +47,12 @@ def subscript(ck: Checker, e: ast.Subscript) -> ValueType | tuple[ValueType, ...
             raise UnsupportedSyntaxError("x.shape takes one axis here, x.shape[i]", e.span)
         x = e.value.value
         return ck.desugar(e, ast.Call(e.span, ast.Name(e.span, "size"), (x, e.items[0]), ()))
+    if isinstance(e.value, ast.Call) and len(e.items) == 1 and isinstance(e.items[0], ast.Num) \
+            and e.items[0].value in (0, 1):  # torch.max(x, dim)[0]: the values
+        core = spellings.extreme_values(e.value, ("values", "indices")[int(e.items[0].value)],
+                                        e.span)
+        if core is not None:
+            return ck.desugar(e, core)
     if not slicing.is_plain(e.items):
         return slicing.subscript(ck, e)
     t = ck.value(e.value)
@@ -94,7 +100,7 @@ def attribute(ck: Checker, e: ast.Attribute) -> ValueType | tuple[ValueType, ...
         ck.t.views[id(e)] = dims
         return TensorType(t.dtype, tuple(t.shape[d] for d in dims))
     if e.attr in ("values", "indices") and isinstance(e.value, ast.Call):
-        core = spellings.extreme_values(e)  # torch.max(x, dim).values
+        core = spellings.extreme_values(e.value, e.attr, e.span)  # torch.max(x, dim).values
         if core is not None:
             return ck.desugar(e, core)
     name = dotted(e)

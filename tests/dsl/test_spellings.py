@@ -138,7 +138,8 @@ def norms(x, w, b):
     return (F.layer_norm(x, (x.shape[-1],), w, b, 1e-5) + F.rms_norm(x, [37], w, eps=1e-6)
             + F.normalize(x, dim=-1) + x.norm(dim=-1, keepdim=True)
             + torch.linalg.vector_norm(x, dim=-1, keepdim=True) + F.layer_norm(x, (37,))
-            + torch.max(x, dim=-1, keepdim=True).values - x.min(0).values)
+            + torch.max(x, dim=-1, keepdim=True).values - x.min(0).values
+            + torch.max(x, 0)[0] - x.min(-1, keepdim=True)[0])
 
 
 @fused
@@ -291,6 +292,7 @@ def test_new_spellings_on_the_gpu(name: str, dtype: torch.dtype) -> None:
     ("a, b = x.split(k)", "split(): split_size must be an integer literal here"),
     ("a = x.chunk(2)[0]", "x.chunk() gives several tensors: unpack them into names"),
     ("a = torch.max(x, dim=0).indices", "the indices of torch's max(x, dim) (an argmax)"),
+    ("a = x.min(0)[1]", "the indices of torch's min(x, dim) (an argmin)"),
     ("a = F.rms_norm(x, (6,))", "rms_norm(): give eps="),
     ("a = x.norm(p=1)", "only the 2-norm is spelled in fusile"),
 ])
