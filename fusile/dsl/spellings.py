@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from fusile.dsl import ast, formulas, norms
+from fusile.dsl import ast, formulas, losses, norms
 from fusile.dsl.builtins import BUILTINS
 from fusile.dsl.concat import const_axis
 from fusile.dsl.errors import BuiltinCallError, Span, UnsupportedSyntaxError
@@ -43,11 +43,12 @@ _ARITH = {"add": "add", "sub": "sub", "subtract": "sub", "mul": "mul", "multiply
           "div": "div", "divide": "div", "true_divide": "div", "floor_divide": "floordiv"}
 # torch functions that are no tensor methods (left out of the methods an error lists)
 _NOT_METHODS = {"softplus", "zeros_like", "ones_like", "full_like", "normalize", "layer_norm",
-                "rms_norm", "vector_norm", *(set(formulas.NAMES) - set(formulas.METHODS))}
+                "rms_norm", "vector_norm", *(set(formulas.NAMES) - set(formulas.METHODS)),
+                *losses.NAMES}
 # functions fusile spells itself too (clamp(x, lo, hi) works without a prefix)
 EXTRAS = ("clamp", "clip", "relu", "silu", "gelu", "square", "remainder", "std", "softplus",
           "zeros_like", "ones_like", "full_like", "normalize", "layer_norm", "rms_norm", "norm",
-          *formulas.NAMES)
+          *formulas.NAMES, *losses.NAMES)
 
 
 def kwargs_alias(kwargs: dict[str, ast.Expr], params: set[str], span: Span
@@ -262,6 +263,8 @@ def function(span: Span, name: str, args: list[ast.Expr], kwargs: dict[str, ast.
         return norms.spelled(span, name, args, kwargs, _call)
     if name in formulas.NAMES:
         return formulas.spelled(span, name, args, kwargs, _call)
+    if name in losses.NAMES:
+        return losses.spelled(span, name, args, kwargs, _call)
     if name == "softplus":
         return _softplus(span, args, kwargs)
     if name == "remainder":

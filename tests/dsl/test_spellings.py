@@ -152,6 +152,19 @@ def formulas(x, y):
             + torch.log10(x.abs() + 1.0) + F.leaky_relu(x, negative_slope=0.1, inplace=False))
 
 
+@fused
+def losses(x, y):
+    """Losses written as torch code (cross_entropy's targets from y's signs and magnitudes)."""
+    k = (y[:, 0].abs() * 3.0).long()
+    t = torch.where(y[:, 1] > 1.0, -100, k)
+    return (F.mse_loss(x, y) + F.l1_loss(x, y, reduction="sum") * 0.01
+            + F.smooth_l1_loss(x * 2.0, y, beta=0.5)
+            + F.binary_cross_entropy_with_logits(x * 8.0, torch.sigmoid(y))
+            + F.cross_entropy(x, t) + F.cross_entropy(x, t, reduction="sum") * 0.1
+            + F.cross_entropy(x, k, reduction="none", ignore_index=2).sum() * 0.01
+            + F.mse_loss(x, y, reduction="none").mean())
+
+
 CASES = {  # name: (function, shapes of its tensor arguments)
     "reductions": (reductions, [(5, 37)]),
     "unary": (unary, [(5, 37)]),
@@ -172,6 +185,7 @@ CASES = {  # name: (function, shapes of its tensor arguments)
     "splits": (splits, [(5, 10), (2, 10)]),
     "norms": (norms, [(5, 37), (37,), (37,)]),
     "formulas": (formulas, [(5, 37), (5, 37)]),
+    "losses": (losses, [(6, 37), (6, 37)]),
 }
 
 
@@ -259,7 +273,7 @@ def test_softplus_gradient_is_finite_past_the_threshold() -> None:
     assert torch.isfinite(x.grad).all()
 
 
-@pytest.mark.parametrize("name", ["permutes", "formulas", "splits", "norms"])
+@pytest.mark.parametrize("name", ["permutes", "formulas", "splits", "norms", "losses"])
 def test_gradients_match_torch(name: str) -> None:
     """Derived gradients of the new spellings against torch autograd of the same body in
     float64 (permutes: a view's gradient undoes any permutation, not only the last two axes)."""
@@ -277,7 +291,7 @@ def test_gradients_match_torch(name: str) -> None:
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
 @pytest.mark.parametrize("name", ["permutes", "splits", "shadowing", "fills", "norms",
-                                  "formulas"])
+                                  "formulas", "losses"])
 def test_new_spellings_on_the_gpu(name: str, dtype: torch.dtype) -> None:
     from tests.numerics import check_torch_twin
 
@@ -295,6 +309,8 @@ def test_new_spellings_on_the_gpu(name: str, dtype: torch.dtype) -> None:
     ("a = x.min(0)[1]", "the indices of torch's min(x, dim) (an argmin)"),
     ("a = F.rms_norm(x, (6,))", "rms_norm(): give eps="),
     ("a = x.norm(p=1)", "only the 2-norm is spelled in fusile"),
+    ("a = F.cross_entropy(x, x, x)", "fusile spells no weights or label smoothing"),
+    ("a = F.mse_loss(x, x, reduction='avg')", "reduction must be 'mean', 'sum' or 'none'"),
 ])
 def test_splits_fusile_refuses_say_why(line: str, text: str) -> None:
     f = fusile.from_source(f"def f(x, k: int = 2):\n    {line}\n    return a\n",
