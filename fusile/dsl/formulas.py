@@ -1,15 +1,15 @@
 """torch functions that are formulas over fusile's builtins: activations (F.leaky_relu, elu,
-relu6, hardtanh, hardsigmoid, hardswish, mish), x.masked_fill, clamp_min / clamp_max,
+relu6, hardtanh, hardsigmoid, hardswish, mish, softplus), x.masked_fill, clamp_min / clamp_max,
 reciprocal, sign, lerp, log10. Each becomes the formula torch documents, written in the
 core language, so it fuses, differentiates and cross-compiles like hand-written math."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 from fusile.dsl import ast
 from fusile.dsl.errors import BuiltinCallError, Span
+from fusile.dsl.rewrite import At
 
 # name: (parameters, defaults of the trailing ones)
 _PARAMS: dict[str, tuple[tuple[str, ...], dict[str, float]]] = {
@@ -20,6 +20,7 @@ _PARAMS: dict[str, tuple[tuple[str, ...], dict[str, float]]] = {
     "hardsigmoid": (("input",), {}),
     "hardswish": (("input",), {}),
     "mish": (("input",), {}),
+    "softplus": (("input", "beta", "threshold"), {"beta": 1.0, "threshold": 20.0}),
     "masked_fill": (("input", "mask", "value"), {}),
     "clamp_min": (("input", "min"), {}),
     "clamp_max": (("input", "max"), {}),
@@ -32,8 +33,8 @@ NAMES = tuple(_PARAMS)
 METHODS = ("masked_fill", "clamp_min", "clamp_max", "reciprocal", "sign", "lerp", "log10")
 
 
-def spelled(span: Span, name: str, args: list[ast.Expr], kwargs: dict[str, ast.Expr],
-            call: Callable[..., ast.Expr]) -> ast.Expr:
+def spelled(span: Span, name: str, args: list[ast.Expr], kwargs: dict[str, ast.Expr]
+            ) -> ast.Expr:
     """The formula of torch's `name` for these arguments (a method's receiver first)."""
     names, defaults = _PARAMS[name]
     kw = {k: v for k, v in kwargs.items() if k != "inplace"}  # F.*(inplace=): same values
@@ -46,17 +47,11 @@ def spelled(span: Span, name: str, args: list[ast.Expr], kwargs: dict[str, ast.E
         raise BuiltinCallError(f"{name}() needs {', '.join(missing)}", span)
     x = a["input"]
 
-    def num(v: float) -> ast.Num:
-        return ast.Num(span, v)
-
-    def op(o: str, p: ast.Expr, q: ast.Expr) -> ast.Expr:
-        return ast.BinOp(span, o, p, q)
-
-    def f(fn: str, *xs: ast.Expr) -> ast.Expr:
-        return call(span, fn, list(xs), {})
+    at = At(span)
+    num, op, f = at.num, at.op, at.f
 
     def positive(v: ast.Expr) -> ast.Expr:
-        return ast.Compare(span, ">", v, num(0.0))
+        return at.cmp(">", v, num(0.0))
 
     def clip(v: ast.Expr, lo: ast.Expr, hi: ast.Expr) -> ast.Expr:
         return f("minimum", f("maximum", v, lo), hi)
@@ -75,10 +70,12 @@ def spelled(span: Span, name: str, args: list[ast.Expr], kwargs: dict[str, ast.E
     if name == "hardswish":
         return op("mul", x, op("div", clip(op("add", x, num(3.0)), num(0.0), num(6.0)),
                                num(6.0)))
-    if name == "mish":  # x * tanh(softplus(x)), softplus overflow-free
-        z = op("add", f("maximum", x, num(0.0)),
-               f("log1p", f("exp", ast.UnaryOp(span, "neg", f("abs", x)))))
-        return op("mul", x, f("tanh", z))
+    if name == "mish":  # x * tanh(softplus(x))
+        return op("mul", x, f("tanh", _softplus(at, x)))
+    if name == "softplus":  # x past the threshold (finite in both branches: so is the gradient)
+        z = op("mul", x, a["beta"])
+        return f("where", at.cmp(">", z, a["threshold"]), x,
+                 op("div", _softplus(at, z), a["beta"]))
     if name == "masked_fill":
         return f("where", a["mask"], a["value"], x)
     if name == "clamp_min":
@@ -88,10 +85,16 @@ def spelled(span: Span, name: str, args: list[ast.Expr], kwargs: dict[str, ast.E
     if name == "reciprocal":
         return op("div", num(1.0), x)
     if name == "sign":  # 0 at 0 and at NaN, as torch.sign; in x's dtype
-        s = f("where", positive(x), num(1), f("where", ast.Compare(span, "<", x, num(0)),
+        s = f("where", positive(x), num(1), f("where", at.cmp("<", x, num(0)),
                                                num(-1), num(0)))
         return f("astype", s, x)
     if name == "lerp":
         return op("add", x, op("mul", a["weight"], op("sub", a["end"], x)))
     assert name == "log10"
     return op("div", f("log", x), num(math.log(10.0)))
+
+
+def _softplus(at: At, z: ast.Expr) -> ast.Expr:
+    """log(1 + exp(z)) without overflow: max(z, 0) + log1p(exp(-|z|))."""
+    return at.op("add", at.f("maximum", z, at.num(0.0)),
+                 at.f("log1p", at.f("exp", at.neg(at.f("abs", z)))))

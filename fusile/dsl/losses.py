@@ -8,10 +8,9 @@ cross_entropy checks its targets."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from fusile.dsl import ast
 from fusile.dsl.errors import BuiltinCallError, Span
+from fusile.dsl.rewrite import At
 
 _PARAMS: dict[str, tuple[str, ...]] = {
     "mse_loss": ("input", "target", "reduction"),
@@ -23,8 +22,8 @@ _PARAMS: dict[str, tuple[str, ...]] = {
 NAMES = tuple(_PARAMS)
 
 
-def spelled(span: Span, name: str, args: list[ast.Expr], kwargs: dict[str, ast.Expr],
-            call: Callable[..., ast.Expr]) -> ast.Expr:
+def spelled(span: Span, name: str, args: list[ast.Expr], kwargs: dict[str, ast.Expr]
+            ) -> ast.Expr:
     names = _PARAMS[name]
     if len(args) > 2 or set(kwargs) - set(names):  # torch's third positional is a weight
         raise BuiltinCallError(f"{name}() takes (input, target, *, "
@@ -38,14 +37,8 @@ def spelled(span: Span, name: str, args: list[ast.Expr], kwargs: dict[str, ast.E
     if not isinstance(mode, ast.Str) or mode.value not in ("mean", "sum", "none"):
         raise BuiltinCallError(f"{name}(): reduction must be 'mean', 'sum' or 'none'", span)
 
-    def num(v: float) -> ast.Num:
-        return ast.Num(span, v)
-
-    def op(o: str, p: ast.Expr, q: ast.Expr) -> ast.Expr:
-        return ast.BinOp(span, o, p, q)
-
-    def f(fn: str, *xs: ast.Expr, **kw: ast.Expr) -> ast.Expr:
-        return call(span, fn, list(xs), kw)
+    at = At(span)
+    num, op, f = at.num, at.op, at.f
 
     def reduce(v: ast.Expr) -> ast.Expr:
         return v if mode.value == "none" else f(mode.value, v)
@@ -54,9 +47,9 @@ def spelled(span: Span, name: str, args: list[ast.Expr], kwargs: dict[str, ast.E
         ignore = a.get("ignore_index", num(-100))
         label = ast.Subscript(span, t, (ast.Slice(span), ast.Const(span, None),
                                         ast.EllipsisLit(span)))  # t.unsqueeze(1)
-        picked = f("sum", f("where", ast.Compare(span, "==", f("index", x, num(1)), label), x,
+        picked = f("sum", f("where", at.cmp("==", f("index", x, num(1)), label), x,
                             num(0.0)), axis=num(1))
-        valid = ast.Compare(span, "!=", t, ignore)
+        valid = at.cmp("!=", t, ignore)
         each = f("where", valid, op("sub", f("logsumexp", x, axis=num(1)), picked), num(0.0))
         if mode.value != "mean":
             return reduce(each)
@@ -70,9 +63,9 @@ def spelled(span: Span, name: str, args: list[ast.Expr], kwargs: dict[str, ast.E
     if name == "smooth_l1_loss":
         beta = a.get("beta", num(1.0))
         e = f("abs", d)
-        return reduce(f("where", ast.Compare(span, "<", e, beta),
+        return reduce(f("where", at.cmp("<", e, beta),
                         op("div", op("mul", num(0.5), op("mul", d, d)), beta),
                         op("sub", e, op("mul", num(0.5), beta))))
     assert name == "binary_cross_entropy_with_logits"  # max(x, 0) - x t + log(1 + e^-|x|)
     return reduce(op("add", op("sub", f("maximum", x, num(0.0)), op("mul", x, t)),
-                     f("log1p", f("exp", ast.UnaryOp(span, "neg", f("abs", x))))))
+                     f("log1p", f("exp", at.neg(f("abs", x))))))

@@ -4,11 +4,11 @@ normalization over the trailing axes that normalized_shape names)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from fusile.dsl import ast
 from fusile.dsl.errors import BuiltinCallError, Span
+from fusile.dsl.rewrite import At
 
 _PARAMS = {
     "norm": ("input", "p", "dim", "keepdim"),
@@ -19,8 +19,8 @@ _PARAMS = {
 }
 
 
-def spelled(span: Span, name: str, args: list[ast.Expr], kwargs: dict[str, ast.Expr],
-            call: Callable[..., ast.Expr]) -> ast.Expr:
+def spelled(span: Span, name: str, args: list[ast.Expr], kwargs: dict[str, ast.Expr]
+            ) -> ast.Expr:
     """The core form of torch's `name` called with these arguments (the receiver first)."""
     names = _PARAMS[name]
     if len(args) > len(names) or set(kwargs) - set(names):
@@ -30,17 +30,14 @@ def spelled(span: Span, name: str, args: list[ast.Expr], kwargs: dict[str, ast.E
         raise BuiltinCallError(f"{name}() needs its input", span)
     x = a["input"]
 
-    def num(v: float) -> ast.Num:
-        return ast.Num(span, v)
-
-    def mul(p: ast.Expr, q: ast.Expr) -> ast.Expr:
-        return ast.BinOp(span, "mul", p, q)
+    at = At(span)
+    num, op, f = at.num, at.op, at.f
 
     def norm2(dim: ast.Expr | None, keep: ast.Expr) -> ast.Expr:
         kw: dict[str, ast.Expr] = {"keepdims": keep}
         if dim is not None and not (isinstance(dim, ast.Const) and dim.value is None):
             kw["axis"] = dim
-        return call(span, "sqrt", [call(span, "sum", [mul(x, x)], kw)], {})
+        return f("sqrt", f("sum", op("mul", x, x), **kw))
 
     if name in ("norm", "vector_norm", "normalize"):
         p = a.get("ord" if name == "vector_norm" else "p")
@@ -52,7 +49,7 @@ def spelled(span: Span, name: str, args: list[ast.Expr], kwargs: dict[str, ast.E
     if name == "normalize":
         n = norm2(a.get("dim", num(1)), ast.Const(span, True))
         eps = a.get("eps", num(1e-12))
-        return ast.BinOp(span, "div", x, call(span, "maximum", [n, eps], {}))
+        return op("div", x, f("maximum", n, eps))
     shape = a.get("normalized_shape")
     if shape is None:
         raise BuiltinCallError(f"{name}() needs normalized_shape", span)
@@ -62,21 +59,19 @@ def spelled(span: Span, name: str, args: list[ast.Expr], kwargs: dict[str, ast.E
     keep = ast.Const(span, True)
     centered: ast.Expr
     if name == "layer_norm":
-        centered = ast.BinOp(span, "sub", x, call(span, "mean", [x], {"axis": axes,
-                                                                     "keepdims": keep}))
-        spread = call(span, "var", [x], {"axis": axes, "keepdims": keep,
-                                         "correction": num(0)})
+        centered = op("sub", x, f("mean", x, axis=axes, keepdims=keep))
+        spread = f("var", x, axis=axes, keepdims=keep, correction=num(0))
         eps = a.get("eps", num(1e-5))
     else:
         if "eps" not in a or (isinstance(a["eps"], ast.Const) and a["eps"].value is None):
             raise BuiltinCallError("rms_norm(): give eps= (torch's default, the dtype's "
                                    "machine epsilon, is not spelled in fusile)", span)
         centered = x
-        spread = call(span, "mean", [mul(x, x)], {"axis": axes, "keepdims": keep})
+        spread = f("mean", op("mul", x, x), axis=axes, keepdims=keep)
         eps = a["eps"]
-    y = mul(centered, call(span, "rsqrt", [ast.BinOp(span, "add", spread, eps)], {}))
-    for param, op in (("weight", "mul"), ("bias", "add")):
+    y = op("mul", centered, f("rsqrt", op("add", spread, eps)))
+    for param, how in (("weight", "mul"), ("bias", "add")):
         v: Any = a.get(param)
         if v is not None and not (isinstance(v, ast.Const) and v.value is None):
-            y = ast.BinOp(span, op, y, v)
+            y = op(how, y, v)
     return y

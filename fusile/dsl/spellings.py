@@ -26,6 +26,8 @@ from fusile.dsl.builtins import BUILTINS
 from fusile.dsl.concat import const_axis
 from fusile.dsl.errors import BuiltinCallError, Span, UnsupportedSyntaxError
 from fusile.dsl.push import make_view
+from fusile.dsl.rewrite import At
+from fusile.dsl.rewrite import call as _call
 from fusile.dsl.types import TensorType
 
 if TYPE_CHECKING:
@@ -42,12 +44,12 @@ _CASTS = {"float": "f32", "half": "f16", "bfloat16": "bf16", "double": "f64", "i
 _ARITH = {"add": "add", "sub": "sub", "subtract": "sub", "mul": "mul", "multiply": "mul",
           "div": "div", "divide": "div", "true_divide": "div", "floor_divide": "floordiv"}
 # torch functions that are no tensor methods (left out of the methods an error lists)
-_NOT_METHODS = {"softplus", "zeros_like", "ones_like", "full_like", "normalize", "layer_norm",
+_NOT_METHODS = {"zeros_like", "ones_like", "full_like", "normalize", "layer_norm",
                 "rms_norm", "vector_norm", *(set(formulas.NAMES) - set(formulas.METHODS)),
                 *losses.NAMES}
 # functions fusile spells itself too (clamp(x, lo, hi) works without a prefix)
-EXTRAS = ("clamp", "clip", "relu", "silu", "gelu", "square", "remainder", "std", "softplus",
-          "zeros_like", "ones_like", "full_like", "normalize", "layer_norm", "rms_norm", "norm",
+EXTRAS = ("clamp", "clip", "relu", "silu", "gelu", "square", "remainder", "std", "zeros_like",
+          "ones_like", "full_like", "normalize", "layer_norm", "rms_norm", "norm",
           *formulas.NAMES, *losses.NAMES)
 
 
@@ -62,12 +64,6 @@ def kwargs_alias(kwargs: dict[str, ast.Expr], params: set[str], span: Span
                                        "same argument", out[torch_name].span)
             out[name] = out.pop(torch_name)
     return out
-
-
-def _call(span: Span, name: str, args: list[ast.Expr], kwargs: dict[str, ast.Expr]
-          ) -> ast.Call:
-    return ast.Call(span, ast.Name(span, name), tuple(args),
-                    tuple(ast.Keyword(v.span, k, v) for k, v in kwargs.items()))
 
 
 def _no_args(span: Span, what: str, args: list[ast.Expr], kwargs: dict[str, ast.Expr]) -> None:
@@ -162,19 +158,15 @@ def _gelu(span: Span, x: ast.Expr, approximate: ast.Expr | None) -> ast.Expr:
         raise BuiltinCallError("gelu(): approximate must be 'none' or 'tanh'",
                                approximate.span if approximate is not None else span)
 
-    def num(v: float) -> ast.Num:
-        return ast.Num(span, v)
-
-    def binop(op: str, a: ast.Expr, b: ast.Expr) -> ast.BinOp:
-        return ast.BinOp(span, op, a, b)
+    at = At(span)
+    num, binop = at.num, at.op
 
     if mode == "tanh":
         inner = binop("mul", num(math.sqrt(2.0 / math.pi)),
-                      binop("add", x, binop("mul", num(0.044715),
-                                            binop("pow", x, ast.Num(span, 3)))))
-        core = _call(span, "tanh", [inner], {})
+                      binop("add", x, binop("mul", num(0.044715), binop("pow", x, num(3)))))
+        core = at.f("tanh", inner)
     else:
-        core = _call(span, "erf", [binop("mul", x, num(1.0 / math.sqrt(2.0)))], {})
+        core = at.f("erf", binop("mul", x, num(1.0 / math.sqrt(2.0))))
     return binop("mul", binop("mul", num(0.5), x), binop("add", num(1.0), core))
 
 
@@ -193,27 +185,6 @@ def _like(span: Span, name: str, args: list[ast.Expr], kwargs: dict[str, ast.Exp
                                f", dtype=None)", span)
     full = _call(span, "expand_as", [fill, x], {})
     return _call(span, "astype", [full, x if dtype is None else dtype], {})
-
-
-def _softplus(span: Span, args: list[ast.Expr], kwargs: dict[str, ast.Expr]) -> ast.Expr:
-    """F.softplus(x, beta=1, threshold=20): x where beta * x > threshold, else
-    log(1 + exp(beta * x)) / beta in its overflow-free form max(z, 0) + log1p(exp(-|z|))
-    (finite in both branches, so where's gradient is too)."""
-    names = ("input", "beta", "threshold")
-    if len(args) > 3 or set(kwargs) - set(names):
-        raise BuiltinCallError("softplus() takes (input, beta=1, threshold=20)", span)
-    given = dict(zip(names, args, strict=False)) | kwargs
-    if "input" not in given:
-        raise BuiltinCallError("softplus() needs its input", span)
-    x = given["input"]
-    beta = given.get("beta", ast.Num(span, 1.0))
-    threshold = given.get("threshold", ast.Num(span, 20.0))
-    z = ast.BinOp(span, "mul", x, beta)
-    tail = _call(span, "log1p", [_call(span, "exp", [ast.UnaryOp(
-        span, "neg", _call(span, "abs", [z], {}))], {})], {})
-    stable = ast.BinOp(span, "div", ast.BinOp(span, "add", _call(
-        span, "maximum", [z, ast.Num(span, 0.0)], {}), tail), beta)
-    return _call(span, "where", [ast.Compare(span, ">", z, threshold), x, stable], {})
 
 
 def function(span: Span, name: str, args: list[ast.Expr], kwargs: dict[str, ast.Expr]
@@ -260,13 +231,11 @@ def function(span: Span, name: str, args: list[ast.Expr], kwargs: dict[str, ast.
     if name in ("zeros_like", "ones_like", "full_like"):
         return _like(span, name, args, kwargs)
     if name in ("norm", "vector_norm", "normalize", "layer_norm", "rms_norm"):
-        return norms.spelled(span, name, args, kwargs, _call)
+        return norms.spelled(span, name, args, kwargs)
     if name in formulas.NAMES:
-        return formulas.spelled(span, name, args, kwargs, _call)
+        return formulas.spelled(span, name, args, kwargs)
     if name in losses.NAMES:
-        return losses.spelled(span, name, args, kwargs, _call)
-    if name == "softplus":
-        return _softplus(span, args, kwargs)
+        return losses.spelled(span, name, args, kwargs)
     if name == "remainder":
         if len(args) != 2 or kwargs:
             raise BuiltinCallError("remainder() takes (a, b)", span)

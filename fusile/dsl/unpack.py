@@ -15,6 +15,7 @@ from typing import Any
 
 from fusile.dsl import ast
 from fusile.dsl.errors import BuiltinCallError, Span
+from fusile.dsl.rewrite import At
 from fusile.dsl.spellings import receiver
 
 _SPLITTERS = ("chunk", "split", "unbind")
@@ -60,14 +61,16 @@ def _pieces(call: ast.Call, n: int) -> list[ast.Expr] | None:
         return [_index(x, dim, ast.Num(span, i), span) for i in range(n)]
     if first not in given:
         raise BuiltinCallError(f"{f.attr}() needs {first}", span)
-    size = ast.Call(span, ast.Name(span, "size"), (x, ast.Num(span, dim)), ())
+    at = At(span)
+    size = at.f("size", x, at.num(dim))
     if f.attr == "chunk":
         chunks = _int(given[first], None, "chunk(): chunks")
         if chunks != n:
             raise BuiltinCallError(f"x.chunk({chunks}) gives {chunks} pieces here; unpack "
                                    f"them into as many names (got {n})", span)
-        step: ast.Expr = _div(_add(size, chunks - 1, span), chunks, span)  # ceil(size / n)
-        bounds: list[ast.Expr | None] = [_mul(step, i, span) for i in range(n + 1)]
+        step = at.op("floordiv", at.op("add", size, at.num(chunks - 1)), at.num(chunks))
+        bounds: list[ast.Expr | None] = [at.op("mul", step, at.num(i))  # i * ceil(size / n)
+                                         for i in range(n + 1)]
     else:
         sections = given[first]
         if isinstance(sections, ast.ListExpr | ast.TupleExpr):  # split([a, b, c], dim)
@@ -111,15 +114,3 @@ def _slice(x: ast.Expr, dim: int, lo: ast.Expr | None, hi: ast.Expr | None, span
 
 def _index(x: ast.Expr, dim: int, i: ast.Expr, span: Span) -> ast.Expr:
     return ast.Subscript(span, x, _axis_items(dim, i, span))
-
-
-def _add(a: ast.Expr, b: int, span: Span) -> ast.Expr:
-    return ast.BinOp(span, "add", a, ast.Num(span, b))
-
-
-def _div(a: ast.Expr, b: int, span: Span) -> ast.Expr:
-    return ast.BinOp(span, "floordiv", a, ast.Num(span, b))
-
-
-def _mul(a: ast.Expr, b: int, span: Span) -> ast.Expr:
-    return ast.BinOp(span, "mul", a, ast.Num(span, b))
