@@ -135,8 +135,7 @@ def _log1p(a: list[str], op: Op, t: str) -> str:
         return f"libdevice.log1p({a[0]})"
     # interpreter: Kahan's form, exact near 0 where log(1 + x) loses x's low digits
     x, u = a[0], f"(1.0 + {a[0]})"
-    return (f"tl.where({u} == 1.0, {x}, tl.where({u} == float('inf'), {u}, "
-            f"tl.log({u}) * {x} / ({u} - 1.0)))")
+    return _kahan(x, u, f"tl.log({u}) * {x} / ({u} - 1.0)")
 
 
 @rule("math.expm1")
@@ -145,8 +144,13 @@ def _expm1(a: list[str], op: Op, t: str) -> str:
         return f"libdevice.expm1({a[0]})"
     # interpreter: Kahan's form, (u - 1) * x / log(u) with u = exp(x); exact near 0
     x, u = a[0], f"tl.exp({a[0]})"
-    return (f"tl.where({u} == 1.0, {x}, tl.where({u} == float('inf'), {u}, "
-            f"tl.where({u} - 1.0 == -1.0, -1.0, ({u} - 1.0) * {x} / tl.log({u}))))")
+    return _kahan(x, u, f"tl.where({u} - 1.0 == -1.0, -1.0, ({u} - 1.0) * {x} / tl.log({u}))")
+
+
+def _kahan(x: str, u: str, ratio: str) -> str:
+    """Kahan's correction around u, the rounded 1 + x or exp(x): x itself where u rounded to
+    1, u where it overflowed, else `ratio` (which divides u's rounding error out)."""
+    return f"tl.where({u} == 1.0, {x}, tl.where({u} == float('inf'), {u}, {ratio}))"
 
 
 @rule("math.powf")
