@@ -53,8 +53,8 @@ def dtype_option(ck: Checker, arg: ast.Expr) -> DType:
         if isinstance(t, tuple):
             raise DTypeError("astype(): this name holds several values", arg.span)
         return t.dtype
-    if isinstance(arg, ast.Attribute) and arg.attr == "dtype" and is_local(arg, ck.scope):
-        # astype(v, x.dtype)
+    if isinstance(arg, ast.Attribute) and arg.attr == "dtype" and (
+            is_local(arg, ck.scope) or not _dotted(arg)):  # astype(v, x.dtype), (a @ b).dtype
         return ck.value(arg.value).dtype
     if isinstance(arg, ast.Str) and arg.value == "compute":
         return "compute"  # type: ignore[return-value]  # resolved by astype's rule
@@ -68,9 +68,12 @@ def dtype_option(ck: Checker, arg: ast.Expr) -> DType:
         if d is None:
             raise DTypeError(f"{_dotted(arg)!r} is not a dtype", arg.span)
         return d
+    elif isinstance(arg, (ast.Call, ast.BinOp, ast.UnaryOp, ast.Subscript, ast.IfExp)) or (
+            isinstance(arg, ast.Attribute) and is_local(arg, ck.scope)):
+        return ck.value(arg).dtype  # another value's dtype: astype(v, a @ b), as torch's .to
     else:
-        raise DTypeError("astype(): dtype must be a dtype name such as bf16 or f32",
-                         arg.span)
+        raise DTypeError("astype(): dtype must be a dtype name such as bf16 or f32, or a "
+                         "value whose dtype to take", arg.span)
     d = dtype_of(text)
     if d is None:
         found, obj = resolve_global(text, ck.globals)

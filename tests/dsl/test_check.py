@@ -129,11 +129,12 @@ def test_astype_to_a_tensors_dtype_and_to_the_compute_dtype() -> None:
     @fusile.fused
     def f(x, y):
         s = fusile.sum(x, axis=-1, keepdims=True)
-        return fusile.astype(s, "compute"), fusile.astype(x * 2.0, y)
+        return (fusile.astype(s, "compute"), fusile.astype(x * 2.0, y),
+                fusile.astype(x, y * 2.0), fusile.astype(x, (y + 1.0).dtype))
 
     x = torch.randn(3, 4, dtype=torch.bfloat16)
-    stat, cast = f(x, torch.randn(2, dtype=torch.float16))
+    stat, cast, of_expr, of_attr = f(x, torch.randn(2, dtype=torch.float16))
     assert stat.dtype == torch.float32  # bf16 computes in f32, and the statistic stays there
-    assert cast.dtype == torch.float16
+    assert cast.dtype == of_expr.dtype == of_attr.dtype == torch.float16
     x64 = torch.randn(3, 4, dtype=torch.float64)
     assert f(x64, x64)[0].dtype == torch.float64

@@ -165,6 +165,13 @@ def losses(x, y):
             + F.mse_loss(x, y, reduction="none").mean())
 
 
+@fused
+def linear_losses(h, w):
+    """A loss of an expression: the rewrite takes its dtype from `h @ w.T`, not from a name."""
+    t = (h[:, 0].abs() * 4.0).long().clamp(0, 10)
+    return F.cross_entropy(h @ w.T, t) + F.mse_loss(h * 2.0, h.exp(), reduction="sum") * 0.01
+
+
 CASES = {  # name: (function, shapes of its tensor arguments)
     "reductions": (reductions, [(5, 37)]),
     "unary": (unary, [(5, 37)]),
@@ -186,6 +193,7 @@ CASES = {  # name: (function, shapes of its tensor arguments)
     "norms": (norms, [(5, 37), (37,), (37,)]),
     "formulas": (formulas, [(5, 37), (5, 37)]),
     "losses": (losses, [(6, 37), (6, 37)]),
+    "linear_losses": (linear_losses, [(6, 37), (11, 37)]),
 }
 
 
@@ -273,7 +281,8 @@ def test_softplus_gradient_is_finite_past_the_threshold() -> None:
     assert torch.isfinite(x.grad).all()
 
 
-@pytest.mark.parametrize("name", ["permutes", "formulas", "splits", "norms", "losses"])
+@pytest.mark.parametrize("name", ["permutes", "formulas", "splits", "norms", "losses",
+                                  "linear_losses"])
 def test_gradients_match_torch(name: str) -> None:
     """Derived gradients of the new spellings against torch autograd of the same body in
     float64 (permutes: a view's gradient undoes any permutation, not only the last two axes)."""
@@ -291,7 +300,7 @@ def test_gradients_match_torch(name: str) -> None:
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
 @pytest.mark.parametrize("name", ["permutes", "splits", "shadowing", "fills", "norms",
-                                  "formulas", "losses"])
+                                  "formulas", "losses", "linear_losses"])
 def test_new_spellings_on_the_gpu(name: str, dtype: torch.dtype) -> None:
     from tests.numerics import check_torch_twin
 
