@@ -91,6 +91,12 @@ KNOBS: dict[str, Knob] = {
         "flash attention: split each query block's keys over this many programs "
         "(flash-decoding); 0 chooses from the shape and the GPU, 1 never splits",
     ),
+    "dot_rows_splits": Knob(
+        "FUSILE_DOT_ROWS_SPLITS", int, lambda: 0,
+        "contractions whose rows are reduced on chip (a linear layer's cross-entropy): split "
+        "each row block's columns over this many programs; 0 chooses from the shape and the "
+        "GPU, 1 never splits",
+    ),
     "max_head_dim": Knob(
         "FUSILE_MAX_HEAD_DIM", int, lambda: 0,
         "flash attention kernels hold head dims up to this on chip (0: 256 on a GPU, no limit "
@@ -127,8 +133,8 @@ _overrides: dict[str, Any] = {}
 # knobs that choose a kernel's launch config or which kernels launch together: part of the
 # program key (backends/run.py) and of the call key (backends/dispatch.py), so setting one
 # between calls takes effect
-SCHEDULE_KNOBS = ("max_row_block", "row_programs", "attn_splits", "max_head_dim",
-                  "horizontal")
+SCHEDULE_KNOBS = ("max_row_block", "row_programs", "attn_splits", "dot_rows_splits",
+                  "max_head_dim", "horizontal")
 
 
 def get(name: str) -> Any:

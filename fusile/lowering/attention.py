@@ -38,7 +38,7 @@ class AttentionForm:
         return tuple(g for g in (self.row_max, self.guard, self.row_sum) if g is not None)
 
 
-def _single(g: Generic, name: str) -> Op | None:
+def single(g: Generic, name: str) -> Op | None:
     op = g.defs.get(g.yields[0]) if len(g.yields) == 1 else None
     return op if op is not None and op.name == name else None
 
@@ -78,7 +78,7 @@ def find(graph: Graph, pv_gi: int) -> AttentionForm | None:
     # l = sum_j exp(U)
     if sum_n.inputs != [u_t] or len(sum_n.reduction_loops) != 1:
         return None
-    add = _single(sum_n, "arith.addf")
+    add = single(sum_n, "arith.addf")
     sby = sum_n.defs
     if add is None or not any(sby.get(o) is not None and sby[o].name == "math.exp" and
                               sby[o].operands[0] == sum_n.block_args[0] for o in add.operands):
@@ -87,11 +87,11 @@ def find(graph: Graph, pv_gi: int) -> AttentionForm | None:
     if sub_n.reduction_loops or len(sub_n.inputs) != 2:
         return None
     t_t, mx_t = sub_n.inputs
-    subf = _single(sub_n, "arith.subf")
+    subf = single(sub_n, "arith.subf")
     if subf is None or subf.operands[0] != sub_n.block_args[0]:
         return None
     mx = prod.get(mx_t)
-    guard = mx if _is_guard(_gen(graph, mx), graph) else None
+    guard = mx if is_guard(_gen(graph, mx), graph) else None
     if guard is not None:  # softmax's guard(mx) as a generic of its own (others read it)
         g_n = _gen(graph, guard)
         assert g_n is not None
@@ -99,7 +99,7 @@ def find(graph: Graph, pv_gi: int) -> AttentionForm | None:
         mx = prod.get(mx_t)
     mx_n = _gen(graph, mx)
     if mx_n is None or mx is None or mx_n.inputs != [t_t] or \
-            _single(mx_n, "arith.maximumf") is None:
+            single(mx_n, "arith.maximumf") is None:
         return None
     # T = mods(S), S = q @ k^T
     mods: list[int] = []
@@ -168,13 +168,13 @@ def _axes_line_up(graph: Graph, qk: DotForm, pv: DotForm, mods: list[int],
     return u_map[u_dims[1]] == pv.k and u_map[u_dims[0]] == pv.m
 
 
-def _is_guard(g: Generic | None, graph: Graph) -> bool:
+def is_guard(g: Generic | None, graph: Graph) -> bool:
     """g is exactly `select(abs(x) == inf, 0, x)` of one input: softmax's shift for a row
     whose max is infinite (all -inf, or holding +inf). It is x wherever x is finite, so a
     kernel's running max stands in."""
     if g is None or g.reduction_loops or len(g.inputs) != 1:
         return False
-    sel = _single(g, "arith.select")
+    sel = single(g, "arith.select")
     consts = constants(graph)
     if sel is None or sel.operands[2] != g.block_args[0] or consts.get(sel.operands[1]) != 0.0:
         return False

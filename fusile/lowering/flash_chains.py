@@ -1,11 +1,12 @@
-"""Which attention chains become flash kernels: the forward (softmax(mods(q @ k^T)) @ v, one
-kernel) and the backward (out dots over recomputed score tiles, one kernel per reduced side).
-Both are taken whole, before the generic-by-generic partition, when their inner tensors never
-need to reach HBM."""
+"""Which chains of generics become one kernel each, taken whole before the generic-by-generic
+partition when their inner tensors never need to reach HBM: attention forward
+(softmax(mods(q @ k^T)) @ v) and backward (out dots over recomputed score tiles, one kernel
+per reduced side), and contractions whose rows are reduced (lowering/dot_rows.py: a linear
+layer's cross-entropy)."""
 
 from __future__ import annotations
 
-from fusile.lowering import attention, attention_grad
+from fusile.lowering import attention, attention_grad, dot_rows
 from fusile.lowering.attention_grad import GradForm
 from fusile.lowering.contraction import DotForm
 from fusile.lowering.graph import Generic, Graph
@@ -76,3 +77,24 @@ def grad_kernels(graph: Graph, ones: set[tuple], cls: Classes, taken: set[int]
         if not all(trial.try_add(mi) for mi in f.members):
             return []
     return forms
+
+
+def row_reduced_dots(graph: Graph, ones: set[tuple], cls: Classes, taken: set[int]
+                     ) -> dict[int, dot_rows.DotRowsForm]:
+    """Contractions whose rows are reduced in the same kernel (lowering/dot_rows.py) and
+    whose generics fit one kernel, keyed by the contraction; generics in `taken` belong to
+    attention chains."""
+    out: dict[int, dot_rows.DotRowsForm] = {}
+    for gi, node in enumerate(graph.nodes):
+        if not isinstance(node, Generic) or gi in taken:
+            continue
+        form = dot_rows.find(graph, gi, cls, ones)
+        if form is None or taken & set(form.members):
+            continue
+        trial = Group(graph, ones, cls)
+        trial.rows = form
+        d = form.dot
+        if all(trial.try_add(mi) for mi in form.members) and \
+                len({trial.uf.find((d.gi, x)) for x in (d.m, d.n, d.k)}) == 3:
+            out[gi] = form
+    return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fusile.lowering import attention
+from fusile.lowering import attention, dot_rows
 from fusile.lowering.attention_grad import GradForm
 from fusile.lowering.contraction import DotForm
 from fusile.lowering.graph import Generic, Graph
@@ -14,6 +14,7 @@ POINTWISE, REDUCTION = "pointwise", "reduction"
 CONTRACTION, ATTENTION = "contraction", "attention"
 ATTENTION_GRAD = "attention-grad"
 ROW_COLUMNS = "rows+columns"  # a row kernel that also sums over its rows (column partials)
+DOT_ROWS = "dot-rows"  # a contraction whose rows are reduced on chip (lowering/dot_rows.py)
 
 
 class Classes:
@@ -56,6 +57,7 @@ class Kernel:
     dot: DotForm | None = None  # a contraction kernel's tl.dot (None: gathered products)
     attn: attention.AttentionForm | None = None  # an attention kernel's chain
     grad: GradForm | None = None  # an attention backward kernel's score tiles and out dots
+    rows: dot_rows.DotRowsForm | None = None  # a rows-reduced contraction's chain
     # a rows+columns kernel's generics computed from column partials: sums over the rows (P)
     # and elementwise work on their results over the columns (R) only. The row kernel folds
     # the sums into per-program float32 partials; a combine kernel finishes them.
@@ -69,7 +71,7 @@ class Kernel:
     @property
     def tile_dots(self) -> bool:
         """Its products run as tile dots (tensor cores), not elementwise."""
-        return self.dot is not None or self.flash
+        return self.dot is not None or self.flash or self.rows is not None
 
     def access(self, gi: int, m: tuple[int | None, ...]) -> list[int | None]:
         """Index class per tensor axis for generic gi reading/writing through map m."""
@@ -161,6 +163,7 @@ class Group:
         self.dot: DotForm | None = None  # set once the contraction is in
         self.attn: attention.AttentionForm | None = None  # an attention chain: no R check
         self.grad: GradForm | None = None  # an attention backward kernel: no R check either
+        self.rows: dot_rows.DotRowsForm | None = None  # a rows-reduced contraction: nor here
         self.columns: list[int] = []  # generics over column partials (Kernel.columns)
 
     def real_loops(self, gi: int) -> list[int]:
@@ -201,15 +204,15 @@ class Group:
             roots = [uf.find((g, i)) for i in self.real_loops(g)]
             if len(set(roots)) != len(roots):
                 return False
-        if self.attn is None and self.grad is None and not self._one_space(uf, gi):
+        chain = self.attn is not None or self.grad is not None or self.rows is not None
+        if not chain and not self._one_space(uf, gi):
             return False
         red = {uf.find((gi, i)) for i in node.reduction_loops if i in real}
         if (self.dot is not None or self.grad is not None) and \
                 not self._fits_dot(uf, gi, real, red):
             return False
         old = {uf.find(c) for c in self.reduced} if self.reduced else None
-        column = bool(red) and old is not None and red != old and \
-            self.attn is None and self.grad is None
+        column = bool(red) and old is not None and red != old and not chain
         if column and not self._column_sum(uf, gi, real, red, old or set()):
             return False
         if any(self.produced.get(t, (-1,))[0] in self.columns for t in node.inputs):
@@ -316,7 +319,7 @@ class Group:
         return Kernel(index, kind, list(self.gens), reduced, sorted(set(ids.values())),
                       loop_class, class_global, locs=locs,
                       dot=self.dot if self.attn is None else None, attn=self.attn,
-                      grad=self.grad, columns=list(self.columns))
+                      grad=self.grad, rows=self.rows, columns=list(self.columns))
 
 
 

@@ -17,12 +17,13 @@ does not fit starts a new kernel, with the tensor between them in HBM, so every 
 from __future__ import annotations
 
 from fusile.lowering.contraction import dot_form
-from fusile.lowering.flash_chains import attention_chains, grad_kernels
+from fusile.lowering.flash_chains import attention_chains, grad_kernels, row_reduced_dots
 from fusile.lowering.graph import Empty, Generic, Graph
 from fusile.lowering.groups import (
     ATTENTION,
     ATTENTION_GRAD,
     CONTRACTION,
+    DOT_ROWS,
     POINTWISE,
     REDUCTION,
     ROW_COLUMNS,
@@ -37,7 +38,7 @@ from fusile.lowering.groups import (
     static_ones,
 )
 
-__all__ = ["ATTENTION", "ATTENTION_GRAD", "CONTRACTION", "POINTWISE", "REDUCTION",
+__all__ = ["ATTENTION", "ATTENTION_GRAD", "CONTRACTION", "DOT_ROWS", "POINTWISE", "REDUCTION",
            "ROW_COLUMNS", "Classes",
            "Kernel", "Plan", "partition"]
 
@@ -60,7 +61,9 @@ def partition(graph: Graph, flash: bool = True) -> Plan:
     taken = {mi for _, members in chains.values() for mi in members}
     grads = grad_kernels(graph, ones, cls, taken) if flash else []
     grad_members = {mi for f in grads for mi in f.members}
-    deferred = _deferrable(graph, taken | grad_members)
+    reduced_dots = row_reduced_dots(graph, ones, cls, taken | grad_members) if flash else {}
+    deferred = _deferrable(graph, taken | grad_members | {
+        mi for f in reduced_dots.values() for mi in f.members})
     # placed at their first out dot: every producer of their inputs is placed by then
     first_grad = min((o.gi for f in grads for o in f.outs), default=None)
     for gi, node in enumerate(graph.nodes):
@@ -94,6 +97,18 @@ def partition(graph: Graph, flash: bool = True) -> Plan:
             group.dot = chain.pv  # the epilogue joins over the output's loops
             groups.append(group)
             kinds.append(ATTENTION)
+            continue
+        if gi in reduced_dots:  # the contraction and what reduces its rows: one kernel
+            form = reduced_dots[gi]
+            group = Group(graph, ones, cls)
+            group.rows = form
+            for mi in form.members:
+                assert group.try_add(mi), "row-reduced contraction members were checked to fit"
+                home[mi] = len(groups)
+                for r in gen_of(graph, mi).results:
+                    producer[r] = mi
+            groups.append(group)
+            kinds.append(DOT_ROWS)
             continue
         if is_fill(node) and all(_only_init(graph, r) for r in node.results):
             fills[node.results[0]] = node.yields[0]

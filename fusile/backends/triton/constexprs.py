@@ -102,3 +102,14 @@ class GradConstexprs(Constexprs):
     even_heads: bool
     even_n: bool
     use_i64: bool
+
+
+@dataclass(frozen=True)
+class DotRowsConstexprs(Constexprs):
+    """A contraction whose rows are reduced on chip (codegen_dot_rows.py): rows and columns
+    per tile, the contracted tile, and whether BLOCK_K divides K (then its masks fold away)."""
+    block_m: int
+    block_n: int
+    block_k: int
+    even_k: bool
+    use_i64: bool

@@ -195,11 +195,13 @@ class TileEmitter:
         return var
 
     def emit_generic(self, gi: int, scope: Scope, allow_reduce: bool,
-                     accumulate: dict[int, str] | None = None, fold_mask: str = "mask_r"
-                     ) -> None:
+                     accumulate: dict[int, str] | None = None, fold_mask: str = "mask_r",
+                     per_tile: bool = False) -> None:
         """Emit generic gi's region over tiles. A reduction either reduces its tile now
         (single pass) or, with `accumulate` (yield -> accumulator), folds one chunk into an
-        accumulator tile (looped), where `fold_mask` holds (a column sum: "mask")."""
+        accumulator tile (looped), where `fold_mask` holds (a column sum: "mask"); with
+        `per_tile`, each chunk is reduced along its rows first and the accumulators are
+        [rows, 1] (fewer registers where the chunk is a whole dot tile)."""
         node = self.gen(gi)
         reduces = self.plan.reduces(gi)
         if reduces and not (allow_reduce or accumulate is not None):
@@ -239,6 +241,7 @@ class TileEmitter:
             fv = f"tl.where({fold_mask}, {self.resolve(f, local, scope)}, {self.identity(op)})"
             if accumulate is not None:
                 acc = accumulate[y]
+                fv = self.reduce_call(op, fv) if per_tile else fv
                 scope.emit(f"{acc} = {RULES[op.name]([acc, fv], op, self.target)}")
                 continue
             var = f"red{r}"

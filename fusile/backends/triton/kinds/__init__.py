@@ -1,5 +1,6 @@
 """Kernel kinds as a table. Each module here registers one Kind (kind.py): rows (pointwise,
-row reductions, rows with column partials), dot (contractions), flash (attention forward and
+row reductions, rows with column partials), dot (contractions), dot_rows (contractions
+whose rows are reduced on chip), flash (attention forward and
 flash-decoding), flash_grad (attention backward) and segments (independent pointwise kernels
 in one launch). A new kernel class is one new module and one entry in KINDS."""
 
@@ -7,12 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fusile.backends.triton.kinds import dot, flash, flash_grad, rows, segments
+from fusile.backends.triton.kinds import dot, dot_rows, flash, flash_grad, rows, segments
 from fusile.backends.triton.kinds.kind import Kind
 
 # asked in order: the first that takes a kernel is its kind (rows takes every other kernel,
 # a contraction that tl.dot cannot run among them)
-KINDS: list[Kind] = [segments.KIND, flash_grad.KIND, flash.KIND, dot.KIND, rows.KIND]
+KINDS: list[Kind] = [segments.KIND, flash_grad.KIND, flash.KIND, dot_rows.KIND, dot.KIND,
+                     rows.KIND]
 
 
 def kind_of(kernel: Any) -> Kind:

@@ -1,0 +1,191 @@
+"""Recognise a contraction whose result rows are reduced in the same kernel: `S = a @ b^T`,
+elementwise functions T of S (scale, soft-capping, a bias, masks), and reductions of them
+over S's columns n (max, sums: a log-sum-exp, the target's logit, a label-smoothing sum), where
+S and T never reach HBM. `cross_entropy(h @ w.T, target)` is this: per row of tokens, the
+vocabulary's log-sum-exp and the target logit, without the (tokens x vocab) logits.
+
+After the MLIR passes the log-sum-exp is `mx = max_n T`, optionally `g = guard(mx)` (softmax's
+shift for an infinite max, a generic of its own), and `l = sum_n exp(T - g)` with the shift
+and exp fused into the sum's region. A kernel computes l in one pass over the columns (online
+softmax: a running max and a rescaled sum), so the sum is not a second pass that recomputes S.
+Every other reduction must read only S, its elementwise functions and tensors from HBM (one
+level), and fold with a float add, max or min (what partials over column ranges combine).
+
+The kernel (backends/triton/codegen_dot_rows.py) owns the contraction, the elementwise
+functions, the reductions and the guards; what reads their per-row results (the loss) runs in
+the kernels after it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from fusile.lowering.attention import is_guard, single
+from fusile.lowering.contraction import DotForm, dot_form
+from fusile.lowering.graph import Generic, Graph
+
+if TYPE_CHECKING:  # groups.py holds this module's form in its kernels
+    from fusile.lowering.groups import Classes
+
+_FOLDS = ("arith.addf", "arith.maximumf", "arith.minimumf")
+
+
+@dataclass(frozen=True)
+class Online:
+    """`l = sum_n exp(T - g)` with g = mx or guard(mx) and mx = max_n T."""
+
+    row_max: int  # generic mx = max_n T
+    guard: int | None  # generic g = guard(mx), when the sum shifts by it
+    row_sum: int  # generic l: region subf(T, g), exp, addf
+    scores: int  # tensor T
+
+
+@dataclass(frozen=True)
+class DotRowsForm:
+    dot: DotForm  # S = a @ b^T: m = rows, n = the reduced columns, k = the contracted axis
+    members: tuple[int, ...]  # every generic of the kernel, in program order
+    mods: tuple[int, ...]  # elementwise generics over (m, n), from S
+    folds: tuple[int, ...]  # reductions over n folded tile by tile (not the online ones)
+    online: tuple[Online, ...]
+
+    @property
+    def guards(self) -> tuple[int, ...]:
+        return tuple(o.guard for o in self.online if o.guard is not None)
+
+
+def _gen(graph: Graph, gi: int | None) -> Generic | None:
+    node = graph.nodes[gi] if gi is not None else None
+    return node if isinstance(node, Generic) else None
+
+
+def find(graph: Graph, s_gi: int, cls: Classes, ones: set[tuple]) -> DotRowsForm | None:
+    """The rows-reduced contraction starting at contraction s_gi, or None."""
+    node = _gen(graph, s_gi)
+    form = dot_form(s_gi, node) if node is not None else None
+    if form is None or node is None or any(
+            cls.find(("loop", s_gi, x)) in ones for x in (form.m, form.n, form.k)):
+        return None
+
+    def c(gi: int, loop: int) -> tuple:
+        return cls.find(("loop", gi, loop))
+
+    row_c, col_c = c(s_gi, form.m), c(s_gi, form.n)
+    batch_c = {c(s_gi, b) for b in form.batch}
+    readers: dict[int, list[int]] = {}
+    for gi, n in enumerate(graph.nodes):
+        if isinstance(n, Generic):
+            for t in n.inputs:
+                readers.setdefault(t, []).append(gi)
+
+    def loops(gi: int) -> set[tuple]:
+        n = _gen(graph, gi)
+        assert n is not None
+        return {c(gi, i) for i in range(n.n_loops) if c(gi, i) not in ones}
+
+    full = {node.results[0]}  # tensors over (batch, m, n): never in HBM
+    rows: dict[int, int] = {}  # per-row result -> its reduction or guard generic
+    mods: list[int] = []
+    folds: list[int] = []
+    online: list[Online] = []
+    seen: set[int] = {s_gi}
+    for gi in range(s_gi + 1, len(graph.nodes)):  # program order: producers first
+        n = _gen(graph, gi)
+        if n is None or not (full | set(rows)) & set(n.inputs):
+            continue
+        if not full & set(n.inputs) and _guard_of(graph, gi, rows, folds) is None:
+            continue  # reads only per-row results (the loss): runs after the kernel
+        if not full & set(n.inputs):  # a guard of a max
+            seen.add(gi)
+            rows[n.results[0]] = gi
+            continue
+        if not n.reduction_loops:  # elementwise over the tile
+            if any(u in rows for u in n.inputs):
+                return None  # a tile of T shifted by a statistic (softmax): it would need T
+            if loops(gi) != batch_c | {row_c, col_c} or len(n.results) != 1:
+                return None
+            seen.add(gi)
+            mods.append(gi)
+            full.add(n.results[0])
+            continue
+        red = [i for i in n.reduction_loops if c(gi, i) not in ones]
+        if red != n.reduction_loops or [c(gi, i) for i in red] != [col_c] or \
+                loops(gi) != batch_c | {row_c, col_c}:
+            return None
+        if any(u in rows for u in n.inputs):  # reads a per-row result: the online sum
+            o = _online(graph, gi, n, rows, full)
+            if o is None:
+                return None
+            online.append(o)
+        elif not _folds_floats(n):
+            return None
+        else:
+            folds.append(gi)
+        seen.add(gi)
+        for r in n.results:
+            rows[r] = gi
+    for o in online:  # its max is the online pass's running max, not a fold of its own
+        if o.row_max in folds:
+            folds.remove(o.row_max)
+    if not folds and not online:
+        return None
+    if full & set(graph.results):
+        return None
+    for t in full:  # S and T stay on chip: only the kernel's generics read them
+        if any(r not in seen for r in readers.get(t, [])):
+            return None
+    members = tuple(sorted(seen))
+    return DotRowsForm(form, members, tuple(mods), tuple(folds), tuple(online))
+
+
+def _folds_floats(n: Generic) -> bool:
+    """Each result folds with a float add, max or min of at most 32 bits (float32 partials
+    combine them)."""
+    by = n.defs
+    accs = n.block_args[len(n.inputs):]
+    for y, acc in zip(n.yields, accs, strict=True):
+        op = by.get(y)
+        if op is None or op.name not in _FOLDS or acc not in op.operands or \
+                not op.dtype.is_float or op.dtype.bits > 32:
+            return False
+    return True
+
+
+def _guard_of(graph: Graph, gi: int, rows: dict[int, int], folds: list[int]) -> int | None:
+    """gi when it is guard(mx) of a max reduction mx of the chain, else None."""
+    n = _gen(graph, gi)
+    if n is None or not is_guard(n, graph):
+        return None
+    mx = rows.get(n.inputs[0])
+    mx_n = _gen(graph, mx)
+    return gi if mx in folds and mx_n is not None and single(mx_n, "arith.maximumf") else None
+
+
+def _online(graph: Graph, gi: int, n: Generic, rows: dict[int, int], full: set[int]
+            ) -> Online | None:
+    """The online sum `l = sum_n exp(T - g)` at generic gi, or None."""
+    if len(n.inputs) != 2 or len(n.results) != 1:
+        return None
+    t_t, g_t = n.inputs
+    if t_t not in full or g_t not in rows:
+        return None
+    add = single(n, "arith.addf")
+    by = n.defs
+    acc = n.block_args[2]
+    if add is None or acc not in add.operands:
+        return None
+    ex = by.get(add.operands[1] if add.operands[0] == acc else add.operands[0])
+    sub = by.get(ex.operands[0]) if ex is not None and ex.name == "math.exp" else None
+    if sub is None or sub.name != "arith.subf" or sub.operands != n.block_args[:2] or \
+            len(n.body) != 3 or not add.dtype.is_float or add.dtype.bits > 32:
+        return None
+    src = _gen(graph, rows[g_t])
+    guard = rows[g_t] if src is not None and not src.reduction_loops else None
+    mx = rows[src.inputs[0]] if guard is not None and src is not None else rows[g_t]
+    mx_n = _gen(graph, mx)
+    if mx_n is None or mx_n.inputs != [t_t] or single(mx_n, "arith.maximumf") is None or \
+            len(mx_n.body) != 1:
+        return None
+    if n.maps[0] != mx_n.maps[0]:  # both read T the same way (the sum over the max's axis)
+        return None
+    return Online(mx, guard, gi, t_t)
