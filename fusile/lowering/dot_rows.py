@@ -73,9 +73,9 @@ def find(graph: Graph, s_gi: int, cls: Classes, ones: set[tuple]) -> DotRowsForm
     row_c, col_c = c(s_gi, form.m), c(s_gi, form.n)
     batch_c = {c(s_gi, b) for b in form.batch}
     readers: dict[int, list[int]] = {}
-    for gi, n in enumerate(graph.nodes):
-        if isinstance(n, Generic):
-            for t in n.inputs:
+    for gi, other in enumerate(graph.nodes):
+        if isinstance(other, Generic):
+            for t in other.inputs:
                 readers.setdefault(t, []).append(gi)
 
     def loops(gi: int) -> set[tuple]:

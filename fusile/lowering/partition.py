@@ -99,10 +99,10 @@ def partition(graph: Graph, flash: bool = True) -> Plan:
             kinds.append(ATTENTION)
             continue
         if gi in reduced_dots:  # the contraction and what reduces its rows: one kernel
-            form = reduced_dots[gi]
+            rows = reduced_dots[gi]
             group = Group(graph, ones, cls)
-            group.rows = form
-            for mi in form.members:
+            group.rows = rows
+            for mi in rows.members:
                 assert group.try_add(mi), "row-reduced contraction members were checked to fit"
                 home[mi] = len(groups)
                 for r in gen_of(graph, mi).results:

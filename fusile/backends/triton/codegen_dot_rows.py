@@ -218,7 +218,7 @@ class DotRowsWriter(TileEmitter):
         folds = {f"acc{y}": op for _g, _r, y, op, _i in self._folds()}
         with top.block("for s in range(0, S):") as loop:
             loop.emit("rows = (pid * S + s) * BLOCK_M + tl.arange(0, BLOCK_M)[:, None]")
-            for j, (var, _how) in enumerate(stats):
+            for j in range(len(stats)):
                 loop.emit(f"p{j} = tl.load(part_ptr + {j} * n_prog * S * BLOCK_M + rows)")
             for j, (var, how) in enumerate(stats):
                 if how == "fold":
