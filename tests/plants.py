@@ -247,7 +247,8 @@ PLANTS = [
           "x.narrow(ax, a, n) if ax", "x.narrow(ax, 0, n) if ax",
           "mlir-cpu: every block reads the first rows"),
     Plant("partition_no_defer", "fusile/lowering/partition.py",
-          "    deferred = _deferrable(graph, taken | grad_members)",
+          "    deferred = _deferrable(graph, taken | grad_members | {\n"
+          "        mi for f in reduced_dots.values() for mi in f.members})",
           "    deferred: set[int] = set()",
           "partition: cheap producers get kernels of their own that hold their readers back"),
     Plant("wide_heads_run_flash", "fusile/backends/triton/runtime.py",
