@@ -18,7 +18,7 @@ Face integration, six with autodiff, two with mlir-cpu, four with its row blocks
 one with the partition's deferred producers, three with rows+columns kernels, one with
 mlir-cpu's results computed in place, one with float64 partials,
 one with a row class added after a column sum, one with a sum that reads its init,
-one with sliced reductions).
+one with sliced reductions, two with row-reduced contractions).
 """
 
 from __future__ import annotations
@@ -284,6 +284,14 @@ PLANTS = [
     Plant("sliced_reduction_axes", "fusile/dsl/push.py",
           "[i for i in range(xt.rank) if i not in axes]", "list(range(xt.rank))",
           "a sliced reduction without keepdims cuts its input along the wrong axis"),
+    Plant("dot_rows_no_rescale", "fusile/backends/triton/codegen_dot_rows.py",
+          '{l_} * tl.exp({_guard(m)} - r_new)) "',
+          '{l_}) "',
+          "dot-rows: the online sum keeps its old shift when the running max grows"),
+    Plant("dot_rows_combine_unshifted", "fusile/backends/triton/codegen_dot_rows.py",
+          'f"tl.exp({_guard(m_s)} - r_new))")',
+          'f"tl.exp({_guard(m_s)} - 0.0))")',
+          "dot-rows: the combine adds each split's sum without shifting it"),
 ]
 
 _FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.M)

@@ -51,6 +51,8 @@ def call(ck: Checker, e: ast.Call) -> ValueType | MultiType:
         return ck.desugar(e, spellings.torch_function(e, obj.__name__))
     if getattr(obj, "__module__", None) == "math" and callable(obj) and not kwargs:
         return fold_math(ck, e, obj)
+    if obj is float and len(e.args) == 1 and not kwargs:  # float("-inf"), as torch code has
+        return _float_constant(ck, e)
     raise UnsupportedSyntaxError(
         f"{_dotted(e.func)!r} is a Python {type(obj).__name__}, not a fusile builtin or an "
         "@fused function", e.func.span)
@@ -71,6 +73,17 @@ def fold_math(ck: Checker, e: ast.Call, fn: Any) -> ValueType:
     except (ValueError, TypeError, ArithmeticError) as exc:
         raise BuiltinCallError(f"{_dotted(e.func)}() failed on constants: {exc}",
                                e.span) from None
+
+
+def _float_constant(ck: Checker, e: ast.Call) -> ValueType:
+    """float(text) or float(constant), folded when compiling."""
+    (a,) = e.args
+    if isinstance(a, ast.Str):
+        try:
+            return ck._const(e, float(a.value))
+        except ValueError:
+            raise BuiltinCallError(f"float({a.value!r}) is not a number", a.span) from None
+    return fold_math(ck, e, float)
 
 
 def _root_name(e: ast.Expr) -> str:

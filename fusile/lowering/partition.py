@@ -61,7 +61,7 @@ def partition(graph: Graph, flash: bool = True) -> Plan:
     taken = {mi for _, members in chains.values() for mi in members}
     grads = grad_kernels(graph, ones, cls, taken) if flash else []
     grad_members = {mi for f in grads for mi in f.members}
-    reduced_dots = row_reduced_dots(graph, ones, cls, taken | grad_members) if flash else {}
+    reduced_dots = row_reduced_dots(graph, ones, cls, taken | grad_members)
     deferred = _deferrable(graph, taken | grad_members | {
         mi for f in reduced_dots.values() for mi in f.members})
     # placed at their first out dot: every producer of their inputs is placed by then

@@ -241,7 +241,19 @@ def test_chained_comparison_is_elementwise_and() -> None:
     assert torch.equal(f(x), torch.where((x > -0.5) & (x <= 0.5), x, torch.zeros(())))
 
 
+def test_float_of_a_constant_is_folded() -> None:
+    """float("-inf") and float(2) as torch code writes them (a masked fill, say)."""
+    x = torch.randn(6, 33)
+
+    @fused
+    def f(x):
+        return torch.where(x > 0.5, x, float("-inf")) + float("1e-3") * float(2)
+
+    assert torch.equal(f(x), torch.where(x > 0.5, x, float("-inf")) + 2e-3)
+
+
 BAD = [
+    ("float('minus one')", E.BuiltinCallError, "float('minus one') is not a number"),
     ("x.max(dim=-1)", E.UnsupportedSyntaxError, "returns (values, indices)"),
     ("x.frobnicate()", E.UnsupportedSyntaxError, "fusile has no method '.frobnicate()'"),
     ("torch.fmod(x, 2.0)", E.UnsupportedSyntaxError, "torch's fmod() has no fusile"),
