@@ -21,24 +21,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from fusile.lowering import online as online_sum
 from fusile.lowering.attention import is_guard, single
 from fusile.lowering.contraction import DotForm, dot_form
 from fusile.lowering.graph import Generic, Graph
+from fusile.lowering.online import Online
 
 if TYPE_CHECKING:  # groups.py holds this module's form in its kernels
     from fusile.lowering.groups import Classes
 
 _FOLDS = ("arith.addf", "arith.maximumf", "arith.minimumf")
-
-
-@dataclass(frozen=True)
-class Online:
-    """`l = sum_n exp(T - g)` with g = mx or guard(mx) and mx = max_n T."""
-
-    row_max: int  # generic mx = max_n T
-    guard: int | None  # generic g = guard(mx), when the sum shifts by it
-    row_sum: int  # generic l: region subf(T, g), exp, addf
-    scores: int  # tensor T
 
 
 @dataclass(frozen=True)
@@ -113,8 +105,9 @@ def find(graph: Graph, s_gi: int, cls: Classes, ones: set[tuple]) -> DotRowsForm
                 loops(gi) != batch_c | {row_c, col_c}:
             return None
         if any(u in rows for u in n.inputs):  # reads a per-row result: the online sum
-            o = _online(graph, gi, n, rows, full)
-            if o is None:
+            o = online_sum.find(graph, gi, rows)
+            if o is None or o.scores not in full or o.row_max not in folds or \
+                    graph.tensors[n.results[0]].dtype.bits > 32:
                 return None
             online.append(o)
         elif not _folds_floats(n):
@@ -159,33 +152,3 @@ def _guard_of(graph: Graph, gi: int, rows: dict[int, int], folds: list[int]) -> 
     mx = rows.get(n.inputs[0])
     mx_n = _gen(graph, mx)
     return gi if mx in folds and mx_n is not None and single(mx_n, "arith.maximumf") else None
-
-
-def _online(graph: Graph, gi: int, n: Generic, rows: dict[int, int], full: set[int]
-            ) -> Online | None:
-    """The online sum `l = sum_n exp(T - g)` at generic gi, or None."""
-    if len(n.inputs) != 2 or len(n.results) != 1:
-        return None
-    t_t, g_t = n.inputs
-    if t_t not in full or g_t not in rows:
-        return None
-    add = single(n, "arith.addf")
-    by = n.defs
-    acc = n.block_args[2]
-    if add is None or acc not in add.operands:
-        return None
-    ex = by.get(add.operands[1] if add.operands[0] == acc else add.operands[0])
-    sub = by.get(ex.operands[0]) if ex is not None and ex.name == "math.exp" else None
-    if sub is None or sub.name != "arith.subf" or sub.operands != n.block_args[:2] or \
-            len(n.body) != 3 or not add.dtype.is_float or add.dtype.bits > 32:
-        return None
-    src = _gen(graph, rows[g_t])
-    guard = rows[g_t] if src is not None and not src.reduction_loops else None
-    mx = rows[src.inputs[0]] if guard is not None and src is not None else rows[g_t]
-    mx_n = _gen(graph, mx)
-    if mx_n is None or mx_n.inputs != [t_t] or single(mx_n, "arith.maximumf") is None or \
-            len(mx_n.body) != 1:
-        return None
-    if n.maps[0] != mx_n.maps[0]:  # both read T the same way (the sum over the max's axis)
-        return None
-    return Online(mx, guard, gi, t_t)
