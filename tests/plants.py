@@ -18,7 +18,8 @@ Face integration, six with autodiff, two with mlir-cpu, four with its row blocks
 one with the partition's deferred producers, three with rows+columns kernels, one with
 mlir-cpu's results computed in place, one with float64 partials,
 one with a row class added after a column sum, one with a sum that reads its init,
-one with sliced reductions, two with row-reduced contractions).
+one with sliced reductions, two with row-reduced contractions,
+two with one-pass log-sum-exps over long rows).
 """
 
 from __future__ import annotations
@@ -292,6 +293,14 @@ PLANTS = [
           'f"tl.exp({_guard(m_s)} - r_new))")',
           'f"tl.exp({_guard(m_s)} - 0.0))")',
           "dot-rows: the combine adds each split's sum without shifting it"),
+    Plant("online_rows_no_rescale", "fusile/backends/triton/codegen_loops.py",
+          "ol{s} * tl.exp({_guard(f'om{s}')} - r_new)) \"",
+          "ol{s}) \"",
+          "looped rows: the online sum keeps its old shift when the running max grows"),
+    Plant("online_rows_empty_sum_overflow", "fusile/backends/triton/codegen_loops.py",
+          "tl.where(om{s} == -{_INF}, 0.0, ol{s} * tl.exp({_guard(f'om{s}')} - r_new)) \"",
+          "(ol{s} * tl.exp({_guard(f'om{s}')} - r_new)) \"",
+          "looped rows: an empty sum times exp(0 - r) of a very negative r is 0 * inf"),
 ]
 
 _FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.M)

@@ -172,19 +172,25 @@ def is_guard(g: Generic | None, graph: Graph) -> bool:
     """g is exactly `select(abs(x) == inf, 0, x)` of one input: softmax's shift for a row
     whose max is infinite (all -inf, or holding +inf). It is x wherever x is finite, so a
     kernel's running max stands in."""
-    if g is None or g.reduction_loops or len(g.inputs) != 1:
+    if g is None or g.reduction_loops or len(g.inputs) != 1 or len(g.yields) != 1:
         return False
-    sel = single(g, "arith.select")
-    consts = constants(graph)
-    if sel is None or sel.operands[2] != g.block_args[0] or consts.get(sel.operands[1]) != 0.0:
-        return False
+    return guards(g, g.yields[0], g.block_args[0], graph) and len(g.body) == 3
+
+
+def guards(g: Generic, v: int, x: int, graph: Graph) -> bool:
+    """Region value v of generic g is `select(abs(x) == inf, 0, x)` (three ops)."""
     by = g.defs
+    sel = by.get(v)
+    consts = constants(graph)
+    if sel is None or sel.name != "arith.select" or sel.operands[2] != x or \
+            consts.get(sel.operands[1]) != 0.0:
+        return False
     cmp = by.get(sel.operands[0])
     if cmp is None or cmp.name != "arith.cmpf" or cmp.attrs.get("predicate") != "oeq" or \
             consts.get(cmp.operands[1]) != float("inf"):
         return False
     absf = by.get(cmp.operands[0])
-    return absf is not None and absf.name == "math.absf" and absf.operands == [g.block_args[0]]
+    return absf is not None and absf.name == "math.absf" and absf.operands == [x]
 
 
 def _reaches_dot(graph: Graph, prod: dict[int, int], t: int) -> bool:

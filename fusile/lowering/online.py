@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fusile.lowering.attention import is_guard, single
+from fusile.lowering.attention import guards, is_guard, single
 from fusile.lowering.graph import Generic, Graph
 
 
@@ -30,22 +30,33 @@ def _gen(graph: Graph, gi: int | None) -> Generic | None:
 
 
 def find(graph: Graph, gi: int, producer: dict[int, int]) -> Online | None:
-    """The online sum at generic gi, its max and guard found through `producer` (tensor ->
-    the generic computing it, as far as the caller's kernel goes), or None."""
+    """The online sum at generic gi, its shift, max and guard found through `producer`
+    (tensor -> the generic computing it, as far as the caller's kernel goes), or None. The
+    shift T - g is in the sum's region, or a generic of its own whose result U other
+    generics read too (softmax's exp(U) / l)."""
     n = _gen(graph, gi)
-    if n is None or len(n.inputs) != 2 or len(n.results) != 1 or len(n.body) != 3:
+    if n is None or len(n.results) != 1 or len(n.inputs) not in (1, 2):
         return None
-    t_t, g_t = n.inputs
     add = single(n, "arith.addf")
-    acc = n.block_args[2]
+    acc = n.block_args[len(n.inputs)]
     if add is None or acc not in add.operands or not add.dtype.is_float:
         return None
     by = n.defs
     ex = by.get(add.operands[1] if add.operands[0] == acc else add.operands[0])
-    sub = by.get(ex.operands[0]) if ex is not None and ex.name == "math.exp" else None
-    if sub is None or sub.name != "arith.subf" or sub.operands != n.block_args[:2]:
+    if ex is None or ex.name != "math.exp":
         return None
-    g_gi = producer.get(g_t)
+    if len(n.inputs) == 2:  # sum(exp(T - g)), the shift in the region
+        if not _shifts(graph, n, ex.operands[0], 2):
+            return None
+        t_t, g_t = n.inputs
+    else:  # sum(exp(U)), U = T - g a generic of its own
+        u = _gen(graph, producer.get(n.inputs[0]))
+        if ex.operands != [n.block_args[0]] or len(n.body) != 2 or u is None or \
+                u.reduction_loops or len(u.inputs) != 2 or u.maps[0] != u.maps[2] or \
+                len(u.yields) != 1 or not _shifts(graph, u, u.yields[0], 0):
+            return None
+        t_t, g_t = u.inputs
+    g_gi = producer.get(g_t)  # g: the max, or a guard of it
     src = _gen(graph, g_gi)
     if src is None:
         return None
@@ -55,9 +66,35 @@ def find(graph: Graph, gi: int, producer: dict[int, int]) -> Online | None:
             return None
         guard, mx = g_gi, producer.get(src.inputs[0])
     mx_n = _gen(graph, mx)
-    if mx is None or mx_n is None or mx_n.inputs != [t_t] or len(mx_n.body) != 1 or \
-            single(mx_n, "arith.maximumf") is None:
+    top = single(mx_n, "arith.maximumf") if mx_n is not None else None
+    if mx is None or mx_n is None or top is None or mx_n.inputs != [t_t] or \
+            mx_n.block_args[1] not in top.operands:
+        return None
+    folded = top.operands[0] if top.operands[1] == mx_n.block_args[1] else top.operands[1]
+    if not _reads(mx_n, folded) or len(mx_n.body) != 1 + (folded != mx_n.block_args[0]):
         return None
     if n.maps[0] != mx_n.maps[0] or n.iterators != mx_n.iterators:
         return None  # not the max over the sum's axis of the same T
     return Online(mx, guard, gi, t_t)
+
+
+def _shifts(graph: Graph, g: Generic, v: int, others: int) -> bool:
+    """Region value v of generic g is `T - s`, T its first block argument and s its second
+    or the guard of it (softmax's shift fused into the region), and the region holds
+    `others` ops besides."""
+    sub = g.defs.get(v)
+    if sub is None or sub.name != "arith.subf" or not _reads(g, sub.operands[0]):
+        return False
+    others += sub.operands[0] != g.block_args[0]  # T's cast to the compute type
+    s, x = sub.operands[1], g.block_args[1]
+    if s == x:
+        return len(g.body) == 1 + others
+    return guards(g, s, x, graph) and len(g.body) == 4 + others
+
+
+def _reads(g: Generic, v: int) -> bool:
+    """Region value v of generic g is its first block argument, or that widened (a 16-bit
+    float's values in float32: the same numbers)."""
+    op = g.defs.get(v)
+    return v == g.block_args[0] or (op is not None and op.name == "arith.extf" and
+                                    op.operands == [g.block_args[0]])

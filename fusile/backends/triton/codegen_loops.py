@@ -8,10 +8,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from fusile.backends.triton.ops import acc_type
+from fusile.backends.triton.ops import RULES, acc_type
 from fusile.backends.triton.scope import Scope
+from fusile.lowering import online
 from fusile.lowering.graph import Op
+from fusile.lowering.online import Online
 from fusile.lowering.partition import POINTWISE
+
+_INF = 'float("inf")'
 
 if TYPE_CHECKING:
     from fusile.backends.triton.codegen import RowWriter
@@ -42,6 +46,42 @@ def levels(w: RowWriter) -> dict[int, int]:
             if w.plan.reduces(gi) and gi not in w.k.columns}
 
 
+def online_sums(w: RowWriter) -> dict[int, Online]:
+    """The kernel's log-sum-exp sums (lowering/online.py) by generic, whose max is a row
+    reduction of this kernel: each runs in its max's pass over the row, not one after it."""
+    out = {}
+    for gi in w.k.generics:
+        if gi in w.k.columns or not w.plan.reduces(gi):
+            continue
+        o = online.find(w.g, gi, w.producer)
+        if o is not None and o.row_max in w.k.generics and o.row_max not in w.k.columns \
+                and w.spans_p(gi) and w.spans_p(o.row_max):
+            out[gi] = o
+    return out
+
+
+def _online_chunk(w: RowWriter, loop: Scope, o: Online) -> None:
+    """Fold one chunk of the row into online sum o: the running max om, and the lanes' sums
+    ol of exp(T - r) for the shift r = guard(om), rescaled when r moves."""
+    s = o.row_sum
+    t = w.tensor_value(o.scores, loop, False, w.k.access(s, w.gen(s).maps[0]))
+    (op, _f), = w.combiners(w.gen(o.row_max)).values()
+    bp, br = w.blocks
+    e = loop.emit
+    e(f"ot{s} = tl.broadcast_to(tl.where(mask_r, {t}, -{_INF}).to({acc_type(op.dtype)}), "
+      f"[{bp}, {br}])")
+    e(f"m_new = {RULES[op.name]([f'om{s}', w.reduce_call(op, f'ot{s}')], op, w.target)}")
+    e(f"r_new = {_guard('m_new')}")
+    e(f"ol{s} = tl.where(om{s} == -{_INF}, 0.0, ol{s} * tl.exp({_guard(f'om{s}')} - r_new)) "
+      f"+ tl.exp(ot{s} - r_new)")
+    e(f"om{s} = m_new")
+
+
+def _guard(v: str) -> str:
+    """softmax's shift for a running max v: v, or 0 where it is infinite."""
+    return f"tl.where(tl.abs({v}) == {_INF}, 0.0, {v})"
+
+
 def write_looped(w: RowWriter, name: str, tensors: list[TensorArg]) -> list[str]:
     top = Scope.function()
     w.row_prologue(top, False)
@@ -55,10 +95,21 @@ def looped_body(w: RowWriter, top: Scope,
     reduction level, then one that stores what spans the row, where `fold` (if given) also
     adds the chunk to column sums."""
     by_level = levels(w)
+    sums = online_sums(w)
+    for o in sums.values():  # it only waits for its max, which it runs beside
+        by_level[o.row_sum] = by_level[o.row_max]
+    in_pass = {x for o in sums.values() for x in (o.row_max, o.row_sum)}
+    bp, br = w.blocks
     for phase in range(1, max(by_level.values(), default=0) + 1):
         gens = [gi for gi, lv in by_level.items() if lv == phase]
         accs = {}
         for gi in gens:
+            if gi in sums:
+                (op, _f), = w.combiners(w.gen(sums[gi].row_max)).values()
+                top.emit(f"om{gi} = tl.full([{bp}, 1], -{_INF}, {acc_type(op.dtype)})")
+                top.emit(f"ol{gi} = tl.full([{bp}, {br}], 0.0, {acc_type(op.dtype)})")
+            if gi in in_pass:
+                continue
             node = w.gen(gi)
             for y, (op, _f) in w.combiners(node).items():
                 acc = f"acc{y}"
@@ -68,8 +119,16 @@ def looped_body(w: RowWriter, top: Scope,
         with top.block("for r0 in range(0, R, BLOCK_R):") as loop:
             w.r_index(loop, "r0 + ")
             for gi in gens:
-                w.emit_generic(gi, loop, False, {y: f"acc{y}" for (g, y) in accs if g == gi})
+                if gi in sums:
+                    _online_chunk(w, loop, sums[gi])
+                elif gi not in in_pass:
+                    w.emit_generic(gi, loop, False,
+                                   {y: f"acc{y}" for (g, y) in accs if g == gi})
         for gi in gens:
+            if gi in sums:
+                _finish_online(w, top, sums[gi])
+            if gi in in_pass:
+                continue
             node = w.gen(gi)
             for r, y, init in zip(node.results, node.yields, node.outputs, strict=True):
                 op, _ = w.combiners(node)[y]
@@ -96,6 +155,18 @@ def looped_body(w: RowWriter, top: Scope,
                 w.store(t, loop)
             if fold is not None:
                 fold(loop)
+
+
+def _finish_online(w: RowWriter, top: Scope, o: Online) -> None:
+    """The max and the sum of online sum o, after its pass."""
+    s = o.row_sum
+    for gi, var in ((o.row_max, f"om{s}"), (s, w.row_reduce("tl.sum", f"ol{s}"))):
+        node = w.gen(gi)
+        (r,), (init,) = node.results, node.outputs
+        (op, _f), = w.combiners(node).values()
+        top.emit(f"red{r} = {var}")
+        top.tile(f"red{r}", frozenset("p"))
+        w.finish_reduce(r, op, f"red{r}", top, init)
 
 
 def parts(w: RowWriter) -> list[tuple[int, int, int, Op, int]]:
