@@ -138,7 +138,8 @@ class DotRowsWriter(TileEmitter):
         N, K = self.cname[self.n], self.cname[self.kc]
         e("offs_n = tl.arange(0, BLOCK_N)")
         e("offs_k = tl.arange(0, BLOCK_K)")
-        e("if USE_I64:")
+        e("if USE_I64:  # column and contracted offsets times strides past 2**31")
+        e("    offs_n = offs_n.to(tl.int64)")
         e("    offs_k = offs_k.to(tl.int64)")
         e(f"am = (offs_m % {M})[:, None]  # rows past the end wrap: loaded, never stored")
         e(mask("am", None, "[BLOCK_M, 1]"))
