@@ -239,7 +239,25 @@ class _Builder:
                         rows.bound * a.bound * m, rows.reduced * m, False)
         return rows, cols
 
-    def reduce(self, a: Value) -> Value | None:
+    def matmul(self, a: Value, c: Value) -> Value | None:
+        """a @ c^T over both last axes, the leading ones broadcast as a batch: with a
+        reduction after it over its last axis, a row-reduced contraction (dot-rows)."""
+        if len(a.shape) < 2 or len(c.shape) < 2 or a.shape[-1] != c.shape[-1]:
+            return None
+        batch = _broadcast(a.shape[:-2], c.shape[:-2])
+        k = a.shape[-1]
+        if batch is None or a.bound * c.bound * k > BOUND_CAP:
+            return None
+        shape = (*batch, a.shape[-2], c.shape[-2])
+        if _numel(shape) > MAX_NUMEL:
+            return None
+        prod = self.new(f"{a.name} @ {c.name}.mT", shape, a.bound * c.bound * k,
+                        max(a.reduced, c.reduced) * k, False)
+        if self.draw(st.booleans()):  # its rows reduced: a row-reduced contraction
+            return self.reduce(prod, -1) or prod
+        return prod
+
+    def reduce(self, a: Value, axis: int | None = None) -> Value | None:
         if not a.shape:
             return None
         # a concat takes every reduction across the axes without a seam, and these across
@@ -247,7 +265,8 @@ class _Builder:
         op = self.draw(st.sampled_from(REDUCE if not a.joined else ["sum", "mean", "max",
                                                                     "min"]))
         rank = len(a.shape)
-        axis = self.draw(st.integers(-rank, rank - 1))
+        if axis is None:
+            axis = self.draw(st.integers(-rank, rank - 1))
         n = a.shape[axis]
         keep = self.draw(st.booleans())
         shape = list(a.shape)
@@ -291,7 +310,7 @@ def programs(draw: st.DrawFn, max_ops: int = 6, slices: bool = False) -> Program
         b.values.append(Value(p, s, 2.0))
     pair: tuple[Value, Value] | None = None  # a row value and its column sum, returned both
     for _ in range(draw(st.integers(1, max_ops))):
-        kinds = ["unary", "binary", "binary", "reduce", "rows_and_columns"] + \
+        kinds = ["unary", "binary", "binary", "reduce", "rows_and_columns", "matmul"] + \
             ["slice", "slice", "concat"] * slices
         kind = draw(st.sampled_from(kinds))
         if kind == "rows_and_columns":
@@ -304,6 +323,8 @@ def programs(draw: st.DrawFn, max_ops: int = 6, slices: bool = False) -> Program
             b.unary(b.pick())
         elif kind == "binary":
             b.binary(b.pick(), b.pick())
+        elif kind == "matmul":
+            b.matmul(b.pick(), b.pick())
         else:
             b.reduce(b.pick())
     if draw(st.integers(0, 4)) == 0:  # end on a row kernel with column partials
