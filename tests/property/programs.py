@@ -242,7 +242,8 @@ class _Builder:
     def matmul(self, a: Value, c: Value) -> Value | None:
         """a @ c^T over both last axes, the leading ones broadcast as a batch: with a
         reduction after it over its last axis, a row-reduced contraction (dot-rows)."""
-        if len(a.shape) < 2 or len(c.shape) < 2 or a.shape[-1] != c.shape[-1]:
+        if len(a.shape) < 2 or len(c.shape) < 2 or a.shape[-1] != c.shape[-1] or \
+                a.joined or c.joined:  # a concat into a matmul is refused (not yet done)
             return None
         batch = _broadcast(a.shape[:-2], c.shape[:-2])
         k = a.shape[-1]

@@ -62,7 +62,11 @@ SPILLED = [("def prog(x0, x1):\n    t0 = x0 + x1\n    return t0\n", [(1, 13, 1),
            # vectorized): the 128x64x64 4-stage pick took 255 registers and spilled 672 bytes
            ("def prog(x0, x1):\n    return x0 @ x1.mT\n", [(512, 100), (512, 100)]),
            ("def prog(x0, x1):\n    return x0 @ x1.mT\n", [(3, 5, 7), (3, 5, 7)]),
-           ("def prog(x0, x1):\n    return x0 @ x1\n", [(512, 100), (100, 512)])]
+           ("def prog(x0, x1):\n    return x0 @ x1\n", [(512, 100), (100, 512)]),
+           # a product over K = 2 with an operand computed on its tile (exp): every candidate,
+           # 16 to 64 deep over 3-4 stages, spilled 1776 bytes at 255 registers (the first
+           # random programs with matmuls, 2026-12-08)
+           ("def prog(x0):\n    t0 = exp(x0)\n    return t0 @ x0.mT, t0\n", [(2, 2)])]
 
 
 @pytest.mark.parametrize("target", ["h100", "mi300x"])
