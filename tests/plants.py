@@ -19,7 +19,7 @@ one with the partition's deferred producers, three with rows+columns kernels, on
 mlir-cpu's results computed in place, one with float64 partials,
 one with a row class added after a column sum, one with a sum that reads its init,
 one with sliced reductions, two with row-reduced contractions,
-two with one-pass log-sum-exps over long rows).
+two with one-pass log-sum-exps over long rows, one with argmax).
 """
 
 from __future__ import annotations
@@ -301,6 +301,10 @@ PLANTS = [
           "tl.where(om{s} == -{_INF}, 0.0, ol{s} * tl.exp({_guard(f'om{s}')} - r_new)) \"",
           "(ol{s} * tl.exp({_guard(f'om{s}')} - r_new)) \"",
           "looped rows: an empty sum times exp(0 - r) of a very negative r is 0 * inf"),
+    Plant("argmax_ignores_nan", "fusile/dsl/indices.py",
+          '    hit = at.op("or_", at.cmp("==", x, m), nan)',
+          '    hit = at.cmp("==", x, m)',
+          "argmax: a row holding NaN gives no index (torch gives the first NaN's)"),
 ]
 
 _FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.M)

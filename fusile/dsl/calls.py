@@ -32,7 +32,7 @@ def call(ck: Checker, e: ast.Call) -> ValueType | MultiType:
         return ck.desugar(e, spellings.method(ck, e))
     elif isinstance(e.func, ast.Attribute) and _dotted(e.func) is not None:
         if _is_torch(_root_name(e.func), ck.globals):
-            return ck.desugar(e, spellings.torch_function(e, e.func.attr))
+            return ck.desugar(e, spellings.torch_function(ck, e, e.func.attr))
         found, obj = resolve_global(_dotted(e.func) or "", ck.globals)
     else:
         raise UnsupportedSyntaxError("only builtins and @fused functions can be called",
@@ -48,7 +48,7 @@ def call(ck: Checker, e: ast.Call) -> ValueType | MultiType:
     if hasattr(obj, "__fusile_funcdef__"):
         return inline.inline(ck, e, obj, kwargs)
     if callable(obj) and str(getattr(obj, "__module__", None) or "").startswith("torch"):
-        return ck.desugar(e, spellings.torch_function(e, obj.__name__))
+        return ck.desugar(e, spellings.torch_function(ck, e, obj.__name__))
     if getattr(obj, "__module__", None) == "math" and callable(obj) and not kwargs:
         return fold_math(ck, e, obj)
     if obj is float and len(e.args) == 1 and not kwargs:  # float("-inf"), as torch code has

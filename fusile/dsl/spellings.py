@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from fusile.dsl import ast, formulas, losses, norms
+from fusile.dsl import ast, formulas, indices, losses, norms
 from fusile.dsl.builtins import BUILTINS
 from fusile.dsl.concat import const_axis
 from fusile.dsl.errors import BuiltinCallError, Span, UnsupportedSyntaxError
@@ -113,8 +113,9 @@ def _max_min(span: Span, name: str, args: list[ast.Expr], kwargs: dict[str, ast.
         return _call(span, "maximum" if name == "max" else "minimum", args, {})
     if len(args) > 1 or kwargs:
         raise UnsupportedSyntaxError(
-            f"torch's {name}(x, dim) returns (values, indices); for the values write "
-            f"x.a{name}(dim=...) or {name}(x, axis=...)", span)
+            f"torch's {name}(x, dim) returns (values, indices); take one: "
+            f"torch.{name}(x, dim).values or .indices (or x.a{name}(dim) and "
+            f"x.arg{name}(dim))", span)
     return _call(span, name, args, {})
 
 
@@ -143,8 +144,7 @@ def extreme_values(c: ast.Call, part: str, span: Span) -> ast.Expr | None:
     if "dim" not in given or len(args) > 2 or set(kwargs) - {"dim", "keepdim"}:
         return None
     if part == "indices":
-        raise UnsupportedSyntaxError(f"the indices of torch's {f.attr}(x, dim) (an arg{f.attr}) "
-                                     "are not spelled in fusile; the values are", span)
+        return indices.indices_of(span, f.attr, x, given["dim"], given.get("keepdim"))
     out = {"axis": given["dim"]}
     if "keepdim" in given:
         out["keepdims"] = given["keepdim"]
@@ -319,10 +319,12 @@ def method(ck: Checker, e: ast.Call) -> ast.Expr:
         if len(args) != 2 or kwargs:
             raise BuiltinCallError(".where() takes (condition, other)", span)
         return _call(span, "where", [args[0], x, args[1]], {})
+    if name in indices.NAMES:
+        return indices.spelled(span, name, [x, *args], kwargs, _rank(ck, x, f".{name}()"))
     out = function(span, name, [x, *args], kwargs)
     if out is None:
         methods = sorted({*_SAME, *_RENAMED, *_CASTS, *EXTRAS, *_ARITH, "max", "min", "var",
-                          "pow", "neg",
+                          "pow", "neg", *indices.NAMES,
                           "to", "type", "astype", "size", "dim", "unsqueeze", "t", "transpose",
                           "swapaxes", "swapdims", "permute"} - _NOT_METHODS)
         raise UnsupportedSyntaxError(f"fusile has no method '.{name}()'; the methods it "
@@ -330,13 +332,17 @@ def method(ck: Checker, e: ast.Call) -> ast.Expr:
     return out
 
 
-def torch_function(e: ast.Call, name: str) -> ast.Expr:
+def torch_function(ck: Checker, e: ast.Call, name: str) -> ast.Expr:
     """The core form of `torch.name(...)` / `F.name(...)`."""
     kwargs = {k.name: k.value for k in e.kwargs}
+    if name in indices.NAMES:
+        args = list(e.args)
+        rank = _rank(ck, args[0], f"{name}()") if args else None
+        return indices.spelled(e.span, name, args, kwargs, rank)
     out = function(e.span, name, list(e.args), kwargs)
     if out is None:
         known = sorted({*_SAME, *_RENAMED, *EXTRAS, *_ARITH, "max", "min", "var", "pow",
-                        "neg", "cat", "concat", "stack"})
+                        "neg", "cat", "concat", "stack", *indices.NAMES})
         raise UnsupportedSyntaxError(f"torch's {name}() has no fusile counterpart; the torch "
                                      f"functions fusile knows: {', '.join(known)}", e.func.span)
     return out

@@ -326,8 +326,6 @@ def test_new_spellings_on_the_gpu(name: str, dtype: torch.dtype) -> None:
     ("a = x.chunk(2)", "chunk() gives several tensors: unpack them into names"),
     ("a, b = x.split(k)", "split(): split_size must be an integer literal here"),
     ("a = x.chunk(2)[0]", "x.chunk() gives several tensors: unpack them into names"),
-    ("a = torch.max(x, dim=0).indices", "the indices of torch's max(x, dim) (an argmax)"),
-    ("a = x.min(0)[1]", "the indices of torch's min(x, dim) (an argmin)"),
     ("a = F.rms_norm(x, (6,))", "rms_norm(): give eps="),
     ("a = x.norm(p=1)", "only the 2-norm is spelled in fusile"),
     ("a = F.cross_entropy(x, x, x)", "fusile spells no weights or label smoothing"),
