@@ -1,5 +1,6 @@
 """torch's splitting methods, unpacked into names: `a, b = x.chunk(2, dim=-1)`,
-`q, k, v = qkv.split(64, dim=-1)`, `x0, x1 = x.unbind(0)` (and their `torch.` forms). fusile
+`q, k, v = qkv.split(64, dim=-1)`, `x0, x1 = x.unbind(0)` (and their `torch.` forms), and
+`values, indices = torch.max(x, dim)` (or min). fusile
 has no value for a tuple of tensors, but the statement says how many pieces it wants, so it is
 rewritten before checking into the tuple of slices (or indices) torch would give, with bounds
 from the axis's size, `size(x, dim)`: the slices are views of x, compiled for their sizes.
@@ -16,7 +17,7 @@ from typing import Any
 from fusile.dsl import ast
 from fusile.dsl.errors import BuiltinCallError, Span
 from fusile.dsl.rewrite import At
-from fusile.dsl.spellings import receiver
+from fusile.dsl.spellings import extreme_values, receiver
 
 _SPLITTERS = ("chunk", "split", "unbind")
 
@@ -37,6 +38,10 @@ def unpack_splits(func: ast.FuncDef) -> ast.FuncDef:
 
 def _pieces(call: ast.Call, n: int) -> list[ast.Expr] | None:
     f = call.func
+    if isinstance(f, ast.Attribute) and f.attr in ("max", "min") and n == 2:
+        values = extreme_values(call, "values", call.span)  # v, i = torch.max(x, dim)
+        if values is not None:
+            return [values, extreme_values(call, "indices", call.span)]  # type: ignore[list-item]
     if not isinstance(f, ast.Attribute) or f.attr not in _SPLITTERS:
         return None
     got = receiver(call)  # x.chunk(...) or torch.chunk(x, ...)

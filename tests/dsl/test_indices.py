@@ -16,6 +16,13 @@ from fusile.dsl import errors as E
 
 
 @fused
+def unpacked(x):
+    v, i = torch.max(x, -1, keepdim=True)
+    lo, at = x.min(dim=0, keepdim=True)
+    return v * 2.0 + lo, i + at
+
+
+@fused
 def picks(x, y):
     return (x.argmax(dim=-1), torch.argmin(x, 1, keepdim=True), torch.max(x, dim=0).indices,
             torch.min(y, -1)[1], y[0].argmax(),
@@ -43,6 +50,14 @@ def test_indices_are_torchs(dtype: torch.dtype, target: str, block: int) -> None
         got = picks(x, y)
     for g, w in zip(got, picks.__wrapped__(x, y), strict=True):
         assert g.dtype == torch.int64 and torch.equal(g, w), (g, w)
+
+
+def test_values_and_indices_unpacked() -> None:
+    x, _ = _inputs(torch.float32)
+    x = x[:, 21:]  # no NaN: the values compare with torch.equal
+    v, i = unpacked(x)
+    want_v, want_i = unpacked.__wrapped__(x)
+    assert torch.equal(v, want_v) and torch.equal(i, want_i) and i.dtype == torch.int64
 
 
 def test_the_rest_of_the_body_keeps_its_gradient() -> None:
