@@ -166,6 +166,19 @@ def losses(x, y):
 
 
 @fused
+def class_losses(x, y):
+    """Class weights, label smoothing and nll_loss, as torch defines them."""
+    k = (y[:, 0].abs() * 3.0).long()
+    t = torch.where(y[:, 1] > 1.0, -100, k)
+    w = y[0].abs() + 0.5
+    return (F.cross_entropy(x, t, w) + F.cross_entropy(x, t, label_smoothing=0.1)
+            + F.cross_entropy(x, t, weight=w, label_smoothing=0.2, reduction="sum") * 0.1
+            + F.cross_entropy(x, k, w, reduction="none", label_smoothing=0.05).sum() * 0.01
+            + F.nll_loss(F.log_softmax(x, -1), t, w)
+            + F.nll_loss(torch.log_softmax(x, dim=1), k, reduction="sum") * 0.01)
+
+
+@fused
 def linear_losses(h, w):
     """A loss of an expression: the rewrite takes its dtype from `h @ w.T`, not from a name."""
     t = (h[:, 0].abs() * 4.0).long().clamp(0, 10)
@@ -194,6 +207,7 @@ CASES = {  # name: (function, shapes of its tensor arguments)
     "formulas": (formulas, [(5, 37), (5, 37)]),
     "losses": (losses, [(6, 37), (6, 37)]),
     "linear_losses": (linear_losses, [(6, 37), (11, 37)]),
+    "class_losses": (class_losses, [(6, 37), (6, 37)]),
 }
 
 
@@ -309,10 +323,19 @@ def test_gradients_match_torch(name: str) -> None:
         assert_close(a, b, torch.float32)
 
 
+def test_class_weighted_and_smoothed_losses_gradient() -> None:
+    """d/dx of the class-index losses (torch has no gradient for the weights: y is fixed)."""
+    x, y = torch.randn(6, 37, requires_grad=True), torch.randn(6, 37)
+    (got,) = torch.autograd.grad(class_losses(x, y), x)
+    x64 = x.detach().double().requires_grad_()
+    (want,) = torch.autograd.grad(class_losses.__wrapped__(x64, y.double()), x64)
+    assert_close(got, want, torch.float32)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
 @pytest.mark.parametrize("name", ["permutes", "splits", "shadowing", "fills", "norms",
-                                  "formulas", "losses", "linear_losses"])
+                                  "formulas", "losses", "linear_losses", "class_losses"])
 def test_new_spellings_on_the_gpu(name: str, dtype: torch.dtype) -> None:
     from tests.numerics import check_torch_twin
 
@@ -328,7 +351,7 @@ def test_new_spellings_on_the_gpu(name: str, dtype: torch.dtype) -> None:
     ("a = x.chunk(2)[0]", "x.chunk() gives several tensors: unpack them into names"),
     ("a = F.rms_norm(x, (6,))", "rms_norm(): give eps="),
     ("a = x.norm(p=1)", "only the 2-norm is spelled in fusile"),
-    ("a = F.cross_entropy(x, x, x)", "fusile spells no weights or label smoothing"),
+    ("a = F.cross_entropy(x, x, x, 1)", "cross_entropy() takes (input, target, *, weight="),
     ("a = F.mse_loss(x, x, reduction='avg')", "reduction must be 'mean', 'sum' or 'none'"),
 ])
 def test_splits_fusile_refuses_say_why(line: str, text: str) -> None:
