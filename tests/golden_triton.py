@@ -161,6 +161,11 @@ def launch_decisions() -> dict[str, set[tuple[str, str]]]:
     from fusile.backends.triton import schedule
     from fusile.backends.triton.kinds import dot, flash, flash_grad, rows
 
+    # where flash-decoding's split count lives (kinds/flash.py's splits in older trees)
+    split_count = getattr(flash, "splits", None)
+    if split_count is None:
+        from fusile.backends.triton.tiled import split_count
+
     def digest(items: list) -> str:
         return hashlib.sha256(json.dumps(items, default=str).encode()).hexdigest()
 
@@ -181,7 +186,7 @@ def launch_decisions() -> dict[str, set[tuple[str, str]]]:
                         c, d, e, keys, False, True).values(), c.options(t.backend)))
                 for progs, keys in itertools.product([1, 200], [37, 131072]):
                     got["splits"].append((d, progs, keys,
-                                          flash.splits(t, progs, keys, c.block_n, 0)))
+                                          split_count(t, progs, keys, c.block_n, 0)))
         for d in [32, 64, 128, 256]:
             for c in flash_grad.candidates(t, d):
                 for heads, looped in itertools.product([[d], [d, 48]], [None, 4096]):

@@ -81,7 +81,7 @@ def test_split_count_follows_the_gpu() -> None:
     """Splits fill about two programs per SM when the row blocks leave SMs idle, keep four
     key tiles each, and the interpreter never splits unless told."""
     from fusile.backends import targets
-    from fusile.backends.triton.kinds.flash import splits
+    from fusile.backends.triton.tiled import split_count as splits
 
     h100 = targets.get("h100")
     assert splits(h100, 32, 4096, 64) == 9  # batch 1, 32 heads: 2 * 132 / 32

@@ -25,7 +25,7 @@ from fusile.backends.triton.codegen_tiled import DotOperands, batch_index, tiled
 from fusile.backends.triton.constexprs import DotRowsConstexprs
 from fusile.backends.triton.emitter import TileEmitter, mask
 from fusile.backends.triton.kernel_source import KernelSource, TensorArg
-from fusile.backends.triton.ops import RULES, TL_DTYPE, acc_type
+from fusile.backends.triton.ops import INF, RULES, TL_DTYPE, acc_type, shift
 from fusile.backends.triton.scope import Scope
 from fusile.dsl.errors import InternalError
 from fusile.dsl.types import DType
@@ -36,13 +36,6 @@ from fusile.lowering.partition import Kernel, Plan
 _FRAMES = {"a": ("am", "ak", "BLOCK_M", "BLOCK_K"), "b": ("bk", "bn", "BLOCK_K", "BLOCK_N"),
            "s": ("si", "sj", "BLOCK_M", "BLOCK_N")}
 PART_ARGS = ("part_ptr", "S", "S_CHUNK")
-_INF = 'float("inf")'
-
-
-def _guard(v: str) -> str:
-    """softmax's shift for a running max v: v, or 0 where it is infinite."""
-    return f"tl.where(tl.abs({v}) == {_INF}, 0.0, {v})"
-
 
 class DotRowsWriter(TileEmitter):
     constexprs: tuple[str, ...] = DotRowsConstexprs.names()
@@ -96,7 +89,7 @@ class DotRowsWriter(TileEmitter):
             top.emit(f"acc{y} = tl.full([BLOCK_M, 1], {self.identity(op)}, "
                      f"{acc_type(op.dtype)})")
         for i in range(len(self.form.online)):
-            top.emit(f"m{i} = tl.full([BLOCK_M, 1], -{_INF}, tl.float32)  # running max")
+            top.emit(f"m{i} = tl.full([BLOCK_M, 1], -{INF}, tl.float32)  # running max")
             top.emit(f"l{i} = tl.full([BLOCK_M, 1], 0.0, tl.float32)  # sum of exp(T - guard(m))")
 
     def _merge(self, scope: Scope, i: int, m_s: str, l_s: str) -> None:
@@ -108,8 +101,8 @@ class DotRowsWriter(TileEmitter):
         (op, _f), = max_op.values()
         m, l_ = f"m{i}", f"l{i}"
         scope.emit(f"m_new = {RULES[op.name]([m, m_s], op, self.target)}")
-        scope.emit(f"r_new = {_guard('m_new')}")
-        scope.emit(f"{l_} = tl.where({m} == -{_INF}, 0.0, {l_} * tl.exp({_guard(m)} - r_new)) "
+        scope.emit(f"r_new = {shift('m_new')}")
+        scope.emit(f"{l_} = tl.where({m} == -{INF}, 0.0, {l_} * tl.exp({shift(m)} - r_new)) "
                    f"+ {l_s}")
         scope.emit(f"{m} = m_new")
 
@@ -195,7 +188,7 @@ class DotRowsWriter(TileEmitter):
         for i, o in enumerate(self.form.online):
             t = self.tensor_value(o.scores, body, False)
             (op, _f), = self.combiners(self.gen(o.row_max)).values()
-            b(f"t{i} = tl.where(mask_sj, {t}, -{_INF})")
+            b(f"t{i} = tl.where(mask_sj, {t}, -{INF})")
             b(f"m_tile = {self.reduce_call(op, f't{i}')}")
             body.tile(f"t{i}", frozenset("pr"))
             self._merge(body, i, "m_tile", self.row_reduce("tl.sum", f"tl.exp(t{i} - r_new)"))
@@ -228,8 +221,8 @@ class DotRowsWriter(TileEmitter):
             for i in range(len(self.form.online)):
                 j = stats.index((f"m{i}", "max"))
                 m_s, l_s = f"p{j}", f"p{j + 1}"
-                self._merge(loop, i, m_s, f"tl.where({m_s} == -{_INF}, 0.0, {l_s} * "
-                                          f"tl.exp({_guard(m_s)} - r_new))")
+                self._merge(loop, i, m_s, f"tl.where({m_s} == -{INF}, 0.0, {l_s} * "
+                                          f"tl.exp({shift(m_s)} - r_new))")
         self._epilogue(top)
         return self.header(name, tensors, False, PART_ARGS,
                            " (split columns: combine the partials, then the epilogue)") + top.lines

@@ -8,14 +8,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from fusile.backends.triton.ops import RULES, acc_type
+from fusile.backends.triton.ops import INF, RULES, acc_type, shift
 from fusile.backends.triton.scope import Scope
 from fusile.lowering import online
 from fusile.lowering.graph import Op
 from fusile.lowering.online import Online
 from fusile.lowering.partition import POINTWISE
-
-_INF = 'float("inf")'
 
 if TYPE_CHECKING:
     from fusile.backends.triton.codegen import RowWriter
@@ -68,18 +66,13 @@ def _online_chunk(w: RowWriter, loop: Scope, o: Online) -> None:
     (op, _f), = w.combiners(w.gen(o.row_max)).values()
     bp, br = w.blocks
     e = loop.emit
-    e(f"ot{s} = tl.broadcast_to(tl.where(mask_r, {t}, -{_INF}).to({acc_type(op.dtype)}), "
+    e(f"ot{s} = tl.broadcast_to(tl.where(mask_r, {t}, -{INF}).to({acc_type(op.dtype)}), "
       f"[{bp}, {br}])")
     e(f"m_new = {RULES[op.name]([f'om{s}', w.reduce_call(op, f'ot{s}')], op, w.target)}")
-    e(f"r_new = {_guard('m_new')}")
-    e(f"ol{s} = tl.where(om{s} == -{_INF}, 0.0, ol{s} * tl.exp({_guard(f'om{s}')} - r_new)) "
+    e(f"r_new = {shift('m_new')}")
+    e(f"ol{s} = tl.where(om{s} == -{INF}, 0.0, ol{s} * tl.exp({shift(f'om{s}')} - r_new)) "
       f"+ tl.exp(ot{s} - r_new)")
     e(f"om{s} = m_new")
-
-
-def _guard(v: str) -> str:
-    """softmax's shift for a running max v: v, or 0 where it is infinite."""
-    return f"tl.where(tl.abs({v}) == {_INF}, 0.0, {v})"
 
 
 def write_looped(w: RowWriter, name: str, tensors: list[TensorArg]) -> list[str]:
@@ -106,7 +99,7 @@ def looped_body(w: RowWriter, top: Scope,
         for gi in gens:
             if gi in sums:
                 (op, _f), = w.combiners(w.gen(sums[gi].row_max)).values()
-                top.emit(f"om{gi} = tl.full([{bp}, 1], -{_INF}, {acc_type(op.dtype)})")
+                top.emit(f"om{gi} = tl.full([{bp}, 1], -{INF}, {acc_type(op.dtype)})")
                 top.emit(f"ol{gi} = tl.full([{bp}, {br}], 0.0, {acc_type(op.dtype)})")
             if gi in in_pass:
                 continue

@@ -23,6 +23,15 @@ def acc_type(dtype: DType) -> str:
     return TL_DTYPE[dtype.compute.name]
 
 
+INF = 'float("inf")'
+
+
+def shift(v: str) -> str:
+    """softmax's shift for a running max v (lowering/online.py): v, or 0 where it is
+    infinite (a row of -inf so far, or one holding +inf)."""
+    return f"tl.where(tl.abs({v}) == {INF}, 0.0, {v})"
+
+
 Rule = Callable[[list[str], Op, str], str]
 RULES: dict[str, Rule] = {}
 

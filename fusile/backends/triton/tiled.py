@@ -5,6 +5,7 @@ work."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -73,3 +74,18 @@ def launch_tuned(prog: Any, launch: Launch, shape: tuple, flops: int,
     ready = launch.ready.put(shape, (grid(cfg), consts(cfg),
                                      cfg.options(prog.target.backend)))
     prog.run_variant(launch, "main", ready[0], ready[1], ready[2], device, args)
+
+
+def split_count(target: Any, programs: int, length: int, block: int, forced: int = 0) -> int:
+    """Programs per row block for a tiled kernel whose loop over `length` (keys, columns)
+    can split across programs, merged by a combine (flash-decoding, dot-rows): enough for
+    about two programs per SM when the row blocks alone leave SMs idle, each keeping at least
+    four tiles of `block`, so the partials stay small next to what is read. `forced` (a
+    knob) overrides the choice, up to one split per tile; the interpreter never splits unless
+    forced."""
+    tiles = max(1, math.ceil(length / block))
+    if forced > 0:
+        return min(forced, tiles)
+    if target.backend == "interpreter" or programs >= target.compute_units:
+        return 1
+    return max(1, min(math.ceil(2 * target.compute_units / programs), tiles // 4))

@@ -20,7 +20,7 @@ from fusile.backends.triton.constexprs import DotRowsConstexprs
 from fusile.backends.triton.host import needs_i64
 from fusile.backends.triton.kernel_source import KernelSource
 from fusile.backends.triton.kinds.kind import Kind
-from fusile.backends.triton.tiled import Launch
+from fusile.backends.triton.tiled import Launch, split_count
 from fusile.backends.triton.tune import DotConfig, amd_tile, tile
 from fusile.lowering.groups import DOT_ROWS
 
@@ -36,18 +36,6 @@ def candidates(target: Target, dtype: str, rows: int) -> list[DotConfig]:
         return [tile(64, 64, 32, warps=4, stages=3), tile(32, 64, 32, warps=4, stages=3)]
     big, small = tile(128, 128, 64, warps=8, stages=3), tile(64, 128, 64, warps=4, stages=3)
     return [big, small] if rows >= 128 * target.compute_units else [small, big]
-
-
-def splits(target: Target, programs: int, cols: int, block_n: int, forced: int = 0) -> int:
-    """Programs per row block: about two per SM when the row blocks alone leave SMs idle,
-    each keeping at least four column tiles; one on the interpreter. `forced` (the
-    dot_rows_splits knob) overrides the choice, up to one split per column tile."""
-    tiles = max(1, math.ceil(cols / block_n))
-    if forced > 0:
-        return min(forced, tiles)
-    if target.backend == "interpreter" or programs >= target.compute_units:
-        return 1
-    return max(1, min(math.ceil(2 * target.compute_units / programs), tiles // 4))
 
 
 def constexprs(cfg: DotConfig, k: int, use_i64: bool) -> DotRowsConstexprs:
@@ -69,7 +57,7 @@ def launch(prog: Any, launch: Launch, tensors: list[Any], args: tuple,
     if plan is None:  # decided once per shape (and knob value)
         cfg = candidates(prog.target, dot.dtype, m * batch)[0]
         programs = batch * math.ceil(m / cfg.block_m)
-        count = splits(prog.target, programs, n, cfg.block_n, shape[-1])
+        count = split_count(prog.target, programs, n, cfg.block_n, shape[-1])
         chunk = math.ceil(n / count / cfg.block_n) * cfg.block_n
         count = max(1, math.ceil(n / chunk))  # no empty chunk at the end
         plan = launch.ready.put(shape, (programs, count, chunk, constexprs(cfg, k, use_i64)

@@ -18,7 +18,7 @@ from fusile.backends.triton.host import needs_i64
 from fusile.backends.triton.kernel_source import KernelSource
 from fusile.backends.triton.kinds.kind import Kind
 from fusile.backends.triton.schedule import pow2
-from fusile.backends.triton.tiled import Launch, launch_tuned
+from fusile.backends.triton.tiled import Launch, launch_tuned, split_count
 from fusile.backends.triton.tune import DotConfig, amd_tile, tile
 
 
@@ -53,21 +53,6 @@ def candidates(target: Target, d: int, rows: int | None = None) -> list[DotConfi
                 tile(128, 64, warps=8, stages=4), tile(128, 128, warps=8, stages=3)]
     return [tile(64, 64, warps=4, stages=2), tile(128, 32, warps=8, stages=2),
             tile(64, 32, warps=4, stages=2)]
-
-
-def splits(target: Target, programs: int, keys: int, block_n: int, forced: int = 0) -> int:
-    """Programs per row block (flash-decoding, codegen_decode.py): enough for about two
-    programs per SM when the row blocks alone leave SMs idle (decoding at small batch), each
-    keeping at least four key tiles, so the partials (one row block's max, sum and
-    accumulator per split) stay small next to the keys read. `forced` (the attn_splits knob)
-    overrides the choice, up to one split per key tile; the interpreter never splits unless
-    forced."""
-    tiles = max(1, math.ceil(keys / block_n))
-    if forced > 0:
-        return min(forced, tiles)
-    if target.backend == "interpreter" or programs >= target.compute_units:
-        return 1
-    return max(1, min(math.ceil(2 * target.compute_units / programs), tiles // 4))
 
 
 def constexprs(cfg: DotConfig, d: int, e: int, keys: int | None, use_i64: bool,
@@ -116,10 +101,10 @@ def split_plan(prog: Any, launch: Launch, li: int, lj: int, d: int, e: int, batc
                forced: int, use_i64: bool, pos_scale: bool | None) -> tuple:
     """Flash-decoding's launch for these sizes, or () to run the one-kernel flash path:
     (config, splits, chunk of keys, row blocks, constexprs), with the first candidate
-    config (`splits` says how many splits)."""
+    config (tiled.split_count says how many splits)."""
     first = candidates(prog.target, max(d, e), li)[0]
     programs = batch * math.ceil(li / first.block_m)
-    count = splits(prog.target, programs, lj, first.block_n, forced)
+    count = split_count(prog.target, programs, lj, first.block_n, forced)
     if count <= 1 or "split" not in launch.fn:
         return ()
     chunk = math.ceil(lj / count / first.block_n) * first.block_n
