@@ -1,5 +1,6 @@
 """torch functions that are formulas over fusile's builtins: activations (F.leaky_relu, elu,
-relu6, hardtanh, hardsigmoid, hardswish, mish, softplus), x.masked_fill, clamp_min / clamp_max,
+selu, celu, relu6, hardtanh, hardsigmoid, hardswish, mish, softplus, logsigmoid, softsign),
+F.softmin, x.masked_fill, clamp_min / clamp_max,
 reciprocal, sign, lerp, log10. Each becomes the formula torch documents, written in the
 core language, so it fuses, differentiates and cross-compiles like hand-written math."""
 
@@ -15,6 +16,11 @@ from fusile.dsl.rewrite import At
 _PARAMS: dict[str, tuple[tuple[str, ...], dict[str, float]]] = {
     "leaky_relu": (("input", "negative_slope"), {"negative_slope": 0.01}),
     "elu": (("input", "alpha"), {"alpha": 1.0}),
+    "selu": (("input",), {}),
+    "celu": (("input", "alpha"), {"alpha": 1.0}),
+    "logsigmoid": (("input",), {}),
+    "softsign": (("input",), {}),
+    "softmin": (("input", "dim"), {}),
     "relu6": (("input",), {}),
     "hardtanh": (("input", "min_val", "max_val"), {"min_val": -1.0, "max_val": 1.0}),
     "hardsigmoid": (("input",), {}),
@@ -61,6 +67,18 @@ def spelled(span: Span, name: str, args: list[ast.Expr], kwargs: dict[str, ast.E
     if name == "elu":  # alpha * (exp(x) - 1) below 0; exp of a positive x is never used
         return f("where", positive(x), x,
                  op("mul", a["alpha"], f("expm1", f("minimum", x, num(0.0)))))
+    if name == "selu":  # torch's constants: scale * elu(x, alpha)
+        neg = op("mul", num(_SELU_ALPHA), f("expm1", f("minimum", x, num(0.0))))
+        return op("mul", num(_SELU_SCALE), f("where", positive(x), x, neg))
+    if name == "celu":  # max(0, x) + min(0, alpha * (exp(x / alpha) - 1))
+        return f("where", positive(x), x, op("mul", a["alpha"], f("expm1", op(
+            "div", f("minimum", x, num(0.0)), a["alpha"]))))
+    if name == "logsigmoid":  # -softplus(-x), overflow-free
+        return at.neg(_softplus(at, at.neg(x)))
+    if name == "softsign":
+        return op("div", x, op("add", num(1.0), f("abs", x)))
+    if name == "softmin":
+        return f("softmax", at.neg(x), axis=a["dim"])
     if name == "relu6":
         return clip(x, num(0.0), num(6.0))
     if name == "hardtanh":
@@ -92,6 +110,10 @@ def spelled(span: Span, name: str, args: list[ast.Expr], kwargs: dict[str, ast.E
         return op("add", x, op("mul", a["weight"], op("sub", a["end"], x)))
     assert name == "log10"
     return op("div", f("log", x), num(math.log(10.0)))
+
+
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_SCALE = 1.0507009873554804934193349852946
 
 
 def _softplus(at: At, z: ast.Expr) -> ast.Expr:

@@ -17,6 +17,8 @@ _PARAMS: dict[str, tuple[str, ...]] = {
     "mse_loss": ("input", "target", "reduction"),
     "l1_loss": ("input", "target", "reduction"),
     "smooth_l1_loss": ("input", "target", "reduction", "beta"),
+    "huber_loss": ("input", "target", "reduction", "delta"),
+    "kl_div": ("input", "target", "reduction", "log_target"),
     "binary_cross_entropy_with_logits": ("input", "target", "reduction"),
     "cross_entropy": ("input", "target", "weight", "reduction", "ignore_index",
                       "label_smoothing"),
@@ -38,8 +40,11 @@ def spelled(span: Span, name: str, args: list[ast.Expr], kwargs: dict[str, ast.E
         raise BuiltinCallError(f"{name}() needs input and target", span)
     x, t = a["input"], a["target"]
     mode = a.get("reduction", ast.Str(span, "mean"))
-    if not isinstance(mode, ast.Str) or mode.value not in ("mean", "sum", "none"):
-        raise BuiltinCallError(f"{name}(): reduction must be 'mean', 'sum' or 'none'", span)
+    modes = ("mean", "sum", "none", "batchmean") if name == "kl_div" else ("mean", "sum", "none")
+    if not isinstance(mode, ast.Str) or mode.value not in modes:
+        raise BuiltinCallError(f"{name}(): reduction must be "
+                               f"{', '.join(repr(m) for m in modes[:-1])} or {modes[-1]!r}",
+                               span)
 
     at = At(span)
     num, op, f = at.num, at.op, at.f
@@ -60,6 +65,22 @@ def spelled(span: Span, name: str, args: list[ast.Expr], kwargs: dict[str, ast.E
         return reduce(f("where", at.cmp("<", e, beta),
                         op("div", op("mul", num(0.5), op("mul", d, d)), beta),
                         op("sub", e, op("mul", num(0.5), beta))))
+    if name == "huber_loss":  # smooth_l1 times delta
+        delta = a.get("delta", num(1.0))
+        e = f("abs", d)
+        return reduce(f("where", at.cmp("<", e, delta), op("mul", num(0.5), op("mul", d, d)),
+                        op("mul", delta, op("sub", e, op("mul", num(0.5), delta)))))
+    if name == "kl_div":  # target * (log target - input), 0 where target is 0 (xlogy)
+        lt = a.get("log_target", ast.Const(span, False))
+        if not isinstance(lt, ast.Const) or not isinstance(lt.value, bool):
+            raise BuiltinCallError("kl_div(): log_target must be True or False", span)
+        each = op("mul", f("exp", t), op("sub", t, x)) if lt.value else f(
+            "where", at.cmp(">", t, num(0.0)),
+            op("mul", t, op("sub", f("log", f("where", at.cmp(">", t, num(0.0)), t, num(1.0))), x)),
+            num(0.0))
+        if mode.value == "batchmean":  # the sum over the first axis's size
+            return op("div", f("sum", each), f("size", x, num(0)))
+        return reduce(each)
     assert name == "binary_cross_entropy_with_logits"  # max(x, 0) - x t + log(1 + e^-|x|)
     return reduce(op("add", op("sub", f("maximum", x, num(0.0)), op("mul", x, t)),
                      f("log1p", f("exp", at.neg(f("abs", x))))))

@@ -14,6 +14,7 @@ _PARAMS = {
     "norm": ("input", "p", "dim", "keepdim"),
     "vector_norm": ("input", "ord", "dim", "keepdim"),
     "normalize": ("input", "p", "dim", "eps"),
+    "cosine_similarity": ("input", "x2", "dim", "eps"),
     "layer_norm": ("input", "normalized_shape", "weight", "bias", "eps"),
     "rms_norm": ("input", "normalized_shape", "weight", "eps"),
 }
@@ -46,6 +47,14 @@ def spelled(span: Span, name: str, args: list[ast.Expr], kwargs: dict[str, ast.E
                                    f"write others from abs, sum and pow", p.span)
     if name != "normalize" and name in ("norm", "vector_norm"):
         return norm2(a.get("dim"), a.get("keepdim", ast.Const(span, False)))
+    if name == "cosine_similarity":  # torch: each side over max(its norm, eps), then the dot
+        dim, eps = a.get("dim", num(1)), a.get("eps", num(1e-8))
+        if "x2" not in a:
+            raise BuiltinCallError("cosine_similarity() takes (x1, x2, dim=1, eps=1e-8)", span)
+        sides = [op("div", v, f("maximum", f("sqrt", f("sum", op("mul", v, v), axis=dim,
+                                                        keepdims=ast.Const(span, True))), eps))
+                 for v in (x, a["x2"])]
+        return f("sum", op("mul", *sides), axis=dim)
     if name == "normalize":
         n = norm2(a.get("dim", num(1)), ast.Const(span, True))
         eps = a.get("eps", num(1e-12))

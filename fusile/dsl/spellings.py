@@ -45,12 +45,12 @@ _ARITH = {"add": "add", "sub": "sub", "subtract": "sub", "mul": "mul", "multiply
           "div": "div", "divide": "div", "true_divide": "div", "floor_divide": "floordiv"}
 # torch functions that are no tensor methods (left out of the methods an error lists)
 _NOT_METHODS = {"zeros_like", "ones_like", "full_like", "normalize", "layer_norm",
-                "rms_norm", "vector_norm", *(set(formulas.NAMES) - set(formulas.METHODS)),
-                *losses.NAMES}
+                "rms_norm", "vector_norm", "cosine_similarity",
+                *(set(formulas.NAMES) - set(formulas.METHODS)), *losses.NAMES}
 # functions fusile spells itself too (clamp(x, lo, hi) works without a prefix)
 EXTRAS = ("clamp", "clip", "relu", "silu", "gelu", "square", "remainder", "std", "zeros_like",
           "ones_like", "full_like", "normalize", "layer_norm", "rms_norm", "norm",
-          *formulas.NAMES, *losses.NAMES)
+          "cosine_similarity", *formulas.NAMES, *losses.NAMES)
 
 
 def kwargs_alias(kwargs: dict[str, ast.Expr], params: set[str], span: Span
@@ -230,7 +230,8 @@ def function(span: Span, name: str, args: list[ast.Expr], kwargs: dict[str, ast.
         return _gelu(span, x, kwargs.get("approximate"))
     if name in ("zeros_like", "ones_like", "full_like"):
         return _like(span, name, args, kwargs)
-    if name in ("norm", "vector_norm", "normalize", "layer_norm", "rms_norm"):
+    if name in ("norm", "vector_norm", "normalize", "layer_norm", "rms_norm",
+                "cosine_similarity"):
         return norms.spelled(span, name, args, kwargs)
     if name in formulas.NAMES:
         return formulas.spelled(span, name, args, kwargs)

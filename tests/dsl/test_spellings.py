@@ -166,6 +166,19 @@ def losses(x, y):
 
 
 @fused
+def more_formulas(x, y):
+    """Activations, softmin, cosine similarity and the Huber and KL losses, as torch's."""
+    return (F.selu(x) + F.celu(x, alpha=0.5) + F.logsigmoid(x * 20.0) + F.softsign(x)
+            + F.softmin(x, dim=-1) + F.cosine_similarity(x, y, dim=-1)[:, None]
+            + torch.nn.functional.cosine_similarity(x, y * 0.0 + 1e-12, dim=1)[:, None]
+            + F.huber_loss(x, y, delta=0.5) + F.huber_loss(x, y, reduction="none")
+            + F.kl_div(F.log_softmax(x, -1), F.softmax(y, -1), reduction="batchmean")
+            + F.kl_div(F.log_softmax(x, -1), F.log_softmax(y, -1), reduction="sum",
+                       log_target=True)
+            + F.kl_div(x, torch.relu(y), reduction="none"))
+
+
+@fused
 def class_losses(x, y):
     """Class weights, label smoothing and nll_loss, as torch defines them."""
     k = (y[:, 0].abs() * 3.0).long()
@@ -208,6 +221,7 @@ CASES = {  # name: (function, shapes of its tensor arguments)
     "losses": (losses, [(6, 37), (6, 37)]),
     "linear_losses": (linear_losses, [(6, 37), (11, 37)]),
     "class_losses": (class_losses, [(6, 37), (6, 37)]),
+    "more_formulas": (more_formulas, [(6, 37), (6, 37)]),
 }
 
 
@@ -308,7 +322,7 @@ def test_softplus_gradient_is_finite_past_the_threshold() -> None:
 
 
 @pytest.mark.parametrize("name", ["permutes", "formulas", "splits", "norms", "losses",
-                                  "linear_losses"])
+                                  "linear_losses", "more_formulas"])
 def test_gradients_match_torch(name: str) -> None:
     """Derived gradients of the new spellings against torch autograd of the same body in
     float64 (permutes: a view's gradient undoes any permutation, not only the last two axes)."""
@@ -335,7 +349,8 @@ def test_class_weighted_and_smoothed_losses_gradient() -> None:
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
 @pytest.mark.parametrize("name", ["permutes", "splits", "shadowing", "fills", "norms",
-                                  "formulas", "losses", "linear_losses", "class_losses"])
+                                  "formulas", "losses", "linear_losses", "class_losses",
+                                  "more_formulas"])
 def test_new_spellings_on_the_gpu(name: str, dtype: torch.dtype) -> None:
     from tests.numerics import check_torch_twin
 
