@@ -3,9 +3,12 @@ rows of each batch index, looping over the columns; when those programs leave SM
 columns split over several programs per row block and a combine merges their partials.
 
 Tiles, NVIDIA: 128 x 128 x 64 over 8 warps, 3 stages, as a contraction kernel's large tile
-(the row statistics add a few registers per row); 64 x 128 x 64 over 4 warps when there are
-few rows. AMD (CDNA3), after AMD's Triton guidance for GEMMs: BLOCK_K 64, 2 stages, 16x16
-MFMA, kpack 2. Not yet tuned per shape on a GPU (the first candidate runs)."""
+(the row statistics add a few registers per row), from 512 rows up: a tile reads (BLOCK_M +
+BLOCK_N) x K operands for BLOCK_M x BLOCK_N x K products, so 64-row tiles would move 1.5x the
+operand bytes through L2 at a language model's head (8192 x 4096 x 128256), and the column
+splits fill the SMs either way; 64 x 128 x 64 over 4 warps for fewer rows (a decode step's).
+AMD (CDNA3), after AMD's Triton guidance for GEMMs: BLOCK_K 64, 2 stages, 16x16 MFMA, kpack
+2. Not yet tuned per shape on a GPU (the first candidate runs)."""
 
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ def candidates(target: Target, dtype: str, rows: int) -> list[DotConfig]:
     if dtype == "f32":
         return [tile(64, 64, 32, warps=4, stages=3), tile(32, 64, 32, warps=4, stages=3)]
     big, small = tile(128, 128, 64, warps=8, stages=3), tile(64, 128, 64, warps=4, stages=3)
-    return [big, small] if rows >= 128 * target.compute_units else [small, big]
+    return [big, small] if rows >= 512 else [small, big]
 
 
 def constexprs(cfg: DotConfig, k: int, use_i64: bool) -> DotRowsConstexprs:
