@@ -91,9 +91,11 @@ class FastCall:
         replay = self.replay
         if replay is None and self.tries < 4:  # the first calls compile (the JIT) or tune:
             self.tries += 1  # a later one was recorded
-            replay = self.replay = getattr(self.program, "replay_for", _none)(runtime)
-            if replay is not None and self.compiled.derived:
-                self.views = self._views(values, runtime, replay.tensor_args)
+            found = getattr(self.program, "replay_for", _none)(runtime)
+            if found is not None and self.compiled.derived:
+                self.views = self._views(values, runtime, found.tensor_args)
+            # its run function itself (Replay.__call__ forwards to it: one frame less)
+            replay = self.replay = getattr(found, "run", found)
         if replay is not None:
             outs = replay(runtime)
             if outs is not None:
