@@ -66,18 +66,20 @@ SPILLED = [("def prog(x0, x1):\n    t0 = x0 + x1\n    return t0\n", [(1, 13, 1),
            # a product over K = 2 with an operand computed on its tile (exp): every candidate,
            # 16 to 64 deep over 3-4 stages, spilled 1776 bytes at 255 registers (the first
            # random programs with matmuls, 2026-12-08)
-           ("def prog(x0):\n    t0 = exp(x0)\n    return t0 @ x0.mT, t0\n", [(2, 2)])]
+           ("def prog(x0):\n    t0 = exp(x0)\n    return t0 @ x0.mT, t0\n", [(2, 2)]),
+           ("def prog(x0):\n    t0 = exp(x0)\n    return x0 @ t0.mT\n", [(1, 2, 31)])]
 
 
 @pytest.mark.parametrize("target", ["h100", "mi300x"])
 @pytest.mark.parametrize("src,shapes", SPILLED)
 def test_found_spilling(src: str, shapes: list[tuple[int, ...]], target: str) -> None:
-    from fusile import f16
+    from fusile import f16, f32
 
     fn = fusile.from_source(src)
-    art = fn.compile(target, **{f"x{i}": f16[s] for i, s in enumerate(shapes)})
-    for k in art.kernels:
-        assert k.spills == 0, k.summary()
+    for dtype in (f16, f32):
+        art = fn.compile(target, **{f"x{i}": dtype[s] for i, s in enumerate(shapes)})
+        for k in art.kernels:
+            assert k.spills == 0, (dtype, k.summary())
 
 
 # found by a dev-profile run of the sliced-program property (2026-12-07)

@@ -83,15 +83,16 @@ def candidates(target: Target, dtype: str, m: int, n: int, k: int, batch: int = 
 
 
 def _shallow(configs: list[DotConfig], k: int) -> list[DotConfig]:
-    """Tiles no deeper than K needs: the least depth tl.dot takes (16) that covers K, in one
-    stage when one step covers it. A 64-deep tile of a K = 2 product computed its operand
+    """Tiles no deeper than K needs (the least depth tl.dot takes, 16, that covers K), in one
+    stage when one step covers K. A 64-deep tile of a K = 2 product computed its operand
     prologue on 62 masked columns for nothing (exp(x) @ x.mT at 2x2 in f16 spilled 1776 bytes
-    on sm_90 at every candidate; found by the property suite)."""
+    on sm_90 at every candidate), and three stages of a single step of a float32 product with
+    such a prologue spilled 1764 bytes (K = 31; both found by the property suite)."""
     depth = max(16, pow2(k))
     out: list[DotConfig] = []
     for c in configs:
-        if c.block_k > depth:
-            c = replace(c, block_k=depth, num_stages=1)
+        if c.block_k >= k:  # one step: nothing to pipeline
+            c = replace(c, block_k=min(c.block_k, depth), num_stages=1)
         if c not in out:
             out.append(c)
     return out
