@@ -248,16 +248,24 @@ class Emitter:
 
             return f
 
-        ext_shape = [*shape, self.env.find(a.shape[-1])]
+        # K of size 1 broadcast in both operands (a keepdims reduction's axis): no loop reads
+        # it, and linalg cannot size a loop no map names, so the product is elementwise
+        unit_k = a.dims[-1] is None and b.dims[b.type.rank - 2] is None
+        if unit_k:
+            n = r
+        ext_shape = [*shape, self.env.find(a.shape[-1])][:n]
         maps = [self.operand_map(a, ext_shape, n, loop_of(a, True)),
                 self.operand_map(b, ext_shape, n, loop_of(b, False))]
         out_map = ir.AffineMap.get(n, 0, [ir.AffineDimExpr.get(i) for i in range(r)])
 
         def region(args: list[ir.Value], accv: ir.Value) -> ir.Value:
             prod = (arith.MulFOp if acc.is_float else arith.MulIOp)(args[0], args[1]).result
+            if unit_k:  # not reading the init (see reduce: a parallel generic reading its out)
+                return prod
             return (arith.AddFOp if acc.is_float else arith.AddIOp)(prod, accv).result
 
-        v = self.generic([a, b], maps, init, out_map, ["parallel"] * r + ["reduction"],
+        v = self.generic([a, b], maps, init, out_map,
+                         ["parallel"] * r + ([] if unit_k else ["reduction"]),
                          [acc, acc], acc, region)
         return LV(v, TensorType(out.dtype, tuple(shape)), tuple(range(r)), acc)
 

@@ -33,6 +33,12 @@ FOUND = [
     # tiles them apart, raised 'an attention kernel stores a per-key tensor'
     ("def prog(x0, x1):\n    return softmax(x0 @ x1.T, axis=-1) @ x1\n", [(2, 5, 8), (2, 37, 8)],
      0),
+    # a product over a keepdims reduction's size-1 axis: no operand's map named the K loop,
+    # and MLIR's verifier refused the generic (an internal error; found by the deep profile)
+    ("def prog(x0, x1):\n    t0 = sum(x0, axis=1, keepdims=True)\n    t3 = t0 @ t0.mT\n"
+     "    return t3\n", [(1, 1), (1, 1)], 0),
+    ("def prog(x0, x1):\n    t0 = sum(x0, axis=1, keepdims=True)\n"
+     "    return t0 @ x1, x1.mT @ t0.mT\n", [(5, 3), (1, 4)], 0),
 ]
 
 
