@@ -22,6 +22,7 @@ class Online:
     guard: int | None  # generic g = guard(mx), when the sum shifts by it
     row_sum: int  # generic l: region subf(T, g), exp, addf
     scores: int  # tensor T
+    guarded: bool = True  # the shift is guard(max) (else the max itself: -inf - -inf is NaN)
 
 
 def _gen(graph: Graph, gi: int | None) -> Generic | None:
@@ -46,16 +47,18 @@ def find(graph: Graph, gi: int, producer: dict[int, int]) -> Online | None:
     if ex is None or ex.name != "math.exp":
         return None
     if len(n.inputs) == 2:  # sum(exp(T - g)), the shift in the region
-        if not _shifts(graph, n, ex.operands[0], 2):
-            return None
+        inline = _shifts(graph, n, ex.operands[0], 2)
         t_t, g_t = n.inputs
     else:  # sum(exp(U)), U = T - g a generic of its own
         u = _gen(graph, producer.get(n.inputs[0]))
         if ex.operands != [n.block_args[0]] or len(n.body) != 2 or u is None or \
                 u.reduction_loops or len(u.inputs) != 2 or u.maps[0] != u.maps[2] or \
-                len(u.yields) != 1 or not _shifts(graph, u, u.yields[0], 0):
+                len(u.yields) != 1:
             return None
+        inline = _shifts(graph, u, u.yields[0], 0)
         t_t, g_t = u.inputs
+    if inline is None:
+        return None
     g_gi = producer.get(g_t)  # g: the max, or a guard of it
     src = _gen(graph, g_gi)
     if src is None:
@@ -75,21 +78,21 @@ def find(graph: Graph, gi: int, producer: dict[int, int]) -> Online | None:
         return None
     if n.maps[0] != mx_n.maps[0] or n.iterators != mx_n.iterators:
         return None  # not the max over the sum's axis of the same T
-    return Online(mx, guard, gi, t_t)
+    return Online(mx, guard, gi, t_t, guard is not None or inline)
 
 
-def _shifts(graph: Graph, g: Generic, v: int, others: int) -> bool:
-    """Region value v of generic g is `T - s`, T its first block argument and s its second
-    or the guard of it (softmax's shift fused into the region), and the region holds
-    `others` ops besides."""
+def _shifts(graph: Graph, g: Generic, v: int, others: int) -> bool | None:
+    """Whether region value v of generic g is `T - guard(s)` (softmax's shift fused into the
+    region: True) or `T - s` (False), T its first block argument and s its second, with
+    `others` ops besides in the region; None if it is neither."""
     sub = g.defs.get(v)
     if sub is None or sub.name != "arith.subf" or not _reads(g, sub.operands[0]):
-        return False
+        return None
     others += sub.operands[0] != g.block_args[0]  # T's cast to the compute type
     s, x = sub.operands[1], g.block_args[1]
     if s == x:
-        return len(g.body) == 1 + others
-    return guards(g, s, x, graph) and len(g.body) == 4 + others
+        return False if len(g.body) == 1 + others else None
+    return True if guards(g, s, x, graph) and len(g.body) == 4 + others else None
 
 
 def _reads(g: Generic, v: int) -> bool:

@@ -25,7 +25,7 @@ from fusile.backends.triton.codegen_tiled import DotOperands, batch_index, tiled
 from fusile.backends.triton.constexprs import DotRowsConstexprs
 from fusile.backends.triton.emitter import TileEmitter, mask
 from fusile.backends.triton.kernel_source import KernelSource, TensorArg
-from fusile.backends.triton.ops import INF, RULES, TL_DTYPE, acc_type, shift
+from fusile.backends.triton.ops import INF, RULES, TL_DTYPE, acc_type, shift, unshifted
 from fusile.backends.triton.scope import Scope
 from fusile.dsl.errors import InternalError
 from fusile.dsl.types import DType
@@ -236,6 +236,8 @@ class DotRowsWriter(TileEmitter):
             for v in (f"m{i}", f"l{i}"):
                 top.tile(v, frozenset("p"))
             top.values[self.gen(o.row_max).results[0]] = f"m{i}"
+            if not o.guarded:  # shifted by the max itself: NaN where it is infinite
+                top.emit(f"l{i} = {unshifted(f'm{i}', f'l{i}')}")
             top.values[self.gen(o.row_sum).results[0]] = f"l{i}"
         for gi in self.form.guards:
             self.emit_generic(gi, top, False)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from fusile.backends.triton.ops import INF, RULES, acc_type, shift
+from fusile.backends.triton.ops import INF, RULES, acc_type, shift, unshifted
 from fusile.backends.triton.scope import Scope
 from fusile.lowering import online
 from fusile.lowering.graph import Op
@@ -153,7 +153,10 @@ def looped_body(w: RowWriter, top: Scope,
 def _finish_online(w: RowWriter, top: Scope, o: Online) -> None:
     """The max and the sum of online sum o, after its pass."""
     s = o.row_sum
-    for gi, var in ((o.row_max, f"om{s}"), (s, w.row_reduce("tl.sum", f"ol{s}"))):
+    total = w.row_reduce("tl.sum", f"ol{s}")
+    if not o.guarded:  # shifted by the max itself: NaN where it is infinite
+        total = unshifted(f"om{s}", total)
+    for gi, var in ((o.row_max, f"om{s}"), (s, total)):
         node = w.gen(gi)
         (r,), (init,) = node.results, node.outputs
         (op, _f), = w.combiners(node).values()

@@ -32,6 +32,12 @@ def shift(v: str) -> str:
     return f"tl.where(tl.abs({v}) == {INF}, 0.0, {v})"
 
 
+def unshifted(m: str, total: str) -> str:
+    """The sum of exp(T - m) by the max m itself, from `total`, the sum by shift(m): NaN
+    where m is infinite (-inf - -inf, inf - inf), else the same."""
+    return f'tl.where(tl.abs({m}) == {INF}, float("nan"), {total})'
+
+
 Rule = Callable[[list[str], Op, str], str]
 RULES: dict[str, Rule] = {}
 
