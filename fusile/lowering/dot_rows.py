@@ -75,7 +75,10 @@ def find(graph: Graph, s_gi: int, cls: Classes, ones: set[tuple]) -> DotRowsForm
         assert n is not None
         return {c(gi, i) for i in range(n.n_loops) if c(gi, i) not in ones}
 
-    full = {node.results[0]}  # tensors over (batch, m, n): never in HBM
+    # tensors over (batch, m, n), never in HBM, with the storage dim of each of S's loops
+    # (batch..., m, n): sizes alone cannot tell m from n (x @ x.mT) or from a batch axis
+    out_map = node.maps[len(node.inputs)]
+    full = {node.results[0]: tuple(out_map.index(x) for x in (*form.batch, form.m, form.n))}
     rows: dict[int, int] = {}  # per-row result -> its reduction or guard generic
     mods: list[int] = []
     folds: list[int] = []
@@ -83,27 +86,32 @@ def find(graph: Graph, s_gi: int, cls: Classes, ones: set[tuple]) -> DotRowsForm
     seen: set[int] = {s_gi}
     for gi in range(s_gi + 1, len(graph.nodes)):  # program order: producers first
         n = _gen(graph, gi)
-        if n is None or not (full | set(rows)) & set(n.inputs):
+        if n is None or not (set(full) | set(rows)) & set(n.inputs):
             continue
-        if not full & set(n.inputs) and _guard_of(graph, gi, rows, folds) is None:
+        if not set(full) & set(n.inputs) and _guard_of(graph, gi, rows, folds) is None:
             continue  # reads only per-row results (the loss): runs after the kernel
-        if not full & set(n.inputs):  # a guard of a max
+        if not set(full) & set(n.inputs):  # a guard of a max
             seen.add(gi)
             rows[n.results[0]] = gi
             continue
+        roles = _roles(n, full)
+        if roles is None:
+            return None
         if not n.reduction_loops:  # elementwise over the tile
             if any(u in rows for u in n.inputs):
                 return None  # a tile of T shifted by a statistic (softmax): it would need T
-            if loops(gi) != batch_c | {row_c, col_c} or len(n.results) != 1:
-                return None
+            res = [x for x in n.maps[len(n.inputs)] if x is not None]
+            if loops(gi) != batch_c | {row_c, col_c} or len(n.results) != 1 or \
+                    len(res) != len(n.maps[len(n.inputs)]) or sorted(res) != sorted(roles):
+                return None  # T's own axes, each once
             seen.add(gi)
             mods.append(gi)
-            full.add(n.results[0])
+            full[n.results[0]] = tuple(res.index(x) for x in roles)
             continue
         red = [i for i in n.reduction_loops if c(gi, i) not in ones]
-        if red != n.reduction_loops or [c(gi, i) for i in red] != [col_c] or \
+        if red != n.reduction_loops or red != [roles[-1]] or \
                 loops(gi) != batch_c | {row_c, col_c}:
-            return None
+            return None  # it reduces over n, the columns, and nothing else
         if any(u in rows for u in n.inputs):  # reads a per-row result: the online sum
             o = online_sum.find(graph, gi, rows)
             if o is None or o.scores not in full or o.row_max not in folds or \
@@ -122,13 +130,29 @@ def find(graph: Graph, s_gi: int, cls: Classes, ones: set[tuple]) -> DotRowsForm
             folds.remove(o.row_max)
     if not folds and not online:
         return None
-    if full & set(graph.results):
+    if set(full) & set(graph.results):
         return None
     for t in full:  # S and T stay on chip: only the kernel's generics read them
         if any(r not in seen for r in readers.get(t, [])):
             return None
     members = tuple(sorted(seen))
     return DotRowsForm(form, members, tuple(mods), tuple(folds), tuple(online))
+
+
+def _roles(n: Generic, full: dict[int, tuple[int, ...]]) -> tuple[int, ...] | None:
+    """The loops of generic n over S's (batch..., m, n), from the full tensors it reads
+    (each read through its storage dims: they must agree), or None where they do not, or
+    n has loops besides them."""
+    roles = None
+    for u, m in zip(n.inputs, n.maps[:len(n.inputs)], strict=True):
+        if u in full:
+            here = tuple(m[d] for d in full[u])
+            if None in here or len(set(here)) != len(here) or roles not in (None, here):
+                return None
+            roles = here
+    if roles is None or n.n_loops != len(roles):
+        return None
+    return roles  # type: ignore[return-value]
 
 
 def _folds_floats(n: Generic) -> bool:

@@ -39,6 +39,12 @@ FOUND = [
      "    return t3\n", [(1, 1), (1, 1)], 0),
     ("def prog(x0, x1):\n    t0 = sum(x0, axis=1, keepdims=True)\n"
      "    return t0 @ x1, x1.mT @ t0.mT\n", [(5, 3), (1, 4)], 0),
+    # a batched x @ x.mT summed over its rows (m), which sizes alone do not tell from its
+    # columns (n) or its batch: dot-rows took it and failed to store a per-column result
+    ("def prog(x0, x1, x2):\n    t3 = x1 @ x1.mT\n    t4 = sum(t3, axis=1, keepdims=False)\n"
+     "    return t4\n", [(1, 1, 1), (2, 2, 2), (1,)], 0),
+    ("def prog(x1):\n    t3 = x1 @ x1.mT\n    return sum(t3, axis=2), sum(t3, axis=0)\n",
+     [(2, 2, 2)], 0),
 ]
 
 
