@@ -153,9 +153,8 @@ def looped_body(w: RowWriter, top: Scope,
 def _finish_online(w: RowWriter, top: Scope, o: Online) -> None:
     """The max and the sum of online sum o, after its pass."""
     s = o.row_sum
-    total = w.row_reduce("tl.sum", f"ol{s}")
-    if not o.guarded:  # shifted by the max itself: NaN where it is infinite
-        total = unshifted(f"om{s}", total)
+    top.emit(f"ls{s} = {w.row_reduce('tl.sum', f'ol{s}')}")
+    total = f"ls{s}" if o.guarded else unshifted(f"om{s}", f"ls{s}")  # NaN where m is inf
     for gi, var in ((o.row_max, f"om{s}"), (s, total)):
         node = w.gen(gi)
         (r,), (init,) = node.results, node.outputs
