@@ -139,6 +139,20 @@ def test_no_product_reaches_memory() -> None:
     assert first.write_bytes <= 3 * 4 * n  # per row: a max, a sum, the target's logit
 
 
+@pytest.mark.parametrize("splits", [0, 3])
+def test_no_columns_at_all(splits: int) -> None:
+    """An empty vocabulary: every row's log-sum-exp is -inf, as torch's (a split plan once
+    divided by its empty chunk)."""
+    @fused
+    def lse(h, w):
+        return torch.logsumexp(h @ w.T, -1)
+
+    h, w = torch.randn(5, 8), torch.randn(0, 8)
+    assert "dot-rows" in _kinds(lse, (h, w))
+    with config.override(dot_rows_splits=splits, target="cpu"):
+        assert torch.equal(lse(h, w), torch.full((5,), float("-inf")))
+
+
 def test_a_product_read_elementwise_stays_a_contraction() -> None:
     """softmax(h @ w.T) writes every column: the product is a result, not reduced away."""
     @fused

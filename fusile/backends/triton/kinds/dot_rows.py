@@ -61,7 +61,7 @@ def launch(prog: Any, launch: Launch, tensors: list[Any], args: tuple,
         cfg = candidates(prog.target, dot.dtype, m * batch)[0]
         programs = batch * math.ceil(m / cfg.block_m)
         count = split_count(prog.target, programs, n, cfg.block_n, shape[-1])
-        chunk = math.ceil(n / count / cfg.block_n) * cfg.block_n
+        chunk = max(1, math.ceil(n / count / cfg.block_n)) * cfg.block_n  # n may be 0
         count = max(1, math.ceil(n / chunk))  # no empty chunk at the end
         plan = launch.ready.put(shape, (programs, count, chunk, constexprs(cfg, k, use_i64)
                                         .values(), cfg.options(prog.target.backend)))
