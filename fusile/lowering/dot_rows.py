@@ -59,21 +59,11 @@ def find(graph: Graph, s_gi: int, cls: Classes, ones: set[tuple]) -> DotRowsForm
             cls.find(("loop", s_gi, x)) in ones for x in (form.m, form.n, form.k)):
         return None
 
-    def c(gi: int, loop: int) -> tuple:
-        return cls.find(("loop", gi, loop))
-
-    row_c, col_c = c(s_gi, form.m), c(s_gi, form.n)
-    batch_c = {c(s_gi, b) for b in form.batch}
     readers: dict[int, list[int]] = {}
     for gi, other in enumerate(graph.nodes):
         if isinstance(other, Generic):
             for t in other.inputs:
                 readers.setdefault(t, []).append(gi)
-
-    def loops(gi: int) -> set[tuple]:
-        n = _gen(graph, gi)
-        assert n is not None
-        return {c(gi, i) for i in range(n.n_loops) if c(gi, i) not in ones}
 
     # tensors over (batch, m, n), never in HBM, with the storage dim of each of S's loops
     # (batch..., m, n): sizes alone cannot tell m from n (x @ x.mT) or from a batch axis
@@ -101,16 +91,14 @@ def find(graph: Graph, s_gi: int, cls: Classes, ones: set[tuple]) -> DotRowsForm
             if any(u in rows for u in n.inputs):
                 return None  # a tile of T shifted by a statistic (softmax): it would need T
             res = [x for x in n.maps[len(n.inputs)] if x is not None]
-            if loops(gi) != batch_c | {row_c, col_c} or len(n.results) != 1 or \
-                    len(res) != len(n.maps[len(n.inputs)]) or sorted(res) != sorted(roles):
+            if len(n.results) != 1 or len(res) != len(n.maps[len(n.inputs)]) or \
+                    sorted(res) != sorted(roles):
                 return None  # T's own axes, each once
             seen.add(gi)
             mods.append(gi)
             full[n.results[0]] = tuple(res.index(x) for x in roles)
             continue
-        red = [i for i in n.reduction_loops if c(gi, i) not in ones]
-        if red != n.reduction_loops or red != [roles[-1]] or \
-                loops(gi) != batch_c | {row_c, col_c}:
+        if n.reduction_loops != [roles[-1]]:
             return None  # it reduces over n, the columns, and nothing else
         if any(u in rows for u in n.inputs):  # reads a per-row result: the online sum
             o = online_sum.find(graph, gi, rows)

@@ -76,6 +76,14 @@ def launch_tuned(prog: Any, launch: Launch, shape: tuple, flops: int,
     prog.run_variant(launch, "main", ready[0], ready[1], ready[2], device, args)
 
 
+def dot_sizes(launch: Launch, sizes: dict[tuple, int]) -> tuple[int, int, int, int]:
+    """A tiled kernel's m, n and k sizes for this call, and its batch, flattened."""
+    dot, sized = launch.ks.dot, launch.sized
+    assert dot is not None
+    batch = math.prod(sizes[sized[c]] for c in dot.batch)
+    return sizes[sized[dot.m]], sizes[sized[dot.n]], sizes[sized[dot.k]], batch
+
+
 def split_count(target: Any, programs: int, length: int, block: int, forced: int = 0) -> int:
     """Programs per row block for a tiled kernel whose loop over `length` (keys, columns)
     can split across programs, merged by a combine (flash-decoding, dot-rows): enough for

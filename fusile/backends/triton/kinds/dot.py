@@ -24,7 +24,7 @@ from fusile.backends.triton.host import needs_i64
 from fusile.backends.triton.kernel_source import KernelSource
 from fusile.backends.triton.kinds.kind import Kind
 from fusile.backends.triton.schedule import pow2
-from fusile.backends.triton.tiled import Launch, launch_tuned
+from fusile.backends.triton.tiled import Launch, dot_sizes, launch_tuned
 from fusile.backends.triton.tune import DotConfig, amd_tile, tile
 
 
@@ -109,10 +109,9 @@ def grid(cfg: DotConfig, m: int, n: int, batch: int) -> tuple[int]:
 
 def launch(prog: Any, launch: Launch, tensors: list[Any], args: tuple,
            sizes: dict[tuple, int], device: Any) -> None:
-    dot, sized = launch.ks.dot, launch.sized
+    dot = launch.ks.dot
     assert dot is not None
-    m, n, k = (sizes[sized[c]] for c in (dot.m, dot.n, dot.k))
-    batch = math.prod(sizes[sized[c]] for c in dot.batch)
+    m, n, k, batch = dot_sizes(launch, sizes)
     if m == 0 or n == 0 or batch == 0:
         return
     use_i64 = needs_i64(tensors)

@@ -23,7 +23,7 @@ from fusile.backends.triton.constexprs import DotRowsConstexprs
 from fusile.backends.triton.host import needs_i64
 from fusile.backends.triton.kernel_source import KernelSource
 from fusile.backends.triton.kinds.kind import Kind
-from fusile.backends.triton.tiled import Launch, split_count
+from fusile.backends.triton.tiled import Launch, dot_sizes, split_count
 from fusile.backends.triton.tune import DotConfig, amd_tile, tile
 from fusile.lowering.groups import DOT_ROWS
 
@@ -48,10 +48,9 @@ def constexprs(cfg: DotConfig, k: int, use_i64: bool) -> DotRowsConstexprs:
 
 def launch(prog: Any, launch: Launch, tensors: list[Any], args: tuple,
            sizes: dict[tuple, int], device: Any) -> None:
-    dot, sized = launch.ks.dot, launch.sized
+    dot = launch.ks.dot
     assert dot is not None
-    m, n, k = (sizes[sized[c]] for c in (dot.m, dot.n, dot.k))
-    batch = math.prod(sizes[sized[c]] for c in dot.batch)
+    m, n, k, batch = dot_sizes(launch, sizes)
     if m == 0 or batch == 0:
         return
     use_i64 = needs_i64(tensors)

@@ -18,7 +18,7 @@ from fusile.backends.triton.host import needs_i64
 from fusile.backends.triton.kernel_source import KernelSource
 from fusile.backends.triton.kinds.kind import Kind
 from fusile.backends.triton.schedule import pow2
-from fusile.backends.triton.tiled import Launch, launch_tuned, split_count
+from fusile.backends.triton.tiled import Launch, dot_sizes, launch_tuned, split_count
 from fusile.backends.triton.tune import DotConfig, amd_tile, tile
 
 
@@ -69,9 +69,8 @@ def launch(prog: Any, launch: Launch, tensors: list[Any], args: tuple,
            sizes: dict[tuple, int], device: Any) -> None:
     dot, attn, sized = launch.ks.dot, launch.ks.attn, launch.sized
     assert dot is not None and attn is not None
-    li, lj, d = (sizes[sized[c]] for c in (dot.m, dot.n, dot.k))
+    li, lj, d, batch = dot_sizes(launch, sizes)
     e = sizes[sized[attn.value_dim]]
-    batch = math.prod(sizes[sized[c]] for c in dot.batch)
     if li == 0 or batch == 0 or e == 0:
         return
     use_i64 = needs_i64(tensors)
